@@ -1,0 +1,2 @@
+#pragma once
+namespace bg { int probe_value() noexcept; }

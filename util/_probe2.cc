@@ -1,0 +1,1 @@
+int probe2() { return 2; }

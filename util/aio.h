@@ -1,0 +1,234 @@
+// AioContext: the event loop every layer runs on.
+//
+// An AioContext is a GSource attached to a GMainContext, so it runs inside a
+// GMainLoop (or any g_main_context_iteration caller) next to other sources. It
+// owns fd handlers, bottom halves, timers and the I/O backends (an io_uring
+// ring and, lazily, a thread pool) used by coroutines running in it.
+//
+// Threading model: one AioContext per thread; each thread that runs a loop has
+// its own (AioContext::current() is thread_local). Only the owning thread may
+// touch fd handlers and timers or run the loop. bh_schedule(),
+// schedule_oneshot(), co_schedule() and aio_co_wake() may be called from any
+// thread; they wake the owning loop.
+#pragma once
+
+#include <glib.h>
+
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <type_traits>
+#include <utility>
+
+#include "util/coroutine.h"
+#include "util/error.h"
+
+namespace bg {
+
+class AioContext;
+class IoBackend;
+
+using AioCallback = void (*)(void *opaque);
+
+// Monotonic clock in nanoseconds.
+int64_t clock_ns();
+
+// A bottom half: a callback scheduled to run once, soon, in its context's
+// loop. Scheduled bottom halves run in the order they were scheduled.
+// Scheduling an already scheduled one is a no-op.
+class BottomHalf {
+  public:
+    void schedule();   // any thread
+    void cancel();     // owning thread
+    ~BottomHalf();
+
+  private:
+    friend class AioContext;
+    BottomHalf(AioContext *ctx, AioCallback cb, void *opaque, bool oneshot)
+        : ctx_(ctx), cb_(cb), opaque_(opaque), oneshot_(oneshot) {}
+    AioContext *ctx_;
+    AioCallback cb_;
+    void *opaque_;
+    bool oneshot_;              // deleted after it runs
+    bool scheduled_ = false;    // guarded by ctx_->bh_lock_
+    BottomHalf *next_ = nullptr;
+};
+
+// A one-shot timer on a context's clock (clock_ns()). Owning thread only.
+class Timer {
+  public:
+    Timer(AioContext *ctx, AioCallback cb, void *opaque) : ctx_(ctx), cb_(cb), opaque_(opaque) {}
+    ~Timer() { del(); }
+    Timer(const Timer &) = delete;
+    Timer &operator=(const Timer &) = delete;
+    // Fire at deadline_ns (absolute, clock_ns() time); replaces an earlier setting.
+    void mod(int64_t deadline_ns);
+    void mod_in(int64_t delay_ns) { mod(clock_ns() + delay_ns); }
+    void del();
+    bool pending() const { return pending_; }
+    int64_t deadline() const { return deadline_; }
+
+  private:
+    friend class AioContext;
+    AioContext *ctx_;
+    AioCallback cb_;
+    void *opaque_;
+    bool pending_ = false;
+    int64_t deadline_ = 0;
+    uint64_t seq_ = 0;
+};
+
+enum class AioBackendKind { kDefault, kIoUring, kThreads };
+
+class AioContext {
+  public:
+    // Creates a context attached to gctx (nullptr: the thread-default main
+    // context, g_main_context_get_thread_default() or the global default) and
+    // makes it current for the calling thread if the thread has none.
+    static std::unique_ptr<AioContext> create(GMainContext *gctx = nullptr);
+    ~AioContext();
+    AioContext(const AioContext &) = delete;
+    AioContext &operator=(const AioContext &) = delete;
+
+    // The context of the calling thread (nullptr if none).
+    static AioContext *current();
+    static void set_current(AioContext *ctx);
+
+    GMainContext *main_context() const { return gctx_; }
+
+    // Runs one loop iteration of the GMainContext. Returns true if anything
+    // was dispatched. Owning thread only; never from a coroutine.
+    bool iterate(bool blocking);
+
+    // ---- fd handlers ----
+    // Calls read_cb / write_cb when fd is readable / writable. Passing both
+    // null removes the handler. One handler per fd.
+    void set_fd_handler(int fd, AioCallback read_cb, AioCallback write_cb, void *opaque);
+
+    // ---- bottom halves ----
+    BottomHalf *bh_new(AioCallback cb, void *opaque);  // freed with delete
+    // Runs cb(opaque) once, soon, in this context. Any thread.
+    void schedule_oneshot(AioCallback cb, void *opaque);
+
+    // ---- coroutines ----
+    // Enters co from this context's loop, soon. Any thread. co must be
+    // yielded (or fresh) and not otherwise about to be woken.
+    void co_schedule(Coroutine *co);
+    // Enters co now, making this context its home (owning thread).
+    void co_enter(Coroutine *co);
+
+    // ---- I/O ----
+    // The backend of the given kind: io_uring by default, falling back (with
+    // a warning, once) to the thread pool where a ring cannot be set up, or
+    // when BLOCKGRAPH_AIO=threads is set.
+    IoBackend *io(AioBackendKind kind = AioBackendKind::kDefault);
+    bool io_uring_available();
+
+    // Hooks run just before the loop sleeps (used to flush batched I/O).
+    void add_prepare_hook(AioCallback cb, void *opaque);
+    void remove_prepare_hook(AioCallback cb, void *opaque);
+
+    // Statistics.
+    uint64_t iterations() const { return iterations_; }
+
+  private:
+    friend class BottomHalf;
+    friend class Timer;
+    struct FdHandler {
+        int fd;
+        AioCallback read_cb, write_cb;
+        void *opaque;
+        gpointer tag;
+        bool deleted;
+    };
+    struct Source;
+
+    explicit AioContext(GMainContext *gctx);
+
+  public:  // GSource callbacks (for the GSourceFuncs table only)
+    static gboolean src_prepare(GSource *src, gint *timeout);
+    static gboolean src_check(GSource *src);
+    static gboolean src_dispatch(GSource *src, GSourceFunc, gpointer);
+
+  private:
+
+    void bh_enqueue(BottomHalf *bh);   // bh_lock_ held by caller
+    bool bh_pending();
+    void run_bhs();
+    void run_timers();
+    void run_fd_handlers();
+    void run_prepare_hooks();
+    int64_t next_timer_deadline();
+    void kick();
+
+    GMainContext *gctx_;
+    Source *source_;
+    std::list<FdHandler> fd_handlers_;
+    bool dispatching_fds_ = false;
+
+    std::mutex bh_lock_;
+    BottomHalf *bh_head_ = nullptr, *bh_tail_ = nullptr;
+    std::atomic<bool> bh_any_{false};
+
+    struct TimerKey {
+        int64_t deadline;
+        uint64_t seq;
+        Timer *t;
+        bool operator<(const TimerKey &o) const
+        {
+            return deadline != o.deadline ? deadline < o.deadline : seq < o.seq;
+        }
+    };
+    std::set<TimerKey> timers_;
+    uint64_t timer_seq_ = 0;
+
+    std::list<std::pair<AioCallback, void *>> prepare_hooks_;
+
+    std::unique_ptr<IoBackend> uring_;
+    std::unique_ptr<IoBackend> threads_;
+    bool uring_tried_ = false;
+    bool uring_warned_ = false;
+    uint64_t iterations_ = 0;
+};
+
+// Wakes co, a coroutine waiting in any thread's context: directly (see
+// coroutine_wake) if it belongs to the calling thread's context, otherwise by
+// scheduling it in its own context.
+void aio_co_wake(Coroutine *co);
+
+// Sleeps for ns nanoseconds in the current context. REQUIRES in_coroutine().
+void coroutine_fn co_sleep_ns(int64_t ns);
+
+// ---- The bridge for synchronous callers (STYLE.md rule 5) ----
+// Runs fn() in a coroutine and returns its result. In a coroutine, calls fn()
+// directly. Otherwise creates one, enters it and runs the current thread's
+// AioContext loop until it finishes. REQUIRES AioContext::current().
+template <typename F>
+auto run_in_coroutine(F &&fn) -> std::invoke_result_t<F &>
+{
+    using R = std::invoke_result_t<F &>;
+    if (in_coroutine()) return fn();
+    AioContext *ctx = AioContext::current();
+    struct State {
+        F *fn;
+        bool done = false;
+        std::conditional_t<std::is_void_v<R>, bool, std::optional<R>> result{};
+    } st{&fn};
+    Coroutine *co = coroutine_create(
+        [](void *p) {
+            auto *s = static_cast<State *>(p);
+            if constexpr (std::is_void_v<R>) (*s->fn)();
+            else s->result.emplace((*s->fn)());
+            s->done = true;
+        },
+        &st);
+    ctx->co_enter(co);
+    while (!st.done) ctx->iterate(true);
+    if constexpr (!std::is_void_v<R>) return std::move(*st.result);
+}
+
+} // namespace bg

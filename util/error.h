@@ -1,0 +1,83 @@
+// Error reporting for control paths (open, configuration, graph changes).
+//
+// Two channels (STYLE.md rule 7): I/O paths return a negative errno as int or
+// int64_t and never allocate; control paths return Result<T>, which carries
+// either a value or an Error: a positive errno plus a human-readable message
+// with context ("blockdev 'disk0': file '/x.qcow2': No such file or directory").
+#pragma once
+
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace bg {
+
+struct Error {
+    int err = EINVAL;          // positive errno describing the class of failure
+    std::string msg;           // one line, no trailing newline
+
+    // Returns a copy with "prefix: " put in front of the message.
+    Error prefixed(const std::string &prefix) const {
+        return Error{err, prefix + ": " + msg};
+    }
+};
+
+// printf-style constructor for Error.
+Error make_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// Error whose message is "<what>: strerror(err)".
+Error errno_error(int err, const std::string &what);
+
+template <typename T>
+class [[nodiscard]] Result {
+  public:
+    Result(T value) : v_(std::move(value)) {}
+    Result(Error e) : v_(std::move(e)) {}
+
+    bool ok() const { return v_.index() == 0; }
+    explicit operator bool() const { return ok(); }
+
+    T &value() & { assert(ok()); return std::get<0>(v_); }
+    T &&value() && { assert(ok()); return std::get<0>(std::move(v_)); }
+    const T &value() const & { assert(ok()); return std::get<0>(v_); }
+    T &operator*() & { return value(); }
+    T *operator->() { return &value(); }
+
+    const Error &error() const { assert(!ok()); return std::get<1>(v_); }
+    int err() const { return error().err; }
+    const std::string &msg() const { return error().msg; }
+
+  private:
+    std::variant<T, Error> v_;
+};
+
+template <>
+class [[nodiscard]] Result<void> {
+  public:
+    Result() = default;
+    Result(Error e) : ok_(false), e_(std::move(e)) {}
+
+    bool ok() const { return ok_; }
+    explicit operator bool() const { return ok_; }
+    const Error &error() const { assert(!ok_); return e_; }
+    int err() const { return error().err; }
+    const std::string &msg() const { return error().msg; }
+
+  private:
+    bool ok_ = true;
+    Error e_;
+};
+
+using Status = Result<void>;
+
+// Propagate the error of a Result expression, optionally adding context.
+#define BG_TRY(expr)                                                        \
+    do {                                                                    \
+        auto &&bg_try_r_ = (expr);                                          \
+        if (!bg_try_r_.ok()) return bg_try_r_.error();                      \
+    } while (0)
+
+} // namespace bg

@@ -1,0 +1,72 @@
+// Shared by the io_uring and thread-pool backends: the request control block
+// and the rules for short transfers and retries, in one place.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "util/coroutine.h"
+#include "util/iov.h"
+
+namespace bg {
+
+struct IoRequest {
+    enum Op : uint8_t { kRead, kWrite, kFsync, kFallocate };
+    explicit IoRequest(Op o) : op(o) {}
+    Op op;
+    bool completed = false;
+    bool datasync = false;
+    int fd = -1;
+    int mode = 0;                      // fallocate mode
+    const struct iovec *iov = nullptr; // caller's vector, never modified
+    int iovcnt = 0;
+    int64_t offset = 0;                // file offset of iov[0]
+    int64_t total = 0;                 // bytes in iov (or fallocate length)
+    int64_t done = 0;                  // bytes transferred so far
+    int64_t result = 0;                // final: total or negative errno
+    Coroutine *co = nullptr;           // waiting coroutine
+    IoRequest *next = nullptr;         // backend queue link
+    IOVector rest;                     // the part still to do after a short transfer
+
+    // The vector and offset to submit now.
+    const struct iovec *cur_iov() const { return done ? rest.iov() : iov; }
+    int cur_iovcnt() const { return done ? rest.niov() : iovcnt; }
+    int64_t cur_offset() const { return offset + done; }
+};
+
+// Applies one completion result res (bytes or negative errno) to req.
+// Returns true if req must be submitted again (retry or continuation) and
+// false when req->result is final.
+inline bool io_request_advance(IoRequest *req, int64_t res)
+{
+    if (res == -EAGAIN || res == -EINTR) return true;
+    if (req->op == IoRequest::kFsync || req->op == IoRequest::kFallocate) {
+        req->result = res < 0 ? res : 0;
+        return false;
+    }
+    if (res < 0) {
+        req->result = res;
+        return false;
+    }
+    if (res == 0 && req->done < req->total) {
+        if (req->op == IoRequest::kWrite) {
+            req->result = -ENOSPC;
+            return false;
+        }
+        // End of file: what lies beyond reads as zeros.
+        iov_memset(req->iov, req->iovcnt, req->done, 0, req->total - req->done);
+        req->done = req->total;
+    }
+    req->done += res;
+    if (req->done >= req->total) {
+        req->result = req->total;
+        return false;
+    }
+    req->rest.reset();
+    req->rest.add_slice(req->iov, req->iovcnt, req->done, req->total - req->done);
+    return true;
+}
+
+} // namespace bg

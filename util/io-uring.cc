@@ -1,0 +1,200 @@
+// io_uring backend. See util/io.h for the contract.
+#include <liburing.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "util/aio.h"
+#include "util/io-internal.h"
+#include "util/io.h"
+#include "util/log.h"
+
+namespace bg {
+
+namespace {
+
+constexpr unsigned kDefaultEntries = 256;
+constexpr unsigned kReapBatch = 64;
+
+class UringBackend final : public IoBackend {
+  public:
+    UringBackend(AioContext *ctx) : ctx_(ctx) {}
+    ~UringBackend() override;
+    Status init(unsigned entries);
+
+    const char *name() const override { return "io_uring"; }
+    IoBackendStats stats() const override { return stats_; }
+
+  protected:
+    int64_t co_run(IoRequest *req) noexcept override;
+
+  private:
+    void submit(IoRequest *req);
+    bool prep(IoRequest *req);
+    void flush();
+    void reap();
+    void finish(IoRequest *req);
+    static void on_readable(void *opaque) { static_cast<UringBackend *>(opaque)->reap(); }
+    static void on_prepare(void *opaque) { static_cast<UringBackend *>(opaque)->flush(); }
+
+    AioContext *ctx_;
+    struct io_uring ring_;
+    bool ring_ok_ = false;
+    unsigned entries_ = 0;
+    unsigned in_flight_ = 0;               // SQEs queued or in the kernel
+    IoRequest *wait_head_ = nullptr;       // requests waiting for ring room
+    IoRequest *wait_tail_ = nullptr;
+    IoBackendStats stats_;
+};
+
+Status UringBackend::init(unsigned entries)
+{
+    const char *dis = getenv("BLOCKGRAPH_DISABLE_IO_URING");
+    if (dis && strcmp(dis, "1") == 0) return make_error(ENOSYS, "io_uring disabled by BLOCKGRAPH_DISABLE_IO_URING");
+    entries_ = entries ? entries : kDefaultEntries;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    // Room for every SQE we allow in flight, so completions never overflow.
+    p.flags = IORING_SETUP_CQSIZE;
+    p.cq_entries = entries_ * 2;
+    int r = io_uring_queue_init_params(entries_, &ring_, &p);
+    if (r < 0) {
+        memset(&p, 0, sizeof(p));
+        r = io_uring_queue_init_params(entries_, &ring_, &p);
+    }
+    if (r < 0) return errno_error(-r, "io_uring_queue_init");
+    ring_ok_ = true;
+    // The kernel may round entries up; never keep more in flight than the SQ holds.
+    entries_ = *ring_.sq.kring_entries;
+    ctx_->set_fd_handler(ring_.ring_fd, &UringBackend::on_readable, nullptr, this);
+    ctx_->add_prepare_hook(&UringBackend::on_prepare, this);
+    return {};
+}
+
+UringBackend::~UringBackend()
+{
+    if (!ring_ok_) return;
+    if (in_flight_) log_warn("io_uring: closing with %u requests in flight", in_flight_);
+    ctx_->remove_prepare_hook(&UringBackend::on_prepare, this);
+    ctx_->set_fd_handler(ring_.ring_fd, nullptr, nullptr, nullptr);
+    io_uring_queue_exit(&ring_);
+}
+
+bool UringBackend::prep(IoRequest *req)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) {
+        // The SQ is full of unsubmitted entries: hand them over and retry.
+        flush();
+        sqe = io_uring_get_sqe(&ring_);
+        if (!sqe) return false;
+    }
+    switch (req->op) {
+    case IoRequest::kRead:
+        io_uring_prep_readv(sqe, req->fd, req->cur_iov(), req->cur_iovcnt(), req->cur_offset());
+        break;
+    case IoRequest::kWrite:
+        io_uring_prep_writev(sqe, req->fd, req->cur_iov(), req->cur_iovcnt(), req->cur_offset());
+        break;
+    case IoRequest::kFsync:
+        io_uring_prep_fsync(sqe, req->fd, req->datasync ? IORING_FSYNC_DATASYNC : 0);
+        break;
+    case IoRequest::kFallocate:
+        io_uring_prep_fallocate(sqe, req->fd, req->mode, req->offset, req->total);
+        break;
+    }
+    io_uring_sqe_set_data(sqe, req);
+    in_flight_++;
+    stats_.submissions++;
+    return true;
+}
+
+void UringBackend::submit(IoRequest *req)
+{
+    if (in_flight_ >= entries_ || wait_head_ || !prep(req)) {
+        // Wait for room, in order; reap() moves us into the ring.
+        stats_.queue_full_waits++;
+        req->next = nullptr;
+        if (wait_tail_) wait_tail_->next = req;
+        else wait_head_ = req;
+        wait_tail_ = req;
+    }
+}
+
+void UringBackend::flush()
+{
+    if (!io_uring_sq_ready(&ring_)) return;
+    int r;
+    do {
+        r = io_uring_submit(&ring_);
+        stats_.enters++;
+    } while (r == -EINTR);
+    if (r < 0 && r != -EAGAIN && r != -EBUSY) log_error("io_uring_submit: %s", strerror(-r));
+}
+
+void UringBackend::finish(IoRequest *req)
+{
+    req->completed = true;
+    stats_.requests++;
+    if (req->co) coroutine_wake(req->co);
+}
+
+void UringBackend::reap()
+{
+    for (;;) {
+        IoRequest *reqs[kReapBatch];
+        int64_t res[kReapBatch];
+        unsigned n = 0;
+        unsigned head;
+        struct io_uring_cqe *cqe;
+        io_uring_for_each_cqe(&ring_, head, cqe)
+        {
+            reqs[n] = static_cast<IoRequest *>(io_uring_cqe_get_data(cqe));
+            res[n] = cqe->res;
+            if (++n == kReapBatch) break;
+        }
+        if (n == 0) break;
+        io_uring_cq_advance(&ring_, n);
+        in_flight_ -= n;
+        // Requests that wait for room go first, in order, before resubmissions.
+        while (wait_head_ && in_flight_ < entries_) {
+            IoRequest *w = wait_head_;
+            if (!prep(w)) break;
+            wait_head_ = w->next;
+            if (!wait_head_) wait_tail_ = nullptr;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            if (io_request_advance(reqs[i], res[i])) {
+                stats_.resubmissions++;
+                submit(reqs[i]);
+            } else {
+                finish(reqs[i]);
+            }
+        }
+    }
+    flush();
+}
+
+int64_t UringBackend::co_run(IoRequest *req) noexcept
+{
+    req->co = coroutine_self();
+    if (!req->co) {
+        log_error("io_uring: I/O issued outside a coroutine");
+        abort();
+    }
+    submit(req);
+    while (!req->completed) coroutine_yield();
+    return req->result;
+}
+
+} // namespace
+
+Result<std::unique_ptr<IoBackend>> IoBackend::new_uring(AioContext *ctx, unsigned entries)
+{
+    auto b = std::make_unique<UringBackend>(ctx);
+    Status s = b->init(entries);
+    if (!s.ok()) return s.error();
+    return std::unique_ptr<IoBackend>(std::move(b));
+}
+
+} // namespace bg
