@@ -1,0 +1,293 @@
+# Makefile -- blockgraph.  Non-recursive GNU make (>= 4.2); every output goes
+# to $(BUILD_DIR) (default build/).  Sources are found by wildcard: adding a
+# file needs no edit here.  See docs/building.md; "make help" lists targets.
+
+.DEFAULT_GOAL := all
+SHELL := /bin/bash
+MAKEFLAGS += --no-builtin-rules
+.SUFFIXES:
+.DELETE_ON_ERROR:
+
+# All paths below are relative to the source root.
+SRCDIR := $(realpath $(dir $(firstword $(MAKEFILE_LIST))))
+ifneq ($(SRCDIR),$(realpath $(CURDIR)))
+$(error run make in the source root: make -C $(SRCDIR))
+endif
+
+BUILD_DIR ?= build
+B := $(patsubst %/,%,$(BUILD_DIR))
+ifeq ($(filter-out . ./ / $(CURDIR) $(SRCDIR),$(B)),)
+$(error BUILD_DIR='$(BUILD_DIR)' would clobber the tree; use a dedicated directory)
+endif
+
+# V=1 prints full commands; otherwise one short line per step.
+V ?= 0
+ifeq ($(V),1)
+Q :=
+msg =
+else
+Q := @
+msg = @printf '  %-7s %s\n' '$(1)' '$(2)'
+MAKEFLAGS += --no-print-directory
+endif
+
+# ---------------------------------------------------------------------------
+# Configuration.  config.mk comes from ./configure; make runs configure when
+# config.mk is missing, and re-runs it with the same arguments when configure
+# is newer.  Goals that must work before configure can succeed (check, demo
+# and deps install the packages configure looks for) skip it.
+
+NOCONFIG_GOALS := clean distclean help deps check demo
+ifneq ($(MAKECMDGOALS),)
+ifeq ($(filter-out $(NOCONFIG_GOALS),$(MAKECMDGOALS)),)
+SKIP_CONFIG := 1
+endif
+endif
+
+ifndef SKIP_CONFIG
+include config.mk
+endif
+
+# "make -j clean all" must not build while cleaning.
+ifneq ($(filter clean distclean,$(MAKECMDGOALS)),)
+ifneq ($(filter-out clean distclean,$(MAKECMDGOALS)),)
+.NOTPARALLEL:
+endif
+endif
+
+config.mk: configure
+	$(call msg,CONFIG,./configure $(CONFIGURE_ARGS))
+	$(Q)./configure $(CONFIGURE_ARGS)
+
+WERROR ?= 1
+BG_CXXFLAGS = $(CXXFLAGS) $(if $(filter 1,$(WERROR)),-Werror)
+AR ?= ar
+
+# ---------------------------------------------------------------------------
+# Sources.
+
+# Library: everything but the entry point.  Subdirectories one level down
+# (block/qcow2/, export/fuse/ ...) are included.
+LIB_SRC_DIRS := util block qapi export
+LIB_SRCS := $(filter-out tools/main.cc,$(sort $(wildcard \
+    $(addsuffix /*.cc,$(LIB_SRC_DIRS)) $(addsuffix /*/*.cc,$(LIB_SRC_DIRS)) tools/*.cc)))
+LIB_OBJS := $(LIB_SRCS:%.cc=$(B)/%.o)
+LIB := $(B)/libblockgraph.a
+
+MAIN_OBJ := $(B)/tools/main.o
+BIN := $(B)/blockgraph
+
+# Unit tests: tests/unit/test-<module>.cc, one binary each.  Other .cc files in
+# tests/unit/ are shared helpers linked into every test binary.
+TEST_SRCS := $(sort $(wildcard tests/unit/test-*.cc))
+TEST_BINS := $(TEST_SRCS:%.cc=$(B)/%)
+TEST_OBJS := $(TEST_SRCS:%.cc=$(B)/%.o)
+TESTUTIL_SRCS := $(filter-out $(TEST_SRCS),$(sort $(wildcard tests/unit/*.cc)))
+TESTUTIL_OBJS := $(TESTUTIL_SRCS:%.cc=$(B)/%.o)
+# make check-unit TESTS="test-coroutine test-aio" runs only those.
+TESTS ?=
+RUN_TEST_BINS := $(if $(strip $(TESTS)),$(filter $(addprefix $(B)/tests/unit/,$(TESTS)),$(TEST_BINS)),$(TEST_BINS))
+
+INTEGRATION_SCRIPTS := $(sort $(wildcard tests/integration/*.sh))
+
+# Benchmarks: bench/<name>.cc -> $(B)/bench/<name>, run by "make bench-<name>".
+BENCH_SRCS := $(sort $(wildcard bench/*.cc))
+BENCH_BINS := $(BENCH_SRCS:%.cc=$(B)/%)
+BENCH_OBJS := $(BENCH_SRCS:%.cc=$(B)/%.o)
+BENCH_PROG_TARGETS := $(patsubst bench/%.cc,bench-%,$(BENCH_SRCS))
+
+ALL_OBJS := $(LIB_OBJS) $(MAIN_OBJ) $(TEST_OBJS) $(TESTUTIL_OBJS) $(BENCH_OBJS)
+
+# Targets run by "make check" after deps and "all", in this order; each runs
+# even if an earlier one failed.  Add e.g. check-conformance here.
+CHECK_TARGETS := check-unit check-integration
+# Targets run, one after another, by "make bench".  Add custom bench-* here.
+BENCH_TARGETS := $(BENCH_PROG_TARGETS)
+
+TEST_TIMEOUT ?= 900
+BENCH_ARGS ?=
+
+# ---------------------------------------------------------------------------
+# Rebuild on flag changes: these files hold the compile/link command lines and
+# the library's member list and are rewritten only when those change, so
+# reconfiguring, "make CXXFLAGS=..." or deleting a source rebuilds what it must.
+
+FLAGS_CXX_FILE := $(B)/.flags-cxx
+FLAGS_LD_FILE := $(B)/.flags-ld
+LIB_OBJS_FILE := $(B)/.lib-objs
+
+ifndef SKIP_CONFIG
+ifneq ($(wildcard config.mk),)
+FLAGS_CXX := $(strip $(CXX) $(CPPFLAGS) $(BG_CXXFLAGS) / $(CHECK_CFLAGS))
+FLAGS_LD := $(strip $(CXX) $(LDFLAGS) $(LIBS) / $(CHECK_LIBS))
+LIB_OBJS_LIST := $(strip $(LIB_OBJS))
+ifneq ($(file < $(FLAGS_CXX_FILE)),$(FLAGS_CXX))
+$(shell mkdir -p $(B))
+$(file > $(FLAGS_CXX_FILE),$(FLAGS_CXX))
+endif
+ifneq ($(file < $(FLAGS_LD_FILE)),$(FLAGS_LD))
+$(shell mkdir -p $(B))
+$(file > $(FLAGS_LD_FILE),$(FLAGS_LD))
+endif
+ifneq ($(file < $(LIB_OBJS_FILE)),$(LIB_OBJS_LIST))
+$(shell mkdir -p $(B))
+$(file > $(LIB_OBJS_FILE),$(LIB_OBJS_LIST))
+endif
+endif
+endif
+
+# Recreate a file that vanished after parsing ("make clean all").
+$(FLAGS_CXX_FILE):
+	@mkdir -p $(@D) && printf '%s\n' '$(FLAGS_CXX)' > $@
+$(FLAGS_LD_FILE):
+	@mkdir -p $(@D) && printf '%s\n' '$(FLAGS_LD)' > $@
+$(LIB_OBJS_FILE):
+	@mkdir -p $(@D) && printf '%s\n' '$(LIB_OBJS_LIST)' > $@
+
+# ---------------------------------------------------------------------------
+# Build.
+
+.PHONY: all
+all: $(BIN) $(TEST_BINS) $(BENCH_BINS)
+
+# Header dependencies come from -MMD -MP (.d files next to the objects).
+$(ALL_OBJS): $(B)/%.o: %.cc $(FLAGS_CXX_FILE)
+	$(call msg,CXX,$<)
+	@mkdir -p $(@D)
+	$(Q)$(CXX) $(CPPFLAGS) $(EXTRA_CPPFLAGS) $(BG_CXXFLAGS) -MMD -MP -c -o $@ $<
+
+$(TEST_OBJS) $(TESTUTIL_OBJS): private EXTRA_CPPFLAGS = $(CHECK_CFLAGS)
+
+$(LIB): $(LIB_OBJS) $(LIB_OBJS_FILE)
+	$(call msg,AR,$@)
+	@mkdir -p $(@D)
+	$(Q)rm -f $@ && $(AR) rcs $@ $(LIB_OBJS)
+
+$(BIN): $(MAIN_OBJ) $(LIB) $(FLAGS_LD_FILE)
+	$(call msg,LINK,$@)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $(MAIN_OBJ) $(LIB) $(LIBS)
+
+$(TEST_BINS): $(B)/%: $(B)/%.o $(TESTUTIL_OBJS) $(LIB) $(FLAGS_LD_FILE)
+	$(call msg,LINK,$@)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $< $(TESTUTIL_OBJS) $(LIB) $(LIBS) $(CHECK_LIBS)
+
+$(BENCH_BINS): $(B)/%: $(B)/%.o $(LIB) $(FLAGS_LD_FILE)
+	$(call msg,LINK,$@)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $< $(LIB) $(LIBS)
+
+-include $(ALL_OBJS:.o=.d)
+
+# ---------------------------------------------------------------------------
+# Tests.
+
+# deps, then all, then every target in CHECK_TARGETS (all of them run; the
+# result fails if any failed).  BG_NO_DEPS=1 skips installing packages.
+.PHONY: check
+check:
+	$(Q)if [ "$(BG_NO_DEPS)" = 1 ]; then echo "  DEPS    skipped (BG_NO_DEPS=1)"; \
+	    else scripts/install-deps.sh; fi
+	$(Q)$(MAKE) all
+	$(Q)failed=; \
+	for t in $(CHECK_TARGETS); do $(MAKE) $$t || failed="$$failed $$t"; done; \
+	if [ -n "$$failed" ]; then echo "make check: FAILED:$$failed"; exit 1; fi; \
+	echo "make check: passed ($(CHECK_TARGETS))"
+
+# Runs every unit test binary (Check in fork mode), then reports.
+.PHONY: check-unit
+check-unit: $(RUN_TEST_BINS)
+	@pass=0; fail=0; failed=; \
+	for t in $(RUN_TEST_BINS); do \
+	    echo "  TEST    $$t"; \
+	    if CK_FORK=yes timeout $(TEST_TIMEOUT) $$t; then pass=$$((pass + 1)); \
+	    else echo "  FAIL    $$t (exit $$?)"; fail=$$((fail + 1)); failed="$$failed $$t"; fi; \
+	done; \
+	[ -z "$$failed" ] || echo "check-unit: failed:$$failed"; \
+	echo "check-unit: $$pass passed, $$fail failed"; \
+	[ $$fail -eq 0 ]
+
+# Runs every executable tests/integration/*.sh with BLOCKGRAPH set; exit
+# status 77 means skipped.  The last line is "N passed, N failed[, N skipped]".
+.PHONY: check-integration
+check-integration: $(BIN)
+	@pass=0; fail=0; skip=0; failed=; \
+	for t in $(INTEGRATION_SCRIPTS); do \
+	    if [ ! -x "$$t" ]; then echo "  IGNORE  $$t (not executable)"; continue; fi; \
+	    echo "  ITEST   $$t"; rc=0; \
+	    BLOCKGRAPH='$(abspath $(BIN))' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))' \
+	        timeout $(TEST_TIMEOUT) ./$$t || rc=$$?; \
+	    case $$rc in \
+	        0) pass=$$((pass + 1)) ;; \
+	        77) echo "  SKIP    $$t"; skip=$$((skip + 1)) ;; \
+	        *) echo "  FAIL    $$t (exit $$rc)"; fail=$$((fail + 1)); failed="$$failed $$t" ;; \
+	    esac; \
+	done; \
+	[ -z "$$failed" ] || echo "check-integration: failed:$$failed"; \
+	summary="$$pass passed, $$fail failed"; \
+	[ $$skip -eq 0 ] || summary="$$summary, $$skip skipped"; \
+	echo "$$summary"; \
+	[ $$fail -eq 0 ]
+
+# ---------------------------------------------------------------------------
+# Benchmarks (never part of check).
+
+.PHONY: bench $(BENCH_PROG_TARGETS)
+bench: $(BENCH_BINS)
+	$(Q)for t in $(BENCH_TARGETS); do $(MAKE) $$t || exit 1; done
+
+$(BENCH_PROG_TARGETS): bench-%: $(B)/bench/%
+	$(if $(CONFIG_DEBUG)$(CONFIG_ASAN),@echo "  WARNING benchmarking a debug/asan build")
+	$(call msg,BENCH,$<)
+	$(Q)$< $(BENCH_ARGS)
+
+# ---------------------------------------------------------------------------
+# Install, demo, deps, clean.
+
+DESTDIR ?=
+PREFIX ?= /usr/local
+DOCS := README.md $(sort $(wildcard docs/*.md))
+
+.PHONY: install uninstall
+install: $(BIN)
+	$(call msg,INSTALL,$(DESTDIR)$(PREFIX))
+	$(Q)install -d '$(DESTDIR)$(PREFIX)/bin' '$(DESTDIR)$(PREFIX)/share/doc/blockgraph'
+	$(Q)install -m 755 $(BIN) '$(DESTDIR)$(PREFIX)/bin/blockgraph'
+	$(Q)install -m 644 $(DOCS) '$(DESTDIR)$(PREFIX)/share/doc/blockgraph/'
+
+uninstall:
+	$(Q)rm -f '$(DESTDIR)$(PREFIX)/bin/blockgraph'
+	$(Q)rm -rf '$(DESTDIR)$(PREFIX)/share/doc/blockgraph'
+
+.PHONY: deps
+deps:
+	$(Q)scripts/install-deps.sh
+
+.PHONY: demo
+demo:
+	$(Q)if [ "$(BG_NO_DEPS)" = 1 ]; then echo "  DEPS    skipped (BG_NO_DEPS=1)"; \
+	    else scripts/install-deps.sh; fi
+	$(Q)$(MAKE) $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' scripts/demo.sh
+
+.PHONY: clean distclean
+clean:
+	$(call msg,CLEAN,$(B))
+	$(Q)rm -rf '$(B)'
+
+distclean: clean
+	$(Q)rm -f config.mk
+
+.PHONY: help
+help:
+	@echo 'Targets:'
+	@echo '  all (default)      build $(B)/blockgraph, unit tests and benchmarks'
+	@echo '  check              install deps, build, run: $(CHECK_TARGETS)'
+	@echo '  check-unit         run $(B)/tests/unit/test-* (TESTS="test-x ..." to filter)'
+	@echo '  check-integration  run tests/integration/*.sh with BLOCKGRAPH set'
+	@echo '  bench              run $(or $(BENCH_TARGETS),the bench-* targets) one at a time'
+	@echo '  bench-NAME         build and run $(B)/bench/NAME (BENCH_ARGS=...)'
+	@echo '  demo               install deps, build, run scripts/demo.sh'
+	@echo '  deps               install missing Debian packages (scripts/install-deps.sh)'
+	@echo '  install/uninstall  to $$(DESTDIR)$$(PREFIX) (PREFIX from configure)'
+	@echo '  clean / distclean  remove $(B)/ (and config.mk)'
+	@echo 'Variables: V=1 (show commands), BUILD_DIR=dir, WERROR=0, BG_NO_DEPS=1,'
+	@echo '  TEST_TIMEOUT=seconds, TESTS=..., BENCH_ARGS=...'

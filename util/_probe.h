@@ -1,2 +1,0 @@
-#pragma once
-namespace bg { int probe_value() noexcept; }

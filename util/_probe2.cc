@@ -1,1 +1,0 @@
-int probe2() { return 2; }
