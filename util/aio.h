@@ -214,7 +214,7 @@ auto run_in_coroutine(F &&fn) -> std::invoke_result_t<F &>
     if (in_coroutine()) return fn();
     AioContext *ctx = AioContext::current();
     struct State {
-        F *fn;
+        std::remove_reference_t<F> *fn;
         bool done = false;
         std::conditional_t<std::is_void_v<R>, bool, std::optional<R>> result{};
     } st{&fn};

@@ -66,8 +66,22 @@ bool CoQueue::restart_next()
 
 int CoQueue::restart_all()
 {
+    // Only those waiting now: a woken coroutine that waits again (it may run
+    // at once, from outside a coroutine) must not be woken by this call.
+    Waiter *list;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        list = head_;
+        head_ = tail_ = nullptr;
+    }
     int n = 0;
-    while (restart_next()) n++;
+    while (Waiter *w = list) {
+        list = w->next;   // w lives on the waiter's stack: read it before the wake
+        Coroutine *co = w->co;
+        __atomic_store_n(&w->woken, true, __ATOMIC_RELEASE);
+        aio_co_wake(co);
+        n++;
+    }
     return n;
 }
 

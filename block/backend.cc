@@ -1,0 +1,175 @@
+// BlockBackend: the consumer handle.
+#include <algorithm>
+
+#include "block/block-driver.h"
+#include "util/log.h"
+
+namespace bg {
+
+Result<std::unique_ptr<BlockBackend>> BlockBackend::create(BlockNode *root, BlockPerm perm, BlockPerm shared,
+                                                            const std::string &desc)
+{
+    std::unique_ptr<BlockBackend> blk(new BlockBackend);
+    blk->desc_ = desc;
+    auto *c = new BdrvChild;
+    c->name_ = "root";
+    c->bs_ = root;
+    c->parent_backend_ = blk.get();
+    c->role_ = kRoleData | kRoleMetadata | kRolePrimary;
+    c->perm_ = perm;
+    c->shared_ = shared;
+    root->parents_.push_back(c);
+    blk->root_ = c;
+    // A consumer attaching to a drained node starts drained too.
+    blk->quiesce_counter_.store(root->quiesce_counter_.load());
+    Status s = root->graph()->refresh_perms(root);
+    if (!s.ok()) {
+        root->parents_.erase(std::find(root->parents_.begin(), root->parents_.end(), c));
+        delete c;
+        blk->root_ = nullptr;
+        Status again = root->graph()->refresh_perms(root);
+        (void)again;
+        return s.error();
+    }
+    return blk;
+}
+
+BlockBackend::~BlockBackend()
+{
+    if (!root_) return;
+    if (in_flight_.load() > 0) drain();
+    BlockNode *root = root_->node();
+    root->parents_.erase(std::find(root->parents_.begin(), root->parents_.end(), root_));
+    delete root_;
+    root_ = nullptr;
+    Status s = root->graph()->refresh_perms(root);
+    if (!s.ok()) log_warn("node '%s': %s", root->node_name().c_str(), s.msg().c_str());
+}
+
+Status BlockBackend::set_perm(BlockPerm perm, BlockPerm shared)
+{
+    BlockPerm old_perm = root_->perm_, old_shared = root_->shared_;
+    root_->perm_ = perm;
+    root_->shared_ = shared;
+    Status s = root_->node()->graph()->refresh_perms(root_->node());
+    if (!s.ok()) {
+        root_->perm_ = old_perm;
+        root_->shared_ = old_shared;
+        Status again = root_->node()->graph()->refresh_perms(root_->node());
+        (void)again;
+    }
+    return s;
+}
+
+void BlockBackend::drain()
+{
+    BlockNode *n = node();
+    if (!n) return;
+    n->drained_begin();
+    n->drained_end();
+}
+
+void BlockBackend::drained_end()
+{
+    if (quiesce_counter_.fetch_sub(1) == 1) queued_.restart_all();
+}
+
+void BlockBackend::dec_in_flight() { in_flight_.fetch_sub(1); }
+
+// Counts the request in, or waits (uncounted) while the node is drained.
+void BlockBackend::wait_while_quiesced()
+{
+    inc_in_flight();
+    while (quiesce_counter_.load() > 0) {
+        dec_in_flight();
+        queued_.wait();
+        inc_in_flight();
+    }
+}
+
+int BlockBackend::check_range(int64_t offset, int64_t bytes) const
+{
+    if (!root_) return -ENOMEDIUM;
+    if (offset < 0 || bytes < 0) return -EIO;
+    int64_t len = root_->node()->getlength();
+    if (offset > len || bytes > len - offset) return -EIO;
+    return 0;
+}
+
+int64_t BlockBackend::getlength() const { return root_ ? root_->node()->getlength() : -ENOMEDIUM; }
+
+// Runs op counted as in flight, after waiting out any drain.
+template <typename Op>
+int BlockBackend::with_request(Op &&op)
+{
+    wait_while_quiesced();
+    int r = op();
+    dec_in_flight();
+    return r;
+}
+
+int BlockBackend::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    int r = check_range(offset, bytes);
+    if (r < 0) return r;
+    return with_request([&] { return root_->co_preadv(offset, bytes, qiov, flags); });
+}
+
+int BlockBackend::co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    int r = check_range(offset, bytes);
+    if (r < 0) return r;
+    return with_request([&] {
+        int w = root_->co_pwritev(offset, bytes, qiov, writethrough_ ? (flags | kReqFua) : flags);
+        return w;
+    });
+}
+
+int BlockBackend::co_pread(int64_t offset, int64_t bytes, void *buf, ReqFlags flags)
+{
+    IOVector v(buf, bytes);
+    return co_preadv(offset, bytes, v, flags);
+}
+
+int BlockBackend::co_pwrite(int64_t offset, int64_t bytes, const void *buf, ReqFlags flags)
+{
+    IOVector v(const_cast<void *>(buf), bytes);
+    return co_pwritev(offset, bytes, v, flags);
+}
+
+int BlockBackend::co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
+{
+    int r = check_range(offset, bytes);
+    if (r < 0) return r;
+    return with_request([&] {
+        return root_->co_pwrite_zeroes(offset, bytes, writethrough_ ? (flags | kReqFua) : flags);
+    });
+}
+
+int BlockBackend::co_pdiscard(int64_t offset, int64_t bytes)
+{
+    int r = check_range(offset, bytes);
+    if (r < 0) return r;
+    return with_request([&] { return root_->co_pdiscard(offset, bytes); });
+}
+
+int BlockBackend::co_flush()
+{
+    if (!root_) return -ENOMEDIUM;
+    return with_request([&] { return root_->co_flush(); });
+}
+
+int BlockBackend::co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags)
+{
+    if (!root_) return -ENOMEDIUM;
+    return with_request([&] { return root_->co_truncate(offset, exact, prealloc, flags); });
+}
+
+int BlockBackend::co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum, int64_t *map,
+                                  BlockNode **file)
+{
+    if (!root_) return -ENOMEDIUM;
+    return with_request([&] { return root_->co_block_status(want_zero, offset, bytes, pnum, map, file); });
+}
+
+} // namespace bg

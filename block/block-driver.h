@@ -1,0 +1,83 @@
+// For driver authors: the driver descriptor, the registry, and the filter
+// base class. Consumers include block/block.h only.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "block/block.h"
+
+namespace bg {
+
+enum class BlockDriverKind { kProtocol, kFormat, kFilter };
+
+// Capability flags a driver declares; the conformance suite skips cases by
+// them (a skip is reported as a skip).
+using DriverCaps = uint32_t;
+constexpr DriverCaps kCapWrite = 1 << 0;        // can be opened writable
+constexpr DriverCaps kCapDiscard = 1 << 1;      // discard frees/zeroes data
+constexpr DriverCaps kCapWriteZeroes = 1 << 2;  // efficient write-zeroes
+constexpr DriverCaps kCapResize = 1 << 3;       // truncate (grow)
+constexpr DriverCaps kCapShrink = 1 << 4;       // truncate (shrink)
+constexpr DriverCaps kCapBacking = 1 << 5;      // has a backing (COW) child
+constexpr DriverCaps kCapBlockStatus = 1 << 6;  // reports holes/zeroes
+constexpr DriverCaps kCapFlush = 1 << 7;        // flush reaches stable storage
+constexpr DriverCaps kCapDiscardZeroes = 1 << 8;// discarded ranges read back as zeros
+constexpr DriverCaps kCapPersistent = 1 << 9;   // data survives close/reopen
+
+// A constexpr descriptor per driver (STYLE.md rule 1).
+struct BlockDriver {
+    const char *name;                       // the "driver" option value
+    BlockDriverKind kind;
+    DriverCaps caps;
+    const char *summary;                    // one line for --help
+    // Creates an unopened node of this driver.
+    std::unique_ptr<BlockNode> (*create)();
+    // Format probe: score for the first bytes of an image (0 = not this
+    // format; raw answers 1, qcow2 100). nullptr: never probed.
+    int (*probe)(const uint8_t *buf, size_t len);
+};
+
+// One explicit list of drivers (STYLE.md rule 4).
+class DriverRegistry {
+  public:
+    void add(const BlockDriver *drv) { drivers_.push_back(drv); }
+    const BlockDriver *find(const std::string &name) const;
+    const std::vector<const BlockDriver *> &all() const { return drivers_; }
+    // The format whose probe scores highest for buf ("raw" at worst).
+    const BlockDriver *probe_format(const uint8_t *buf, size_t len) const;
+
+  private:
+    std::vector<const BlockDriver *> drivers_;
+};
+
+// block/drivers.cc: every built-in driver, added one line each.
+void register_builtin_drivers(DriverRegistry *registry);
+// The registry with every built-in driver (built on first use).
+const DriverRegistry &builtin_drivers();
+
+// Base class for filters: one FILTERED|PRIMARY child; every operation is
+// forwarded to it unless the subclass overrides it, so no operation can be
+// forgotten in a filter.
+class FilterNode : public BlockNode {
+  public:
+    BdrvChild *filtered_child() const override { return filtered_; }
+    std::string filename() const override;
+
+  protected:
+    // Opens the filtered child from ref under name ("file", "image").
+    Status open_filtered(const std::string &name, const BlockdevRef &ref);
+
+    int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
+    int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
+    int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags) override;
+    int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override;
+    int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags) override;
+    int64_t do_getlength() override;
+    int64_t allocated_file_size() override;
+
+    BdrvChild *filtered_ = nullptr;
+};
+
+} // namespace bg

@@ -1,0 +1,384 @@
+// The block graph, for consumers (exports, tools) and drivers alike.
+//
+// A BlockGraph owns BlockNodes. Each node is an instance of a driver (file,
+// raw, qcow2, ...) and reaches its children only through BdrvChild edges.
+// Consumers never call a node directly: they hold a BlockBackend (the "root"
+// edge, with its permissions), and do I/O through it.
+//
+// Threading model: a graph is created, changed and torn down from one thread
+// (the main loop's). I/O may be issued from coroutines of several threads at
+// once (multi-queue exports): request bookkeeping (in-flight counters, tracked
+// requests) is thread-safe; each driver states what it guarantees. Graph
+// changes (add/remove nodes, permission updates) happen only while the nodes
+// concerned have no requests in flight (drained) or have no consumers yet.
+//
+// Errors: I/O methods return 0 (or a byte count) or a negative errno and never
+// throw. Control methods return Result/Status with a message naming the node.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "block/block-common.h"
+#include "qapi/block-options.h"
+#include "util/aio.h"
+#include "util/coroutine-lock.h"
+#include "util/error.h"
+#include "util/iov.h"
+
+namespace bg {
+
+struct BlockDriver;
+class BlockGraph;
+class BlockNode;
+class BlockBackend;
+class DriverRegistry;
+struct TrackedRequest;
+
+// An edge of the graph: parent (a node or a backend) -> child node.
+class BdrvChild {
+  public:
+    const std::string &name() const { return name_; }   // "file", "backing", "data-file", "root", "image"
+    BlockNode *node() const { return bs_; }
+    BlockNode *parent_node() const { return parent_node_; }     // nullptr for a backend's root edge
+    BlockBackend *parent_backend() const { return parent_backend_; }
+    ChildRole role() const { return role_; }
+    BlockPerm perm() const { return perm_; }
+    BlockPerm shared() const { return shared_; }
+    // Describes the parent for error messages: "node 'q'" or "export 'e'".
+    std::string parent_desc() const;
+
+    // I/O on the child node through this edge. The edge must hold the
+    // permission the operation needs (write: WRITE, or WRITE_UNCHANGED with
+    // kReqWriteUnchanged; truncate: RESIZE); otherwise -EPERM. Yield.
+    int coroutine_fn co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags = 0);
+    int coroutine_fn co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags = 0);
+    int coroutine_fn co_pread(int64_t offset, int64_t bytes, void *buf, ReqFlags flags = 0);
+    int coroutine_fn co_pwrite(int64_t offset, int64_t bytes, const void *buf, ReqFlags flags = 0);
+    int coroutine_fn co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags = 0);
+    int coroutine_fn co_pdiscard(int64_t offset, int64_t bytes);
+    int coroutine_fn co_flush();
+    int coroutine_fn co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags = 0);
+    int coroutine_fn co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                     int64_t *map, BlockNode **file);
+    int64_t getlength() const;
+    // Tells the nodes below of a driver event (blkdebug's "event" rules).
+    void debug_event(const char *event);
+
+  private:
+    friend class BlockNode;
+    friend class BlockGraph;
+    friend class BlockBackend;
+    std::string name_;
+    BlockNode *bs_ = nullptr;
+    BlockNode *parent_node_ = nullptr;
+    BlockBackend *parent_backend_ = nullptr;
+    ChildRole role_ = 0;
+    BlockPerm perm_ = 0;
+    BlockPerm shared_ = kPermAll;
+};
+
+// A node of the graph. Consumers use the public, non-virtual part; drivers
+// subclass it and implement the protected do_* hooks, which the generic
+// layer (block/io.cc) calls after bounds checks, alignment, splitting,
+// request tracking and in-flight accounting. Hooks see requests aligned to
+// limits().request_alignment and no longer than limits().max_transfer.
+class BlockNode {
+  public:
+    virtual ~BlockNode();
+    BlockNode(const BlockNode &) = delete;
+    BlockNode &operator=(const BlockNode &) = delete;
+
+    const std::string &node_name() const { return node_name_; }
+    const BlockDriver *driver() const { return drv_; }
+    const char *driver_name() const;
+    BlockGraph *graph() const { return graph_; }
+    bool read_only() const { return read_only_; }
+    bool implicit() const { return implicit_; }   // created inline as another node's child
+    const BlockLimits &limits() const { return bl_; }
+    const BlockdevOptions &options() const { return opts_; }
+    // The options with every child given by node-name (what a user would
+    // pass as --blockdev to rebuild this node on top of its children).
+    BlockdevOptions dump_options() const;
+    // Human-readable name of what the node accesses (a file name, or for
+    // formats their file child's); used in messages and by tools.
+    virtual std::string filename() const;
+
+    // Length in bytes (cached; refreshed by truncate and refresh_length()).
+    int64_t getlength() const { return total_bytes_.load(std::memory_order_relaxed); }
+    // Re-reads the length from the driver. 0 or negative errno.
+    int refresh_length();
+    // Bytes the node occupies on the host (for "disk size"), or negative errno.
+    virtual int64_t allocated_file_size();
+
+    const std::vector<BdrvChild *> &children() const { return children_; }
+    const std::vector<BdrvChild *> &parents() const { return parents_; }
+    BdrvChild *child(const std::string &name) const;
+    BdrvChild *file_child() const;      // the primary (file/image) child, or nullptr
+    BdrvChild *backing_child() const;   // the COW child, or nullptr
+    // The node whose data this node filters (filters only), else nullptr.
+    virtual BdrvChild *filtered_child() const;
+
+    // Cumulative permissions held on this node by all its parents.
+    BlockPerm cumulative_perm() const;
+    BlockPerm cumulative_shared() const;
+
+    // Quiesces the node and everything above it: consumers stop submitting
+    // (their new requests wait) and this returns once nothing is in flight.
+    // Calls nest. From a coroutine or from outside; never fails.
+    void drained_begin();
+    void drained_end();
+    bool quiesced() const { return quiesce_counter_.load() > 0; }
+    uint64_t in_flight() const { return in_flight_.load(); }
+
+    // Block status of [offset, offset+bytes) on this node alone, with the
+    // generic post-processing (RAW resolution, ALLOCATED, EOF, RECURSE).
+    // Returns flags, *pnum > 0 bytes described (0 only at/after EOF), and
+    // where OFFSET_VALID is set *map / *file; or a negative errno. Yields.
+    int coroutine_fn co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                     int64_t *map, BlockNode **file);
+    // Block status through the backing chain down to (not including) base.
+    // *depth: 0 = this node, 1 = its backing node, ...; for unallocated
+    // ranges at every layer *depth is the chain length and the result is
+    // ZERO (reads as zeros).
+    int coroutine_fn co_block_status_above(BlockNode *base, bool want_zero, int64_t offset, int64_t bytes,
+                                           int64_t *pnum, int64_t *map, BlockNode **file, int *depth);
+
+    // Number of requests this node's driver hooks have served, for stats.
+    uint64_t requests_served() const { return requests_served_.load(std::memory_order_relaxed); }
+
+  protected:
+    BlockNode();
+
+    // ---- driver hooks ----
+    // Opens the node: parse driver options (already validated), open/attach
+    // children with open_child(), set up state. On error the node is
+    // destroyed (close() is not called); children attached so far are
+    // detached by the generic layer.
+    virtual Status open(const BlockdevOptions &opts) = 0;
+    // Called once before destruction of an opened node, after a final flush.
+    virtual void close() {}
+
+    virtual int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) = 0;
+    virtual int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    // -ENOTSUP lets the generic layer write zero buffers instead.
+    virtual int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags);
+    // Advisory; -ENOTSUP is treated as success.
+    virtual int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes);
+    // Driver caches -> OS (the generic layer then flushes children).
+    virtual int coroutine_fn do_co_flush_to_os();
+    // OS -> stable storage; skipped with cache.no-flush or when nothing
+    // was written since the last successful flush.
+    virtual int coroutine_fn do_co_flush_to_disk();
+    virtual int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags);
+    // Default: filters answer RAW at the same offset in filtered_child();
+    // other nodes DATA|OFFSET_VALID on themselves.
+    virtual int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                                int64_t *map, BlockNode **file);
+    // Length in bytes or negative errno. Not a coroutine: must not yield.
+    virtual int64_t do_getlength() = 0;
+    // Sets the driver's own limits; called after open and after children
+    // change. The generic layer first merges its children's limits.
+    virtual void refresh_limits(BlockLimits *bl) { (void)bl; }
+    // Maps this node's cumulative parent permissions onto what it needs and
+    // shares on a child of the given role. The default implements QEMU's
+    // rules for filtered, data, metadata and COW children.
+    virtual void child_perm(ChildRole role, BlockPerm parent_perm, BlockPerm parent_shared, BlockPerm *nperm,
+                            BlockPerm *nshared);
+    // Permission transaction on this node's own resources (e.g. image
+    // locks): check_perm may take what it needs and fail with a message;
+    // then set_perm (commit) or abort_perm (roll back) follows. abort_perm
+    // is called also on the node whose own check_perm failed, so it must
+    // be safe to call after a failed or partial check_perm.
+    virtual Status check_perm(BlockPerm perm, BlockPerm shared);
+    virtual void set_perm(BlockPerm perm, BlockPerm shared);
+    virtual void abort_perm();
+    // A driver event from a parent (see BdrvChild::debug_event). The
+    // default passes it to every child.
+    virtual void debug_event(const char *event);
+
+    // ---- helpers for drivers ----
+    // Opens (inline) or looks up (reference) a child and attaches it under
+    // name with role. An absent ref is an error if required, else returns
+    // nullptr. The edge gets permissions from child_perm().
+    Result<BdrvChild *> open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
+                                   bool required = true);
+    // Attaches an existing node as child (used by open_child and drivers
+    // that open nodes themselves, e.g. backing files named in an image).
+    Result<BdrvChild *> attach_child(BlockNode *child, const std::string &name, ChildRole role);
+    void detach_child(BdrvChild *c);
+    // Error prefixed with "<driver-ish context>" naming this node.
+    Error node_error(int err, const std::string &msg) const;
+    // Marks data as written (for flush generations). The generic write path
+    // calls it; drivers writing on their own (metadata) need not.
+    void mark_dirty() { write_gen_.fetch_add(1, std::memory_order_relaxed); }
+
+    BlockLimits bl_;
+    bool read_only_ = false;
+    bool supports_fua_ = false;        // do_co_pwritev honours kReqFua itself
+    ReqFlags supported_zero_flags_ = 0;// flags do_co_pwrite_zeroes honours (kReqMayUnmap, kReqFua)
+
+  private:
+    friend class BlockGraph;
+    friend class BdrvChild;
+    friend class BlockBackend;
+    friend struct TrackedRequestGuard;
+
+    // Generic request path (block/io.cc).
+    int co_preadv_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    int co_pwritev_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    int co_pwrite_zeroes_generic(int64_t offset, int64_t bytes, ReqFlags flags);
+    int co_pdiscard_generic(int64_t offset, int64_t bytes);
+    int co_flush_generic();
+    int co_truncate_generic(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags);
+    int co_aligned_preadv(TrackedRequest *req, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    int co_aligned_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    int co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, ReqFlags flags);
+    int co_rmw_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    void drained_begin_no_poll();
+    void inc_in_flight();
+    void dec_in_flight();
+    void tracked_begin(TrackedRequest *req);
+    void tracked_end(TrackedRequest *req);
+    void coroutine_fn wait_serialising(TrackedRequest *req);
+    void refresh_limits_all();
+    bool drain_busy() const;
+
+    // Graph bookkeeping (block/graph.cc).
+    Status update_perms(std::vector<std::pair<BdrvChild *, std::pair<BlockPerm, BlockPerm>>> *undo,
+                        std::vector<BlockNode *> *checked);
+
+    const BlockDriver *drv_ = nullptr;
+    BlockGraph *graph_ = nullptr;
+    std::string node_name_;
+    BlockdevOptions opts_;
+    bool implicit_ = false;
+    bool opened_ = false;
+    bool no_flush_ = false;            // cache.no-flush
+    bool unmap_ = false;               // discard=unmap
+    BlockdevDetectZeroes detect_zeroes_ = BlockdevDetectZeroes::kOff;
+    bool force_share_ = false;
+    std::vector<BdrvChild *> children_;   // owned
+    std::vector<BdrvChild *> parents_;    // not owned
+    std::atomic<int64_t> total_bytes_{0};
+    std::atomic<uint64_t> in_flight_{0};
+    std::atomic<int> quiesce_counter_{0};
+    std::atomic<uint64_t> requests_served_{0};
+    AioContext *drain_waiter_ctx_ = nullptr;
+
+    // Tracked requests, in order of arrival.
+    CoMutex reqs_lock_;
+    TrackedRequest *reqs_head_ = nullptr, *reqs_tail_ = nullptr;
+    std::atomic<int> serialising_in_flight_{0};
+
+    // Flush generations: flush_to_disk is skipped when flushed == write.
+    std::atomic<uint64_t> write_gen_{0};
+    uint64_t flushed_gen_ = 0;
+    bool flush_active_ = false;
+    CoQueue flush_queue_;
+    CoMutex flush_lock_;
+};
+
+// The consumer handle: holds the root edge to a node with its own
+// permissions, counts requests, queues them while drained, and emulates
+// writethrough (a flush after each write).
+class BlockBackend {
+  public:
+    // Attaches to root needing perm and sharing shared. desc names the
+    // consumer in conflict messages ("export 'e'", "qemu-img"...).
+    static Result<std::unique_ptr<BlockBackend>> create(BlockNode *root, BlockPerm perm, BlockPerm shared,
+                                                        const std::string &desc);
+    ~BlockBackend();
+
+    BlockNode *node() const { return root_ ? root_->node() : nullptr; }
+    BdrvChild *root() const { return root_; }
+    const std::string &desc() const { return desc_; }
+    Status set_perm(BlockPerm perm, BlockPerm shared);
+
+    // Writethrough: every write is followed by a flush before it completes.
+    void set_writethrough(bool on) { writethrough_ = on; }
+    bool writethrough() const { return writethrough_; }
+
+    // I/O. Requests outside [0, length) fail with -EIO (like QEMU's
+    // BlockBackend); writes to a backend without WRITE permission -EPERM.
+    // Each yields; each waits while the node is drained.
+    int coroutine_fn co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags = 0);
+    int coroutine_fn co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags = 0);
+    int coroutine_fn co_pread(int64_t offset, int64_t bytes, void *buf, ReqFlags flags = 0);
+    int coroutine_fn co_pwrite(int64_t offset, int64_t bytes, const void *buf, ReqFlags flags = 0);
+    int coroutine_fn co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags = 0);
+    int coroutine_fn co_pdiscard(int64_t offset, int64_t bytes);
+    int coroutine_fn co_flush();
+    int coroutine_fn co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags = 0);
+    int coroutine_fn co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                     int64_t *map, BlockNode **file);
+    int64_t getlength() const;
+
+    uint64_t in_flight() const { return in_flight_.load(); }
+    // Drains the root node (and so this backend).
+    void drain();
+
+  private:
+    friend class BlockNode;
+    BlockBackend() = default;
+    void coroutine_fn wait_while_quiesced();
+    void inc_in_flight() { in_flight_.fetch_add(1); }
+    void dec_in_flight();
+    void drained_end();
+    template <typename Op> int with_request(Op &&op);
+    int check_range(int64_t offset, int64_t bytes) const;
+
+    BdrvChild *root_ = nullptr;
+    std::string desc_;
+    bool writethrough_ = false;
+    std::atomic<uint64_t> in_flight_{0};
+    std::atomic<int> quiesce_counter_{0};
+    CoQueue queued_;                    // requests waiting for drained_end
+    AioContext *drain_waiter_ctx_ = nullptr;
+};
+
+// Owns the nodes. See the file comment for the threading model.
+class BlockGraph {
+  public:
+    // Uses the built-in driver registry unless one is given.
+    explicit BlockGraph(const DriverRegistry *registry = nullptr);
+    ~BlockGraph();   // close_all()
+
+    // blockdev-add: opens a node (and its inline children) from options.
+    // On failure nothing stays open and the message names the node and key.
+    Result<BlockNode *> add_node(const BlockdevOptions &opts);
+    // blockdev-del: removes a node no one uses (no parents); inline children
+    // it created go with it.
+    Status remove_node(const std::string &node_name);
+    BlockNode *find(const std::string &node_name) const;
+    // All nodes, in creation order.
+    std::vector<BlockNode *> nodes() const;
+    // Flushes and closes every node, parents before children.
+    void close_all();
+
+    const DriverRegistry &registry() const { return *registry_; }
+
+  private:
+    friend class BlockNode;
+    friend class BlockBackend;
+    Result<BlockNode *> open_node(const BlockdevOptions &opts, bool implicit);
+    // Recomputes permissions below node after an edge changed; all or nothing.
+    Status refresh_perms(BlockNode *node);
+    void destroy_node(BlockNode *n);
+    std::string generate_node_name();
+
+    const DriverRegistry *registry_;
+    std::vector<std::unique_ptr<BlockNode>> nodes_;
+    uint64_t auto_name_seq_ = 0;
+};
+
+// Checks a node name against QEMU's rules (letter first, then letters,
+// digits, '-', '.', '_', at most 31 characters).
+bool node_name_valid(const std::string &name);
+
+} // namespace bg

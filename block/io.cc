@@ -1,0 +1,688 @@
+// The request path every driver shares (STYLE.md rule 2): bounds checks,
+// alignment padding (bounce buffers for reads, read-modify-write under a
+// serialising request for writes), splitting at max_transfer, request
+// tracking and serialisation, in-flight accounting and drain, flush
+// generations, write-zeroes fallback, discard, truncate and block status.
+#include <algorithm>
+#include <cstring>
+
+#include "block/block-driver.h"
+#include "util/log.h"
+
+namespace bg {
+
+// A request in flight on a node, for overlap checks. Lives on the stack of
+// the coroutine that made it.
+struct TrackedRequest {
+    enum Type { kRead, kWrite, kDiscard, kTruncate };
+    Type type;
+    int64_t offset;           // the range it touches, widened to alignment
+    int64_t bytes;
+    bool serialising;         // overlapping requests wait for it (and it for them)
+    CoQueue waiters;          // requests waiting for this one to end
+    TrackedRequest *prev = nullptr, *next = nullptr;
+
+    TrackedRequest(Type t, int64_t off, int64_t len, bool ser) : type(t), offset(off), bytes(len), serialising(ser) {}
+    bool overlaps(const TrackedRequest &o) const
+    {
+        return offset < o.offset + o.bytes && o.offset < offset + bytes;
+    }
+};
+
+namespace {
+
+constexpr int64_t kZeroChunk = 16 << 20;   // write-zeroes fallback buffer size
+
+inline int64_t align_down(int64_t v, int64_t a) { return v & ~(a - 1); }
+inline int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) & ~(a - 1); }
+
+int check_request(int64_t offset, int64_t bytes)
+{
+    if (offset < 0 || bytes < 0) return -EIO;
+    if (bytes > kMaxRequestBytes) return -EIO;
+    if (offset > kMaxLength - bytes) return -EIO;
+    return 0;
+}
+
+} // namespace
+
+// RAII in-flight + tracked request.
+struct TrackedRequestGuard {
+    BlockNode *bs;
+    TrackedRequest req;
+    TrackedRequestGuard(BlockNode *n, TrackedRequest::Type t, int64_t off, int64_t len, bool ser)
+        : bs(n), req(t, off, len, ser)
+    {
+        bs->inc_in_flight();
+        bs->tracked_begin(&req);
+        bs->wait_serialising(&req);
+    }
+    ~TrackedRequestGuard()
+    {
+        bs->tracked_end(&req);
+        bs->dec_in_flight();
+    }
+};
+
+// ---------------------------------------------------------------- accounting
+
+void BlockNode::inc_in_flight() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
+
+void BlockNode::dec_in_flight()
+{
+    uint64_t left = in_flight_.fetch_sub(1, std::memory_order_acq_rel) - 1;
+    if (left == 0 && quiesce_counter_.load() > 0) {
+        AioContext *w = drain_waiter_ctx_;
+        if (w && w != AioContext::current()) w->schedule_oneshot([](void *) {}, nullptr);
+    }
+}
+
+void BlockNode::tracked_begin(TrackedRequest *req)
+{
+    reqs_lock_.lock();
+    req->prev = reqs_tail_;
+    req->next = nullptr;
+    if (reqs_tail_) reqs_tail_->next = req;
+    else reqs_head_ = req;
+    reqs_tail_ = req;
+    if (req->serialising) serialising_in_flight_.fetch_add(1);
+    reqs_lock_.unlock();
+}
+
+void BlockNode::tracked_end(TrackedRequest *req)
+{
+    reqs_lock_.lock();
+    if (req->prev) req->prev->next = req->next;
+    else reqs_head_ = req->next;
+    if (req->next) req->next->prev = req->prev;
+    else reqs_tail_ = req->prev;
+    if (req->serialising) serialising_in_flight_.fetch_sub(1);
+    req->waiters.restart_all();
+    reqs_lock_.unlock();
+}
+
+// Waits for every earlier overlapping request when either side is
+// serialising. Only earlier requests are waited for, so there can be no
+// cycle of waiters.
+void BlockNode::wait_serialising(TrackedRequest *req)
+{
+    if (!req->serialising && serialising_in_flight_.load() == 0) return;
+    reqs_lock_.lock();
+retry:
+    for (TrackedRequest *o = reqs_head_; o && o != req; o = o->next) {
+        if (!req->serialising && !o->serialising) continue;
+        if (!req->overlaps(*o)) continue;
+        o->waiters.wait(&reqs_lock_);
+        goto retry;
+    }
+    reqs_lock_.unlock();
+}
+
+// ---------------------------------------------------------------- drain
+
+bool BlockNode::drain_busy() const
+{
+    if (in_flight_.load() > 0) return true;
+    for (BdrvChild *p : parents_) {
+        if (p->parent_backend() && p->parent_backend()->in_flight() > 0) return true;
+        if (p->parent_node() && p->parent_node()->drain_busy()) return true;
+    }
+    return false;
+}
+
+void BlockNode::drained_begin()
+{
+    quiesce_counter_.fetch_add(1);
+    for (BdrvChild *p : parents_) {
+        if (BlockBackend *b = p->parent_backend()) b->quiesce_counter_.fetch_add(1);
+        if (BlockNode *n = p->parent_node()) n->drained_begin_no_poll();
+    }
+    AioContext *ctx = AioContext::current();
+    drain_waiter_ctx_ = ctx;
+    if (in_coroutine()) {
+        while (drain_busy()) co_sleep_ns(50 * 1000);
+        return;
+    }
+    // A timer makes sure a completion in another thread cannot leave us
+    // asleep: we re-check at least every millisecond.
+    while (drain_busy()) {
+        Timer t(ctx, [](void *) {}, nullptr);
+        t.mod_in(1000 * 1000);
+        ctx->iterate(true);
+    }
+}
+
+void BlockNode::drained_begin_no_poll()
+{
+    quiesce_counter_.fetch_add(1);
+    for (BdrvChild *p : parents_) {
+        if (BlockBackend *b = p->parent_backend()) b->quiesce_counter_.fetch_add(1);
+        if (BlockNode *n = p->parent_node()) n->drained_begin_no_poll();
+    }
+}
+
+void BlockNode::drained_end()
+{
+    quiesce_counter_.fetch_sub(1);
+    for (BdrvChild *p : parents_) {
+        if (BlockBackend *b = p->parent_backend()) b->drained_end();
+        if (BlockNode *n = p->parent_node()) n->drained_end();
+    }
+}
+
+// ---------------------------------------------------------------- reads
+
+int BlockNode::co_aligned_preadv(TrackedRequest *, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    int64_t max = bl_.max_transfer ? static_cast<int64_t>(std::min<uint64_t>(bl_.max_transfer, kMaxRequestBytes))
+                                   : kMaxRequestBytes;
+    max = align_down(max, bl_.request_alignment);
+    requests_served_.fetch_add(1, std::memory_order_relaxed);
+    if (bytes <= max && qiov.niov() <= bl_.max_iov) return do_co_preadv(offset, bytes, qiov, flags);
+    for (int64_t done = 0; done < bytes;) {
+        int64_t n = std::min(bytes - done, max);
+        IOVector part;
+        part.add_slice(qiov, done, n);
+        int r;
+        if (part.niov() > bl_.max_iov) {
+            AlignedBuf buf = aligned_alloc_buf(bl_.opt_mem_alignment, n);
+            IOVector lin(buf.get(), n);
+            r = do_co_preadv(offset + done, n, lin, flags);
+            if (r >= 0) part.from_buf(0, buf.get(), n);
+        } else {
+            r = do_co_preadv(offset + done, n, part, flags);
+        }
+        if (r < 0) return r;
+        done += n;
+    }
+    return 0;
+}
+
+int BlockNode::co_preadv_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    int r = check_request(offset, bytes);
+    if (r < 0) return r;
+    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
+    if (bytes == 0) return 0;
+    const int64_t align = bl_.request_alignment;
+    const int64_t a_off = align_down(offset, align);
+    const int64_t a_end = align_up(offset + bytes, align);
+    TrackedRequestGuard g(this, TrackedRequest::kRead, a_off, a_end - a_off, flags & kReqSerialising);
+    if (a_off == offset && a_end == offset + bytes) return co_aligned_preadv(&g.req, offset, bytes, qiov, flags);
+
+    // Unaligned: read whole blocks, with bounce buffers for the head and
+    // tail pieces the caller did not ask for.
+    const int64_t head = offset - a_off;
+    const int64_t tail = a_end - (offset + bytes);
+    const size_t memalign = std::max<size_t>(bl_.min_mem_alignment, 64);
+    AlignedBuf hbuf = head ? aligned_alloc_buf(memalign, head) : AlignedBuf();
+    AlignedBuf tbuf = tail ? aligned_alloc_buf(memalign, tail) : AlignedBuf();
+    IOVector padded;
+    if (head) padded.add(hbuf.get(), head);
+    padded.add_slice(qiov, 0, bytes);
+    if (tail) padded.add(tbuf.get(), tail);
+    return co_aligned_preadv(&g.req, a_off, a_end - a_off, padded, flags);
+}
+
+// ---------------------------------------------------------------- writes
+
+int BlockNode::co_aligned_pwritev(TrackedRequest *, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    int64_t max = bl_.max_transfer ? static_cast<int64_t>(std::min<uint64_t>(bl_.max_transfer, kMaxRequestBytes))
+                                   : kMaxRequestBytes;
+    max = align_down(max, bl_.request_alignment);
+    ReqFlags dflags = flags & ~(kReqSerialising | kReqNoFallback);
+    bool emulate_fua = (flags & kReqFua) && !supports_fua_;
+    if (emulate_fua) dflags &= ~kReqFua;
+    mark_dirty();
+    debug_event("pwritev");
+    requests_served_.fetch_add(1, std::memory_order_relaxed);
+    int r = 0;
+    if (bytes <= max && qiov.niov() <= bl_.max_iov) {
+        r = do_co_pwritev(offset, bytes, qiov, dflags);
+    } else {
+        for (int64_t done = 0; done < bytes && r >= 0;) {
+            int64_t n = std::min(bytes - done, max);
+            IOVector part;
+            part.add_slice(qiov, done, n);
+            if (part.niov() > bl_.max_iov) {
+                AlignedBuf buf = aligned_alloc_buf(bl_.opt_mem_alignment, n);
+                part.to_buf(0, buf.get(), n);
+                IOVector lin(buf.get(), n);
+                r = do_co_pwritev(offset + done, n, lin, dflags);
+            } else {
+                r = do_co_pwritev(offset + done, n, part, dflags);
+            }
+            done += n;
+        }
+    }
+    if (r < 0) return r;
+    // A write past the end (protocol nodes) makes the node longer.
+    int64_t end = offset + bytes;
+    int64_t cur = total_bytes_.load(std::memory_order_relaxed);
+    while (end > cur && !total_bytes_.compare_exchange_weak(cur, end)) {
+    }
+    if (emulate_fua) r = co_flush_generic();
+    return r < 0 ? r : 0;
+}
+
+// Writes qiov at an arbitrary offset inside a tracked request that already
+// covers (and, when unaligned, serialises) the aligned range.
+int BlockNode::co_rmw_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    const int64_t align = bl_.request_alignment;
+    const int64_t a_off = align_down(offset, align);
+    const int64_t a_end = align_up(offset + bytes, align);
+    if (a_off == offset && a_end == offset + bytes) return co_aligned_pwritev(req, offset, bytes, qiov, flags);
+
+    const size_t memalign = std::max<size_t>(bl_.min_mem_alignment, 64);
+    const int64_t head = offset - a_off;
+    const int64_t tail = a_end - (offset + bytes);
+    const bool one_block = a_end - a_off == align;
+    AlignedBuf hbuf, tbuf;
+    if (head || one_block) {
+        hbuf = aligned_alloc_buf(memalign, align);
+        IOVector v(hbuf.get(), align);
+        int r = co_aligned_preadv(req, a_off, align, v, 0);
+        if (r < 0) return r;
+    }
+    if (tail && !one_block) {
+        tbuf = aligned_alloc_buf(memalign, align);
+        IOVector v(tbuf.get(), align);
+        int r = co_aligned_preadv(req, a_end - align, align, v, 0);
+        if (r < 0) return r;
+    }
+    IOVector padded;
+    if (head) padded.add(hbuf.get(), head);
+    padded.add_slice(qiov, 0, bytes);
+    if (tail) {
+        uint8_t *tb = one_block ? hbuf.get() : tbuf.get();
+        padded.add(tb + (align - tail), tail);
+    }
+    return co_aligned_pwritev(req, a_off, a_end - a_off, padded, flags & ~kReqZeroWrite);
+}
+
+int BlockNode::co_pwritev_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    int r = check_request(offset, bytes);
+    if (r < 0) return r;
+    if (read_only_) return -EPERM;
+    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
+    if (bytes == 0) return 0;
+    if (detect_zeroes_ != BlockdevDetectZeroes::kOff && !(flags & kReqWriteCompressed) && qiov.is_zero(0, bytes)) {
+        flags |= kReqZeroWrite;
+        if (detect_zeroes_ == BlockdevDetectZeroes::kUnmap) flags |= kReqMayUnmap;
+    }
+    if (flags & kReqZeroWrite) return co_pwrite_zeroes_generic(offset, bytes, flags);
+    const int64_t align = bl_.request_alignment;
+    const int64_t a_off = align_down(offset, align);
+    const int64_t a_end = align_up(offset + bytes, align);
+    bool unaligned = a_off != offset || a_end != offset + bytes;
+    TrackedRequestGuard g(this, TrackedRequest::kWrite, a_off, a_end - a_off, unaligned || (flags & kReqSerialising));
+    return co_rmw_pwritev(&g.req, offset, bytes, qiov, flags);
+}
+
+// Zeroes [offset, offset+bytes), which is aligned to request_alignment.
+int BlockNode::co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, ReqFlags flags)
+{
+    const int64_t align = bl_.request_alignment;
+    const int64_t zalign = std::max<int64_t>(bl_.pwrite_zeroes_alignment ? bl_.pwrite_zeroes_alignment : align, align);
+    int64_t max_zero = bl_.max_pwrite_zeroes ? static_cast<int64_t>(std::min<uint64_t>(bl_.max_pwrite_zeroes, kMaxRequestBytes))
+                                             : kMaxRequestBytes;
+    max_zero = std::max(align_down(max_zero, zalign), zalign);
+    int64_t max_write = bl_.max_transfer ? static_cast<int64_t>(bl_.max_transfer) : kZeroChunk;
+    max_write = std::max<int64_t>(align_down(std::min(max_write, kZeroChunk), align), align);
+    AlignedBuf zbuf;
+    int64_t zbuf_len = 0;
+    mark_dirty();
+    while (bytes > 0) {
+        int64_t num = bytes;
+        bool driver_ok = true;
+        if (offset % zalign) {
+            // Head up to the zero alignment: written as data.
+            num = std::min(bytes, zalign - offset % zalign);
+            driver_ok = false;
+        } else if (num >= zalign) {
+            num = std::min(align_down(num, zalign), max_zero);
+        } else {
+            driver_ok = false;   // tail smaller than the zero alignment
+        }
+        int r = -ENOTSUP;
+        if (driver_ok) {
+            ReqFlags zf = flags & supported_zero_flags_;
+            requests_served_.fetch_add(1, std::memory_order_relaxed);
+            debug_event("pwrite_zeroes");
+            r = do_co_pwrite_zeroes(offset, num, zf);
+            if (r == 0 && (flags & kReqFua) && !(supported_zero_flags_ & kReqFua)) r = co_flush_generic();
+            if (r == -ENOTSUP && (flags & kReqNoFallback)) return r;
+        }
+        if (r == -ENOTSUP) {
+            // Fallback: write zero buffers.
+            for (int64_t done = 0; done < num;) {
+                int64_t n = std::min(num - done, max_write);
+                if (zbuf_len < n) {
+                    zbuf = aligned_alloc_buf(std::max<size_t>(bl_.min_mem_alignment, 64), n);
+                    memset(zbuf.get(), 0, n);
+                    zbuf_len = n;
+                }
+                IOVector v(zbuf.get(), n);
+                r = co_aligned_pwritev(req, offset + done, n, v, flags & ~(kReqZeroWrite | kReqMayUnmap));
+                if (r < 0) return r;
+                done += n;
+            }
+        } else if (r < 0) {
+            return r;
+        } else {
+            int64_t end = offset + num;
+            int64_t cur = total_bytes_.load(std::memory_order_relaxed);
+            while (end > cur && !total_bytes_.compare_exchange_weak(cur, end)) {
+            }
+        }
+        offset += num;
+        bytes -= num;
+    }
+    return 0;
+}
+
+int BlockNode::co_pwrite_zeroes_generic(int64_t offset, int64_t bytes, ReqFlags flags)
+{
+    int r = check_request(offset, bytes);
+    if (r < 0) return r;
+    if (read_only_) return -EPERM;
+    if (bytes == 0) return 0;
+    if (!unmap_) flags &= ~kReqMayUnmap;
+    const int64_t align = bl_.request_alignment;
+    const int64_t a_off = align_down(offset, align);
+    const int64_t a_end = align_up(offset + bytes, align);
+    bool unaligned = a_off != offset || a_end != offset + bytes;
+    TrackedRequestGuard g(this, TrackedRequest::kWrite, a_off, a_end - a_off, unaligned || (flags & kReqSerialising));
+    // Partial blocks at either end are written as zero data (read-modify-write).
+    int64_t mid_start = align_up(offset, align);
+    int64_t mid_end = align_down(offset + bytes, align);
+    if (mid_start >= mid_end) {
+        std::vector<uint8_t> z(bytes, 0);
+        IOVector v(z.data(), bytes);
+        return co_rmw_pwritev(&g.req, offset, bytes, v, flags & ~(kReqZeroWrite | kReqMayUnmap));
+    }
+    if (mid_start > offset) {
+        std::vector<uint8_t> z(mid_start - offset, 0);
+        IOVector v(z.data(), z.size());
+        r = co_rmw_pwritev(&g.req, offset, z.size(), v, flags & ~(kReqZeroWrite | kReqMayUnmap));
+        if (r < 0) return r;
+    }
+    r = co_do_zero_pwritev(&g.req, mid_start, mid_end - mid_start, flags);
+    if (r < 0) return r;
+    if (offset + bytes > mid_end) {
+        std::vector<uint8_t> z(offset + bytes - mid_end, 0);
+        IOVector v(z.data(), z.size());
+        r = co_rmw_pwritev(&g.req, mid_end, z.size(), v, flags & ~(kReqZeroWrite | kReqMayUnmap));
+    }
+    return r;
+}
+
+// ---------------------------------------------------------------- discard
+
+int BlockNode::co_pdiscard_generic(int64_t offset, int64_t bytes)
+{
+    int r = check_request(offset, bytes);
+    if (r < 0) return r;
+    if (read_only_) return -EPERM;
+    if (!unmap_) return 0;   // discard=ignore: advisory requests are dropped
+    const int64_t align = std::max<int64_t>(bl_.pdiscard_alignment ? bl_.pdiscard_alignment : 1,
+                                            bl_.request_alignment);
+    int64_t start = align_up(offset, align);
+    int64_t end = align_down(offset + bytes, align);
+    if (start >= end) return 0;
+    int64_t max = bl_.max_pdiscard ? static_cast<int64_t>(std::min<uint64_t>(bl_.max_pdiscard, kMaxRequestBytes))
+                                   : kMaxRequestBytes;
+    max = std::max(align_down(max, align), align);
+    TrackedRequestGuard g(this, TrackedRequest::kDiscard, start, end - start, false);
+    mark_dirty();
+    debug_event("pdiscard");
+    for (int64_t off = start; off < end;) {
+        int64_t n = std::min(end - off, max);
+        requests_served_.fetch_add(1, std::memory_order_relaxed);
+        r = do_co_pdiscard(off, n);
+        if (r == -ENOTSUP) return 0;
+        if (r < 0) return r;
+        off += n;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- flush
+
+int BlockNode::co_flush_generic()
+{
+    inc_in_flight();
+    flush_lock_.lock();
+    while (flush_active_) flush_queue_.wait(&flush_lock_);
+    flush_active_ = true;
+    uint64_t current_gen = write_gen_.load();
+    flush_lock_.unlock();
+
+    int ret = 0;
+    if (!read_only_) {
+        debug_event("flush_to_os");
+        ret = do_co_flush_to_os();
+        if (ret == 0 && !no_flush_ && flushed_gen_ != current_gen) {
+            debug_event("flush_to_disk");
+            ret = do_co_flush_to_disk();
+        }
+    }
+    if (ret == 0) {
+        for (BdrvChild *c : children_) {
+            if (!(c->perm() & (kPermWrite | kPermWriteUnchanged))) continue;
+            int r = c->node()->co_flush_generic();
+            if (ret == 0) ret = r;
+        }
+    }
+    flush_lock_.lock();
+    if (ret == 0) flushed_gen_ = current_gen;
+    flush_active_ = false;
+    flush_queue_.restart_next();
+    flush_lock_.unlock();
+    dec_in_flight();
+    return ret;
+}
+
+// ---------------------------------------------------------------- truncate
+
+int BlockNode::co_truncate_generic(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags)
+{
+    if (offset < 0 || offset > kMaxLength) return -EINVAL;
+    if (read_only_) return -EACCES;
+    int64_t old = getlength();
+    int64_t start = std::min(old, offset);
+    TrackedRequestGuard g(this, TrackedRequest::kTruncate, start, kMaxLength - start, true);
+    mark_dirty();
+    debug_event("truncate");
+    requests_served_.fetch_add(1, std::memory_order_relaxed);
+    int r = do_co_truncate(offset, exact, prealloc, flags);
+    if (r < 0) return r;
+    r = refresh_length();
+    if (r < 0) total_bytes_.store(offset);
+    return 0;
+}
+
+// ---------------------------------------------------------------- block status
+
+int BlockNode::co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum, int64_t *map,
+                               BlockNode **file)
+{
+    int64_t total = getlength();
+    if (offset < 0 || bytes < 0) return -EINVAL;
+    if (offset >= total) {
+        *pnum = 0;
+        return kStatusEof;
+    }
+    bytes = std::min(bytes, total - offset);
+    if (bytes == 0) {
+        *pnum = 0;
+        return 0;
+    }
+    int64_t local_map = 0;
+    BlockNode *local_file = nullptr;
+    int64_t p = 0;
+    const int64_t align = bl_.request_alignment;
+    const int64_t a_off = align_down(offset, align);
+    const int64_t a_bytes = align_up(offset + bytes, align) - a_off;
+    inc_in_flight();
+    int ret = do_co_block_status(want_zero, a_off, a_bytes, &p, &local_map, &local_file);
+    if (ret < 0) {
+        dec_in_flight();
+        return ret;
+    }
+    // Undo the alignment widening.
+    p -= offset - a_off;
+    if (p <= 0) {
+        // A driver must describe at least the first byte.
+        dec_in_flight();
+        return -EIO;
+    }
+    p = std::min(p, bytes);
+    if (ret & kStatusOffsetValid) local_map += offset - a_off;
+
+    if (ret & kStatusRaw) {
+        BlockNode *f = local_file;
+        if (!f || f == this) {
+            dec_in_flight();
+            return -EIO;
+        }
+        int64_t fp;
+        ret = f->co_block_status(want_zero, local_map, p, &fp, &local_map, &local_file);
+        if (ret < 0) {
+            dec_in_flight();
+            return ret;
+        }
+        if (fp > 0) p = std::min(p, fp);
+        ret &= ~kStatusEof;
+    }
+    if (ret & (kStatusData | kStatusZero)) {
+        ret |= kStatusAllocated;
+    } else if (want_zero) {
+        // Unallocated here: zeros if there is nothing below to read from.
+        BdrvChild *b = backing_child();
+        if (!b || offset >= b->node()->getlength()) ret |= kStatusZero;
+    }
+    if (want_zero && (ret & kStatusRecurse) && (ret & kStatusOffsetValid) && local_file && local_file != this &&
+        !(ret & kStatusZero)) {
+        int64_t fp = 0, fmap;
+        BlockNode *ff;
+        int r2 = local_file->co_block_status(true, local_map, p, &fp, &fmap, &ff);
+        if (r2 >= 0) {
+            if ((r2 & kStatusEof) && (fp == 0 || (r2 & kStatusZero))) {
+                // Beyond the end of the file: reads as zeros.
+                ret |= kStatusZero;
+            } else if (fp > 0) {
+                if (r2 & kStatusZero) ret |= kStatusZero;
+                p = std::min(p, fp);
+            }
+        }
+    }
+    ret &= ~kStatusRecurse;
+    if (offset + p == total) ret |= kStatusEof;
+    else ret &= ~kStatusEof;
+    *pnum = p;
+    if (map) *map = local_map;
+    if (file) *file = local_file;
+    dec_in_flight();
+    return ret;
+}
+
+int BlockNode::co_block_status_above(BlockNode *base, bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                     int64_t *map, BlockNode **file, int *depth)
+{
+    BlockNode *n = this;
+    int d = 0;
+    int64_t p = bytes;
+    int64_t m = 0;
+    BlockNode *f = nullptr;
+    int ret = n->co_block_status(want_zero, offset, bytes, &p, &m, &f);
+    if (ret < 0) return ret;
+    while (!(ret & kStatusAllocated)) {
+        BdrvChild *b = n->backing_child();
+        if (!b || b->node() == base) break;
+        n = b->node();
+        d++;
+        if (offset >= n->getlength()) {
+            // The backing file ends before this offset: zeros, allocated nowhere.
+            ret = want_zero ? kStatusZero : 0;
+            break;
+        }
+        int64_t p2;
+        int r2 = n->co_block_status(want_zero, offset, p, &p2, &m, &f);
+        if (r2 < 0) return r2;
+        p = std::min(p, p2);
+        ret = r2;
+    }
+    if (offset + p >= getlength()) ret |= kStatusEof;
+    else ret &= ~kStatusEof;
+    *pnum = p;
+    if (map) *map = m;
+    if (file) *file = f;
+    if (depth) *depth = d;
+    return ret;
+}
+
+// ---------------------------------------------------------------- edges
+
+namespace {
+inline bool may_write(const BdrvChild *c, ReqFlags flags)
+{
+    return (c->perm() & kPermWrite) || ((flags & kReqWriteUnchanged) && (c->perm() & kPermWriteUnchanged));
+}
+} // namespace
+
+int BdrvChild::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    return bs_->co_preadv_generic(offset, bytes, qiov, flags);
+}
+
+int BdrvChild::co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    if (!may_write(this, flags)) return -EPERM;
+    return bs_->co_pwritev_generic(offset, bytes, qiov, flags);
+}
+
+int BdrvChild::co_pread(int64_t offset, int64_t bytes, void *buf, ReqFlags flags)
+{
+    IOVector v(buf, bytes);
+    return co_preadv(offset, bytes, v, flags);
+}
+
+int BdrvChild::co_pwrite(int64_t offset, int64_t bytes, const void *buf, ReqFlags flags)
+{
+    IOVector v(const_cast<void *>(buf), bytes);
+    return co_pwritev(offset, bytes, v, flags);
+}
+
+int BdrvChild::co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
+{
+    if (!may_write(this, flags)) return -EPERM;
+    return bs_->co_pwrite_zeroes_generic(offset, bytes, flags | kReqZeroWrite);
+}
+
+int BdrvChild::co_pdiscard(int64_t offset, int64_t bytes)
+{
+    if (!(perm_ & kPermWrite)) return -EPERM;
+    return bs_->co_pdiscard_generic(offset, bytes);
+}
+
+int BdrvChild::co_flush() { return bs_->co_flush_generic(); }
+
+int BdrvChild::co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags)
+{
+    if (!(perm_ & kPermResize)) return -EPERM;
+    return bs_->co_truncate_generic(offset, exact, prealloc, flags);
+}
+
+int BdrvChild::co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum, int64_t *map,
+                               BlockNode **file)
+{
+    return bs_->co_block_status(want_zero, offset, bytes, pnum, map, file);
+}
+
+int64_t BdrvChild::getlength() const { return bs_->getlength(); }
+
+} // namespace bg
