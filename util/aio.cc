@@ -213,13 +213,16 @@ bool AioContext::bh_pending() { return bh_any_.load(std::memory_order_acquire); 
 
 void BottomHalf::schedule()
 {
+    // Once the lock is released the loop may run (and, for a one-shot,
+    // delete) this bottom half: do not touch members after that.
+    AioContext *ctx = ctx_;
     {
-        std::lock_guard<std::mutex> g(ctx_->bh_lock_);
+        std::lock_guard<std::mutex> g(ctx->bh_lock_);
         if (scheduled_) return;
         scheduled_ = true;
-        ctx_->bh_enqueue(this);
+        ctx->bh_enqueue(this);
     }
-    ctx_->kick();
+    ctx->kick();
 }
 
 void BottomHalf::cancel()

@@ -1,0 +1,972 @@
+// The FUSE export.
+//
+// libfuse is used only to mount and unmount (fusermount3 semantics); requests
+// are read from /dev/fuse and answered by this file. Each request is read
+// into a buffer it owns (an 80-byte header area plus a payload buffer, read
+// with one readv so that WRITE data lands page-aligned in the payload) and
+// is processed in its own coroutine, entered once and yielding only while
+// block I/O is in flight. Nothing a request uses is shared with the next
+// read from /dev/fuse, so a yield can never see its data overwritten.
+//
+// Threading: one queue per serving thread. Without iothreads the export's
+// one queue runs in the main loop; with N iothreads the /dev/fuse fd is
+// cloned (FUSE_DEV_IOC_CLONE) once per thread and each clone is read only by
+// its thread. A request's coroutine stays on the thread that read it; the
+// block layer below is safe for requests from several threads (see
+// docs/fuse-export.md).
+#include "export/fuse.h"
+
+#include <fcntl.h>
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+#include <linux/falloc.h>
+#include <linux/fuse.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "util/coroutine.h"
+#include "util/io.h"
+#include "util/log.h"
+
+#ifndef FUSE_DEV_IOC_CLONE
+#define FUSE_DEV_IOC_CLONE _IOR(229, 0, uint32_t)
+#endif
+
+namespace bg {
+
+namespace {
+
+constexpr size_t kHeaderArea = sizeof(fuse_in_header) + sizeof(fuse_write_in);  // 80
+constexpr uint32_t kMaxWrite = 1 << 20;        // bytes per READ/WRITE request
+constexpr size_t kPayloadSize = kMaxWrite + 4096;   // room for any request's arguments
+constexpr int kMaxBatch = 64;                  // requests read per wake-up
+constexpr uint32_t kOurMinor = 31;             // protocol features we rely on
+
+// Requests we care about whose values exist in every kernel we support.
+const char *opcode_name(uint32_t op)
+{
+    switch (op) {
+    case FUSE_INIT: return "INIT";
+    case FUSE_GETATTR: return "GETATTR";
+    case FUSE_SETATTR: return "SETATTR";
+    case FUSE_OPEN: return "OPEN";
+    case FUSE_READ: return "READ";
+    case FUSE_WRITE: return "WRITE";
+    case FUSE_FLUSH: return "FLUSH";
+    case FUSE_FSYNC: return "FSYNC";
+    case FUSE_RELEASE: return "RELEASE";
+    default: return "other";
+    }
+}
+
+} // namespace
+
+class FuseExport;
+
+// A request and the buffers it owns. Pooled per queue.
+struct FuseRequest {
+    struct FuseQueue *q = nullptr;
+    alignas(64) uint8_t hdr[kHeaderArea];
+    AlignedBuf payload;
+    size_t len = 0;               // bytes read from /dev/fuse
+    FuseRequest *next = nullptr;  // pool link
+
+    const fuse_in_header &in() const { return *reinterpret_cast<const fuse_in_header *>(hdr); }
+    // Copies the argument bytes [off, off+n) after the in-header into dst;
+    // returns false if the request is too short.
+    bool arg(size_t off, void *dst, size_t n) const
+    {
+        size_t start = sizeof(fuse_in_header) + off;
+        if (start + n > len) return false;
+        auto *d = static_cast<uint8_t *>(dst);
+        for (size_t i = 0; i < n; i++) {
+            size_t p = start + i;
+            d[i] = p < kHeaderArea ? hdr[p] : payload[p - kHeaderArea];
+        }
+        return true;
+    }
+    template <typename T>
+    bool arg(T *out) const { return arg(0, out, sizeof(T)); }
+};
+
+struct FuseQueue {
+    FuseExport *exp = nullptr;
+    int fd = -1;
+    bool owns_fd = false;
+    AioContext *ctx = nullptr;
+    IoThread *thread = nullptr;     // nullptr: main loop
+    FuseRequest *pool = nullptr;    // free requests (touched only by this queue's thread)
+    std::atomic<bool> attached{false};
+
+    // Counters (written by the queue's thread, read by anyone).
+    std::atomic<uint64_t> requests[8] = {};
+    std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, errors{0}, fuse_reads{0}, wakeups{0};
+    std::atomic<uint64_t> switches{0}, io_submissions{0}, io_enters{0};
+    uint64_t switches_base = 0;
+    bool base_set = false;
+
+    FuseRequest *get()
+    {
+        FuseRequest *r = pool;
+        if (r) {
+            pool = r->next;
+            return r;
+        }
+        r = new FuseRequest;
+        r->q = this;
+        r->payload = aligned_alloc_buf(4096, kPayloadSize);
+        return r;
+    }
+    void put(FuseRequest *r)
+    {
+        r->next = pool;
+        pool = r;
+    }
+    ~FuseQueue()
+    {
+        while (FuseRequest *r = pool) {
+            pool = r->next;
+            delete r;
+        }
+    }
+};
+
+class FuseExport final : public BlockExport {
+  public:
+    ~FuseExport() override;
+    Status start(BlockGraph &graph, const BlockExportOptions &opts, const std::vector<IoThread *> &iothreads);
+    void shutdown() override;
+    ExportStats stats() const override;
+    std::string stats_text() const override;
+
+    ExportGoneFn on_gone_;
+
+  private:
+    friend struct FuseQueue;
+    Status check_mountpoint();
+    Status mount(bool allow_other);
+    void attach(FuseQueue *q);
+    void detach(FuseQueue *q);
+    static void on_readable(void *opaque);
+    void read_requests(FuseQueue *q);
+    static void process_entry(void *opaque);
+    void process(FuseRequest *req);
+    void reply(FuseRequest *req, int err, const void *data = nullptr, size_t len = 0,
+               const void *data2 = nullptr, size_t len2 = 0);
+    void handle_init(FuseRequest *req);
+    void handle_getattr(FuseRequest *req);
+    void handle_setattr(FuseRequest *req);
+    void handle_open(FuseRequest *req);
+    void handle_read(FuseRequest *req);
+    void handle_write(FuseRequest *req);
+    void handle_fallocate(FuseRequest *req);
+    void handle_lseek(FuseRequest *req);
+    void handle_statfs(FuseRequest *req);
+    void fill_attr(fuse_attr *a);
+    int co_grow(int64_t new_size, PreallocMode prealloc);
+    void unmounted_externally(FuseQueue *q);
+
+    std::string mountpoint_;
+    bool writable_ = false;
+    bool growable_ = false;
+    bool allow_other_ = false;
+    std::unique_ptr<BlockBackend> blk_;
+    BlockNode *node_ = nullptr;
+    struct fuse_session *se_ = nullptr;
+    bool mounted_ = false;
+    std::vector<std::unique_ptr<FuseQueue>> queues_;
+    std::atomic<bool> halted_{false};
+    std::atomic<bool> gone_scheduled_{false};
+    bool shut_down_ = false;
+    AioContext *main_ctx_ = nullptr;
+    // File attributes shown to the kernel (SETATTR may change mode/uid/gid).
+    std::mutex attr_lock_;
+    uint32_t mode_ = 0;
+    uint32_t uid_ = 0, gid_ = 0;
+    struct timespec start_time_ {};
+    uint32_t proto_minor_ = 0;
+};
+
+// ---------------------------------------------------------------- set-up
+
+namespace {
+
+std::string unescape_mountinfo(const std::string &s)
+{
+    std::string out;
+    for (size_t i = 0; i < s.size(); i++) {
+        if (s[i] == '\\' && i + 3 < s.size()) {
+            int v = 0;
+            bool ok = true;
+            for (int k = 1; k <= 3; k++) {
+                if (i + k >= s.size() || s[i + k] < '0' || s[i + k] > '7') ok = false;
+                else v = v * 8 + (s[i + k] - '0');
+            }
+            if (ok) {
+                out += static_cast<char>(v);
+                i += 3;
+                continue;
+            }
+        }
+        out += s[i];
+    }
+    return out;
+}
+
+// True if path (absolute, resolved) is a mount point now.
+bool is_mounted(const std::string &path)
+{
+    std::ifstream f("/proc/self/mountinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        std::istringstream ls(line);
+        std::string id, parent, devno, root, mnt;
+        ls >> id >> parent >> devno >> root >> mnt;
+        if (unescape_mountinfo(mnt) == path) return true;
+    }
+    return false;
+}
+
+} // namespace
+
+Status FuseExport::check_mountpoint()
+{
+    struct stat st;
+    if (stat(mountpoint_.c_str(), &st) != 0) {
+        return make_error(errno, "mountpoint '%s': %s", mountpoint_.c_str(), strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        return make_error(EINVAL, "mountpoint '%s' is not a regular file", mountpoint_.c_str());
+    }
+    char *real = realpath(mountpoint_.c_str(), nullptr);
+    if (real) {
+        bool mounted = is_mounted(real);
+        free(real);
+        if (mounted) return make_error(EBUSY, "mountpoint '%s' is already mounted", mountpoint_.c_str());
+    }
+    if (access("/dev/fuse", R_OK | W_OK) != 0) {
+        return make_error(errno, "FUSE is unavailable: /dev/fuse: %s (is the fuse module loaded and the device "
+                                 "accessible?)",
+                          strerror(errno));
+    }
+    return {};
+}
+
+Status FuseExport::mount(bool allow_other)
+{
+    std::string opts = std::string(writable_ ? "rw" : "ro") + ",nosuid,nodev,noatime,default_permissions" +
+                       ",max_read=" + std::to_string(kMaxWrite);
+    if (allow_other) opts += ",allow_other";
+    struct fuse_args args = FUSE_ARGS_INIT(0, nullptr);
+    fuse_opt_add_arg(&args, "blockgraph");
+    fuse_opt_add_arg(&args, "-o");
+    fuse_opt_add_arg(&args, opts.c_str());
+    struct fuse_lowlevel_ops ops;
+    memset(&ops, 0, sizeof(ops));
+    se_ = fuse_session_new(&args, &ops, sizeof(ops), nullptr);
+    fuse_opt_free_args(&args);
+    if (!se_) return make_error(EIO, "mountpoint '%s': cannot create a FUSE session", mountpoint_.c_str());
+    if (fuse_session_mount(se_, mountpoint_.c_str()) != 0) {
+        fuse_session_destroy(se_);
+        se_ = nullptr;
+        return make_error(EIO, "mountpoint '%s': mounting failed%s", mountpoint_.c_str(),
+                          allow_other ? " (with allow_other)" : "");
+    }
+    mounted_ = true;
+    return {};
+}
+
+Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, const std::vector<IoThread *> &iothreads)
+{
+    id_ = opts.id;
+    type_ = "fuse";
+    mountpoint_ = opts.fuse.mountpoint;
+    writable_ = opts.writable;
+    growable_ = opts.fuse.growable;
+    main_ctx_ = AioContext::current();
+    clock_gettime(CLOCK_REALTIME, &start_time_);
+
+    node_ = graph.find(opts.node_name);
+    if (!node_) return make_error(ENOENT, "export '%s': no node named '%s'", id_.c_str(), opts.node_name.c_str());
+    BlockPerm perm = kPermConsistentRead | (writable_ ? kPermWrite | kPermResize : 0);
+    // Like QEMU: others may read; a writable export shares no writes.
+    BlockPerm shared = kPermConsistentRead | kPermWriteUnchanged | (writable_ ? 0 : kPermWrite | kPermResize);
+    auto b = BlockBackend::create(node_, perm, shared, "export '" + id_ + "'");
+    if (!b.ok()) return b.error().prefixed("export '" + id_ + "'");
+    blk_ = std::move(b.value());
+    blk_->set_writethrough(opts.writethrough);
+
+    Status s = check_mountpoint();
+    if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
+    mode_ = S_IFREG | S_IRUSR | (writable_ ? S_IWUSR : 0);
+    uid_ = getuid();
+    gid_ = getgid();
+
+    switch (opts.fuse.allow_other) {
+    case OnOffAuto::kOn:
+        s = mount(true);
+        allow_other_ = true;
+        break;
+    case OnOffAuto::kOff:
+        s = mount(false);
+        break;
+    case OnOffAuto::kAuto:
+        s = mount(true);
+        allow_other_ = s.ok();
+        if (!s.ok()) s = mount(false);
+        break;
+    }
+    if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
+    int master = fuse_session_fd(se_);
+
+    if (iothreads.empty()) {
+        auto q = std::make_unique<FuseQueue>();
+        q->exp = this;
+        q->fd = master;
+        q->ctx = main_ctx_;
+        queues_.push_back(std::move(q));
+    } else {
+        for (IoThread *t : iothreads) {
+            int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+            if (fd < 0) return errno_error(errno, "export '" + id_ + "': /dev/fuse");
+            uint32_t src = static_cast<uint32_t>(master);
+            if (ioctl(fd, FUSE_DEV_IOC_CLONE, &src) != 0) {
+                int e = errno;
+                close(fd);
+                return errno_error(e, "export '" + id_ + "': cloning the /dev/fuse descriptor");
+            }
+            auto q = std::make_unique<FuseQueue>();
+            q->exp = this;
+            q->fd = fd;
+            q->owns_fd = true;
+            q->ctx = t->ctx();
+            q->thread = t;
+            queues_.push_back(std::move(q));
+        }
+    }
+    for (auto &q : queues_) {
+        int fl = fcntl(q->fd, F_GETFL);
+        fcntl(q->fd, F_SETFL, fl | O_NONBLOCK);
+        attach(q.get());
+    }
+    log_info("export '%s': node '%s' mounted at %s (%s, %zu queue%s)", id_.c_str(), node_->node_name().c_str(),
+             mountpoint_.c_str(), writable_ ? "writable" : "read-only", queues_.size(), queues_.size() > 1 ? "s" : "");
+    return {};
+}
+
+void FuseExport::attach(FuseQueue *q)
+{
+    if (q->thread) {
+        q->thread->run_sync([](void *p) {
+            auto *qq = static_cast<FuseQueue *>(p);
+            qq->ctx->set_fd_handler(qq->fd, &FuseExport::on_readable, nullptr, qq);
+        }, q);
+    } else {
+        q->ctx->set_fd_handler(q->fd, &FuseExport::on_readable, nullptr, q);
+    }
+    q->attached = true;
+}
+
+void FuseExport::detach(FuseQueue *q)
+{
+    if (!q->attached.exchange(false)) return;
+    if (q->thread) {
+        q->thread->run_sync([](void *p) {
+            auto *qq = static_cast<FuseQueue *>(p);
+            qq->ctx->set_fd_handler(qq->fd, nullptr, nullptr, nullptr);
+        }, q);
+    } else {
+        q->ctx->set_fd_handler(q->fd, nullptr, nullptr, nullptr);
+    }
+}
+
+// ---------------------------------------------------------------- teardown
+
+void FuseExport::shutdown()
+{
+    if (shut_down_) return;
+    shut_down_ = true;
+    halted_ = true;
+    for (auto &q : queues_) detach(q.get());
+    if (blk_) {
+        // Finish what is in flight, then make it stable.
+        blk_->drain();
+        if (writable_) {
+            int r = run_in_coroutine([this] { return blk_->co_flush(); });
+            if (r < 0) log_error("export '%s': flush failed: %s", id_.c_str(), strerror(-r));
+        }
+    }
+    for (auto &q : queues_) {
+        if (q->owns_fd && q->fd >= 0) close(q->fd);
+        q->fd = -1;
+    }
+    if (se_) {
+        if (mounted_) fuse_session_unmount(se_);
+        mounted_ = false;
+        fuse_session_destroy(se_);
+        se_ = nullptr;
+    }
+    blk_.reset();
+    log_info("export '%s': unmounted %s", id_.c_str(), mountpoint_.c_str());
+}
+
+FuseExport::~FuseExport() { shutdown(); }
+
+void FuseExport::unmounted_externally(FuseQueue *)
+{
+    halted_ = true;
+    if (gone_scheduled_.exchange(true)) return;
+    // Finish in the main loop: shutdown() detaches handlers and drains.
+    main_ctx_->schedule_oneshot(
+        [](void *p) {
+            auto *e = static_cast<FuseExport *>(p);
+            log_info("export '%s': %s was unmounted", e->id().c_str(), e->mountpoint_.c_str());
+            e->mounted_ = false;   // nothing left to unmount
+            e->shutdown();
+            if (e->on_gone_) e->on_gone_(e);
+        },
+        this);
+}
+
+// ---------------------------------------------------------------- request loop
+
+void FuseExport::on_readable(void *opaque)
+{
+    auto *q = static_cast<FuseQueue *>(opaque);
+    q->exp->read_requests(q);
+}
+
+void FuseExport::read_requests(FuseQueue *q)
+{
+    q->wakeups.fetch_add(1, std::memory_order_relaxed);
+    if (!q->base_set) {
+        q->switches_base = coroutine_stats().switches;
+        q->base_set = true;
+    }
+    for (int i = 0; i < kMaxBatch && !halted_; i++) {
+        FuseRequest *req = q->get();
+        struct iovec iov[2] = {{req->hdr, kHeaderArea}, {req->payload.get(), kPayloadSize}};
+        ssize_t n = readv(q->fd, iov, 2);
+        if (n < 0) {
+            int e = errno;
+            q->put(req);
+            if (e == EINTR || e == ENOENT) continue;   // ENOENT: the request was interrupted
+            if (e == EAGAIN) break;
+            if (e == ENODEV) {
+                unmounted_externally(q);
+                break;
+            }
+            log_error("export '%s': reading /dev/fuse: %s", id_.c_str(), strerror(e));
+            unmounted_externally(q);
+            break;
+        }
+        if (static_cast<size_t>(n) < sizeof(fuse_in_header) || req->in().len != static_cast<uint32_t>(n)) {
+            log_error("export '%s': malformed request from the kernel (%zd bytes)", id_.c_str(), n);
+            q->put(req);
+            continue;
+        }
+        req->len = n;
+        q->fuse_reads.fetch_add(1, std::memory_order_relaxed);
+        // One coroutine per request; it runs until its first I/O wait.
+        q->ctx->co_enter(coroutine_create(&FuseExport::process_entry, req));
+    }
+    // Publish counters of this thread for stats().
+    q->switches.store(coroutine_stats().switches - q->switches_base, std::memory_order_relaxed);
+    IoBackendStats ios = q->ctx->io()->stats();
+    q->io_submissions.store(ios.submissions, std::memory_order_relaxed);
+    q->io_enters.store(ios.enters, std::memory_order_relaxed);
+}
+
+void FuseExport::process_entry(void *opaque)
+{
+    auto *req = static_cast<FuseRequest *>(opaque);
+    req->q->exp->process(req);
+}
+
+void FuseExport::reply(FuseRequest *req, int err, const void *data, size_t len, const void *data2, size_t len2)
+{
+    FuseQueue *q = req->q;
+    if (err) {
+        q->errors.fetch_add(1, std::memory_order_relaxed);
+        data = data2 = nullptr;
+        len = len2 = 0;
+    }
+    fuse_out_header oh;
+    oh.unique = req->in().unique;
+    oh.error = -err;   // the one place errno changes sign for the kernel
+    oh.len = static_cast<uint32_t>(sizeof(oh) + len + len2);
+    struct iovec iov[3] = {{&oh, sizeof(oh)}, {const_cast<void *>(data), len}, {const_cast<void *>(data2), len2}};
+    int cnt = 1 + (len ? 1 : 0) + (len2 ? 1 : 0);
+    if (!len && len2) iov[1] = iov[2];
+    for (;;) {
+        ssize_t w = writev(q->fd, iov, cnt);
+        if (w >= 0) break;
+        if (errno == EINTR) continue;
+        // ENOENT: the kernel gave up on the request (interrupted); fine.
+        if (errno != ENOENT && errno != ENODEV) {
+            log_warn("export '%s': replying to %s: %s", id_.c_str(), opcode_name(req->in().opcode), strerror(errno));
+        }
+        break;
+    }
+}
+
+void FuseExport::process(FuseRequest *req)
+{
+    FuseQueue *q = req->q;
+    uint32_t op = req->in().opcode;
+    switch (op) {
+    case FUSE_INIT:
+        handle_init(req);
+        break;
+    case FUSE_GETATTR:
+        q->requests[ExportStats::kGetattr].fetch_add(1, std::memory_order_relaxed);
+        handle_getattr(req);
+        break;
+    case FUSE_SETATTR:
+        q->requests[ExportStats::kSetattr].fetch_add(1, std::memory_order_relaxed);
+        handle_setattr(req);
+        break;
+    case FUSE_OPEN:
+        handle_open(req);
+        break;
+    case FUSE_RELEASE:
+        reply(req, 0);
+        break;
+    case FUSE_READ:
+        q->requests[ExportStats::kRead].fetch_add(1, std::memory_order_relaxed);
+        handle_read(req);
+        break;
+    case FUSE_WRITE:
+        q->requests[ExportStats::kWrite].fetch_add(1, std::memory_order_relaxed);
+        handle_write(req);
+        break;
+    case FUSE_FLUSH:
+    case FUSE_FSYNC: {
+        q->requests[ExportStats::kFlush].fetch_add(1, std::memory_order_relaxed);
+        int r = writable_ ? blk_->co_flush() : 0;
+        reply(req, r < 0 ? -r : 0);
+        break;
+    }
+    case FUSE_FALLOCATE:
+        q->requests[ExportStats::kFallocate].fetch_add(1, std::memory_order_relaxed);
+        handle_fallocate(req);
+        break;
+    case FUSE_LSEEK:
+        q->requests[ExportStats::kLseek].fetch_add(1, std::memory_order_relaxed);
+        handle_lseek(req);
+        break;
+    case FUSE_STATFS:
+        q->requests[ExportStats::kOther].fetch_add(1, std::memory_order_relaxed);
+        handle_statfs(req);
+        break;
+    case FUSE_FORGET:
+    case FUSE_BATCH_FORGET:
+    case FUSE_INTERRUPT:
+        break;   // no reply expected
+    case FUSE_DESTROY:
+        reply(req, 0);
+        break;
+    case FUSE_LOOKUP:
+        q->requests[ExportStats::kOther].fetch_add(1, std::memory_order_relaxed);
+        reply(req, ENOENT);
+        break;
+    default:
+        q->requests[ExportStats::kOther].fetch_add(1, std::memory_order_relaxed);
+        reply(req, ENOSYS);
+        break;
+    }
+    q->put(req);
+}
+
+// ---------------------------------------------------------------- operations
+
+void FuseExport::handle_init(FuseRequest *req)
+{
+    fuse_init_in in;
+    memset(&in, 0, sizeof(in));
+    // Old kernels send the short (pre-7.36) structure.
+    if (!req->arg(0, &in, 16)) {
+        reply(req, EINVAL);
+        return;
+    }
+    fuse_init_out out;
+    memset(&out, 0, sizeof(out));
+    out.major = FUSE_KERNEL_VERSION;
+    out.minor = std::min<uint32_t>(in.minor, FUSE_KERNEL_MINOR_VERSION);
+    if (in.major != FUSE_KERNEL_VERSION) {
+        // Tell a newer kernel which major version we speak; it retries.
+        reply(req, in.major > FUSE_KERNEL_VERSION ? 0 : EPROTO, &out, 8);
+        return;
+    }
+    if (in.minor < kOurMinor) {
+        log_error("export '%s': kernel FUSE protocol 7.%u is too old (need 7.%u)", id_.c_str(), in.minor, kOurMinor);
+        reply(req, EPROTO);
+        return;
+    }
+    proto_minor_ = out.minor;
+    uint32_t want = FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_BIG_WRITES | FUSE_MAX_PAGES;
+    out.flags = in.flags & want;
+    out.max_readahead = in.max_readahead;
+    out.max_background = UINT16_MAX;
+    out.congestion_threshold = UINT16_MAX / 4 * 3;
+    out.max_write = kMaxWrite;
+    out.time_gran = 1;
+    out.max_pages = static_cast<uint16_t>(kMaxWrite / sysconf(_SC_PAGESIZE));
+    reply(req, 0, &out, sizeof(out));
+}
+
+void FuseExport::fill_attr(fuse_attr *a)
+{
+    memset(a, 0, sizeof(*a));
+    int64_t len = blk_ ? blk_->getlength() : 0;
+    a->ino = 1;
+    a->size = static_cast<uint64_t>(std::max<int64_t>(len, 0));
+    int64_t alloc = node_->allocated_file_size();
+    a->blocks = alloc >= 0 ? static_cast<uint64_t>(alloc) / 512 : (a->size + 511) / 512;
+    a->atime = a->mtime = a->ctime = static_cast<uint64_t>(start_time_.tv_sec);
+    a->atimensec = a->mtimensec = a->ctimensec = static_cast<uint32_t>(start_time_.tv_nsec);
+    {
+        std::lock_guard<std::mutex> g(attr_lock_);
+        a->mode = mode_;
+        a->uid = uid_;
+        a->gid = gid_;
+    }
+    a->nlink = 1;
+    a->blksize = std::max<uint32_t>(node_->limits().request_alignment, 512);
+}
+
+void FuseExport::handle_getattr(FuseRequest *req)
+{
+    fuse_attr_out out;
+    memset(&out, 0, sizeof(out));
+    out.attr_valid = 1;
+    fill_attr(&out.attr);
+    reply(req, 0, &out, sizeof(out));
+}
+
+int FuseExport::co_grow(int64_t new_size, PreallocMode prealloc)
+{
+    return blk_->co_truncate(new_size, true, prealloc, kReqZeroWrite);
+}
+
+void FuseExport::handle_setattr(FuseRequest *req)
+{
+    fuse_setattr_in in;
+    if (!req->arg(&in)) {
+        reply(req, EINVAL);
+        return;
+    }
+    // Changes we ignore, as QEMU does: times, handles, lock owners.
+    const uint32_t supported = FATTR_SIZE | FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_FH | FATTR_LOCKOWNER |
+                               FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW | FATTR_CTIME |
+                               FATTR_KILL_SUIDGID;
+    if (in.valid & ~supported) {
+        reply(req, ENOTSUP);
+        return;
+    }
+    if (in.valid & FATTR_SIZE) {
+        if (!writable_) {
+            reply(req, EACCES);
+            return;
+        }
+        int r = blk_->co_truncate(static_cast<int64_t>(in.size), true, PreallocMode::kOff, kReqZeroWrite);
+        if (r < 0) {
+            reply(req, -r);
+            return;
+        }
+    }
+    if (in.valid & FATTR_MODE) {
+        // Only permission bits may change, and a read-only export never
+        // shows write permission.
+        uint32_t perms = in.mode & 07777;
+        if (!writable_ && (perms & 0222)) {
+            reply(req, EROFS);
+            return;
+        }
+        std::lock_guard<std::mutex> g(attr_lock_);
+        mode_ = S_IFREG | perms;
+    }
+    if (in.valid & (FATTR_UID | FATTR_GID)) {
+        if (!allow_other_) {
+            // Nobody else can see the file; changing the owner makes no sense.
+            reply(req, ENOTSUP);
+            return;
+        }
+        std::lock_guard<std::mutex> g(attr_lock_);
+        if (in.valid & FATTR_UID) uid_ = in.uid;
+        if (in.valid & FATTR_GID) gid_ = in.gid;
+    }
+    handle_getattr(req);
+}
+
+void FuseExport::handle_open(FuseRequest *req)
+{
+    fuse_open_in in;
+    if (!req->arg(&in)) {
+        reply(req, EINVAL);
+        return;
+    }
+    if (!writable_ && (in.flags & O_ACCMODE) != O_RDONLY) {
+        reply(req, EROFS);
+        return;
+    }
+    fuse_open_out out;
+    memset(&out, 0, sizeof(out));
+    // Show the image as it is: no page cache in front of it, and let
+    // writes to one file run in parallel.
+    out.open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+    reply(req, 0, &out, sizeof(out));
+}
+
+void FuseExport::handle_read(FuseRequest *req)
+{
+    fuse_read_in in;
+    if (!req->arg(&in) || in.size > kMaxWrite) {
+        reply(req, EINVAL);
+        return;
+    }
+    int64_t len = blk_->getlength();
+    int64_t off = static_cast<int64_t>(in.offset);
+    if (off >= len || in.size == 0) {
+        reply(req, 0);
+        return;
+    }
+    int64_t n = std::min<int64_t>(in.size, len - off);   // short read at EOF
+    // The request's payload buffer is free for READ (its arguments fit in
+    // the header area), so it holds the data: no allocation.
+    uint8_t *buf = req->payload.get();
+    int r = blk_->co_pread(off, n, buf);
+    if (r < 0) {
+        reply(req, -r);
+        return;
+    }
+    req->q->bytes_read.fetch_add(n, std::memory_order_relaxed);
+    reply(req, 0, buf, n);
+}
+
+void FuseExport::handle_write(FuseRequest *req)
+{
+    fuse_write_in in;
+    if (!req->arg(&in)) {
+        reply(req, EINVAL);
+        return;
+    }
+    if (!writable_) {
+        reply(req, EACCES);
+        return;
+    }
+    if (req->len < kHeaderArea + in.size) {
+        reply(req, EINVAL);
+        return;
+    }
+    // The data was read straight into the payload buffer, which this
+    // request owns until it replies.
+    const uint8_t *data = req->payload.get();
+    int64_t off = static_cast<int64_t>(in.offset);
+    int64_t n = in.size;
+    int64_t len = blk_->getlength();
+    if (off + n > len) {
+        if (growable_) {
+            int r = co_grow(off + n, PreallocMode::kOff);
+            if (r < 0) {
+                reply(req, -r);
+                return;
+            }
+        } else {
+            if (off >= len) {
+                reply(req, ENOSPC);
+                return;
+            }
+            n = len - off;   // short write; the next one gets ENOSPC
+        }
+    }
+    int r = blk_->co_pwrite(off, n, data);
+    if (r < 0) {
+        reply(req, -r);
+        return;
+    }
+    req->q->bytes_written.fetch_add(n, std::memory_order_relaxed);
+    fuse_write_out out;
+    memset(&out, 0, sizeof(out));
+    out.size = static_cast<uint32_t>(n);
+    reply(req, 0, &out, sizeof(out));
+}
+
+void FuseExport::handle_fallocate(FuseRequest *req)
+{
+    fuse_fallocate_in in;
+    if (!req->arg(&in)) {
+        reply(req, EINVAL);
+        return;
+    }
+    if (!writable_) {
+        reply(req, EACCES);
+        return;
+    }
+    int64_t off = static_cast<int64_t>(in.offset);
+    int64_t length = static_cast<int64_t>(in.length);
+    int64_t len = blk_->getlength();
+    int r = 0;
+    if (in.mode == 0) {
+        // Allocation inside the image is a no-op we cannot express; past the
+        // end it grows the image with preallocation, as QEMU does.
+        if (off + length <= len) {
+            r = off < len ? -EOPNOTSUPP : 0;
+        } else {
+            r = co_grow(off + length, PreallocMode::kFalloc);
+        }
+    } else if (in.mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
+        int64_t end = std::min(off + length, len);
+        for (int64_t o = off; o < end && r == 0;) {
+            int64_t n = std::min<int64_t>(end - o, kMaxRequestBytes);
+            r = blk_->co_pwrite_zeroes(o, n, kReqMayUnmap | kReqNoFallback);
+            o += n;
+        }
+        if (r == -ENOTSUP) r = -EOPNOTSUPP;
+    } else if ((in.mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE) {
+        int64_t end = off + length;
+        if (end > len && !(in.mode & FALLOC_FL_KEEP_SIZE)) {
+            r = co_grow(end, PreallocMode::kOff);
+            len = blk_->getlength();
+        }
+        end = std::min(end, len);
+        for (int64_t o = off; o < end && r == 0;) {
+            int64_t n = std::min<int64_t>(end - o, kMaxRequestBytes);
+            r = blk_->co_pwrite_zeroes(o, n, 0);
+            o += n;
+        }
+    } else {
+        r = -EOPNOTSUPP;
+    }
+    reply(req, r < 0 ? -r : 0);
+}
+
+void FuseExport::handle_lseek(FuseRequest *req)
+{
+    fuse_lseek_in in;
+    if (!req->arg(&in)) {
+        reply(req, EINVAL);
+        return;
+    }
+    if (in.whence != SEEK_DATA && in.whence != SEEK_HOLE) {
+        reply(req, EINVAL);
+        return;
+    }
+    int64_t len = blk_->getlength();
+    int64_t off = static_cast<int64_t>(in.offset);
+    if (off < 0 || off >= len) {
+        reply(req, ENXIO);
+        return;
+    }
+    // Data is what some layer of the chain stores (DATA); holes read as zeros.
+    for (;;) {
+        int64_t pnum = 0;
+        int ret = node_->co_block_status_above(nullptr, true, off, len - off, &pnum, nullptr, nullptr, nullptr);
+        if (ret < 0) {
+            reply(req, -ret);
+            return;
+        }
+        bool data = ret & kStatusData;
+        if ((in.whence == SEEK_DATA && data) || (in.whence == SEEK_HOLE && !data)) break;
+        if (pnum <= 0) {
+            reply(req, EIO);
+            return;
+        }
+        off += pnum;
+        if (off >= len) {
+            if (in.whence == SEEK_DATA) {
+                reply(req, ENXIO);
+                return;
+            }
+            off = len;   // the implicit hole at EOF
+            break;
+        }
+    }
+    fuse_lseek_out out;
+    memset(&out, 0, sizeof(out));
+    out.offset = static_cast<uint64_t>(off);
+    reply(req, 0, &out, sizeof(out));
+}
+
+void FuseExport::handle_statfs(FuseRequest *req)
+{
+    fuse_statfs_out out;
+    memset(&out, 0, sizeof(out));
+    int64_t len = blk_->getlength();
+    out.st.bsize = 512;
+    out.st.frsize = 512;
+    out.st.blocks = static_cast<uint64_t>(len) / 512;
+    out.st.files = 1;
+    out.st.namelen = 255;
+    reply(req, 0, &out, sizeof(out));
+}
+
+// ---------------------------------------------------------------- stats
+
+ExportStats FuseExport::stats() const
+{
+    ExportStats s;
+    for (auto &q : queues_) {
+        for (int k = 0; k < 8; k++) s.requests[k] += q->requests[k].load(std::memory_order_relaxed);
+        s.bytes_read += q->bytes_read.load(std::memory_order_relaxed);
+        s.bytes_written += q->bytes_written.load(std::memory_order_relaxed);
+        s.errors += q->errors.load(std::memory_order_relaxed);
+        s.coroutine_switches += q->switches.load(std::memory_order_relaxed);
+        s.io_submissions += q->io_submissions.load(std::memory_order_relaxed);
+        s.io_enters += q->io_enters.load(std::memory_order_relaxed);
+        s.fuse_reads += q->fuse_reads.load(std::memory_order_relaxed);
+        s.wakeups += q->wakeups.load(std::memory_order_relaxed);
+    }
+    return s;
+}
+
+std::string FuseExport::stats_text() const
+{
+    ExportStats s = stats();
+    uint64_t total = 0;
+    for (int k = 0; k < 8; k++) total += s.requests[k];
+    uint64_t rw = s.requests[ExportStats::kRead] + s.requests[ExportStats::kWrite];
+    std::ostringstream o;
+    o << "export '" << id_ << "' (fuse, " << mountpoint_ << ", " << queues_.size() << " queue"
+      << (queues_.size() > 1 ? "s" : "") << ", transport /dev/fuse read/writev):\n";
+    o << "  requests:";
+    for (int k = 0; k < 8; k++) o << " " << ExportStats::kind_name(k) << "=" << s.requests[k];
+    o << "\n  bytes read=" << s.bytes_read << " written=" << s.bytes_written << " errors=" << s.errors << "\n";
+    o << "  fuse reads=" << s.fuse_reads << " wakeups=" << s.wakeups << " coroutine switches=" << s.coroutine_switches
+      << " io_uring submissions=" << s.io_submissions << " io_uring enters=" << s.io_enters << "\n";
+    if (rw) {
+        char buf[160];
+        snprintf(buf, sizeof(buf), "  per read/write request: %.2f coroutine switches, %.2f io_uring enters\n",
+                 static_cast<double>(s.coroutine_switches) / static_cast<double>(total ? total : 1),
+                 static_cast<double>(s.io_enters) / static_cast<double>(rw));
+        o << buf;
+    }
+    return o.str();
+}
+
+// ---------------------------------------------------------------- creation
+
+Result<std::unique_ptr<BlockExport>> fuse_export_create(BlockGraph &graph, const BlockExportOptions &opts,
+                                                        const std::vector<IoThread *> &iothreads,
+                                                        ExportGoneFn on_gone)
+{
+    std::unique_ptr<FuseExport> exp(new FuseExport);
+    exp->on_gone_ = std::move(on_gone);
+    Status s = exp->start(graph, opts, iothreads);
+    if (!s.ok()) {
+        exp->shutdown();
+        return s.error();
+    }
+    return std::unique_ptr<BlockExport>(std::move(exp));
+}
+
+} // namespace bg
