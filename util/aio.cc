@@ -203,6 +203,7 @@ void AioContext::schedule_oneshot(AioCallback cb, void *opaque)
 void AioContext::bh_enqueue(BottomHalf *bh)
 {
     bh->next_ = nullptr;
+    bh->round_ = bh_round_;
     if (bh_tail_) bh_tail_->next_ = bh;
     else bh_head_ = bh;
     bh_tail_ = bh;
@@ -250,20 +251,30 @@ BottomHalf::~BottomHalf()
 
 void AioContext::run_bhs()
 {
-    // Take the list as it is now: bottom halves scheduled while these run go
-    // to the next round, so a self-rescheduling one cannot starve the loop.
-    BottomHalf *list;
+    // Run what was queued before this round, popping one at a time under the
+    // lock: bottom halves scheduled while these run (even one that already
+    // ran) are stamped with a later round and wait for the next one, so a
+    // self-rescheduling one cannot starve the loop; cancel() and delete of a
+    // bottom half still due in this round take effect at once.
+    uint64_t round;
     {
         std::lock_guard<std::mutex> g(bh_lock_);
-        list = bh_head_;
-        bh_head_ = bh_tail_ = nullptr;
-        bh_any_.store(false, std::memory_order_release);
-        for (BottomHalf *b = list; b; b = b->next_) b->scheduled_ = false;
+        round = bh_round_++;
     }
-    while (list) {
-        BottomHalf *bh = list;
-        list = bh->next_;
-        bh->next_ = nullptr;
+    for (;;) {
+        BottomHalf *bh;
+        {
+            std::lock_guard<std::mutex> g(bh_lock_);
+            bh = bh_head_;
+            if (!bh || bh->round_ > round) break;
+            bh_head_ = bh->next_;
+            if (!bh_head_) {
+                bh_tail_ = nullptr;
+                bh_any_.store(false, std::memory_order_release);
+            }
+            bh->next_ = nullptr;
+            bh->scheduled_ = false;
+        }
         bh->cb_(bh->opaque_);
         if (bh->oneshot_) delete bh;
     }

@@ -55,6 +55,7 @@ class BottomHalf {
     void *opaque_;
     bool oneshot_;              // deleted after it runs
     bool scheduled_ = false;    // guarded by ctx_->bh_lock_
+    uint64_t round_ = 0;        // ctx_->bh_round_ when queued; guarded by bh_lock_
     BottomHalf *next_ = nullptr;
 };
 
@@ -173,6 +174,7 @@ class AioContext {
     std::mutex bh_lock_;
     BottomHalf *bh_head_ = nullptr, *bh_tail_ = nullptr;
     std::atomic<bool> bh_any_{false};
+    uint64_t bh_round_ = 0;   // run_bhs() rounds started; guarded by bh_lock_
 
     struct TimerKey {
         int64_t deadline;

@@ -222,7 +222,11 @@ void trampoline(int hi, int lo)
                                              static_cast<unsigned>(lo));
     // First arrival: record where to resume and go back to the creator.
 #ifdef BG_ASAN
-    __sanitizer_start_switch_fiber(&co->fake_stack, nullptr, 0);
+    // Complete the creator's switch to this stack before starting the one back.
+    const void *creator_bottom = nullptr;
+    size_t creator_size = 0;
+    __sanitizer_finish_switch_fiber(nullptr, &creator_bottom, &creator_size);
+    __sanitizer_start_switch_fiber(&co->fake_stack, creator_bottom, creator_size);
 #endif
 #if BG_ASM_SWITCH
     bg_co_save_and_call(&co->sp, back_to_creator, &ts());
