@@ -351,7 +351,7 @@ int BlockNode::co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t b
         if (driver_ok) {
             ReqFlags zf = flags & supported_zero_flags_;
             requests_served_.fetch_add(1, std::memory_order_relaxed);
-            debug_event("pwrite_zeroes");
+            debug_event("pwritev_zero");
             r = do_co_pwrite_zeroes(offset, num, zf);
             if (r == 0 && (flags & kReqFua) && !(supported_zero_flags_ & kReqFua)) r = co_flush_generic();
             if (r == -ENOTSUP && (flags & kReqNoFallback)) return r;
@@ -438,7 +438,6 @@ int BlockNode::co_pdiscard_generic(int64_t offset, int64_t bytes)
     max = std::max(align_down(max, align), align);
     TrackedRequestGuard g(this, TrackedRequest::kDiscard, start, end - start, false);
     mark_dirty();
-    debug_event("pdiscard");
     for (int64_t off = start; off < end;) {
         int64_t n = std::min(end - off, max);
         requests_served_.fetch_add(1, std::memory_order_relaxed);
@@ -496,7 +495,6 @@ int BlockNode::co_truncate_generic(int64_t offset, bool exact, PreallocMode prea
     int64_t start = std::min(old, offset);
     TrackedRequestGuard g(this, TrackedRequest::kTruncate, start, kMaxLength - start, true);
     mark_dirty();
-    debug_event("truncate");
     requests_served_.fetch_add(1, std::memory_order_relaxed);
     int r = do_co_truncate(offset, exact, prealloc, flags);
     if (r < 0) return r;

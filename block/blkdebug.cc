@@ -1,0 +1,330 @@
+// The blkdebug filter (QEMU block/blkdebug.c): forwards everything to its
+// "image" child, except that inject-error rules make matching requests
+// fail, and it can force request limits (align, max-transfer, ...) so
+// that the generic layer's padding and splitting get exercised.
+//
+// Rules (docs/drivers.md "## blkdebug" has the user-facing description):
+//  - A rule with an event is armed when that event arrives through
+//    debug_event() while blkdebug is in the rule's state (0 = any). As in
+//    QEMU, the first inject-error rule an event arms replaces the set of
+//    armed rules (rules armed by earlier events are disarmed); the rules
+//    armed by one event stay armed until then or until a "once" rule fires.
+//    "none" is fired once at the end of open, so event=none arms a rule
+//    from the start (QEMU 4.1+).
+//  - A rule without an event (our extension) is always armed; its state
+//    is checked per request.
+//  - A request is matched against the armed rules (event-armed first, in
+//    definition order, then event-less ones): its I/O type must be in the
+//    rule's mask; sector / offset+bytes must lie in / overlap the request
+//    (so positional rules never match flush); a rule whose after count is
+//    not used up lets the request pass it (counting it) and matching goes
+//    on. The first rule matched fails the request with -errno (errno 0:
+//    the request passes); once removes the rule for good.
+//  - immediately=false (the default) completes the failure from a bottom
+//    half (the coroutine is rescheduled once first), like QEMU, whose
+//    non-immediate errors complete asynchronously; immediately=true returns
+//    at once without yielding.
+//  - set-state rules change the state when their event fires while in
+//    their state (0 = any); all rules of one event see the state from
+//    before the event.
+//
+// Threading: the rule state is guarded by lock_ (requests and events may
+// come from several threads); lock_ is never held across a yield.
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "block/drivers.h"
+
+namespace bg {
+
+namespace {
+
+// QEMU's BlkdebugEvent names (qapi/block-core.json).
+const char *const kEventNames[] = {
+    "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table", "l2_load",
+    "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write", "read_aio",
+    "read_backing_aio", "read_compressed", "write_aio", "write_compressed", "vmstate_load", "vmstate_save",
+    "cow_read", "cow_write", "reftable_load", "reftable_grow", "reftable_update", "refblock_load",
+    "refblock_update", "refblock_update_part", "refblock_alloc", "refblock_alloc_hookup",
+    "refblock_alloc_write", "refblock_alloc_write_blocks", "refblock_alloc_write_table",
+    "refblock_alloc_switch_table", "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "flush_to_os",
+    "flush_to_disk", "pwritev_rmw_head", "pwritev_rmw_after_head", "pwritev_rmw_tail",
+    "pwritev_rmw_after_tail", "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare",
+    "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none",
+};
+
+bool event_valid(const std::string &name)
+{
+    for (const char *e : kEventNames) {
+        if (name == e) return true;
+    }
+    return false;
+}
+
+constexpr uint32_t iotype_bit(BlkdebugIoType t) { return 1u << static_cast<unsigned>(t); }
+
+// QEMU's default when iotype is absent.
+constexpr uint32_t kDefaultIoMask = iotype_bit(BlkdebugIoType::kRead) | iotype_bit(BlkdebugIoType::kWrite) |
+                                    iotype_bit(BlkdebugIoType::kWriteZeroes) |
+                                    iotype_bit(BlkdebugIoType::kDiscard) | iotype_bit(BlkdebugIoType::kFlush);
+
+struct InjectRule {
+    BlkdebugInjectError opt;
+    uint32_t iotype_mask = kDefaultIoMask;
+    uint64_t passed = 0;     // matching requests let through so far (for opt.after)
+    bool removed = false;    // a once rule that fired
+};
+
+bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
+
+class BlkdebugNode final : public FilterNode {
+  protected:
+    Status open(const BlockdevOptions &opts) override;
+
+    int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override
+    {
+        int err = rule_check(offset, bytes, BlkdebugIoType::kRead);
+        if (err) return err;
+        return filtered_->co_preadv(offset, bytes, qiov, flags);
+    }
+
+    int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override
+    {
+        int err = rule_check(offset, bytes, BlkdebugIoType::kWrite);
+        if (err) return err;
+        return filtered_->co_pwritev(offset, bytes, qiov, flags);
+    }
+
+    // Like QEMU, requests smaller than the (forced) write-zeroes alignment
+    // are refused with -ENOTSUP so that the generic fallback gets tested.
+    int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags) override
+    {
+        uint32_t align = limits().request_alignment;
+        if (limits().pwrite_zeroes_alignment > align) align = limits().pwrite_zeroes_alignment;
+        if (bytes < static_cast<int64_t>(align)) return -ENOTSUP;
+        int err = rule_check(offset, bytes, BlkdebugIoType::kWriteZeroes);
+        if (err) return err;
+        return filtered_->co_pwrite_zeroes(offset, bytes, flags);
+    }
+
+    int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override
+    {
+        if (bytes < static_cast<int64_t>(limits().request_alignment)) return -ENOTSUP;
+        int err = rule_check(offset, bytes, BlkdebugIoType::kDiscard);
+        if (err) return err;
+        return filtered_->co_pdiscard(offset, bytes);
+    }
+
+    // The generic layer flushes the child afterwards.
+    int coroutine_fn do_co_flush_to_disk() override { return rule_check(0, 0, BlkdebugIoType::kFlush); }
+
+    int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags) override
+    {
+        int err = rule_check(offset, 0, BlkdebugIoType::kTruncate);
+        if (err) return err;
+        return filtered_->co_truncate(offset, exact, prealloc, flags);
+    }
+
+    int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                        int64_t *map, BlockNode **file) override
+    {
+        (void)want_zero;
+        int err = rule_check(offset, bytes, BlkdebugIoType::kBlockStatus);
+        if (err) return err;
+        *pnum = bytes;
+        *map = offset;
+        *file = filtered_->node();
+        return kStatusRaw | kStatusOffsetValid;
+    }
+
+    void refresh_limits(BlockLimits *bl) override
+    {
+        if (align_) bl->request_alignment = align_;
+        if (max_transfer_) bl->max_transfer = max_transfer_;
+        if (opt_write_zero_) bl->pwrite_zeroes_alignment = opt_write_zero_;
+        if (max_write_zero_) bl->max_pwrite_zeroes = max_write_zero_;
+        if (opt_discard_) bl->pdiscard_alignment = opt_discard_;
+        if (max_discard_) bl->max_pdiscard = max_discard_;
+    }
+
+    void debug_event(const char *event) override
+    {
+        process_event(event);
+        BlockNode::debug_event(event);
+    }
+
+  private:
+    void process_event(const char *event);
+    int coroutine_fn rule_check(int64_t offset, int64_t bytes, BlkdebugIoType iotype);
+    bool rule_matches(InjectRule &r, uint64_t offset, uint64_t bytes, uint32_t bit, bool check_state);
+
+    uint32_t align_ = 0, max_transfer_ = 0, opt_write_zero_ = 0, max_write_zero_ = 0;
+    uint32_t opt_discard_ = 0, max_discard_ = 0;
+
+    std::mutex lock_;                        // guards everything below
+    std::vector<InjectRule> rules_;          // all inject-error rules, in definition order
+    std::vector<BlkdebugSetState> set_state_;
+    std::vector<size_t> armed_;              // indices into rules_ armed by the last event
+    int64_t state_ = 1;
+};
+
+Status BlkdebugNode::open(const BlockdevOptions &opts)
+{
+    const auto *o = opts.as<BlockdevOptionsBlkdebug>();
+    if (!o) return node_error(EINVAL, "options are not blkdebug options");
+    if (!o->config.empty()) return node_error(ENOTSUP, "blkdebug config files are not supported; use inject-error and set-state");
+
+    for (const BlkdebugInjectError &e : o->inject_error) {
+        if (!e.event.empty() && !event_valid(e.event)) {
+            return node_error(EINVAL, "inject-error: invalid event '" + e.event + "'");
+        }
+        if (e.err < 0) return node_error(EINVAL, "inject-error: errno must not be negative");
+        if (e.bytes && !e.offset) return node_error(EINVAL, "inject-error: bytes requires offset");
+        InjectRule r;
+        r.opt = e;
+        if (e.iotype) r.iotype_mask = iotype_bit(*e.iotype);
+        rules_.push_back(r);
+    }
+    for (const BlkdebugSetState &s : o->set_state) {
+        if (s.event.empty()) return node_error(EINVAL, "Missing event name for rule");
+        if (!event_valid(s.event)) return node_error(EINVAL, "set-state: invalid event '" + s.event + "'");
+        set_state_.push_back(s);
+    }
+    state_ = 1;
+
+    BG_TRY(open_filtered("image", o->image));
+
+    // Limit overrides, checked as QEMU does.
+    if (o->align && (o->align >= INT32_MAX || !is_pow2(o->align))) {
+        return node_error(EINVAL, "Cannot meet constraints with align " + std::to_string(o->align));
+    }
+    uint64_t align = o->align;
+    uint32_t child_align = filtered_->node()->limits().request_alignment;
+    if (child_align > align) align = child_align;
+    auto check = [&](uint32_t v, uint64_t multiple_of, const char *name) -> Status {
+        if (v && (v >= INT32_MAX || v % multiple_of != 0)) {
+            return node_error(EINVAL, std::string("Cannot meet constraints with ") + name + " " + std::to_string(v));
+        }
+        return {};
+    };
+    BG_TRY(check(o->max_transfer, align, "max-transfer"));
+    BG_TRY(check(o->opt_write_zero, align, "opt-write-zero"));
+    BG_TRY(check(o->max_write_zero, o->opt_write_zero > align ? o->opt_write_zero : align, "max-write-zero"));
+    BG_TRY(check(o->opt_discard, align, "opt-discard"));
+    BG_TRY(check(o->max_discard, o->opt_discard > align ? o->opt_discard : align, "max-discard"));
+    align_ = o->align;
+    max_transfer_ = o->max_transfer;
+    opt_write_zero_ = o->opt_write_zero;
+    max_write_zero_ = o->max_write_zero;
+    opt_discard_ = o->opt_discard;
+    max_discard_ = o->max_discard;
+
+    process_event("none");
+    return {};
+}
+
+void BlkdebugNode::process_event(const char *event)
+{
+    std::lock_guard<std::mutex> g(lock_);
+    int64_t new_state = state_;
+    bool first_inject = true;
+    for (size_t i = 0; i < rules_.size(); i++) {
+        InjectRule &r = rules_[i];
+        if (r.removed || r.opt.event.empty() || r.opt.event != event) continue;
+        if (r.opt.state && r.opt.state != state_) continue;
+        if (first_inject) {
+            armed_.clear();
+            first_inject = false;
+        }
+        armed_.push_back(i);
+    }
+    for (const BlkdebugSetState &s : set_state_) {
+        if (s.event != event) continue;
+        if (s.state && s.state != state_) continue;
+        new_state = s.new_state;
+    }
+    state_ = new_state;
+}
+
+// REQUIRES lock_ held.
+bool BlkdebugNode::rule_matches(InjectRule &r, uint64_t offset, uint64_t bytes, uint32_t bit, bool check_state)
+{
+    if (r.removed || !(r.iotype_mask & bit)) return false;
+    if (check_state && r.opt.state && r.opt.state != state_) return false;
+    if (r.opt.sector >= 0) {
+        uint64_t at = static_cast<uint64_t>(r.opt.sector) * 512;
+        if (!bytes || at < offset || at - offset >= bytes) return false;
+    }
+    if (r.opt.offset) {
+        uint64_t start = *r.opt.offset;
+        uint64_t end = r.opt.bytes ? start + *r.opt.bytes : UINT64_MAX;
+        if (end < start) end = UINT64_MAX;
+        if (!bytes || start >= offset + bytes || end <= offset) return false;
+    }
+    if (r.passed < r.opt.after) {
+        r.passed++;
+        return false;
+    }
+    return true;
+}
+
+int coroutine_fn BlkdebugNode::rule_check(int64_t offset, int64_t bytes, BlkdebugIoType iotype)
+{
+    uint32_t bit = iotype_bit(iotype);
+    uint64_t off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(bytes);
+    int err = 0;
+    bool immediately = false;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        InjectRule *hit = nullptr;
+        for (size_t idx : armed_) {
+            if (rule_matches(rules_[idx], off, len, bit, false)) {
+                hit = &rules_[idx];
+                break;
+            }
+        }
+        if (!hit) {
+            for (InjectRule &r : rules_) {
+                if (r.opt.event.empty() && rule_matches(r, off, len, bit, true)) {
+                    hit = &r;
+                    break;
+                }
+            }
+        }
+        if (!hit || hit->opt.err == 0) return 0;
+        err = hit->opt.err;
+        immediately = hit->opt.immediately;
+        if (hit->opt.once) {
+            hit->removed = true;
+            size_t idx = static_cast<size_t>(hit - rules_.data());
+            for (size_t k = 0; k < armed_.size(); k++) {
+                if (armed_[k] == idx) {
+                    armed_.erase(armed_.begin() + static_cast<std::ptrdiff_t>(k));
+                    break;
+                }
+            }
+        }
+    }
+    if (!immediately) {
+        AioContext::current()->co_schedule(coroutine_self());
+        coroutine_yield();
+    }
+    return -err;
+}
+
+std::unique_ptr<BlockNode> create_blkdebug() { return std::make_unique<BlkdebugNode>(); }
+
+} // namespace
+
+const BlockDriver kDriverBlkdebug = {
+    "blkdebug", BlockDriverKind::kFilter,
+    kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
+        kCapPersistent,
+    "fault injection and forced request limits for testing (filter; child \"image\")",
+    create_blkdebug, nullptr,
+};
+
+} // namespace bg

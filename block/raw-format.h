@@ -1,0 +1,73 @@
+// The raw format driver's public part: probed-raw protection and format
+// probing, for tools that open images without an explicit format
+// (blockgraph mount).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "block/block-driver.h"
+
+namespace bg {
+
+// Size of the buffer format probes look at (QEMU's BLOCK_PROBE_BUF_SIZE).
+constexpr size_t kProbeBufSize = 512;
+
+// raw's probe: 1 for anything (the lowest positive score, so that raw is
+// chosen only when no other format recognises the image).
+int raw_probe(const uint8_t *buf, size_t len);
+
+// True if a first sector with these kProbeBufSize bytes would make registry
+// guess a format other than raw (some other format's probe scores > 1).
+bool probe_sector_is_foreign(const DriverRegistry &registry, const uint8_t *sector0);
+
+// Reads the first kProbeBufSize bytes of node (zeros past its end) and
+// returns the format registry's probes pick: "raw" at worst if raw is
+// registered. Uses a temporary read-only BlockBackend on node. Outside a
+// coroutine it runs one through run_in_coroutine() (REQUIRES
+// AioContext::current()); inside one it yields.
+// Errors: EIO etc. from the read; ENOENT when no registered format matches.
+Result<const BlockDriver *> probe_node_format(BlockNode *node, const DriverRegistry &registry);
+
+// A raw node. With neither offset nor size it is a filter of its "file"
+// child (FILTERED|PRIMARY); otherwise a window [offset, offset+size) onto
+// it (DATA|PRIMARY), and filtered_child() is nullptr.
+class RawFormatNode : public FilterNode {
+  public:
+    BdrvChild *filtered_child() const override { return is_filter_ ? filtered_ : nullptr; }
+
+    // Probed raw: the format was guessed, not given. Then writes that would
+    // change the first 512 bytes of the image into something another
+    // registered format's probe recognises fail with -EPERM (the
+    // format-probing attack of block-layer.md section 4). Call right after
+    // opening, before anyone writes; not thread-safe against requests.
+    void set_probed(bool probed) { probed_ = probed; }
+    bool probed() const { return probed_; }
+
+    uint64_t window_offset() const { return offset_; }   // bytes into the file child
+
+  protected:
+    Status open(const BlockdevOptions &opts) override;
+    int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
+    int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
+    int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags) override;
+    int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override;
+    int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags) override;
+    int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                        int64_t *map, BlockNode **file) override;
+    int64_t do_getlength() override;
+    void refresh_limits(BlockLimits *bl) override;
+
+  private:
+    int adjust_offset(int64_t *offset, int64_t bytes, bool is_write) const;
+    int coroutine_fn check_probed_write(int64_t offset, int64_t bytes, const IOVector *qiov, uint8_t *sector0);
+
+    uint64_t offset_ = 0;       // bytes into the file child where the window starts
+    uint64_t size_ = 0;         // window length in bytes, when has_size_
+    bool has_size_ = false;
+    bool is_filter_ = true;     // neither offset nor size given
+    bool probed_ = false;
+    CoMutex probe_lock_;        // serialises probed-raw writes touching sector 0
+};
+
+} // namespace bg

@@ -1,0 +1,706 @@
+// Unit tests for block/blkdebug.cc: error injection rules (iotype, errno,
+// sector/offset, once, after, event arming, state machine), transparency,
+// and forced request limits.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "block/block-driver.h"
+#include "block/drivers.h"
+#include "util/aio.h"
+
+// Last: check.h defines a macro named fail() that breaks <ios>.
+#include <check.h>
+
+using namespace bg;
+
+namespace {
+
+char g_dir[4096];
+
+void make_tmpdir()
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(g_dir, sizeof(g_dir), "%s/test-blkdebug-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(g_dir)) abort();
+}
+
+void remove_tmpdir()
+{
+    std::string cmd = std::string("rm -rf '") + g_dir + "'";
+    if (system(cmd.c_str()) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+}
+
+std::string tmp_path(const char *name) { return std::string(g_dir) + "/" + name; }
+
+uint8_t pattern_byte(int64_t i) { return static_cast<uint8_t>((i * 13 + i / 509) % 251 + 1); }
+
+void make_file(const std::string &path, int64_t size)
+{
+    int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_RDWR, 0600);
+    ck_assert_int_ge(fd, 0);
+    std::vector<uint8_t> buf(size);
+    for (int64_t i = 0; i < size; i++) buf[i] = pattern_byte(i);
+    ck_assert_int_eq(pwrite(fd, buf.data(), buf.size(), 0), size);
+    close(fd);
+}
+
+std::vector<uint8_t> file_bytes(const std::string &path, int64_t off, int64_t len)
+{
+    std::vector<uint8_t> buf(len);
+    int fd = open(path.c_str(), O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pread(fd, buf.data(), len, off), len);
+    close(fd);
+    return buf;
+}
+
+BlockdevRef inline_ref(const BlockdevOptions &o)
+{
+    BlockdevRef r;
+    r.kind = BlockdevRef::Kind::kInline;
+    r.def = std::make_shared<BlockdevOptions>(o);
+    return r;
+}
+
+BlockdevRef name_ref(const std::string &name)
+{
+    BlockdevRef r;
+    r.kind = BlockdevRef::Kind::kReference;
+    r.reference = name;
+    return r;
+}
+
+BlockdevOptions null_opts(uint64_t size = 1 << 20)
+{
+    BlockdevOptions o;
+    o.driver = "null-co";
+    BlockdevOptionsNull n;
+    n.size = size;
+    o.opts = n;
+    return o;
+}
+
+// raw over file over path.
+BlockdevOptions raw_file_opts(const std::string &path)
+{
+    BlockdevOptions f;
+    f.driver = "file";
+    BlockdevOptionsFile fo;
+    fo.filename = path;
+    f.opts = fo;
+    BlockdevOptions r;
+    r.driver = "raw";
+    BlockdevOptionsRaw ro;
+    ro.file = inline_ref(f);
+    r.opts = ro;
+    return r;
+}
+
+BlockdevOptions dbg_opts(const BlockdevRef &image, BlockdevOptionsBlkdebug d = {}, const std::string &name = "dbg")
+{
+    BlockdevOptions o;
+    o.driver = "blkdebug";
+    o.node_name = name;
+    o.discard = BlockdevDiscardOptions::kUnmap;
+    d.image = image;
+    o.opts = d;
+    return o;
+}
+
+BlkdebugInjectError rule(std::optional<BlkdebugIoType> iotype, int err, const std::string &event = "")
+{
+    BlkdebugInjectError r;
+    r.iotype = iotype;
+    r.err = err;
+    r.event = event;
+    r.immediately = true;
+    return r;
+}
+
+constexpr BlockPerm kRW = kPermConsistentRead | kPermWrite;
+
+struct Env {
+    std::unique_ptr<AioContext> ctx = AioContext::create();
+    BlockGraph graph;
+    BlockNode *node = nullptr;
+    std::unique_ptr<BlockBackend> blk;
+    ~Env()
+    {
+        blk.reset();
+        graph.close_all();
+    }
+    BlockNode *add(const BlockdevOptions &o)
+    {
+        auto r = graph.add_node(o);
+        ck_assert_msg(r.ok(), "add_node: %s", r.ok() ? "" : r.msg().c_str());
+        return r.value();
+    }
+    // Opens o as the root and a backend on it.
+    void open(const BlockdevOptions &o, BlockPerm perm = kRW | kPermResize)
+    {
+        node = add(o);
+        auto b = BlockBackend::create(node, perm, kPermAll, "test");
+        ck_assert_msg(b.ok(), "backend: %s", b.ok() ? "" : b.msg().c_str());
+        blk = std::move(b.value());
+    }
+    int read(int64_t off, int64_t len)
+    {
+        std::vector<uint8_t> buf(len);
+        return run_in_coroutine([&] { return blk->co_pread(off, len, buf.data()); });
+    }
+    int write(int64_t off, int64_t len, uint8_t fill = 0x61)
+    {
+        std::vector<uint8_t> buf(len, fill);
+        return run_in_coroutine([&] { return blk->co_pwrite(off, len, buf.data()); });
+    }
+    int zeroes(int64_t off, int64_t len) { return run_in_coroutine([&] { return blk->co_pwrite_zeroes(off, len); }); }
+    int discard(int64_t off, int64_t len) { return run_in_coroutine([&] { return blk->co_pdiscard(off, len); }); }
+    int flush() { return run_in_coroutine([&] { return blk->co_flush(); }); }
+    int status(int64_t off, int64_t len)
+    {
+        int64_t pnum, map;
+        BlockNode *f;
+        return run_in_coroutine([&] { return blk->co_block_status(true, off, len, &pnum, &map, &f); });
+    }
+    void event(const char *name) { blk->root()->debug_event(name); }
+};
+
+void expect_open_error(const BlockdevOptions &o, const std::string &msg)
+{
+    Env e;
+    auto r = e.graph.add_node(o);
+    ck_assert(!r.ok());
+    ck_assert_msg(r.msg().find(msg) != std::string::npos, "got '%s', want '%s'", r.msg().c_str(), msg.c_str());
+    ck_assert_int_eq(e.graph.nodes().size(), 0);
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- transparency
+
+START_TEST(test_blkdebug_transparent)
+{
+    std::string path = tmp_path("img");
+    make_file(path, 1 << 20);
+    Env e;
+    e.open(dbg_opts(inline_ref(raw_file_opts(path))));
+    ck_assert_str_eq(e.node->driver_name(), "blkdebug");
+    ck_assert_int_eq(e.blk->getlength(), 1 << 20);
+    BdrvChild *c = e.node->filtered_child();
+    ck_assert_ptr_nonnull(c);
+    ck_assert_str_eq(c->name().c_str(), "image");
+    ck_assert_int_eq(c->role(), kRoleFiltered | kRolePrimary);
+    ck_assert(e.node->filename() == c->node()->filename());
+
+    std::vector<uint8_t> buf(200000);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_pread(1001, buf.size(), buf.data()); }), 0);
+    for (size_t i = 0; i < buf.size(); i++) ck_assert_int_eq(buf[i], pattern_byte(1001 + i));
+    std::vector<uint8_t> w(70000);
+    for (size_t i = 0; i < w.size(); i++) w[i] = static_cast<uint8_t>(i * 3);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_pwrite(5000, w.size(), w.data()); }), 0);
+    ck_assert_int_eq(e.zeroes(100000, 5000), 0);
+    ck_assert_int_eq(e.discard(0, 4096), 0);
+    ck_assert_int_eq(e.flush(), 0);
+    ck_assert(file_bytes(path, 5000, w.size()) == w);
+    auto z = file_bytes(path, 100000, 5000);
+    for (uint8_t b : z) ck_assert_int_eq(b, 0);
+    ck_assert_int_ge(e.status(0, 65536), 0);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_truncate(2 << 20, true, PreallocMode::kOff); }), 0);
+    ck_assert_int_eq(e.blk->getlength(), 2 << 20);
+}
+END_TEST
+
+// ---------------------------------------------------------------- iotypes
+
+// Each iotype gets its own errno; the QEMU default set (no iotype) covers
+// read, write, write-zeroes, discard and flush but not block status.
+START_TEST(test_blkdebug_iotypes)
+{
+    BlockdevOptionsBlkdebug d;
+    d.inject_error = {rule(BlkdebugIoType::kRead, EIO), rule(BlkdebugIoType::kWrite, ENOSPC),
+                      rule(BlkdebugIoType::kWriteZeroes, EROFS), rule(BlkdebugIoType::kDiscard, EBUSY),
+                      rule(BlkdebugIoType::kBlockStatus, ENOLINK), rule(BlkdebugIoType::kTruncate, EFBIG)};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 4096), -EIO);
+    ck_assert_int_eq(e.write(0, 4096), -ENOSPC);
+    ck_assert_int_eq(e.zeroes(0, 4096), -EROFS);
+    ck_assert_int_eq(e.discard(0, 4096), -EBUSY);
+    ck_assert_int_eq(e.status(0, 4096), -ENOLINK);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_truncate(4096, true, PreallocMode::kOff); }), -EFBIG);
+    ck_assert_int_eq(e.flush(), 0);
+
+    // Flush: only reaches the driver after a write (flush generations).
+    BlockdevOptionsBlkdebug f;
+    f.inject_error = {rule(BlkdebugIoType::kFlush, ENOMEM)};
+    Env g;
+    g.open(dbg_opts(inline_ref(null_opts()), f));
+    ck_assert_int_eq(g.read(0, 512), 0);
+    ck_assert_int_eq(g.write(0, 512), 0);
+    ck_assert_int_eq(g.flush(), -ENOMEM);
+
+    // Default set.
+    BlockdevOptionsBlkdebug a;
+    a.inject_error = {rule(std::nullopt, EACCES)};
+    Env h;
+    h.open(dbg_opts(inline_ref(null_opts()), a));
+    ck_assert_int_eq(h.read(0, 4096), -EACCES);
+    ck_assert_int_eq(h.write(0, 4096), -EACCES);
+    ck_assert_int_eq(h.zeroes(0, 4096), -EACCES);
+    ck_assert_int_eq(h.discard(0, 4096), -EACCES);
+    ck_assert_int_ge(h.status(0, 4096), 0);
+    ck_assert_int_eq(run_in_coroutine([&] { return h.blk->co_truncate(4096, true, PreallocMode::kOff); }),
+                     -ENOTSUP);   // forwarded: null cannot resize
+}
+END_TEST
+
+// errno 0 stops matching and lets the request through (QEMU).
+START_TEST(test_blkdebug_errno_zero)
+{
+    BlockdevOptionsBlkdebug d;
+    d.inject_error = {rule(BlkdebugIoType::kRead, 0), rule(BlkdebugIoType::kRead, EIO)};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 512), 0);
+}
+END_TEST
+
+// ---------------------------------------------------------------- once / after
+
+START_TEST(test_blkdebug_once_vs_always)
+{
+    BlockdevOptionsBlkdebug d;
+    BlkdebugInjectError once = rule(BlkdebugIoType::kRead, EIO);
+    once.once = true;
+    d.inject_error = {once};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+    ck_assert_int_eq(e.read(0, 512), 0);
+    ck_assert_int_eq(e.read(0, 512), 0);
+
+    BlockdevOptionsBlkdebug a;
+    a.inject_error = {rule(BlkdebugIoType::kRead, EIO)};
+    Env g;
+    g.open(dbg_opts(inline_ref(null_opts()), a));
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(g.read(0, 512), -EIO);
+    ck_assert_int_eq(g.write(0, 512), 0);
+}
+END_TEST
+
+START_TEST(test_blkdebug_after)
+{
+    BlockdevOptionsBlkdebug d;
+    BlkdebugInjectError r = rule(BlkdebugIoType::kWrite, EIO);
+    r.after = 2;
+    d.inject_error = {r};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 512), 0);     // not matching: not counted
+    ck_assert_int_eq(e.write(0, 512), 0);
+    ck_assert_int_eq(e.write(0, 512), 0);
+    ck_assert_int_eq(e.write(0, 512), -EIO);
+    ck_assert_int_eq(e.write(0, 512), -EIO);
+
+    BlockdevOptionsBlkdebug o;
+    r.once = true;
+    r.after = 1;
+    o.inject_error = {r};
+    Env g;
+    g.open(dbg_opts(inline_ref(null_opts()), o));
+    ck_assert_int_eq(g.write(0, 512), 0);
+    ck_assert_int_eq(g.write(0, 512), -EIO);
+    ck_assert_int_eq(g.write(0, 512), 0);
+}
+END_TEST
+
+// ---------------------------------------------------------------- position
+
+START_TEST(test_blkdebug_sector)
+{
+    BlockdevOptionsBlkdebug d;
+    BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO);
+    r.sector = 8;   // byte 4096
+    d.inject_error = {r};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 4096), 0);
+    ck_assert_int_eq(e.read(4096, 512), -EIO);
+    ck_assert_int_eq(e.read(4095, 2), -EIO);
+    ck_assert_int_eq(e.read(0, 65536), -EIO);
+    ck_assert_int_eq(e.read(4097, 1000), 0);
+    ck_assert_int_eq(e.read(8192, 512), 0);
+    // Positional rules never match flush.
+    BlockdevOptionsBlkdebug f;
+    BlkdebugInjectError fr = rule(std::nullopt, EIO);
+    fr.sector = 0;
+    f.inject_error = {fr};
+    Env g;
+    g.open(dbg_opts(inline_ref(null_opts()), f));
+    ck_assert_int_eq(g.write(512, 512), 0);
+    ck_assert_int_eq(g.flush(), 0);
+    ck_assert_int_eq(g.write(0, 512), -EIO);
+}
+END_TEST
+
+START_TEST(test_blkdebug_offset_range)
+{
+    BlockdevOptionsBlkdebug d;
+    BlkdebugInjectError r = rule(BlkdebugIoType::kWrite, EIO);
+    r.offset = 10000;
+    r.bytes = 100;
+    BlkdebugInjectError tail = rule(BlkdebugIoType::kRead, ENXIO);
+    tail.offset = 500000;   // to the end
+    d.inject_error = {r, tail};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.write(0, 10000), 0);
+    ck_assert_int_eq(e.write(9000, 1001), -EIO);
+    ck_assert_int_eq(e.write(10099, 1), -EIO);
+    ck_assert_int_eq(e.write(10050, 10), -EIO);
+    ck_assert_int_eq(e.write(10100, 5000), 0);
+    ck_assert_int_eq(e.read(10000, 100), 0);
+    ck_assert_int_eq(e.read(499999, 1), 0);
+    ck_assert_int_eq(e.read(499999, 2), -ENXIO);
+    ck_assert_int_eq(e.read((1 << 20) - 512, 512), -ENXIO);
+}
+END_TEST
+
+// ---------------------------------------------------------------- events and states
+
+START_TEST(test_blkdebug_event_arming)
+{
+    BlockdevOptionsBlkdebug d;
+    d.inject_error = {rule(BlkdebugIoType::kRead, EIO, "l2_update")};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 512), 0);
+    e.event("l1_update");
+    ck_assert_int_eq(e.read(0, 512), 0);
+    e.event("l2_update");
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+    ck_assert_int_eq(e.read(0, 512), -EIO);   // stays armed
+}
+END_TEST
+
+// As in QEMU, an event that arms inject-error rules replaces the set of
+// armed rules; a once rule is gone for good.
+START_TEST(test_blkdebug_event_replaces_armed)
+{
+    BlockdevOptionsBlkdebug d;
+    BlkdebugInjectError a = rule(BlkdebugIoType::kRead, EIO, "l1_update");
+    BlkdebugInjectError b = rule(BlkdebugIoType::kWrite, ENOSPC, "l2_update");
+    BlkdebugInjectError c = rule(BlkdebugIoType::kWrite, EDOM, "refblock_alloc");
+    c.once = true;
+    d.inject_error = {a, b, c};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    e.event("l1_update");
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+    ck_assert_int_eq(e.write(0, 512), 0);
+    e.event("cluster_alloc");   // arms nothing: no change
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+    e.event("l2_update");
+    ck_assert_int_eq(e.read(0, 512), 0);
+    ck_assert_int_eq(e.write(0, 512), -ENOSPC);
+    e.event("refblock_alloc");
+    ck_assert_int_eq(e.write(0, 512), -EDOM);
+    ck_assert_int_eq(e.write(0, 512), 0);
+    e.event("refblock_alloc");
+    ck_assert_int_eq(e.write(0, 512), 0);
+    e.event("l1_update");
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+}
+END_TEST
+
+// The generic layer fires "pwritev" on the node before its writes.
+START_TEST(test_blkdebug_generic_events)
+{
+    BlockdevOptionsBlkdebug d;
+    d.inject_error = {rule(BlkdebugIoType::kRead, EIO, "pwritev")};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 512), 0);
+    ck_assert_int_eq(e.write(0, 512), 0);
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+}
+END_TEST
+
+// "none" fires once at open: event=none means armed from the start.
+START_TEST(test_blkdebug_event_none)
+{
+    BlockdevOptionsBlkdebug d;
+    d.inject_error = {rule(BlkdebugIoType::kRead, EIO, "none")};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+}
+END_TEST
+
+START_TEST(test_blkdebug_states)
+{
+    BlockdevOptionsBlkdebug d;
+    BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO, "l2_update");
+    r.state = 2;
+    BlkdebugInjectError always_in_3 = rule(BlkdebugIoType::kWrite, ENOSPC);
+    always_in_3.state = 3;
+    d.inject_error = {r, always_in_3};
+    d.set_state = {{"l1_update", 1, 2}, {"cluster_alloc", 2, 3}, {"cluster_free", 0, 1}};
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    e.event("l2_update");   // state 1: not armed
+    ck_assert_int_eq(e.read(0, 512), 0);
+    e.event("cluster_alloc");   // only from state 2
+    e.event("l1_update");   // 1 -> 2
+    ck_assert_int_eq(e.read(0, 512), 0);
+    ck_assert_int_eq(e.write(0, 512), 0);
+    e.event("l2_update");   // state 2: armed
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+    e.event("cluster_alloc");   // 2 -> 3: event-less rule for state 3 applies; armed rule stays armed
+    ck_assert_int_eq(e.write(0, 512), -ENOSPC);
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+    e.event("cluster_free");   // any -> 1
+    ck_assert_int_eq(e.write(0, 512), 0);
+}
+END_TEST
+
+// Events pass on to the nodes below.
+START_TEST(test_blkdebug_event_passed_down)
+{
+    BlockdevOptionsBlkdebug inner;
+    inner.inject_error = {rule(BlkdebugIoType::kRead, EIO, "l2_load")};
+    Env e;
+    e.add(dbg_opts(inline_ref(null_opts()), inner, "inner"));
+    e.open(dbg_opts(name_ref("inner"), {}, "outer"));
+    ck_assert_int_eq(e.read(0, 512), 0);
+    e.event("l2_load");
+    ck_assert_int_eq(e.read(0, 512), -EIO);
+}
+END_TEST
+
+// immediately=false completes the error from the loop (the request yields).
+START_TEST(test_blkdebug_immediately)
+{
+    for (bool imm : {true, false}) {
+        BlockdevOptionsBlkdebug d;
+        BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO);
+        r.immediately = imm;
+        d.inject_error = {r};
+        Env e;
+        e.open(dbg_opts(inline_ref(null_opts()), d));
+        int ret = 1;
+        Coroutine *co = coroutine_create_fn([&] {
+            uint8_t b[512];
+            ret = e.blk->co_pread(0, 512, b);
+        });
+        e.ctx->co_enter(co);
+        if (imm) ck_assert_int_eq(ret, -EIO);
+        else ck_assert_int_eq(ret, 1);
+        while (ret == 1) e.ctx->iterate(true);
+        ck_assert_int_eq(ret, -EIO);
+    }
+}
+END_TEST
+
+// Concurrent requests (null-aio interleaves them): a once rule fires for
+// exactly one request, an after=N rule lets exactly N through.
+START_TEST(test_blkdebug_concurrent)
+{
+    BlockdevOptionsBlkdebug d;
+    BlkdebugInjectError once = rule(BlkdebugIoType::kRead, EIO);
+    once.once = true;
+    once.immediately = false;
+    BlkdebugInjectError after = rule(BlkdebugIoType::kWrite, ENOSPC);
+    after.after = 10;
+    d.inject_error = {once, after};
+    BlockdevOptions n = null_opts();
+    n.driver = "null-aio";
+    Env e;
+    e.open(dbg_opts(inline_ref(n), d));
+    constexpr int kN = 32;
+    int done = 0, read_fail = 0, write_fail = 0;
+    for (int i = 0; i < kN; i++) {
+        Coroutine *co = coroutine_create_fn([&, i] {
+            std::vector<uint8_t> b(512);
+            int r = i % 2 ? e.blk->co_pread(i * 512, 512, b.data()) : e.blk->co_pwrite(i * 512, 512, b.data());
+            if (r == -EIO) read_fail++;
+            else if (r == -ENOSPC) write_fail++;
+            else ck_assert_int_eq(r, 0);
+            done++;
+        });
+        e.ctx->co_enter(co);
+    }
+    while (done < kN) e.ctx->iterate(true);
+    ck_assert_int_eq(read_fail, 1);
+    ck_assert_int_eq(write_fail, kN / 2 - 10);
+}
+END_TEST
+
+// ---------------------------------------------------------------- limits
+
+// align=4096 makes the generic layer pad: an unaligned write reaches
+// blkdebug as a whole block (proved by a rule on byte 0 only), and data
+// still round-trips through raw over file.
+START_TEST(test_blkdebug_align)
+{
+    std::string path = tmp_path("img");
+    make_file(path, 1 << 20);
+    BlockdevOptionsBlkdebug d;
+    d.align = 4096;
+    Env e;
+    e.open(dbg_opts(inline_ref(raw_file_opts(path)), d));
+    ck_assert_int_eq(e.node->limits().request_alignment, 4096);
+
+    std::vector<uint8_t> w(3000);
+    for (size_t i = 0; i < w.size(); i++) w[i] = static_cast<uint8_t>(0x80 + i % 100);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_pwrite(1000, w.size(), w.data()); }), 0);
+    std::vector<uint8_t> r(8192);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_pread(0, r.size(), r.data()); }), 0);
+    for (int i = 0; i < 8192; i++) {
+        uint8_t want = i >= 1000 && i < 4000 ? w[i - 1000] : pattern_byte(i);
+        ck_assert_int_eq(r[i], want);
+    }
+    std::vector<uint8_t> r2(10);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_pread(3995, r2.size(), r2.data()); }), 0);
+    for (int i = 0; i < 10; i++) ck_assert_int_eq(r2[i], 3995 + i < 4000 ? w[2995 + i] : pattern_byte(3995 + i));
+    ck_assert_int_eq(e.flush(), 0);
+    ck_assert(file_bytes(path, 1000, 3000) == w);
+    ck_assert_int_eq(file_bytes(path, 999, 1)[0], pattern_byte(999));
+    ck_assert_int_eq(file_bytes(path, 4000, 1)[0], pattern_byte(4000));
+
+    // Over null-co, with a rule on byte 0: padding widens [1000, 4000) to [0, 4096).
+    BlockdevOptionsBlkdebug n;
+    n.align = 4096;
+    BlkdebugInjectError b0 = rule(BlkdebugIoType::kWrite, EXDEV);
+    b0.offset = 0;
+    b0.bytes = 1;
+    n.inject_error = {b0};
+    Env g;
+    g.open(dbg_opts(inline_ref(null_opts()), n));
+    ck_assert_int_eq(g.write(1000, 3000), -EXDEV);   // RMW read of [0, 4096) then write of it
+    ck_assert_int_eq(g.write(4096, 100), 0);
+    BlockdevOptionsBlkdebug u = n;
+    u.align = 0;
+    Env h;
+    h.open(dbg_opts(inline_ref(null_opts()), u));
+    ck_assert_int_eq(h.write(1000, 3000), 0);
+}
+END_TEST
+
+// max-transfer splits requests: a 16 KiB read is four 4 KiB driver requests.
+START_TEST(test_blkdebug_max_transfer)
+{
+    for (uint64_t after : {3, 4}) {
+        BlockdevOptionsBlkdebug d;
+        d.align = 512;
+        d.max_transfer = 4096;
+        BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO);
+        r.after = after;
+        d.inject_error = {r};
+        Env e;
+        e.open(dbg_opts(inline_ref(null_opts()), d));
+        ck_assert_int_eq(e.node->limits().max_transfer, 4096);
+        ck_assert_int_eq(e.read(0, 16384), after == 3 ? -EIO : 0);
+    }
+    BlockdevOptionsBlkdebug z;
+    z.opt_write_zero = 8192;
+    z.max_write_zero = 65536;
+    z.opt_discard = 4096;
+    z.max_discard = 8192;
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), z));
+    ck_assert_int_eq(e.node->limits().pwrite_zeroes_alignment, 8192);
+    ck_assert_int_eq(e.node->limits().max_pwrite_zeroes, 65536);
+    ck_assert_int_eq(e.node->limits().pdiscard_alignment, 4096);
+    ck_assert_int_eq(e.node->limits().max_pdiscard, 8192);
+    ck_assert_int_eq(e.zeroes(1000, 100000), 0);
+    ck_assert_int_eq(e.discard(1000, 100000), 0);
+}
+END_TEST
+
+START_TEST(test_blkdebug_validation)
+{
+    BlockdevOptionsBlkdebug d;
+    d.align = 3000;
+    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with align 3000");
+    d = {};
+    d.align = 4096;
+    d.max_transfer = 6144;
+    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with max-transfer 6144");
+    d = {};
+    d.opt_write_zero = 4096;
+    d.max_write_zero = 6144;
+    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with max-write-zero 6144");
+    d = {};
+    d.align = 512;
+    d.opt_discard = 100;
+    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with opt-discard 100");
+    d = {};
+    d.inject_error = {rule(std::nullopt, EIO, "no_such_event")};
+    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "no_such_event");
+    d = {};
+    d.set_state = {{"", 0, 2}};
+    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Missing event name for rule");
+    d = {};
+    d.config = "/etc/blkdebug.conf";
+    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "config");
+    expect_open_error(dbg_opts(BlockdevRef{}, {}), "image");
+}
+END_TEST
+
+START_TEST(test_blkdebug_descriptor)
+{
+    ck_assert_ptr_eq(builtin_drivers().find("blkdebug"), &kDriverBlkdebug);
+    ck_assert(kDriverBlkdebug.kind == BlockDriverKind::kFilter);
+    ck_assert(kDriverBlkdebug.probe == nullptr);
+}
+END_TEST
+
+static Suite *blkdebug_suite()
+{
+    Suite *s = suite_create("blkdebug");
+    TCase *tc = tcase_create("blkdebug");
+    tcase_set_timeout(tc, 30);
+    tcase_add_unchecked_fixture(tc, make_tmpdir, remove_tmpdir);
+    tcase_add_test(tc, test_blkdebug_transparent);
+    tcase_add_test(tc, test_blkdebug_iotypes);
+    tcase_add_test(tc, test_blkdebug_errno_zero);
+    tcase_add_test(tc, test_blkdebug_once_vs_always);
+    tcase_add_test(tc, test_blkdebug_after);
+    tcase_add_test(tc, test_blkdebug_sector);
+    tcase_add_test(tc, test_blkdebug_offset_range);
+    tcase_add_test(tc, test_blkdebug_event_arming);
+    tcase_add_test(tc, test_blkdebug_event_replaces_armed);
+    tcase_add_test(tc, test_blkdebug_generic_events);
+    tcase_add_test(tc, test_blkdebug_event_none);
+    tcase_add_test(tc, test_blkdebug_states);
+    tcase_add_test(tc, test_blkdebug_event_passed_down);
+    tcase_add_test(tc, test_blkdebug_immediately);
+    tcase_add_test(tc, test_blkdebug_concurrent);
+    tcase_add_test(tc, test_blkdebug_align);
+    tcase_add_test(tc, test_blkdebug_max_transfer);
+    tcase_add_test(tc, test_blkdebug_validation);
+    tcase_add_test(tc, test_blkdebug_descriptor);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main()
+{
+    SRunner *sr = srunner_create(blkdebug_suite());
+    srunner_set_fork_status(sr, CK_FORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
