@@ -69,21 +69,50 @@ void BlockBackend::drain()
     n->drained_end();
 }
 
+// A request waiting for drained_end(); lives on the waiting coroutine's stack.
+struct BlockBackend::QueuedRequest {
+    Coroutine *co;
+    QueuedRequest *next;
+};
+
 void BlockBackend::drained_end()
 {
-    if (quiesce_counter_.fetch_sub(1) == 1) queued_.restart_all();
+    QueuedRequest *list;
+    {
+        std::lock_guard<std::mutex> g(queue_lock_);
+        if (quiesce_counter_.fetch_sub(1) != 1) return;
+        list = queue_head_;
+        queue_head_ = queue_tail_ = nullptr;
+    }
+    while (QueuedRequest *w = list) {
+        list = w->next;   // read before the wake: w dies with the waiter's frame
+        aio_co_wake(w->co);
+    }
 }
 
 void BlockBackend::dec_in_flight() { in_flight_.fetch_sub(1); }
 
 // Counts the request in, or waits (uncounted) while the node is drained.
+// The in-flight count is taken before the check so that drained_begin()
+// either sees the request or the request sees the drain; the second check,
+// under queue_lock_, closes the window in which drained_end() could run
+// between our check and our enqueue and never wake us.
 void BlockBackend::wait_while_quiesced()
 {
-    inc_in_flight();
-    while (quiesce_counter_.load() > 0) {
-        dec_in_flight();
-        queued_.wait();
+    for (;;) {
         inc_in_flight();
+        if (quiesce_counter_.load() == 0) return;
+        dec_in_flight();
+        QueuedRequest w{coroutine_self(), nullptr};
+        {
+            std::lock_guard<std::mutex> g(queue_lock_);
+            if (quiesce_counter_.load() == 0) continue;
+            if (!coroutine_context(w.co)) coroutine_set_context(w.co, AioContext::current());
+            if (queue_tail_) queue_tail_->next = &w;
+            else queue_head_ = &w;
+            queue_tail_ = &w;
+        }
+        coroutine_yield();   // woken (in our own thread) by drained_end()
     }
 }
 
@@ -170,6 +199,14 @@ int BlockBackend::co_block_status(bool want_zero, int64_t offset, int64_t bytes,
 {
     if (!root_) return -ENOMEDIUM;
     return with_request([&] { return root_->co_block_status(want_zero, offset, bytes, pnum, map, file); });
+}
+
+int BlockBackend::co_block_status_above(BlockNode *base, bool want_zero, int64_t offset, int64_t bytes,
+                                        int64_t *pnum, int64_t *map, BlockNode **file, int *depth)
+{
+    if (!root_) return -ENOMEDIUM;
+    return with_request(
+        [&] { return root_->node()->co_block_status_above(base, want_zero, offset, bytes, pnum, map, file, depth); });
 }
 
 } // namespace bg

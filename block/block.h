@@ -317,6 +317,10 @@ class BlockBackend {
     int coroutine_fn co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags = 0);
     int coroutine_fn co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
                                      int64_t *map, BlockNode **file);
+    // BlockNode::co_block_status_above() on the root, counted and held
+    // while drained like every other request of this backend.
+    int coroutine_fn co_block_status_above(BlockNode *base, bool want_zero, int64_t offset, int64_t bytes,
+                                           int64_t *pnum, int64_t *map, BlockNode **file, int *depth);
     int64_t getlength() const;
 
     uint64_t in_flight() const { return in_flight_.load(); }
@@ -338,8 +342,12 @@ class BlockBackend {
     bool writethrough_ = false;
     std::atomic<uint64_t> in_flight_{0};
     std::atomic<int> quiesce_counter_{0};
-    CoQueue queued_;                    // requests waiting for drained_end
-    AioContext *drain_waiter_ctx_ = nullptr;
+    // Requests waiting for drained_end. queue_lock_ makes "still quiesced?"
+    // and "enqueue" one step against drained_end's "last drain over? take
+    // the queue" (drained_end may run in another thread than the waiter).
+    struct QueuedRequest;
+    std::mutex queue_lock_;
+    QueuedRequest *queue_head_ = nullptr, *queue_tail_ = nullptr;
 };
 
 // Owns the nodes. See the file comment for the threading model.

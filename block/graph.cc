@@ -247,7 +247,9 @@ Status BlockNode::update_perms(std::vector<std::pair<BdrvChild *, std::pair<Bloc
     for (BdrvChild *c : children_) {
         BlockPerm np, ns;
         child_perm(c->role(), cum, cum_shared, &np, &ns);
-        if (force_share_) ns = kPermAll;
+        // QEMU's bdrv_child_perm(): the *child's* force-share makes the
+        // edge to it share everything (inline children inherit the flag).
+        if (c->node()->force_share_) ns = kPermAll;
         if (np == c->perm_ && ns == c->shared_) continue;
         undo->push_back({c, {c->perm_, c->shared_}});
         c->perm_ = np;
@@ -287,7 +289,7 @@ Result<BdrvChild *> BlockNode::attach_child(BlockNode *child, const std::string 
     c->parent_node_ = this;
     c->role_ = role;
     child_perm(role, cumulative_perm(), cumulative_shared(), &c->perm_, &c->shared_);
-    if (force_share_) c->shared_ = kPermAll;
+    if (child->force_share_) c->shared_ = kPermAll;
     child->parents_.push_back(c);
     children_.push_back(c);
     Status s = graph_->refresh_perms(child);
@@ -299,6 +301,10 @@ Result<BdrvChild *> BlockNode::attach_child(BlockNode *child, const std::string 
         (void)again;
         return s.error();
     }
+    // A parent of a drained node is drained too (what drained_begin() would
+    // have done had the edge existed): the child's drained_end() will end
+    // one drain on every parent it has by then.
+    for (int i = child->quiesce_counter_.load(); i > 0; i--) drained_begin_no_poll();
     refresh_limits_all();
     return c;
 }
@@ -306,6 +312,9 @@ Result<BdrvChild *> BlockNode::attach_child(BlockNode *child, const std::string 
 void BlockNode::detach_child(BdrvChild *c)
 {
     BlockNode *child = c->node();
+    // Leaving a drained node: end the drains it imposed on us, or we stay
+    // quiesced for good once the child's drained_end() no longer sees us.
+    for (int i = child->quiesce_counter_.load(); i > 0; i--) drained_end();
     children_.erase(std::find(children_.begin(), children_.end(), c));
     child->parents_.erase(std::find(child->parents_.begin(), child->parents_.end(), c));
     delete c;
@@ -333,7 +342,19 @@ Result<BdrvChild *> BlockNode::open_child(const std::string &name, const Blockde
         return r;
     }
     case BlockdevRef::Kind::kInline: {
-        auto nr = graph_->open_node(*ref.def, true);
+        // What QEMU's bdrv_inherited_options() gives an inline child: the
+        // parent's read-only (backing children: read-only), force-share and
+        // cache modes, and discard=unmap (the top node applies the unmap
+        // policy; lower layers must not drop what it lets through). An
+        // explicit setting on the child cannot be told from the default
+        // here, so inheritance only ever tightens read-only/force-share.
+        BlockdevOptions copts = *ref.def;
+        if ((role & kRoleCow) || read_only_) copts.read_only = true;
+        if (force_share_ && copts.read_only) copts.force_share = true;
+        if (opts_.cache_direct) copts.cache_direct = true;
+        if (no_flush_) copts.cache_no_flush = true;
+        if (copts.discard == BlockdevDiscardOptions::kIgnore) copts.discard = BlockdevDiscardOptions::kUnmap;
+        auto nr = graph_->open_node(copts, true);
         if (!nr.ok()) return nr.error().prefixed(name);
         auto r = attach_child(nr.value(), name, role);
         if (!r.ok()) {

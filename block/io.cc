@@ -234,7 +234,6 @@ int BlockNode::co_aligned_pwritev(TrackedRequest *, int64_t offset, int64_t byte
     ReqFlags dflags = flags & ~(kReqSerialising | kReqNoFallback);
     bool emulate_fua = (flags & kReqFua) && !supports_fua_;
     if (emulate_fua) dflags &= ~kReqFua;
-    mark_dirty();
     debug_event("pwritev");
     requests_served_.fetch_add(1, std::memory_order_relaxed);
     int r = 0;
@@ -256,6 +255,10 @@ int BlockNode::co_aligned_pwritev(TrackedRequest *, int64_t offset, int64_t byte
             done += n;
         }
     }
+    // Like QEMU's bdrv_co_write_req_finish(): count the write once it has
+    // reached the driver (even a failed one may have changed data), never
+    // before, or a flush overlapping it would record it as flushed.
+    mark_dirty();
     if (r < 0) return r;
     // A write past the end (protocol nodes) makes the node longer.
     int64_t end = offset + bytes;
@@ -334,7 +337,6 @@ int BlockNode::co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t b
     max_write = std::max<int64_t>(align_down(std::min(max_write, kZeroChunk), align), align);
     AlignedBuf zbuf;
     int64_t zbuf_len = 0;
-    mark_dirty();
     while (bytes > 0) {
         int64_t num = bytes;
         bool driver_ok = true;
@@ -353,6 +355,7 @@ int BlockNode::co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t b
             requests_served_.fetch_add(1, std::memory_order_relaxed);
             debug_event("pwritev_zero");
             r = do_co_pwrite_zeroes(offset, num, zf);
+            mark_dirty();
             if (r == 0 && (flags & kReqFua) && !(supported_zero_flags_ & kReqFua)) r = co_flush_generic();
             if (r == -ENOTSUP && (flags & kReqNoFallback)) return r;
         }
@@ -437,11 +440,11 @@ int BlockNode::co_pdiscard_generic(int64_t offset, int64_t bytes)
                                    : kMaxRequestBytes;
     max = std::max(align_down(max, align), align);
     TrackedRequestGuard g(this, TrackedRequest::kDiscard, start, end - start, false);
-    mark_dirty();
     for (int64_t off = start; off < end;) {
         int64_t n = std::min(end - off, max);
         requests_served_.fetch_add(1, std::memory_order_relaxed);
         r = do_co_pdiscard(off, n);
+        mark_dirty();
         if (r == -ENOTSUP) return 0;
         if (r < 0) return r;
         off += n;
@@ -494,9 +497,9 @@ int BlockNode::co_truncate_generic(int64_t offset, bool exact, PreallocMode prea
     int64_t old = getlength();
     int64_t start = std::min(old, offset);
     TrackedRequestGuard g(this, TrackedRequest::kTruncate, start, kMaxLength - start, true);
-    mark_dirty();
     requests_served_.fetch_add(1, std::memory_order_relaxed);
     int r = do_co_truncate(offset, exact, prealloc, flags);
+    mark_dirty();
     if (r < 0) return r;
     r = refresh_length();
     if (r < 0) total_bytes_.store(offset);
@@ -558,8 +561,11 @@ int BlockNode::co_block_status(bool want_zero, int64_t offset, int64_t bytes, in
     }
     if (ret & (kStatusData | kStatusZero)) {
         ret |= kStatusAllocated;
-    } else if (want_zero) {
-        // Unallocated here: zeros if there is nothing below to read from.
+    } else if (want_zero && drv_ && (drv_->caps & kCapBacking)) {
+        // Unallocated in a node that reads the rest from a backing file:
+        // zeros if there is nothing below to read from. Only such nodes
+        // (QEMU: drv->supports_backing): a filter's unallocated answer came
+        // from its child, whose backing file may well hold data.
         BdrvChild *b = backing_child();
         if (!b || offset >= b->node()->getlength()) ret |= kStatusZero;
     }
@@ -599,10 +605,14 @@ int BlockNode::co_block_status_above(BlockNode *base, bool want_zero, int64_t of
     int ret = n->co_block_status(want_zero, offset, bytes, &p, &m, &f);
     if (ret < 0) return ret;
     while (!(ret & kStatusAllocated)) {
+        // Like QEMU's bdrv_filter_or_cow_bs(): filters are walked through
+        // (without counting a layer), as are COW children.
         BdrvChild *b = n->backing_child();
+        bool filter = false;
+        if (!b && (b = n->filtered_child())) filter = true;
         if (!b || b->node() == base) break;
         n = b->node();
-        d++;
+        if (!filter) d++;
         if (offset >= n->getlength()) {
             // The backing file ends before this offset: zeros, allocated nowhere.
             ret = want_zero ? kStatusZero : 0;
