@@ -12,6 +12,7 @@ void register_builtin_drivers(DriverRegistry *registry)
     registry->add(&kDriverNullCo);
     registry->add(&kDriverNullAio);
     registry->add(&kDriverBlkdebug);
+    registry->add(&kDriverQcow2);
 }
 
 const DriverRegistry &builtin_drivers()

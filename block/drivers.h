@@ -14,5 +14,6 @@ extern const BlockDriver kDriverRaw;        // "raw" (format)
 extern const BlockDriver kDriverNullCo;     // "null-co" (protocol)
 extern const BlockDriver kDriverNullAio;    // "null-aio" (protocol)
 extern const BlockDriver kDriverBlkdebug;   // "blkdebug" (filter)
+extern const BlockDriver kDriverQcow2;      // "qcow2" (format), block/qcow2/qcow2.cc
 
 } // namespace bg
