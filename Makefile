@@ -177,6 +177,9 @@ $(BENCH_BINS): $(B)/%: $(B)/%.o $(LIB) $(FLAGS_LD_FILE)
 
 -include $(ALL_OBJS:.o=.d)
 
+# libFuzzer targets (make fuzz, make check-fuzz); never part of check.
+include tests/fuzz/fuzz.mk
+
 # ---------------------------------------------------------------------------
 # Tests.
 

@@ -1,0 +1,213 @@
+// qcow2 cluster mapping (QEMU block/qcow2-cluster.c; qcow2.md 1.6-1.7):
+// guest offset -> L1 entry -> L2 slice (through the L2 cache) -> cluster or
+// subcluster type and host offset, with the number of following bytes that
+// map the same way (contiguous on the host where there is a host offset).
+//
+// Every entry read from the image is checked before use: L2 table offsets
+// aligned and inside the file, host cluster offsets aligned (and equal to
+// the guest offset with an external data file), compressed descriptors
+// inside the file, extended-L2 bitmaps consistent. A violation is a
+// corruption: the request fails with -EIO and the message is recorded.
+//
+// PART 2: allocation (qcow2_alloc_host_offset), L2 updates through the cache
+// with COPIED flags, zeroing and discard of clusters go here.
+#include <cerrno>
+#include <cinttypes>
+
+#include "block/qcow2/qcow2.h"
+
+namespace bg {
+
+using qcow2::HostMapping;
+using qcow2::SubclusterType;
+
+namespace {
+
+constexpr uint64_t kSectorSize = 512;   // unit of compressed lengths
+
+// Type of subcluster sc of an L2 entry, and how many subclusters from sc on
+// (within this cluster) share it. Returns false for an invalid entry.
+bool subcluster_range(uint64_t entry, uint64_t bitmap, uint32_t sc, uint32_t sc_per_cluster, bool extended,
+                      bool data_file, SubclusterType *type, uint32_t *count)
+{
+    if (entry & qcow2::kOflagCompressed) {
+        *type = SubclusterType::kCompressed;
+        *count = sc_per_cluster - sc;
+        return true;
+    }
+    const uint64_t host = entry & qcow2::kL2eOffsetMask;
+    // With an external data file, COPIED marks an allocated cluster even at
+    // host offset 0.
+    const bool allocated = host != 0 || (data_file && (entry & qcow2::kOflagCopied));
+    if (!extended) {
+        if (entry & qcow2::kOflagZero) *type = host ? SubclusterType::kZeroAlloc : SubclusterType::kZeroPlain;
+        else *type = allocated ? SubclusterType::kNormal : SubclusterType::kUnallocatedPlain;
+        *count = 1;
+        return true;
+    }
+    const uint32_t alloc = static_cast<uint32_t>(bitmap);
+    const uint32_t zero = static_cast<uint32_t>(bitmap >> 32);
+    if (allocated) {
+        if (alloc & zero) return false;
+    } else if (alloc) {
+        return false;
+    }
+    auto type_of = [&](uint32_t i) {
+        if (zero & (1u << i)) return allocated ? SubclusterType::kZeroAlloc : SubclusterType::kZeroPlain;
+        if (alloc & (1u << i)) return SubclusterType::kNormal;
+        return allocated ? SubclusterType::kUnallocatedAlloc : SubclusterType::kUnallocatedPlain;
+    };
+    *type = type_of(sc);
+    uint32_t i = sc + 1;
+    while (i < sc_per_cluster && type_of(i) == *type) i++;
+    *count = i - sc;
+    return true;
+}
+
+bool has_host_cluster(SubclusterType t)
+{
+    return t == SubclusterType::kNormal || t == SubclusterType::kZeroAlloc || t == SubclusterType::kUnallocatedAlloc;
+}
+
+} // namespace
+
+int coroutine_fn Qcow2Node::co_get_mapping(uint64_t offset, uint64_t bytes, HostMapping *m)
+{
+    CoMutexGuard g(lock_);
+    return co_get_mapping_locked(offset, bytes, m);
+}
+
+int coroutine_fn Qcow2Node::co_get_mapping_locked(uint64_t offset, uint64_t bytes, HostMapping *m)
+{
+    *m = HostMapping{};
+    const uint64_t cs = cluster_size_;
+    const uint64_t in_cluster = offset & (cs - 1);
+    const uint64_t cluster_index = offset >> cluster_bits_;
+    const uint64_t l1_index = cluster_index >> l2_bits_;
+    const uint32_t l2_index = static_cast<uint32_t>(cluster_index & ((1ULL << l2_bits_) - 1));
+    const uint32_t slice_entries = static_cast<uint32_t>(l2_cache_->slice_size() / l2_entry_size_);
+    const uint32_t idx = l2_index & (slice_entries - 1);   // entry within its slice
+    // One lookup describes at most the clusters of one L2 slice.
+    const uint64_t avail = (static_cast<uint64_t>(slice_entries - idx) << cluster_bits_) - in_cluster;
+    const uint64_t want = std::min(bytes, avail);
+
+    uint64_t l2_offset = l1_index < l1_.size() ? l1_[l1_index] & qcow2::kL1eOffsetMask : 0;
+    if (!l2_offset) {
+        // No L2 table: unallocated up to the end of this L1 entry's range,
+        // and on through following L1 entries without one (a cheap answer
+        // for large sparse images).
+        const uint64_t l1_range = 1ULL << (cluster_bits_ + l2_bits_);
+        uint64_t n = l1_range - (offset & (l1_range - 1));
+        for (uint64_t i = l1_index + 1; n < bytes; i++) {
+            if (i < l1_.size() && (l1_[i] & qcow2::kL1eOffsetMask)) break;
+            if (i >= l1_.size()) {
+                n = bytes;
+                break;
+            }
+            n += l1_range;
+        }
+        m->type = SubclusterType::kUnallocatedPlain;
+        m->bytes = std::min(n, bytes);
+        return 0;
+    }
+    if (l2_offset & (cs - 1)) {
+        return corruption("L2 table offset 0x%" PRIx64 " is not aligned to the cluster size (L1 index 0x%" PRIx64 ")",
+                          l2_offset, l1_index);
+    }
+    const uint64_t slice_off = l2_offset + static_cast<uint64_t>(l2_index - idx) * l2_entry_size_;
+    const int64_t flen = file_->getlength();
+    if (flen < 0) return static_cast<int>(flen);
+    if (slice_off + l2_cache_->slice_size() > static_cast<uint64_t>(flen)) {
+        return corruption("L2 table offset 0x%" PRIx64 " (L1 index 0x%" PRIx64 ") is beyond the end of the file",
+                          l2_offset, l1_index);
+    }
+    const uint8_t *slice;
+    int r = l2_cache_->co_get(file_, slice_off, &slice);
+    if (r < 0) return r;
+
+    const bool extended = sc_per_cluster_ > 1;
+    const bool data_file = h_.has_data_file();
+    auto entry_at = [&](uint32_t i) { return qcow2::be64(slice + static_cast<size_t>(i) * l2_entry_size_); };
+    auto bitmap_at = [&](uint32_t i) {
+        return extended ? qcow2::be64(slice + static_cast<size_t>(i) * l2_entry_size_ + 8) : 0;
+    };
+
+    const uint32_t sc_index = static_cast<uint32_t>(in_cluster >> subcluster_bits_);
+    const uint64_t nb_clusters = (in_cluster + want + cs - 1) >> cluster_bits_;   // <= slice_entries - idx
+    SubclusterType first_type = SubclusterType::kUnallocatedPlain;
+    uint64_t expected_host = 0;
+    uint64_t nb_sc = 0;                  // subclusters counted from sc_index
+    for (uint64_t i = 0; i < nb_clusters; i++) {
+        const uint32_t e = idx + static_cast<uint32_t>(i);
+        const uint64_t entry = entry_at(e);
+        const uint32_t first_sc = i == 0 ? sc_index : 0;
+        SubclusterType t;
+        uint32_t count;
+        if (!subcluster_range(entry, bitmap_at(e), first_sc, sc_per_cluster_, extended, data_file, &t, &count)) {
+            if (i > 0) break;   // reported when a lookup starts there
+            l2_cache_->release(slice_off);
+            return corruption("invalid extended L2 entry 0x%016" PRIx64 " bitmap 0x%016" PRIx64
+                              " (L2 offset 0x%" PRIx64 ", L2 index 0x%" PRIx32 ")",
+                              entry, bitmap_at(e), l2_offset, l2_index + static_cast<uint32_t>(i));
+        }
+        const uint64_t host = entry & qcow2::kL2eOffsetMask;
+        if (i == 0) {
+            first_type = t;
+            if (t == SubclusterType::kCompressed) {
+                l2_cache_->release(slice_off);
+                if (data_file) {
+                    return corruption("compressed cluster in an image with an external data file (L2 offset 0x%" PRIx64
+                                      ", L2 index 0x%" PRIx32 ")",
+                                      l2_offset, l2_index);
+                }
+                const uint64_t coff = entry & comp_offset_mask_;
+                const uint64_t nb_sectors = ((entry >> csize_shift_) & csize_mask_) + 1;
+                const uint64_t cbytes = nb_sectors * kSectorSize - (coff & (kSectorSize - 1));
+                // The stream ends inside the file; its last sector may be
+                // partial at the end of the file.
+                const uint64_t file_end = (static_cast<uint64_t>(flen) + kSectorSize - 1) & ~(kSectorSize - 1);
+                if (coff < cs || coff >= static_cast<uint64_t>(flen) || cbytes > file_end - coff) {
+                    return corruption("compressed cluster at host offset 0x%" PRIx64 " (%" PRIu64
+                                      " bytes) is outside the file (guest offset 0x%" PRIx64 ")",
+                                      coff, cbytes, offset - in_cluster);
+                }
+                m->type = t;
+                m->comp_offset = coff;
+                m->comp_bytes = cbytes;
+                m->bytes = std::min(want, cs - in_cluster);
+                return 0;
+            }
+            if (has_host_cluster(t)) {
+                if (host & (cs - 1)) {
+                    l2_cache_->release(slice_off);
+                    return corruption("cluster offset 0x%" PRIx64 " is not aligned to the cluster size (L2 offset 0x%" PRIx64
+                                      ", L2 index 0x%" PRIx32 ")",
+                                      host, l2_offset, l2_index);
+                }
+                if (data_file && host != offset - in_cluster) {
+                    l2_cache_->release(slice_off);
+                    return corruption("external data file cluster offset 0x%" PRIx64
+                                      " does not match the guest offset 0x%" PRIx64 " (L2 index 0x%" PRIx32 ")",
+                                      host, offset - in_cluster, l2_index);
+                }
+                m->host_offset = host + in_cluster;
+                expected_host = host;
+            }
+        } else if (t != first_type) {
+            break;
+        } else if (has_host_cluster(t)) {
+            expected_host += cs;
+            if (host != expected_host) break;
+        }
+        nb_sc += count;
+        if (first_sc + count < sc_per_cluster_) break;   // the type changes inside this cluster
+    }
+    l2_cache_->release(slice_off);
+
+    const uint64_t start_in_sc = in_cluster - (static_cast<uint64_t>(sc_index) << subcluster_bits_);
+    m->type = first_type;
+    m->bytes = std::min(want, (nb_sc << subcluster_bits_) - start_in_sc);
+    return 0;
+}
+
+} // namespace bg

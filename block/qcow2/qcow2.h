@@ -1,0 +1,423 @@
+// The qcow2 format driver (QEMU block/qcow2*.c, spec docs/interop/qcow2.txt;
+// our summary: /work/shared/reference/qcow2.md and docs/qcow2.md).
+//
+// Files, by concern (STYLE.md rule 13):
+//   qcow2.h            on-disk constants, parsed structures, the node class
+//   qcow2-header.cc    header and header extensions: parse and validate; probe
+//   qcow2-snapshot.cc  internal snapshot table: parse, validate, find
+//   qcow2-cache.cc     MetadataCache: LRU cache of L2 slices / refcount blocks
+//   qcow2-cluster.cc   L1/L2 mapping (guest offset -> host offset and type)
+//   qcow2-refcount.cc  refcount table / refcount block access
+//   qcow2-compress.cc  zlib and zstd decompression of compressed clusters
+//   qcow2-backing.cc   backing chain (from the header) and external data file
+//   qcow2-status.cc    block status
+//   qcow2.cc           the node: open, options, read path, descriptor
+//
+// Part 1 (this code) reads; do_co_pwritev and friends return -ENOTSUP.
+// Places where part 2 (writes) plugs in are marked "PART 2:".
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "block/block-driver.h"
+#include "util/aio.h"
+
+namespace bg {
+
+namespace qcow2 {
+
+// ---------------------------------------------------------------- on-disk constants
+
+constexpr uint32_t kMagic = 0x514649fb;              // "QFI\xfb"
+constexpr uint32_t kMinClusterBits = 9;              // 512 B
+constexpr uint32_t kMaxClusterBits = 21;             // 2 MiB (QEMU's limit)
+constexpr uint32_t kV2HeaderLength = 72;
+constexpr uint32_t kV3MinHeaderLength = 104;
+constexpr uint32_t kCompressionTypeOffset = 104;     // optional v3 header field (1 byte)
+constexpr uint32_t kKnownHeaderLength = 105;         // bytes of the header we interpret
+constexpr uint32_t kMaxRefcountOrder = 6;            // 64-bit refcounts
+
+// QEMU's table limits (block/qcow2.h).
+constexpr uint64_t kMaxL1Bytes = 32ULL << 20;        // QCOW_MAX_L1_SIZE
+constexpr uint64_t kMaxRefTableBytes = 8ULL << 20;   // QCOW_MAX_REFTABLE_SIZE
+constexpr uint32_t kMaxBackingNameLen = 1023;
+constexpr uint32_t kMaxBackingFormatLen = 15;        // QEMU keeps it in char[16]
+constexpr uint32_t kMaxSnapshots = 65536;            // QCOW_MAX_SNAPSHOTS
+constexpr uint64_t kMaxSnapshotTableBytes = 64ULL << 20;
+constexpr uint32_t kMaxSnapshotExtraData = 1024;
+constexpr uint32_t kSnapshotHeaderSize = 40;         // fixed part of a snapshot table entry
+constexpr uint32_t kMaxBitmaps = 65535;
+constexpr uint64_t kMaxBitmapDirectoryBytes = 1024ULL * 65535;
+
+// Feature bits.
+constexpr uint64_t kIncompatDirty = 1ULL << 0;
+constexpr uint64_t kIncompatCorrupt = 1ULL << 1;
+constexpr uint64_t kIncompatDataFile = 1ULL << 2;
+constexpr uint64_t kIncompatCompression = 1ULL << 3;
+constexpr uint64_t kIncompatExtendedL2 = 1ULL << 4;
+constexpr uint64_t kIncompatMask = 0x1f;
+constexpr uint64_t kCompatLazyRefcounts = 1ULL << 0;
+constexpr uint64_t kAutoclearBitmaps = 1ULL << 0;
+constexpr uint64_t kAutoclearDataFileRaw = 1ULL << 1;
+constexpr uint64_t kAutoclearMask = 0x3;
+
+// Header extension types.
+constexpr uint32_t kExtEnd = 0;
+constexpr uint32_t kExtBackingFormat = 0xe2792aca;
+constexpr uint32_t kExtFeatureTable = 0x6803f857;
+constexpr uint32_t kExtBitmaps = 0x23852875;
+constexpr uint32_t kExtCrypto = 0x0537be77;
+constexpr uint32_t kExtDataFile = 0x44415441;
+
+constexpr uint32_t kCryptNone = 0, kCryptAes = 1, kCryptLuks = 2;
+constexpr uint8_t kCompressionZlib = 0, kCompressionZstd = 1;
+
+// L1 / L2 / refcount table entries.
+constexpr uint64_t kL1eOffsetMask = 0x00fffffffffffe00ULL;
+constexpr uint64_t kL2eOffsetMask = 0x00fffffffffffe00ULL;
+constexpr uint64_t kOflagCopied = 1ULL << 63;
+constexpr uint64_t kOflagCompressed = 1ULL << 62;
+constexpr uint64_t kOflagZero = 1ULL << 0;
+constexpr uint64_t kReftOffsetMask = 0xfffffffffffffe00ULL;
+constexpr uint32_t kSubclustersPerCluster = 32;     // extended L2
+constexpr uint64_t kL2BitmapAllAlloc = 0xffffffffULL;
+
+// Big-endian accessors.
+inline uint16_t be16(const uint8_t *p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+inline uint32_t be32(const uint8_t *p)
+{
+    return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 | static_cast<uint32_t>(p[2]) << 8 |
+           p[3];
+}
+inline uint64_t be64(const uint8_t *p) { return static_cast<uint64_t>(be32(p)) << 32 | be32(p + 4); }
+
+// ---------------------------------------------------------------- parsed header
+
+// One entry of the feature name table extension.
+struct FeatureName {
+    uint8_t type = 0;      // 0 incompatible, 1 compatible, 2 autoclear
+    uint8_t bit = 0;       // 0..63
+    std::string name;      // up to 46 bytes, NUL padding stripped
+};
+
+// A header extension kept verbatim (types we do not interpret), so that a
+// header rewrite (part 2) can write it back unchanged.
+struct HeaderExtension {
+    uint32_t type = 0;
+    std::vector<uint8_t> data;
+};
+
+struct BitmapsExtension {
+    uint32_t nb_bitmaps = 0;
+    uint64_t directory_size = 0;     // bytes
+    uint64_t directory_offset = 0;   // cluster-aligned
+};
+
+// The image header with its extensions, validated (see parse_header).
+struct Header {
+    uint32_t version = 0;                   // 2 or 3
+    uint64_t backing_file_offset = 0;       // 0: no backing file name
+    uint32_t backing_file_size = 0;         // bytes, <= kMaxBackingNameLen
+    uint32_t cluster_bits = 0;              // kMinClusterBits..kMaxClusterBits
+    uint64_t size = 0;                      // virtual size in bytes, <= kMaxLength
+    uint32_t crypt_method = 0;
+    uint32_t l1_size = 0;                   // entries
+    uint64_t l1_table_offset = 0;
+    uint64_t refcount_table_offset = 0;
+    uint32_t refcount_table_clusters = 0;
+    uint32_t nb_snapshots = 0;
+    uint64_t snapshots_offset = 0;
+    uint64_t incompatible_features = 0;
+    uint64_t compatible_features = 0;
+    uint64_t autoclear_features = 0;
+    uint32_t refcount_order = 4;            // refcount_bits = 1 << refcount_order
+    uint32_t header_length = kV2HeaderLength;
+    uint8_t compression_type = kCompressionZlib;
+    // Header bytes [kKnownHeaderLength, header_length): optional fields we do
+    // not know, kept for a header rewrite (spec: preserve unknown fields).
+    std::vector<uint8_t> unknown_header_fields;
+
+    std::string backing_file;               // as stored (relative or absolute)
+    std::optional<std::string> backing_format;   // backing format extension
+    std::optional<std::string> data_file;        // external data file name extension
+    std::vector<FeatureName> feature_names;
+    std::optional<BitmapsExtension> bitmaps;     // only when the autoclear bit says it is valid
+    bool has_crypto_extension = false;
+    std::vector<HeaderExtension> unknown_extensions;
+
+    uint64_t cluster_size() const { return 1ULL << cluster_bits; }
+    bool extended_l2() const { return incompatible_features & kIncompatExtendedL2; }
+    bool has_data_file() const { return incompatible_features & kIncompatDataFile; }
+    bool data_file_raw() const { return autoclear_features & kAutoclearDataFileRaw; }
+    uint32_t l2_entry_size() const { return extended_l2() ? 16 : 8; }
+    uint32_t l2_bits() const { return cluster_bits - (extended_l2() ? 4 : 3); }   // log2 entries per L2 table
+};
+
+// Error "<image>: <printf message>" (every message names the image).
+Error herr(int err, const std::string &image, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+// Checks that a table [off, off + bytes) named by a header field ("L1
+// table") is cluster-aligned, does not overlap the header cluster and lies
+// inside the file. EINVAL with a message naming image and table otherwise.
+Status check_table(const std::string &image, const char *what, uint64_t off, uint64_t bytes, uint64_t cluster_size,
+                   uint64_t file_len);
+
+// Number of L1 entries needed to map size bytes (QEMU's size_to_l1).
+uint64_t size_to_l1(uint64_t size, uint32_t cluster_bits, uint32_t l2_bits);
+
+// "Unknown incompatible feature bit N" or the name the image's feature
+// name table gives it, for every bit in bits, comma-separated.
+std::string describe_features(uint64_t bits, uint8_t type, const std::vector<FeatureName> &names);
+
+// Parses and validates the header in buf (the first cluster of the image,
+// or at least its first buf_len bytes; bytes past buf_len are treated as
+// zeros, like bytes past the end of the file). file_len is the image file's
+// length, for range checks of the tables. name prefixes every message
+// ("disk.qcow2: L1 table offset 0x... is beyond the end of the file").
+// writable: the corrupt bit is refused. Never reads outside buf.
+// Errors: EINVAL (malformed), ENOTSUP (unsupported version/feature,
+// encryption), EFBIG (tables beyond QEMU's limits), EACCES (corrupt and
+// writable).
+Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_len, const std::string &name,
+                            bool writable);
+
+// Cluster size the header in buf announces, after checking magic, version
+// and cluster_bits; 0 if buf (of buf_len >= 24 bytes) is not a plausible
+// qcow2 header. Tells an opener how much of the file to read for parse_header.
+uint64_t header_cluster_size(const uint8_t *buf, size_t buf_len);
+
+// Format probe: 100 for "QFI\xfb" with version 2 or 3, else 0.
+int probe(const uint8_t *buf, size_t len);
+
+// ---------------------------------------------------------------- snapshots
+
+struct Snapshot {
+    uint64_t l1_table_offset = 0;
+    uint32_t l1_size = 0;
+    std::string id;
+    std::string name;
+    uint32_t date_sec = 0;
+    uint32_t date_nsec = 0;
+    uint64_t vm_clock_nsec = 0;
+    uint64_t vm_state_size = 0;             // 64-bit field if present, else the 32-bit one
+    uint64_t disk_size = 0;                 // virtual size at snapshot time (header size if not stored)
+    std::optional<uint64_t> icount;
+    std::vector<uint8_t> extra_data;        // verbatim, <= kMaxSnapshotExtraData bytes
+};
+
+// Reads len bytes at off of the image file into out; 0 or negative errno.
+using ByteReader = std::function<int(uint64_t off, size_t len, uint8_t *out)>;
+
+// Reads and validates the snapshot table of h (nb_snapshots entries at
+// snapshots_offset, already range-checked by parse_header): each entry
+// bounded, the table inside the file and within QEMU's limits, each
+// snapshot's L1 table aligned, inside the file and within kMaxL1Bytes.
+// Reads at most the table's size (<= kMaxSnapshotTableBytes).
+Result<std::vector<Snapshot>> read_snapshot_table(const ByteReader &read, const Header &h, uint64_t file_len,
+                                                  const std::string &name);
+
+// The snapshot matching id and/or name (both must match when both given).
+// Error: ENOENT "snapshot ... not found".
+Result<const Snapshot *> find_snapshot(const std::vector<Snapshot> &snaps, const std::optional<std::string> &id,
+                                       const std::optional<std::string> &name, const std::string &image);
+
+// ---------------------------------------------------------------- compression
+
+// Decompresses src (a compressed cluster's bytes as described by its L2
+// entry; may be longer than the stream) into exactly dst_len bytes.
+// 0, -EIO for corrupt data, -ENOTSUP for an unknown type.
+int decompress_cluster(uint8_t type, const uint8_t *src, size_t src_len, uint8_t *dst, size_t dst_len);
+
+// ---------------------------------------------------------------- metadata cache
+
+// An LRU cache of fixed-size slices of on-disk metadata: L2 table slices
+// (l2-cache-entry-size bytes) or refcount blocks (one cluster). Memory for
+// an entry is allocated on first use, so an unused cache costs nothing.
+//
+// Threading: not thread-safe. The owning node's metadata CoMutex must be
+// held for every call (including while a pinned slice is used).
+//
+// PART 2: entries get a dirty flag, mark_dirty(), co_flush() writing dirty
+// entries in offset order, and QEMU's flush dependencies between the L2
+// and refcount caches (set_dependency / depends_on_flush, qcow2.md 2.2).
+class MetadataCache {
+  public:
+    // slice_size: bytes, a power of 2 >= 512; max_entries >= 1;
+    // mem_align: buffer alignment (the file child's opt_mem_alignment).
+    MetadataCache(size_t slice_size, size_t max_entries, size_t mem_align);
+    MetadataCache(const MetadataCache &) = delete;
+    MetadataCache &operator=(const MetadataCache &) = delete;
+
+    // The slice at host offset (a multiple of slice_size), read through file
+    // on a miss. The slice is pinned (not evicted) until release(). Yields on
+    // a miss. Returns 0, the read's negative errno, or -EBUSY if every entry
+    // is pinned.
+    int coroutine_fn co_get(BdrvChild *file, uint64_t offset, const uint8_t **data);
+    // Unpins the slice returned for offset.
+    void release(uint64_t offset);
+    // Frees the memory of entries not used since the previous call and not
+    // pinned (cache-clean-interval). Returns how many were freed.
+    size_t clean_unused();
+    // Drops every unpinned entry (e.g. after a snapshot switch).
+    void invalidate();
+
+    size_t slice_size() const { return slice_size_; }
+    size_t max_entries() const { return entries_.size(); }
+    uint64_t hits() const { return hits_; }
+    uint64_t misses() const { return misses_; }
+    size_t entries_in_use() const { return index_.size(); }   // slices holding data
+
+  private:
+    struct Entry {
+        uint64_t offset = 0;
+        bool valid = false;
+        int pins = 0;
+        uint64_t last_used = 0;     // lru_clock_ value at last access
+        uint64_t used_at_clean = 0; // last_used seen by the previous clean_unused()
+        AlignedBuf data;
+    };
+    size_t slice_size_;
+    size_t mem_align_;
+    std::vector<Entry> entries_;
+    std::unordered_map<uint64_t, size_t> index_;   // offset -> entry index (valid entries)
+    uint64_t lru_clock_ = 0;
+    uint64_t hits_ = 0, misses_ = 0;
+};
+
+// ---------------------------------------------------------------- mapping
+
+// What a guest range maps to (QEMU's QCow2SubclusterType).
+enum class SubclusterType {
+    kUnallocatedPlain,   // read from the backing node (or zeros)
+    kUnallocatedAlloc,   // host cluster exists, this subcluster reads from backing (extended L2)
+    kZeroPlain,          // reads as zeros, no host cluster
+    kZeroAlloc,          // reads as zeros, host cluster allocated
+    kNormal,             // data at host_offset
+    kCompressed,         // compressed cluster (see HostMapping)
+};
+
+struct HostMapping {
+    SubclusterType type = SubclusterType::kUnallocatedPlain;
+    // kNormal / kZeroAlloc / kUnallocatedAlloc: host offset of the first
+    // byte (offset in cluster included), in the data file.
+    uint64_t host_offset = 0;
+    uint64_t bytes = 0;                 // > 0: bytes from the guest offset with this mapping
+    // kCompressed: where the compressed bytes are in the image file.
+    uint64_t comp_offset = 0;
+    uint64_t comp_bytes = 0;
+};
+
+} // namespace qcow2
+
+// ---------------------------------------------------------------- the node
+
+// A qcow2 image. Threading: header fields, the L1 table and options are
+// immutable after open (PART 2: L1 updates under lock_). The metadata caches
+// and the refcount table are guarded by lock_, a CoMutex held only for
+// metadata lookups: data reads run outside it, so requests (from any
+// thread's coroutines) proceed in parallel.
+class Qcow2Node final : public BlockNode {
+  public:
+    Qcow2Node() = default;
+    ~Qcow2Node() override;
+
+    const qcow2::Header &header() const { return h_; }
+    const std::vector<qcow2::Snapshot> &snapshots() const { return snapshots_; }
+    // The snapshot whose L1 table this read-only view uses, or nullptr.
+    const qcow2::Snapshot *active_snapshot() const { return view_snapshot_; }
+    // Image name used in messages (the file child's filename()).
+    const std::string &image_name() const { return name_; }
+    // The first corruption found by I/O (a request failed with -EIO), or "".
+    std::string corruption_message() const;
+    // Metadata caches (for statistics and tests).
+    const qcow2::MetadataCache &l2_cache() const { return *l2_cache_; }
+    const qcow2::MetadataCache &refcount_cache() const { return *refcount_cache_; }
+
+    // Refcount of host cluster cluster_index. 0 or negative errno (-EIO on a
+    // corrupt refcount structure). Yields; takes the metadata lock.
+    int coroutine_fn co_get_refcount(uint64_t cluster_index, uint64_t *refcount);
+    // Mapping of the guest range [offset, offset+bytes) (bytes > 0), the
+    // first part of which is described in *m. Yields; takes the metadata lock.
+    int coroutine_fn co_get_mapping(uint64_t offset, uint64_t bytes, qcow2::HostMapping *m);
+
+  protected:
+    Status open(const BlockdevOptions &opts) override;
+    void close() override;
+    int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
+    // PART 2: do_co_pwritev, do_co_pwrite_zeroes, do_co_pdiscard,
+    // do_co_truncate, do_co_flush_to_os (write the caches). Until then the
+    // defaults (-ENOTSUP) apply and the image is never written.
+    int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
+                                        int64_t *map, BlockNode **file) override;
+    int64_t do_getlength() override;
+    void refresh_limits(BlockLimits *bl) override;
+
+  private:
+    // qcow2.cc
+    Status coroutine_fn co_open_image(const BlockdevOptionsQcow2 &o);
+    Status setup_caches(const BlockdevOptionsQcow2 &o);
+    void start_cache_cleaner(uint64_t interval_s);
+    static void cache_clean_cb(void *opaque);
+    int coroutine_fn co_read_backing(uint64_t offset, uint64_t bytes, IOVector &qiov, size_t qoff);
+    int coroutine_fn co_read_compressed(uint64_t offset, const qcow2::HostMapping &m, uint64_t bytes, IOVector &qiov,
+                                        size_t qoff);
+    // Records (and logs once) a corruption found while serving I/O; returns -EIO.
+    int corruption(const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+    // qcow2-backing.cc
+    Status open_backing(const BlockdevOptionsQcow2 &o, const BlockdevOptions &opts);
+    Status open_data_file(const BlockdevOptionsQcow2 &o, const BlockdevOptions &opts);
+    Result<BlockdevRef> backing_chain_ref(const BlockdevOptions &opts);
+    BlockdevOptions implicit_file_options(const std::string &path, bool read_only) const;
+
+    // qcow2-cluster.cc (REQUIRE lock_ held)
+    int coroutine_fn co_get_mapping_locked(uint64_t offset, uint64_t bytes, qcow2::HostMapping *m);
+
+    // qcow2-refcount.cc
+    Status coroutine_fn co_load_refcount_table();
+    int coroutine_fn co_get_refcount_locked(uint64_t cluster_index, uint64_t *refcount);
+    int coroutine_fn co_detect_metadata_preallocation_locked();
+
+    std::string name_;                      // image name for messages
+    qcow2::Header h_;
+    uint64_t cluster_size_ = 0;
+    uint32_t cluster_bits_ = 0;
+    uint32_t l2_bits_ = 0;                  // log2 entries per L2 table
+    uint32_t l2_entry_size_ = 8;            // 8, or 16 with extended L2
+    uint32_t subcluster_bits_ = 0;          // log2 bytes per subcluster (= cluster_bits_ without extended L2)
+    uint32_t sc_per_cluster_ = 1;           // 1, or 32 with extended L2
+    uint32_t csize_shift_ = 0;              // compressed descriptor layout
+    uint64_t csize_mask_ = 0;
+    uint64_t comp_offset_mask_ = 0;
+    uint64_t size_ = 0;                     // virtual size (of the snapshot, in a snapshot view)
+
+    BdrvChild *file_ = nullptr;             // metadata (and data, without a data file)
+    BdrvChild *data_file_ = nullptr;        // == file_ without an external data file
+    BdrvChild *backing_ = nullptr;
+
+    std::vector<uint64_t> l1_;              // active (or snapshot view) L1 table, host byte order
+    std::vector<uint64_t> refcount_table_;  // host byte order
+    std::vector<qcow2::Snapshot> snapshots_;
+    const qcow2::Snapshot *view_snapshot_ = nullptr;
+
+    CoMutex lock_;                          // guards the caches and the lazily computed state below
+    std::unique_ptr<qcow2::MetadataCache> l2_cache_;
+    std::unique_ptr<qcow2::MetadataCache> refcount_cache_;
+    bool prealloc_checked_ = false;         // metadata preallocation detection done
+    bool metadata_prealloc_ = false;        // block status says RECURSE for data clusters
+
+    std::unique_ptr<Timer> clean_timer_;    // cache-clean-interval, in the opening thread's context
+    uint64_t clean_interval_ns_ = 0;
+
+    mutable std::mutex corrupt_lock_;       // guards corrupt_msg_
+    std::string corrupt_msg_;
+};
+
+} // namespace bg

@@ -1,0 +1,164 @@
+// libFuzzer target: open arbitrary bytes as a qcow2 image and read it.
+//
+// The image lives in memory (a test protocol driver, "fuzz-mem", below), so
+// no file is written. For each input the target opens the image with cache
+// options picked by its last byte, walks block status over the start of the
+// image, reads what is allocated and some fixed ranges, and opens each
+// snapshot (up to 4) as a read-only view and reads from it. The backing
+// file is disabled (backing: null): names from fuzzed headers are never
+// opened. An image with an external data file uses the same bytes as its
+// data file.
+//
+// Build and run: make fuzz / make check-fuzz (tests/fuzz/fuzz.mk).
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "block/block-driver.h"
+#include "block/drivers.h"
+#include "block/qcow2/qcow2.h"
+#include "util/aio.h"
+#include "util/log.h"
+
+using namespace bg;
+
+namespace {
+
+const uint8_t *g_data = nullptr;
+size_t g_size = 0;
+
+class FuzzMemNode final : public BlockNode {
+  protected:
+    Status open(const BlockdevOptions &) override { return {}; }
+    int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags) override
+    {
+        int64_t size = static_cast<int64_t>(g_size);
+        int64_t n = offset < size ? std::min(bytes, size - offset) : 0;
+        if (n > 0) qiov.from_buf(0, g_data + offset, static_cast<size_t>(n));
+        if (n < bytes) qiov.memset(static_cast<size_t>(n), 0, static_cast<size_t>(bytes - n));
+        return 0;
+    }
+    int64_t do_getlength() override { return static_cast<int64_t>(g_size); }
+};
+
+const BlockDriver kDriverFuzzMem = {
+    "fuzz-mem", BlockDriverKind::kProtocol, 0, "fuzzing: the input bytes",
+    []() -> std::unique_ptr<BlockNode> { return std::make_unique<FuzzMemNode>(); }, nullptr,
+};
+
+const DriverRegistry &registry()
+{
+    static const DriverRegistry reg = [] {
+        DriverRegistry r;
+        r.add(&kDriverQcow2);
+        r.add(&kDriverRaw);
+        r.add(&kDriverFuzzMem);
+        return r;
+    }();
+    return reg;
+}
+
+BlockdevRef reference(const char *name)
+{
+    BlockdevRef r;
+    r.kind = BlockdevRef::Kind::kReference;
+    r.reference = name;
+    return r;
+}
+
+BlockdevOptions qcow2_options(const char *node_name, uint8_t config, bool data_file)
+{
+    BlockdevOptions o;
+    o.driver = "qcow2";
+    o.node_name = node_name;
+    o.read_only = true;
+    BlockdevOptionsQcow2 q;
+    q.file = reference("mem");
+    q.backing.kind = BlockdevRef::Kind::kNull;
+    if (data_file) q.data_file = reference("mem");
+    switch (config & 3) {
+    case 0: break;                                             // defaults
+    case 1: q.l2_cache_entry_size = 512; break;                // smallest slices
+    case 2: q.l2_cache_size = 1; break;                        // two entries: evictions
+    case 3: q.cache_size = 1; q.l2_cache_entry_size = 512; break;
+    }
+    q.cache_clean_interval = 0;
+    o.opts = q;
+    return o;
+}
+
+// Reads at most 1 MiB of node from offset; the result does not matter.
+void read_some(BlockNode *node, int64_t offset, int64_t bytes, std::vector<uint8_t> &buf)
+{
+    int64_t len = node->getlength();
+    if (offset >= len) return;
+    bytes = std::min({bytes, len - offset, static_cast<int64_t>(buf.size())});
+    auto blk = BlockBackend::create(node, kPermConsistentRead, kPermAll, "fuzz");
+    if (!blk) return;
+    BlockBackend *b = blk.value().get();
+    (void)run_in_coroutine([&] { return b->co_pread(offset, bytes, buf.data()); });
+}
+
+void exercise(BlockNode *node, std::vector<uint8_t> &buf)
+{
+    const int64_t len = node->getlength();
+    read_some(node, 0, 1 << 20, buf);
+    read_some(node, len / 2 + 333, 70000, buf);
+    read_some(node, len - 4097, 4097, buf);
+    // Block status over the start, reading what is allocated.
+    int64_t off = 0;
+    for (int i = 0; i < 64 && off < len; i++) {
+        int64_t pnum = 0, map = 0;
+        BlockNode *file = nullptr;
+        int r = run_in_coroutine([&] { return node->co_block_status(true, off, len - off, &pnum, &map, &file); });
+        if (r < 0 || pnum <= 0) break;
+        if (r & kStatusAllocated) read_some(node, off, std::min<int64_t>(pnum, 256 << 10), buf);
+        off += pnum;
+    }
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static std::unique_ptr<AioContext> ctx = [] {
+        log_set_level(LogLevel::kError);
+        return AioContext::create();
+    }();
+    g_data = data;
+    g_size = size;
+    const uint8_t config = size ? data[size - 1] : 0;
+    const bool data_file = size >= 80 && (data[79] & qcow2::kIncompatDataFile);
+    static std::vector<uint8_t> buf(1 << 20);
+    {
+        BlockGraph graph(&registry());
+        BlockdevOptions mem;
+        mem.driver = "fuzz-mem";
+        mem.node_name = "mem";
+        mem.read_only = true;
+        mem.opts = BlockdevOptionsNull{};
+        if (!graph.add_node(mem).ok()) return 0;
+        auto r = graph.add_node(qcow2_options("q", config, data_file));
+        if (r.ok()) {
+            auto *q = static_cast<Qcow2Node *>(r.value());
+            exercise(q, buf);
+            // Snapshot views.
+            std::vector<std::string> ids;
+            for (const auto &s : q->snapshots()) {
+                if (ids.size() == 4) break;
+                ids.push_back(s.id);
+            }
+            for (size_t i = 0; i < ids.size(); i++) {
+                BlockdevOptions o = qcow2_options(i ? "s1" : "s0", config, data_file);
+                if (i >= 2) o.node_name = i == 2 ? "s2" : "s3";
+                o.as<BlockdevOptionsQcow2>()->snapshot_id = ids[i];
+                auto s = graph.add_node(o);
+                if (s.ok()) exercise(s.value(), buf);
+            }
+        }
+        graph.close_all();
+    }
+    return 0;
+}
