@@ -30,11 +30,12 @@ struct Subcommand {
 int cmd_version(int argc, char **argv);
 int cmd_help(int argc, char **argv);
 
+int cmd_io(int argc, char **argv);         // tools/io.cc
+int cmd_daemon(int argc, char **argv);     // tools/daemon.cc
+int cmd_mount(int argc, char **argv);      // tools/mount.cc
+int cmd_umount(int argc, char **argv);     // tools/mount.cc
+
 // Later, one file each in tools/ (and one line each in the table in main.cc):
-// int cmd_io(int argc, char **argv);      // tools/io.cc
-// int cmd_daemon(int argc, char **argv);  // tools/daemon.cc
-// int cmd_mount(int argc, char **argv);   // tools/mount.cc
-// int cmd_umount(int argc, char **argv);  // tools/umount.cc
 // int cmd_img(int argc, char **argv);     // tools/img.cc
 
 }  // namespace bg

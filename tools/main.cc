@@ -22,6 +22,10 @@ namespace {
 constexpr Subcommand kSubcommands[] = {
     {"version", "Print the version and exit", cmd_version},
     {"help", "Show this help, or a command's help", cmd_help},
+    {"io", "Run I/O requests against an image", cmd_io},
+    {"daemon", "Run a block graph with exports until stopped", cmd_daemon},
+    {"mount", "Export an image as a file over FUSE", cmd_mount},
+    {"umount", "Remove a FUSE export", cmd_umount},
 };
 
 const Subcommand *find_subcommand(const char *name) noexcept

@@ -17,6 +17,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cassert>
 #include <condition_variable>
 #include <mutex>
 #include <system_error>
@@ -82,8 +83,9 @@ Result<std::unique_ptr<IoThread>> IoThread::create(const std::string &id)
                 st.cond.notify_one();
             }
             self->run();
-            // Run what was scheduled before stop() (e.g. a last run_sync).
-            while (ctx->iterate(false)) {
+            // Run what was scheduled before stop() (e.g. a last run_sync);
+            // bounded, in case something keeps rescheduling itself.
+            for (int i = 0; i < 1000 && ctx->iterate(false); i++) {
             }
             AioContext::set_current(nullptr);
             ctx.reset();
@@ -119,8 +121,10 @@ void IoThread::stop()
     if (gctx_) g_main_context_wakeup(gctx_);
 }
 
+// REQUIRES: stop() not called yet (a stopped thread would never run fn).
 void IoThread::run_sync(void (*fn)(void *), void *opaque)
 {
+    assert(!stopping_.load(std::memory_order_acquire));
     if (AioContext::current() == ctx_) {   // called from the thread itself
         fn(opaque);
         return;

@@ -1,0 +1,580 @@
+// tools/daemon.cc -- "blockgraph daemon": a drop-in for qemu-storage-daemon's
+// FUSE use (--blockdev, --object iothread, --export type=fuse, --pidfile,
+// --daemonize), and the serving machinery shared with "blockgraph mount"
+// (tools/daemon.h). Users' documentation: docs/daemon.md.
+#include "tools/daemon.h"
+
+#include <fcntl.h>
+#include <glib-unix.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <variant>
+
+#include "qapi/block-parse.h"
+#include "qapi/export-parse.h"
+#include "tools/commands.h"
+#include "util/aio.h"
+#include "util/log.h"
+
+namespace bg {
+
+// ---------------------------------------------------------------- helpers
+
+std::string canonical_mountpoint(const std::string &mountpoint)
+{
+    std::string dir, base;
+    size_t slash = mountpoint.find_last_of('/');
+    if (slash == std::string::npos) {
+        dir = ".";
+        base = mountpoint;
+    } else {
+        dir = slash == 0 ? "/" : mountpoint.substr(0, slash);
+        base = mountpoint.substr(slash + 1);
+    }
+    if (base.empty() || base == "." || base == "..") {
+        // Not a file name: resolve all of it (never one of our FUSE files).
+        char *real = realpath(mountpoint.c_str(), nullptr);
+        if (real) {
+            std::string r = real;
+            free(real);
+            return r;
+        }
+        dir = mountpoint;
+        base.clear();
+    }
+    std::string rdir;
+    if (char *real = realpath(dir.c_str(), nullptr)) {
+        rdir = real;
+        free(real);
+    } else if (dir[0] == '/') {
+        rdir = dir;
+    } else {
+        char cwd[PATH_MAX];
+        rdir = getcwd(cwd, sizeof(cwd)) ? std::string(cwd) + "/" + dir : dir;
+    }
+    if (base.empty()) return rdir;
+    return rdir == "/" ? "/" + base : rdir + "/" + base;
+}
+
+namespace {
+
+// A pidfile, locked (flock) while it exists; removed and unlocked by the
+// destructor. The lock tells "blockgraph umount" (and a second daemon with
+// the same --pidfile) that the process is alive.
+class PidFile {
+  public:
+    static Result<std::unique_ptr<PidFile>> create(const std::string &path)
+    {
+        for (int attempt = 0; attempt < 100; attempt++) {
+            int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+            if (fd < 0) return errno_error(errno, "pidfile '" + path + "'");
+            if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+                int e = errno;
+                char buf[32] = {};
+                ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+                close(fd);
+                if (e == EWOULDBLOCK) {
+                    long pid = n > 0 ? strtol(buf, nullptr, 10) : 0;
+                    if (pid > 0) {
+                        return make_error(EBUSY, "pidfile '%s' is in use by process %ld", path.c_str(), pid);
+                    }
+                    return make_error(EBUSY, "pidfile '%s' is in use by another process", path.c_str());
+                }
+                return errno_error(e, "pidfile '" + path + "': cannot lock it");
+            }
+            // The previous owner may have removed it between open and lock.
+            struct stat a, b;
+            if (fstat(fd, &a) != 0 || stat(path.c_str(), &b) != 0 || a.st_dev != b.st_dev ||
+                a.st_ino != b.st_ino) {
+                close(fd);
+                continue;
+            }
+            std::string text = std::to_string(getpid()) + "\n";
+            if (ftruncate(fd, 0) != 0 || pwrite(fd, text.data(), text.size(), 0) != (ssize_t)text.size()) {
+                int e = errno;
+                unlink(path.c_str());
+                close(fd);
+                return errno_error(e, "pidfile '" + path + "': cannot write it");
+            }
+            return std::unique_ptr<PidFile>(new PidFile(path, fd));
+        }
+        return make_error(EBUSY, "pidfile '%s' keeps being replaced", path.c_str());
+    }
+
+    ~PidFile()
+    {
+        unlink(path_.c_str());
+        close(fd_);
+    }
+
+  private:
+    PidFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+    std::string path_;
+    int fd_;
+};
+
+// Start-up report from a daemonized child to its parent: "0" (ready) or
+// "1<message>"; EOF without either means the child died.
+void report(int fd, bool ok, const std::string &msg)
+{
+    std::string s = ok ? "0" : "1" + msg;
+    const char *p = s.data();
+    size_t left = s.size();
+    while (left > 0) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        p += n;
+        left -= n;
+    }
+}
+
+// The parent of a daemonized child: waits for its report.
+int wait_for_child(const DaemonConfig &cfg, pid_t pid, int fd)
+{
+    std::string got;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got.append(buf, n);
+        if (got[0] == '0') break;   // ready; the child keeps the pipe no longer
+    }
+    close(fd);
+    if (!got.empty() && got[0] == '0') {
+        if (cfg.on_ready) cfg.on_ready();
+        return 0;
+    }
+    // Failed: the child has cleaned up; wait until it is gone.
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!got.empty()) {
+        std::fprintf(stderr, "%s: %s\n", cfg.prog.c_str(), got.c_str() + 1);
+    } else if (WIFSIGNALED(status)) {
+        std::fprintf(stderr, "%s: the daemon process was killed by signal %d (%s) during start-up\n",
+                     cfg.prog.c_str(), WTERMSIG(status), strsignal(WTERMSIG(status)));
+    } else {
+        std::fprintf(stderr, "%s: the daemon process exited during start-up (status %d)\n", cfg.prog.c_str(),
+                     WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+    return 1;
+}
+
+// Detaches a daemonized child from the caller's terminal and pipes: stdin
+// and stdout go to /dev/null; stderr too unless it is a regular file (a log
+// the user asked for), so that "$(blockgraph mount ...)" does not wait for us.
+void detach_stdio()
+{
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0) return;
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+    struct stat st;
+    if (fstat(STDERR_FILENO, &st) != 0 || !S_ISREG(st.st_mode)) dup2(null, STDERR_FILENO);
+    close(null);
+}
+
+gboolean on_stop_signal(gpointer opaque)
+{
+    log_info("signal received, shutting down");
+    static_cast<Daemon *>(opaque)->request_stop();
+    return G_SOURCE_CONTINUE;
+}
+
+gboolean on_stats_signal(gpointer opaque)
+{
+    static_cast<Daemon *>(opaque)->print_stats();
+    return G_SOURCE_CONTINUE;
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- Daemon
+
+Daemon::Daemon(const DaemonConfig &cfg, GMainLoop *loop)
+    : cfg_(cfg), loop_(loop), graph_(std::make_unique<BlockGraph>())
+{
+    reap_bh_ = AioContext::current()->bh_new(&Daemon::reap_gone, this);
+}
+
+Daemon::~Daemon()
+{
+    teardown();
+    delete reap_bh_;
+}
+
+void Daemon::use_graph(std::unique_ptr<BlockGraph> graph)
+{
+    assert(!graph_used_ && graph);
+    graph_ = std::move(graph);
+    graph_used_ = true;
+}
+
+Status Daemon::add_blockdev(const BlockdevOptions &opts)
+{
+    graph_used_ = true;
+    Result<BlockNode *> n = graph_->add_node(opts);
+    if (!n) return n.error();
+    log_info("blockdev '%s' (%s) opened", n.value()->node_name().c_str(), n.value()->driver_name());
+    return {};
+}
+
+Status Daemon::add_iothread(const IoThreadOptions &opts)
+{
+    for (auto &t : iothreads_) {
+        if (t->id() == opts.id) return make_error(EINVAL, "object id '%s' is used twice", opts.id.c_str());
+    }
+    auto t = IoThread::create(opts.id);
+    if (!t) return t.error();
+    iothreads_.push_back(std::move(t.value()));
+    return {};
+}
+
+Status Daemon::add_export(const BlockExportOptions &opts)
+{
+    std::string key = canonical_mountpoint(opts.fuse.mountpoint);
+    for (auto &e : exports_) {
+        if (e.id == opts.id) return make_error(EINVAL, "export id '%s' is used twice", opts.id.c_str());
+    }
+    for (auto &e : exports_) {
+        // Checked here: the export itself would stat() the mountpoint, which
+        // we serve ourselves.
+        if (e.mount_key == key) {
+            return make_error(EBUSY, "mountpoint '%s' is used by export '%s' already", opts.fuse.mountpoint.c_str(),
+                              e.id.c_str());
+        }
+    }
+    std::vector<IoThread *> threads;
+    for (const std::string &name : opts.iothreads) {
+        IoThread *found = nullptr;
+        for (auto &t : iothreads_) {
+            if (t->id() == name) found = t.get();
+        }
+        if (!found) {
+            return make_error(ENOENT, "export '%s': iothread '%s' does not exist", opts.id.c_str(), name.c_str());
+        }
+        threads.push_back(found);
+    }
+    auto exp = block_export_create(*graph_, opts, threads, [this](BlockExport *e) { on_export_gone(e); });
+    if (!exp) return exp.error();
+    Entry entry;
+    entry.exp = std::move(exp.value());
+    entry.id = opts.id;
+    entry.mount_key = std::move(key);
+    entry.mountpoint = opts.fuse.mountpoint;
+    exports_.push_back(std::move(entry));
+    return {};
+}
+
+void Daemon::print_stats() const
+{
+    std::string text;
+    for (auto &e : exports_) {
+        if (e.exp) text += e.exp->stats_text();
+    }
+    if (text.empty()) text = "no exports\n";
+    if (text.back() != '\n') text += '\n';
+    ssize_t r = write(STDERR_FILENO, text.data(), text.size());
+    (void)r;
+}
+
+void Daemon::request_stop()
+{
+    stop_requested_ = true;
+    if (g_main_loop_is_running(loop_)) g_main_loop_quit(loop_);
+}
+
+void Daemon::on_export_gone(BlockExport *e)
+{
+    for (auto &entry : exports_) {
+        if (entry.exp.get() == e) entry.gone = true;
+    }
+    // Not here: the export is still on the stack that called us.
+    reap_bh_->schedule();
+}
+
+void Daemon::reap_gone(void *opaque)
+{
+    auto *d = static_cast<Daemon *>(opaque);
+    if (d->tearing_down_) return;   // teardown() finishes every export itself
+    for (size_t i = 0; i < d->exports_.size();) {
+        if (d->exports_[i].gone) {
+            log_info("export '%s' went away", d->exports_[i].id.c_str());
+            d->finish_export(d->exports_[i]);
+            d->exports_.erase(d->exports_.begin() + i);
+        } else {
+            i++;
+        }
+    }
+    if (d->exports_.empty()) {
+        log_info("no exports left, shutting down");
+        d->request_stop();
+    }
+}
+
+void Daemon::finish_export(Entry &e)
+{
+    if (!e.exp) return;
+    e.exp->shutdown();
+    if (cfg_.stats) {
+        std::string text = e.exp->stats_text();
+        if (text.empty() || text.back() != '\n') text += '\n';
+        ssize_t r = write(STDERR_FILENO, text.data(), text.size());
+        (void)r;
+    }
+    e.exp.reset();
+}
+
+void Daemon::teardown()
+{
+    if (tearing_down_) return;
+    tearing_down_ = true;
+    // shutdown() may run the loop (drain); an export going away meanwhile
+    // only marks its entry.
+    for (size_t i = 0; i < exports_.size(); i++) finish_export(exports_[i]);
+    exports_.clear();
+    for (auto &t : iothreads_) t->stop();
+    iothreads_.clear();
+    if (graph_) graph_->close_all();
+    graph_.reset();
+}
+
+// ---------------------------------------------------------------- daemon_run
+
+namespace {
+
+// Everything after the fork, in the serving process. report_fd >= 0: the
+// pipe to a waiting parent.
+int serve(const DaemonConfig &cfg, const std::function<Status(Daemon &)> &setup, int report_fd)
+{
+    signal(SIGPIPE, SIG_IGN);
+    std::unique_ptr<AioContext> main_ctx = AioContext::create(g_main_context_default());
+    AioContext::set_current(main_ctx.get());
+    GMainLoop *loop = g_main_loop_new(g_main_context_default(), FALSE);
+
+    Status st;
+    {
+        Daemon d(cfg, loop);
+        guint sources[] = {
+            g_unix_signal_add(SIGTERM, on_stop_signal, &d),
+            g_unix_signal_add(SIGINT, on_stop_signal, &d),
+            g_unix_signal_add(SIGHUP, on_stop_signal, &d),
+            g_unix_signal_add(SIGUSR1, on_stats_signal, &d),
+        };
+
+        std::unique_ptr<PidFile> pidfile;
+        if (!cfg.pidfile.empty()) {
+            auto p = PidFile::create(cfg.pidfile);
+            if (p) pidfile = std::move(p.value());
+            else st = p.error();
+        }
+        if (st.ok()) st = setup(d);
+        if (st.ok() && d.stop_requested()) st = make_error(EINTR, "stopped during start-up");
+        if (st.ok() && d.export_count() == 0) st = make_error(EINVAL, "no exports");
+
+        if (st.ok()) {
+            log_info("ready: %zu export%s", d.export_count(), d.export_count() == 1 ? "" : "s");
+            if (report_fd >= 0) {
+                detach_stdio();
+                report(report_fd, true, "");
+                close(report_fd);
+                report_fd = -1;
+            } else if (cfg.on_ready) {
+                cfg.on_ready();
+            }
+            g_main_loop_run(loop);
+        }
+        d.teardown();
+        if (cfg.on_exit) cfg.on_exit();
+        for (guint id : sources) g_source_remove(id);
+        // Removing the sources restored the default actions; everything is
+        // cleaned up now, so a late stop signal must not turn exit 0 into a kill.
+        for (int sig : {SIGTERM, SIGINT, SIGHUP}) signal(sig, SIG_IGN);
+        pidfile.reset();
+    }
+    g_main_loop_unref(loop);
+    main_ctx.reset();
+
+    if (!st.ok()) {
+        if (report_fd >= 0) {
+            report(report_fd, false, st.msg());
+            close(report_fd);
+        } else {
+            std::fprintf(stderr, "%s: %s\n", cfg.prog.c_str(), st.msg().c_str());
+        }
+        return 1;
+    }
+    return 0;
+}
+
+} // namespace
+
+int daemon_run(const DaemonConfig &cfg, const std::function<Status(Daemon &)> &setup)
+{
+    if (!cfg.daemonize) return serve(cfg, setup, -1);
+
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+        std::fprintf(stderr, "%s: pipe: %s\n", cfg.prog.c_str(), strerror(errno));
+        return 1;
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        std::fprintf(stderr, "%s: fork: %s\n", cfg.prog.c_str(), strerror(errno));
+        close(p[0]);
+        close(p[1]);
+        return 1;
+    }
+    if (pid > 0) {
+        close(p[1]);
+        return wait_for_child(cfg, pid, p[0]);
+    }
+    close(p[0]);
+    setsid();   // no controlling terminal: the caller's ^C or hang-up is not ours
+    return serve(cfg, setup, p[1]);
+}
+
+// ---------------------------------------------------------------- cmd_daemon
+
+namespace {
+
+const char kDaemonUsage[] =
+    "Usage: blockgraph daemon [options]\n"
+    "Run a block graph with FUSE exports until stopped (a drop-in for\n"
+    "qemu-storage-daemon's FUSE use). Options are processed in order.\n"
+    "\n"
+    "  --blockdev OPTIONS   add a block node: keyval ([driver=]file,node-name=f,\n"
+    "                       filename=disk.img) or JSON ({\"driver\":\"file\",...})\n"
+    "  --object iothread,id=NAME[,poll-max-ns=N,...]\n"
+    "                       start an I/O thread (before the exports naming it)\n"
+    "  --export [type=]fuse,id=ID,node-name=NODE,mountpoint=FILE[,writable=on]\n"
+    "           [,growable=on][,writethrough=on][,allow-other=on|off|auto]\n"
+    "           [,iothread=NAME | ,iothread.0=A,iothread.1=B...][,fixed-iothread=on]\n"
+    "                       export a node as a regular file over FUSE (or JSON)\n"
+    "  --pidfile PATH       write the daemon's pid to PATH (locked; removed at exit)\n"
+    "  --daemonize          run in the background; return once every export is\n"
+    "                       mounted (0), or print the error and return 1\n"
+    "  --stats              print every export's counters to stderr at exit\n"
+    "  -v, --verbose        log more (twice: debug)\n"
+    "  -h, --help           show this help\n"
+    "  -V, --version        show the version\n"
+    "\n"
+    "Signals: SIGTERM, SIGINT, SIGHUP stop the daemon (exports finish their\n"
+    "requests, flush and unmount; exit status 0); SIGUSR1 prints the counters.\n"
+    "The daemon also exits when its last export is unmounted from outside.\n"
+    "See docs/daemon.md.\n";
+
+using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions>;
+
+int fail(const std::string &msg)
+{
+    std::fprintf(stderr, "blockgraph daemon: %s\n", msg.c_str());
+    return 1;
+}
+
+} // namespace
+
+int cmd_daemon(int argc, char **argv)
+{
+    log_init_from_env();
+    DaemonConfig cfg;
+    cfg.prog = "blockgraph daemon";
+    std::vector<Step> steps;
+    int verbose = 0;
+    size_t n_exports = 0;
+
+    for (int i = 1; i < argc; i++) {
+        std::string arg = argv[i];
+        std::string name = arg, value;
+        bool has_value = false;
+        if (arg.compare(0, 2, "--") == 0) {
+            size_t eq = arg.find('=');
+            if (eq != std::string::npos) {
+                name = arg.substr(0, eq);
+                value = arg.substr(eq + 1);
+                has_value = true;
+            }
+        }
+        if (name == "-h" || name == "--help") {
+            std::fputs(kDaemonUsage, stdout);
+            return 0;
+        }
+        if (name == "-V" || name == "--version") {
+            std::puts("blockgraph daemon version " BG_VERSION);
+            return 0;
+        }
+        if (name == "--chardev" || name == "--monitor" || name == "--nbd-server" || name == "--trace" ||
+            name == "-T") {
+            return fail("option '" + name + "' is not supported");
+        }
+        bool takes_value = name == "--blockdev" || name == "--export" || name == "--object" || name == "--pidfile";
+        bool is_flag = name == "--daemonize" || name == "--stats" || name == "--verbose" || name == "-v" ||
+                       name == "-vv";
+        if (!takes_value && !is_flag) {
+            if (name[0] == '-' && name.size() > 1) return fail("unknown option '" + name + "'");
+            return fail("unexpected argument '" + arg + "'");
+        }
+        if (is_flag && has_value) return fail("option '" + name + "' takes no value");
+        if (takes_value && !has_value) {
+            if (i + 1 >= argc) return fail("option '" + name + "' requires an argument");
+            value = argv[++i];
+        }
+
+        if (name == "--blockdev") {
+            auto o = parse_blockdev_arg(value);
+            if (!o) return fail(o.msg());
+            steps.emplace_back(std::move(o.value()));
+        } else if (name == "--object") {
+            auto o = parse_object_arg(value);
+            if (!o) return fail(o.msg());
+            steps.emplace_back(std::move(o.value()));
+        } else if (name == "--export") {
+            auto o = parse_export_arg(value);
+            if (!o) return fail(o.msg());
+            steps.emplace_back(std::move(o.value()));
+            n_exports++;
+        } else if (name == "--pidfile") {
+            if (value.empty()) return fail("option '" + name + "' requires a file name");
+            cfg.pidfile = value;
+        } else if (name == "--daemonize") {
+            cfg.daemonize = true;
+        } else if (name == "--stats") {
+            cfg.stats = true;
+        } else if (name == "-vv") {
+            verbose += 2;
+        } else {
+            verbose++;
+        }
+    }
+    if (verbose >= 2) log_set_level(LogLevel::kDebug);
+    else if (verbose == 1) log_set_level(LogLevel::kInfo);
+    if (n_exports == 0) return fail("no --export given (nothing to serve)");
+
+    return daemon_run(cfg, [&steps](Daemon &d) -> Status {
+        for (const Step &s : steps) {
+            if (auto *b = std::get_if<BlockdevOptions>(&s)) {
+                BG_TRY(d.add_blockdev(*b));
+            } else if (auto *o = std::get_if<IoThreadOptions>(&s)) {
+                BG_TRY(d.add_iothread(*o));
+            } else {
+                BG_TRY(d.add_export(std::get<BlockExportOptions>(s)));
+            }
+        }
+        return {};
+    });
+}
+
+} // namespace bg
