@@ -49,6 +49,7 @@ constexpr size_t kHeaderArea = sizeof(fuse_in_header) + sizeof(fuse_write_in);  
 constexpr uint32_t kMaxWrite = 1 << 20;        // bytes per READ/WRITE request
 constexpr size_t kPayloadSize = kMaxWrite + 4096;   // room for any request's arguments
 constexpr int kMaxBatch = 64;                  // requests read per wake-up
+constexpr int kMaxPooled = 128;                // free requests (1 MiB each) a queue keeps
 constexpr uint32_t kOurMinor = 31;             // protocol features we rely on
 
 // Requests we care about whose values exist in every kernel we support.
@@ -105,6 +106,7 @@ struct FuseQueue {
     AioContext *ctx = nullptr;
     IoThread *thread = nullptr;     // nullptr: main loop
     FuseRequest *pool = nullptr;    // free requests (touched only by this queue's thread)
+    int pooled = 0;                 // entries in pool
     std::atomic<bool> attached{false};
 
     // Counters (written by the queue's thread, read by anyone).
@@ -119,6 +121,7 @@ struct FuseQueue {
         FuseRequest *r = pool;
         if (r) {
             pool = r->next;
+            pooled--;
             return r;
         }
         r = new FuseRequest;
@@ -126,10 +129,17 @@ struct FuseQueue {
         r->payload = aligned_alloc_buf(4096, kPayloadSize);
         return r;
     }
+    // Keeps at most kMaxPooled: a burst of max_background (65535) requests
+    // must not pin 1 MiB buffers for each of them for ever.
     void put(FuseRequest *r)
     {
+        if (pooled >= kMaxPooled) {
+            delete r;
+            return;
+        }
         r->next = pool;
         pool = r;
+        pooled++;
     }
     ~FuseQueue()
     {
@@ -180,12 +190,22 @@ class FuseExport final : public BlockExport {
     bool growable_ = false;
     bool allow_other_ = false;
     std::unique_ptr<BlockBackend> blk_;
+    // Serialises growing the node: requests run in parallel, and two writes
+    // past EOF that both saw the old length must not shrink the node under
+    // each other's data (truncate is exact).
+    CoMutex grow_lock_;
     BlockNode *node_ = nullptr;
     struct fuse_session *se_ = nullptr;
     bool mounted_ = false;
     std::vector<std::unique_ptr<FuseQueue>> queues_;
     std::atomic<bool> halted_{false};
     std::atomic<bool> gone_scheduled_{false};
+    // Request coroutines that have not finished (read, not yet replied and
+    // returned to their pool). shutdown() waits for zero before it drains,
+    // closes the descriptors and frees the queues; the block layer's
+    // in-flight counters do not cover a request between two block calls
+    // or after its last one.
+    std::atomic<uint64_t> requests_in_flight_{0};
     bool shut_down_ = false;
     AioContext *main_ctx_ = nullptr;
     // File attributes shown to the kernel (SETATTR may change mode/uid/gid).
@@ -397,6 +417,14 @@ void FuseExport::shutdown()
     shut_down_ = true;
     halted_ = true;
     for (auto &q : queues_) detach(q.get());
+    // Let every request that was read finish (its reply goes to a
+    // descriptor we still hold, its buffers back to a queue that still
+    // exists). The timer re-checks requests finishing in other threads.
+    while (requests_in_flight_.load() > 0) {
+        Timer t(main_ctx_, [](void *) {}, nullptr);
+        t.mod_in(1000 * 1000);
+        main_ctx_->iterate(true);
+    }
     if (blk_) {
         // Finish what is in flight, then make it stable.
         blk_->drain();
@@ -476,6 +504,7 @@ void FuseExport::read_requests(FuseQueue *q)
         }
         req->len = n;
         q->fuse_reads.fetch_add(1, std::memory_order_relaxed);
+        requests_in_flight_.fetch_add(1);
         // One coroutine per request; it runs until its first I/O wait.
         q->ctx->co_enter(coroutine_create(&FuseExport::process_entry, req));
     }
@@ -585,6 +614,7 @@ void FuseExport::process(FuseRequest *req)
         break;
     }
     q->put(req);
+    requests_in_flight_.fetch_sub(1);   // the last touch of the export
 }
 
 // ---------------------------------------------------------------- operations
@@ -655,6 +685,10 @@ void FuseExport::handle_getattr(FuseRequest *req)
 
 int FuseExport::co_grow(int64_t new_size, PreallocMode prealloc)
 {
+    CoMutexGuard g(grow_lock_);
+    // Only ever grow: another request may have grown the node further since
+    // our caller read the length.
+    if (blk_->getlength() >= new_size) return 0;
     return blk_->co_truncate(new_size, true, prealloc, kReqZeroWrite);
 }
 
@@ -870,7 +904,9 @@ void FuseExport::handle_lseek(FuseRequest *req)
     // Data is what some layer of the chain stores (DATA); holes read as zeros.
     for (;;) {
         int64_t pnum = 0;
-        int ret = node_->co_block_status_above(nullptr, true, off, len - off, &pnum, nullptr, nullptr, nullptr);
+        // Through the backend: counted in flight (drain and shutdown wait
+        // for it) and held while the node is drained.
+        int ret = blk_->co_block_status_above(nullptr, true, off, len - off, &pnum, nullptr, nullptr, nullptr);
         if (ret < 0) {
             reply(req, -ret);
             return;
