@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,23 @@ struct BlockDriver {
     // Format probe: score for the first bytes of an image (0 = not this
     // format; raw answers 1, qcow2 100). nullptr: never probed.
     int (*probe)(const uint8_t *buf, size_t len);
+
+    // ---- image management (block/image-mgmt.h); optional, nullptr or
+    // empty = not supported: img_create / img_measure then fail with
+    // ENOTSUP and qemu-img's message.
+    // Options create_image accepts (this driver's own, in the order the
+    // "Formatting" line prints them; img_create merges the protocol's).
+    std::span<const CreateOptionDesc> create_opts;
+    // Creates the image filename (formats create their file through the
+    // "file" driver's create_image). opts was validated against the merged
+    // options and holds "size"; unknown keys are the protocol's. Does not
+    // need a coroutine; REQUIRES AioContext::current() (opens nodes).
+    // Errors name the file; EFBIG for a size the format cannot hold.
+    Status (*create_image)(const std::string &filename, const CreateOptions &opts);
+    // qemu-img measure: file sizes for an image created with opts holding
+    // src's data (src == nullptr: "size" from opts). src is any node (read
+    // through co_block_status_above); may yield when called in a coroutine.
+    Result<MeasureInfo> (*measure)(const CreateOptions &opts, BlockNode *src);
 };
 
 // One explicit list of drivers (STYLE.md rule 4).

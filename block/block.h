@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "block/block-common.h"
+#include "block/image-mgmt.h"
 #include "qapi/block-options.h"
 #include "util/aio.h"
 #include "util/coroutine-lock.h"
@@ -152,6 +153,47 @@ class BlockNode {
     // Number of requests this node's driver hooks have served, for stats.
     uint64_t requests_served() const { return requests_served_.load(std::memory_order_relaxed); }
 
+    // ---- image management (qemu-img info/check/snapshot/amend; block/image-mgmt.cc) ----
+    // Each may be called from a coroutine (it then yields) or from outside
+    // one (it runs the driver hook in a coroutine of AioContext::current()).
+    // Operations that change the image drain the node first and need it
+    // writable (EACCES "Image is read-only" otherwise). Errors carry a
+    // message; ENOTSUP with qemu-img's wording when the format lacks the
+    // operation.
+    //
+    // Format information: cluster size, dirty flag, backing file as
+    // recorded, snapshots, format-specific data. Nodes without any answer
+    // an empty ImageInfo.
+    Result<ImageInfo> get_info();
+    // Consistency check; with fix, repairs (kCheckFixLeaks, kCheckFixErrors).
+    // *res is reset first. The Status is an error only when the check could
+    // not run at all (ENOTSUP "This image format does not support checks");
+    // problems found are counted in *res.
+    Status check(CheckResult *res, CheckFix fix);
+    // Internal snapshots. Filters (and raw without offset/size) pass these
+    // to the node they filter, as QEMU does. ENOTSUP if nothing below
+    // supports snapshots.
+    Result<std::vector<SnapshotInfo>> snapshot_list();
+    // Creates a snapshot of the current state; sn->id empty: the driver
+    // picks the next free numeric id and stores it in sn->id. EEXIST if
+    // the id is in use.
+    Status snapshot_create(SnapshotInfo *sn);
+    // Reverts the image to the snapshot whose id, else name, is id_or_name.
+    // ENOENT if there is none.
+    Status snapshot_goto(const std::string &id_or_name);
+    // Deletes the snapshot matching id and/or name (at least one given;
+    // both must match when both are). ENOENT if there is none.
+    Status snapshot_delete(const std::optional<std::string> &id, const std::optional<std::string> &name);
+    // qemu-img amend: changes the image's create options that the format
+    // allows changing (qcow2: compat, lazy_refcounts, refcount_bits,
+    // backing_file/backing_fmt, data_file/data_file_raw, size). Options the
+    // format cannot change fail with ENOTSUP naming the option. progress
+    // may be empty.
+    Status amend(const CreateOptions &opts, bool force, const ProgressFn &progress);
+    // Persistent dirty bitmaps stored in the image. ENOTSUP if the format
+    // cannot store any (measure then reports no "bitmaps" size).
+    Result<std::vector<PersistentBitmapInfo>> persistent_bitmaps();
+
   protected:
     BlockNode();
 
@@ -201,6 +243,21 @@ class BlockNode {
     // A driver event from a parent (see BdrvChild::debug_event). The
     // default passes it to every child.
     virtual void debug_event(const char *event);
+
+    // ---- image management hooks (see the public wrappers above). Called
+    // in a coroutine; the wrappers have drained the node and checked it is
+    // writable where the operation writes. Defaults: get_info fills
+    // nothing; the others fail with ENOTSUP (the wrappers add the message
+    // and the filter fallback).
+    virtual Status coroutine_fn co_get_info(ImageInfo *info);
+    virtual Status coroutine_fn co_check(CheckResult *res, CheckFix fix);
+    virtual Result<std::vector<SnapshotInfo>> coroutine_fn co_snapshot_list();
+    virtual Status coroutine_fn co_snapshot_create(SnapshotInfo *sn);
+    virtual Status coroutine_fn co_snapshot_goto(const std::string &id_or_name);
+    virtual Status coroutine_fn co_snapshot_delete(const std::optional<std::string> &id,
+                                                   const std::optional<std::string> &name);
+    virtual Status coroutine_fn co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress);
+    virtual Result<std::vector<PersistentBitmapInfo>> coroutine_fn co_persistent_bitmaps();
 
     // ---- helpers for drivers ----
     // Opens (inline) or looks up (reference) a child and attaches it under

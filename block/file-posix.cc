@@ -749,6 +749,8 @@ const BlockDriver kDriverFile = {
     .summary = "regular files (io_uring or thread pool, O_DIRECT, QEMU-compatible image locking)",
     .create = []() -> std::unique_ptr<BlockNode> { return std::make_unique<FileNode>(); },
     .probe = nullptr,
+    .create_opts = kFileCreateOptions,
+    .create_image = file_create_image,
 };
 
 } // namespace bg

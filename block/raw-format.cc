@@ -234,6 +234,7 @@ const BlockDriver kDriverRaw = {
         kCapPersistent,
     "the file child's bytes as they are, optionally a window (offset, size)",
     create_raw, raw_probe,
+    kRawCreateOptions, raw_create_image, raw_measure,
 };
 
 } // namespace bg

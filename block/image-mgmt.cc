@@ -1,0 +1,519 @@
+// Image management: create options, qemu-img create's generic part
+// (QEMU bdrv_img_create), measure, and the BlockNode wrappers around the
+// management hooks (QEMU bdrv_check, bdrv_snapshot_*, bdrv_amend_options,
+// bdrv_get_info / bdrv_get_specific_info). See block/image-mgmt.h.
+#include "block/image-mgmt.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstring>
+
+#include "block/block-driver.h"
+#include "block/block.h"
+#include "qapi/size.h"
+
+namespace bg {
+
+// ---------------------------------------------------------------- CreateOptions
+
+std::optional<std::string> CreateOptions::get(const std::string &key) const
+{
+    for (auto it = opts.rbegin(); it != opts.rend(); ++it) {
+        if (it->first == key) return it->second;
+    }
+    return std::nullopt;
+}
+
+void CreateOptions::set(const std::string &key, const std::string &value)
+{
+    erase(key);
+    opts.emplace_back(key, value);
+}
+
+void CreateOptions::erase(const std::string &key)
+{
+    opts.erase(std::remove_if(opts.begin(), opts.end(), [&](const auto &kv) { return kv.first == key; }), opts.end());
+}
+
+Result<uint64_t> CreateOptions::get_size(const std::string &key, uint64_t def) const
+{
+    auto v = get(key);
+    if (!v) return def;
+    auto r = parse_size(*v);
+    if (!r) return make_error(EINVAL, "Parameter '%s' expects a non-negative number below 2^64", key.c_str());
+    return r.value();
+}
+
+Result<uint64_t> CreateOptions::get_number(const std::string &key, uint64_t def) const
+{
+    auto v = get(key);
+    if (!v) return def;
+    const std::string &s = *v;
+    if (s.empty() || s[0] == '-' || s[0] == '+' || s[0] == ' ') {
+        return make_error(EINVAL, "Parameter '%s' expects a number", key.c_str());
+    }
+    errno = 0;
+    char *end = nullptr;
+    unsigned long long n = strtoull(s.c_str(), &end, 0);
+    if (errno || *end) return make_error(EINVAL, "Parameter '%s' expects a number", key.c_str());
+    return static_cast<uint64_t>(n);
+}
+
+Result<bool> CreateOptions::get_bool(const std::string &key, bool def) const
+{
+    auto v = get(key);
+    if (!v) return def;
+    const std::string &s = *v;
+    if (s == "on" || s == "yes" || s == "true" || s == "y") return true;
+    if (s == "off" || s == "no" || s == "false" || s == "n") return false;
+    return make_error(EINVAL, "Parameter '%s' expects 'on' or 'off'", key.c_str());
+}
+
+Status CreateOptions::parse_append(const std::string &list)
+{
+    // Split at single commas; ",," is a literal comma.
+    std::vector<std::string> items;
+    std::string cur;
+    for (size_t i = 0; i < list.size(); i++) {
+        if (list[i] == ',') {
+            if (i + 1 < list.size() && list[i + 1] == ',') {
+                cur += ',';
+                i++;
+                continue;
+            }
+            items.push_back(cur);
+            cur.clear();
+            continue;
+        }
+        cur += list[i];
+    }
+    items.push_back(cur);
+    for (const std::string &it : items) {
+        if (it.empty()) continue;
+        size_t eq = it.find('=');
+        if (eq == std::string::npos) {
+            if (it == "help" || it == "?") {
+                opts.emplace_back("help", "");
+                continue;
+            }
+            return make_error(EINVAL, "Invalid option list: '%s' has no value", it.c_str());
+        }
+        opts.emplace_back(it.substr(0, eq), it.substr(eq + 1));
+    }
+    return {};
+}
+
+Status validate_create_options(const CreateOptions &opts, std::span<const CreateOptionDesc> descs)
+{
+    for (const auto &[key, value] : opts.opts) {
+        const CreateOptionDesc *d = nullptr;
+        for (const CreateOptionDesc &x : descs) {
+            if (key == x.name) {
+                d = &x;
+                break;
+            }
+        }
+        if (!d) return make_error(EINVAL, "Invalid parameter '%s'", key.c_str());
+        CreateOptions one;
+        one.opts.emplace_back(key, value);
+        switch (d->type) {
+        case CreateOptionType::kString: break;
+        case CreateOptionType::kBool: BG_TRY(one.get_bool(key, false)); break;
+        case CreateOptionType::kNumber: BG_TRY(one.get_number(key, 0)); break;
+        case CreateOptionType::kSize: BG_TRY(one.get_size(key, 0)); break;
+        }
+    }
+    return {};
+}
+
+// ---------------------------------------------------------------- InfoValue
+
+InfoValue InfoValue::of_bool(bool v)
+{
+    InfoValue x;
+    x.kind = Kind::kBool;
+    x.b = v;
+    return x;
+}
+
+InfoValue InfoValue::of_int(int64_t v)
+{
+    InfoValue x;
+    x.kind = Kind::kInt;
+    x.i = v;
+    return x;
+}
+
+InfoValue InfoValue::of_string(std::string v)
+{
+    InfoValue x;
+    x.kind = Kind::kString;
+    x.s = std::move(v);
+    return x;
+}
+
+InfoValue InfoValue::new_list()
+{
+    InfoValue x;
+    x.kind = Kind::kList;
+    return x;
+}
+
+InfoValue InfoValue::new_dict()
+{
+    InfoValue x;
+    x.kind = Kind::kDict;
+    return x;
+}
+
+InfoValue &InfoValue::add(const std::string &key, InfoValue v)
+{
+    dict.emplace_back(key, std::move(v));
+    return *this;
+}
+
+const InfoValue *InfoValue::find(const std::string &key) const
+{
+    for (const auto &[k, v] : dict) {
+        if (k == key) return &v;
+    }
+    return nullptr;
+}
+
+// ---------------------------------------------------------------- img create
+
+std::vector<CreateOptionDesc> merged_create_options(const BlockDriver *fmt, const BlockDriver *proto)
+{
+    std::vector<CreateOptionDesc> out(fmt->create_opts.begin(), fmt->create_opts.end());
+    if (proto && proto != fmt) {
+        for (const CreateOptionDesc &d : proto->create_opts) {
+            bool dup = std::any_of(out.begin(), out.end(), [&](const CreateOptionDesc &x) {
+                return std::strcmp(x.name, d.name) == 0;
+            });
+            if (!dup) out.push_back(d);
+        }
+    }
+    return out;
+}
+
+std::string formatting_line(const std::string &filename, const std::string &fmt, const CreateOptions &opts,
+                            std::span<const CreateOptionDesc> descs)
+{
+    std::string line = "Formatting '" + filename + "', fmt=" + fmt;
+    for (const CreateOptionDesc &d : descs) {
+        auto v = opts.get(d.name);
+        std::string value;
+        if (v) {
+            value = *v;
+            // Sizes and numbers are printed as numbers (QEMU keeps the parsed value).
+            if (d.type == CreateOptionType::kSize) {
+                auto n = opts.get_size(d.name, 0);
+                if (n) value = std::to_string(n.value());
+            } else if (d.type == CreateOptionType::kNumber) {
+                auto n = opts.get_number(d.name, 0);
+                if (n) value = std::to_string(n.value());
+            }
+        } else if (d.def) {
+            value = d.def;
+        } else {
+            continue;
+        }
+        line += " ";
+        line += d.name;
+        line += "=" + value;
+    }
+    return line;
+}
+
+namespace {
+
+// The directory part of path including the slash, or "" (QEMU path_combine).
+std::string combine_with_dir(const std::string &base, const std::string &name)
+{
+    if (name.empty() || name[0] == '/') return name;
+    size_t slash = base.rfind('/');
+    if (slash == std::string::npos) return name;
+    return base.substr(0, slash + 1) + name;
+}
+
+// Opens filename read-only, shared, with format fmt (empty: probe) and
+// returns (format name, length). The graph is closed before returning.
+Result<std::pair<std::string, int64_t>> probe_backing(const DriverRegistry &registry, const std::string &path,
+                                                      const std::optional<std::string> &fmt)
+{
+    BlockGraph graph(&registry);
+    BlockdevOptions fo;
+    fo.driver = "file";
+    fo.read_only = true;
+    fo.force_share = true;
+    BlockdevOptionsFile f;
+    f.filename = path;
+    fo.opts = f;
+    auto file = graph.add_node(fo);
+    if (!file) {
+        return make_error(file.err(), "Could not open '%s': %s", path.c_str(), strerror(file.err()));
+    }
+    std::string format;
+    if (fmt) {
+        format = *fmt;
+    } else {
+        uint8_t buf[512] = {};
+        int64_t len = file.value()->getlength();
+        int64_t n = std::min<int64_t>(len, sizeof(buf));
+        BlockNode *fnode = file.value();
+        auto blk = BlockBackend::create(fnode, kPermConsistentRead, kPermAll, "qemu-img");
+        if (!blk) return blk.error();
+        BlockBackend *b = blk.value().get();
+        int r = n > 0 ? run_in_coroutine([&] { return b->co_pread(0, n, buf); }) : 0;
+        if (r < 0) return errno_error(-r, "Could not read '" + path + "'");
+        const BlockDriver *d = registry.probe_format(buf, static_cast<size_t>(std::max<int64_t>(n, 0)));
+        format = d ? d->name : "raw";
+    }
+    const BlockDriver *drv = registry.find(format);
+    if (!drv) return make_error(EINVAL, "Unknown driver '%s'", format.c_str());
+    if (drv->kind == BlockDriverKind::kProtocol) return std::make_pair(format, file.value()->getlength());
+    std::string file_name = file.value()->node_name();
+    BlockdevOptions o;
+    o.driver = format;
+    o.read_only = true;
+    o.force_share = true;
+    BlockdevRef ref;
+    ref.kind = BlockdevRef::Kind::kReference;
+    ref.reference = file_name;
+    if (format == "raw") {
+        BlockdevOptionsRaw r;
+        r.file = ref;
+        o.opts = r;
+    } else if (format == "qcow2") {
+        BlockdevOptionsQcow2 q;
+        q.file = ref;
+        o.opts = q;
+    } else {
+        return make_error(ENOTSUP, "Backing file format '%s' is not supported", format.c_str());
+    }
+    auto top = graph.add_node(o);
+    if (!top) return top.error();
+    return std::make_pair(format, top.value()->getlength());
+}
+
+} // namespace
+
+Status img_create(const DriverRegistry &registry, const ImgCreateParams &p)
+{
+    const BlockDriver *drv = registry.find(p.fmt);
+    if (!drv) return make_error(EINVAL, "Unknown file format '%s'", p.fmt.c_str());
+    const BlockDriver *proto = registry.find("file");
+    if (!drv->create_image) {
+        return make_error(ENOTSUP, "Format driver '%s' does not support image creation", drv->name);
+    }
+    std::vector<CreateOptionDesc> descs = merged_create_options(drv, proto);
+    CreateOptions opts = p.opts;
+    BG_TRY(validate_create_options(opts, descs));
+    auto has_desc = [&](const char *name) {
+        return std::any_of(descs.begin(), descs.end(), [&](const CreateOptionDesc &d) {
+            return std::strcmp(d.name, name) == 0;
+        });
+    };
+    if (p.backing_file) {
+        if (!has_desc("backing_file")) return make_error(ENOTSUP, "Backing file not supported for file format '%s'", drv->name);
+        opts.set("backing_file", *p.backing_file);
+    }
+    if (p.backing_fmt) {
+        if (!has_desc("backing_fmt")) return make_error(ENOTSUP, "Backing file format not supported for file format '%s'", drv->name);
+        opts.set("backing_fmt", *p.backing_fmt);
+    }
+    auto backing_file = opts.get("backing_file");
+    auto backing_fmt = opts.get("backing_fmt");
+    if (backing_file && backing_file->empty()) backing_file.reset();
+    if (backing_file && *backing_file == p.filename) {
+        return make_error(EINVAL, "Error: Trying to create an image with the same filename as the backing file");
+    }
+    if (backing_fmt && !registry.find(*backing_fmt)) {
+        return make_error(EINVAL, "Unknown backing file format '%s'", backing_fmt->c_str());
+    }
+    auto size_r = opts.get_size("size", UINT64_MAX);
+    if (!size_r) return size_r.error();
+    uint64_t size = size_r.value();
+    if (backing_file && !p.unsafe) {
+        const std::string full = combine_with_dir(p.filename, *backing_file);
+        auto b = probe_backing(registry, full, backing_fmt);
+        if (!b) return Error{b.err(), b.msg() + "\nCould not open backing image."};
+        if (!backing_fmt) {
+            return make_error(EINVAL, "Backing file specified without backing format\nDetected format of %s.",
+                              b.value().first.c_str());
+        }
+        if (size == UINT64_MAX) {
+            if (b.value().second < 0) {
+                return errno_error(static_cast<int>(-b.value().second), "Could not get size of '" + full + "'");
+            }
+            size = static_cast<uint64_t>(b.value().second);
+            opts.set("size", std::to_string(size));
+        }
+    } else if (backing_file && !backing_fmt) {
+        return make_error(EINVAL, "Backing file specified without backing format");
+    }
+    if (size == UINT64_MAX) return make_error(EINVAL, "Image creation needs a size parameter");
+    opts.set("size", std::to_string(size));
+    if (p.on_formatting) p.on_formatting(formatting_line(p.filename, p.fmt, opts, descs));
+    Status s = drv->create_image(p.filename, opts);
+    if (!s && s.err() == EFBIG) {
+        return make_error(EFBIG, "The image size is too large for file format '%s'%s", drv->name,
+                          opts.has("cluster_size") ? " (try using a larger cluster size)" : "");
+    }
+    return s;
+}
+
+Result<MeasureInfo> img_measure(const BlockDriver *fmt, const CreateOptions &opts, BlockNode *src)
+{
+    if (!fmt->measure) return make_error(ENOTSUP, "Format driver '%s' does not support size measurement", fmt->name);
+    return fmt->measure(opts, src);
+}
+
+// ---------------------------------------------------------------- BlockNode wrappers
+
+namespace {
+
+Error not_supported(const BlockNode *n, const char *what)
+{
+    return make_error(ENOTSUP, "Node '%s' (driver '%s') does not support %s", n->node_name().c_str(),
+                      n->driver_name(), what);
+}
+
+// The node snapshot operations fall back to (QEMU bdrv_snapshot_fallback):
+// a filter's filtered child.
+BlockNode *snapshot_fallback(BlockNode *n)
+{
+    BdrvChild *c = n->filtered_child();
+    return c ? c->node() : nullptr;
+}
+
+// Runs fn with n drained (the hooks change the image under no I/O).
+template <typename F>
+auto drained(BlockNode *n, F &&fn)
+{
+    n->drained_begin();
+    auto r = fn();
+    n->drained_end();
+    return r;
+}
+
+Status need_writable(const BlockNode *n)
+{
+    if (n->read_only()) return make_error(EACCES, "Image is read-only");
+    return {};
+}
+
+} // namespace
+
+Status BlockNode::co_get_info(ImageInfo *info)
+{
+    (void)info;
+    return {};
+}
+Status BlockNode::co_check(CheckResult *res, CheckFix fix)
+{
+    (void)res;
+    (void)fix;
+    return Error{ENOTSUP, "This image format does not support checks"};
+}
+Result<std::vector<SnapshotInfo>> BlockNode::co_snapshot_list() { return not_supported(this, "internal snapshots"); }
+Status BlockNode::co_snapshot_create(SnapshotInfo *sn)
+{
+    (void)sn;
+    return not_supported(this, "internal snapshots");
+}
+Status BlockNode::co_snapshot_goto(const std::string &id_or_name)
+{
+    (void)id_or_name;
+    return not_supported(this, "internal snapshots");
+}
+Status BlockNode::co_snapshot_delete(const std::optional<std::string> &id, const std::optional<std::string> &name)
+{
+    (void)id;
+    (void)name;
+    return not_supported(this, "internal snapshots");
+}
+Status BlockNode::co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress)
+{
+    (void)opts;
+    (void)force;
+    (void)progress;
+    return make_error(ENOTSUP, "Format driver '%s' does not support option amendment", driver_name());
+}
+Result<std::vector<PersistentBitmapInfo>> BlockNode::co_persistent_bitmaps()
+{
+    return not_supported(this, "persistent dirty bitmaps");
+}
+
+Result<ImageInfo> BlockNode::get_info()
+{
+    return run_in_coroutine([&]() -> Result<ImageInfo> {
+        ImageInfo info;
+        BG_TRY(co_get_info(&info));
+        return info;
+    });
+}
+
+Status BlockNode::check(CheckResult *res, CheckFix fix)
+{
+    *res = CheckResult{};
+    if (fix) BG_TRY(need_writable(this));
+    return drained(this, [&] { return run_in_coroutine([&] { return co_check(res, fix); }); });
+}
+
+Result<std::vector<SnapshotInfo>> BlockNode::snapshot_list()
+{
+    auto r = run_in_coroutine([&] { return co_snapshot_list(); });
+    if (!r && r.err() == ENOTSUP) {
+        if (BlockNode *b = snapshot_fallback(this)) return b->snapshot_list();
+    }
+    return r;
+}
+
+Status BlockNode::snapshot_create(SnapshotInfo *sn)
+{
+    BG_TRY(need_writable(this));
+    Status s = drained(this, [&] { return run_in_coroutine([&] { return co_snapshot_create(sn); }); });
+    if (!s && s.err() == ENOTSUP) {
+        if (BlockNode *b = snapshot_fallback(this)) return b->snapshot_create(sn);
+    }
+    return s;
+}
+
+Status BlockNode::snapshot_goto(const std::string &id_or_name)
+{
+    BG_TRY(need_writable(this));
+    Status s = drained(this, [&] { return run_in_coroutine([&] { return co_snapshot_goto(id_or_name); }); });
+    if (!s && s.err() == ENOTSUP) {
+        if (BlockNode *b = snapshot_fallback(this)) {
+            s = b->snapshot_goto(id_or_name);
+            if (s) refresh_length();
+        }
+    }
+    return s;
+}
+
+Status BlockNode::snapshot_delete(const std::optional<std::string> &id, const std::optional<std::string> &name)
+{
+    if (!id && !name) return make_error(EINVAL, "snapshot id or name required");
+    BG_TRY(need_writable(this));
+    Status s = drained(this, [&] { return run_in_coroutine([&] { return co_snapshot_delete(id, name); }); });
+    if (!s && s.err() == ENOTSUP) {
+        if (BlockNode *b = snapshot_fallback(this)) return b->snapshot_delete(id, name);
+    }
+    return s;
+}
+
+Status BlockNode::amend(const CreateOptions &opts, bool force, const ProgressFn &progress)
+{
+    BG_TRY(need_writable(this));
+    return drained(this, [&] { return run_in_coroutine([&] { return co_amend(opts, force, progress); }); });
+}
+
+Result<std::vector<PersistentBitmapInfo>> BlockNode::persistent_bitmaps()
+{
+    return run_in_coroutine([&] { return co_persistent_bitmaps(); });
+}
+
+} // namespace bg
