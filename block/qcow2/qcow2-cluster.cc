@@ -13,6 +13,7 @@
 // with COPIED flags, zeroing and discard of clusters go here.
 #include <cerrno>
 #include <cinttypes>
+#include <cstring>
 
 #include "block/qcow2/qcow2.h"
 
@@ -208,6 +209,94 @@ int coroutine_fn Qcow2Node::co_get_mapping_locked(uint64_t offset, uint64_t byte
     m->type = first_type;
     m->bytes = std::min(want, (nb_sc << subcluster_bits_) - start_in_sc);
     return 0;
+}
+
+} // namespace bg
+
+namespace bg {
+
+int coroutine_fn Qcow2Node::co_get_l2_slice_for_write_locked(uint64_t cluster_index, uint64_t *slice_off,
+                                                             uint32_t *idx)
+{
+    const uint64_t cs = cluster_size_;
+    const uint64_t l1_index = cluster_index >> l2_bits_;
+    if (l1_index >= l1_.size()) {
+        int r = co_grow_l1_locked(l1_index + 1);
+        if (r < 0) return r;
+    }
+    const uint64_t l1e = l1_[l1_index];
+    uint64_t l2_offset = l1e & qcow2::kL1eOffsetMask;
+    const int64_t flen = file_->getlength();
+    if (flen < 0) return static_cast<int>(flen);
+    if (l2_offset && ((l2_offset & (cs - 1)) || l2_offset + cs > static_cast<uint64_t>(flen))) {
+        return co_signal_corruption_locked("L2 table offset 0x%" PRIx64 " (L1 index 0x%" PRIx64
+                                           ") is unaligned or beyond the end of the file",
+                                           l2_offset, l1_index);
+    }
+    const size_t ss = l2_cache_->slice_size();
+    if (!l2_offset || !(l1e & qcow2::kOflagCopied)) {
+        // A new L2 table: empty, or a copy of the shared one (QEMU's
+        // l2_allocate). Written and flushed (after the refcounts that
+        // count it), then the L1 entry points at it, then the old table
+        // loses this reference.
+        int64_t n = co_alloc_clusters_locked(cs);
+        if (n < 0) return static_cast<int>(n);
+        const uint64_t new_off = static_cast<uint64_t>(n);
+        int ol = co_overlap_check_locked(qcow2::kOlActiveL2, new_off, cs);
+        if (ol) {
+            co_free_clusters_locked(new_off, cs, qcow2::DiscardType::kNever);
+            return ol < 0 ? ol : co_signal_corruption_locked("new L2 table at 0x%" PRIx64 " overlaps metadata", new_off);
+        }
+        int r = 0;
+        for (uint64_t s = 0; s < cs && r >= 0; s += ss) {
+            uint8_t *dst;
+            l2_cache_->discard(new_off + s);
+            r = l2_cache_->co_get_empty(new_off + s, &dst);
+            if (r < 0) break;
+            if (l2_offset) {
+                file_->debug_event("l2_alloc_cow_read");
+                const uint8_t *src;
+                r = l2_cache_->co_get(file_, l2_offset + s, &src);
+                if (r >= 0) {
+                    memcpy(l2_cache_->mutable_data(new_off + s), src, ss);
+                    l2_cache_->release(l2_offset + s);
+                }
+            }
+            l2_cache_->release(new_off + s);
+        }
+        if (r >= 0 && !lazy_refcounts_) r = l2_cache_->co_set_dependency(refcount_cache_.get());
+        if (r >= 0) {
+            file_->debug_event("l2_alloc_write");
+            r = l2_cache_->co_flush_and_sync();
+        }
+        if (r < 0) {
+            for (uint64_t s = 0; s < cs; s += ss) l2_cache_->discard(new_off + s);
+            co_free_clusters_locked(new_off, cs, qcow2::DiscardType::kNever);
+            return r;
+        }
+        const uint64_t old = l1_[l1_index];
+        l1_[l1_index] = new_off | qcow2::kOflagCopied;
+        r = co_write_l1_entry_locked(l1_index);
+        if (r < 0) {
+            l1_[l1_index] = old;
+            for (uint64_t s = 0; s < cs; s += ss) l2_cache_->discard(new_off + s);
+            co_free_clusters_locked(new_off, cs, qcow2::DiscardType::kNever);
+            return r;
+        }
+        if (l2_offset) {
+            // The L1 write must be on disk before the old table's refcount drops.
+            r = file_->co_flush();
+            if (r < 0) return r;
+            co_free_clusters_locked(l2_offset, cs, qcow2::DiscardType::kOther);
+        }
+        l2_offset = new_off;
+    }
+    const uint32_t slice_entries = static_cast<uint32_t>(ss / l2_entry_size_);
+    const uint32_t l2_index = static_cast<uint32_t>(cluster_index & ((1ULL << l2_bits_) - 1));
+    *idx = l2_index & (slice_entries - 1);
+    *slice_off = l2_offset + static_cast<uint64_t>(l2_index - *idx) * l2_entry_size_;
+    const uint8_t *slice;
+    return l2_cache_->co_get(file_, *slice_off, &slice);
 }
 
 } // namespace bg

@@ -55,8 +55,10 @@ int Qcow2Node::corruption(const char *fmt, ...)
         first = corrupt_msg_.empty();
         if (first) corrupt_msg_ = name_ + ": " + buf;
     }
-    // PART 2: on a writable image, set the corrupt bit (qcow2_signal_corruption)
-    // and stop serving writes.
+    // Found by a read: writes stop (a write would trust the same bad
+    // metadata). The corrupt bit is set by co_signal_corruption_locked when
+    // the write path finds corruption (it holds the metadata lock).
+    if (!read_only_) write_stopped_.store(true);
     if (first) log_error("qcow2: %s: image is corrupt: %s; further corruption is not reported", name_.c_str(), buf);
     return -EIO;
 }
@@ -80,14 +82,96 @@ Status Qcow2Node::open(const BlockdevOptions &opts)
     BG_TRY(setup_caches(*o));
     BG_TRY(open_data_file(*o, opts));
     BG_TRY(open_backing(*o, opts));
+    if (!read_only_) BG_TRY(run_in_coroutine([&] { return co_open_writable(*o); }));
     start_cache_cleaner(o->cache_clean_interval);
     return {};
 }
 
+// A writable open (qcow2.md 2.3): options of the write path; a dirty image
+// (lazy refcounts, not closed cleanly) gets its refcounts rebuilt before
+// anything is written; autoclear bits we do not maintain are cleared.
+Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
+{
+    const bool image_lazy = h_.compatible_features & qcow2::kCompatLazyRefcounts;
+    lazy_refcounts_ = o.lazy_refcounts_set ? o.lazy_refcounts : image_lazy;
+    if (lazy_refcounts_ && h_.version < 3) {
+        return qcow2::herr(EINVAL, name_,
+                           "lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level");
+    }
+    discard_passthrough_[static_cast<int>(qcow2::DiscardType::kNever)] = false;
+    discard_passthrough_[static_cast<int>(qcow2::DiscardType::kRequest)] = o.pass_discard_request;
+    discard_passthrough_[static_cast<int>(qcow2::DiscardType::kSnapshot)] = o.pass_discard_snapshot;
+    discard_passthrough_[static_cast<int>(qcow2::DiscardType::kOther)] = o.pass_discard_other;
+    discard_no_unref_ = o.discard_no_unref;
+    switch (o.overlap_check) {
+    case Qcow2OverlapCheckMode::kNone: overlap_check_ = 0; break;
+    case Qcow2OverlapCheckMode::kConstant: overlap_check_ = qcow2::kOlConstant; break;
+    case Qcow2OverlapCheckMode::kCached: overlap_check_ = qcow2::kOlCached; break;
+    case Qcow2OverlapCheckMode::kAll: overlap_check_ = qcow2::kOlAll; break;
+    }
+    supported_zero_flags_ = h_.version >= 3 ? kReqMayUnmap : 0;
+    for (qcow2::MetadataCache *c : {l2_cache_.get(), refcount_cache_.get()}) c->set_file(file_);
+    l2_cache_->set_write_event("l2_update");
+    refcount_cache_->set_write_event("refblock_update");
+    // Overlap checks of cache write-backs (the hooks run with lock_ held).
+    l2_cache_->set_write_hook([this](uint64_t off, size_t len) {
+        int ol = co_overlap_check_locked(qcow2::kOlActiveL2, off, len);
+        if (!ol) return 0;
+        return ol < 0 ? ol : co_signal_corruption_locked("L2 table write at 0x%" PRIx64 " would overwrite metadata (%d)", off, ol);
+    });
+    refcount_cache_->set_write_hook([this](uint64_t off, size_t len) {
+        int ol = co_overlap_check_locked(qcow2::kOlRefcountBlock, off, len);
+        if (!ol) return 0;
+        return ol < 0 ? ol
+                      : co_signal_corruption_locked("refcount block write at 0x%" PRIx64 " would overwrite metadata (%d)",
+                                                    off, ol);
+    });
+    CoMutexGuard g(lock_);
+    if (h_.incompatible_features & qcow2::kIncompatDirty) {
+        // QEMU: qcow2_co_check_locked(FIX_ERRORS | FIX_LEAKS) on open.
+        int r = co_rebuild_refcounts_locked();
+        if (r < 0) return errno_error(-r, name_ + ": cannot repair the refcounts of the dirty image");
+        r = co_update_incompat_locked(0, qcow2::kIncompatDirty);
+        if (r < 0) return errno_error(-r, name_ + ": cannot clear the dirty bit");
+        log_info("qcow2: %s: repaired the refcounts of an image that was not closed cleanly", name_.c_str());
+    }
+    // Autoclear: we keep only the raw-data-file bit (bitmaps are not kept
+    // up to date by this driver, so their bit is cleared as the spec says).
+    const uint64_t keep = h_.autoclear_features & qcow2::kAutoclearDataFileRaw;
+    if (h_.autoclear_features != keep) {
+        uint8_t be[8];
+        for (int i = 0; i < 8; i++) be[i] = static_cast<uint8_t>(keep >> (56 - 8 * i));
+        int r = file_->co_pwrite(88, 8, be);
+        if (r >= 0) r = file_->co_flush();
+        if (r < 0) return errno_error(-r, name_ + ": cannot update the header");
+        h_.autoclear_features = keep;
+        h_.bitmaps.reset();
+    }
+    return {};
+}
+
+// Clean close: caches written back in order, then the dirty bit cleared.
+int coroutine_fn Qcow2Node::co_close()
+{
+    if (read_only_) return 0;
+    CoMutexGuard g(lock_);
+    closing_ = true;
+    int r = co_flush_caches_locked();
+    if (r < 0) {
+        log_error("qcow2: %s: cannot write back metadata on close: %s", name_.c_str(), strerror(-r));
+        return r;
+    }
+    if (h_.incompatible_features & qcow2::kIncompatDirty) {
+        r = co_update_incompat_locked(0, qcow2::kIncompatDirty);
+        if (r < 0) log_error("qcow2: %s: cannot clear the dirty bit on close: %s", name_.c_str(), strerror(-r));
+    }
+    return r;
+}
+
 void Qcow2Node::close()
 {
-    // PART 2: flush the caches, clear the dirty bit (lazy refcounts).
     clean_timer_.reset();
+    run_in_coroutine([&] { return co_close(); });
 }
 
 Status coroutine_fn Qcow2Node::co_open_image(const BlockdevOptionsQcow2 &o)
@@ -159,10 +243,8 @@ Status coroutine_fn Qcow2Node::co_open_image(const BlockdevOptionsQcow2 &o)
     }
     BG_TRY(co_load_refcount_table());
 
-    // Dirty images (lazy refcounts) open read-only as they are. PART 2: a
-    // writable open rebuilds the refcounts (qemu-img check -r all) before
-    // the first write, clears unknown autoclear bits and sets the dirty bit
-    // when lazy refcounts are used.
+    // Dirty images (lazy refcounts) open read-only as they are; a writable
+    // open repairs them (co_open_writable).
     return {};
 }
 
@@ -366,7 +448,6 @@ void Qcow2Node::refresh_limits(BlockLimits *bl)
     // length); child requests are split by the children's own limits.
     bl->request_alignment = 1;
     bl->max_transfer = 0;
-    // PART 2: QEMU's write-side limits.
     bl->pdiscard_alignment = static_cast<uint32_t>(cluster_size_);
     bl->pwrite_zeroes_alignment = static_cast<uint32_t>(cluster_size_ >> (cluster_bits_ - subcluster_bits_));
 }
@@ -379,9 +460,9 @@ std::unique_ptr<BlockNode> create_qcow2() { return std::make_unique<Qcow2Node>()
 
 const BlockDriver kDriverQcow2 = {
     "qcow2", BlockDriverKind::kFormat,
-    // PART 2: kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink
-    kCapBacking | kCapBlockStatus | kCapFlush | kCapPersistent,
-    "QEMU copy-on-write image, version 2 and 3 (read-only for now)",
+    kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBacking | kCapBlockStatus | kCapFlush |
+        kCapPersistent,
+    "QEMU copy-on-write image, version 2 and 3",
     create_qcow2, qcow2::probe,
 };
 

@@ -11,12 +11,19 @@
 //   qcow2-compress.cc  zlib and zstd decompression of compressed clusters
 //   qcow2-backing.cc   backing chain (from the header) and external data file
 //   qcow2-status.cc    block status
+//   qcow2-write.cc     write path: in-place writes, allocating writes with
+//                      COW, in-flight allocation tracking, compressed
+//                      writes, write-zeroes, discard, truncate, flush
+//   qcow2-alloc.cc     header field updates, dirty/corrupt bits, overlap
+//                      checks, L1 growth, lazy-refcount repair
 //   qcow2.cc           the node: open, options, read path, descriptor
 //
-// Part 1 (this code) reads; do_co_pwritev and friends return -ENOTSUP.
-// Places where part 2 (writes) plugs in are marked "PART 2:".
+// Internal API for other qcow2 files (check/repair, snapshots, amend,
+// create) is the "Metadata API" section of Qcow2Node below: refcount
+// updates, cluster allocation, cache write-back. Its names are stable.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -230,6 +237,11 @@ Result<const Snapshot *> find_snapshot(const std::vector<Snapshot> &snaps, const
 
 // ---------------------------------------------------------------- compression
 
+// Compresses src (len bytes, at most one cluster) into dst (dst_len bytes,
+// cluster_size - 1 for qcow2). Returns the compressed length, -ENOSPC if it
+// does not fit (store uncompressed), -ENOTSUP for an unknown type, -EIO.
+int64_t compress_cluster(uint8_t type, const uint8_t *src, size_t len, uint8_t *dst, size_t dst_len);
+
 // Decompresses src (a compressed cluster's bytes as described by its L2
 // entry; may be longer than the stream) into exactly dst_len bytes.
 // 0, -EIO for corrupt data, -ENOTSUP for an unknown type.
@@ -241,32 +253,66 @@ int decompress_cluster(uint8_t type, const uint8_t *src, size_t src_len, uint8_t
 // (l2-cache-entry-size bytes) or refcount blocks (one cluster). Memory for
 // an entry is allocated on first use, so an unused cache costs nothing.
 //
+// Write-back (qcow2.md 2.2): entries modified through mutable_data() are
+// marked dirty and written by co_flush() or when evicted. Before a dirty
+// entry is written: if this cache depends on another (set_dependency), the
+// other cache is flushed first, ending with a flush of the file; else if
+// depends_on_flush() was called, the file is flushed. Then the write hook
+// (overlap check, blkdebug event) runs and the entry is written.
+//
 // Threading: not thread-safe. The owning node's metadata CoMutex must be
 // held for every call (including while a pinned slice is used).
-//
-// PART 2: entries get a dirty flag, mark_dirty(), co_flush() writing dirty
-// entries in offset order, and QEMU's flush dependencies between the L2
-// and refcount caches (set_dependency / depends_on_flush, qcow2.md 2.2).
 class MetadataCache {
   public:
+    // Called before each write-back of the entry at offset; a negative errno
+    // refuses the write (overlap check). May yield.
+    using WriteHook = std::function<int(uint64_t offset, size_t bytes)>;
+
     // slice_size: bytes, a power of 2 >= 512; max_entries >= 1;
     // mem_align: buffer alignment (the file child's opt_mem_alignment).
     MetadataCache(size_t slice_size, size_t max_entries, size_t mem_align);
     MetadataCache(const MetadataCache &) = delete;
     MetadataCache &operator=(const MetadataCache &) = delete;
 
+    void set_file(BdrvChild *file) { file_ = file; }
+    void set_write_hook(WriteHook h) { hook_ = std::move(h); }
+    // Event name passed to file->debug_event() before each write-back
+    // ("l2_update", "refblock_update").
+    void set_write_event(const char *ev) { write_event_ = ev; }
+
     // The slice at host offset (a multiple of slice_size), read through file
     // on a miss. The slice is pinned (not evicted) until release(). Yields on
-    // a miss. Returns 0, the read's negative errno, or -EBUSY if every entry
-    // is pinned.
+    // a miss (and to write back a dirty victim). Returns 0, the read's (or
+    // write-back's) negative errno, or -EBUSY if every entry is pinned.
     int coroutine_fn co_get(BdrvChild *file, uint64_t offset, const uint8_t **data);
+    // Like co_get, but the slice is not read: it is zero-filled (a new table).
+    // The entry is dirty.
+    int coroutine_fn co_get_empty(uint64_t offset, uint8_t **data);
+    // Writable view of the pinned slice at offset; marks it dirty.
+    uint8_t *mutable_data(uint64_t offset);
     // Unpins the slice returned for offset.
     void release(uint64_t offset);
+    // Writes every dirty entry (in offset order), after the dependencies
+    // described above. Does not flush the file itself. 0 or negative errno
+    // (entries that failed stay dirty).
+    int coroutine_fn co_flush();
+    // Writes back and flushes the file: co_flush() + file flush.
+    int coroutine_fn co_flush_and_sync();
+    // Before any dirty entry of this cache is written, dep is flushed (and
+    // the file synced). Flushes first when that would make a cycle (QEMU's
+    // qcow2_cache_set_dependency). 0 or negative errno.
+    int coroutine_fn co_set_dependency(MetadataCache *dep);
+    // Before any dirty entry of this cache is written, the file is flushed.
+    void depends_on_flush() { depends_on_flush_ = true; }
+    bool dirty() const;
     // Frees the memory of entries not used since the previous call and not
-    // pinned (cache-clean-interval). Returns how many were freed.
+    // pinned or dirty (cache-clean-interval). Returns how many were freed.
     size_t clean_unused();
-    // Drops every unpinned entry (e.g. after a snapshot switch).
+    // Drops every unpinned clean entry (e.g. after a snapshot switch).
     void invalidate();
+    // Drops the entry at offset if cached (the cluster was freed), dirty or
+    // not. REQUIRES: not pinned.
+    void discard(uint64_t offset);
 
     size_t slice_size() const { return slice_size_; }
     size_t max_entries() const { return entries_.size(); }
@@ -278,13 +324,23 @@ class MetadataCache {
     struct Entry {
         uint64_t offset = 0;
         bool valid = false;
+        bool dirty = false;
         int pins = 0;
         uint64_t last_used = 0;     // lru_clock_ value at last access
         uint64_t used_at_clean = 0; // last_used seen by the previous clean_unused()
         AlignedBuf data;
     };
+    int coroutine_fn co_find_victim(size_t *victim);
+    int coroutine_fn co_write_entry(Entry &e);
+    int coroutine_fn co_flush_dependency();
+
     size_t slice_size_;
     size_t mem_align_;
+    BdrvChild *file_ = nullptr;
+    WriteHook hook_;
+    const char *write_event_ = nullptr;
+    MetadataCache *depends_ = nullptr;
+    bool depends_on_flush_ = false;
     std::vector<Entry> entries_;
     std::unordered_map<uint64_t, size_t> index_;   // offset -> entry index (valid entries)
     uint64_t lru_clock_ = 0;
@@ -318,11 +374,47 @@ struct HostMapping {
 
 // ---------------------------------------------------------------- the node
 
-// A qcow2 image. Threading: header fields, the L1 table and options are
-// immutable after open (PART 2: L1 updates under lock_). The metadata caches
-// and the refcount table are guarded by lock_, a CoMutex held only for
-// metadata lookups: data reads run outside it, so requests (from any
-// thread's coroutines) proceed in parallel.
+namespace qcow2 {
+
+// Why clusters are freed: decides whether a freed host cluster is discarded
+// in the file (pass-discard-request / -snapshot / -other).
+enum class DiscardType { kNever, kRequest, kSnapshot, kOther };
+
+// Overlap check bits (QEMU's QCOW2_OL_*): metadata a write must not hit.
+constexpr int kOlMainHeader = 1 << 0;
+constexpr int kOlActiveL1 = 1 << 1;
+constexpr int kOlActiveL2 = 1 << 2;
+constexpr int kOlRefcountTable = 1 << 3;
+constexpr int kOlRefcountBlock = 1 << 4;
+constexpr int kOlSnapshotTable = 1 << 5;
+constexpr int kOlInactiveL1 = 1 << 6;
+constexpr int kOlInactiveL2 = 1 << 7;
+constexpr int kOlBitmapDirectory = 1 << 8;
+constexpr int kOlConstant = kOlMainHeader | kOlActiveL1 | kOlRefcountTable | kOlSnapshotTable | kOlBitmapDirectory;
+constexpr int kOlCached = kOlConstant | kOlActiveL2 | kOlRefcountBlock | kOlInactiveL1;
+constexpr int kOlAll = kOlCached | kOlInactiveL2;
+
+// An allocating write in flight (QEMU's QCowL2Meta): the guest clusters
+// [guest_start, guest_end) (bytes, cluster-aligned) get new L2 entries when
+// it completes. Every request that would change or depend on the mapping of
+// an overlapping cluster waits on `waiters` (the dependency list).
+struct ClusterAlloc {
+    uint64_t guest_start = 0;
+    uint64_t guest_end = 0;
+    CoQueue waiters;
+};
+
+} // namespace qcow2
+
+// A qcow2 image. Threading: the metadata (header fields, the L1 table, the
+// refcount table, both caches, the allocation state) is guarded by lock_,
+// a CoMutex held across metadata I/O but never across guest data I/O: data
+// reads and writes run outside it, so requests (from any thread's
+// coroutines) proceed in parallel. Allocating writes register a
+// ClusterAlloc so that concurrent requests on the same guest clusters are
+// ordered; host clusters with data I/O in flight are counted in
+// inflight_host_ and never handed out by the allocator, even when a
+// concurrent discard freed them.
 class Qcow2Node final : public BlockNode {
   public:
     Qcow2Node() = default;
@@ -339,6 +431,10 @@ class Qcow2Node final : public BlockNode {
     // Metadata caches (for statistics and tests).
     const qcow2::MetadataCache &l2_cache() const { return *l2_cache_; }
     const qcow2::MetadataCache &refcount_cache() const { return *refcount_cache_; }
+    // Lazy refcounts in use (image compat bit or the lazy-refcounts option).
+    bool lazy_refcounts() const { return lazy_refcounts_; }
+    // The image was found corrupt while writing: writes fail with -EIO.
+    bool write_stopped() const { return write_stopped_.load(); }
 
     // Refcount of host cluster cluster_index. 0 or negative errno (-EIO on a
     // corrupt refcount structure). Yields; takes the metadata lock.
@@ -347,13 +443,73 @@ class Qcow2Node final : public BlockNode {
     // first part of which is described in *m. Yields; takes the metadata lock.
     int coroutine_fn co_get_mapping(uint64_t offset, uint64_t bytes, qcow2::HostMapping *m);
 
+    // ================================================================
+    // Metadata API (for the other qcow2 files: check/repair, snapshots,
+    // amend, create). Every function REQUIRES lock_ held (the _locked
+    // suffix), may yield, and returns 0 (or a value) or a negative errno.
+    // Crash-safety rules (qcow2.md 2.3) are kept inside: callers only need
+    // to update their own structures in the order "new structure written,
+    // then pointer switched, then old structure freed".
+    // ================================================================
+
+    // Adds addend to the refcount of every host cluster touched by the byte
+    // range [offset, offset+length). Allocates refcount blocks (and grows
+    // the refcount table) as needed. A refcount that would leave
+    // [0, max] fails with -EINVAL before anything is changed. A cluster
+    // reaching 0 is discarded in the file per type (deferred until the
+    // refcount change is on disk). Decrements make the refcount cache
+    // depend on the L2 cache (pointers go away before the refcount).
+    int coroutine_fn co_update_refcount_locked(uint64_t offset, uint64_t length, int64_t addend,
+                                               qcow2::DiscardType type);
+    // Allocates bytes (rounded up to clusters) of contiguous free host
+    // clusters with refcount 1. Returns the host offset. Never returns a
+    // cluster with data I/O in flight.
+    int64_t coroutine_fn co_alloc_clusters_locked(uint64_t bytes);
+    // Allocates nb_clusters at exactly host offset (cluster-aligned) if they
+    // are all free: returns how many leading clusters could be allocated
+    // (0 if the first is in use).
+    int64_t coroutine_fn co_alloc_clusters_at_locked(uint64_t offset, uint64_t nb_clusters);
+    // Byte-granular allocation for compressed data (bytes < cluster size);
+    // the host cluster(s) touched get one reference per allocation.
+    int64_t coroutine_fn co_alloc_bytes_locked(uint64_t bytes);
+    // Frees [offset, offset+length): co_update_refcount_locked(-1).
+    void coroutine_fn co_free_clusters_locked(uint64_t offset, uint64_t length, qcow2::DiscardType type);
+    // Writes both caches in dependency order and flushes the file; runs
+    // the pending discards.
+    int coroutine_fn co_flush_caches_locked();
+    // Sets/clears incompatible feature bits in the header on disk (and h_),
+    // flushed. Used for dirty and corrupt.
+    int coroutine_fn co_update_incompat_locked(uint64_t set, uint64_t clear);
+    // Before the first metadata change with lazy refcounts: set the dirty
+    // bit (flushed). No-op otherwise or when already set.
+    int coroutine_fn co_mark_dirty_locked();
+    // Rebuilds the refcount structure from the metadata (active L1/L2,
+    // snapshots, header, tables): a new refcount table and blocks written at
+    // the end of the file, then the header switched. Used to repair a dirty
+    // image on a writable open.
+    int coroutine_fn co_rebuild_refcounts_locked();
+    // Overlap check (overlap-check option): 0 if [offset, offset+bytes) of
+    // the image file hits no metadata in the checked set minus ign, else
+    // the kOl* bit hit. May read inactive L1 tables (kOlInactiveL2).
+    int coroutine_fn co_overlap_check_locked(int ign, uint64_t offset, uint64_t bytes);
+    // Records corruption: marks the image corrupt on disk (if writable) and
+    // stops writes. Returns -EIO.
+    int coroutine_fn co_signal_corruption_locked(const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+    // Grows the active L1 table to at least min_size entries (new table
+    // written and flushed, header switched, old table freed).
+    int coroutine_fn co_grow_l1_locked(uint64_t min_size);
+    // Writes L1 entry index (and its 512-byte sector neighbours) to disk.
+    int coroutine_fn co_write_l1_entry_locked(uint64_t index);
+
   protected:
     Status open(const BlockdevOptions &opts) override;
     void close() override;
     int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
-    // PART 2: do_co_pwritev, do_co_pwrite_zeroes, do_co_pdiscard,
-    // do_co_truncate, do_co_flush_to_os (write the caches). Until then the
-    // defaults (-ENOTSUP) apply and the image is never written.
+    int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
+    int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags) override;
+    int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override;
+    int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags) override;
+    int coroutine_fn do_co_flush_to_os() override;
     int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
                                         int64_t *map, BlockNode **file) override;
     int64_t do_getlength() override;
@@ -362,12 +518,14 @@ class Qcow2Node final : public BlockNode {
   private:
     // qcow2.cc
     Status coroutine_fn co_open_image(const BlockdevOptionsQcow2 &o);
+    Status coroutine_fn co_open_writable(const BlockdevOptionsQcow2 &o);
     Status setup_caches(const BlockdevOptionsQcow2 &o);
     void start_cache_cleaner(uint64_t interval_s);
     static void cache_clean_cb(void *opaque);
     int coroutine_fn co_read_backing(uint64_t offset, uint64_t bytes, IOVector &qiov, size_t qoff);
     int coroutine_fn co_read_compressed(uint64_t offset, const qcow2::HostMapping &m, uint64_t bytes, IOVector &qiov,
                                         size_t qoff);
+    int coroutine_fn co_close();
     // Records (and logs once) a corruption found while serving I/O; returns -EIO.
     int corruption(const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -379,11 +537,43 @@ class Qcow2Node final : public BlockNode {
 
     // qcow2-cluster.cc (REQUIRE lock_ held)
     int coroutine_fn co_get_mapping_locked(uint64_t offset, uint64_t bytes, qcow2::HostMapping *m);
+    // The L2 slice holding guest cluster `cluster_index`, for writing: the L2
+    // table is allocated (or copied, when shared) as needed, the L1 grown.
+    // *slice_off is the slice's host offset (pinned in the L2 cache; release
+    // it), *idx the entry's index in the slice.
+    int coroutine_fn co_get_l2_slice_for_write_locked(uint64_t cluster_index, uint64_t *slice_off, uint32_t *idx);
 
     // qcow2-refcount.cc
     Status coroutine_fn co_load_refcount_table();
     int coroutine_fn co_get_refcount_locked(uint64_t cluster_index, uint64_t *refcount);
     int coroutine_fn co_detect_metadata_preallocation_locked();
+    int coroutine_fn co_set_refcount_locked(uint64_t cluster_index, uint64_t value);
+    int coroutine_fn co_grow_refcount_table_locked(uint64_t min_entries);
+    int coroutine_fn co_process_discards_locked();
+    // Finds and allocates (refcount 1) a run of 1..max_clusters contiguous
+    // free clusters (exactly max_clusters if exact). *got: clusters in it.
+    int64_t coroutine_fn co_alloc_run_locked(uint64_t max_clusters, bool exact, uint64_t *got);
+    int coroutine_fn co_ensure_refblock_ex_locked(uint64_t cluster_index, uint64_t ex_start, uint64_t ex_end);
+    bool cluster_free_locked(uint64_t cluster_index, uint64_t refcount) const
+    {
+        return refcount == 0 && !inflight(cluster_index);
+    }
+    uint64_t refcount_max() const { return h_.refcount_order == 6 ? ~0ULL : (1ULL << (1u << h_.refcount_order)) - 1; }
+
+    // qcow2-write.cc
+    struct WritePlan;
+    int coroutine_fn co_plan_write_locked(uint64_t offset, uint64_t bytes, WritePlan *p);
+    int coroutine_fn co_finish_alloc_locked(WritePlan *p);
+    void coroutine_fn abort_alloc_locked(WritePlan *p);
+    qcow2::ClusterAlloc *find_alloc(uint64_t start, uint64_t end);
+    int coroutine_fn co_wait_allocs_locked(uint64_t start, uint64_t end);
+    int coroutine_fn co_pwritev_compressed(uint64_t offset, uint64_t bytes, IOVector &qiov);
+    int coroutine_fn co_zero_or_discard_locked(uint64_t offset, uint64_t bytes, bool zero, bool unmap,
+                                               bool full_discard, qcow2::DiscardType type);
+    int coroutine_fn co_preallocate_locked(uint64_t offset, uint64_t bytes, PreallocMode mode);
+    void inflight_inc(uint64_t host, uint64_t bytes);
+    void inflight_dec(uint64_t host, uint64_t bytes);
+    bool inflight(uint64_t cluster_index) const;
 
     std::string name_;                      // image name for messages
     qcow2::Header h_;
@@ -407,11 +597,24 @@ class Qcow2Node final : public BlockNode {
     std::vector<qcow2::Snapshot> snapshots_;
     const qcow2::Snapshot *view_snapshot_ = nullptr;
 
-    CoMutex lock_;                          // guards the caches and the lazily computed state below
+    CoMutex lock_;                          // guards the caches, tables and allocation state
     std::unique_ptr<qcow2::MetadataCache> l2_cache_;
     std::unique_ptr<qcow2::MetadataCache> refcount_cache_;
     bool prealloc_checked_ = false;         // metadata preallocation detection done
     bool metadata_prealloc_ = false;        // block status says RECURSE for data clusters
+
+    // Write side (all guarded by lock_ unless said otherwise).
+    bool lazy_refcounts_ = false;           // deferred refcount updates (dirty bit while writing)
+    bool discard_passthrough_[4] = {};      // per qcow2::DiscardType: discard freed clusters in the file
+    bool discard_no_unref_ = false;
+    int overlap_check_ = qcow2::kOlCached;  // kOl* bits checked before writes
+    std::atomic<bool> write_stopped_{false};// corrupt: writes fail with -EIO
+    uint64_t free_cluster_index_ = 0;       // allocator cursor (clusters below are in use)
+    uint64_t free_byte_offset_ = 0;         // compressed allocator: next free byte, 0 = none
+    std::vector<qcow2::ClusterAlloc *> allocs_;             // in-flight allocating writes
+    std::unordered_map<uint64_t, uint32_t> inflight_host_;  // host cluster -> data requests in flight
+    std::vector<std::pair<uint64_t, uint64_t>> pending_discards_;   // host ranges freed, to discard after sync
+    bool closing_ = false;
 
     std::unique_ptr<Timer> clean_timer_;    // cache-clean-interval, in the opening thread's context
     uint64_t clean_interval_ns_ = 0;
