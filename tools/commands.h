@@ -34,8 +34,6 @@ int cmd_io(int argc, char **argv);         // tools/io.cc
 int cmd_daemon(int argc, char **argv);     // tools/daemon.cc
 int cmd_mount(int argc, char **argv);      // tools/mount.cc
 int cmd_umount(int argc, char **argv);     // tools/mount.cc
-
-// Later, one file each in tools/ (and one line each in the table in main.cc):
-// int cmd_img(int argc, char **argv);     // tools/img.cc
+int cmd_img(int argc, char **argv);        // tools/img.cc
 
 }  // namespace bg

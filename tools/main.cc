@@ -26,6 +26,7 @@ constexpr Subcommand kSubcommands[] = {
     {"daemon", "Run a block graph with exports until stopped", cmd_daemon},
     {"mount", "Export an image as a file over FUSE", cmd_mount},
     {"umount", "Remove a FUSE export", cmd_umount},
+    {"img", "Create, inspect and convert images", cmd_img},
 };
 
 const Subcommand *find_subcommand(const char *name) noexcept

@@ -1,0 +1,259 @@
+// tools/img-bench.cc -- "blockgraph img bench": qemu-img bench's request
+// generator on the block graph (depth coroutines, each issuing requests at
+// the next offset until count requests have been sent).
+#include <cinttypes>
+#include <cstring>
+
+#include "tools/img.h"
+#include "util/aio.h"
+#include "util/coroutine-lock.h"
+#include "util/iov.h"
+
+namespace bg {
+namespace img {
+
+namespace {
+
+enum { kOptPattern = 256, kOptFlushInterval, kOptNoDrain, kOptImageOpts };
+
+struct Bench {
+    BlockBackend *blk = nullptr;
+    int64_t image_size = 0;
+    int64_t bufsize = 4096;
+    int64_t step = 0;
+    int64_t offset = 0;         // next request's offset
+    int64_t count = 75000;
+    int64_t depth = 64;
+    bool write = false;
+    int pattern = 0;
+    int64_t flush_interval = 0;
+    bool drain_on_flush = true;
+
+    int64_t issued = 0;         // requests started
+    int64_t completed = 0;
+    int64_t writes_since_flush = 0;
+    int in_flight = 0;
+    bool flushing = false;
+    int error = 0;
+    CoQueue wait_flush;         // requests waiting while a draining flush runs
+    CoQueue wait_idle;          // the flusher waiting for in-flight requests
+    int running = 0;
+    Coroutine *waiter = nullptr;
+
+    void coroutine_fn worker(uint8_t *buf);
+};
+
+void Bench::worker(uint8_t *buf)
+{
+    while (!error && issued < count) {
+        while (flushing && drain_on_flush) wait_flush.wait();
+        if (error || issued >= count) break;
+        int64_t off = offset;
+        issued++;
+        offset += step;
+        if (image_size <= bufsize) {
+            offset = 0;
+        } else if (offset > image_size - bufsize) {
+            offset = offset % (image_size - bufsize);
+        }
+        in_flight++;
+        int r = write ? blk->co_pwrite(off, bufsize, buf) : blk->co_pread(off, bufsize, buf);
+        in_flight--;
+        if (flushing && in_flight == 0) wait_idle.restart_all();
+        if (r < 0) {
+            if (!error) {
+                error = r;
+                img::error("Failed request: %s", std::strerror(-r));
+            }
+            break;
+        }
+        completed++;
+        if (write && flush_interval && ++writes_since_flush >= flush_interval && !flushing) {
+            writes_since_flush = 0;
+            flushing = true;
+            if (drain_on_flush) {
+                while (in_flight > 0) wait_idle.wait();
+            }
+            int f = blk->co_flush();
+            flushing = false;
+            wait_flush.restart_all();
+            if (f < 0 && !error) {
+                error = f;
+                img::error("Failed flush request: %s", std::strerror(-f));
+                break;
+            }
+        }
+    }
+}
+
+} // namespace
+
+int img_bench(int argc, char **argv)
+{
+    static const struct option kLong[] = {
+        {"help", no_argument, nullptr, 'h'},
+        {"flush-interval", required_argument, nullptr, kOptFlushInterval},
+        {"image-opts", no_argument, nullptr, kOptImageOpts},
+        {"pattern", required_argument, nullptr, kOptPattern},
+        {"no-drain", no_argument, nullptr, kOptNoDrain},
+        {"force-share", no_argument, nullptr, 'U'},
+        {nullptr, 0, nullptr, 0},
+    };
+    Bench b;
+    OpenArgs oa;
+    std::string aio;
+    bool step_set = false;
+    optind = 0;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", kLong, nullptr)) != -1) {
+        switch (c) {
+        case 'c':
+            if (!parse_int(optarg, 1, INT32_MAX, &b.count)) {
+                error("Invalid request count specified");
+                return 1;
+            }
+            break;
+        case 'd':
+            if (!parse_int(optarg, 1, INT32_MAX, &b.depth)) {
+                error("Invalid queue depth specified");
+                return 1;
+            }
+            break;
+        case 'f': oa.format = optarg; break;
+        case 'n': oa.cache = "none"; break;
+        case 'i': aio = optarg; break;
+        case 'o': {
+            Result<int64_t> r = parse_img_size(optarg);
+            if (!r) {
+                error("Invalid offset specified");
+                return 1;
+            }
+            b.offset = r.value();
+            break;
+        }
+        case 'q': g_quiet = true; break;
+        case 's': {
+            Result<int64_t> r = parse_img_size(optarg);
+            if (!r || r.value() <= 0 || r.value() > INT32_MAX) {
+                error("Invalid buffer size specified");
+                return 1;
+            }
+            b.bufsize = r.value();
+            break;
+        }
+        case 'S': {
+            Result<int64_t> r = parse_img_size(optarg);
+            if (!r || r.value() > INT32_MAX) {
+                error("Invalid step size specified");
+                return 1;
+            }
+            b.step = r.value();
+            step_set = true;
+            break;
+        }
+        case 't': oa.cache = optarg; break;
+        case 'w': b.write = true; break;
+        case 'U': oa.force_share = true; break;
+        case kOptImageOpts: oa.image_opts = true; break;
+        case kOptPattern: {
+            int64_t v;
+            if (!parse_int(optarg, 0, 0xff, &v)) {
+                error("Invalid pattern byte specified");
+                return 1;
+            }
+            b.pattern = static_cast<int>(v);
+            break;
+        }
+        case kOptFlushInterval: {
+            int64_t v;
+            if (!parse_int(optarg, 0, INT32_MAX, &v)) {
+                error("Invalid flush interval specified");
+                return 1;
+            }
+            b.flush_interval = v;
+            break;
+        }
+        case kOptNoDrain: b.drain_on_flush = false; break;
+        default: return bad_option(argc, argv, "cdfiosSt");
+        }
+    }
+    if (optind != argc - 1) return usage_error("Expecting one image file name");
+    if (b.flush_interval && !b.write) {
+        error("--flush-interval is only available in write tests");
+        return 1;
+    }
+    if (b.flush_interval && b.flush_interval < b.depth) {
+        error("Flush interval can't be smaller than depth");
+        return 1;
+    }
+    if (!step_set) b.step = b.bufsize;
+    oa.name = argv[optind];
+    oa.read_only = !b.write;
+    if (!aio.empty()) {
+        Result<BlockdevAioOptions> a = parse_aio_mode(aio);
+        if (!a) {
+            error("Invalid aio option: %s", aio.c_str());
+            return 1;
+        }
+        oa.aio = a.value();
+    }
+    std::unique_ptr<OpenImage> img = open_img(oa);
+    if (!img) return 1;
+    b.blk = img->blk.get();
+    b.image_size = b.blk->getlength();
+    if (b.image_size < b.bufsize) {
+        error("Image is smaller than the request size");
+        return 1;
+    }
+
+    qprintf("Sending %" PRId64 " %s requests, %" PRId64 " bytes each, %" PRId64
+            " in parallel (starting at offset %" PRId64 ", step size %" PRId64 ")\n",
+            b.count, b.write ? "write" : "read", b.bufsize, b.depth, b.offset, b.step);
+    if (b.flush_interval) qprintf("Sending flush every %" PRId64 " requests\n", b.flush_interval);
+    std::fflush(stdout);
+
+    int64_t nbufs = std::min(b.depth, b.count);
+    std::vector<AlignedBuf> bufs;
+    for (int64_t i = 0; i < nbufs; i++) {
+        bufs.push_back(aligned_alloc_buf(4096, static_cast<size_t>(b.bufsize)));
+        std::memset(bufs.back().get(), b.pattern, static_cast<size_t>(b.bufsize));
+    }
+    int64_t t0 = clock_ns();
+    run_in_coroutine([&]() {
+        AioContext *ctx = AioContext::current();
+        b.running = static_cast<int>(nbufs);
+        b.waiter = coroutine_self();
+        struct Arg {
+            Bench *b;
+            uint8_t *buf;
+        };
+        std::vector<Arg> args;
+        args.reserve(static_cast<size_t>(nbufs));
+        for (int64_t i = 0; i < nbufs; i++) args.push_back(Arg{&b, bufs[static_cast<size_t>(i)].get()});
+        for (Arg &a : args) {
+            ctx->co_schedule(coroutine_create(
+                [](void *p) {
+                    auto *arg = static_cast<Arg *>(p);
+                    arg->b->worker(arg->buf);
+                    if (--arg->b->running == 0) coroutine_wake(arg->b->waiter);
+                },
+                &a));
+        }
+        coroutine_yield();
+    });
+    int64_t t1 = clock_ns();
+    if (b.error) return 1;
+    if (b.write) {
+        int f = run_in_coroutine([&]() { return b.blk->co_flush(); });
+        if (f < 0) {
+            error("Failed flush request: %s", std::strerror(-f));
+            return 1;
+        }
+    }
+    qprintf("Run completed in %3.3f seconds.\n", static_cast<double>(t1 - t0) / 1e9);
+    return 0;
+}
+
+} // namespace img
+} // namespace bg

@@ -1,0 +1,543 @@
+// tools/img-info.cc -- "blockgraph img info", "check" and "measure".
+#include <cinttypes>
+#include <cstring>
+#include <ctime>
+
+#include "block/block-driver.h"
+#include "tools/img.h"
+#include "util/aio.h"
+
+namespace bg {
+namespace img {
+
+using json = nlohmann::json;
+
+namespace {
+
+enum { kOptOutput = 256, kOptBackingChain, kOptImageOpts, kOptSize, kOptObject };
+
+json info_value_to_json(const InfoValue &v)
+{
+    switch (v.kind) {
+    case InfoValue::Kind::kNone: return nullptr;
+    case InfoValue::Kind::kBool: return v.b;
+    case InfoValue::Kind::kInt: return v.i;
+    case InfoValue::Kind::kString: return v.s;
+    case InfoValue::Kind::kList: {
+        json a = json::array();
+        for (const InfoValue &e : v.list) a.push_back(info_value_to_json(e));
+        return a;
+    }
+    case InfoValue::Kind::kDict: {
+        json o = json::object();
+        for (const auto &[k, e] : v.dict) o[k] = info_value_to_json(e);
+        return o;
+    }
+    }
+    return nullptr;
+}
+
+void dump_info_value(int indent, const InfoValue &v);
+
+void dump_info_dict(int indent, const InfoValue &v)
+{
+    for (const auto &[k, e] : v.dict) {
+        std::string key = k;
+        for (char &ch : key) {
+            if (ch == '-') ch = ' ';
+        }
+        bool composite = e.kind == InfoValue::Kind::kDict || e.kind == InfoValue::Kind::kList;
+        std::printf("%*s%s:%s", indent * 4, "", key.c_str(), composite ? "\n" : " ");
+        dump_info_value(indent + 1, e);
+    }
+}
+
+void dump_info_value(int indent, const InfoValue &v)
+{
+    switch (v.kind) {
+    case InfoValue::Kind::kNone: std::printf("\n"); break;
+    case InfoValue::Kind::kBool: std::printf("%s\n", v.b ? "true" : "false"); break;
+    case InfoValue::Kind::kInt: std::printf("%" PRId64 "\n", v.i); break;
+    case InfoValue::Kind::kString: std::printf("%s\n", v.s.c_str()); break;
+    case InfoValue::Kind::kDict: dump_info_dict(indent, v); break;
+    case InfoValue::Kind::kList: {
+        int i = 0;
+        for (const InfoValue &e : v.list) {
+            bool composite = e.kind == InfoValue::Kind::kDict || e.kind == InfoValue::Kind::kList;
+            std::printf("%*s[%i]:%c", indent * 4, "", i++, composite ? '\n' : ' ');
+            dump_info_value(indent + 1, e);
+        }
+        break;
+    }
+    }
+}
+
+// The snapshot table as qemu-img prints it (header and one line each).
+void print_snapshot_header()
+{
+    std::printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+}
+
+void print_snapshot_line(const json &sn)
+{
+    char date[64] = "", clk[64], icount[32] = "";
+    time_t t = static_cast<time_t>(sn.value("date-sec", 0LL));
+    struct tm tm;
+    localtime_r(&t, &tm);
+    std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+    uint64_t ns = static_cast<uint64_t>(sn.value("vm-clock-sec", 0LL)) * 1000000000ULL +
+                  static_cast<uint64_t>(sn.value("vm-clock-nsec", 0LL));
+    uint64_t secs = ns / 1000000000ULL;
+    std::snprintf(clk, sizeof(clk), "%02d:%02d:%02d.%03d", static_cast<int>(secs / 3600),
+                  static_cast<int>((secs / 60) % 60), static_cast<int>(secs % 60),
+                  static_cast<int>((ns / 1000000) % 1000));
+    if (sn.contains("icount")) std::snprintf(icount, sizeof(icount), "%" PRIu64, sn["icount"].get<uint64_t>());
+    std::string size = size_to_str(sn.value("vm-state-size", 0ULL));
+    std::printf("%-9s %-16s %8s%20s%13s%11s\n", sn.value("id", "").c_str(), sn.value("name", "").c_str(),
+                size.c_str(), date, clk, icount);
+}
+
+json snapshot_json(const SnapshotInfo &s)
+{
+    json j = json::object();
+    j["id"] = s.id;
+    j["name"] = s.name;
+    j["vm-state-size"] = s.vm_state_size;
+    j["date-sec"] = s.date_sec;
+    j["date-nsec"] = s.date_nsec;
+    j["vm-clock-sec"] = s.vm_clock_nsec / 1000000000ULL;
+    j["vm-clock-nsec"] = s.vm_clock_nsec % 1000000000ULL;
+    if (s.icount) j["icount"] = *s.icount;
+    return j;
+}
+
+BlockNode *skip_filters(BlockNode *n)
+{
+    while (n && n->filtered_child()) n = n->filtered_child()->node();
+    return n;
+}
+
+} // namespace
+
+json image_info(BlockNode *node, const std::string &filename)
+{
+    json j = json::object();
+    j["filename"] = filename;
+    j["format"] = node->driver_name();
+    j["virtual-size"] = node->getlength();
+    int64_t actual = node->allocated_file_size();
+    if (actual >= 0) j["actual-size"] = actual;
+    j["dirty-flag"] = false;
+    Result<ImageInfo> ri = node->get_info();
+    if (ri) {
+        const ImageInfo &ii = ri.value();
+        j["dirty-flag"] = ii.dirty_flag;
+        if (ii.cluster_size) j["cluster-size"] = *ii.cluster_size;
+        if (ii.backing_filename) j["backing-filename"] = *ii.backing_filename;
+        if (ii.full_backing_filename) j["full-backing-filename"] = *ii.full_backing_filename;
+        if (ii.backing_format) j["backing-filename-format"] = *ii.backing_format;
+        if (!ii.snapshots.empty()) {
+            json a = json::array();
+            for (const SnapshotInfo &s : ii.snapshots) a.push_back(snapshot_json(s));
+            j["snapshots"] = a;
+        }
+        if (ii.format_specific.kind != InfoValue::Kind::kNone) {
+            j["format-specific"] = info_value_to_json(ii.format_specific);
+        }
+    }
+    return j;
+}
+
+namespace {
+
+// The human dump needs the InfoValue's order; keep it next to the JSON.
+struct InfoEntry {
+    json j;
+    InfoValue specific;
+};
+
+InfoEntry collect_info(BlockNode *node, const std::string &filename)
+{
+    InfoEntry e;
+    e.j = image_info(node, filename);
+    Result<ImageInfo> ri = node->get_info();
+    if (ri) e.specific = ri.value().format_specific;
+    return e;
+}
+
+void print_info_human(const InfoEntry &e)
+{
+    const json &j = e.j;
+    std::printf("image: %s\n", j["filename"].get<std::string>().c_str());
+    std::printf("file format: %s\n", j["format"].get<std::string>().c_str());
+    int64_t vs = j["virtual-size"].get<int64_t>();
+    std::printf("virtual size: %s (%" PRId64 " bytes)\n", size_to_str(static_cast<uint64_t>(vs)).c_str(), vs);
+    if (j.contains("actual-size")) {
+        std::printf("disk size: %s\n", size_to_str(j["actual-size"].get<uint64_t>()).c_str());
+    } else {
+        std::printf("disk size: unavailable\n");
+    }
+    if (j.contains("cluster-size")) std::printf("cluster_size: %" PRId64 "\n", j["cluster-size"].get<int64_t>());
+    if (j.value("dirty-flag", false)) std::printf("dirty flag: yes\n");
+    if (j.contains("backing-filename")) {
+        std::string b = j["backing-filename"];
+        std::printf("backing file: %s", b.c_str());
+        if (!j.contains("full-backing-filename")) {
+            std::printf(" (cannot determine actual path)");
+        } else if (j["full-backing-filename"].get<std::string>() != b) {
+            std::printf(" (actual path: %s)", j["full-backing-filename"].get<std::string>().c_str());
+        }
+        std::printf("\n");
+    }
+    if (j.contains("backing-filename-format")) {
+        std::printf("backing file format: %s\n", j["backing-filename-format"].get<std::string>().c_str());
+    }
+    if (j.contains("snapshots")) {
+        std::printf("Snapshot list:\n");
+        print_snapshot_header();
+        for (const json &sn : j["snapshots"]) print_snapshot_line(sn);
+    }
+    if (e.specific.kind == InfoValue::Kind::kDict) {
+        std::printf("Format specific information:\n");
+        const InfoValue *data = e.specific.find("data");
+        if (data) dump_info_value(1, *data);
+    }
+}
+
+} // namespace
+
+void print_image_info_human(const json &info)
+{
+    InfoEntry e;
+    e.j = info;
+    print_info_human(e);
+}
+
+// ---------------------------------------------------------------- info
+
+int img_info(int argc, char **argv)
+{
+    static const struct option kLong[] = {
+        {"help", no_argument, nullptr, 'h'},
+        {"format", required_argument, nullptr, 'f'},
+        {"output", required_argument, nullptr, kOptOutput},
+        {"backing-chain", no_argument, nullptr, kOptBackingChain},
+        {"image-opts", no_argument, nullptr, kOptImageOpts},
+        {"force-share", no_argument, nullptr, 'U'},
+        {nullptr, 0, nullptr, 0},
+    };
+    OpenArgs oa;
+    OutputFormat ofmt = OutputFormat::kHuman;
+    bool chain = false;
+    optind = 0;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":f:hU", kLong, nullptr)) != -1) {
+        switch (c) {
+        case 'f': oa.format = optarg; break;
+        case 'U': oa.force_share = true; break;
+        case kOptImageOpts: oa.image_opts = true; break;
+        case kOptBackingChain: chain = true; break;
+        case kOptOutput:
+            if (!parse_output_format(optarg, &ofmt)) return 1;
+            break;
+        default: return bad_option(argc, argv, "f");
+        }
+    }
+    if (optind != argc - 1) return usage_error("Expecting one image file name");
+    oa.name = argv[optind];
+    if (!chain) oa.no_backing = false;
+    std::unique_ptr<OpenImage> img = open_img(oa);
+    if (!img) return 1;
+
+    std::vector<InfoEntry> list;
+    BlockNode *n = img->root;
+    std::string name = oa.name;
+    while (n) {
+        list.push_back(collect_info(n, name));
+        if (!chain) break;
+        BlockNode *top = skip_filters(n);
+        BdrvChild *b = top ? top->backing_child() : nullptr;
+        if (!b) break;
+        n = b->node();
+        name = n->filename();
+    }
+    if (ofmt == OutputFormat::kJson) {
+        if (chain) {
+            json a = json::array();
+            for (const InfoEntry &e : list) a.push_back(e.j);
+            std::printf("%s\n", json_pretty(a).c_str());
+        } else {
+            std::printf("%s\n", json_pretty(list[0].j).c_str());
+        }
+    } else {
+        bool delim = false;
+        for (const InfoEntry &e : list) {
+            if (delim) std::printf("\n");
+            delim = true;
+            print_info_human(e);
+        }
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- check
+
+namespace {
+
+json check_json(const CheckResult &r, const std::string &filename, const std::string &format)
+{
+    json j = json::object();
+    j["filename"] = filename;
+    j["format"] = format;
+    j["check-errors"] = r.check_errors;
+    if (r.corruptions) j["corruptions"] = r.corruptions;
+    if (r.leaks) j["leaks"] = r.leaks;
+    if (r.corruptions_fixed) j["corruptions-fixed"] = r.corruptions_fixed;
+    if (r.leaks_fixed) j["leaks-fixed"] = r.leaks_fixed;
+    if (r.image_end_offset) j["image-end-offset"] = r.image_end_offset;
+    if (r.total_clusters) j["total-clusters"] = r.total_clusters;
+    if (r.allocated_clusters) j["allocated-clusters"] = r.allocated_clusters;
+    if (r.fragmented_clusters) j["fragmented-clusters"] = r.fragmented_clusters;
+    if (r.compressed_clusters) j["compressed-clusters"] = r.compressed_clusters;
+    return j;
+}
+
+void check_human(const CheckResult &r)
+{
+    if (!(r.corruptions || r.leaks || r.check_errors)) {
+        qprintf("No errors were found on the image.\n");
+    } else {
+        if (r.corruptions) {
+            qprintf("\n%" PRId64 " errors were found on the image.\n"
+                    "Data may be corrupted, or further writes to the image may corrupt it.\n",
+                    r.corruptions);
+        }
+        if (r.leaks) {
+            qprintf("\n%" PRId64 " leaked clusters were found on the image.\n"
+                    "This means waste of disk space, but no harm to data.\n",
+                    r.leaks);
+        }
+        if (r.check_errors) {
+            qprintf("\n%" PRId64 " internal errors have occurred during the check.\n", r.check_errors);
+        }
+    }
+    if (r.total_clusters != 0 && r.allocated_clusters != 0) {
+        qprintf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, %0.2f%% compressed clusters\n",
+                r.allocated_clusters, r.total_clusters,
+                static_cast<double>(r.allocated_clusters) * 100.0 / static_cast<double>(r.total_clusters),
+                static_cast<double>(r.fragmented_clusters) * 100.0 / static_cast<double>(r.allocated_clusters),
+                static_cast<double>(r.compressed_clusters) * 100.0 / static_cast<double>(r.allocated_clusters));
+    }
+    if (r.image_end_offset) qprintf("Image end offset: %" PRId64 "\n", r.image_end_offset);
+}
+
+} // namespace
+
+int img_check(int argc, char **argv)
+{
+    static const struct option kLong[] = {
+        {"help", no_argument, nullptr, 'h'},
+        {"format", required_argument, nullptr, 'f'},
+        {"repair", required_argument, nullptr, 'r'},
+        {"output", required_argument, nullptr, kOptOutput},
+        {"image-opts", no_argument, nullptr, kOptImageOpts},
+        {"force-share", no_argument, nullptr, 'U'},
+        {nullptr, 0, nullptr, 0},
+    };
+    OpenArgs oa;
+    OutputFormat ofmt = OutputFormat::kHuman;
+    CheckFix fix = 0;
+    optind = 0;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":hf:r:T:qU", kLong, nullptr)) != -1) {
+        switch (c) {
+        case 'f': oa.format = optarg; break;
+        case 'r':
+            if (std::strcmp(optarg, "leaks") == 0) {
+                fix = kCheckFixLeaks;
+            } else if (std::strcmp(optarg, "all") == 0) {
+                fix = kCheckFixLeaks | kCheckFixErrors;
+            } else {
+                return usage_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s", optarg);
+            }
+            break;
+        case 'T': oa.cache = optarg; break;
+        case 'q': g_quiet = true; break;
+        case 'U': oa.force_share = true; break;
+        case kOptImageOpts: oa.image_opts = true; break;
+        case kOptOutput:
+            if (!parse_output_format(optarg, &ofmt)) return 1;
+            break;
+        default: return bad_option(argc, argv, "frT");
+        }
+    }
+    if (optind != argc - 1) return usage_error("Expecting one image file name");
+    if (fix && oa.force_share) {
+        error("--force-share/-U is not allowed when checking and repairing an image");
+        return 1;
+    }
+    oa.name = argv[optind];
+    oa.read_only = fix == 0;
+    std::unique_ptr<OpenImage> img = open_img(oa);
+    if (!img) return 1;
+
+    BlockNode *node = img->root;
+    CheckResult res;
+    Status st = node->check(&res, fix);
+    for (const std::string &m : res.messages) std::fprintf(stderr, "%s\n", m.c_str());
+    if (!st) {
+        if (st.err() == ENOTSUP) {
+            error("This image format does not support checks");
+            return 63;
+        }
+        error("Check failed: %s", st.msg().c_str());
+        return 1;
+    }
+    if (res.corruptions_fixed || res.leaks_fixed) {
+        int64_t lf = res.leaks_fixed, cf = res.corruptions_fixed;
+        if (ofmt == OutputFormat::kHuman) {
+            qprintf("The following inconsistencies were found and repaired:\n\n"
+                    "    %" PRId64 " leaked clusters\n"
+                    "    %" PRId64 " corruptions\n\n"
+                    "Double checking the fixed image now...\n",
+                    lf, cf);
+        }
+        CheckResult again;
+        Status st2 = node->check(&again, 0);
+        for (const std::string &m : again.messages) std::fprintf(stderr, "%s\n", m.c_str());
+        if (!st2) {
+            error("Check failed: %s", st2.msg().c_str());
+            return 1;
+        }
+        res = again;
+        res.leaks_fixed = lf;
+        res.corruptions_fixed = cf;
+    }
+    if (ofmt == OutputFormat::kHuman) {
+        check_human(res);
+    } else if (!g_quiet) {
+        std::printf("%s\n", json_pretty(check_json(res, oa.name, node->driver_name())).c_str());
+    }
+    if (res.check_errors) {
+        error("Check failed");
+        return 1;
+    }
+    if (res.corruptions) return 2;
+    if (res.leaks) return 3;
+    return 0;
+}
+
+// ---------------------------------------------------------------- measure
+
+int img_measure(int argc, char **argv)
+{
+    static const struct option kLong[] = {
+        {"help", no_argument, nullptr, 'h'},
+        {"image-opts", no_argument, nullptr, kOptImageOpts},
+        {"output", required_argument, nullptr, kOptOutput},
+        {"size", required_argument, nullptr, kOptSize},
+        {"force-share", no_argument, nullptr, 'U'},
+        {nullptr, 0, nullptr, 0},
+    };
+    OpenArgs oa;
+    OutputFormat ofmt = OutputFormat::kHuman;
+    std::string out_fmt = "raw";
+    CreateOptions copts;
+    int64_t size = -1;
+    optind = 0;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":hf:O:o:l:U", kLong, nullptr)) != -1) {
+        switch (c) {
+        case 'f': oa.format = optarg; break;
+        case 'O': out_fmt = optarg; break;
+        case 'o': {
+            Status s = copts.parse_append(optarg);
+            if (!s) {
+                error("%s", s.msg().c_str());
+                return 1;
+            }
+            break;
+        }
+        case 'l':
+            oa.extra = json::object();
+            if (std::strncmp(optarg, "snapshot.", 9) == 0) {
+                for (const char *p = optarg; p && *p;) {
+                    const char *comma = std::strchr(p, ',');
+                    std::string kv(p, comma ? static_cast<size_t>(comma - p) : std::strlen(p));
+                    size_t eq = kv.find('=');
+                    if (eq == std::string::npos) return usage_error("Invalid snapshot parameter: %s", optarg);
+                    std::string key = kv.substr(9, eq - 9);
+                    oa.extra["snapshot"][key] = kv.substr(eq + 1);
+                    p = comma ? comma + 1 : nullptr;
+                }
+            } else {
+                oa.extra["snapshot"]["name"] = optarg;
+            }
+            break;
+        case 'U': oa.force_share = true; break;
+        case kOptImageOpts: oa.image_opts = true; break;
+        case kOptOutput:
+            if (!parse_output_format(optarg, &ofmt)) return 1;
+            break;
+        case kOptSize: {
+            Result<int64_t> r = parse_img_size(optarg);
+            if (!r) {
+                error("%s", r.msg().c_str());
+                return 1;
+            }
+            size = r.value();
+            break;
+        }
+        default: return bad_option(argc, argv, "fOol");
+        }
+    }
+    const bool has_file = optind < argc;
+    if (optind + 1 < argc) return usage_error("Expecting at most one image file name");
+    if (has_file && size != -1) {
+        error("--size N cannot be used together with a filename.");
+        return 1;
+    }
+    if (!has_file && size == -1) {
+        error("Either --size N or one filename must be specified.");
+        return 1;
+    }
+    if (copts.has("help")) return print_create_options_help(out_fmt);
+    const BlockDriver *drv = builtin_drivers().find(out_fmt);
+    if (!drv || drv->kind == BlockDriverKind::kFilter) {
+        error("Unknown file format '%s'", out_fmt.c_str());
+        return 1;
+    }
+    std::unique_ptr<OpenImage> img;
+    if (has_file) {
+        oa.name = argv[optind];
+        img = open_img(oa);
+        if (!img) return 1;
+        size = img->blk->getlength();
+    }
+    copts.set("size", std::to_string(size));
+    Result<MeasureInfo> r = run_in_coroutine(
+        [&]() { return bg::img_measure(drv, copts, img ? img->root : nullptr); });
+    if (!r) {
+        error("%s", r.msg().c_str());
+        return 1;
+    }
+    const MeasureInfo &m = r.value();
+    if (ofmt == OutputFormat::kJson) {
+        json j = json::object();
+        j["required"] = m.required;
+        j["fully-allocated"] = m.fully_allocated;
+        if (m.bitmaps) j["bitmaps"] = *m.bitmaps;
+        std::printf("%s\n", json_pretty(j).c_str());
+    } else {
+        std::printf("required size: %" PRIu64 "\n", m.required);
+        std::printf("fully allocated size: %" PRIu64 "\n", m.fully_allocated);
+        if (m.bitmaps) std::printf("bitmaps size: %" PRIu64 "\n", *m.bitmaps);
+    }
+    return 0;
+}
+
+} // namespace img
+} // namespace bg

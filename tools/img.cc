@@ -1,0 +1,317 @@
+// tools/img.cc -- "blockgraph img": dispatcher and the helpers shared by the
+// subcommands in tools/img-*.cc (see tools/img.h and docs/img.md).
+#include "tools/img.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "qapi/size.h"
+#include "tools/commands.h"
+#include "util/aio.h"
+
+namespace bg {
+namespace img {
+
+bool g_quiet = false;
+
+void error(const char *fmt, ...)
+{
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: ", kProg);
+    va_list ap;
+    va_start(ap, fmt);
+    std::vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    std::fputc('\n', stderr);
+}
+
+int usage_error(const char *fmt, ...)
+{
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: ", kProg);
+    va_list ap;
+    va_start(ap, fmt);
+    std::vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    std::fprintf(stderr, "\nTry '%s --help' for more information\n", kProg);
+    return 1;
+}
+
+int bad_option(int argc, char **argv, const char *with_arg_opts)
+{
+    (void)argc;
+    if (optopt && optopt < 256) {
+        if (std::strchr(with_arg_opts, optopt)) return usage_error("option requires an argument -- '%c'", optopt);
+        return usage_error("invalid option -- '%c'", optopt);
+    }
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    return usage_error("unrecognized option '%s'", arg);
+}
+
+void qprintf(const char *fmt, ...)
+{
+    if (g_quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
+    std::vprintf(fmt, ap);
+    va_end(ap);
+}
+
+Result<int64_t> parse_img_size(const std::string &s)
+{
+    Result<uint64_t> r = parse_size(s);
+    if (!r || r.value() > static_cast<uint64_t>(INT64_MAX)) {
+        return make_error(EINVAL, "Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
+                                  "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    }
+    return static_cast<int64_t>(r.value());
+}
+
+std::string size_to_str(uint64_t v)
+{
+    static const char *const kSuffix[] = {"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"};
+    // The unit is the largest power of 1024 that leaves an integer part
+    // below 1000 (so 1000 KiB prints as 0.977 MiB).
+    int exp = 0;
+    std::frexp(static_cast<double>(v) / (1000.0 / 1024.0), &exp);
+    int i = (exp - 1) / 10;
+    if (i < 0) i = 0;
+    if (i > 6) i = 6;
+    double div = static_cast<double>(1ULL << (i * 10));
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%0.3g %sB", static_cast<double>(v) / div, kSuffix[i]);
+    return buf;
+}
+
+bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    if (!s || !*s) return false;
+    char *end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(s, &end, 10);
+    if (errno || *end || v < min || v > max) return false;
+    *out = v;
+    return true;
+}
+
+bool parse_output_format(const char *arg, OutputFormat *out)
+{
+    if (std::strcmp(arg, "json") == 0) {
+        *out = OutputFormat::kJson;
+        return true;
+    }
+    if (std::strcmp(arg, "human") == 0) {
+        *out = OutputFormat::kHuman;
+        return true;
+    }
+    error("--output must be used with human or json as argument.");
+    return false;
+}
+
+std::string json_pretty(const nlohmann::json &j)
+{
+    return j.dump(4);
+}
+
+std::string open_error_message(const std::string &name, const Error &e)
+{
+    if (e.msg.find("'" + name + "'") != std::string::npos) return e.msg;
+    return "Could not open '" + name + "': " + e.msg;
+}
+
+std::unique_ptr<OpenImage> open_img(const OpenArgs &a)
+{
+    ImageOpenSpec spec;
+    spec.image = a.name;
+    spec.image_opts = a.image_opts;
+    spec.format = a.format;
+    spec.read_only = a.read_only;
+    spec.force_share = a.force_share;
+    spec.consumer = kProg;
+    Result<CacheMode> cm = parse_cache_mode(a.cache);
+    if (!cm) {
+        error("%s", cm.msg().c_str());
+        return nullptr;
+    }
+    spec.cache = cm.value();
+    spec.aio = a.aio;
+    nlohmann::json extra = a.extra.is_object() ? a.extra : nlohmann::json::object();
+    if (a.no_backing) extra["backing"] = nullptr;
+    if (!extra.empty()) spec.extra_options = extra;
+    if (a.read_only && !a.force_share) {
+        // qemu-img's read-only opens let others keep writing only what
+        // the format tolerates; the nodes decide (file locks).
+        spec.shared = kPermAll;
+    }
+    Result<std::unique_ptr<OpenImage>> r = open_image(spec);
+    if (!r) {
+        error("%s", open_error_message(a.name, r.error()).c_str());
+        return nullptr;
+    }
+    if (r.value()->probed_raw && !a.read_only) {
+        std::fputs(probed_raw_warning(a.name).c_str(), stderr);
+    }
+    return std::move(r.value());
+}
+
+// ---------------------------------------------------------------- progress
+
+Progress::Progress(bool enabled)
+{
+    active_ = enabled && !g_quiet && isatty(STDOUT_FILENO);
+    start_ns_ = clock_ns();
+}
+
+Progress::~Progress()
+{
+    finish();
+}
+
+void Progress::draw(double fraction, int64_t bytes_done)
+{
+    int64_t now = clock_ns();
+    double secs = static_cast<double>(now - start_ns_) / 1e9;
+    std::string line;
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "    (%.2f/100%%)", fraction * 100.0);
+    line = buf;
+    if (bytes_done > 0 && secs > 0.05) {
+        line += "  " + size_to_str(static_cast<uint64_t>(static_cast<double>(bytes_done) / secs)) + "/s";
+    }
+    if (fraction > 0.001 && fraction < 1.0 && secs > 0.2) {
+        int64_t left = static_cast<int64_t>(secs / fraction * (1.0 - fraction) + 0.5);
+        std::snprintf(buf, sizeof(buf), "  %" PRId64 ":%02" PRId64 ":%02" PRId64 " left", left / 3600,
+                      (left / 60) % 60, left % 60);
+        line += buf;
+    }
+    // Clear what a longer previous line left.
+    std::printf("\r%-60s\r%s", "", line.c_str());
+    std::fflush(stdout);
+    last_ns_ = now;
+    last_fraction_ = fraction;
+}
+
+void Progress::update(double fraction, int64_t bytes_done)
+{
+    if (!active_ || finished_ || last_fraction_ >= 1.0) return;
+    if (fraction < 0) fraction = 0;
+    if (fraction > 1) fraction = 1;
+    int64_t now = clock_ns();
+    if (last_fraction_ >= 0 && now - last_ns_ < 100000000 && fraction < 1.0) return;
+    draw(fraction, bytes_done);
+}
+
+void Progress::finish()
+{
+    if (!active_ || finished_) return;
+    finished_ = true;
+    if (last_fraction_ < 1.0) draw(1.0, 0);
+    std::printf("\n");
+    std::fflush(stdout);
+}
+
+// ---------------------------------------------------------------- dispatch
+
+namespace {
+
+struct ImgCommand {
+    const char *name;
+    const char *synopsis;
+    int (*fn)(int, char **);
+};
+
+const ImgCommand kImgCommands[] = {
+    {"amend", "amend [-f fmt] [-t cache] [-p] [-q] [--force] -o options filename", img_amend},
+    {"bench",
+     "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] "
+     "[-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-U] [-w] filename",
+     img_bench},
+    {"check", "check [-q] [--output=ofmt] [-f fmt] [-r [leaks | all]] [-T src_cache] [-U] filename", img_check},
+    {"commit", "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename", img_commit},
+    {"compare", "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2", img_compare},
+    {"convert",
+     "convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
+     "[-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] [-U] filename [filename2 [...]] "
+     "output_filename",
+     img_convert},
+    {"create", "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]",
+     img_create},
+    {"info", "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename", img_info},
+    {"map", "map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename", img_map},
+    {"measure", "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-U] filename]",
+     img_measure},
+    {"snapshot", "snapshot [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename", img_snapshot},
+    {"rebase", "rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] -b backing_file [-F backing_fmt] "
+               "filename",
+     img_rebase},
+    {"resize", "resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size", img_resize},
+};
+
+void print_help()
+{
+    std::printf("Usage: %s <command> [command options]\n"
+                "Create, inspect, convert and change disk images, with qemu-img's commands,\n"
+                "options, output and exit codes (see docs/img.md).\n\n"
+                "Commands:\n",
+                kProg);
+    for (const ImgCommand &c : kImgCommands) std::printf("  %s\n", c.synopsis);
+    std::printf("\n"
+                "Common options:\n"
+                "  -f fmt          image format (raw, qcow2, ...); probed when absent\n"
+                "  --image-opts    the file name is a node description (keyval or JSON)\n"
+                "  -U              force share: open an image another process uses (read-only)\n"
+                "  -t/-T cache     cache mode of the destination/source: none, writeback,\n"
+                "                  writethrough, directsync, unsafe\n"
+                "  -p              show progress on a terminal (percent, rate, time left)\n"
+                "  -q              quiet: print nothing but errors\n"
+                "  --output=ofmt   human (default) or json\n"
+                "Sizes take k, M, G, T, P, E suffixes (powers of 1024). File names may be\n"
+                "json:{...} pseudo file names.\n"
+                "Run '%s <command> --help' for one command's synopsis.\n",
+                kProg);
+}
+
+} // namespace
+
+} // namespace img
+
+int cmd_img(int argc, char **argv)
+{
+    using namespace img;
+    if (argc < 2) return usage_error("Not enough arguments");
+    const char *name = argv[1];
+    if (std::strcmp(name, "--help") == 0 || std::strcmp(name, "-h") == 0) {
+        print_help();
+        return 0;
+    }
+    if (std::strcmp(name, "--version") == 0 || std::strcmp(name, "-V") == 0) {
+        std::printf("blockgraph img version %s\n", BG_VERSION);
+        return 0;
+    }
+    const ImgCommand *cmd = nullptr;
+    for (const ImgCommand &c : kImgCommands) {
+        if (std::strcmp(c.name, name) == 0) cmd = &c;
+    }
+    if (!cmd) return usage_error("Command not found: %s", name);
+    for (int i = 2; i < argc; i++) {
+        if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+            std::printf("Usage: %s %s\nSee docs/img.md for the options.\n", kProg, cmd->synopsis);
+            return 0;
+        }
+        if (std::strcmp(argv[i], "--") == 0) break;
+    }
+    g_quiet = false;
+    std::unique_ptr<AioContext> ctx = AioContext::create();
+    AioContext::set_current(ctx.get());
+    int ret = cmd->fn(argc - 1, argv + 1);
+    std::fflush(stdout);
+    AioContext::set_current(nullptr);
+    return ret;
+}
+
+} // namespace bg

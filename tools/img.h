@@ -1,0 +1,125 @@
+// tools/img.h -- shared pieces of "blockgraph img" (tools/img*.cc).
+//
+// blockgraph img takes qemu-img's subcommands, arguments and output; see
+// docs/img.md. Each subcommand is one function img_<name>(argc, argv) with
+// argv[0] the subcommand name; it returns the process exit status.
+//
+// Threading model: main thread; the dispatcher creates the AioContext
+// before a subcommand runs (ImgContext), so every helper here may use
+// run_in_coroutine().
+#pragma once
+
+#include <getopt.h>
+
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "block/block.h"
+#include "tools/image-open.h"
+#include "util/error.h"
+
+namespace bg {
+namespace img {
+
+constexpr const char *kProg = "blockgraph img";
+
+// ---- messages ----
+// "blockgraph img: <msg>\n" on stderr (qemu-img's error_report).
+void error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// Like error() plus qemu-img's "Try ... --help" line; returns 1.
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// getopt's failure for argv: unknown option or missing argument. Returns 1.
+int bad_option(int argc, char **argv, const char *with_arg_opts);
+
+// printf unless quiet (-q).
+extern bool g_quiet;
+void qprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// ---- numbers ----
+// qemu-img's size syntax: a number with an optional k/M/G/T/P/E suffix
+// (bytes without). Error: EINVAL with qemu-img's message for "what".
+Result<int64_t> parse_img_size(const std::string &s);
+// qemu's size_to_str: "64 MiB", "1.26 MiB", "0 B".
+std::string size_to_str(uint64_t v);
+// A positive decimal integer (for counts like -m, -c, -d). false if bad.
+bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out);
+
+// ---- output format ----
+enum class OutputFormat { kHuman, kJson };
+bool parse_output_format(const char *arg, OutputFormat *out);
+// JSON as QEMU prints it (4-space indent, ": " separators).
+std::string json_pretty(const nlohmann::json &j);
+
+// ---- opening images ----
+struct OpenArgs {
+    std::string name;          // file name, json:{...}, or with image_opts a description
+    std::string format;        // -f; empty: probe
+    bool image_opts = false;
+    bool read_only = true;
+    bool force_share = false;  // -U
+    std::string cache = "writeback";   // -t / -T
+    bool no_backing = false;   // open without the backing chain (backing: null)
+    std::optional<BlockdevAioOptions> aio;   // -i, for file nodes
+    nlohmann::json extra;      // extra top-node options (object) or null
+};
+// Opens an image; on failure prints one line naming the image and the
+// cause and returns nullptr. Prints the probed-raw warning when writable.
+std::unique_ptr<OpenImage> open_img(const OpenArgs &a);
+// The message open_img prints, without printing it.
+std::string open_error_message(const std::string &name, const Error &e);
+
+// ---- progress (-p) ----
+// A progress line on stdout, shown only when stdout is a terminal and
+// enabled: "    (45.12/100%)  123 MiB/s  0:00:07 left", redrawn at most
+// ten times a second, ended with a newline by finish().
+class Progress {
+  public:
+    explicit Progress(bool enabled);
+    ~Progress();
+    // fraction in [0, 1]; bytes_done for the rate (0: no rate shown).
+    void update(double fraction, int64_t bytes_done = 0);
+    void finish();
+    bool active() const { return active_; }
+
+  private:
+    void draw(double fraction, int64_t bytes_done);
+    bool active_ = false;
+    bool finished_ = false;
+    int64_t start_ns_ = 0;
+    int64_t last_ns_ = 0;
+    double last_fraction_ = -1;
+};
+
+// ---- shared image information ----
+// The ImageInfo of one node as qemu-img info prints it (QEMU's field
+// names). Fills what the node and its driver can tell.
+nlohmann::json image_info(BlockNode *node, const std::string &filename);
+void print_image_info_human(const nlohmann::json &info);
+
+// Writes the create options of a format for "-o help" / "-o ?".
+int print_create_options_help(const std::string &format);
+
+// ---- subcommands ----
+int img_create(int argc, char **argv);
+int img_info(int argc, char **argv);
+int img_check(int argc, char **argv);
+int img_convert(int argc, char **argv);
+int img_map(int argc, char **argv);
+int img_compare(int argc, char **argv);
+int img_resize(int argc, char **argv);
+int img_snapshot(int argc, char **argv);
+int img_commit(int argc, char **argv);
+int img_rebase(int argc, char **argv);
+int img_amend(int argc, char **argv);
+int img_measure(int argc, char **argv);
+int img_bench(int argc, char **argv);
+
+}  // namespace img
+}  // namespace bg
