@@ -2,8 +2,10 @@
 #include "block/copy.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 
 #include "util/aio.h"
 #include "util/coroutine-lock.h"
@@ -43,7 +45,7 @@ class CopyRun {
     Status coroutine_fn setup();
     void coroutine_fn run();
     const CopyStats &stats() const { return stats_; }
-    bool failed() const { return failed_; }
+    bool failed() const { return failed_.load(); }
     const Error &error() const { return error_; }
 
   private:
@@ -76,22 +78,28 @@ class CopyRun {
     int64_t cache_start_ = 0, cache_end_ = 0;
     ChunkKind cache_kind_ = ChunkKind::kData;
 
+    bool ordered_ = true;      // writes in chunk order
+    CoMutex write_lock_;       // guards write_seq_
     uint64_t write_seq_ = 0;   // in order: the chunk whose write may go next
     CoQueue write_queue_;
 
-    bool failed_ = false;
+    std::atomic<bool> failed_{false};
+    std::mutex mu_;            // guards error_, stats_, progress_ and progress calls (never held across a yield)
     Error error_;
     CopyStats stats_;
     CopyProgress progress_;
-    int running_ = 0;
+    std::atomic<int> running_{0};
     Coroutine *waiter_ = nullptr;
 };
 
 void CopyRun::fail(Error e)
 {
-    if (!failed_) {
-        failed_ = true;
-        error_ = std::move(e);
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        if (!failed_.load()) {
+            error_ = std::move(e);
+            failed_.store(true);
+        }
     }
     write_queue_.restart_all();
 }
@@ -180,10 +188,9 @@ int CopyRun::plan_status(size_t i, int64_t soff, int64_t max, ChunkKind *kind, i
 bool CopyRun::plan(Chunk *c)
 {
     CoMutexGuard g(plan_lock_);
-    if (failed_ || next_offset_ >= total_) return false;
+    if (failed_.load() || next_offset_ >= total_) return false;
     size_t i = 0;
     while (i + 1 < srcs_.size() && next_offset_ >= src_start_[i] + src_len_[i]) i++;
-    while (src_len_[i] == 0) i++;
     const int64_t src_end = src_start_[i] + src_len_[i];   // destination offset
     const int64_t soff = next_offset_ - src_start_[i];
     int64_t max = std::min(src_end - next_offset_, kMaxNoDataChunk);
@@ -245,6 +252,7 @@ int CopyRun::read_source(const Chunk &c, uint8_t *buf)
                             static_cast<long long>(c.src_offset), s.name.c_str(), std::strerror(-ret)));
             return ret;
         }
+        std::lock_guard<std::mutex> g(mu_);
         stats_.bytes_read += in;
     }
     if (in < c.bytes) std::memset(buf + in, 0, static_cast<size_t>(c.bytes - in));
@@ -276,6 +284,7 @@ int CopyRun::write_data(int64_t offset, int64_t bytes, uint8_t *buf)
                         std::strerror(-ret)));
         return ret;
     }
+    std::lock_guard<std::mutex> g(mu_);
     stats_.bytes_written += bytes;
     return 0;
 }
@@ -283,6 +292,7 @@ int CopyRun::write_data(int64_t offset, int64_t bytes, uint8_t *buf)
 int CopyRun::write_zero_range(int64_t offset, int64_t bytes)
 {
     if (opts_.dest_is_zero) {
+        std::lock_guard<std::mutex> g(mu_);
         stats_.bytes_skipped += bytes;
         return 0;
     }
@@ -292,6 +302,7 @@ int CopyRun::write_zero_range(int64_t offset, int64_t bytes)
                         std::strerror(-ret)));
         return ret;
     }
+    std::lock_guard<std::mutex> g(mu_);
     stats_.bytes_zeroed += bytes;
     return 0;
 }
@@ -299,9 +310,11 @@ int CopyRun::write_zero_range(int64_t offset, int64_t bytes)
 int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
 {
     switch (c.kind) {
-    case ChunkKind::kSkip:
+    case ChunkKind::kSkip: {
+        std::lock_guard<std::mutex> g(mu_);
         stats_.bytes_skipped += c.bytes;
         return 0;
+    }
     case ChunkKind::kZero:
         return write_zero_range(c.dst_offset, c.bytes);
     case ChunkKind::kData:
@@ -314,6 +327,7 @@ int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
             bool same;
             int64_t run = compare_sectors(buf + pos, cmp + pos, c.bytes - pos, &same);
             if (same) {
+                std::lock_guard<std::mutex> g(mu_);
                 stats_.bytes_skipped += run;
             } else {
                 int ret = write_data(c.dst_offset + pos, run, buf + pos);
@@ -375,16 +389,21 @@ void CopyRun::worker()
                 if (read_diff_base(c.dst_offset, c.bytes, cmp.get()) < 0) break;
             }
         }
-        if (!opts_.out_of_order) {
-            while (!failed_ && write_seq_ != c.seq) write_queue_.wait();
-            if (failed_) break;
+        if (ordered_) {
+            write_lock_.lock();
+            while (!failed_.load() && write_seq_ != c.seq) write_queue_.wait(&write_lock_);
+            write_lock_.unlock();
+            if (failed_.load()) break;
         }
         int ret = write_chunk(c, buf.get(), opts_.diff_against ? cmp.get() : nullptr);
-        if (!opts_.out_of_order) {
+        if (ordered_) {
+            write_lock_.lock();
             write_seq_++;
+            write_lock_.unlock();
             write_queue_.restart_all();
         }
         if (ret < 0) break;
+        std::lock_guard<std::mutex> g(mu_);
         progress_.done += c.bytes;
         if (opts_.progress) opts_.progress(progress_);
     }
@@ -394,24 +413,24 @@ void CopyRun::worker_entry(void *opaque)
 {
     auto *run = static_cast<CopyRun *>(opaque);
     run->worker();
-    if (--run->running_ == 0 && run->waiter_) {
-        Coroutine *w = run->waiter_;
-        run->waiter_ = nullptr;
-        coroutine_wake(w);
-    }
+    // The last worker wakes the caller (possibly in another thread).
+    if (run->running_.fetch_sub(1) == 1) aio_co_wake(run->waiter_);
 }
 
 void CopyRun::run()
 {
-    AioContext *ctx = AioContext::current();
-    int n = opts_.max_workers;
-    running_ = n;
-    for (int i = 0; i < n; i++) ctx->co_schedule(coroutine_create(&CopyRun::worker_entry, this));
-    if (running_ > 0) {
-        waiter_ = coroutine_self();
-        coroutine_yield();
+    AioContext *home = AioContext::current();
+    const int n = opts_.max_workers;
+    ordered_ = !opts_.out_of_order && !opts_.compress;
+    waiter_ = coroutine_self();
+    running_.store(n);
+    for (int i = 0; i < n; i++) {
+        AioContext *ctx = opts_.contexts.empty() ? home : opts_.contexts[static_cast<size_t>(i) % opts_.contexts.size()];
+        ctx->co_schedule(coroutine_create(&CopyRun::worker_entry, this));
     }
-    if (!failed_ && opts_.progress) {
+    coroutine_yield();
+    std::lock_guard<std::mutex> g(mu_);
+    if (!failed_.load() && opts_.progress && progress_.done != total_) {
         progress_.done = total_;
         opts_.progress(progress_);
     }

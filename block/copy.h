@@ -24,9 +24,13 @@
 // keeps the destination's allocation sequential as qemu-img does; reads
 // still overlap.
 //
-// Threading model: co_copy() runs in coroutines of the calling thread's
-// AioContext; the backends must belong to it. The sources must not change
-// during the copy (the caller holds the permissions that ensure it).
+// Threading model: co_copy() is called from a coroutine of one thread. The
+// workers run in that thread's AioContext, or spread over
+// CopyOptions::contexts (e.g. iothreads), whose coroutines then issue
+// requests on the same backends concurrently (the block layer allows
+// requests from several threads; CPU-heavy driver work such as compression
+// then runs on several cores). The sources must not change during the copy
+// (the caller holds the permissions that ensure it).
 #pragma once
 
 #include <cstdint>
@@ -63,7 +67,11 @@ struct CopyProgress {
 struct CopyOptions {
     // Coroutines with a request in flight, 1..kCopyMaxWorkers.
     int max_workers = 8;
-    // Writes may complete in any order (qemu-img convert -W).
+    // Writes may complete in any order (qemu-img convert -W). Without it,
+    // each chunk is written after the previous one completed, except with
+    // compress, where a write includes the compression and chunks are
+    // written as soon as they are read so that compression runs in
+    // parallel (compressed clusters are appended to the image anyway).
     bool out_of_order = false;
     // Bytes per chunk (rounded to alignment). 0: 2 MiB.
     int64_t chunk_size = 0;
@@ -86,7 +94,10 @@ struct CopyOptions {
     // destination offset is written (rebase onto a new backing file; past
     // its end it reads as zeros). Compared in 512-byte sectors.
     BlockBackend *diff_against = nullptr;
-    // Called from the copy's coroutines after each chunk (and at the end).
+    // Contexts the workers run in, round robin; empty: the caller's.
+    std::vector<AioContext *> contexts;
+    // Called after each chunk (and at the end), serialised, from whichever
+    // thread completed the chunk.
     std::function<void(const CopyProgress &)> progress;
 };
 

@@ -10,6 +10,9 @@
 #include "qapi/size.h"
 #include "tools/img.h"
 #include "util/aio.h"
+#include "util/iothread.h"
+
+#include <thread>
 
 namespace bg {
 namespace img {
@@ -256,10 +259,26 @@ int img_convert(int argc, char **argv)
         }
         co.chunk_size = cluster;
     }
+    // Compression is CPU work done inside the format driver's write: run
+    // the workers on one iothread per core so that all cores compress.
+    std::vector<std::unique_ptr<IoThread>> iothreads;
+    if (compress) {
+        unsigned n = std::max(1u, std::thread::hardware_concurrency());
+        for (unsigned i = 0; i < n; i++) {
+            Result<std::unique_ptr<IoThread>> t = IoThread::create("convert-" + std::to_string(i));
+            if (!t) {
+                error("%s", t.msg().c_str());
+                return 1;
+            }
+            co.contexts.push_back(t.value()->ctx());
+            iothreads.push_back(std::move(t.value()));
+        }
+    }
     Progress prog(progress);
     prog.update(0);
     co.progress = progress_fn(&prog);
     Result<CopyStats> r = copy_sync(sources, dst->blk.get(), co);
+    iothreads.clear();
     if (!r) {
         error("%s", r.msg().c_str());
         return 1;
