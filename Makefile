@@ -102,7 +102,7 @@ ALL_OBJS := $(LIB_OBJS) $(MAIN_OBJ) $(TEST_OBJS) $(TESTUTIL_OBJS) $(BENCH_OBJS)
 # even if an earlier one failed.  Add e.g. check-conformance here.
 CHECK_TARGETS := check-unit check-integration
 # Targets run, one after another, by "make bench".  Add custom bench-* here.
-BENCH_TARGETS := $(BENCH_PROG_TARGETS)
+BENCH_TARGETS := $(BENCH_PROG_TARGETS) bench-fuse
 
 TEST_TIMEOUT ?= 900
 BENCH_ARGS ?=
@@ -236,6 +236,13 @@ check-integration: $(BIN)
 .PHONY: bench $(BENCH_PROG_TARGETS)
 bench: $(BENCH_BINS)
 	$(Q)for t in $(BENCH_TARGETS); do $(MAKE) $$t || exit 1; done
+
+# FUSE export vs qemu-storage-daemon (and qemu-img bench), interleaved in one
+# run, table of medians and ratios: bench/fuse.sh (root, fio, qemu-storage-daemon;
+# knobs such as ROUNDS, RUNTIME, FORMATS, WORKLOADS are passed on).
+.PHONY: bench-fuse
+bench-fuse: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/fuse.sh
 
 $(BENCH_PROG_TARGETS): bench-%: $(B)/bench/%
 	$(if $(CONFIG_DEBUG)$(CONFIG_ASAN),@echo "  WARNING benchmarking a debug/asan build")

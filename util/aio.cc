@@ -188,6 +188,29 @@ void AioContext::run_fd_handlers()
     }
     dispatching_fds_ = false;
     fd_handlers_.remove_if([](const FdHandler &h) { return h.deleted; });
+    run_ready();
+}
+
+void AioContext::run_ready()
+{
+    while (!ready_.empty()) {
+        ready_run_.swap(ready_);
+        AioContext *saved = t_current;
+        t_current = this;
+        coroutine_enter_batch(ready_run_.data(), ready_run_.size());
+        t_current = saved;
+        ready_run_.clear();
+    }
+}
+
+void AioContext::co_enter_batched(Coroutine *co)
+{
+    if (!dispatching_fds_) {
+        co_enter(co);
+        return;
+    }
+    coroutine_set_context(co, this);
+    ready_.push_back(co);
 }
 
 // ---------------------------------------------------------------- bottom halves

@@ -122,6 +122,17 @@ struct ThreadState {
     Coroutine *pool = nullptr;
     size_t pool_size = 0;
     CoroutineStats stats;
+    // coroutine_enter_batch(): while a chain runs, the coroutines still to
+    // enter (linked through wake_next, wake_pending set) and the one that
+    // started the chain. A chain member that yields or terminates with
+    // chain_origin as its caller switches straight to the next one.
+    bool chain_active = false;
+    Coroutine *chain_origin = nullptr;
+    Coroutine *chain_head = nullptr;
+    Coroutine *chain_tail = nullptr;
+    // A terminated coroutine that switched away from its own stack and must
+    // be recycled by whoever runs next (never by itself: it is on that stack).
+    Coroutine *to_release = nullptr;
     // Where a new stack returns to after its first switch.
     ucontext_t creator_uc;
 #if !BG_ASM_SWITCH
@@ -190,6 +201,19 @@ inline void asan_start(Coroutine *, Coroutine *, bool) {}
 inline void asan_finish(Coroutine *) {}
 #endif
 
+void release(Coroutine *co);
+
+// Back on our own stack after a switch: recycle a chain member that
+// terminated and handed over to the coroutine that switched to us.
+inline void release_pending()
+{
+    ThreadState &s = ts();
+    if (Coroutine *r = s.to_release) {
+        s.to_release = nullptr;
+        release(r);
+    }
+}
+
 // The one place a switch happens. noinline: the compiler must not cache
 // thread_local addresses across it (a coroutine never changes thread here,
 // but keep the switch opaque all the same).
@@ -205,6 +229,31 @@ __attribute__((noinline)) void switch_to(Coroutine *from, Coroutine *to, bool fr
     if (sigsetjmp(from->env, 0) == 0) siglongjmp(to->env, 1);
 #endif
     asan_finish(from);
+    release_pending();
+}
+
+// In a chain (coroutine_enter_batch), the coroutine to run after self gives
+// up the CPU with caller as its caller, or nullptr to return to caller. Wake-ups
+// self queued run first (as coroutine_enter would run them), then the rest of
+// the chain.
+Coroutine *chain_next(ThreadState &s, Coroutine *self, Coroutine *caller)
+{
+    if (!s.chain_active || caller != s.chain_origin) return nullptr;
+    if (self->wake_head) {
+        self->wake_tail->wake_next = s.chain_head;
+        if (!s.chain_head) s.chain_tail = self->wake_tail;
+        s.chain_head = self->wake_head;
+        self->wake_head = self->wake_tail = nullptr;
+    }
+    Coroutine *next = s.chain_head;
+    if (!next) return nullptr;
+    s.chain_head = next->wake_next;
+    if (!s.chain_head) s.chain_tail = nullptr;
+    next->wake_next = nullptr;
+    next->wake_pending = false;
+    next->caller = caller;
+    next->state = CoState::kRunning;
+    return next;
 }
 
 #if BG_ASM_SWITCH
@@ -234,12 +283,20 @@ void trampoline(int hi, int lo)
     if (sigsetjmp(co->env, 0) == 0) siglongjmp(ts().creator_env, 1);
 #endif
     asan_finish(co);
+    // A new coroutine may be the next of a chain whose previous member
+    // terminated.
+    release_pending();
     for (;;) {
         co->entry(co->opaque);
         co->state = CoState::kTerminated;
         Coroutine *caller = co->caller;
+        ThreadState &s = ts();
+        Coroutine *next = chain_next(s, co, caller);
+        // In a chain nobody returns into coroutine_enter() for us: whoever
+        // runs next recycles this coroutine.
+        if (s.chain_active && caller == s.chain_origin) s.to_release = co;
         // Once a finished coroutine is re-entered from the pool we come back here.
-        switch_to(co, caller, false);
+        switch_to(co, next ? next : caller, false);
     }
 }
 
@@ -365,7 +422,52 @@ void coroutine_yield()
     Coroutine *caller = self->caller;
     self->caller = nullptr;
     self->state = CoState::kYielded;
-    switch_to(self, caller, false);
+    Coroutine *next = chain_next(s, self, caller);
+    switch_to(self, next ? next : caller, false);
+}
+
+bool coroutine_chain_last()
+{
+    ThreadState &s = ts();
+    Coroutine *self = s.current;
+    return s.chain_active && self != &s.leader && self->caller == s.chain_origin && !s.chain_head &&
+           !self->wake_head;
+}
+
+void coroutine_enter_batch(Coroutine *const *cos, size_t n)
+{
+    ThreadState &s = ts();
+    if (n == 0) return;
+    if (s.chain_active) {
+        for (size_t i = 0; i < n; i++) coroutine_enter(cos[i]);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        Coroutine *co = cos[i];
+        if (co->state != CoState::kFresh && co->state != CoState::kYielded)
+            die("coroutine_enter_batch: coroutine is running or has terminated");
+        if (co->wake_pending) die("coroutine_enter_batch: coroutine is queued for a wake-up already");
+    }
+    // cos[1..n) wait in the chain; cos[0] runs first.
+    for (size_t i = 1; i < n; i++) {
+        Coroutine *co = cos[i];
+        co->wake_pending = true;
+        co->wake_next = nullptr;
+        if (s.chain_tail) s.chain_tail->wake_next = co;
+        else s.chain_head = co;
+        s.chain_tail = co;
+    }
+    Coroutine *self = s.current;
+    s.chain_active = true;
+    s.chain_origin = self;
+    Coroutine *first = cos[0];
+    first->caller = self;
+    first->state = CoState::kRunning;
+    switch_to(self, first, false);
+    // The last coroutine of the chain came back (switch_to recycled it if
+    // it terminated); the chain is empty.
+    s.chain_active = false;
+    s.chain_origin = nullptr;
 }
 
 void coroutine_wake(Coroutine *co)

@@ -42,6 +42,21 @@ Coroutine *coroutine_create_fn(F &&fn);
 // is returned to the pool before this returns; do not touch it afterwards.
 void coroutine_enter(Coroutine *co);
 
+// Enters cos[0..n) in order, as coroutine_enter() on each one would, but as
+// one chain: when a coroutine of the chain yields or terminates it switches
+// straight to the next one instead of back to the caller (one switch per
+// hand-over instead of two); the last one returns here. Wake-ups a member
+// queues run right after it, before the rest. Each must be fresh or yielded
+// and not queued for a wake-up. Inside a running chain it enters them one
+// at a time instead. Returns when every one has yielded or terminated.
+void coroutine_enter_batch(Coroutine *const *cos, size_t n);
+
+// True in the last coroutine of a running chain (coroutine_enter_batch)
+// when nothing else waits in it: once it yields, its caller (the event loop)
+// runs next. I/O backends use it to submit at once instead of at the end of
+// the loop round, which comes next anyway.
+bool coroutine_chain_last();
+
 // Returns to whoever entered the current coroutine. REQUIRES in_coroutine().
 void coroutine_fn coroutine_yield();
 

@@ -33,6 +33,7 @@ class UringBackend final : public IoBackend {
     bool prep(IoRequest *req);
     void flush();
     void reap();
+    void reap_cq();
     void finish(IoRequest *req);
     static void on_readable(void *opaque) { static_cast<UringBackend *>(opaque)->reap(); }
     static void on_prepare(void *opaque) { static_cast<UringBackend *>(opaque)->flush(); }
@@ -136,10 +137,20 @@ void UringBackend::finish(IoRequest *req)
 {
     req->completed = true;
     stats_.requests++;
-    if (req->co) coroutine_wake(req->co);
+    if (!req->co || req->co == coroutine_self()) return;   // our own, reaped in co_run()
+    // From the loop: every coroutine completed in this round is entered in
+    // one chain after the fd handlers (with the new FUSE requests, say).
+    if (in_coroutine()) coroutine_wake(req->co);
+    else ctx_->co_enter_batched(req->co);
 }
 
 void UringBackend::reap()
+{
+    reap_cq();
+    flush();
+}
+
+void UringBackend::reap_cq()
 {
     for (;;) {
         IoRequest *reqs[kReapBatch];
@@ -172,7 +183,6 @@ void UringBackend::reap()
             }
         }
     }
-    flush();
 }
 
 int64_t UringBackend::co_run(IoRequest *req) noexcept
@@ -183,6 +193,14 @@ int64_t UringBackend::co_run(IoRequest *req) noexcept
         abort();
     }
     submit(req);
+    if (coroutine_chain_last() && !wait_head_) {
+        // Nothing else runs before the loop would submit this: submit now,
+        // and if the kernel completed it inline (page-cache hits do) go on
+        // without yielding. Other completions found here wake their
+        // coroutines after this one yields or terminates.
+        flush();
+        reap_cq();
+    }
     while (!req->completed) coroutine_yield();
     return req->result;
 }

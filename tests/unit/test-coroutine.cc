@@ -573,6 +573,129 @@ END_TEST
 
 // ---------------------------------------------------------------- suite
 
+// ---------------------------------------------------------------- chains
+
+// A chain enters its members in order; each hands over to the next with one
+// switch; yielded members can be entered again later; terminated ones are
+// recycled (the pool grows back).
+START_TEST(test_batch_order_and_switches)
+{
+    g_events.clear();
+    Coroutine *a = coroutine_create_fn([] {
+        ev("a1");
+        coroutine_yield();
+        ev("a2");
+    });
+    Coroutine *b = coroutine_create_fn([] { ev("b"); });
+    Coroutine *c = coroutine_create_fn([] {
+        ev("c1");
+        coroutine_yield();
+        ev("c2");
+    });
+    Coroutine *cos[] = {a, b, c};
+    uint64_t sw0 = coroutine_stats().switches;
+    coroutine_enter_batch(cos, 3);
+    ev("m");
+    // main -> a -> b -> c -> main: 4 switches, not 6.
+    ck_assert_uint_eq(coroutine_stats().switches - sw0, 4);
+    ck_assert_events("a1 b c1 m");
+    ck_assert(!in_coroutine());
+    Coroutine *again[] = {c, a};
+    coroutine_enter_batch(again, 2);
+    ck_assert_events("a1 b c1 m c2 a2");
+    // Recycled: new coroutines come from the pool without mapping stacks.
+    uint64_t mapped = coroutine_stats().stacks_mapped;
+    for (int i = 0; i < 3; i++) {
+        Coroutine *x = coroutine_create_fn([] {});
+        coroutine_enter(x);
+    }
+    ck_assert_uint_eq(coroutine_stats().stacks_mapped, mapped);
+}
+END_TEST
+
+// Wake-ups a member queues run right after it, before the rest of the chain.
+START_TEST(test_batch_wakeups_run_next)
+{
+    g_events.clear();
+    Coroutine *w = coroutine_create_fn([] {
+        ev("w1");
+        coroutine_yield();
+        ev("w2");
+    });
+    coroutine_enter(w);
+    Coroutine *a = coroutine_create_fn([w] {
+        ev("a");
+        coroutine_wake(w);
+        ev("a-after-wake");
+    });
+    Coroutine *b = coroutine_create_fn([] { ev("b"); });
+    Coroutine *cos[] = {a, b};
+    coroutine_enter_batch(cos, 2);
+    ck_assert_events("w1 a a-after-wake w2 b");
+}
+END_TEST
+
+// A member may enter other coroutines itself (and even start a nested
+// batch, which then runs one at a time); they return to it, not to the chain.
+START_TEST(test_batch_nested_enter)
+{
+    g_events.clear();
+    Coroutine *inner = coroutine_create_fn([] {
+        ev("i1");
+        coroutine_yield();
+        ev("i2");
+    });
+    Coroutine *a = coroutine_create_fn([inner] {
+        ev("a1");
+        coroutine_enter(inner);
+        ev("a2");
+        Coroutine *n1 = coroutine_create_fn([] { ev("n1"); });
+        Coroutine *n2 = coroutine_create_fn([] { ev("n2"); });
+        Coroutine *nested[] = {n1, n2};
+        coroutine_enter_batch(nested, 2);
+        ev("a3");
+        coroutine_yield();
+        ev("a4");
+    });
+    Coroutine *b = coroutine_create_fn([] { ev("b"); });
+    Coroutine *cos[] = {a, b};
+    coroutine_enter_batch(cos, 2);
+    ck_assert_events("a1 i1 a2 n1 n2 a3 b");
+    coroutine_enter(inner);
+    coroutine_enter(a);
+    ck_assert_events("a1 i1 a2 n1 n2 a3 b i2 a4");
+}
+END_TEST
+
+// coroutine_chain_last() is true only in the last member with nothing queued.
+START_TEST(test_batch_chain_last)
+{
+    std::vector<int> seen;
+    Coroutine *a = coroutine_create_fn([&seen] { seen.push_back(coroutine_chain_last()); });
+    Coroutine *b = coroutine_create_fn([&seen] { seen.push_back(coroutine_chain_last()); });
+    Coroutine *cos[] = {a, b};
+    coroutine_enter_batch(cos, 2);
+    Coroutine *c = coroutine_create_fn([&seen] { seen.push_back(coroutine_chain_last()); });
+    coroutine_enter(c);
+    ck_assert(!coroutine_chain_last());
+    ck_assert_uint_eq(seen.size(), 3);
+    ck_assert_int_eq(seen[0], 0);
+    ck_assert_int_eq(seen[1], 1);
+    ck_assert_int_eq(seen[2], 0);   // not in a chain
+}
+END_TEST
+
+START_TEST(test_batch_running_member_aborts)
+{
+    Coroutine *a = coroutine_create_fn([] {
+        Coroutine *self = coroutine_self();
+        Coroutine *cos[] = {self};
+        coroutine_enter_batch(cos, 1);   // entering itself: running
+    });
+    coroutine_enter(a);
+}
+END_TEST
+
 static Suite *coroutine_suite()
 {
     Suite *s = suite_create("coroutine");
@@ -614,6 +737,15 @@ static Suite *coroutine_suite()
     tcase_add_test(tc, test_wake_on_terminate_fifo);
     tcase_add_test(tc, test_wake_from_outside_immediate);
     tcase_add_test(tc, test_wake_nested);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("chain");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_batch_order_and_switches);
+    tcase_add_test(tc, test_batch_wakeups_run_next);
+    tcase_add_test(tc, test_batch_nested_enter);
+    tcase_add_test(tc, test_batch_chain_last);
+    tcase_add_test_raise_signal(tc, test_batch_running_member_aborts, SIGABRT);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("create");

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# bench/fuse.sh -- blockgraph daemon vs qemu-storage-daemon through FUSE,
+# side by side in one run (make bench-fuse; never part of make check).
+#
+# For every format and workload, each round runs every configuration once,
+# one after another (A, B, C, A, B, C, ...), each with a fresh image and a
+# fresh daemon, through the shared harness (../shared/bench/fuse_fio.sh,
+# native_fio.sh), then prints a table of medians and ratios.
+#
+# Configurations:
+#   qsd       qemu-storage-daemon, the issue's command line (writable=on)
+#   bg        blockgraph daemon, the same command line
+#   bg-pt     blockgraph daemon, same line plus growable=on on the export: on
+#             raw images this is where FUSE passthrough is used (raw formats only)
+#   native    fio on the image file itself, no FUSE (raw formats only)
+# and, when `blockgraph img bench` exists, `qemu-img bench` against it
+# (../shared/bench/qemu_img_bench.sh, depth 64, 4k, io_uring, cache none).
+#
+# Environment:
+#   BLOCKGRAPH   the binary (default: build/blockgraph next to this script)
+#   HARNESS      the shared harness directory (default ../shared/bench)
+#   ROUNDS       runs per configuration (default 3); the table shows medians
+#   RUNTIME RAMP fio seconds per run (default 10 / 2)
+#   WORKLOADS    harness workload names (default: the issue 9 set)
+#   FORMATS      default "qcow2 qcow2-filled raw-filled"
+#   CONFIGS      default "qsd bg bg-pt native"
+#   IMG_BENCH    0 skips the img bench part (default 1)
+#   OUT          directory for the raw result lines (default $WORKDIR/results)
+#   WORKDIR      scratch directory (default /var/tmp/blockgraph-bench)
+#   QUIET_WAIT   seconds to wait for a quiet host before each run (default 20)
+# Exit status: 0 when every run succeeded, 1 otherwise.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+SRC=$(cd "$HERE/.." && pwd)
+: "${BLOCKGRAPH:=$SRC/build/blockgraph}"
+: "${HARNESS:=$(cd "$SRC/.." && pwd)/shared/bench}"
+: "${ROUNDS:=3}"
+: "${RUNTIME:=10}"
+: "${RAMP:=2}"
+: "${WORKLOADS:=randrw-4k-qd1 randrw-4k-qd1-direct randrw-4k-qd64 randrw-4k-qd64-direct seqread-1m-qd16-direct seqwrite-1m-qd16-direct}"
+: "${FORMATS:=qcow2 qcow2-filled raw-filled}"
+: "${CONFIGS:=qsd bg bg-pt native}"
+: "${IMG_BENCH:=1}"
+: "${WORKDIR:=/var/tmp/blockgraph-bench}"
+: "${QUIET_WAIT:=20}"
+: "${OUT:=$WORKDIR/results}"
+export RUNTIME RAMP WORKDIR QUIET_WAIT
+
+die() { echo "bench/fuse.sh: $*" >&2; exit 1; }
+[ -x "$BLOCKGRAPH" ] || die "blockgraph binary '$BLOCKGRAPH' not found (build it, or set BLOCKGRAPH)"
+[ -x "$HARNESS/fuse_fio.sh" ] || die "benchmark harness not found in '$HARNESS' (set HARNESS)"
+command -v fio >/dev/null || die "fio is not installed"
+command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon is not installed"
+BLOCKGRAPH=$(realpath "$BLOCKGRAPH")
+
+mkdir -p "$WORKDIR" "$OUT"
+STAMP=$(date +%Y%m%d-%H%M%S)
+LINES=$OUT/fuse-$STAMP.kv
+: >"$LINES"
+
+# Wrappers taking qemu-storage-daemon's command line.
+BG_WRAP=$WORKDIR/bg
+PT_WRAP=$WORKDIR/bg-pt
+printf '#!/bin/sh\nexec %s daemon --stats "$@"\n' "$BLOCKGRAPH" >"$BG_WRAP"
+cat >"$PT_WRAP" <<EOF
+#!/bin/bash
+# blockgraph daemon with growable=on added to every --export (passthrough)
+args=()
+for a in "\$@"; do
+    case \$a in type=fuse,*) a="\$a,growable=on" ;; esac
+    args+=("\$a")
+done
+exec $BLOCKGRAPH daemon --stats "\${args[@]}"
+EOF
+chmod +x "$BG_WRAP" "$PT_WRAP"
+
+is_raw() { case $1 in raw*) return 0 ;; esac; return 1; }
+
+run_config() { # CONFIG FORMAT WORKLOAD -> result line on stdout
+    local c=$1 f=$2 w=$3
+    case $c in
+        qsd) WORKLOADS=$w LABEL=qsd "$HARNESS/fuse_fio.sh" qsd "$f" ;;
+        bg) WORKLOADS=$w LABEL=bg "$HARNESS/fuse_fio.sh" "$BG_WRAP" "$f" ;;
+        bg-pt) WORKLOADS=$w LABEL=bg-pt "$HARNESS/fuse_fio.sh" "$PT_WRAP" "$f" ;;
+        native) WORKLOADS=$w LABEL=native "$HARNESS/native_fio.sh" "$f" ;;
+        *) die "unknown configuration '$c'" ;;
+    esac
+}
+
+status=0
+echo "bench/fuse.sh: $(nproc) CPUs, kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" >&2
+echo "bench/fuse.sh: rounds=$ROUNDS runtime=${RUNTIME}s formats=[$FORMATS] configs=[$CONFIGS]" >&2
+for f in $FORMATS; do
+    for w in $WORKLOADS; do
+        for ((r = 1; r <= ROUNDS; r++)); do
+            for c in $CONFIGS; do
+                if [ "$c" = bg-pt ] || [ "$c" = native ]; then is_raw "$f" || continue; fi
+                echo "[$(date +%T)] $f $w round $r/$ROUNDS: $c" >&2
+                if line=$(run_config "$c" "$f" "$w" 2>"$WORKDIR/last.err"); then
+                    echo "$line" | tee -a "$LINES" >&2
+                else
+                    echo "  run failed: $c $f $w (see below)" >&2
+                    tail -5 "$WORKDIR/last.err" >&2
+                    status=1
+                fi
+                # Per-request counters of our daemon (from --stats at exit).
+                grep -h 'per read/write request' "$WORKDIR/last.err" | sed "s/^ *daemon: */    $c: /" >&2 || true
+                grep -h 'passthrough:' "$WORKDIR/last.err" | sed "s/^ *daemon: */    $c: /" >&2 || true
+            done
+        done
+    done
+done
+
+echo
+echo "## FUSE: medians of $ROUNDS interleaved runs ($(nproc) CPUs, kernel $(uname -r))"
+echo "rand* = total IOPS (read+write), seq* = MiB/s"
+python3 - "$LINES" <<'EOF'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
+    if kv.get("fio_rc") != "0":
+        continue
+    w = kv["workload"]
+    try:
+        if w.startswith("seq"):
+            v = (float(kv["read_bw_kib"]) + float(kv["write_bw_kib"])) / 1024
+        else:
+            v = float(kv["read_iops"]) + float(kv["write_iops"])
+    except (KeyError, ValueError):
+        continue
+    rows.setdefault((kv["format"], w), {}).setdefault(kv["daemon"], []).append(v)
+cfgs = ["qsd", "bg", "bg-pt", "native"]
+print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg-pt/native | bg/native |")
+print("|---|---|" + "---|" * (len(cfgs) + 3))
+def med(d, c):
+    return statistics.median(d[c]) if c in d else None
+def fmt(v):
+    if v is None: return "-"
+    return "%.1fk" % (v / 1000) if v >= 10000 else "%.0f" % v
+def ratio(a, b):
+    return "%.2f" % (a / b) if a is not None and b else "-"
+for (f, w), d in sorted(rows.items()):
+    m = {c: med(d, c) for c in cfgs}
+    print("| %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
+          ratio(m["bg"], m["qsd"]), ratio(m["bg-pt"], m["native"]), ratio(m["bg"], m["native"])))
+EOF
+echo "raw result lines: $LINES"
+
+if [ "$IMG_BENCH" = 1 ]; then
+    if "$BLOCKGRAPH" img bench --help >/dev/null 2>&1; then
+        IMG_WRAP=$WORKDIR/bg-img
+        printf '#!/bin/sh\nexec %s img "$@"\n' "$BLOCKGRAPH" >"$IMG_WRAP"
+        chmod +x "$IMG_WRAP"
+        echo
+        echo "## img bench (no FUSE): qemu-img vs blockgraph img, depth 64, 4k, io_uring, cache none"
+        "$HARNESS/qemu_img_bench.sh" --rounds "$ROUNDS" --formats "raw-filled qcow2-filled" qemu-img "$IMG_WRAP" \
+            2>"$WORKDIR/img-bench.err" | tee "$OUT/img-bench-$STAMP.kv" | grep -iE 'ratio|median' || status=1
+    else
+        echo
+        echo "## img bench: skipped ('$BLOCKGRAPH img bench' does not exist in this build)"
+    fi
+fi
+exit "$status"
