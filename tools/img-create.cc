@@ -343,7 +343,13 @@ int img_snapshot(int argc, char **argv)
     case kNone:
     case kList: {
         Result<std::vector<SnapshotInfo>> l = node->snapshot_list();
-        if (!l || l.value().empty()) return 0;
+        if (!l) {
+            // A format without internal snapshots has none to list.
+            if (l.err() == ENOTSUP) return 0;
+            error("Could not list snapshots of '%s': %s", oa.name.c_str(), l.msg().c_str());
+            return 1;
+        }
+        if (l.value().empty()) return 0;
         std::printf("Snapshot list:\n");
         std::printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
         for (const SnapshotInfo &s : l.value()) {

@@ -1,4 +1,5 @@
 // tools/img-info.cc -- "blockgraph img info", "check" and "measure".
+#include <algorithm>
 #include <cinttypes>
 #include <cstring>
 #include <ctime>
@@ -39,9 +40,28 @@ json info_value_to_json(const InfoValue &v)
 
 void dump_info_value(int indent, const InfoValue &v);
 
+// QEMU prints a QDict in the order of its hash table: buckets by the tdb
+// hash of the key modulo 512, the most recently added entry first within a
+// bucket. The human dump follows that order so it reads the same.
+unsigned qdict_bucket(const std::string &key)
+{
+    uint32_t v = 0x238F13AFu * static_cast<uint32_t>(key.size());
+    for (size_t i = 0; i < key.size(); i++) {
+        v += static_cast<uint32_t>(static_cast<unsigned char>(key[i])) << (i * 5 % 24);
+    }
+    return (1103515243u * v + 12345u) % 512u;
+}
+
 void dump_info_dict(int indent, const InfoValue &v)
 {
-    for (const auto &[k, e] : v.dict) {
+    std::vector<size_t> order(v.dict.size());
+    for (size_t i = 0; i < order.size(); i++) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+        unsigned ba = qdict_bucket(v.dict[a].first), bb = qdict_bucket(v.dict[b].first);
+        return ba != bb ? ba < bb : a > b;
+    });
+    for (size_t idx : order) {
+        const auto &[k, e] = v.dict[idx];
         std::string key = k;
         for (char &ch : key) {
             if (ch == '-') ch = ' ';

@@ -1,0 +1,200 @@
+#!/bin/bash
+# tests/integration/img-convert.sh -- "blockgraph img convert" and "compare".
+#
+# convert: sources made by qemu-img (raw with data, zeros and holes; qcow2
+# with zero, compressed and extended-L2 clusters; a backing chain) to raw,
+# qcow2 and compressed qcow2, with -W, -m, -S, -n, -B, -t/-T and several
+# sources concatenated. Every output must be identical to its source for
+# "qemu-img compare" and clean for "qemu-img check"; sparseness is judged
+# with "qemu-img map". compare: the verdict, message and exit code are
+# qemu-img's. -p: a progress line on a pseudo-terminal, nothing on a pipe.
+. "$(dirname "$0")/img-lib.sh"
+
+# ---- sources
+q qemu-img create -q -f raw src.raw 24M
+q qemu-io -f raw -c 'write -P 0x11 0 3M' -c 'write -P 0 4M 1M' -c 'write -P 0x12 6M 4k' -c 'write -P 0x13 20M 2M' src.raw
+q qemu-img create -q -f qcow2 src.qcow2 24M
+q qemu-io -c 'write -P 0x21 0 1M' -c 'write -z 1M 1M' -c 'write -c -P 0x22 3M 128k' -c 'write -P 0x23 23M 1M' src.qcow2
+q qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k src-ext.qcow2 8M
+q qemu-io -c 'write -P 0x31 4k 4k' -c 'write -P 0x32 1M 68k' src-ext.qcow2
+q qemu-img create -q -f qcow2 base.qcow2 16M
+q qemu-io -c 'write -P 0x41 0 8M' base.qcow2
+q qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2 16M
+q qemu-io -c 'write -P 0x42 2M 1M' -c 'write -z 5M 1M' overlay.qcow2
+
+# convert SRC... -- OPTS: runs our convert and judges the result.
+n=0
+check_convert() {
+    local desc=$1 fmt=$2 srcfmt=$3 src=$4
+    shift 4
+    n=$((n + 1))
+    local out=out$n.$fmt
+    if ! "$B" img convert "$@" -O "$fmt" "$src" "$out" >conv.out 2>conv.err; then
+        bad "$desc: convert failed: $(cat conv.err)"
+        return
+    fi
+    same_data "$desc" "$src" "$out" "$srcfmt" "$fmt"
+    [ "$fmt" = qcow2 ] && qemu_accepts "$desc" "$out"
+    LAST_OUT=$out
+}
+
+for src in src.raw src.qcow2 src-ext.qcow2 overlay.qcow2; do
+    sf=${src##*.}
+    check_convert "$src -> raw" raw "$sf" "$src" -f "$sf"
+    check_convert "$src -> qcow2" qcow2 "$sf" "$src" -f "$sf"
+    check_convert "$src -> qcow2 -c" qcow2 "$sf" "$src" -f "$sf" -c
+    check_convert "$src -> raw -W -m 16" raw "$sf" "$src" -W -m 16
+    check_convert "$src -> qcow2 -m 1 -S 64k" qcow2 "$sf" "$src" -m 1 -S 64k
+done
+check_convert "src.raw -> qcow2 -c -W" qcow2 raw src.raw -f raw -c -W
+check_convert "src.raw -> qcow2 -o cluster_size=4k,compat=0.10" qcow2 raw src.raw -f raw -o cluster_size=4k,compat=0.10
+check_convert "src.qcow2 -> raw -t none -T none" raw qcow2 src.qcow2 -t none -T none
+check_convert "src.qcow2 -> qcow2 -q" qcow2 qcow2 src.qcow2 -q
+
+# Sparseness: holes and zero runs of the source are not written.
+"$B" img convert -f raw -O raw src.raw sparse.raw
+if qemu-img map --output=json -f raw sparse.raw | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+data = sum(e["length"] for e in m if e["data"])
+# 3M + 4k + 2M of non-zero data; the zero-filled 4M..5M is not data.
+sys.exit(0 if data <= (5 << 20) + (1 << 20) and data >= (5 << 20) else 1)'; then
+    ok "convert is sparse by default"
+else
+    bad "convert is not sparse: $(qemu-img map --output=json -f raw sparse.raw)"
+fi
+"$B" img convert -S 0 -f raw -O raw src.raw full.raw
+if qemu-img map --output=json -f raw full.raw | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+sys.exit(0 if all(e["data"] for e in m) else 1)'; then
+    ok "convert -S 0 allocates everything"
+else
+    bad "convert -S 0 left holes"
+fi
+same_data "-S 0" src.raw full.raw raw raw
+"$B" img convert -f raw -O qcow2 -c src.raw comp.qcow2
+if qemu-img check comp.qcow2 | grep -q "[1-9][0-9.]*% compressed clusters"; then
+    ok "convert -c writes compressed clusters"
+else
+    bad "convert -c: $(qemu-img check comp.qcow2)"
+fi
+if "$B" img map --output=json comp.qcow2 | grep -q '"compressed": true'; then
+    ok "map reports compressed clusters"
+else
+    bad "map shows no compressed clusters"
+fi
+
+# Several sources, concatenated.
+"$B" img convert -O raw src.raw src.qcow2 src-ext.qcow2 cat.raw
+qemu-img convert -O raw src.raw src.qcow2 src-ext.qcow2 cat-qemu.raw
+if cmp -s cat.raw cat-qemu.raw; then ok "three sources concatenated as qemu-img does"; else bad "concatenation differs"; fi
+
+# -n: into an existing image (qemu-img made), which is not recreated.
+q qemu-img create -q -f qcow2 existing.qcow2 24M
+q qemu-io -c 'write -P 0x99 0 24M' existing.qcow2
+"$B" img convert -n -O qcow2 src.qcow2 existing.qcow2
+same_data "-n into a dirty target (zeros written)" src.qcow2 existing.qcow2 qcow2 qcow2
+qemu_accepts "-n" existing.qcow2
+q qemu-img create -q -f qcow2 tiny.qcow2 1M
+expect_rc "-n into a too small target" 1 "$B" img convert -n -O qcow2 src.qcow2 tiny.qcow2
+
+# -B: only the overlay's own clusters, on top of a backing file.
+"$B" img convert -O qcow2 -B base.qcow2 -F qcow2 overlay.qcow2 rebased.qcow2
+same_data "-B backing" overlay.qcow2 rebased.qcow2 qcow2 qcow2
+qemu_accepts "-B" rebased.qcow2
+if [ "$(qemu-img info --output=json rebased.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin).get("backing-filename"))')" = base.qcow2 ]; then
+    ok "-B records the backing file"
+else
+    bad "-B: $(qemu-img info rebased.qcow2)"
+fi
+size_b=$(stat -c %s rebased.qcow2)
+size_full=$(stat -c %s out2.qcow2 2>/dev/null || echo 0)
+[ "$size_b" -lt $((8 << 20)) ] && ok "-B copies only the overlay's data ($size_b bytes)" || bad "-B image is $size_b bytes"
+
+# errors
+expect_rc "-m 17" 1 "$B" img convert -m 17 src.raw x.raw
+expect_rc "-S 100" 1 "$B" img convert -S 100 src.raw x.raw
+expect_rc "missing source" 1 "$B" img convert nosuch.raw x.raw
+expect_rc "-c to raw" 1 "$B" img convert -c -O raw src.raw x.raw
+expect_rc "unknown output format" 1 "$B" img convert -O vhdx src.raw x.raw
+expect_rc "bad -t" 1 "$B" img convert -t bogus src.raw x.raw
+
+# ---- compare: verdicts, messages and exit codes as qemu-img's
+cp src.raw same.raw
+cp src.raw diff.raw
+q qemu-io -f raw -c 'write -P 0x77 6M 512' diff.raw
+cp src.raw late.raw
+q qemu-io -f raw -c 'write -P 0x78 22M 1' late.raw
+q qemu-img create -q -f raw longer.raw 30M
+q qemu-img convert -n -f raw -O raw src.raw longer.raw
+cp longer.raw longer-dirty.raw
+q qemu-io -f raw -c 'write -P 1 29M 4k' longer-dirty.raw
+for pair in "src.raw same.raw" "src.raw diff.raw" "src.raw late.raw" "src.raw src.qcow2" "src.raw longer.raw" \
+    "longer-dirty.raw src.raw" "overlay.qcow2 rebased.qcow2" "src.qcow2 out2.qcow2"; do
+    for strict in "" "-s"; do
+        # shellcheck disable=SC2086
+        "$B" img compare $strict $pair >ours.out 2>ours.err
+        orc=$?
+        # shellcheck disable=SC2086
+        qemu-img compare $strict $pair >qemu.out 2>qemu.err
+        qrc=$?
+        if [ $orc = $qrc ] && diff -q ours.out qemu.out >/dev/null; then
+            ok "compare $strict $pair: exit $orc, $(head -c 60 ours.out | tr '\n' ' ')"
+        else
+            bad "compare $strict $pair: ours exit $orc '$(cat ours.out ours.err)', qemu-img exit $qrc '$(cat qemu.out qemu.err)'"
+        fi
+    done
+done
+expect_rc "compare with a missing file" 2 "$B" img compare src.raw nosuch.raw
+expect_rc "compare -q identical" 0 "$B" img compare -q src.raw same.raw
+[ ! -s last.out ] && ok "compare -q prints nothing" || bad "compare -q printed $(cat last.out)"
+
+# ---- -p: a progress line on a terminal only
+python3 - "$B" >pty.out <<'EOF'
+import os, pty, sys
+b = sys.argv[1]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(b, [b, "img", "convert", "-p", "-O", "raw", "src.qcow2", "pty.raw"])
+out = b""
+while True:
+    try:
+        d = os.read(fd, 4096)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+_, st = os.waitpid(pid, 0)
+sys.stdout.write(repr(out) + "\n" + str(os.waitstatus_to_exitcode(st)) + "\n")
+EOF
+if grep -q '(100.00/100%)' pty.out && grep -q '(0.00/100%)' pty.out && grep -q '\\r' pty.out && tail -1 pty.out | grep -qx 0; then
+    ok "-p on a terminal shows percent and redraws: $(head -c 120 pty.out)"
+else
+    bad "-p on a terminal: $(cat pty.out)"
+fi
+same_data "-p output" src.qcow2 pty.raw qcow2 raw
+"$B" img convert -p -O raw src.qcow2 pipe.raw >pipe.out
+[ ! -s pipe.out ] && ok "-p on a pipe prints nothing" || bad "-p on a pipe printed $(cat pipe.out)"
+python3 - "$B" >pty2.out <<'EOF'
+import os, pty, sys
+b = sys.argv[1]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(b, [b, "img", "compare", "-p", "src.raw", "same.raw"])
+out = b""
+while True:
+    try:
+        d = os.read(fd, 4096)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+os.waitpid(pid, 0)
+print(repr(out))
+EOF
+grep -q '(100.00/100%)' pty2.out && grep -q 'Images are identical' pty2.out && ok "compare -p on a terminal" || bad "compare -p: $(cat pty2.out)"
+
+finish
