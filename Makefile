@@ -237,6 +237,14 @@ check-integration: $(BIN)
 bench: $(BENCH_BINS)
 	$(Q)for t in $(BENCH_TARGETS); do $(MAKE) $$t || exit 1; done
 
+# blockgraph img vs qemu-img in one run: convert qcow2->raw, raw->qcow2 and
+# raw->qcow2 -c on a 2 GiB image of mixed data and holes, and bench with the
+# same arguments; medians and ratios (bench/img.sh; RUNS, BENCH_DIR, BENCH_SIZE).
+.PHONY: bench-img
+BENCH_TARGETS += bench-img
+bench-img: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/img.sh
+
 # FUSE export vs qemu-storage-daemon (and qemu-img bench), interleaved in one
 # run, table of medians and ratios: bench/fuse.sh (root, fio, qemu-storage-daemon;
 # knobs such as ROUNDS, RUNTIME, FORMATS, WORKLOADS are passed on).
