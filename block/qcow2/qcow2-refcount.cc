@@ -415,23 +415,30 @@ int64_t coroutine_fn Qcow2Node::co_alloc_bytes_locked(uint64_t bytes)
     if (off && (off & (cluster_size_ - 1))) {
         const uint64_t cur = off & ~(cluster_size_ - 1);
         const uint64_t end = off + bytes;
-        if (end <= cur + cluster_size_) {
-            int r = co_update_refcount_locked(cur, 1, 1, qcow2::DiscardType::kNever);
+        // A refcount at its maximum (e.g. 1-bit refcounts): a new cluster.
+        uint64_t rc;
+        int r = co_get_refcount_locked(cur >> cluster_bits_, &rc);
+        if (r < 0) return r;
+        if (rc >= refcount_max()) {
+            off = 0;
+        } else if (end <= cur + cluster_size_) {
+            r = co_update_refcount_locked(cur, 1, 1, qcow2::DiscardType::kNever);
             if (r < 0) return r;
             free_byte_offset_ = end & (cluster_size_ - 1) ? end : 0;
             return static_cast<int64_t>(off);
-        }
-        // Spills into the next cluster: only if that one is free.
-        int64_t got = co_alloc_clusters_at_locked(cur + cluster_size_, 1);
-        if (got < 0) return got;
-        if (got == 1) {
-            int r = co_update_refcount_locked(cur, 1, 1, qcow2::DiscardType::kNever);
-            if (r < 0) {
-                co_free_clusters_locked(cur + cluster_size_, cluster_size_, qcow2::DiscardType::kNever);
-                return r;
+        } else {
+            // Spills into the next cluster: only if that one is free.
+            int64_t got = co_alloc_clusters_at_locked(cur + cluster_size_, 1);
+            if (got < 0) return got;
+            if (got == 1) {
+                r = co_update_refcount_locked(cur, 1, 1, qcow2::DiscardType::kNever);
+                if (r < 0) {
+                    co_free_clusters_locked(cur + cluster_size_, cluster_size_, qcow2::DiscardType::kNever);
+                    return r;
+                }
+                free_byte_offset_ = end & (cluster_size_ - 1) ? end : 0;
+                return static_cast<int64_t>(off);
             }
-            free_byte_offset_ = end & (cluster_size_ - 1) ? end : 0;
-            return static_cast<int64_t>(off);
         }
     }
     int64_t n = co_alloc_clusters_locked(cluster_size_);
