@@ -16,7 +16,7 @@
 #include <cstring>
 
 #include "block/drivers.h"
-#include "block/qcow2/qcow2.h"
+#include "block/qcow2/qcow2-mgmt.h"
 #include "util/log.h"
 
 namespace bg {
@@ -464,6 +464,7 @@ const BlockDriver kDriverQcow2 = {
         kCapPersistent,
     "QEMU copy-on-write image, version 2 and 3",
     create_qcow2, qcow2::probe,
+    qcow2::kCreateOptions, qcow2::create_image, qcow2::measure,
 };
 
 } // namespace bg

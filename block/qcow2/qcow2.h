@@ -621,6 +621,18 @@ class Qcow2Node final : public BlockNode {
 
     mutable std::mutex corrupt_lock_;       // guards corrupt_msg_
     std::string corrupt_msg_;
+
+    // ================================================================
+    // Management hooks (qcow2-check.cc; see block/block.h). Check state
+    // and the other management helpers are in Qcow2Mgmt (qcow2-check.cc).
+    // ================================================================
+  protected:
+    Status coroutine_fn co_get_info(ImageInfo *info) override;
+    Status coroutine_fn co_check(CheckResult *res, CheckFix fix) override;
+    Result<std::vector<PersistentBitmapInfo>> coroutine_fn co_persistent_bitmaps() override;
+
+  private:
+    friend struct Qcow2Mgmt;
 };
 
 } // namespace bg

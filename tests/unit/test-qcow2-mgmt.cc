@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -450,6 +451,248 @@ START_TEST(test_measure)
 }
 END_TEST
 
+
+// ---------------------------------------------------------------- check
+
+struct OpenNode {
+    std::unique_ptr<BlockGraph> g;
+    BlockNode *node = nullptr;
+};
+
+OpenNode open_qcow2(const std::string &name, bool writable)
+{
+    OpenNode o;
+    o.g = std::make_unique<BlockGraph>(&registry());
+    auto fo = std::make_shared<BlockdevOptions>();
+    fo->driver = "file";
+    BlockdevOptionsFile f;
+    f.filename = tmp_path(name);
+    fo->opts = f;
+    fo->read_only = !writable;
+    BlockdevOptions qo;
+    qo.driver = "qcow2";
+    qo.read_only = !writable;
+    BlockdevOptionsQcow2 q;
+    q.file.kind = BlockdevRef::Kind::kInline;
+    q.file.def = fo;
+    qo.opts = q;
+    auto n = o.g->add_node(qo);
+    ck_assert_msg(n.ok(), "open %s: %s", name.c_str(), n.ok() ? "" : n.msg().c_str());
+    o.node = n.value();
+    return o;
+}
+
+// Our check's counts must equal qemu-img check --output=json's.
+void assert_same_counts(const CheckResult &r, const json &j, const std::string &what)
+{
+    auto get = [&](const char *k) -> int64_t { return j.contains(k) ? j[k].get<int64_t>() : 0; };
+    std::string ours = "leaks=" + std::to_string(r.leaks) + " corruptions=" + std::to_string(r.corruptions) +
+                       " check-errors=" + std::to_string(r.check_errors) + " end=" + std::to_string(r.image_end_offset) +
+                       " total=" + std::to_string(r.total_clusters) + " alloc=" + std::to_string(r.allocated_clusters) +
+                       " frag=" + std::to_string(r.fragmented_clusters) + " comp=" + std::to_string(r.compressed_clusters);
+    std::string m = what + ": ours " + ours + "; qemu-img " + j.dump();
+    ck_assert_msg(r.leaks == get("leaks"), "%s", m.c_str());
+    ck_assert_msg(r.corruptions == get("corruptions"), "%s", m.c_str());
+    ck_assert_msg(r.check_errors == get("check-errors"), "%s", m.c_str());
+    ck_assert_msg(r.image_end_offset == get("image-end-offset"), "%s", m.c_str());
+    ck_assert_msg(static_cast<int64_t>(r.total_clusters) == get("total-clusters"), "%s", m.c_str());
+    ck_assert_msg(static_cast<int64_t>(r.allocated_clusters) == get("allocated-clusters"), "%s", m.c_str());
+    ck_assert_msg(static_cast<int64_t>(r.fragmented_clusters) == get("fragmented-clusters"), "%s", m.c_str());
+    ck_assert_msg(static_cast<int64_t>(r.compressed_clusters) == get("compressed-clusters"), "%s", m.c_str());
+}
+
+CheckResult our_check(const std::string &name, CheckFix fix)
+{
+    OpenNode o = open_qcow2(name, fix != 0);
+    CheckResult r;
+    Status s = o.node->check(&r, fix);
+    ck_assert_msg(s.ok(), "check %s: %s", name.c_str(), s.ok() ? "" : s.msg().c_str());
+    return r;
+}
+
+json qemu_check(const std::string &name, int *rc = nullptr)
+{
+    return qemu_json("qemu-img check --output=json " + name + " 2>/dev/null", rc);
+}
+
+// Host offset of guest offset off in a qcow2 image (qemu-img map).
+uint64_t host_offset(const std::string &name, uint64_t off)
+{
+    json m = qemu_json("qemu-img map --output=json " + name);
+    for (auto &e : m) {
+        uint64_t st = e["start"], len = e["length"];
+        if (off >= st && off < st + len && e.contains("offset")) return e["offset"].get<uint64_t>() + (off - st);
+    }
+    ck_abort_msg("no host offset for %llu", (unsigned long long)off);
+    return 0;
+}
+
+// Writes a big-endian value of width bytes at off of file name.
+void patch(const std::string &name, uint64_t off, uint64_t v, int width)
+{
+    FILE *f = fopen(tmp_path(name).c_str(), "r+b");
+    ck_assert(f);
+    uint8_t b[8];
+    for (int i = 0; i < width; i++) b[i] = static_cast<uint8_t>(v >> (8 * (width - 1 - i)));
+    ck_assert_int_eq(fseek(f, static_cast<long>(off), SEEK_SET), 0);
+    ck_assert_int_eq(fwrite(b, 1, width, f), (size_t)width);
+    fclose(f);
+}
+
+const char *kWrites =
+    "-c 'write -P 1 0 64k' -c 'write -P 2 1M 192k' -c 'write -c -P 3 4M 64k' -c 'write -c -P 4 4160k 64k' "
+    "-c 'write -z 8M 64k' -c 'write -P 5 100M 4k' -c 'write -P 6 200k 4k'";
+
+START_TEST(test_check_clean_images)
+{
+    Loop loop;
+    const char *opts[] = {"", "compat=0.10", "cluster_size=4096,refcount_bits=8", "extended_l2=on",
+                          "refcount_bits=64,compression_type=zstd", "cluster_size=512"};
+    int i = 0;
+    for (const char *o : opts) {
+        std::string name = "c" + std::to_string(i++) + ".qcow2";
+        ck_assert_int_eq(run(std::string("qemu-img create -q -f qcow2 ") + (*o ? std::string("-o ") + o : "") + " " +
+                             name + " 128M"), 0);
+        ck_assert_int_eq(run("qemu-io -f qcow2 " + std::string(kWrites) + " " + name + " >/dev/null"), 0);
+        // A snapshot shares the clusters (refcount 2, COPIED cleared), then
+        // more writes copy some of them.
+        ck_assert_int_eq(run("qemu-img snapshot -c s1 " + name + " && qemu-io -f qcow2 -c 'write -P 7 0 4k' " + name +
+                             " >/dev/null"), 0);
+        int rc;
+        json j = qemu_check(name, &rc);
+        ck_assert_int_eq(rc, 0);
+        CheckResult r = our_check(name, 0);
+        assert_same_counts(r, j, name + " (" + o + ")");
+        ck_assert_msg(r.messages.empty(), "%s: %s", name.c_str(), r.messages[0].c_str());
+    }
+    // Our own images too.
+    ck_assert(create("qcow2", "ours.qcow2", "preallocation=metadata,cluster_size=4k", "8M").ok());
+    CheckResult r = our_check("ours.qcow2", 0);
+    assert_same_counts(r, qemu_check("ours.qcow2"), "ours.qcow2");
+}
+END_TEST
+
+START_TEST(test_check_leaks_and_repair)
+{
+    Loop loop;
+    ck_assert_int_eq(run("qemu-img create -q -f qcow2 l.qcow2 128M && qemu-io -f qcow2 " + std::string(kWrites) +
+                         " l.qcow2 >/dev/null"), 0);
+    // Leak: drop the L2 entries of guest clusters 1M..1M+192k (3 clusters)
+    // after finding where the L2 table lives: L1 entry 0 at l1_table_offset.
+    json info = qemu_json("qemu-img info --output=json l.qcow2");
+    (void)info;
+    std::string hdr = read_all(tmp_path("l.qcow2"));
+    auto be64 = [&](size_t off) {
+        uint64_t v = 0;
+        for (int k = 0; k < 8; k++) v = v << 8 | static_cast<uint8_t>(hdr[off + k]);
+        return v;
+    };
+    const uint64_t l1 = be64(40);
+    const uint64_t l2 = be64(l1) & 0x00fffffffffffe00ULL;
+    for (int k = 16; k < 19; k++) patch("l.qcow2", l2 + k * 8, 0, 8);
+    int rc;
+    json j = qemu_check("l.qcow2", &rc);
+    ck_assert_int_eq(rc, 3);
+    ck_assert_int_eq(j["leaks"].get<int>(), 3);
+    CheckResult r = our_check("l.qcow2", 0);
+    assert_same_counts(r, j, "leaky");
+    ck_assert_str_eq(r.messages[0].rfind("Leaked cluster ", 0) == 0 ? "ok" : r.messages[0].c_str(), "ok");
+    // -r leaks: fixed, then the real check is clean.
+    r = our_check("l.qcow2", kCheckFixLeaks);
+    ck_assert_int_eq(r.leaks_fixed, 3);
+    ck_assert_int_eq(r.leaks, 0);
+    j = qemu_check("l.qcow2", &rc);
+    ck_assert_msg(rc == 0, "after repair: %s", j.dump().c_str());
+    ck_assert_int_eq(run("qemu-io -f qcow2 -c 'read -P 1 0 64k' -c 'read -P 0 1M 192k' -c 'read -P 3 4M 64k' l.qcow2 | grep -q 'read 65536'"), 0);
+}
+END_TEST
+
+START_TEST(test_check_corruption_and_rebuild)
+{
+    Loop loop;
+    ck_assert_int_eq(run("qemu-img create -q -f qcow2 k.qcow2 128M && qemu-io -f qcow2 " + std::string(kWrites) +
+                         " k.qcow2 >/dev/null && cp k.qcow2 k2.qcow2 && cp k.qcow2 k3.qcow2"), 0);
+    // Refcount 0 for a used data cluster: corruption, needs a rebuild.
+    std::string img = read_all(tmp_path("k.qcow2"));
+    auto be64 = [&](size_t off) {
+        uint64_t v = 0;
+        for (int k = 0; k < 8; k++) v = v << 8 | static_cast<uint8_t>(img[off + k]);
+        return v;
+    };
+    const uint64_t rt = be64(48);
+    const uint64_t rb = be64(rt);
+    const uint64_t data = host_offset("k.qcow2", 1 << 20);   // a data cluster
+    patch("k.qcow2", rb + (data >> 16) * 2, 0, 2);
+    int rc;
+    json j = qemu_check("k.qcow2", &rc);
+    ck_assert_int_eq(rc, 2);
+    CheckResult r = our_check("k.qcow2", 0);
+    assert_same_counts(r, j, "refcount 0");
+    // -r all: refcounts rebuilt; the real check is then clean and the data intact.
+    r = our_check("k.qcow2", kCheckFixLeaks | kCheckFixErrors);
+    ck_assert_int_eq(r.corruptions, 0);
+    ck_assert_int_ge(r.corruptions_fixed, 1);
+    j = qemu_check("k.qcow2", &rc);
+    ck_assert_msg(rc == 0, "after rebuild: %s", j.dump().c_str());
+    ck_assert_int_eq(run("qemu-img compare k.qcow2 k3.qcow2 >/dev/null"), 0);
+
+    // Refcount 2 on a data cluster whose L2 entry says COPIED: a leak plus a
+    // COPIED corruption; -r all fixes both.
+    const uint64_t data2 = host_offset("k2.qcow2", 0);
+    patch("k2.qcow2", rb + (data2 >> 16) * 2, 2, 2);
+    j = qemu_check("k2.qcow2", &rc);
+    ck_assert_int_eq(rc, 2);
+    r = our_check("k2.qcow2", 0);
+    assert_same_counts(r, j, "refcount 2");
+    r = our_check("k2.qcow2", kCheckFixLeaks | kCheckFixErrors);
+    j = qemu_check("k2.qcow2", &rc);
+    ck_assert_msg(rc == 0, "after repair: %s", j.dump().c_str());
+    ck_assert_int_eq(run("qemu-img compare k2.qcow2 k3.qcow2 >/dev/null"), 0);
+}
+END_TEST
+
+START_TEST(test_info)
+{
+    Loop loop;
+    ck_assert_int_eq(run("qemu-img create -q -f qcow2 base.qcow2 1G && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "
+                         "-o compression_type=zstd,lazy_refcounts=on,refcount_bits=8 i.qcow2 && "
+                         "qemu-img snapshot -c snap1 i.qcow2 && qemu-img bitmap --add i.qcow2 bm0"), 0);
+    OpenNode o = open_qcow2("i.qcow2", false);
+    auto info = o.node->get_info();
+    ck_assert(info.ok());
+    json j = qemu_json("qemu-img info --output=json i.qcow2");
+    const ImageInfo &ii = info.value();
+    ck_assert_uint_eq(*ii.cluster_size, j["cluster-size"].get<uint64_t>());
+    ck_assert_str_eq(ii.backing_filename->c_str(), j["backing-filename"].get<std::string>().c_str());
+    ck_assert_str_eq(ii.backing_format->c_str(), j["backing-filename-format"].get<std::string>().c_str());
+    ck_assert_int_eq(ii.dirty_flag, j["dirty-flag"].get<bool>());
+    ck_assert_uint_eq(ii.snapshots.size(), j["snapshots"].size());
+    ck_assert_str_eq(ii.snapshots[0].name.c_str(), j["snapshots"][0]["name"].get<std::string>().c_str());
+    ck_assert_uint_eq(ii.snapshots[0].date_sec, j["snapshots"][0]["date-sec"].get<uint64_t>());
+    // format-specific, converted to JSON, equals qemu-img's.
+    std::function<json(const InfoValue &)> to_json = [&](const InfoValue &v) -> json {
+        switch (v.kind) {
+        case InfoValue::Kind::kBool: return v.b;
+        case InfoValue::Kind::kInt: return v.i;
+        case InfoValue::Kind::kString: return v.s;
+        case InfoValue::Kind::kList: {
+            json a = json::array();
+            for (const InfoValue &x : v.list) a.push_back(to_json(x));
+            return a;
+        }
+        case InfoValue::Kind::kDict: {
+            json d = json::object();
+            for (const auto &[k, x] : v.dict) d[k] = to_json(x);
+            return d;
+        }
+        default: return json();
+        }
+    };
+    json fs = to_json(ii.format_specific);
+    ck_assert_msg(fs == j["format-specific"], "ours %s\nqemu %s", fs.dump().c_str(), j["format-specific"].dump().c_str());
+}
+END_TEST
+
 Suite *mgmt_suite()
 {
     Suite *s = suite_create("qcow2-mgmt");
@@ -461,6 +704,14 @@ Suite *mgmt_suite()
     tcase_add_test(tc, test_create_errors);
     tcase_add_test(tc, test_create_raw_file);
     tcase_add_test(tc, test_measure);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("check");
+    tcase_set_timeout(tc, 300);
+    tcase_add_checked_fixture(tc, make_tmpdir, remove_tmpdir);
+    tcase_add_test(tc, test_check_clean_images);
+    tcase_add_test(tc, test_check_leaks_and_repair);
+    tcase_add_test(tc, test_check_corruption_and_rebuild);
+    tcase_add_test(tc, test_info);
     suite_add_tcase(s, tc);
     return s;
 }
