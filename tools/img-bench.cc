@@ -1,7 +1,9 @@
 // tools/img-bench.cc -- "blockgraph img bench": qemu-img bench's request
 // generator on the block graph (depth coroutines, each issuing requests at
 // the next offset until count requests have been sent).
+#include <cerrno>
 #include <cinttypes>
+#include <cstdlib>
 #include <cstring>
 
 #include "tools/img.h"
@@ -51,11 +53,8 @@ void Bench::worker(uint8_t *buf)
         int64_t off = offset;
         issued++;
         offset += step;
-        if (image_size <= bufsize) {
-            offset = 0;
-        } else if (offset > image_size - bufsize) {
-            offset = offset % (image_size - bufsize);
-        }
+        // qemu-img bench's wrap-around.
+        offset = image_size <= bufsize ? 0 : offset % (image_size - bufsize);
         in_flight++;
         int r = write ? blk->co_pwrite(off, bufsize, buf) : blk->co_pread(off, bufsize, buf);
         in_flight--;
@@ -157,8 +156,10 @@ int img_bench(int argc, char **argv)
         case 'U': oa.force_share = true; break;
         case kOptImageOpts: oa.image_opts = true; break;
         case kOptPattern: {
-            int64_t v;
-            if (!parse_int(optarg, 0, 0xff, &v)) {
+            char *end = nullptr;
+            errno = 0;
+            long v = std::strtol(optarg, &end, 0);
+            if (errno || !*optarg || *end || v < 0 || v > 0xff) {
                 error("Invalid pattern byte specified");
                 return 1;
             }
@@ -187,7 +188,7 @@ int img_bench(int argc, char **argv)
         error("Flush interval can't be smaller than depth");
         return 1;
     }
-    if (!step_set) b.step = b.bufsize;
+    if (!step_set || b.step == 0) b.step = b.bufsize;   // qemu-img: step 0 means the buffer size
     oa.name = argv[optind];
     oa.read_only = !b.write;
     if (!aio.empty()) {
@@ -207,10 +208,11 @@ int img_bench(int argc, char **argv)
         return 1;
     }
 
-    qprintf("Sending %" PRId64 " %s requests, %" PRId64 " bytes each, %" PRId64
+    // Printed even with -q, as qemu-img bench does: the timing is the result.
+    std::printf("Sending %" PRId64 " %s requests, %" PRId64 " bytes each, %" PRId64
             " in parallel (starting at offset %" PRId64 ", step size %" PRId64 ")\n",
             b.count, b.write ? "write" : "read", b.bufsize, b.depth, b.offset, b.step);
-    if (b.flush_interval) qprintf("Sending flush every %" PRId64 " requests\n", b.flush_interval);
+    if (b.flush_interval) std::printf("Sending flush every %" PRId64 " requests\n", b.flush_interval);
     std::fflush(stdout);
 
     int64_t nbufs = std::min(b.depth, b.count);
@@ -251,7 +253,7 @@ int img_bench(int argc, char **argv)
             return 1;
         }
     }
-    qprintf("Run completed in %3.3f seconds.\n", static_cast<double>(t1 - t0) / 1e9);
+    std::printf("Run completed in %3.3f seconds.\n", static_cast<double>(t1 - t0) / 1e9);
     return 0;
 }
 

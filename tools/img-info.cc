@@ -266,7 +266,6 @@ int img_info(int argc, char **argv)
     }
     if (optind != argc - 1) return usage_error("Expecting one image file name");
     oa.name = argv[optind];
-    if (!chain) oa.no_backing = false;
     std::unique_ptr<OpenImage> img = open_img(oa);
     if (!img) return 1;
 

@@ -197,4 +197,31 @@ print(repr(out))
 EOF
 grep -q '(100.00/100%)' pty2.out && grep -q 'Images are identical' pty2.out && ok "compare -p on a terminal" || bad "compare -p: $(cat pty2.out)"
 
+# ---- bench: qemu-img bench's arguments and output
+q qemu-img create -q -f qcow2 b.qcow2 8M
+for args in "-c 1000 -d 8" "-c 500 -d 1 -s 64k -t none" "-w -c 300 -d 4 --pattern=0x5a -o 1M -S 8k" \
+    "-w -c 200 -d 2 --flush-interval=50" "-w -c 100 -d 4 --flush-interval=10 --no-drain -i threads" "-c 64 -d 64 -S 0 -q"; do
+    # shellcheck disable=SC2086
+    "$B" img bench $args b.qcow2 >ours.out 2>ours.err
+    orc=$?
+    # shellcheck disable=SC2086
+    qemu-img bench $args b.qcow2 >qemu.out 2>qemu.err
+    qrc=$?
+    if [ $orc = $qrc ] && diff <(grep -v '^Run completed' ours.out) <(grep -v '^Run completed' qemu.out) >/dev/null &&
+        [ "$(grep -c '^Run completed in [0-9.]* seconds.$' ours.out)" = "$(grep -c '^Run completed' qemu.out)" ]; then
+        ok "bench $args: $(head -1 ours.out)"
+    else
+        bad "bench $args: ours ($orc) '$(cat ours.out ours.err)', qemu-img ($qrc) '$(cat qemu.out qemu.err)'"
+    fi
+done
+if qemu-io -c 'read -P 0x5a 1M 4k' -c 'read -P 0 1052672 4k' -c 'read -P 0x5a 2M 4k' b.qcow2 | grep -q "Pattern verification failed"; then
+    bad "bench -w did not write the pattern"
+else
+    ok "bench -w wrote the pattern at offset, offset + step, ..."
+fi
+qemu_accepts "after bench -w" b.qcow2
+expect_rc "bench --flush-interval without -w" 1 "$B" img bench --flush-interval=10 b.qcow2
+expect_rc "bench -c 0" 1 "$B" img bench -c 0 b.qcow2
+expect_rc "bench --pattern=300" 1 "$B" img bench -w --pattern=300 b.qcow2
+
 finish
