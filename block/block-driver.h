@@ -26,6 +26,7 @@ constexpr DriverCaps kCapBlockStatus = 1 << 6;  // reports holes/zeroes
 constexpr DriverCaps kCapFlush = 1 << 7;        // flush reaches stable storage
 constexpr DriverCaps kCapDiscardZeroes = 1 << 8;// discarded ranges read back as zeros
 constexpr DriverCaps kCapPersistent = 1 << 9;   // data survives close/reopen
+constexpr DriverCaps kCapWriteCompressed = 1 << 10; // honours kReqWriteCompressed (else -ENOTSUP)
 
 // A constexpr descriptor per driver (STYLE.md rule 1).
 struct BlockDriver {

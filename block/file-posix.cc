@@ -530,13 +530,15 @@ int coroutine_fn FileNode::do_co_truncate(int64_t offset, bool exact, PreallocMo
     struct stat st;
     if (fstat(fd_, &st) < 0) return -errno;
     const int64_t cur = st.st_size;
-    if (prealloc == PreallocMode::kMetadata) prealloc = PreallocMode::kOff;   // no metadata to preallocate
+    // Like QEMU's file-posix: a file has no metadata to preallocate, so
+    // "Unsupported preallocation mode: metadata" (formats pass off instead).
+    if (prealloc == PreallocMode::kMetadata) return -ENOTSUP;
     if (cur > offset && prealloc != PreallocMode::kOff) return -ENOTSUP;      // "Cannot use preallocation for shrinking files"
 
     int r = 0;
     switch (prealloc) {
+    case PreallocMode::kMetadata:   // refused above
     case PreallocMode::kOff:
-    case PreallocMode::kMetadata:
         return ftruncate(fd_, offset) < 0 ? -errno : 0;
     case PreallocMode::kFalloc:
         if (offset == cur) return 0;

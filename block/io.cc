@@ -311,6 +311,8 @@ int BlockNode::co_pwritev_generic(int64_t offset, int64_t bytes, IOVector &qiov,
     if (r < 0) return r;
     if (read_only_) return -EPERM;
     if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
+    // Like QEMU: a compressed write to a driver that cannot store one fails.
+    if ((flags & kReqWriteCompressed) && !(drv_ && (drv_->caps & kCapWriteCompressed))) return -ENOTSUP;
     if (bytes == 0) return 0;
     if (detect_zeroes_ != BlockdevDetectZeroes::kOff && !(flags & kReqWriteCompressed) && qiov.is_zero(0, bytes)) {
         flags |= kReqZeroWrite;

@@ -68,7 +68,7 @@ struct BlkdebugInjectError {
     std::optional<uint64_t> bytes;              //   (with offset; absent = to the end)
     uint64_t after = 0;                         // extension: let this many matching requests pass first
     bool once = false;                          // remove after the first injection
-    bool immediately = false;                   // fail the request that fires the event
+    bool immediately = false;                   // fail without yielding first (default: asynchronously)
     int64_t state = 0;                          // only while blkdebug is in this state; 0 = any
 };
 

@@ -16,7 +16,7 @@ PACKAGES=(
     qemu-utils qemu-system-common # qemu-img judges the integration tests
     fio                           # I/O load in integration tests and benchmarks
     python3                       # test helpers
-    clang                         # fuzz target (libFuzzer)
+    clang libclang-rt-14-dev      # fuzz target (libFuzzer runtime)
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }

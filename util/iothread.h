@@ -4,6 +4,7 @@
 
 #include <glib.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>

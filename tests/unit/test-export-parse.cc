@@ -126,7 +126,7 @@ START_TEST(test_export_json)
     auto r = parse_export_arg("{\"type\":\"fuse\",");
     ck_assert(!r.ok());
     ck_assert_int_eq(r.err(), EINVAL);
-    ck_assert_str_eq(r.msg().substr(0, 6).c_str(), "JSON: ");
+    ck_assert_msg(r.msg().rfind("JSON: ", 0) == 0, "%s", r.msg().c_str());
 }
 END_TEST
 
