@@ -188,6 +188,12 @@ int coroutine_fn Qcow2Node::co_ensure_refblock_ex_locked(uint64_t cluster_index,
         uint64_t got;
         int64_t off = co_alloc_run_locked(1, true, &got);
         if (off < 0) return static_cast<int>(off);
+        if (refcount_table_[rt_index] & qcow2::kReftOffsetMask) {
+            // The allocation created this very block (it searched inside
+            // our range): use that one.
+            co_free_clusters_locked(static_cast<uint64_t>(off), cluster_size_, qcow2::DiscardType::kNever);
+            return 0;
+        }
         block_cluster = static_cast<uint64_t>(off) >> cluster_bits_;
     }
     const uint64_t block_off = block_cluster << cluster_bits_;
@@ -339,31 +345,39 @@ int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool 
     if (r < 0) return r;
     file_->debug_event("cluster_alloc");
     // Find the run: scan from the cursor; clusters beyond the file are free.
-    uint64_t c = free_cluster_index_;
     uint64_t start = 0, n = 0;
-    for (;; c++) {
-        uint64_t rc;
-        r = co_get_refcount_locked(c, &rc);
-        if (r < 0) return r;
-        if (!cluster_free_locked(c, rc)) {
-            if (n && !exact) break;
-            n = 0;
-            continue;
-        }
-        if (n == 0) {
-            start = c;
-            if (free_cluster_index_ < start && !n) {
-                // Everything before start is in use (or in flight).
+    for (int attempt = 0;; attempt++) {
+        if (attempt > 1000) return -ENOSPC;
+        n = 0;
+        for (uint64_t c = free_cluster_index_;; c++) {
+            uint64_t rc;
+            r = co_get_refcount_locked(c, &rc);
+            if (r < 0) return r;
+            if (!cluster_free_locked(c, rc)) {
+                if (n && !exact) break;
+                n = 0;
+                continue;
             }
+            if (n == 0) start = c;
+            n++;
+            if (n == max_clusters) break;
         }
-        n++;
-        if (n == max_clusters) break;
-    }
-    if ((start << cluster_bits_) + (n << cluster_bits_) > (1ULL << 56)) return -EFBIG;
-    // Refcount blocks for the run (placed outside it).
-    for (uint64_t i = start; i < start + n; i++) {
-        r = co_ensure_refblock_ex_locked(i, start, start + n);
-        if (r < 0) return r;
+        if ((start << cluster_bits_) + (n << cluster_bits_) > (1ULL << 56)) return -EFBIG;
+        // Refcount blocks for the run (placed outside it). Creating them may
+        // grow the refcount table or allocate elsewhere, which may take
+        // clusters of the run: then search again.
+        for (uint64_t i = start; i < start + n; i++) {
+            r = co_ensure_refblock_ex_locked(i, start, start + n);
+            if (r < 0) return r;
+        }
+        bool still_free = true;
+        for (uint64_t i = start; i < start + n && still_free; i++) {
+            uint64_t rc;
+            r = co_get_refcount_locked(i, &rc);
+            if (r < 0) return r;
+            still_free = cluster_free_locked(i, rc);
+        }
+        if (still_free) break;
     }
     for (uint64_t i = start; i < start + n; i++) {
         r = co_set_refcount_locked(i, 1);
@@ -400,6 +414,15 @@ int64_t coroutine_fn Qcow2Node::co_alloc_clusters_at_locked(uint64_t offset, uin
         r = co_ensure_refblock_ex_locked(i, first, first + n);
         if (r < 0) return r;
     }
+    // Refcount block creation may have taken some of them.
+    uint64_t ok = 0;
+    for (; ok < n; ok++) {
+        uint64_t rc;
+        r = co_get_refcount_locked(first + ok, &rc);
+        if (r < 0) return r;
+        if (!cluster_free_locked(first + ok, rc)) break;
+    }
+    n = ok;
     for (uint64_t i = first; i < first + n; i++) {
         r = co_set_refcount_locked(i, 1);
         if (r < 0) return r;
@@ -468,6 +491,7 @@ int coroutine_fn Qcow2Node::co_update_refcount_locked(uint64_t offset, uint64_t 
         if (addend > 0 && max - rc < static_cast<uint64_t>(addend)) return -ERANGE;
     }
     if (addend < 0) {
+        file_->debug_event("cluster_free");
         // The reference (an L2 entry or table pointer) goes away on disk
         // first (QEMU: refcount cache depends on the L2 cache).
         r = refcount_cache_->co_set_dependency(l2_cache_.get());
@@ -502,7 +526,6 @@ int coroutine_fn Qcow2Node::co_update_refcount_locked(uint64_t offset, uint64_t 
 
 void coroutine_fn Qcow2Node::co_free_clusters_locked(uint64_t offset, uint64_t length, qcow2::DiscardType type)
 {
-    file_->debug_event("cluster_free");
     int r = co_update_refcount_locked(offset, length, -1, type);
     if (r < 0) {
         // A leak at worst (qemu-img check -r leaks).
