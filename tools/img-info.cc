@@ -271,7 +271,9 @@ int img_info(int argc, char **argv)
 
     std::vector<InfoEntry> list;
     BlockNode *n = img->root;
-    std::string name = oa.name;
+    // QEMU shows the node's file name (a json: or --image-opts description
+    // of a plain file shows that file's name).
+    std::string name = img->root->filename().empty() ? oa.name : img->root->filename();
     while (n) {
         list.push_back(collect_info(n, name));
         if (!chain) break;

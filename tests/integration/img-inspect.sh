@@ -166,6 +166,20 @@ else
     bad "measure (human): $("$B" img measure -O qcow2 top.qcow2 2>&1)"
 fi
 
+# image forms: json: pseudo file names and --image-opts
+"$B" img info --output=json 'json:{"driver":"qcow2","file":{"driver":"file","filename":"top.qcow2"}}' >ours.json
+qemu-img info --output=json 'json:{"driver":"qcow2","file":{"driver":"file","filename":"top.qcow2"}}' >qemu.json
+json_same "info json:{...}" info ours.json qemu.json
+"$B" img info --output=json --image-opts driver=qcow2,file.filename=top.qcow2,l2-cache-size=1M >ours.json
+qemu-img info --output=json --image-opts driver=qcow2,file.filename=top.qcow2,l2-cache-size=1M >qemu.json
+json_same "info --image-opts" info ours.json qemu.json
+"$B" img map --output=json --image-opts driver=qcow2,file.filename=top.qcow2 >ours.json
+qemu-img map --output=json --image-opts driver=qcow2,file.filename=top.qcow2 >qemu.json
+json_same "map --image-opts" map ours.json qemu.json
+"$B" img check --output=json --image-opts driver=qcow2,file.filename=v3.qcow2 >ours.json
+qemu-img check --output=json --image-opts driver=qcow2,file.filename=v3.qcow2 >qemu.json
+json_same "check --image-opts" check ours.json qemu.json
+
 # errors: one line naming the file, qemu-img's exit codes
 expect_rc "info of a missing file" 1 "$B" img info nosuch.qcow2
 [ "$(wc -l <last.err)" = 1 ] && grep -q "nosuch.qcow2" last.err && ok "one line naming the file: $(cat last.err)" || bad "error line: $(cat last.err)"
