@@ -164,6 +164,13 @@ int img_convert(int argc, char **argv)
             return 1;
         }
     }
+    // A backing file given as -o backing_file=... counts as -B (qemu-img).
+    if (!backing && copts.get("backing_file") && !copts.get("backing_file")->empty()) {
+        backing = *copts.get("backing_file");
+        copts.erase("backing_file");
+        if (!backing_fmt && copts.get("backing_fmt")) backing_fmt = *copts.get("backing_fmt");
+        copts.erase("backing_fmt");
+    }
     const std::string out_name = argv[argc - 1];
     std::vector<std::string> src_names(argv + optind, argv + argc - 1);
 

@@ -108,8 +108,9 @@ if [ "$(qemu-img info --output=json rebased.qcow2 | python3 -c 'import json,sys;
 else
     bad "-B: $(qemu-img info rebased.qcow2)"
 fi
+"$B" img convert -O qcow2 -o backing_file=base.qcow2,backing_fmt=qcow2 overlay.qcow2 rebased-o.qcow2
+same_data "-o backing_file= (as -B)" overlay.qcow2 rebased-o.qcow2 qcow2 qcow2
 size_b=$(stat -c %s rebased.qcow2)
-size_full=$(stat -c %s out2.qcow2 2>/dev/null || echo 0)
 [ "$size_b" -lt $((8 << 20)) ] && ok "-B copies only the overlay's data ($size_b bytes)" || bad "-B image is $size_b bytes"
 
 # errors
