@@ -273,16 +273,11 @@ int img_compare(int argc, char **argv)
         case 's': strict = true; break;
         case 'U': force_share = true; break;
         case kOptImageOpts: image_opts = true; break;
-        default:
-            bad_option(argc, argv, "fFT");
-            return 2;
+        default: return bad_option(argc, argv, "fFT");
         }
     }
     if (g_quiet) progress = false;
-    if (optind != argc - 2) {
-        usage_error("Expecting two image file names");
-        return 2;
-    }
+    if (optind != argc - 2) return usage_error("Expecting two image file names");
     {
         Result<CacheMode> cm = parse_cache_mode(cache);
         if (!cm) {

@@ -45,11 +45,14 @@ int usage_error(const char *fmt, ...)
 int bad_option(int argc, char **argv, const char *with_arg_opts)
 {
     (void)argc;
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
     if (optopt && optopt < 256) {
         if (std::strchr(with_arg_opts, optopt)) return usage_error("option requires an argument -- '%c'", optopt);
-        return usage_error("invalid option -- '%c'", optopt);
+        return usage_error("unrecognized option '-%c'", optopt);
     }
-    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    // A long option: known (with optopt set to its value) but missing its
+    // argument, or unknown.
+    if (optopt >= 256) return usage_error("missing argument for option '%s'", arg);
     return usage_error("unrecognized option '%s'", arg);
 }
 
