@@ -650,16 +650,29 @@ int coroutine_fn Qcow2Node::co_preallocate_locked(uint64_t offset, uint64_t byte
             if (h < 0) return static_cast<int>(h);
             host = static_cast<uint64_t>(h);
         }
-        // Zero the clusters in the data file before they are linked.
-        const ReqFlags zf = mode == PreallocMode::kMetadata ? kReqMayUnmap : 0;
-        if (mode == PreallocMode::kFull) {
-            std::vector<uint8_t> z(std::min<uint64_t>(got * cs, 1 << 20), 0);
-            for (uint64_t d = 0; d < got * cs && r >= 0; d += z.size()) {
-                const uint64_t n = std::min<uint64_t>(z.size(), got * cs - d);
-                r = data_file_->co_pwrite(static_cast<int64_t>(host + d), static_cast<int64_t>(n), z.data());
+        // The clusters read as zeros before they are linked: inside the
+        // file (reused clusters) they are zeroed; beyond its end the file
+        // grows (with the preallocation mode for falloc / full).
+        const int64_t flen_s = data_file_->getlength();
+        if (flen_s < 0) r = static_cast<int>(flen_s);
+        const uint64_t flen = flen_s < 0 ? 0 : static_cast<uint64_t>(flen_s);
+        const uint64_t hend = host + got * cs;
+        const uint64_t in_end = std::min(hend, std::max(flen, host));
+        if (r >= 0 && in_end > host) {
+            if (mode == PreallocMode::kFull) {
+                std::vector<uint8_t> z(std::min<uint64_t>(in_end - host, 1 << 20), 0);
+                for (uint64_t d = host; d < in_end && r >= 0; d += z.size()) {
+                    const uint64_t n = std::min<uint64_t>(z.size(), in_end - d);
+                    r = data_file_->co_pwrite(static_cast<int64_t>(d), static_cast<int64_t>(n), z.data());
+                }
+            } else {
+                r = data_file_->co_pwrite_zeroes(static_cast<int64_t>(host), static_cast<int64_t>(in_end - host),
+                                                 mode == PreallocMode::kMetadata ? kReqMayUnmap : 0);
             }
-        } else {
-            r = data_file_->co_pwrite_zeroes(static_cast<int64_t>(host), static_cast<int64_t>(got * cs), zf);
+        }
+        if (r >= 0 && hend > flen) {
+            r = data_file_->co_truncate(static_cast<int64_t>(hend), false,
+                                        mode == PreallocMode::kMetadata ? PreallocMode::kOff : mode);
         }
         if (r < 0) {
             if (!dfile) co_free_clusters_locked(host, got * cs, qcow2::DiscardType::kNever);

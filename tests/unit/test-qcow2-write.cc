@@ -1,0 +1,570 @@
+// Unit tests of the qcow2 write path (block/qcow2/qcow2-write.cc,
+// qcow2-refcount.cc, qcow2-cache.cc, qcow2-alloc.cc): metadata write
+// ordering observed by a recording filter between qcow2 and its file,
+// concurrent allocations of the same clusters, a discard racing an
+// in-place rewrite (a host cluster under I/O is never reused), overlap
+// checks (corrupt bit, writes stop), lazy refcounts (dirty bit while open,
+// repair of a crashed image), shrink refusal with snapshots, discard-no-unref
+// and preallocated growth. Images are made and judged by the real qemu-img.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "block/block-driver.h"
+#include "block/drivers.h"
+#include "block/qcow2/qcow2.h"
+#include "util/aio.h"
+
+#include <check.h>
+
+using namespace bg;
+
+namespace {
+
+char g_dir[4096];
+
+void make_tmpdir()
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(g_dir, sizeof(g_dir), "%s/test-qcow2w-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(g_dir)) abort();
+}
+
+void remove_tmpdir()
+{
+    std::string cmd = std::string("rm -rf '") + g_dir + "'";
+    if (system(cmd.c_str()) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+}
+
+std::string tmp_path(const std::string &name) { return std::string(g_dir) + "/" + name; }
+
+int sh(const std::string &cmd)
+{
+    int r = system((cmd + " >/dev/null 2>&1").c_str());
+    return WIFEXITED(r) ? WEXITSTATUS(r) : -1;
+}
+
+bool have_qemu_img() { return sh("qemu-img --version") == 0; }
+
+std::vector<uint8_t> read_file(const std::string &path, size_t off, size_t len)
+{
+    std::vector<uint8_t> buf(len);
+    int fd = open(path.c_str(), O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pread(fd, buf.data(), len, static_cast<off_t>(off)), static_cast<ssize_t>(len));
+    close(fd);
+    return buf;
+}
+
+void patch_file(const std::string &path, size_t off, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++) b[i] = static_cast<uint8_t>(v >> (56 - 8 * i));
+    int fd = open(path.c_str(), O_WRONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, b, 8, static_cast<off_t>(off)), 8);
+    close(fd);
+}
+
+uint64_t file_be64(const std::string &path, size_t off) { return qcow2::be64(read_file(path, off, 8).data()); }
+
+// ---------------------------------------------------------------- recording filter
+
+// "rec": a filter recording every write and flush that reaches it, and
+// holding writes to a chosen range until released.
+struct Op {
+    char kind;   // 'w' write, 'f' flush
+    uint64_t off, len;
+};
+
+class RecNode final : public FilterNode {
+  public:
+    static RecNode *last;
+    std::vector<Op> log;
+    uint64_t hold_off = 0, hold_len = 0;   // hold writes overlapping this range
+    int held = 0;
+    CoQueue hold_q;
+
+    void release()
+    {
+        hold_len = 0;
+        hold_q.restart_all();
+    }
+
+  protected:
+    Status open(const BlockdevOptions &opts) override
+    {
+        last = this;
+        const auto *o = opts.as<BlockdevOptionsBlkdebug>();
+        return open_filtered("image", o->image);
+    }
+    int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override
+    {
+        const uint64_t o = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(bytes);
+        if (hold_len && o < hold_off + hold_len && hold_off < o + n) {
+            held++;
+            while (hold_len) hold_q.wait();
+            held--;
+        }
+        log.push_back({'w', o, n});
+        return FilterNode::do_co_pwritev(offset, bytes, qiov, flags);
+    }
+    int coroutine_fn do_co_flush_to_os() override
+    {
+        log.push_back({'f', 0, 0});
+        return 0;
+    }
+    int64_t do_getlength() override { return filtered_->getlength(); }
+};
+RecNode *RecNode::last = nullptr;
+
+const BlockDriver kRecDriver = {
+    "rec", BlockDriverKind::kFilter,
+    kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapFlush | kCapPersistent,
+    "test recorder", [] { return std::unique_ptr<BlockNode>(new RecNode()); }, nullptr,
+};
+
+const DriverRegistry &registry()
+{
+    static DriverRegistry reg = [] {
+        DriverRegistry r;
+        register_builtin_drivers(&r);
+        r.add(&kRecDriver);
+        return r;
+    }();
+    return reg;
+}
+
+BlockdevRef inline_ref(const BlockdevOptions &o)
+{
+    BlockdevRef r;
+    r.kind = BlockdevRef::Kind::kInline;
+    r.def = std::make_shared<BlockdevOptions>(o);
+    return r;
+}
+
+BlockdevOptions file_opts(const std::string &path)
+{
+    BlockdevOptions o;
+    o.driver = "file";
+    o.discard = BlockdevDiscardOptions::kUnmap;
+    BlockdevOptionsFile f;
+    f.filename = path;
+    o.opts = f;
+    return o;
+}
+
+// qcow2 over rec over file (rec = true) or directly over file.
+BlockdevOptions qcow2_opts(const std::string &path, bool rec = false)
+{
+    BlockdevOptions o;
+    o.driver = "qcow2";
+    o.node_name = "q";
+    o.discard = BlockdevDiscardOptions::kUnmap;
+    BlockdevOptionsQcow2 q;
+    if (rec) {
+        BlockdevOptions r;
+        r.driver = "rec";
+        BlockdevOptionsBlkdebug b;
+        b.image = inline_ref(file_opts(path));
+        r.opts = b;
+        q.file = inline_ref(r);
+    } else {
+        q.file = inline_ref(file_opts(path));
+    }
+    o.opts = q;
+    return o;
+}
+
+BlockdevOptionsQcow2 &qo(BlockdevOptions &o) { return *o.as<BlockdevOptionsQcow2>(); }
+
+struct Env {
+    std::unique_ptr<AioContext> ctx = AioContext::create();
+    BlockGraph graph{&registry()};
+    Qcow2Node *q = nullptr;
+    std::unique_ptr<BlockBackend> b;
+    ~Env() { close(); }
+    void open(const BlockdevOptions &o)
+    {
+        auto r = graph.add_node(o);
+        ck_assert_msg(r.ok(), "add_node: %s", r.ok() ? "" : r.msg().c_str());
+        q = dynamic_cast<Qcow2Node *>(r.value());
+        ck_assert_ptr_nonnull(q);
+        auto bk = BlockBackend::create(q, kPermConsistentRead | kPermWrite | kPermResize, kPermAll, "test");
+        ck_assert_msg(bk.ok(), "backend: %s", bk.ok() ? "" : bk.msg().c_str());
+        b = std::move(bk.value());
+    }
+    void close()
+    {
+        b.reset();
+        graph.close_all();
+        q = nullptr;
+    }
+    int write(int64_t off, const std::vector<uint8_t> &d)
+    {
+        return run_in_coroutine([&] { return b->co_pwrite(off, static_cast<int64_t>(d.size()), d.data()); });
+    }
+    std::vector<uint8_t> read(int64_t off, size_t len)
+    {
+        std::vector<uint8_t> d(len);
+        ck_assert_int_eq(run_in_coroutine([&] { return b->co_pread(off, static_cast<int64_t>(len), d.data()); }), 0);
+        return d;
+    }
+    int flush() { return run_in_coroutine([&] { return b->co_flush(); }); }
+    qcow2::HostMapping mapping(uint64_t off)
+    {
+        qcow2::HostMapping m;
+        ck_assert_int_eq(run_in_coroutine([&] { return q->co_get_mapping(off, 1, &m); }), 0);
+        return m;
+    }
+    // Runs fns as concurrent coroutines until all are done.
+    void parallel(std::vector<std::function<void()>> fns)
+    {
+        size_t done = 0;
+        for (auto &f : fns) {
+            Coroutine *co = coroutine_create_fn([&f, &done] {
+                f();
+                done++;
+            });
+            ctx->co_enter(co);
+        }
+        while (done < fns.size()) ctx->iterate(true);
+    }
+};
+
+std::vector<uint8_t> fill(size_t len, uint8_t v) { return std::vector<uint8_t>(len, v); }
+
+int qemu_img_check(const std::string &path) { return sh("qemu-img check '" + path + "'"); }
+
+#define REQUIRE_QEMU_IMG()                                                  \
+    do {                                                                    \
+        ck_assert_msg(have_qemu_img(), "qemu-img is not installed (qemu-utils)"); \
+    } while (0)
+
+// ---------------------------------------------------------------- ordering
+
+// An allocating write, then a flush: the refcount block and the data reach
+// the file, and a flush completes, before the L2 write that points at the
+// new cluster. A discard: the L2 update reaches the file, and a flush
+// completes, before the refcount block write that frees the cluster.
+START_TEST(test_write_ordering)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("order.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 64M"), 0);
+    Env e;
+    e.open(qcow2_opts(path, true));
+    RecNode *rec = RecNode::last;
+    ck_assert_int_eq(e.write(1 << 20, fill(65536, 0xab)), 0);
+    ck_assert_int_eq(e.flush(), 0);
+    const uint64_t data = e.mapping(1 << 20).host_offset;
+    const uint64_t l2 = file_be64(path, e.q->header().l1_table_offset) & qcow2::kL1eOffsetMask;
+    const uint64_t rb = file_be64(path, e.q->header().refcount_table_offset) & qcow2::kReftOffsetMask;
+    ck_assert(data && l2 && rb);
+    auto last_index = [&](auto pred, size_t before) {
+        long idx = -1;
+        for (size_t i = 0; i < before; i++) {
+            if (pred(rec->log[i])) idx = static_cast<long>(i);
+        }
+        return idx;
+    };
+    // The last L2 write (it holds the data cluster's entry).
+    long l2w = last_index([&](const Op &o) { return o.kind == 'w' && o.off <= l2 && l2 < o.off + o.len; },
+                          rec->log.size());
+    ck_assert_int_ge(l2w, 0);
+    long dw = last_index([&](const Op &o) { return o.kind == 'w' && o.off == data; }, static_cast<size_t>(l2w));
+    long rw = last_index([&](const Op &o) { return o.kind == 'w' && o.off == rb; }, static_cast<size_t>(l2w));
+    long fl = last_index([&](const Op &o) { return o.kind == 'f'; }, static_cast<size_t>(l2w));
+    ck_assert_msg(dw >= 0 && rw >= 0 && fl >= 0, "data %ld refblock %ld flush %ld before L2 %ld", dw, rw, fl, l2w);
+    ck_assert_msg(dw < fl && rw < fl, "flush %ld must follow data %ld and refblock %ld (L2 %ld)", fl, dw, rw, l2w);
+
+    // Free: discard the cluster, flush.
+    rec->log.clear();
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(1 << 20, 65536); }), 0);
+    ck_assert_int_eq(e.flush(), 0);
+    long l2w2 = last_index([&](const Op &o) { return o.kind == 'w' && o.off <= l2 && l2 < o.off + o.len; },
+                           rec->log.size());
+    long rw2 = last_index([&](const Op &o) { return o.kind == 'w' && o.off == rb; }, rec->log.size());
+    ck_assert_msg(l2w2 >= 0 && rw2 > l2w2, "refblock write %ld must follow the L2 write %ld", rw2, l2w2);
+    bool flush_between = false;
+    for (long i = l2w2 + 1; i < rw2; i++) flush_between |= rec->log[static_cast<size_t>(i)].kind == 'f';
+    ck_assert_msg(flush_between, "no flush between the L2 update and the refcount decrement");
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+}
+END_TEST
+
+// Many requests writing into the same unallocated clusters at once: each
+// guest cluster gets exactly one host cluster, all data is there, no leak.
+START_TEST(test_concurrent_same_cluster)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("conc.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 -o cluster_size=64k '" + path + "' 16M"), 0);
+    Env e;
+    e.open(qcow2_opts(path));
+    std::vector<std::function<void()>> fns;
+    std::vector<int> rets(64, 1);
+    for (int i = 0; i < 64; i++) {
+        // 4 guest clusters x 16 pieces of 4 KiB, in a scrambled order.
+        const int piece = (i * 37) % 64;
+        fns.push_back([&, i, piece] {
+            std::vector<uint8_t> d(4096, static_cast<uint8_t>(piece + 1));
+            rets[i] = e.b->co_pwrite(static_cast<int64_t>(piece) * 4096, 4096, d.data());
+        });
+    }
+    e.parallel(fns);
+    for (int i = 0; i < 64; i++) ck_assert_int_eq(rets[i], 0);
+    for (int c = 0; c < 4; c++) {
+        const auto m0 = e.mapping(static_cast<uint64_t>(c) * 65536);
+        ck_assert(m0.type == qcow2::SubclusterType::kNormal);
+        for (int p = 0; p < 16; p++) {
+            const auto m = e.mapping(static_cast<uint64_t>(c) * 65536 + p * 4096);
+            ck_assert_int_eq(m.host_offset, m0.host_offset + p * 4096);
+        }
+    }
+    for (int piece = 0; piece < 64; piece++) {
+        auto d = e.read(piece * 4096, 4096);
+        ck_assert(d == fill(4096, static_cast<uint8_t>(piece + 1)));
+    }
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+}
+END_TEST
+
+// A discard of a cluster whose rewrite is still in flight frees it, but
+// the allocator must not hand it out until the rewrite has completed
+// (QEMU tests/qcow2-discard-during-rewrite).
+START_TEST(test_discard_during_rewrite)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("race.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
+    Env e;
+    e.open(qcow2_opts(path, true));
+    RecNode *rec = RecNode::last;
+    ck_assert_int_eq(e.write(0, fill(65536, 1)), 0);
+    const uint64_t host_a = e.mapping(0).host_offset;
+    rec->hold_off = host_a;
+    rec->hold_len = 65536;
+    int r_rewrite = 1, r_discard = 1, r_new = 1;
+    bool rewrite_started = false;
+    uint64_t host_b = 0;
+    size_t done = 0;
+    Coroutine *w = coroutine_create_fn([&] {
+        std::vector<uint8_t> d(65536, 2);
+        rewrite_started = true;
+        r_rewrite = e.b->co_pwrite(0, 65536, d.data());
+        done++;
+    });
+    e.ctx->co_enter(w);
+    while (!rec->held) e.ctx->iterate(true);
+    ck_assert(rewrite_started);
+    // While the rewrite is held: discard guest cluster 0, write cluster 1.
+    Coroutine *d = coroutine_create_fn([&] {
+        r_discard = e.b->co_pdiscard(0, 65536);
+        std::vector<uint8_t> v(65536, 3);
+        r_new = e.b->co_pwrite(65536, 65536, v.data());
+        qcow2::HostMapping m;
+        e.q->co_get_mapping(65536, 1, &m);
+        host_b = m.host_offset;
+        done++;
+    });
+    e.ctx->co_enter(d);
+    while (done < 1) e.ctx->iterate(true);
+    ck_assert_int_eq(r_discard, 0);
+    ck_assert_int_eq(r_new, 0);
+    ck_assert_msg(host_b != host_a, "cluster 0x%" PRIx64 " reused while a write to it was in flight", host_a);
+    rec->release();
+    while (done < 2) e.ctx->iterate(true);
+    ck_assert_int_eq(r_rewrite, 0);
+    ck_assert(e.read(65536, 65536) == fill(65536, 3));
+    e.close();
+    int rc = qemu_img_check(path);
+    ck_assert_int_eq(rc, 0);
+}
+END_TEST
+
+// A data cluster pointing into the refcount table: a write there is
+// refused (-EIO), the image is marked corrupt on disk, writes stop; with
+// overlap-check=none nothing is checked (not exercised: it would destroy
+// the table). Read-only opens still work.
+START_TEST(test_overlap_check)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("ol.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'write -P 1 0 64k' '" + path + "'"), 0);
+    const uint64_t l1 = file_be64(path, 40), rt = file_be64(path, 48);
+    const uint64_t l2 = file_be64(path, l1) & qcow2::kL1eOffsetMask;
+    patch_file(path, l2, rt | qcow2::kOflagCopied);
+    for (auto mode : {Qcow2OverlapCheckMode::kConstant, Qcow2OverlapCheckMode::kCached, Qcow2OverlapCheckMode::kAll}) {
+        patch_file(path, 72, 0);   // clear corrupt from the previous round
+        Env e;
+        auto o = qcow2_opts(path);
+        qo(o).overlap_check = mode;
+        e.open(o);
+        ck_assert_int_eq(e.write(0, fill(512, 9)), -EIO);
+        ck_assert(e.q->write_stopped());
+        ck_assert_int_eq(e.write(1 << 20, fill(512, 9)), -EIO);
+        e.close();
+        ck_assert_int_eq(file_be64(path, 72) & qcow2::kIncompatCorrupt, qcow2::kIncompatCorrupt);
+        // The refcount table is intact.
+        ck_assert_int_ne(file_be64(path, rt), 9ULL * 0x0101010101010101ULL);
+    }
+    ck_assert_int_eq(sh("qemu-img info '" + path + "' | grep -q 'corrupt: true'"), 0);
+}
+END_TEST
+
+// Lazy refcounts: the dirty bit is on disk while writes are in progress and
+// cleared by a clean close. A copy taken while the image is open (a crash)
+// is dirty; the next writable open repairs it, and qemu-img check is clean.
+START_TEST(test_lazy_refcounts)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("lazy.qcow2"), crash = tmp_path("crash.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 -o lazy_refcounts=on '" + path + "' 16M"), 0);
+    {
+        Env e;
+        e.open(qcow2_opts(path));
+        ck_assert(e.q->lazy_refcounts());
+        ck_assert_int_eq(file_be64(path, 72) & qcow2::kIncompatDirty, 0);
+        for (int i = 0; i < 20; i++) ck_assert_int_eq(e.write(i * 200000, fill(70000, static_cast<uint8_t>(i + 1))), 0);
+        ck_assert_int_eq(file_be64(path, 72) & qcow2::kIncompatDirty, qcow2::kIncompatDirty);
+        ck_assert_int_eq(sh("cp '" + path + "' '" + crash + "'"), 0);
+        e.close();
+        ck_assert_int_eq(file_be64(path, 72) & qcow2::kIncompatDirty, 0);
+    }
+    ck_assert_int_eq(qemu_img_check(path), 0);
+    ck_assert_int_eq(file_be64(crash, 72) & qcow2::kIncompatDirty, qcow2::kIncompatDirty);
+    {
+        Env e;
+        e.open(qcow2_opts(crash));
+        ck_assert_int_eq(file_be64(crash, 72) & qcow2::kIncompatDirty, 0);
+        ck_assert_int_eq(e.flush(), 0);
+    }
+    ck_assert_int_eq(qemu_img_check(crash), 0);
+    // Data written before the copy and flushed by nobody may be lost, but
+    // whatever the L2 tables reference is counted: compare the two images'
+    // committed view only through check. The clean one holds all data.
+    ck_assert_int_eq(sh("qemu-io -c 'read -P 20 3800000 70000' '" + path + "' | grep -q 'verification failed'"), 1);
+}
+END_TEST
+
+// Shrinking an image with internal snapshots is refused; growing works.
+START_TEST(test_shrink_with_snapshot)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("snap.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
+    ck_assert_int_eq(sh("qemu-img snapshot -c s1 '" + path + "'"), 0);
+    Env e;
+    e.open(qcow2_opts(path));
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_truncate(8 << 20, false, PreallocMode::kOff); }), -ENOTSUP);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_truncate(32 << 20, false, PreallocMode::kOff); }), 0);
+    ck_assert_int_eq(e.b->getlength(), 32 << 20);
+    ck_assert_int_eq(e.write(30 << 20, fill(4096, 5)), 0);
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'read -P 5 30M 4k' '" + path + "' | grep -q 'verification failed'"), 1);
+}
+END_TEST
+
+// discard-no-unref keeps the host cluster allocated (a zero cluster with
+// its offset); without it the cluster is freed.
+START_TEST(test_discard_no_unref)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("nounref.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
+    for (bool nounref : {true, false}) {
+        Env e;
+        auto o = qcow2_opts(path);
+        qo(o).discard_no_unref = nounref;
+        e.open(o);
+        ck_assert_int_eq(e.write(0, fill(65536, 7)), 0);
+        const uint64_t host = e.mapping(0).host_offset;
+        ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(0, 65536); }), 0);
+        const auto m = e.mapping(0);
+        if (nounref) {
+            ck_assert(m.type == qcow2::SubclusterType::kZeroAlloc);
+            ck_assert_int_eq(m.host_offset, host);
+        } else {
+            ck_assert(m.type == qcow2::SubclusterType::kZeroPlain);
+            uint64_t rc = 9;
+            ck_assert_int_eq(run_in_coroutine([&] { return e.q->co_get_refcount(host >> 16, &rc); }), 0);
+            ck_assert_int_eq(rc, 0);
+        }
+        ck_assert(e.read(0, 65536) == fill(65536, 0));
+        e.close();
+        ck_assert_int_eq(qemu_img_check(path), 0);
+    }
+}
+END_TEST
+
+// Growing with preallocation (metadata, falloc, full): clusters allocated
+// and reading as zeros; qemu-img check clean; qemu-img map shows data.
+START_TEST(test_truncate_prealloc)
+{
+    REQUIRE_QEMU_IMG();
+    for (auto mode : {PreallocMode::kMetadata, PreallocMode::kFalloc, PreallocMode::kFull}) {
+        const std::string path = tmp_path("pre.qcow2");
+        ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 1M"), 0);
+        Env e;
+        e.open(qcow2_opts(path));
+        // Garbage in a cluster that is freed again: preallocation reuses it.
+        ck_assert_int_eq(e.write(0, fill(65536, 0xee)), 0);
+        ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(0, 65536); }), 0);
+        ck_assert_int_eq(e.flush(), 0);
+        ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_truncate(4 << 20, false, mode); }), 0);
+        const auto m = e.mapping(2 << 20);
+        ck_assert(m.type == qcow2::SubclusterType::kNormal);
+        for (uint64_t off = 1 << 20; off < (4u << 20); off += 65536) {
+            ck_assert(e.read(static_cast<int64_t>(off), 65536) == fill(65536, 0));
+        }
+        e.close();
+        ck_assert_int_eq(qemu_img_check(path), 0);
+        unlink(path.c_str());
+    }
+}
+END_TEST
+
+Suite *qcow2_write_suite()
+{
+    Suite *s = suite_create("qcow2-write");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_unchecked_fixture(tc, make_tmpdir, remove_tmpdir);
+    tcase_add_test(tc, test_write_ordering);
+    tcase_add_test(tc, test_concurrent_same_cluster);
+    tcase_add_test(tc, test_discard_during_rewrite);
+    tcase_add_test(tc, test_overlap_check);
+    tcase_add_test(tc, test_lazy_refcounts);
+    tcase_add_test(tc, test_shrink_with_snapshot);
+    tcase_add_test(tc, test_discard_no_unref);
+    tcase_add_test(tc, test_truncate_prealloc);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+} // namespace
+
+int main()
+{
+    SRunner *sr = srunner_create(qcow2_write_suite());
+    srunner_set_fork_status(sr, CK_FORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
