@@ -169,7 +169,7 @@ InfoValue InfoValue::new_dict()
 
 InfoValue &InfoValue::add(const std::string &key, InfoValue v)
 {
-    dict.emplace_back(key, std::move(v));
+    dict.push_back(Member{key, std::move(v)});
     return *this;
 }
 

@@ -117,7 +117,10 @@ struct InfoValue {
     int64_t i = 0;
     std::string s;
     std::vector<InfoValue> list;
-    std::vector<std::pair<std::string, InfoValue>> dict;   // in output order
+    // Not std::pair: a pair of an incomplete type is not allowed (clang
+    // rejects it); vector of an incomplete struct is.
+    struct Member;
+    std::vector<Member> dict;   // in output order
 
     static InfoValue of_bool(bool v);
     static InfoValue of_int(int64_t v);
@@ -128,6 +131,11 @@ struct InfoValue {
     InfoValue &add(const std::string &key, InfoValue v);
     // Dict: the member named key, or nullptr.
     const InfoValue *find(const std::string &key) const;
+};
+
+struct InfoValue::Member {
+    std::string first;    // key
+    InfoValue second;     // value
 };
 
 // One internal snapshot (QEMU QEMUSnapshotInfo / SnapshotInfo).
