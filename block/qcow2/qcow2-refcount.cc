@@ -345,14 +345,16 @@ int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool 
     if (r < 0) return r;
     file_->debug_event("cluster_alloc");
     // Find the run: scan from the cursor; clusters beyond the file are free.
-    uint64_t start = 0, n = 0;
+    uint64_t start = 0, n = 0, first_zero = UINT64_MAX;
     for (int attempt = 0;; attempt++) {
         if (attempt > 1000) return -ENOSPC;
         n = 0;
+        first_zero = UINT64_MAX;
         for (uint64_t c = free_cluster_index_;; c++) {
             uint64_t rc;
             r = co_get_refcount_locked(c, &rc);
             if (r < 0) return r;
+            if (rc == 0 && first_zero == UINT64_MAX) first_zero = c;
             if (!cluster_free_locked(c, rc)) {
                 if (n && !exact) break;
                 n = 0;
@@ -386,7 +388,10 @@ int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool 
             return r;
         }
     }
-    if (start == free_cluster_index_) free_cluster_index_ = start + n;
+    // Everything before the first cluster with refcount 0 is in use (a
+    // freed cluster under I/O has refcount 0: the cursor stops there).
+    if (first_zero == start) free_cluster_index_ = start + n;
+    else if (first_zero != UINT64_MAX && first_zero > free_cluster_index_) free_cluster_index_ = first_zero;
     *got = n;
     return static_cast<int64_t>(start << cluster_bits_);
 }

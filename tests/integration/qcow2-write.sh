@@ -7,7 +7,8 @@
 # grow); v2 and v3; extended L2 (64 KiB and 16 KiB clusters); images full of
 # zlib / zstd compressed clusters being overwritten; backing chains (v2 and
 # v3, backing file shorter than the image); external data files (plain and
-# data_file_raw); lazy refcounts; a virtual size that is not a multiple of
+# data_file_raw); lazy refcounts; an image with an internal snapshot (its
+# content must stay intact: shared clusters are copied on write); a virtual size that is not a multiple of
 # the cluster size), a random sequence of operations (qcow2-write-gen.py:
 # writes aligned and byte-granular, batches of concurrent aio_writes sharing
 # clusters, write -z with and without -u, whole-cluster discards,
@@ -60,6 +61,11 @@ run_case() {
             fail "$name (seed $seed): qemu-img compare: $out"
             [ "${BG_KEEP_WORK:-0}" = 1 ] && cp -r "$WORK/c" "$WORK/failed-$name-$seed"
         fi
+        # An internal snapshot taken before must be intact.
+        if [ -f snap.raw ]; then
+            qemu-img convert -l s1 -O raw img.qcow2 snapnow.raw && cmp -s snap.raw snapnow.raw ||
+                fail "$name (seed $seed): the internal snapshot changed"
+        fi
         if qemu-img info --output=json img.qcow2 | grep -q '"corrupt": true'; then
             fail "$name (seed $seed): corrupt bit set"
         fi
@@ -94,6 +100,8 @@ run_case backing-v2 $((8 * M)) 65536 "v2,backing" \
     "mkimg -o compat=0.10 base.qcow2 8M && qemu-io -c 'write -P 0x5a 0 8M' base.qcow2 >/dev/null && mkimg -o compat=0.10 -b base.qcow2 -F qcow2 img.qcow2 8M"
 run_case datafile $((8 * M)) 65536 "nocompress" "mkimg -o data_file=img.data img.qcow2 8M"
 run_case datafile-raw $((8 * M)) 65536 "nocompress" "mkimg -o data_file=img.data,data_file_raw=on img.qcow2 8M"
+run_case snapshot $((8 * M)) 65536 "notruncate" \
+    "mkimg img.qcow2 8M && qemu-io -c 'write -c -P 2 1M 128k' -c 'write -P 1 0 1M' -c 'write -P 3 2M 5M' -c 'write -z 3M 64k' img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2 && qemu-img convert -O raw img.qcow2 snap.raw"
 run_case lazy $((8 * M)) 65536 "" "mkimg -o lazy_refcounts=on img.qcow2 8M"
 
 echo "qcow2-write: $checks cases, $failures failures"
