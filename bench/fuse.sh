@@ -9,7 +9,10 @@
 #
 # Configurations:
 #   qsd       qemu-storage-daemon, the command line (writable=on)
-#   bg        blockgraph daemon, the same command line
+#   bg        blockgraph daemon, the same command line, requests read from
+#             /dev/fuse (BLOCKGRAPH_FUSE_URING=0)
+#   bg-uring  the same over FUSE-over-io_uring: the fuse module parameter
+#             enable_uring is set to Y for these runs only (root)
 #   bg-pt     blockgraph daemon, same line plus growable=on on the export: on
 #             raw images this is where FUSE passthrough is used (raw formats only)
 #   native    fio on the image file itself, no FUSE (raw formats only)
@@ -40,7 +43,7 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${RAMP:=2}"
 : "${WORKLOADS:=randrw-4k-qd1 randrw-4k-qd1-direct randrw-4k-qd64 randrw-4k-qd64-direct seqread-1m-qd16-direct seqwrite-1m-qd16-direct}"
 : "${FORMATS:=qcow2 qcow2-filled raw-filled}"
-: "${CONFIGS:=qsd bg bg-pt native}"
+: "${CONFIGS:=qsd bg bg-uring bg-pt native}"
 : "${IMG_BENCH:=1}"
 : "${WORKDIR:=/var/tmp/blockgraph-bench}"
 : "${QUIET_WAIT:=20}"
@@ -75,14 +78,26 @@ exec $BLOCKGRAPH daemon --stats "\${args[@]}"
 EOF
 chmod +x "$BG_WRAP" "$PT_WRAP"
 
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_SAVED=$(cat "$URING_PARAM" 2>/dev/null || echo)
+restore() { if [ -n "$URING_SAVED" ] && [ -w "$URING_PARAM" ]; then echo "$URING_SAVED" >"$URING_PARAM"; fi; }
+trap restore EXIT
+
 is_raw() { case $1 in raw*) return 0 ;; esac; return 1; }
 
 run_config() { # CONFIG FORMAT WORKLOAD -> result line on stdout
     local c=$1 f=$2 w=$3
     case $c in
         qsd) WORKLOADS=$w LABEL=qsd "$HARNESS/fuse_fio.sh" qsd "$f" ;;
-        bg) WORKLOADS=$w LABEL=bg "$HARNESS/fuse_fio.sh" "$BG_WRAP" "$f" ;;
-        bg-pt) WORKLOADS=$w LABEL=bg-pt "$HARNESS/fuse_fio.sh" "$PT_WRAP" "$f" ;;
+        bg) BLOCKGRAPH_FUSE_URING=0 WORKLOADS=$w LABEL=bg "$HARNESS/fuse_fio.sh" "$BG_WRAP" "$f" ;;
+        bg-uring)
+            [ -w "$URING_PARAM" ] || { echo "cannot enable FUSE-over-io_uring ($URING_PARAM)" >&2; return 1; }
+            echo Y >"$URING_PARAM"
+            local rc=0
+            WORKLOADS=$w LABEL=bg-uring "$HARNESS/fuse_fio.sh" "$BG_WRAP" "$f" || rc=$?
+            restore
+            return $rc ;;
+        bg-pt) BLOCKGRAPH_FUSE_URING=0 WORKLOADS=$w LABEL=bg-pt "$HARNESS/fuse_fio.sh" "$PT_WRAP" "$f" ;;
         native) WORKLOADS=$w LABEL=native "$HARNESS/native_fio.sh" "$f" ;;
         *) die "unknown configuration '$c'" ;;
     esac
@@ -106,7 +121,7 @@ for f in $FORMATS; do
                 fi
                 # Per-request counters of our daemon (from --stats at exit).
                 grep -h 'per read/write request' "$WORKDIR/last.err" | sed "s/^ *daemon: */    $c: /" >&2 || true
-                grep -h 'passthrough:' "$WORKDIR/last.err" | sed "s/^ *daemon: */    $c: /" >&2 || true
+                grep -h 'passthrough: on\|fuse-over-io_uring: on' "$WORKDIR/last.err" | sed "s/^ *daemon: */    $c: /" >&2 || true
             done
         done
     done
@@ -131,8 +146,8 @@ for line in open(sys.argv[1]):
     except (KeyError, ValueError):
         continue
     rows.setdefault((kv["format"], w), {}).setdefault(kv["daemon"], []).append(v)
-cfgs = ["qsd", "bg", "bg-pt", "native"]
-print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg-pt/native | bg/native |")
+cfgs = ["qsd", "bg", "bg-uring", "bg-pt", "native"]
+print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg-uring/qsd | bg-pt/native | bg/native |")
 print("|---|---|" + "---|" * (len(cfgs) + 3))
 def med(d, c):
     return statistics.median(d[c]) if c in d else None
@@ -143,8 +158,9 @@ def ratio(a, b):
     return "%.2f" % (a / b) if a is not None and b else "-"
 for (f, w), d in sorted(rows.items()):
     m = {c: med(d, c) for c in cfgs}
-    print("| %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
-          ratio(m["bg"], m["qsd"]), ratio(m["bg-pt"], m["native"]), ratio(m["bg"], m["native"])))
+    print("| %s | %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
+          ratio(m["bg"], m["qsd"]), ratio(m["bg-uring"], m["qsd"]), ratio(m["bg-pt"], m["native"]),
+          ratio(m["bg"], m["native"])))
 EOF
 echo "raw result lines: $LINES"
 

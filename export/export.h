@@ -26,6 +26,9 @@ struct ExportStats {
     uint64_t io_submissions = 0;     // io_uring SQEs (or pool jobs)
     uint64_t io_enters = 0;          // io_uring_enter system calls
     uint64_t fuse_reads = 0;         // read(2)/readv(2) calls on /dev/fuse that returned a request
+                                     // (stats_text shows fuse_reads + ring_fetches: requests received)
+    uint64_t ring_fetches = 0;       // requests that came through FUSE-over-io_uring
+    uint64_t ring_enters = 0;        // io_uring_enter calls on the FUSE rings (not in io_enters)
     uint64_t wakeups = 0;            // fd-handler invocations
     enum Kind { kRead, kWrite, kFlush, kGetattr, kSetattr, kFallocate, kLseek, kOther };
     static const char *kind_name(int k);

@@ -19,10 +19,12 @@
 #include <fcntl.h>
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
+#include <liburing.h>
 #include <linux/falloc.h>
 #include <linux/fuse.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -30,6 +32,7 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <mutex>
 #include <sstream>
 
@@ -63,6 +66,29 @@ struct OpenOut {                                      // struct fuse_open_out (7
     int32_t backing_id;
 };
 static_assert(sizeof(OpenOut) == sizeof(fuse_open_out));
+
+// FUSE-over-io_uring (protocol 7.42, Linux 6.14).
+constexpr uint64_t kInitOverIoUring = 1ULL << 41;     // FUSE_OVER_IO_URING (flags2)
+constexpr uint32_t kUringCmdRegister = 1;             // FUSE_IO_URING_CMD_REGISTER
+constexpr uint32_t kUringCmdCommitAndFetch = 2;       // FUSE_IO_URING_CMD_COMMIT_AND_FETCH
+struct UringEntInOut {                                // struct fuse_uring_ent_in_out
+    uint64_t flags;
+    uint64_t commit_id;
+    uint32_t payload_sz;
+    uint32_t padding;
+    uint64_t reserved;
+};
+struct UringReqHeader {                               // struct fuse_uring_req_header
+    uint8_t in_out[128];                              // fuse_in_header in, fuse_out_header out
+    uint8_t op_in[128];                               // the request's first argument
+    UringEntInOut ent;
+};
+struct UringCmdReq {                                  // struct fuse_uring_cmd_req, in the SQE's cmd area
+    uint64_t flags;
+    uint64_t commit_id;
+    uint16_t qid;
+    uint8_t padding[6];
+};
 } // namespace bg::fuse_uapi
 #define BG_FUSE_DEV_IOC_BACKING_OPEN _IOW(229, 1, bg::fuse_uapi::BackingMap)
 #define BG_FUSE_DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
@@ -106,12 +132,33 @@ struct FuseRequest {
     AlignedBuf payload;
     size_t len = 0;               // bytes read from /dev/fuse
     FuseRequest *next = nullptr;  // pool link
+    // FUSE-over-io_uring: the request is an entry registered with the
+    // kernel for ring queue qid; the kernel writes the header (copied into
+    // hdr when a request arrives), the first argument (op_in) and the
+    // payload, and takes the reply from the same places. nullptr: a
+    // request read from /dev/fuse.
+    fuse_uapi::UringReqHeader *uh = nullptr;
+    uint16_t qid = 0;
+    bool ring_dead = false;       // the kernel failed or cancelled the entry
+    struct iovec reg_iov[2] = {};
+    ~FuseRequest()
+    {
+        if (uh) {
+            uh->~UringReqHeader();
+            free(uh);
+        }
+    }
 
     const fuse_in_header &in() const { return *reinterpret_cast<const fuse_in_header *>(hdr); }
     // Copies the argument bytes [off, off+n) after the in-header into dst;
     // returns false if the request is too short.
     bool arg(size_t off, void *dst, size_t n) const
     {
+        if (uh) {
+            if (off + n > sizeof(uh->op_in)) return false;
+            memcpy(dst, uh->op_in + off, n);
+            return true;
+        }
         size_t start = sizeof(fuse_in_header) + off;
         if (start + n > len) return false;
         auto *d = static_cast<uint8_t *>(dst);
@@ -134,6 +181,14 @@ struct FuseQueue {
     FuseRequest *pool = nullptr;    // free requests (touched only by this queue's thread)
     int pooled = 0;                 // entries in pool
     std::atomic<bool> attached{false};
+
+    // FUSE-over-io_uring: this queue's ring (SQE128) and its entries, for
+    // the kernel ring queues (one per possible CPU) given to it.
+    struct io_uring ring;
+    bool ring_ok = false;
+    std::vector<FuseRequest *> ring_entries;
+    std::vector<uint16_t> ring_qids;
+    std::atomic<uint64_t> ring_fetches{0}, ring_enters{0}, ring_dead{0};
 
     // Counters (written by the queue's thread, read by anyone).
     std::atomic<uint64_t> requests[8] = {};
@@ -173,6 +228,8 @@ struct FuseQueue {
             pool = r->next;
             delete r;
         }
+        if (ring_ok) io_uring_queue_exit(&ring);
+        for (FuseRequest *r : ring_entries) delete r;
     }
 };
 
@@ -209,6 +266,14 @@ class FuseExport final : public BlockExport {
     void handle_statfs(FuseRequest *req);
     void fill_attr(fuse_attr *a);
     void choose_passthrough(const BlockExportOptions &opts);
+    void choose_uring();
+    static void start_ring(void *opaque);
+    void ring_prep(FuseQueue *q, FuseRequest *e, uint32_t cmd);
+    static void on_ring_readable(void *opaque);
+    static void on_ring_prepare(void *opaque);
+    void ring_flush(FuseQueue *q);
+    void ring_reap(FuseQueue *q);
+    static void detach_handlers(FuseQueue *q);
     void refresh_length_if_passthrough();
     int passthrough_backing_id(FuseQueue *q);
     int co_grow(int64_t new_size, PreallocMode prealloc);
@@ -260,6 +325,14 @@ class FuseExport final : public BlockExport {
     int backing_queue_fd_ = -1;
     std::atomic<uint64_t> passthrough_opens_{0};
     std::atomic<bool> passthrough_used_{false};   // a backing id was registered
+
+    // FUSE-over-io_uring (docs/fuse-export.md): uring_why_ is why it is not
+    // used ("" = wanted); uring_on_ once the kernel agreed at INIT;
+    // uring_active_ once a request arrived through a ring.
+    std::string uring_why_;
+    std::atomic<bool> uring_on_{false};
+    std::atomic<bool> uring_active_{false};
+    unsigned uring_queues_ = 0;     // kernel ring queues (possible CPUs)
 };
 
 // ---------------------------------------------------------------- set-up
@@ -374,6 +447,7 @@ Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, cons
     Status s = check_mountpoint();
     if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
     choose_passthrough(opts);
+    choose_uring();
     mode_ = S_IFREG | S_IRUSR | (writable_ ? S_IWUSR : 0);
     uid_ = getuid();
     gid_ = getgid();
@@ -420,6 +494,11 @@ Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, cons
             queues_.push_back(std::move(q));
         }
     }
+    // Kernel ring queues round-robin over our queues (threads).
+    if (uring_why_.empty()) {
+        for (unsigned qid = 0; qid < uring_queues_; qid++)
+            queues_[qid % queues_.size()]->ring_qids.push_back(static_cast<uint16_t>(qid));
+    }
     for (auto &q : queues_) {
         int fl = fcntl(q->fd, F_GETFL);
         fcntl(q->fd, F_SETFL, fl | O_NONBLOCK);
@@ -443,16 +522,26 @@ void FuseExport::attach(FuseQueue *q)
     q->attached = true;
 }
 
+// In the queue's thread: no more requests from /dev/fuse or the ring.
+// Replies prepared so far go out now; those of requests still running go
+// out at once from reply(). The ring stays until shutdown.
+void FuseExport::detach_handlers(FuseQueue *q)
+{
+    q->ctx->set_fd_handler(q->fd, nullptr, nullptr, nullptr);
+    if (q->ring_ok) {
+        q->exp->ring_flush(q);
+        q->ctx->set_fd_handler(q->ring.ring_fd, nullptr, nullptr, nullptr);
+        q->ctx->remove_prepare_hook(&FuseExport::on_ring_prepare, q);
+    }
+}
+
 void FuseExport::detach(FuseQueue *q)
 {
     if (!q->attached.exchange(false)) return;
     if (q->thread) {
-        q->thread->run_sync([](void *p) {
-            auto *qq = static_cast<FuseQueue *>(p);
-            qq->ctx->set_fd_handler(qq->fd, nullptr, nullptr, nullptr);
-        }, q);
+        q->thread->run_sync([](void *p) { detach_handlers(static_cast<FuseQueue *>(p)); }, q);
     } else {
-        q->ctx->set_fd_handler(q->fd, nullptr, nullptr, nullptr);
+        detach_handlers(q);
     }
 }
 
@@ -487,6 +576,12 @@ void FuseExport::shutdown()
     }
     if (backing_fd_ >= 0) close(backing_fd_);
     backing_fd_ = -1;
+    // Rings go before the descriptors and the mount: the kernel cancels
+    // their entries. The entries' buffers stay until the queues are freed.
+    for (auto &q : queues_) {
+        if (q->ring_ok) io_uring_queue_exit(&q->ring);
+        q->ring_ok = false;
+    }
     for (auto &q : queues_) {
         if (q->owns_fd && q->fd >= 0) close(q->fd);
         q->fd = -1;
@@ -585,6 +680,23 @@ void FuseExport::reply(FuseRequest *req, int err, const void *data, size_t len, 
         data = data2 = nullptr;
         len = len2 = 0;
     }
+    if (req->uh) {
+        // Through the ring: the header goes into in_out, the arguments into
+        // the payload buffer (READ data is there already), and the commit
+        // also fetches the entry's next request.
+        fuse_out_header oh;
+        oh.unique = req->in().unique;
+        oh.error = -err;
+        oh.len = static_cast<uint32_t>(sizeof(oh) + len + len2);
+        memcpy(req->uh->in_out, &oh, sizeof(oh));
+        uint8_t *pl = req->payload.get();
+        if (len && data != pl) memmove(pl, data, len);
+        if (len2) memmove(pl + len, data2, len2);
+        req->uh->ent.payload_sz = static_cast<uint32_t>(len + len2);
+        ring_prep(q, req, fuse_uapi::kUringCmdCommitAndFetch);
+        if (!q->attached) ring_flush(q);   // detached: no loop round flushes it
+        return;
+    }
     fuse_out_header oh;
     oh.unique = req->in().unique;
     oh.error = -err;   // the one place errno changes sign for the kernel
@@ -656,7 +768,9 @@ void FuseExport::process(FuseRequest *req)
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
     case FUSE_INTERRUPT:
-        break;   // no reply expected
+        // No reply expected; a ring entry still goes back to the kernel.
+        if (req->uh) reply(req, 0);
+        break;
     case FUSE_DESTROY:
         reply(req, 0);
         break;
@@ -669,7 +783,7 @@ void FuseExport::process(FuseRequest *req)
         reply(req, ENOSYS);
         break;
     }
-    q->put(req);
+    if (!req->uh) q->put(req);
     requests_in_flight_.fetch_sub(1);   // the last touch of the export
 }
 
@@ -723,7 +837,24 @@ void FuseExport::handle_init(FuseRequest *req)
                      id_.c_str());
         }
     }
+    if (uring_why_.empty()) {
+        if (kflags2 & fuse_uapi::kInitOverIoUring) {
+            out.flags |= fuse_uapi::kInitExt;
+            out.flags2 |= static_cast<uint32_t>(fuse_uapi::kInitOverIoUring >> 32);
+            uring_on_ = true;
+        } else {
+            uring_why_ = "not offered by the kernel";
+        }
+    }
     reply(req, 0, &out, sizeof(out));
+    if (uring_on_) {
+        // The kernel set up its side with the reply: register our entries,
+        // each queue's in its own thread (completions go to the submitter).
+        for (auto &qq : queues_) qq->ctx->schedule_oneshot(&FuseExport::start_ring, qq.get());
+    } else if (!uring_why_.empty()) {
+        log_info("export '%s': FUSE-over-io_uring not used (%s); requests are read from /dev/fuse", id_.c_str(),
+                 uring_why_.c_str());
+    }
 }
 
 void FuseExport::fill_attr(fuse_attr *a)
@@ -818,6 +949,176 @@ int FuseExport::passthrough_backing_id(FuseQueue *q)
     log_info("export '%s': FUSE passthrough to %s: reads and writes bypass the daemon", id_.c_str(),
              passthrough_path_.c_str());
     return backing_id_;
+}
+
+// FUSE-over-io_uring is used when the kernel has it (Linux >= 6.14 built
+// with CONFIG_FUSE_IO_URING) and enabled (module parameter
+// fuse.enable_uring=Y, off by default), unless BLOCKGRAPH_FUSE_URING=0.
+// Otherwise, or if registering the ring entries fails, requests are read
+// from /dev/fuse, which also carries what the kernel never sends through a
+// ring (INIT, interrupts).
+void FuseExport::choose_uring()
+{
+    const char *env = getenv("BLOCKGRAPH_FUSE_URING");
+    if (env && strcmp(env, "0") == 0) {
+        uring_why_ = "disabled by BLOCKGRAPH_FUSE_URING=0";
+        return;
+    }
+    std::ifstream f("/sys/module/fuse/parameters/enable_uring");
+    std::string v;
+    if (!(f >> v)) {
+        uring_why_ = "the kernel has no FUSE-over-io_uring";
+        return;
+    }
+    if (v != "Y" && v != "1") {
+        uring_why_ = "disabled in the kernel: fuse.enable_uring=N";
+        return;
+    }
+    // One kernel ring queue per possible CPU, spread over our queues.
+    unsigned n = 0;
+    std::ifstream pf("/sys/devices/system/cpu/possible");
+    std::string range;
+    if (pf >> range) {
+        size_t dash = range.find('-');
+        unsigned hi = static_cast<unsigned>(atoi(range.c_str() + (dash == std::string::npos ? 0 : dash + 1)));
+        if (range.find(',') == std::string::npos) n = hi + 1;
+    }
+    if (n == 0) n = static_cast<unsigned>(get_nprocs_conf());
+    uring_queues_ = n;
+}
+
+namespace {
+constexpr unsigned kRingDepth = 32;   // entries per kernel ring queue
+} // namespace
+
+void FuseExport::ring_prep(FuseQueue *q, FuseRequest *e, uint32_t cmd)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+    if (!sqe) {
+        ring_flush(q);
+        sqe = io_uring_get_sqe(&q->ring);
+    }
+    if (!sqe) {
+        // Cannot happen: the ring has one SQE per entry and an entry has at
+        // most one command outstanding.
+        log_error("export '%s': FUSE ring full", id_.c_str());
+        abort();
+    }
+    memset(sqe, 0, 128);
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = q->fd;
+    sqe->cmd_op = cmd;
+    sqe->addr = reinterpret_cast<uint64_t>(e->reg_iov);
+    sqe->len = 2;
+    fuse_uapi::UringCmdReq cr;
+    memset(&cr, 0, sizeof(cr));
+    cr.qid = e->qid;
+    cr.commit_id = cmd == fuse_uapi::kUringCmdCommitAndFetch ? e->uh->ent.commit_id : 0;
+    memcpy(sqe->cmd, &cr, sizeof(cr));
+    io_uring_sqe_set_data(sqe, e);
+}
+
+void FuseExport::start_ring(void *opaque)
+{
+    auto *q = static_cast<FuseQueue *>(opaque);
+    FuseExport *x = q->exp;
+    if (q->ring_qids.empty() || x->halted_) return;
+    unsigned n = static_cast<unsigned>(q->ring_qids.size()) * kRingDepth;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE;
+    p.cq_entries = n * 2;
+    int r = io_uring_queue_init_params(n, &q->ring, &p);
+    if (r < 0) {
+        log_warn("export '%s': FUSE-over-io_uring: cannot set up a ring: %s; requests are read from /dev/fuse",
+                 x->id_.c_str(), strerror(-r));
+        return;
+    }
+    q->ring_ok = true;
+    for (uint16_t qid : q->ring_qids) {
+        for (unsigned i = 0; i < kRingDepth; i++) {
+            auto *e = new FuseRequest;
+            e->q = q;
+            e->payload = aligned_alloc_buf(4096, kPayloadSize);
+            void *mem = aligned_alloc(64, sizeof(fuse_uapi::UringReqHeader));
+            if (!mem) throw std::bad_alloc();
+            e->uh = new (mem) fuse_uapi::UringReqHeader();
+            e->qid = qid;
+            e->reg_iov[0] = {e->uh, sizeof(fuse_uapi::UringReqHeader)};
+            e->reg_iov[1] = {e->payload.get(), kPayloadSize};
+            q->ring_entries.push_back(e);
+            x->ring_prep(q, e, fuse_uapi::kUringCmdRegister);
+        }
+    }
+    q->ctx->set_fd_handler(q->ring.ring_fd, &FuseExport::on_ring_readable, nullptr, q);
+    q->ctx->add_prepare_hook(&FuseExport::on_ring_prepare, q);
+    x->ring_flush(q);
+    log_info("export '%s': FUSE-over-io_uring: %zu kernel queue(s) x %u entries registered in this thread",
+             x->id_.c_str(), q->ring_qids.size(), kRingDepth);
+}
+
+void FuseExport::on_ring_prepare(void *opaque)
+{
+    auto *q = static_cast<FuseQueue *>(opaque);
+    q->exp->ring_flush(q);
+}
+
+void FuseExport::ring_flush(FuseQueue *q)
+{
+    if (!q->ring_ok || !io_uring_sq_ready(&q->ring)) return;
+    int r;
+    do {
+        r = io_uring_submit(&q->ring);
+        q->ring_enters.fetch_add(1, std::memory_order_relaxed);
+    } while (r == -EINTR);
+    if (r < 0 && r != -EAGAIN && r != -EBUSY) log_error("export '%s': FUSE ring: %s", id_.c_str(), strerror(-r));
+}
+
+void FuseExport::on_ring_readable(void *opaque)
+{
+    auto *q = static_cast<FuseQueue *>(opaque);
+    q->exp->ring_reap(q);
+}
+
+void FuseExport::ring_reap(FuseQueue *q)
+{
+    q->wakeups.fetch_add(1, std::memory_order_relaxed);
+    if (!q->base_set) {
+        q->switches_base = coroutine_stats().switches;
+        q->base_set = true;
+    }
+    unsigned head, n = 0;
+    struct io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&q->ring, head, cqe)
+    {
+        n++;
+        auto *e = static_cast<FuseRequest *>(io_uring_cqe_get_data(cqe));
+        int res = cqe->res;
+        if (res < 0) {
+            // Cancelled at teardown (ENOTCONN, ECANCELED), or the kernel
+            // refused the entry: requests keep coming through /dev/fuse
+            // while any kernel queue has no entry.
+            e->ring_dead = true;
+            uint64_t dead = q->ring_dead.fetch_add(1, std::memory_order_relaxed);
+            if (dead == 0 && res != -ENOTCONN && res != -ECANCELED && !halted_) {
+                log_warn("export '%s': FUSE-over-io_uring: the kernel refused a ring entry: %s; requests are read "
+                         "from /dev/fuse",
+                         id_.c_str(), strerror(-res));
+            }
+            continue;
+        }
+        memcpy(e->hdr, e->uh->in_out, sizeof(fuse_in_header));
+        e->len = kHeaderArea + e->uh->ent.payload_sz;
+        q->ring_fetches.fetch_add(1, std::memory_order_relaxed);
+        uring_active_.store(true, std::memory_order_relaxed);
+        requests_in_flight_.fetch_add(1);
+        q->ctx->co_enter_batched(coroutine_create(&FuseExport::process_entry, e));
+    }
+    io_uring_cq_advance(&q->ring, n);
+    q->switches.store(coroutine_stats().switches - q->switches_base, std::memory_order_relaxed);
+    IoBackendStats ios = q->ctx->io()->stats();
+    q->io_submissions.store(ios.submissions, std::memory_order_relaxed);
+    q->io_enters.store(ios.enters, std::memory_order_relaxed);
 }
 
 void FuseExport::handle_getattr(FuseRequest *req)
@@ -1123,6 +1424,8 @@ ExportStats FuseExport::stats() const
         s.io_submissions += q->io_submissions.load(std::memory_order_relaxed);
         s.io_enters += q->io_enters.load(std::memory_order_relaxed);
         s.fuse_reads += q->fuse_reads.load(std::memory_order_relaxed);
+        s.ring_fetches += q->ring_fetches.load(std::memory_order_relaxed);
+        s.ring_enters += q->ring_enters.load(std::memory_order_relaxed);
         s.wakeups += q->wakeups.load(std::memory_order_relaxed);
     }
     return s;
@@ -1136,20 +1439,32 @@ std::string FuseExport::stats_text() const
     uint64_t rw = s.requests[ExportStats::kRead] + s.requests[ExportStats::kWrite];
     std::ostringstream o;
     o << "export '" << id_ << "' (fuse, " << mountpoint_ << ", " << queues_.size() << " queue"
-      << (queues_.size() > 1 ? "s" : "") << ", transport /dev/fuse read/writev"
+      << (queues_.size() > 1 ? "s" : "") << ", transport "
+      << (uring_active_ ? "io_uring" : "/dev/fuse read/writev")
       << (passthrough_used_ ? ", passthrough" : "") << "):\n";
     o << "  requests:";
     for (int k = 0; k < 8; k++) o << " " << ExportStats::kind_name(k) << "=" << s.requests[k];
     o << "\n  bytes read=" << s.bytes_read << " written=" << s.bytes_written << " errors=" << s.errors << "\n";
-    o << "  fuse reads=" << s.fuse_reads << " wakeups=" << s.wakeups << " coroutine switches=" << s.coroutine_switches
-      << " io_uring submissions=" << s.io_submissions << " io_uring enters=" << s.io_enters << "\n";
+    o << "  fuse reads=" << s.fuse_reads + s.ring_fetches << " wakeups=" << s.wakeups
+      << " coroutine switches=" << s.coroutine_switches << " io_uring submissions=" << s.io_submissions
+      << " io_uring enters=" << s.io_enters + s.ring_enters << " (of which fuse ring fetches=" << s.ring_fetches
+      << " fuse ring enters=" << s.ring_enters << ")\n";
     if (rw) {
         char buf[160];
         snprintf(buf, sizeof(buf), "  per read/write request: %.2f coroutine switches, %.2f io_uring enters\n",
                  static_cast<double>(s.coroutine_switches) / static_cast<double>(total ? total : 1),
-                 static_cast<double>(s.io_enters) / static_cast<double>(rw));
+                 static_cast<double>(s.io_enters + s.ring_enters) / static_cast<double>(rw));
         o << buf;
     }
+    o << "  fuse-over-io_uring: ";
+    if (uring_active_)
+        o << "on (" << uring_queues_ << " kernel queues x " << kRingDepth << " entries)\n";
+    else if (!uring_why_.empty())
+        o << "off (" << uring_why_ << "; requests read from /dev/fuse)\n";
+    else if (uring_on_)
+        o << "registered, no request through it yet\n";
+    else
+        o << "wanted, not negotiated yet\n";
     if (!passthrough_path_.empty() || !passthrough_why_.empty()) {
         o << "  passthrough: ";
         if (passthrough_used_)

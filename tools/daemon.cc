@@ -475,6 +475,12 @@ const char kDaemonUsage[] =
     "Signals: SIGTERM, SIGINT, SIGHUP stop the daemon (exports finish their\n"
     "requests, flush and unmount; exit status 0); SIGUSR1 prints the counters.\n"
     "The daemon also exits when its last export is unmounted from outside.\n"
+    "\n"
+    "FUSE transport: FUSE-over-io_uring when the kernel offers it (fuse module\n"
+    "parameter enable_uring=Y), else /dev/fuse reads; raw-over-file exports that\n"
+    "are read-only or growable use kernel passthrough for non-O_DIRECT opens.\n"
+    "BLOCKGRAPH_FUSE_URING=0 / BLOCKGRAPH_FUSE_PASSTHROUGH=0 turn them off; --stats\n"
+    "and the log say which is used (docs/fuse-export.md).\n"
     "See docs/daemon.md.\n";
 
 using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions>;
