@@ -268,6 +268,7 @@ class FuseExport final : public BlockExport {
     void choose_passthrough(const BlockExportOptions &opts);
     void choose_uring();
     static void start_ring(void *opaque);
+    void setup_ring(FuseQueue *q);
     void ring_prep(FuseQueue *q, FuseRequest *e, uint32_t cmd);
     static void on_ring_readable(void *opaque);
     static void on_ring_prepare(void *opaque);
@@ -332,6 +333,7 @@ class FuseExport final : public BlockExport {
     std::string uring_why_;
     std::atomic<bool> uring_on_{false};
     std::atomic<bool> uring_active_{false};
+    std::atomic<int> uring_error_{0};   // errno of the first entry the kernel refused
     unsigned uring_queues_ = 0;     // kernel ring queues (possible CPUs)
 };
 
@@ -850,7 +852,11 @@ void FuseExport::handle_init(FuseRequest *req)
     if (uring_on_) {
         // The kernel set up its side with the reply: register our entries,
         // each queue's in its own thread (completions go to the submitter).
-        for (auto &qq : queues_) qq->ctx->schedule_oneshot(&FuseExport::start_ring, qq.get());
+        // Counted in flight so that shutdown waits for them to have run.
+        for (auto &qq : queues_) {
+            requests_in_flight_.fetch_add(1);
+            qq->ctx->schedule_oneshot(&FuseExport::start_ring, qq.get());
+        }
     } else if (!uring_why_.empty()) {
         log_info("export '%s': FUSE-over-io_uring not used (%s); requests are read from /dev/fuse", id_.c_str(),
                  uring_why_.c_str());
@@ -1022,6 +1028,13 @@ void FuseExport::start_ring(void *opaque)
 {
     auto *q = static_cast<FuseQueue *>(opaque);
     FuseExport *x = q->exp;
+    x->setup_ring(q);
+    x->requests_in_flight_.fetch_sub(1);   // the last touch of the export
+}
+
+void FuseExport::setup_ring(FuseQueue *q)
+{
+    FuseExport *x = this;
     if (q->ring_qids.empty() || x->halted_) return;
     unsigned n = static_cast<unsigned>(q->ring_qids.size()) * kRingDepth;
     struct io_uring_params p;
@@ -1100,6 +1113,10 @@ void FuseExport::ring_reap(FuseQueue *q)
             // while any kernel queue has no entry.
             e->ring_dead = true;
             uint64_t dead = q->ring_dead.fetch_add(1, std::memory_order_relaxed);
+            if (res != -ENOTCONN && res != -ECANCELED) {
+                int none = 0;
+                uring_error_.compare_exchange_strong(none, -res);
+            }
             if (dead == 0 && res != -ENOTCONN && res != -ECANCELED && !halted_) {
                 log_warn("export '%s': FUSE-over-io_uring: the kernel refused a ring entry: %s; requests are read "
                          "from /dev/fuse",
@@ -1461,6 +1478,9 @@ std::string FuseExport::stats_text() const
         o << "on (" << uring_queues_ << " kernel queues x " << kRingDepth << " entries)\n";
     else if (!uring_why_.empty())
         o << "off (" << uring_why_ << "; requests read from /dev/fuse)\n";
+    else if (uring_error_.load())
+        o << "off (the kernel refused the ring entries: " << strerror(uring_error_.load())
+          << "; requests read from /dev/fuse)\n";
     else if (uring_on_)
         o << "registered, no request through it yet\n";
     else
