@@ -630,9 +630,31 @@ class Qcow2Node final : public BlockNode {
     Status coroutine_fn co_get_info(ImageInfo *info) override;
     Status coroutine_fn co_check(CheckResult *res, CheckFix fix) override;
     Result<std::vector<PersistentBitmapInfo>> coroutine_fn co_persistent_bitmaps() override;
+    // qcow2-snapshot-write.cc
+    Result<std::vector<SnapshotInfo>> coroutine_fn co_snapshot_list() override;
+    Status coroutine_fn co_snapshot_create(SnapshotInfo *sn) override;
+    Status coroutine_fn co_snapshot_goto(const std::string &id_or_name) override;
+    Status coroutine_fn co_snapshot_delete(const std::optional<std::string> &id,
+                                           const std::optional<std::string> &name) override;
+    // qcow2-amend.cc
+    Status coroutine_fn co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress) override;
 
   private:
     friend struct Qcow2Mgmt;
+    // qcow2-snapshot-write.cc (REQUIRE lock_ held): adds addend (+1, -1 or
+    // 0) to the refcount of every L2 table and cluster reachable from l1
+    // and recomputes the COPIED flags from the new refcounts (QEMU's
+    // qcow2_update_snapshot_refcount). active: l1 is l1_, changed entries
+    // are written to the active L1 table on disk.
+    int coroutine_fn co_update_snapshot_refs_locked(std::vector<uint64_t> &l1, int addend, bool active);
+    // Writes snaps as the new snapshot table (new clusters, flushed), then
+    // switches nb_snapshots/snapshots_offset in the header, then frees the
+    // old table.
+    int coroutine_fn co_write_snapshot_table_locked(const std::vector<qcow2::Snapshot> &snaps);
+    // qcow2-amend.cc (REQUIRE lock_ held)
+    int coroutine_fn co_write_header_locked(const qcow2::Header &nh);
+    int coroutine_fn co_expand_zero_clusters_locked(const ProgressFn &progress);
+    Status coroutine_fn co_change_refcount_order_locked(uint32_t order);
 };
 
 } // namespace bg
