@@ -108,12 +108,24 @@ int coroutine_fn Qcow2Node::co_expand_zero_clusters_locked(const ProgressFn &pro
                 if (r < 0) return r;
                 // Pass 1: the clusters' data; pass 2 (after a flush): the entries.
                 std::vector<std::pair<uint32_t, uint64_t>> changes;
+                std::vector<uint64_t> drop;   // shared clusters replaced: one reference per path through this L2
                 for (uint32_t j = 0; j < per_slice && r >= 0; j++) {
                     const uint64_t e = qcow2::be64(data + static_cast<size_t>(j) * l2_entry_size_);
                     if ((e & qcow2::kOflagCompressed) || !(e & qcow2::kOflagZero)) continue;
                     uint64_t host = e & qcow2::kL2eOffsetMask;
+                    if (host) {
+                        // Shared with another L2 table (a snapshot that
+                        // still reads its data there): a new cluster instead.
+                        uint64_t drc = 0;
+                        r = co_get_refcount_locked(host >> cluster_bits_, &drc);
+                        if (r < 0) break;
+                        if (drc > l2_rc) {
+                            drop.push_back(host);
+                            host = 0;
+                        }
+                    }
                     if (!host) {
-                        if (!backing_) {
+                        if (!backing_ && (e & qcow2::kL2eOffsetMask) == 0) {
                             changes.emplace_back(j, 0);
                             continue;
                         }
@@ -149,6 +161,15 @@ int coroutine_fn Qcow2Node::co_expand_zero_clusters_locked(const ProgressFn &pro
                 }
                 l2_cache_->release(l2_off + s);
                 if (r < 0) return r;
+                if (!drop.empty()) {
+                    // The new entries reach the disk before the old clusters lose references.
+                    r = co_flush_caches_locked();
+                    if (r < 0) return r;
+                    for (uint64_t h : drop) {
+                        r = co_update_refcount_locked(h, cs, -static_cast<int64_t>(l2_rc), qcow2::DiscardType::kOther);
+                        if (r < 0) return r;
+                    }
+                }
             }
         }
     }
