@@ -62,6 +62,17 @@ struct Qcow2Mgmt {
         void inc(uint64_t offset, uint64_t size)
         {
             if (!size) return;
+            // QEMU: the last cluster may be partly past the end of the file,
+            // a reference a whole cluster or more beyond it is an error.
+            const int64_t flen = s->file_->getlength();
+            if (flen >= 0 && offset + size >= static_cast<uint64_t>(flen) &&
+                offset + size - static_cast<uint64_t>(flen) >= s->cluster_size_) {
+                msg(fmt("ERROR: counting reference for region exceeding the end of the file by one cluster or more: "
+                        "offset 0x%" PRIx64 " size 0x%" PRIx64,
+                        offset, size));
+                res->corruptions++;
+                return;
+            }
             const uint32_t cb = s->cluster_bits_;
             const uint64_t max = s->refcount_max();
             for (uint64_t c = offset >> cb; c <= (offset + size - 1) >> cb; c++) {
