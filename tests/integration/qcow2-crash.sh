@@ -6,7 +6,7 @@
 # Each iteration: a fresh small qcow2 image (variants below) is exported by
 # "blockgraph daemon" through FUSE; qcow2-crash-writer.py writes 4 KiB
 # blocks from 4 threads (rewrites, fsync every few writes, a log of what
-# was issued and what an fsync made durable); after a random 0.3..1.2 s the
+# was issued and what an fsync made durable); after a random 0.2..0.7 s the
 # daemon gets SIGKILL. Then:
 #   non-lazy refcounts: qemu-img check exits 0 or 3 (leaks are allowed
 #     after a crash, as in QEMU; corruption is not);
@@ -21,7 +21,7 @@ source "$(dirname "$0")/lib-fuse.sh"
 fuse_require_tools python3
 ITER=${BG_CRASH_ITERATIONS:-50}
 BS=4096
-BLOCKS=2048   # 8 MiB of the 16 MiB image
+BLOCKS=1024   # 4 MiB of the 8 MiB image
 
 # name | qemu-img create options | lazy | initial block value | backing?
 VARIANTS=(
@@ -38,13 +38,13 @@ for i in $(seq 1 "$ITER"); do
     d="crash $i ($vname)"
     rm -f img.qcow2 base.qcow2 log raw mp writer.err
     if [ -n "$backing" ]; then
-        qemu-img create -q -f qcow2 base.qcow2 16M
-        qemu-io -c "write -P $initial 0 16M" base.qcow2 >/dev/null
+        qemu-img create -q -f qcow2 base.qcow2 8M
+        qemu-io -c "write -P $initial 0 8M" base.qcow2 >/dev/null
         # shellcheck disable=SC2086
-        qemu-img create -q -f qcow2 $opts -b base.qcow2 -F qcow2 img.qcow2 16M
+        qemu-img create -q -f qcow2 $opts -b base.qcow2 -F qcow2 img.qcow2 8M
     else
         # shellcheck disable=SC2086
-        qemu-img create -q -f qcow2 $opts img.qcow2 16M
+        qemu-img create -q -f qcow2 $opts img.qcow2 8M
     fi
     touch mp
     if ! fuse_start d --blockdev "driver=file,node-name=f0,filename=img.qcow2" \
@@ -67,7 +67,7 @@ for i in $(seq 1 "$ITER"); do
         wait "$wpid" 2>/dev/null || true
         continue
     fi
-    sleep "0.$((3 + RANDOM % 10))"
+    sleep "0.$((2 + RANDOM % 6))"
     fuse_stop d KILL
     wait "$wpid" 2>/dev/null || true
     if [ "$lazy" = 1 ]; then
