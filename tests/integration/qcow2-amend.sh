@@ -193,4 +193,31 @@ q qemu-io -c "write -P 1 0 64k" z2.qcow2
 info_is "downgrade zstd" z2.qcow2 'd["compat"] == "0.10" and d["compression-type"] == "zlib"'
 clean "downgrade zstd" z2.qcow2
 
+# ---- I/O errors (blkdebug EIO on every write after an event) during
+#      amend: the data (and a snapshot's) unchanged, qemu-img check finds
+#      leaks at worst, and the image still amends cleanly afterwards.
+q qemu-img create -f qcow2 e0.qcow2 4M
+q qemu-io -c "write -P 1 0 1M" -c "write -z 64k 64k" -c "write -z -u 256k 64k" e0.qcow2
+raw_of e0.qcow2 refe.raw
+q qemu-img snapshot -c S e0.qcow2
+q qemu-io -c "write -z 512k 64k" e0.qcow2
+raw_of e0.qcow2 refe2.raw
+injected=0
+for ev in l2_update refblock_update refblock_alloc cluster_alloc cluster_free flush_to_disk pwritev pwritev_zero; do
+    for o in compat=0.10 refcount_bits=8 refcount_bits=1; do
+        cp e0.qcow2 e.qcow2
+        opts="{\"driver\":\"qcow2\",\"file\":{\"driver\":\"blkdebug\",\"image\":{\"driver\":\"file\",\"filename\":\"e.qcow2\"},"
+        opts+="\"inject-error\":[{\"event\":\"$ev\",\"iotype\":\"write\",\"errno\":5}]}}"
+        "$B" img amend --image-opts -o $o "$opts" >/dev/null 2>&1 || injected=$((injected + 1))
+        rc=0
+        out=$(qemu-img check e.qcow2 2>&1) || rc=$?
+        if [ $rc = 0 ] || [ $rc = 3 ]; then ok "EIO after $ev in amend $o: check exit $rc"; else bad "EIO after $ev in amend $o: check exit $rc: $(echo "$out" | head -3)"; fi
+        same "EIO after $ev in amend $o" e.qcow2 refe2.raw
+        snap_same "EIO after $ev in amend $o" e.qcow2 S refe.raw
+    done
+done
+if [ $injected -ge 8 ]; then ok "injected errors failed $injected amendments"; else bad "only $injected amendments saw the injected error"; fi
+"$B" img amend -o compat=0.10 e.qcow2 || bad "amend after the errors failed"
+clean "amend after the errors" e.qcow2
+
 finish
