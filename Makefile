@@ -109,6 +109,7 @@ ALL_OBJS := $(LIB_OBJS) $(MAIN_OBJ) $(TEST_OBJS) $(TESTUTIL_OBJS) $(BENCH_OBJS)
 # Targets run by "make check" after deps and "all", in this order; each runs
 # even if an earlier one failed.  Add e.g. check-conformance here.
 CHECK_TARGETS := check-unit check-integration check-asan check-fuzz
+CHECK_TARGETS += check-conformance
 # Targets run, one after another, by "make bench".  Add custom bench-* here.
 BENCH_TARGETS := $(BENCH_PROG_TARGETS) bench-fuse
 
@@ -187,6 +188,9 @@ $(BENCH_BINS): $(B)/%: $(B)/%.o $(LIB) $(FLAGS_LD_FILE)
 
 # libFuzzer targets (make fuzz, make check-fuzz); never part of check.
 include tests/fuzz/fuzz.mk
+
+# The driver conformance suite (make check-conformance).
+include tests/conformance/conformance.mk
 
 # ---------------------------------------------------------------------------
 # Tests.

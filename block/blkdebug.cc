@@ -322,7 +322,7 @@ std::unique_ptr<BlockNode> create_blkdebug() { return std::make_unique<BlkdebugN
 const BlockDriver kDriverBlkdebug = {
     "blkdebug", BlockDriverKind::kFilter,
     kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
-        kCapPersistent,
+        kCapPersistent | kCapPassthrough | kCapDiscardZeroes,
     "fault injection and forced request limits for testing (filter; child \"image\")",
     create_blkdebug, nullptr,
 };

@@ -27,6 +27,13 @@ constexpr DriverCaps kCapFlush = 1 << 7;        // flush reaches stable storage
 constexpr DriverCaps kCapDiscardZeroes = 1 << 8;// discarded ranges read back as zeros
 constexpr DriverCaps kCapPersistent = 1 << 9;   // data survives close/reopen
 constexpr DriverCaps kCapWriteCompressed = 1 << 10; // honours kReqWriteCompressed (else -ENOTSUP)
+// Bits the conformance suite (tests/conformance/, docs/conformance.md) uses:
+constexpr DriverCaps kCapPassthrough = 1 << 11; // data is the primary child's bytes 1:1 (raw, filters): the
+                                                // stack's capabilities are this driver's AND its child's
+constexpr DriverCaps kCapDropsWrites = 1 << 12; // writes succeed but are not stored; reads return zeros (null-co)
+constexpr DriverCaps kCapDebugEvents = 1 << 13; // fires QEMU's blkdebug events (l1_update, l2_update,
+                                                // refblock_update, ...) to its file child on metadata paths
+constexpr DriverCaps kCapLocking = 1 << 14;     // image locks: other graphs/processes see conflicts
 
 // A constexpr descriptor per driver (STYLE.md rule 1).
 struct BlockDriver {

@@ -747,7 +747,7 @@ const BlockDriver kDriverFile = {
     .name = "file",
     .kind = BlockDriverKind::kProtocol,
     .caps = kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
-            kCapDiscardZeroes | kCapPersistent,
+            kCapDiscardZeroes | kCapPersistent | kCapLocking,
     .summary = "regular files (io_uring or thread pool, O_DIRECT, QEMU-compatible image locking)",
     .create = []() -> std::unique_ptr<BlockNode> { return std::make_unique<FileNode>(); },
     .probe = nullptr,

@@ -123,7 +123,7 @@ std::unique_ptr<BlockNode> create_null_aio() { return std::make_unique<NullNode>
 
 } // namespace
 
-constexpr DriverCaps kNullCaps = kCapWrite | kCapWriteZeroes | kCapDiscard;
+constexpr DriverCaps kNullCaps = kCapWrite | kCapWriteZeroes | kCapDiscard | kCapDropsWrites;
 
 const BlockDriver kDriverNullCo = {
     "null-co", BlockDriverKind::kProtocol, kNullCaps,

@@ -231,7 +231,7 @@ std::unique_ptr<BlockNode> create_raw() { return std::make_unique<RawFormatNode>
 const BlockDriver kDriverRaw = {
     "raw", BlockDriverKind::kFormat,
     kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
-        kCapPersistent,
+        kCapPersistent | kCapPassthrough | kCapDiscardZeroes,
     "the file child's bytes as they are, optionally a window (offset, size)",
     create_raw, raw_probe,
     kRawCreateOptions, raw_create_image, raw_measure,

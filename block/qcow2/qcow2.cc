@@ -461,7 +461,7 @@ std::unique_ptr<BlockNode> create_qcow2() { return std::make_unique<Qcow2Node>()
 const BlockDriver kDriverQcow2 = {
     "qcow2", BlockDriverKind::kFormat,
     kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBacking | kCapBlockStatus | kCapFlush |
-        kCapPersistent | kCapWriteCompressed,
+        kCapPersistent | kCapWriteCompressed | kCapDebugEvents,
     "QEMU copy-on-write image, version 2 and 3",
     create_qcow2, qcow2::probe,
     qcow2::kCreateOptions, qcow2::create_image, qcow2::measure,

@@ -1,0 +1,47 @@
+# tests/conformance/conformance.mk -- the driver conformance suite
+# (docs/conformance.md); included by the top Makefile after the variables
+# B, LIB, LIBS, CHECK_CFLAGS and CHECK_LIBS are defined.
+#
+#   make check-conformance   builds $(B)/tests/conformance/conformance, runs
+#                            it over tests/conformance/stacks.txt (table of
+#                            stacks x case groups), then
+#                            tests/conformance/fuse-conformance.sh (every
+#                            stack exported through FUSE and driven by
+#                            python3 and fio through the kernel)
+#
+# Variables: CONF_ARGS (e.g. --filter-stacks 'qcow2*' --filter-cases 'rw_*'),
+# CONF_FUSE=0 skips the FUSE part, CONF_FUSE_STACKS (glob list for the script).
+
+CONF_SRCS := $(sort $(wildcard tests/conformance/*.cc))
+CONF_OBJS := $(CONF_SRCS:%.cc=$(B)/%.o)
+CONF_BIN := $(B)/tests/conformance/conformance
+CONF_ARGS ?=
+CONF_FUSE ?= 1
+CONF_FUSE_STACKS ?=
+
+$(CONF_OBJS): $(B)/%.o: %.cc $(FLAGS_CXX_FILE)
+	$(call msg,CXX,$<)
+	@mkdir -p $(@D)
+	$(Q)$(CXX) $(CPPFLAGS) $(CHECK_CFLAGS) $(BG_CXXFLAGS) -MMD -MP -c -o $@ $<
+
+$(CONF_BIN): $(CONF_OBJS) $(LIB) $(FLAGS_LD_FILE)
+	$(call msg,LINK,$@)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $(CONF_OBJS) $(LIB) $(LIBS) $(CHECK_LIBS)
+
+-include $(CONF_OBJS:.o=.d)
+
+all: $(CONF_BIN)
+
+.PHONY: check-conformance
+check-conformance: $(CONF_BIN) $(BIN)
+	@rc=0; \
+	echo "  CONF    $(CONF_BIN) (block layer API)"; \
+	timeout $(TEST_TIMEOUT) $(CONF_BIN) --stacks tests/conformance/stacks.txt $(CONF_ARGS) || rc=1; \
+	if [ "$(CONF_FUSE)" = 1 ]; then \
+	    echo "  CONF    tests/conformance/fuse-conformance.sh (FUSE, through the kernel)"; \
+	    BLOCKGRAPH='$(abspath $(BIN))' CONFORMANCE='$(abspath $(CONF_BIN))' BG_SRCDIR='$(SRCDIR)' \
+	        CONF_FUSE_STACKS='$(CONF_FUSE_STACKS)' \
+	        timeout $(TEST_TIMEOUT) tests/conformance/fuse-conformance.sh || rc=1; \
+	fi; \
+	if [ $$rc = 0 ]; then echo "check-conformance: passed"; else echo "check-conformance: FAILED"; fi; \
+	exit $$rc
