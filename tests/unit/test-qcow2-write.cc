@@ -83,7 +83,7 @@ uint64_t file_be64(const std::string &path, size_t off) { return qcow2::be64(rea
 // "rec": a filter recording every write and flush that reaches it, and
 // holding writes to a chosen range until released.
 struct Op {
-    char kind;   // 'w' write, 'f' flush
+    char kind;   // 'w' write, 'f' flush, 'd' discard
     uint64_t off, len;
 };
 
@@ -123,6 +123,11 @@ class RecNode final : public FilterNode {
     {
         log.push_back({'f', 0, 0});
         return 0;
+    }
+    int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override
+    {
+        log.push_back({'d', static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes)});
+        return FilterNode::do_co_pdiscard(offset, bytes);
     }
     int64_t do_getlength() override { return filtered_->getlength(); }
 };
@@ -539,6 +544,111 @@ START_TEST(test_truncate_prealloc)
 }
 END_TEST
 
+
+// pass-discard-request: a guest discard that frees a cluster discards it in
+// the file, after the L2 update and the refcount are on disk (at the
+// flush); off: the file sees no discard. pass-discard-other: the old L1
+// table freed by L1 growth is discarded in the file only when on.
+START_TEST(test_pass_discard)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("pd.qcow2");
+    for (bool on : {true, false}) {
+        ck_assert_int_eq(sh("qemu-img create -f qcow2 -o cluster_size=4k '" + path + "' 1M"), 0);
+        Env e;
+        auto o = qcow2_opts(path, true);
+        qo(o).pass_discard_request = on;
+        qo(o).pass_discard_other = on;
+        e.open(o);
+        RecNode *rec = RecNode::last;
+        ck_assert_int_eq(e.write(0, fill(65536, 1)), 0);
+        const uint64_t host = e.mapping(8192).host_offset;
+        ck_assert_int_eq(e.flush(), 0);
+        rec->log.clear();
+        ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(8192, 4096); }), 0);
+        for (const Op &op : rec->log) ck_assert_msg(op.kind != 'd', "file discard before the flush");
+        ck_assert_int_eq(e.flush(), 0);
+        long flush_at = -1, discard_at = -1;
+        for (size_t i = 0; i < rec->log.size(); i++) {
+            if (rec->log[i].kind == 'f' && flush_at < 0) flush_at = static_cast<long>(i);
+            if (rec->log[i].kind == 'd' && rec->log[i].off == host) discard_at = static_cast<long>(i);
+        }
+        if (on) {
+            ck_assert_msg(discard_at > flush_at && flush_at >= 0, "discard %ld flush %ld", discard_at, flush_at);
+        } else {
+            ck_assert_int_eq(discard_at, -1);
+        }
+        // Growth beyond the L1 table (4 KiB clusters: 512 entries of 2 MiB each,
+        // so 2 GiB needs a second L1 cluster): the old table is freed.
+        const uint64_t old_l1 = e.q->header().l1_table_offset;
+        rec->log.clear();
+        ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_truncate(int64_t{3} << 30, false, PreallocMode::kOff); }), 0);
+        ck_assert_int_ne(e.q->header().l1_table_offset, old_l1);
+        ck_assert_int_eq(e.flush(), 0);
+        bool old_discarded = false;
+        for (const Op &op : rec->log) old_discarded |= op.kind == 'd' && op.off <= old_l1 && old_l1 < op.off + op.len;
+        ck_assert(old_discarded == on);
+        ck_assert_int_eq(e.write((int64_t{3} << 30) - 4096, fill(4096, 3)), 0);
+        e.close();
+        ck_assert_int_eq(qemu_img_check(path), 0);
+        ck_assert_int_eq(sh("qemu-io -c 'read -P 3 3145724k 4k' -c 'read -P 0 8k 4k' -c 'read -P 1 12k 52k' '" + path +
+                            "' | grep -q 'verification failed'"),
+                         1);
+        unlink(path.c_str());
+    }
+}
+END_TEST
+
+// Compressed writes: compressible clusters are stored compressed, several
+// sharing one host cluster (byte-granular allocation, one reference each);
+// incompressible data is stored plain; zlib and zstd as the image says.
+START_TEST(test_compressed_writes)
+{
+    REQUIRE_QEMU_IMG();
+    for (const char *type : {"zlib", "zstd"}) {
+        const std::string path = tmp_path(std::string("c-") + type + ".qcow2");
+        ck_assert_int_eq(sh("qemu-img create -f qcow2 -o compression_type=" + std::string(type) + " '" + path + "' 4M"), 0);
+        Env e;
+        e.open(qcow2_opts(path));
+        std::vector<uint8_t> text(65536);
+        for (size_t i = 0; i < text.size(); i++) text[i] = static_cast<uint8_t>("qcow2 compressed "[i % 17]);
+        std::vector<uint8_t> noise(65536);
+        uint32_t x = 12345;
+        for (auto &b : noise) {
+            x = x * 1103515245 + 12345;
+            b = static_cast<uint8_t>(x >> 16);
+        }
+        auto wc = [&](int64_t off, const std::vector<uint8_t> &d) {
+            return run_in_coroutine([&] { return e.b->co_pwrite(off, 65536, d.data(), kReqWriteCompressed); });
+        };
+        ck_assert_int_eq(wc(0, text), 0);
+        ck_assert_int_eq(wc(65536, text), 0);
+        ck_assert_int_eq(wc(131072, noise), 0);
+        const auto m0 = e.mapping(0), m1 = e.mapping(65536), m2 = e.mapping(131072);
+        ck_assert(m0.type == qcow2::SubclusterType::kCompressed);
+        ck_assert(m1.type == qcow2::SubclusterType::kCompressed);
+        ck_assert_int_eq(m0.comp_offset >> 16, m1.comp_offset >> 16);   // same host cluster
+        ck_assert(m2.type == qcow2::SubclusterType::kNormal);
+        uint64_t rc = 0;
+        ck_assert_int_eq(run_in_coroutine([&] { return e.q->co_get_refcount(m0.comp_offset >> 16, &rc); }), 0);
+        ck_assert_int_eq(rc, 2);
+        // Unaligned compressed writes are refused.
+        ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pwrite(512, 4096, text.data(), kReqWriteCompressed); }),
+                         -EINVAL);
+        // Overwriting one compressed cluster normally drops one reference.
+        ck_assert_int_eq(e.write(0, fill(4096, 9)), 0);
+        ck_assert_int_eq(run_in_coroutine([&] { return e.q->co_get_refcount(m1.comp_offset >> 16, &rc); }), 0);
+        ck_assert_int_eq(rc, 1);
+        ck_assert(e.read(65536, 65536) == text);
+        ck_assert(e.read(131072, 65536) == noise);
+        e.close();
+        ck_assert_int_eq(qemu_img_check(path), 0);
+        ck_assert_int_eq(sh("qemu-img info '" + path + "' | grep -q 'compression type: " + type + "'"), 0);
+        ck_assert_int_eq(sh("qemu-io -c 'read -P 9 0 4k' '" + path + "' | grep -q 'verification failed'"), 1);
+    }
+}
+END_TEST
+
 Suite *qcow2_write_suite()
 {
     Suite *s = suite_create("qcow2-write");
@@ -553,6 +663,8 @@ Suite *qcow2_write_suite()
     tcase_add_test(tc, test_shrink_with_snapshot);
     tcase_add_test(tc, test_discard_no_unref);
     tcase_add_test(tc, test_truncate_prealloc);
+    tcase_add_test(tc, test_pass_discard);
+    tcase_add_test(tc, test_compressed_writes);
     suite_add_tcase(s, tc);
     return s;
 }
