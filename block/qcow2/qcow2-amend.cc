@@ -427,6 +427,7 @@ Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, c
             }
             return io_err(r, name_, "cannot resize the image");
         }
+        refresh_length();
     }
     // 6. Downgrade last (QEMU qcow2_downgrade).
     if (new_version < h_.version) {

@@ -387,6 +387,7 @@ Status coroutine_fn Qcow2Node::co_snapshot_goto(const std::string &id_or_name)
     h_.l1_size = static_cast<uint32_t>(new_size);
     h_.size = sn.disk_size;
     size_ = sn.disk_size;
+    refresh_length();
     // 4. The old active state loses its reference, its L1 is freed.
     r = co_update_snapshot_refs_locked(old_l1, -1, false);
     if (r >= 0 && old_l1_bytes) co_free_clusters_locked(old_l1_off, old_l1_bytes, qcow2::DiscardType::kOther);
