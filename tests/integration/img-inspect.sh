@@ -148,6 +148,21 @@ cp leak.qcow2 leak2.qcow2
 expect_rc "check -r leaks repairs" 0 "$B" img check -r leaks leak2.qcow2
 grep -q "The following inconsistencies were found and repaired" last.out && ok "check -r: repair reported" || bad "check -r output: $(cat last.out)"
 expect_rc "qemu-img check after our repair" 0 qemu-img check leak2.qcow2
+# -r all on the corrupt image: the same report, messages and exit code as qemu-img's repair of a copy.
+cp corrupt.qcow2 corrupt-ours.qcow2
+cp corrupt.qcow2 corrupt-qemu.qcow2
+"$B" img check -r all corrupt-ours.qcow2 >ours.out 2>ours.err
+orc=$?
+qemu-img check -r all corrupt-qemu.qcow2 >qemu.out 2>qemu.err
+qrc=$?
+# (stdout and exit code; the per-cluster lines on stderr are the driver's)
+if [ $orc = $qrc ] && diff ours.out qemu.out >/dev/null && grep -q "ERROR cluster" ours.err; then
+    ok "check -r all corrupt.qcow2: exit $orc, output as qemu-img's"
+else
+    bad "check -r all: ours $orc '$(cat ours.out ours.err)' qemu-img $qrc '$(cat qemu.out qemu.err)'"
+fi
+expect_rc "qemu-img check after our -r all" 0 qemu-img check corrupt-ours.qcow2
+same_data "data after -r all" corrupt-ours.qcow2 corrupt-qemu.qcow2
 
 # measure --size
 for of in qcow2 raw; do
