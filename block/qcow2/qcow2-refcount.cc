@@ -515,7 +515,7 @@ int coroutine_fn Qcow2Node::co_update_refcount_locked(uint64_t offset, uint64_t 
             if (free_byte_offset_ && (free_byte_offset_ & ~(cluster_size_ - 1)) == off) free_byte_offset_ = 0;
             // A freed L2 table must not be written back later (the cluster
             // may be reused for data).
-            l2_cache_->discard(off);
+            for (uint64_t so = off; so < off + cluster_size_; so += l2_cache_->slice_size()) l2_cache_->discard(so);
             refcount_cache_->discard(off);
             if (discard_passthrough_[static_cast<int>(type)]) {
                 if (!pending_discards_.empty() && pending_discards_.back().first + pending_discards_.back().second == off) {

@@ -268,6 +268,7 @@ int coroutine_fn Qcow2Node::co_finish_alloc_locked(WritePlan *p)
         }
     }
     l2_cache_->depends_on_flush();
+    data_flush_needed_ = true;
     uint8_t *s = l2_cache_->mutable_data(slice_off);
     struct Free {
         uint64_t off, len;

@@ -115,6 +115,13 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
     refcount_cache_->set_write_event("refblock_update");
     // Overlap checks of cache write-backs (the hooks run with lock_ held).
     l2_cache_->set_write_hook([this](uint64_t off, size_t len) {
+        // An external data file: its data reaches the disk before the L2
+        // entries that map it (the cache's own flush covers the image file).
+        if (data_flush_needed_ && data_file_ != file_) {
+            int r = data_file_->co_flush();
+            if (r < 0) return r;
+            data_flush_needed_ = false;
+        }
         int ol = co_overlap_check_locked(qcow2::kOlActiveL2, off, len);
         if (!ol) return 0;
         return ol < 0 ? ol : co_signal_corruption_locked("L2 table write at 0x%" PRIx64 " would overwrite metadata (%d)", off, ol);
@@ -400,9 +407,33 @@ int coroutine_fn Qcow2Node::do_co_preadv(int64_t offset, int64_t bytes, IOVector
         return r;
     };
 
+    // Host ranges this read has data I/O on: counted in flight (under the
+    // lock, with the lookup) so that a concurrent discard cannot let the
+    // allocator hand them to another write before the read is done.
+    std::vector<std::pair<uint64_t, uint64_t>> inflight_ranges;
+    struct InflightRelease {
+        Qcow2Node *s;
+        std::vector<std::pair<uint64_t, uint64_t>> *v;
+        ~InflightRelease()
+        {
+            if (v->empty()) return;
+            CoMutexGuard g(s->lock_);
+            for (auto &x : *v) s->inflight_dec(x.first, x.second);
+        }
+    } release{this, &inflight_ranges};
+
     for (uint64_t pos = start; pos < end;) {
         HostMapping m;
-        int r = co_get_mapping(pos, end - pos, &m);
+        int r;
+        {
+            CoMutexGuard g(lock_);
+            r = co_get_mapping_locked(pos, end - pos, &m);
+            if (r >= 0 && m.type == SubclusterType::kNormal && m.bytes && data_file_ == file_) {
+                const uint64_t n = std::min(m.bytes, end - pos);
+                inflight_inc(m.host_offset, n);
+                inflight_ranges.emplace_back(m.host_offset, n);
+            }
+        }
         if (r < 0) return r;
         if (m.bytes == 0) return -EIO;   // cannot happen; never loop forever
         const uint64_t n = std::min(m.bytes, end - pos);

@@ -615,6 +615,7 @@ class Qcow2Node final : public BlockNode {
     std::unordered_map<uint64_t, uint32_t> inflight_host_;  // host cluster -> data requests in flight
     std::vector<std::pair<uint64_t, uint64_t>> pending_discards_;   // host ranges freed, to discard after sync
     bool closing_ = false;
+    bool data_flush_needed_ = false;        // external data file written since its last flush
 
     std::unique_ptr<Timer> clean_timer_;    // cache-clean-interval, in the opening thread's context
     uint64_t clean_interval_ns_ = 0;

@@ -92,6 +92,7 @@ class RecNode final : public FilterNode {
     static RecNode *last;
     std::vector<Op> log;
     uint64_t hold_off = 0, hold_len = 0;   // hold writes overlapping this range
+    bool hold_reads = false;               // hold reads instead of writes
     int held = 0;
     CoQueue hold_q;
 
@@ -108,10 +109,20 @@ class RecNode final : public FilterNode {
         const auto *o = opts.as<BlockdevOptionsBlkdebug>();
         return open_filtered("image", o->image);
     }
+    int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override
+    {
+        const uint64_t o = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(bytes);
+        if (hold_reads && hold_len && o < hold_off + hold_len && hold_off < o + n) {
+            held++;
+            while (hold_len) hold_q.wait();
+            held--;
+        }
+        return FilterNode::do_co_preadv(offset, bytes, qiov, flags);
+    }
     int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override
     {
         const uint64_t o = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(bytes);
-        if (hold_len && o < hold_off + hold_len && hold_off < o + n) {
+        if (!hold_reads && hold_len && o < hold_off + hold_len && hold_off < o + n) {
             held++;
             while (hold_len) hold_q.wait();
             held--;
@@ -400,6 +411,52 @@ START_TEST(test_discard_during_rewrite)
 }
 END_TEST
 
+// The same for a read in flight: the cluster it reads is not handed to a
+// new allocation (the read would return another cluster's data).
+START_TEST(test_discard_during_read)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("rrace.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
+    Env e;
+    e.open(qcow2_opts(path, true));
+    RecNode *rec = RecNode::last;
+    ck_assert_int_eq(e.write(0, fill(65536, 1)), 0);
+    const uint64_t host_a = e.mapping(0).host_offset;
+    rec->hold_reads = true;
+    rec->hold_off = host_a;
+    rec->hold_len = 65536;
+    std::vector<uint8_t> got(65536);
+    int r_read = 1;
+    size_t done = 0;
+    uint64_t host_b = 0;
+    Coroutine *rd = coroutine_create_fn([&] {
+        r_read = e.b->co_pread(0, 65536, got.data());
+        done++;
+    });
+    e.ctx->co_enter(rd);
+    while (!rec->held) e.ctx->iterate(true);
+    Coroutine *w = coroutine_create_fn([&] {
+        ck_assert_int_eq(e.b->co_pdiscard(0, 65536), 0);
+        std::vector<uint8_t> v(65536, 3);
+        ck_assert_int_eq(e.b->co_pwrite(65536, 65536, v.data()), 0);
+        qcow2::HostMapping m;
+        e.q->co_get_mapping(65536, 1, &m);
+        host_b = m.host_offset;
+        done++;
+    });
+    e.ctx->co_enter(w);
+    while (done < 1) e.ctx->iterate(true);
+    ck_assert_msg(host_b != host_a, "cluster 0x%" PRIx64 " reused while a read of it was in flight", host_a);
+    rec->release();
+    while (done < 2) e.ctx->iterate(true);
+    ck_assert_int_eq(r_read, 0);
+    ck_assert(got == fill(65536, 1));
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+}
+END_TEST
+
 // A data cluster pointing into the refcount table: a write there is
 // refused (-EIO), the image is marked corrupt on disk, writes stop; with
 // overlap-check=none nothing is checked (not exercised: it would destroy
@@ -658,6 +715,7 @@ Suite *qcow2_write_suite()
     tcase_add_test(tc, test_write_ordering);
     tcase_add_test(tc, test_concurrent_same_cluster);
     tcase_add_test(tc, test_discard_during_rewrite);
+    tcase_add_test(tc, test_discard_during_read);
     tcase_add_test(tc, test_overlap_check);
     tcase_add_test(tc, test_lazy_refcounts);
     tcase_add_test(tc, test_shrink_with_snapshot);
