@@ -33,6 +33,7 @@ fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 run_case() {
     local name=$1 size=$2 cs=$3 flags=$4 setup=$5 seed out rc
     for seed in $(seq 1 "$SEEDS"); do
+        # BG_QCOW2_WRITE_SEED=N replays one sequence.
         checks=$((checks + 1))
         rm -rf "$WORK/c" && mkdir "$WORK/c" && cd "$WORK/c" || return
         if ! out=$(eval "$setup" 2>&1); then
@@ -40,14 +41,18 @@ run_case() {
             cd "$WORK" && continue
         fi
         qemu-img convert -O raw img.qcow2 ref.raw || { fail "$name: convert"; cd "$WORK"; continue; }
-        python3 "$GEN" "$seed$RANDOM" "$size" "$cs" "$flags" bg.cmds ref.cmds
+        # The generator's seed is in every failure message ("seed N").
+        seed=${BG_QCOW2_WRITE_SEED:-$seed$RANDOM}
+        python3 "$GEN" "$seed" "$size" "$cs" "$flags" bg.cmds ref.cmds
         local half=$(( $(wc -l <bg.cmds) / 2 ))
         # Two sessions on our side (clean close + reopen in between); the
         # reference in one.
         head -n "$half" bg.cmds >bg1.cmds
         tail -n +"$((half + 1))" bg.cmds >bg2.cmds
-        if ! out=$("$BLOCKGRAPH" io -f qcow2 img.qcow2 <bg1.cmds 2>&1) ||
-            ! out=$("$BLOCKGRAPH" io -f qcow2 img.qcow2 <bg2.cmds 2>&1); then
+        local open=(-f qcow2 img.qcow2)
+        [ -n "${IMAGE_OPTS:-}" ] && open=(--image-opts "driver=qcow2,file.driver=file,file.filename=img.qcow2,$IMAGE_OPTS")
+        if ! out=$("$BLOCKGRAPH" io "${open[@]}" <bg1.cmds 2>&1) ||
+            ! out=$("$BLOCKGRAPH" io "${open[@]}" <bg2.cmds 2>&1); then
             fail "$name (seed $seed): blockgraph io failed: $(echo "$out" | grep -iv '^wrote\|^read\|^discard\|ops;' | head -5)"
         fi
         if echo "$out" | grep -qiE "error|failed|corrupt"; then
@@ -102,6 +107,13 @@ run_case datafile $((8 * M)) 65536 "nocompress" "mkimg -o data_file=img.data img
 run_case datafile-raw $((8 * M)) 65536 "nocompress" "mkimg -o data_file=img.data,data_file_raw=on img.qcow2 8M"
 run_case snapshot $((8 * M)) 65536 "notruncate" \
     "mkimg img.qcow2 8M && qemu-io -c 'write -c -P 2 1M 128k' -c 'write -P 1 0 1M' -c 'write -P 3 2M 5M' -c 'write -z 3M 64k' img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2 && qemu-img convert -O raw img.qcow2 snap.raw"
+# Tiny caches: dirty L2 slices and refcount blocks are evicted (written back
+# after their dependencies) all the time.
+IMAGE_OPTS=l2-cache-size=1024,l2-cache-entry-size=512,refcount-cache-size=2048 \
+    run_case c512-smallcache $((4 * M)) 512 "" "mkimg -o cluster_size=512,refcount_bits=16 img.qcow2 4M"
+IMAGE_OPTS=l2-cache-size=2048,l2-cache-entry-size=1024,refcount-cache-size=16384 \
+    run_case extl2-smallcache $((8 * M)) 16384 "backing" \
+    "mkimg base.qcow2 8M && qemu-io -c 'write -P 0x5a 0 7M' base.qcow2 >/dev/null && mkimg -o extended_l2=on,cluster_size=16k -b base.qcow2 -F qcow2 img.qcow2 8M"
 run_case lazy $((8 * M)) 65536 "" "mkimg -o lazy_refcounts=on img.qcow2 8M"
 
 echo "qcow2-write: $checks cases, $failures failures"
