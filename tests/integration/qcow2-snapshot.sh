@@ -34,6 +34,13 @@ snap_same() {
     else
         bad "$1: snapshot '$3' data differs or unreadable"
     fi
+    # Our own read-only snapshot view reads the same.
+    if "$B" img compare -q --image-opts "driver=qcow2,file.filename=$2,snapshot.name=$3,read-only=on" \
+        "driver=raw,file.filename=$4" 2>/dev/null; then
+        ok "$1: snapshot '$3' data (our snapshot.name view)"
+    else
+        bad "$1: our snapshot.name=$3 view differs"
+    fi
 }
 # listed DESC TOOL IMG NAMES...: the snapshot list holds exactly NAMES.
 listed() {
