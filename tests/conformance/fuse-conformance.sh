@@ -87,7 +87,7 @@ while read -r name caps; do
     fi
     pyargs=()
     [ $drops = 1 ] && pyargs+=(--drops)
-    if tio python3 "$HERE/fuse_io.py" run "$mp" "$d/init.raw" "$d/state.json" --seed $idx "${pyargs[@]}" \
+    if timeout -k 5 120 python3 "$HERE/fuse_io.py" run "$mp" "$d/init.raw" "$d/state.json" --seed $idx "${pyargs[@]}" \
         >"$d/py.log" 2>&1; then
         ok "$name: python os.pread/os.pwrite cases"
         mark "$name" py pass
@@ -99,7 +99,7 @@ while read -r name caps; do
     if [ $drops = 1 ]; then
         echo "  skip  $name: fio verification (the stack drops writes)"
         mark "$name" fio skip
-    elif tio fio "${FIO_JOB[@]}" --filename="$mp" --ioengine=$ENGINE --direct=1 --iodepth=16 >"$d/fio.log" 2>&1; then
+    elif timeout -k 5 120 fio "${FIO_JOB[@]}" --filename="$mp" --ioengine=$ENGINE --direct=1 --iodepth=16 >"$d/fio.log" 2>&1; then
         ok "$name: fio randwrite + crc32c verify through the mount"
         mark "$name" fio pass
     else
