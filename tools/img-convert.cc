@@ -1,6 +1,7 @@
 // tools/img-convert.cc -- "blockgraph img convert", "commit" and "rebase",
 // the subcommands that move data; all three run on the copy engine
 // (block/copy.h).
+#include <algorithm>
 #include <cinttypes>
 #include <cstring>
 
@@ -266,11 +267,13 @@ int img_convert(int argc, char **argv)
         }
         co.chunk_size = cluster;
     }
-    // Compression is CPU work done inside the format driver's write: run
-    // the workers on one iothread per core so that all cores compress.
+    // Compression is CPU work done inside the format driver's write: each
+    // worker runs in an iothread of its own, so that every core compresses
+    // (at least one thread per core; as many as workers, like a thread pool
+    // with one job per request, so a loaded machine does not starve us).
     std::vector<std::unique_ptr<IoThread>> iothreads;
     if (compress) {
-        unsigned n = std::max(1u, std::thread::hardware_concurrency());
+        unsigned n = std::max({1u, std::thread::hardware_concurrency(), static_cast<unsigned>(workers)});
         for (unsigned i = 0; i < n; i++) {
             Result<std::unique_ptr<IoThread>> t = IoThread::create("convert-" + std::to_string(i));
             if (!t) {
