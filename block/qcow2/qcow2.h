@@ -17,6 +17,9 @@
 //   qcow2-alloc.cc     header field updates, dirty/corrupt bits, overlap
 //                      checks, L1 growth, lazy-refcount repair
 //   qcow2.cc           the node: open, options, read path, descriptor
+//   qcow2-snapshot-write.cc  internal snapshots: create, apply, delete, list
+//   qcow2-amend.cc     amend: compat, lazy refcounts, refcount width,
+//                      backing/data file names, size
 //
 // Internal API for other qcow2 files (check/repair, snapshots, amend,
 // create) is the "Metadata API" section of Qcow2Node below: refcount
