@@ -226,33 +226,47 @@ struct ImgCommand {
     const char *name;
     const char *synopsis;
     int (*fn)(int, char **);
+    const char *help;   // what it does, a few lines
 };
 
 const ImgCommand kImgCommands[] = {
-    {"amend", "amend [-f fmt] [-t cache] [-p] [-q] [--force] -o options filename", img_amend},
+    {"amend", "amend [-f fmt] [-t cache] [-p] [-q] [--force] -o options filename", img_amend,
+     "Changes creation options of an existing image in place (qcow2: compat,\nlazy_refcounts, refcount_bits, backing_file, backing_fmt, data_file,\ndata_file_raw, size). -o help lists the format's options."},
     {"bench",
      "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] "
      "[-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-U] [-w] filename",
-     img_bench},
-    {"check", "check [-q] [--output=ofmt] [-f fmt] [-r [leaks | all]] [-T src_cache] [-U] filename", img_check},
-    {"commit", "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename", img_commit},
-    {"compare", "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2", img_compare},
+     img_bench,
+     "Sends count requests (default 75000) of buffer_size bytes (default 4k),\ndepth (default 64) in flight, starting at offset and advancing by step;\n-w writes the pattern byte, --flush-interval flushes every n writes.\nPrints the request summary and the run time, as qemu-img bench."},
+    {"check", "check [-q] [--output=ofmt] [-f fmt] [-r [leaks | all]] [-T src_cache] [-U] filename", img_check,
+     "Checks the image's metadata; -r leaks / -r all repairs. Exit status: 0\nclean, 1 check failed, 2 corruptions, 3 leaks only, 63 no check for\nthis format."},
+    {"commit", "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename", img_commit,
+     "Writes the data of filename (and of the images down to -b base) into\nits backing file (or base), growing it if needed."},
+    {"compare", "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2", img_compare,
+     "Compares guest-visible contents. Exit status: 0 identical, 1 different\n(\"Content mismatch at offset N!\"), 2 open error, 3 block status error,\n4 read error. -s: sizes and allocation must match too."},
     {"convert",
      "convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
      "[-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] [-U] filename [filename2 [...]] "
      "output_filename",
-     img_convert},
+     img_convert,
+     "Copies one or more images (concatenated) into a new image of format -O,\nsparse by default (-S: minimum zero run, 0 = allocate everything),\n-m requests in flight (default 8), -W out of order, -c compressed (on\nevery core), -n into an existing image, -B with a backing file."},
     {"create", "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]",
-     img_create},
-    {"info", "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename", img_info},
-    {"map", "map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename", img_map},
+     img_create,
+     "Creates an image of format -f (default raw) with -o options (-o help\nlists them), optionally on a backing file (-b, with its format -F; -u:\ndo not open it)."},
+    {"info", "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename", img_info,
+     "Shows the image's format, sizes, cluster size, backing file, snapshots\nand format-specific data; --backing-chain for every image of the chain."},
+    {"map", "map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename", img_map,
+     "Shows the allocation of the image through its backing chain (start,\nlength, depth, present, zero, data, compressed, offset)."},
     {"measure", "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-U] filename]",
-     img_measure},
-    {"snapshot", "snapshot [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename", img_snapshot},
+     img_measure,
+     "Computes the file size an image of format -O needs for filename's data\nor for --size bytes."},
+    {"snapshot", "snapshot [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename", img_snapshot,
+     "Lists (-l, the default), creates (-c), applies (-a) or deletes (-d)\ninternal snapshots."},
     {"rebase", "rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] -b backing_file [-F backing_fmt] "
                "filename",
-     img_rebase},
-    {"resize", "resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size", img_resize},
+     img_rebase,
+     "Changes the backing file. Safe mode (default) first copies into the\nimage what differs between the old and the new backing file; -u only\nchanges the recorded name. -b \"\" removes the backing file."},
+    {"resize", "resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size", img_resize,
+     "Sets the virtual size, or grows/shrinks it by +size/-size (shrinking\nneeds --shrink)."},
 };
 
 void print_help()
@@ -303,7 +317,8 @@ int cmd_img(int argc, char **argv)
     if (!cmd) return usage_error("Command not found: %s", name);
     for (int i = 2; i < argc; i++) {
         if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-            std::printf("Usage: %s %s\nSee docs/img.md for the options.\n", kProg, cmd->synopsis);
+            std::printf("Usage: %s %s\n\n%s\n\nSee '%s --help' for the common options, and docs/img.md.\n", kProg,
+                        cmd->synopsis, cmd->help, kProg);
             return 0;
         }
         if (std::strcmp(argv[i], "--") == 0) break;
