@@ -7,7 +7,9 @@
 #                            stacks x case groups), then
 #                            tests/conformance/fuse-conformance.sh (every
 #                            stack exported through FUSE and driven by
-#                            python3 and fio through the kernel)
+#                            python3 and fio through the kernel), and
+#                            tests/conformance/selftest.sh (the suite must
+#                            fail on deliberately broken stacks)
 #
 # Variables: CONF_ARGS (e.g. --filter-stacks 'qcow2*' --filter-cases 'rw_*'),
 # CONF_FUSE=0 skips the FUSE part, CONF_FUSE_STACKS (glob list for the script).
@@ -49,6 +51,8 @@ check-conformance: $(CONF_BIN) $(BIN)
 	fi; \
 	wait; \
 	cat "$$logdir/api.log"; [ "$$(cat "$$logdir/api.rc")" = 0 ] || rc=1; \
+	echo "  CONF    tests/conformance/selftest.sh (the suite fails on broken drivers)"; \
+	CONFORMANCE='$(abspath $(CONF_BIN))' tests/conformance/selftest.sh || rc=1; \
 	if [ "$(CONF_FUSE)" = 1 ]; then echo; grep -v '^  ok ' "$$logdir/fuse.log"; fi; \
 	rm -rf "$$logdir"; \
 	if [ $$rc = 0 ]; then echo "check-conformance: passed"; else echo "check-conformance: FAILED"; fi; \
