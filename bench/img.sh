@@ -8,8 +8,8 @@
 #    run with blockgraph and qemu-img alternately, RUNS times; the medians
 #    and the ratio qemu-img time / blockgraph time (> 1: we are faster).
 #    The target's page cache is dropped between runs where possible
-#    (/proc/sys/vm/drop_caches, root only); both run with -t writeback, so
-#    both flush the target at the end.
+#    (/proc/sys/vm/drop_caches, root only). Each case runs with -t writeback
+#    (both flush the target at the end) and -t unsafe (no flush).
 # 2. bench: `img bench` and `qemu-img bench` with the same arguments.
 #
 # Environment: BLOCKGRAPH (binary), BENCH_DIR (work directory, default
@@ -69,10 +69,12 @@ time_cmd() {
 }
 
 printf '\n%-28s %12s %12s %8s\n' "convert" "blockgraph s" "qemu-img s" "ratio"
-# Both with -t writeback: the target is flushed at the end by both tools
-# (qemu-img's own default, unsafe, never flushes; ours is writeback).
+# Each with -t writeback (the target is flushed at the end by both tools:
+# what is timed includes writing the data to the disk) and -t unsafe
+# (qemu-img's default: no flush, the copy pipeline itself).
 for case in "qcow2->raw|-t writeback -f qcow2 -O raw src.qcow2" "raw->qcow2|-t writeback -f raw -O qcow2 src.raw" \
-    "raw->qcow2 -c|-t writeback -f raw -O qcow2 -c src.raw"; do
+    "raw->qcow2 -c|-t writeback -f raw -O qcow2 -c src.raw" "qcow2->raw -t unsafe|-t unsafe -f qcow2 -O raw src.qcow2" \
+    "raw->qcow2 -t unsafe|-t unsafe -f raw -O qcow2 src.raw" "raw->qcow2 -c -t unsafe|-t unsafe -f raw -O qcow2 -c src.raw"; do
     name=${case%%|*}
     args=${case#*|}
     ours=() theirs=()
@@ -85,7 +87,7 @@ for case in "qcow2->raw|-t writeback -f qcow2 -O raw src.qcow2" "raw->qcow2|-t w
         theirs+=("$(time_cmd qemu-img convert $args dst.img)")
     done
     # shellcheck disable=SC2086
-    qemu-img compare $(echo "$args" | sed -E 's/-t writeback//; s/-O [a-z0-9]+//; s/-c//') dst.img >/dev/null || echo "  (qemu-img's output differs from the source!)"
+    qemu-img compare $(echo "$args" | sed -E 's/-t [a-z]+//; s/-O [a-z0-9]+//; s/-c//') dst.img >/dev/null || echo "  (qemu-img's output differs from the source!)"
     mo=$(printf '%s\n' "${ours[@]}" | median)
     mt=$(printf '%s\n' "${theirs[@]}" | median)
     printf '%-28s %12.3f %12.3f %8.2f\n' "$name" "$mo" "$mt" "$(echo "$mt / $mo" | bc -l)"
