@@ -21,6 +21,7 @@
 set -euo pipefail
 export FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-600}
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../integration/lib-fuse.sh disable=SC2154  # fuse_checks, fuse_failures
 source "$HERE/../integration/lib-fuse.sh"
 fuse_require_tools fio
 CONFORMANCE=${CONFORMANCE:-$HERE/../../build/tests/conformance/conformance}
