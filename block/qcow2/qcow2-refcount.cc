@@ -630,13 +630,12 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
         }
     };
     inc(0, cs);
-    auto count_l1 = [&](uint64_t l1_off, uint64_t l1_size, bool active) -> int {
+    auto count_l1 = [&](uint64_t l1_off, uint64_t l1_size) -> int {
         if (!l1_size) return 0;
         inc(l1_off, l1_size * 8);
         std::vector<uint8_t> raw(l1_size * 8);
         int r = file_->co_pread(static_cast<int64_t>(l1_off), static_cast<int64_t>(raw.size()), raw.data());
         if (r < 0) return r;
-        (void)active;
         std::vector<uint8_t> l2(cs);
         for (uint64_t i = 0; i < l1_size; i++) {
             const uint64_t l2_off = qcow2::be64(raw.data() + i * 8) & qcow2::kL1eOffsetMask;
@@ -662,7 +661,7 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
     };
     int r = co_flush_caches_locked();
     if (r < 0) return r;
-    r = count_l1(h_.l1_table_offset, h_.l1_size, true);
+    r = count_l1(h_.l1_table_offset, h_.l1_size);
     if (r < 0) return r;
     if (h_.nb_snapshots) {
         // The snapshot table's size: entries as read at open.
@@ -670,7 +669,7 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
         for (const auto &sn : snapshots_) {
             uint64_t e = qcow2::kSnapshotHeaderSize + sn.extra_data.size() + sn.id.size() + sn.name.size();
             tbl += (e + 7) & ~uint64_t{7};
-            r = count_l1(sn.l1_table_offset, sn.l1_size, false);
+            r = count_l1(sn.l1_table_offset, sn.l1_size);
             if (r < 0) return r;
         }
         if (tbl) inc(h_.snapshots_offset, tbl);
@@ -701,15 +700,12 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
     AlignedBuf blk = aligned_alloc_buf(std::max<size_t>(file_->node()->limits().opt_mem_alignment, 64), cs);
     for (uint64_t b = 0; b < nb_blocks; b++) {
         memset(blk.get(), 0, cs);
-        bool any = false;
         for (uint64_t i = 0; i < per_block && b * per_block + i < refs.size(); i++) {
             if (refs[b * per_block + i]) {
                 set_refcount_entry(blk.get(), i, h_.refcount_order, refs[b * per_block + i]);
-                any = true;
             }
         }
         const uint64_t off = (blk_start + b) << cluster_bits_;
-        (void)any;   // every block is written: the structure's own clusters are in the last ones
         r = file_->co_pwrite(static_cast<int64_t>(off), static_cast<int64_t>(cs), blk.get());
         if (r < 0) return r;
         table[b] = off;

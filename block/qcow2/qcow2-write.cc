@@ -274,7 +274,6 @@ int coroutine_fn Qcow2Node::co_finish_alloc_locked(WritePlan *p)
         uint64_t off, len;
     };
     std::vector<Free> frees;
-    const uint64_t end = p->offset + p->bytes;
     for (uint64_t i = 0; i < p->nb_clusters; i++) {
         uint8_t *ep = s + (idx + i) * l2_entry_size_;
         const uint64_t old = qcow2::be64(ep);
@@ -295,7 +294,6 @@ int coroutine_fn Qcow2Node::co_finish_alloc_locked(WritePlan *p)
             // Written subclusters, plus whatever the COW range filled.
             const uint64_t ws = std::max(p->cow_start, cstart) - cstart;
             const uint64_t we = std::min(p->cow_end, cstart + cs) - cstart;
-            (void)end;
             const uint32_t m = sc_mask(ws, we, subcluster_bits_);
             // COW'ed subclusters keep their meaning: copied data is data;
             // copied zeros/backing become allocated data with that content.

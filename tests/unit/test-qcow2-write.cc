@@ -320,6 +320,37 @@ START_TEST(test_write_ordering)
 }
 END_TEST
 
+// Copy-on-write from the backing file: head, guest data and tail reach the
+// file as one write of the whole new cluster (QEMU's perform_cow).
+START_TEST(test_cow_one_write)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string base = tmp_path("cowbase.qcow2"), path = tmp_path("cow.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + base + "' 4M"), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'write -P 0x5a 0 4M' '" + base + "'"), 0);
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 -b '" + base + "' -F qcow2 '" + path + "' 4M"), 0);
+    Env e;
+    e.open(qcow2_opts(path, true));
+    RecNode *rec = RecNode::last;
+    rec->log.clear();
+    ck_assert_int_eq(e.write(65536 + 1000, fill(3000, 1)), 0);
+    const uint64_t host = e.mapping(65536).host_offset;
+    int writes = 0;
+    for (const Op &op : rec->log) {
+        if (op.kind == 'w' && op.off < host + 65536 && host < op.off + op.len) {
+            writes++;
+            ck_assert_int_eq(op.off, host);
+            ck_assert_int_eq(op.len, 65536);
+        }
+    }
+    ck_assert_int_eq(writes, 1);
+    auto d = e.read(65536, 65536);
+    for (size_t i = 0; i < d.size(); i++) ck_assert_int_eq(d[i], i >= 1000 && i < 4000 ? 1 : 0x5a);
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+}
+END_TEST
+
 // Many requests writing into the same unallocated clusters at once: each
 // guest cluster gets exactly one host cluster, all data is there, no leak.
 START_TEST(test_concurrent_same_cluster)
@@ -713,6 +744,7 @@ Suite *qcow2_write_suite()
     tcase_set_timeout(tc, 60);
     tcase_add_unchecked_fixture(tc, make_tmpdir, remove_tmpdir);
     tcase_add_test(tc, test_write_ordering);
+    tcase_add_test(tc, test_cow_one_write);
     tcase_add_test(tc, test_concurrent_same_cluster);
     tcase_add_test(tc, test_discard_during_rewrite);
     tcase_add_test(tc, test_discard_during_read);
