@@ -249,7 +249,7 @@ check-integration: $(BIN)
 # compare with qemu-io's); an error report there fails the run too.  (Not
 # for the unit tests: the log file would take the descriptor numbers that
 # test-io expects to stay closed.)
-ASAN_INTEGRATION ?= tests/integration/qcow2-read.sh tests/integration/io-errors.sh
+ASAN_INTEGRATION ?= tests/integration/qcow2-read.sh tests/integration/io-errors.sh tests/integration/qcow2-write-errors.sh
 SAN_REPORTS = $(abspath $(B))/asan/reports
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$(SAN_REPORTS)/asan \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_REPORTS)/ubsan
