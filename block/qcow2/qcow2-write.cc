@@ -586,9 +586,16 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
         l2_cache_->release(slice_off);
         for (const Free &f : frees) co_update_refcount_locked(f.off, f.len, -1, type);
         for (auto &d : file_discards) {
-            // Host clusters kept allocated: their content is dropped in the
-            // file once the L2 update is on disk.
-            if (!inflight(d.first >> cluster_bits_)) pending_discards_.push_back(d);
+            // Clusters that stay referenced (discard-no-unref, data file):
+            // their content is dropped now, still under the lock, so no
+            // write can reuse them first; a crash before the L2 update
+            // reaches the disk leaves a discarded range reading zeros.
+            // Clusters with I/O in flight are left alone.
+            if (dfile) {
+                data_file_->co_pdiscard(static_cast<int64_t>(d.first), static_cast<int64_t>(d.second));
+            } else if (!inflight(d.first >> cluster_bits_)) {
+                file_->co_pdiscard(static_cast<int64_t>(d.first), static_cast<int64_t>(d.second));
+            }
         }
         if (!raw_zero.empty()) {
             r = l2_cache_->co_flush();

@@ -592,6 +592,8 @@ START_TEST(test_discard_no_unref)
         if (nounref) {
             ck_assert(m.type == qcow2::SubclusterType::kZeroAlloc);
             ck_assert_int_eq(m.host_offset, host);
+            // pass-discard-request (default on): the data is dropped in the file.
+            ck_assert(read_file(path, host, 65536) == fill(65536, 0));
         } else {
             ck_assert(m.type == qcow2::SubclusterType::kZeroPlain);
             uint64_t rc = 9;
