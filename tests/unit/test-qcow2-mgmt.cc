@@ -375,7 +375,7 @@ START_TEST(test_create_errors)
     s = create("qcow2", "u.qcow2", "backing_file=nonexist.qcow2,backing_fmt=qcow2", "1G", nullptr, true);
     ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
     json j = qemu_json("qemu-img info -U --output=json u.qcow2 2>/dev/null");
-    ck_assert_str_eq(j["backing-filename"].get<std::string>().c_str(), "nonexist.qcow2");
+    ck_assert(j["backing-filename"].get<std::string>() == "nonexist.qcow2");
     // -b without -F: refused, naming the detected format.
     ck_assert_int_eq(run("qemu-img create -f qcow2 b.qcow2 1M >/dev/null"), 0);
     s = create("qcow2", "nofmt.qcow2", "backing_file=b.qcow2", "");
@@ -663,11 +663,11 @@ START_TEST(test_info)
     json j = qemu_json("qemu-img info --output=json i.qcow2");
     const ImageInfo &ii = info.value();
     ck_assert_uint_eq(*ii.cluster_size, j["cluster-size"].get<uint64_t>());
-    ck_assert_str_eq(ii.backing_filename->c_str(), j["backing-filename"].get<std::string>().c_str());
-    ck_assert_str_eq(ii.backing_format->c_str(), j["backing-filename-format"].get<std::string>().c_str());
+    ck_assert(*ii.backing_filename == j["backing-filename"].get<std::string>());
+    ck_assert(*ii.backing_format == j["backing-filename-format"].get<std::string>());
     ck_assert_int_eq(ii.dirty_flag, j["dirty-flag"].get<bool>());
     ck_assert_uint_eq(ii.snapshots.size(), j["snapshots"].size());
-    ck_assert_str_eq(ii.snapshots[0].name.c_str(), j["snapshots"][0]["name"].get<std::string>().c_str());
+    ck_assert(ii.snapshots[0].name == j["snapshots"][0]["name"].get<std::string>());
     ck_assert_uint_eq(ii.snapshots[0].date_sec, j["snapshots"][0]["date-sec"].get<uint64_t>());
     // format-specific, converted to JSON, equals qemu-img's.
     std::function<json(const InfoValue &)> to_json = [&](const InfoValue &v) -> json {
