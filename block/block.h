@@ -190,6 +190,11 @@ class BlockNode {
     // format cannot change fail with ENOTSUP naming the option. progress
     // may be empty.
     Status amend(const CreateOptions &opts, bool force, const ProgressFn &progress);
+    // Makes every cluster of the image unallocated (reads then come from
+    // the backing file), keeping internal snapshots: what qemu-img commit
+    // does to the top image after copying it down (QEMU bdrv_make_empty).
+    // ENOTSUP "<format> does not support emptying nodes" elsewhere.
+    Status make_empty();
     // Persistent dirty bitmaps stored in the image. ENOTSUP if the format
     // cannot store any (measure then reports no "bitmaps" size).
     Result<std::vector<PersistentBitmapInfo>> persistent_bitmaps();
@@ -257,6 +262,7 @@ class BlockNode {
     virtual Status coroutine_fn co_snapshot_delete(const std::optional<std::string> &id,
                                                    const std::optional<std::string> &name);
     virtual Status coroutine_fn co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress);
+    virtual Status coroutine_fn co_make_empty();
     virtual Result<std::vector<PersistentBitmapInfo>> coroutine_fn co_persistent_bitmaps();
 
     // ---- helpers for drivers ----

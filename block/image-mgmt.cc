@@ -441,6 +441,10 @@ Status BlockNode::co_amend(const CreateOptions &opts, bool force, const Progress
     (void)progress;
     return make_error(ENOTSUP, "Format driver '%s' does not support option amendment", driver_name());
 }
+Status BlockNode::co_make_empty()
+{
+    return make_error(ENOTSUP, "%s does not support emptying nodes", driver_name());
+}
 Result<std::vector<PersistentBitmapInfo>> BlockNode::co_persistent_bitmaps()
 {
     return not_supported(this, "persistent dirty bitmaps");
@@ -509,6 +513,12 @@ Status BlockNode::amend(const CreateOptions &opts, bool force, const ProgressFn 
 {
     BG_TRY(need_writable(this));
     return drained(this, [&] { return run_in_coroutine([&] { return co_amend(opts, force, progress); }); });
+}
+
+Status BlockNode::make_empty()
+{
+    BG_TRY(need_writable(this));
+    return drained(this, [&] { return run_in_coroutine([&] { return co_make_empty(); }); });
 }
 
 Result<std::vector<PersistentBitmapInfo>> BlockNode::persistent_bitmaps()

@@ -341,6 +341,7 @@ int img_commit(int argc, char **argv)
     OpenArgs oa;
     std::optional<std::string> base_name;
     bool progress = false;
+    bool drop = false;   // -d: leave the top image as it is
     optind = 0;
     opterr = 0;
     int c;
@@ -349,9 +350,10 @@ int img_commit(int argc, char **argv)
         case 'f': oa.format = optarg; break;
         case 't': oa.cache = optarg; break;
         case 'b':
-            base_name = optarg;   // implies -d
+            base_name = optarg;
+            drop = true;          // -b implies -d, as in qemu-img
             break;
-        case 'd': break;          // the top image is never emptied (see below)
+        case 'd': drop = true; break;
         case 'p': progress = true; break;
         case 'q': g_quiet = true; break;
         case 'r': error("option -r is not supported by %s commit", kProg); return 1;
@@ -481,9 +483,24 @@ int img_commit(int argc, char **argv)
         return 1;
     }
     if (flush_backend(dst.value().get(), base_file)) return 1;
-    // The top image keeps its clusters (their data now equals the base's):
-    // emptying it needs a format operation the drivers do not offer yet
-    // (see docs/img.md).
+    // Like qemu-img: unless -d (or -b), the top image is then emptied: its
+    // clusters become unallocated and reads fall through to the base. The
+    // copy's graph (the top read-only) is closed first; the top is opened
+    // again, writable, on its own.
+    if (!drop) {
+        src.value().reset();
+        dst.value().reset();
+        graph.reset();
+        OpenArgs rw = oa;
+        rw.read_only = false;
+        std::unique_ptr<OpenImage> img = open_img(rw);
+        if (!img) return 1;
+        Status e = img->root->make_empty();
+        if (!e) {
+            error("Image empty failed: %s", e.msg().c_str());
+            return 1;
+        }
+    }
     prog.finish();
     qprintf("Image committed.\n");
     return 0;

@@ -819,6 +819,26 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
 
 // ---------------------------------------------------------------- flush
 
+// qemu-img commit's "empty the top image" (QEMU qcow2_make_empty): every
+// cluster becomes unallocated (a full discard, not zero clusters, so the
+// backing file shows through again); clusters a snapshot still holds stay.
+// Then the metadata is written back and the file flushed.
+Status coroutine_fn Qcow2Node::co_make_empty()
+{
+    if (write_stopped_.load()) return make_error(EIO, "%s: image is corrupt; cannot empty it", filename().c_str());
+    int r;
+    {
+        CoMutexGuard g(lock_);
+        const uint64_t end = (size_ + cluster_size_ - 1) & ~(cluster_size_ - 1);
+        r = co_zero_or_discard_locked(0, end, false, true, true, qcow2::DiscardType::kSnapshot);
+        if (r == 0) r = co_flush_caches_locked();
+    }
+    if (r == 0) r = file_->co_flush();
+    if (r == 0 && data_file_ != file_) r = data_file_->co_flush();
+    if (r < 0) return make_error(-r, "%s: cannot empty the image: %s", filename().c_str(), std::strerror(-r));
+    return {};
+}
+
 int coroutine_fn Qcow2Node::do_co_flush_to_os()
 {
     if (read_only_) return 0;

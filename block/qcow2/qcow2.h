@@ -642,6 +642,8 @@ class Qcow2Node final : public BlockNode {
                                            const std::optional<std::string> &name) override;
     // qcow2-amend.cc
     Status coroutine_fn co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress) override;
+    // qcow2-write.cc
+    Status coroutine_fn co_make_empty() override;
 
   private:
     friend struct Qcow2Mgmt;
