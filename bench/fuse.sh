@@ -28,6 +28,9 @@
 #   FORMATS      default "qcow2 qcow2-filled raw-filled"
 #   CONFIGS      default "qsd bg bg-pt native"
 #   IMG_BENCH    0 skips the img bench part (default 1)
+#   MEMORY       0 skips the memory part (default 1): daemon RSS with one 1 TiB
+#                sparse qcow2 export under fio randrw 4k qd64 (direct, over the
+#                whole TiB), and with 1 vs 5 such exports idle (cost per export)
 #   OUT          directory for the raw result lines (default $WORKDIR/results)
 #   WORKDIR      scratch directory (default /var/tmp/blockgraph-bench)
 #   QUIET_WAIT   seconds to wait for a quiet host before each run (default 20)
@@ -45,6 +48,7 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${FORMATS:=qcow2 qcow2-filled raw-filled}"
 : "${CONFIGS:=qsd bg bg-uring bg-pt native}"
 : "${IMG_BENCH:=1}"
+: "${MEMORY:=1}"
 : "${WORKDIR:=/var/tmp/blockgraph-bench}"
 : "${QUIET_WAIT:=20}"
 : "${OUT:=$WORKDIR/results}"
@@ -81,7 +85,13 @@ chmod +x "$BG_WRAP" "$PT_WRAP"
 URING_PARAM=/sys/module/fuse/parameters/enable_uring
 URING_SAVED=$(cat "$URING_PARAM" 2>/dev/null || echo)
 restore() { if [ -n "$URING_SAVED" ] && [ -w "$URING_PARAM" ]; then echo "$URING_SAVED" >"$URING_PARAM"; fi; }
-trap restore EXIT
+MPID=
+on_exit() {
+    restore
+    # A daemon of the memory part still running: SIGTERM unmounts it.
+    if [ -n "$MPID" ] && kill -0 "$MPID" 2>/dev/null; then kill -TERM "$MPID"; wait "$MPID" || true; fi
+}
+trap on_exit EXIT
 
 is_raw() { case $1 in raw*) return 0 ;; esac; return 1; }
 
@@ -148,7 +158,7 @@ for line in open(sys.argv[1]):
     rows.setdefault((kv["format"], w), {}).setdefault(kv["daemon"], []).append(v)
 cfgs = ["qsd", "bg", "bg-uring", "bg-pt", "native"]
 print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg-uring/qsd | bg-pt/native | bg/native |")
-print("|---|---|" + "---|" * (len(cfgs) + 3))
+print("|---|---|" + "---|" * (len(cfgs) + 4))
 def med(d, c):
     return statistics.median(d[c]) if c in d else None
 def fmt(v):
@@ -177,5 +187,51 @@ if [ "$IMG_BENCH" = 1 ]; then
         echo
         echo "## img bench: skipped ('$BLOCKGRAPH img bench' does not exist in this build)"
     fi
+fi
+if [ "$MEMORY" = 1 ]; then
+    echo
+    echo "## memory: blockgraph daemon RSS (default cache sizes)"
+    MD=$WORKDIR/mem
+    rm -rf "$MD"
+    mkdir -p "$MD"
+    mem_daemon() { # N-EXPORTS -> starts the daemon, sets MPID; mountpoints $MD/mN
+        local n=$1 i args=()
+        for ((i = 0; i < n; i++)); do
+            qemu-img create -q -f qcow2 "$MD/img$i.qcow2" 1T
+            : >"$MD/m$i"
+            args+=(--blockdev "driver=file,node-name=f$i,filename=$MD/img$i.qcow2"
+                --blockdev "driver=qcow2,node-name=q$i,file=f$i"
+                --export "type=fuse,id=e$i,node-name=q$i,mountpoint=$MD/m$i,writable=on")
+        done
+        BLOCKGRAPH_FUSE_URING=0 "$BLOCKGRAPH" daemon "${args[@]}" --pidfile "$MD/pid" 2>"$MD/daemon.err" &
+        MPID=$!
+        for ((i = 0; i < 100; i++)); do
+            grep -q " $MD/m$((n - 1)) " /proc/self/mountinfo && break
+            sleep 0.1
+        done
+    }
+    rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+    hwm_kib() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+    mem_daemon 1
+    fio --name=m --filename="$MD/m0" --ioengine=io_uring --rw=randrw --bs=4k --iodepth=64 --direct=1 \
+        --runtime="$RUNTIME" --time_based=1 --norandommap=1 --output=/dev/null || status=1
+    echo "one 1 TiB qcow2 export after randrw 4k qd64 over the whole TiB: RSS $(($(rss_kib $MPID) / 1024)) MiB," \
+        "peak $(($(hwm_kib $MPID) / 1024)) MiB (target < 64 MiB)"
+    kill -TERM $MPID
+    wait $MPID || status=1
+    MPID=
+    idle1=0
+    for n in 1 5; do
+        mem_daemon $n
+        sleep 1
+        r=$(rss_kib $MPID)
+        echo "$n idle export(s): RSS $((r / 1024)) MiB"
+        [ $n = 1 ] && idle1=$r
+        [ $n = 5 ] && echo "cost per extra export: $(((r - idle1) / 4)) KiB (target < 4 MiB)"
+        kill -TERM $MPID
+        wait $MPID || status=1
+        MPID=
+    done
+    rm -rf "$MD"
 fi
 exit "$status"

@@ -18,6 +18,8 @@
 # refuses it (no CAP_SYS_ADMIN): the daemon then logs why and serves the
 # requests itself, which the other FUSE tests cover.
 set -euo pipefail
+# More fio runs than most FUSE tests: a larger time budget under load.
+export FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-120}
 source "$(dirname "$0")/lib-fuse.sh"
 fuse_require_tools fio
 

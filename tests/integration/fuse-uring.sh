@@ -20,6 +20,8 @@
 # Skips (77) only where the kernel has no FUSE-over-io_uring (no
 # enable_uring parameter) or the test cannot set it (not root).
 set -euo pipefail
+# More fio runs than most FUSE tests: a larger time budget under load.
+export FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-180}
 source "$(dirname "$0")/lib-fuse.sh"
 fuse_require_tools fio
 
