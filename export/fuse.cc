@@ -32,7 +32,6 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
-#include <new>
 #include <mutex>
 #include <sstream>
 
@@ -141,13 +140,7 @@ struct FuseRequest {
     uint16_t qid = 0;
     bool ring_dead = false;       // the kernel failed or cancelled the entry
     struct iovec reg_iov[2] = {};
-    ~FuseRequest()
-    {
-        if (uh) {
-            uh->~UringReqHeader();
-            free(uh);
-        }
-    }
+    ~FuseRequest() { delete uh; }
 
     const fuse_in_header &in() const { return *reinterpret_cast<const fuse_in_header *>(hdr); }
     // Copies the argument bytes [off, off+n) after the in-header into dst;
@@ -1053,9 +1046,7 @@ void FuseExport::setup_ring(FuseQueue *q)
             auto *e = new FuseRequest;
             e->q = q;
             e->payload = aligned_alloc_buf(4096, kPayloadSize);
-            void *mem = aligned_alloc(64, sizeof(fuse_uapi::UringReqHeader));
-            if (!mem) throw std::bad_alloc();
-            e->uh = new (mem) fuse_uapi::UringReqHeader();
+            e->uh = new fuse_uapi::UringReqHeader();
             e->qid = qid;
             e->reg_iov[0] = {e->uh, sizeof(fuse_uapi::UringReqHeader)};
             e->reg_iov[1] = {e->payload.get(), kPayloadSize};
