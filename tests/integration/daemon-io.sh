@@ -14,57 +14,9 @@
 # Every daemon runs under timeout; the EXIT trap stops daemons and unmounts.
 set -u
 
-FORMATS=${BG_TEST_FORMATS:-raw}
-BLOCKGRAPH=${BLOCKGRAPH:-$(dirname "$0")/../../build/blockgraph}
-if [ ! -x "$BLOCKGRAPH" ]; then
-    echo "FAIL: BLOCKGRAPH=$BLOCKGRAPH is not an executable"
-    exit 1
-fi
-BLOCKGRAPH=$(cd "$(dirname "$BLOCKGRAPH")" && pwd -P)/$(basename "$BLOCKGRAPH")
-if ! command -v qemu-img >/dev/null; then
-    echo "SKIP: qemu-img not installed (Debian package qemu-utils)"
-    exit 77
-fi
-if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
-    echo "SKIP: FUSE not available (/dev/fuse, fusermount3)"
-    exit 77
-fi
+DAEMON_CLEANUP_WAIT=100   # the trap gives a daemon 10 s after SIGTERM
 
-WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/bg-daemon-io.XXXXXX")
-WORK=$(cd "$WORK" && pwd -P)
-DAEMON_PIDS=()     # real daemon pids (from pidfiles), for the trap
-failures=0
-
-ok() { echo "  ok    $*"; }
-bad() { echo "  FAIL  $*"; failures=$((failures + 1)); }
-
-is_mounted() { awk -v p="$1" '$5 == p { f = 1 } END { exit !f }' /proc/self/mountinfo; }
-wait_mounted() {
-    for _ in $(seq 100); do is_mounted "$1" && return 0; sleep 0.1; done
-    return 1
-}
-# A process that exists and is not a zombie.
-alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-wait_pidfile() {
-    for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done
-    return 1
-}
-cleanup() {
-    local pid m
-    for pid in "${DAEMON_PIDS[@]}"; do alive "$pid" && kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${DAEMON_PIDS[@]}"; do
-        for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
-        alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    done
-    awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | while read -r m; do
-        fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-cd "$WORK" || exit 1
+. "$(dirname "$0")/lib-daemon.sh"
 dd if=/dev/urandom of=data.bin bs=1M count=5 status=none
 
 for fmt in $FORMATS; do

@@ -17,40 +17,10 @@
 # Formats: FORMATS (default raw; add qcow2 once its driver exists).
 set -u
 
-FORMATS=${BG_TEST_FORMATS:-raw}
-BLOCKGRAPH=${BLOCKGRAPH:-$(dirname "$0")/../../build/blockgraph}
-if [ ! -x "$BLOCKGRAPH" ]; then
-    echo "FAIL: BLOCKGRAPH=$BLOCKGRAPH is not an executable"
-    exit 1
-fi
-BLOCKGRAPH=$(cd "$(dirname "$BLOCKGRAPH")" && pwd -P)/$(basename "$BLOCKGRAPH")
-if ! command -v qemu-img >/dev/null; then
-    echo "SKIP: qemu-img not installed (Debian package qemu-utils)"
-    exit 77
-fi
-if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
-    echo "SKIP: FUSE not available (/dev/fuse, fusermount3)"
-    exit 77
-fi
+DAEMON_CLEANUP_UMOUNT=1
 
-WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/bg-mount-roundtrip.XXXXXX")
-WORK=$(cd "$WORK" && pwd -P)
-DAEMON_PIDS=()
-failures=0
+. "$(dirname "$0")/lib-daemon.sh"
 
-ok() { echo "  ok    $*"; }
-bad() { echo "  FAIL  $*"; failures=$((failures + 1)); }
-
-is_mounted() { awk -v p="$1" '$5 == p { f = 1 } END { exit !f }' /proc/self/mountinfo; }
-wait_mounted() {
-    for _ in $(seq 100); do is_mounted "$1" && return 0; sleep 0.1; done
-    return 1
-}
-alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-wait_dead() {
-    for _ in $(seq 200); do alive "$1" || return 0; sleep 0.1; done
-    return 1
-}
 # Pids of blockgraph processes whose command line contains " $1" (for the
 # trap, and to look at a mount's daemon).
 daemon_of() {
@@ -60,35 +30,7 @@ daemon_of() {
         tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- " $1" && echo "${p#/proc/}"
     done
 }
-cleanup() {
-    local pid m
-    for m in $(awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo); do
-        timeout 40 "$BLOCKGRAPH" umount "$m" >/dev/null 2>&1
-    done
-    for pid in "${DAEMON_PIDS[@]}"; do alive "$pid" && kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${DAEMON_PIDS[@]}"; do wait_dead "$pid" || kill -KILL "$pid" 2>/dev/null; done
-    awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | while read -r m; do
-        fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
 
-# True if this build opens qcow2 images (the node opens, so the daemon gets
-# as far as the export's mountpoint).
-qcow2_supported() {
-    qemu-img create -q -f qcow2 "$WORK/probe-support.qcow2" 1M || return 1
-    "$BLOCKGRAPH" daemon --blockdev driver=file,node-name=f,filename="$WORK/probe-support.qcow2" \
-        --blockdev driver=qcow2,node-name=q,file=f \
-        --export type=fuse,id=e,node-name=q,mountpoint="$WORK/probe-support.none" 2>&1 |
-        grep -q "mountpoint '$WORK/probe-support.none'"
-    local rc=$?
-    rm -f "$WORK/probe-support.qcow2"
-    return $rc
-}
-
-cd "$WORK" || exit 1
 dd if=/dev/urandom of=data bs=1M count=2 status=none
 
 for fmt in $FORMATS; do
