@@ -31,27 +31,13 @@
 // Last: check.h defines a macro named fail() that breaks <ios>.
 #include <check.h>
 
+#include "tests/unit/tmpdir.h"
+
 using namespace bg;
+using namespace bgtest;
 using nlohmann::json;
 
 namespace {
-
-char g_dir[4096];
-
-void make_tmpdir()
-{
-    const char *t = getenv("TMPDIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/test-qcow2-mgmt-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(g_dir)) abort();
-}
-
-void remove_tmpdir()
-{
-    std::string cmd = std::string("rm -rf '") + g_dir + "'";
-    if (system(cmd.c_str()) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
-}
-
-std::string tmp_path(const std::string &name) { return std::string(g_dir) + "/" + name; }
 
 // Runs a shell command in the temporary directory; returns its exit status,
 // stdout in *out.
@@ -450,7 +436,6 @@ START_TEST(test_measure)
     }
 }
 END_TEST
-
 
 // ---------------------------------------------------------------- check
 

@@ -27,26 +27,12 @@
 
 #include <check.h>
 
+#include "tests/unit/tmpdir.h"
+
 using namespace bg;
+using namespace bgtest;
 
 namespace {
-
-char g_dir[4096];
-
-void make_tmpdir()
-{
-    const char *t = getenv("TMPDIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/test-qcow2w-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(g_dir)) abort();
-}
-
-void remove_tmpdir()
-{
-    std::string cmd = std::string("rm -rf '") + g_dir + "'";
-    if (system(cmd.c_str()) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
-}
-
-std::string tmp_path(const std::string &name) { return std::string(g_dir) + "/" + name; }
 
 int sh(const std::string &cmd)
 {
@@ -633,7 +619,6 @@ START_TEST(test_truncate_prealloc)
     }
 }
 END_TEST
-
 
 // pass-discard-request: a guest discard that frees a cluster discards it in
 // the file, after the L2 update and the refcount are on disk (at the

@@ -33,28 +33,14 @@
 // Last: check.h defines a macro named fail() that breaks <ios>.
 #include <check.h>
 
+#include "tests/unit/tmpdir.h"
+
 using namespace bg;
+using namespace bgtest;
 
 namespace {
 
 // ---------------------------------------------------------------- files
-
-char g_dir[4096];
-
-void make_tmpdir()
-{
-    const char *t = getenv("TMPDIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/test-qcow2-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(g_dir)) abort();
-}
-
-void remove_tmpdir()
-{
-    std::string cmd = std::string("rm -rf '") + g_dir + "'";
-    if (system(cmd.c_str()) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
-}
-
-std::string tmp_path(const std::string &name) { return std::string(g_dir) + "/" + name; }
 
 void write_file(const std::string &path, const std::vector<uint8_t> &data)
 {

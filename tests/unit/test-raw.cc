@@ -23,28 +23,12 @@
 // Last: check.h defines a macro named fail() that breaks <ios>.
 #include <check.h>
 
+#include "tests/unit/tmpdir.h"
+
 using namespace bg;
+using namespace bgtest;
 
 namespace {
-
-// A directory per test run; the unchecked fixture (run in the parent
-// process) removes it even when a test fails.
-char g_dir[4096];
-
-void make_tmpdir()
-{
-    const char *t = getenv("TMPDIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/test-raw-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(g_dir)) abort();
-}
-
-void remove_tmpdir()
-{
-    std::string cmd = std::string("rm -rf '") + g_dir + "'";
-    if (system(cmd.c_str()) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
-}
-
-std::string tmp_path(const char *name) { return std::string(g_dir) + "/" + name; }
 
 uint8_t pattern_byte(int64_t i) { return static_cast<uint8_t>((i * 7 + i / 251) % 253 + 1); }
 
