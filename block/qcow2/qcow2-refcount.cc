@@ -337,9 +337,11 @@ int coroutine_fn Qcow2Node::co_grow_refcount_table_locked(uint64_t min_entries)
     return -ENOSPC;
 }
 
-int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool exact, uint64_t *got)
+int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool exact, uint64_t *got,
+                                                    bool *fresh)
 {
     *got = 0;
+    if (fresh) *fresh = false;
     if (max_clusters == 0) return -EINVAL;
     int r = co_mark_dirty_locked();
     if (r < 0) return r;
@@ -388,6 +390,9 @@ int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool 
             return r;
         }
     }
+    const uint64_t run_end = (start + n) << cluster_bits_;
+    if (fresh) *fresh = (start << cluster_bits_) >= host_zero_from_;
+    if (host_zero_from_ != UINT64_MAX) host_zero_from_ = std::max(host_zero_from_, run_end);
     // Everything before the first cluster with refcount 0 is in use (a
     // freed cluster under I/O has refcount 0: the cursor stops there).
     if (first_zero == start) free_cluster_index_ = start + n;
@@ -432,6 +437,7 @@ int64_t coroutine_fn Qcow2Node::co_alloc_clusters_at_locked(uint64_t offset, uin
         r = co_set_refcount_locked(i, 1);
         if (r < 0) return r;
     }
+    if (host_zero_from_ != UINT64_MAX) host_zero_from_ = std::max(host_zero_from_, (first + n) << cluster_bits_);
     return static_cast<int64_t>(n);
 }
 

@@ -25,6 +25,7 @@
 #include <cstring>
 
 #include "block/qcow2/qcow2.h"
+#include "util/iov.h"
 #include "util/log.h"
 
 namespace bg {
@@ -61,6 +62,7 @@ struct Qcow2Node::WritePlan {
     // Allocations:
     uint64_t first_cluster = 0, nb_clusters = 0;   // guest cluster index and count
     bool new_host = false;            // host clusters newly allocated here
+    bool zero_host = false;           // ... in never-written host space: they read as zeros
     uint64_t cow_start = 0, cow_end = 0;   // guest bytes written to the host (head + data + tail)
     ClusterAlloc alloc;
 };
@@ -202,7 +204,8 @@ int coroutine_fn Qcow2Node::co_plan_write_locked(uint64_t offset, uint64_t bytes
             }
             l2_cache_->release(slice_off);
             uint64_t got;
-            int64_t host = co_alloc_run_locked(n, false, &got);
+            bool fresh = false;
+            int64_t host = co_alloc_run_locked(n, false, &got, &fresh);
             if (host < 0) return static_cast<int>(host);
             // The allocation yields: someone may have started allocating one
             // of our clusters meanwhile. Then give back and plan again.
@@ -213,6 +216,7 @@ int coroutine_fn Qcow2Node::co_plan_write_locked(uint64_t offset, uint64_t bytes
             n = got;
             p->nb_clusters = n;
             p->new_host = true;
+            p->zero_host = fresh && data_file_ == file_;
             p->host = static_cast<uint64_t>(host);
             p->bytes = std::min(end, (c0 + n) << cluster_bits_) - offset;
             const uint64_t cstart = c0 << cluster_bits_;
@@ -333,9 +337,14 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
             pos += p.bytes;
             continue;
         }
-        // Allocation: head COW + data + tail COW in one host write.
+        // Allocation: head COW + data + tail COW in one host write. On
+        // never-written host clusters (zero_host) a COW part that reads as
+        // zeros is not written, as far as the file's alignment allows: the
+        // file reads zeros there already (QEMU zero-writes such parts).
         const uint64_t head = p.offset - p.cow_start;
         const uint64_t tail = p.cow_end - (p.offset + p.bytes);
+        const uint64_t falign = std::max<uint64_t>(data_file_->node()->limits().request_alignment, 1);
+        uint64_t wstart = p.cow_start;     // guest offset of the first byte written
         AlignedBuf hb, tb;
         IOVector v;
         if (head) {
@@ -343,7 +352,9 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
             IOVector hv(hb.get(), head);
             file_->debug_event("cow_read");
             r = do_co_preadv(static_cast<int64_t>(p.cow_start), static_cast<int64_t>(head), hv, 0);
-            v.add(hb.get(), head);
+            const uint64_t skip = p.zero_host ? head & ~(falign - 1) : 0;
+            if (r >= 0 && skip && buffer_is_zero(hb.get(), skip)) wstart += skip;
+            v.add(hb.get() + (wstart - p.cow_start), head - (wstart - p.cow_start));
         }
         v.concat(data);
         if (r >= 0 && tail) {
@@ -358,12 +369,19 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
                 r = do_co_preadv(static_cast<int64_t>(tstart), static_cast<int64_t>(in_img), tvi, 0);
             }
             if (in_img < tail) memset(tb.get() + in_img, 0, tail - in_img);
-            v.add(tb.get(), tail);
+            // Bytes kept: up to the next aligned offset (cow_end is aligned).
+            uint64_t keep = tail;
+            if (p.zero_host) {
+                const uint64_t rel = tstart - p.cow_start;
+                keep = std::min(tail, ((rel + falign - 1) & ~(falign - 1)) - rel);
+                if (!buffer_is_zero(tb.get() + keep, tail - keep)) keep = tail;
+            }
+            v.add(tb.get(), keep);
         }
         if (r >= 0) {
-            file_->debug_event(head || tail ? "cow_write" : "write_aio");
-            const uint64_t hs = h_.has_data_file() ? p.cow_start
-                                                   : p.host + (p.cow_start - (p.first_cluster << cluster_bits_));
+            file_->debug_event(v.size() > p.bytes ? "cow_write" : "write_aio");
+            const uint64_t hs = h_.has_data_file() ? wstart
+                                                   : p.host + (wstart - (p.first_cluster << cluster_bits_));
             r = data_file_->co_pwritev(static_cast<int64_t>(hs), static_cast<int64_t>(v.size()), v);
         }
         lock_.lock();

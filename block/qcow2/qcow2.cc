@@ -207,6 +207,7 @@ Status coroutine_fn Qcow2Node::co_open_image(const BlockdevOptionsQcow2 &o)
 
     cluster_bits_ = h_.cluster_bits;
     cluster_size_ = h_.cluster_size();
+    host_zero_from_ = (flen + cluster_size_ - 1) & ~(cluster_size_ - 1);
     l2_bits_ = h_.l2_bits();
     l2_entry_size_ = h_.l2_entry_size();
     sc_per_cluster_ = h_.extended_l2() ? qcow2::kSubclustersPerCluster : 1;

@@ -555,7 +555,10 @@ class Qcow2Node final : public BlockNode {
     int coroutine_fn co_process_discards_locked();
     // Finds and allocates (refcount 1) a run of 1..max_clusters contiguous
     // free clusters (exactly max_clusters if exact). *got: clusters in it.
-    int64_t coroutine_fn co_alloc_run_locked(uint64_t max_clusters, bool exact, uint64_t *got);
+    // *fresh (optional): the run lies wholly in never-written host space
+    // (host_zero_from_), so it reads as zeros without being written.
+    int64_t coroutine_fn co_alloc_run_locked(uint64_t max_clusters, bool exact, uint64_t *got,
+                                             bool *fresh = nullptr);
     int coroutine_fn co_ensure_refblock_ex_locked(uint64_t cluster_index, uint64_t ex_start, uint64_t ex_end);
     bool cluster_free_locked(uint64_t cluster_index, uint64_t refcount) const
     {
@@ -614,6 +617,11 @@ class Qcow2Node final : public BlockNode {
     std::atomic<bool> write_stopped_{false};// corrupt: writes fail with -EIO
     uint64_t free_cluster_index_ = 0;       // allocator cursor (clusters below are in use)
     uint64_t free_byte_offset_ = 0;         // compressed allocator: next free byte, 0 = none
+    // Host bytes from here on were never written since open (the file's
+    // length at open, raised past every cluster allocated since): they read
+    // as zeros, as every protocol reads a gap a later write leaves past its
+    // old end. Only ever raised; UINT64_MAX until open.
+    uint64_t host_zero_from_ = UINT64_MAX;
     std::vector<qcow2::ClusterAlloc *> allocs_;             // in-flight allocating writes
     std::unordered_map<uint64_t, uint32_t> inflight_host_;  // host cluster -> data requests in flight
     std::vector<std::pair<uint64_t, uint64_t>> pending_discards_;   // host ranges freed, to discard after sync
