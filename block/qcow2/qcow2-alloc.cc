@@ -101,8 +101,8 @@ int coroutine_fn Qcow2Node::co_overlap_check_locked(int ign, uint64_t offset, ui
         }
     }
     if (chk & qcow2::kOlRefcountBlock) {
-        for (uint64_t e : refcount_table_) {
-            const uint64_t b = e & qcow2::kReftOffsetMask;
+        for (size_t i = 0; i < reftable_used_; i++) {
+            const uint64_t b = refcount_table_[i] & qcow2::kReftOffsetMask;
             if (b && overlaps(offset, bytes, b, cs)) return qcow2::kOlRefcountBlock;
         }
     }

@@ -261,6 +261,7 @@ Status coroutine_fn Qcow2Node::co_change_refcount_order_locked(uint32_t order)
     r = co_write_header_locked(nh);
     if (r < 0) return io_err(r, name_, "cannot update the header");
     refcount_table_ = std::move(table);
+    reftable_changed();
     refcount_cache_->invalidate();
     free_cluster_index_ = 0;
     free_byte_offset_ = 0;

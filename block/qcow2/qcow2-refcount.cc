@@ -84,6 +84,7 @@ Status coroutine_fn Qcow2Node::co_load_refcount_table()
     if (r < 0) return errno_error(-r, name_ + ": cannot read the refcount table");
     refcount_table_.resize(bytes / 8);
     for (size_t i = 0; i < refcount_table_.size(); i++) refcount_table_[i] = qcow2::be64(raw.data() + i * 8);
+    reftable_changed();
     return {};
 }
 
@@ -224,6 +225,7 @@ int coroutine_fn Qcow2Node::co_ensure_refblock_ex_locked(uint64_t cluster_index,
         return r;
     }
     refcount_table_[rt_index] = block_off;
+    reftable_changed();
     return 0;
 }
 
@@ -330,6 +332,7 @@ int coroutine_fn Qcow2Node::co_grow_refcount_table_locked(uint64_t min_entries)
         h_.refcount_table_offset = tbl_off;
         h_.refcount_table_clusters = static_cast<uint32_t>(tbl_clusters);
         refcount_table_ = std::move(table);
+        reftable_changed();
         // The old table is unused now.
         co_free_clusters_locked(old_off, old_bytes, qcow2::DiscardType::kOther);
         return 0;
@@ -732,6 +735,7 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
     h_.refcount_table_offset = tbl_start << cluster_bits_;
     h_.refcount_table_clusters = static_cast<uint32_t>(tbl_clusters);
     refcount_table_ = std::move(table);
+    reftable_changed();
     // Drop every cached refcount block (clean: flushed above).
     refcount_cache_->invalidate();
     free_cluster_index_ = 0;

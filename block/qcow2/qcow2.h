@@ -600,6 +600,12 @@ class Qcow2Node final : public BlockNode {
 
     std::vector<uint64_t> l1_;              // active (or snapshot view) L1 table, host byte order
     std::vector<uint64_t> refcount_table_;  // host byte order
+    size_t reftable_used_ = 0;              // 1 + index of its last non-zero entry (reftable_changed())
+    void reftable_changed()
+    {
+        reftable_used_ = refcount_table_.size();
+        while (reftable_used_ && !refcount_table_[reftable_used_ - 1]) reftable_used_--;
+    }
     std::vector<qcow2::Snapshot> snapshots_;
     const qcow2::Snapshot *view_snapshot_ = nullptr;
 
