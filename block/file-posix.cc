@@ -134,6 +134,7 @@ class FileNode final : public BlockNode {
     }
     void close_fds();
     Status probe_alignment();
+    void choose_inline_io();
     bool iov_aligned(const IOVector &qiov) const;
     int coroutine_fn co_bounce_preadv(int64_t offset, int64_t bytes, IOVector &qiov);
     int coroutine_fn co_bounce_pwritev(int64_t offset, int64_t bytes, IOVector &qiov);
@@ -151,6 +152,10 @@ class FileNode final : public BlockNode {
     int fd_ = -1;
     int open_flags_ = 0;
     bool direct_ = false;
+    // Page-cache I/O done in the loop thread when nothing else is in flight
+    // (choose_inline_io): writes on local filesystems, reads on tmpfs.
+    bool inline_writes_ = false;
+    bool inline_reads_ = false;
     AioBackendKind aio_kind_ = AioBackendKind::kIoUring;
 
     // O_DIRECT alignment (bytes, powers of 2); 1 without O_DIRECT.
@@ -236,6 +241,7 @@ Status FileNode::open(const BlockdevOptions &opts)
         return node_error(EINVAL, "'file' driver requires '" + filename_ + "' to be a regular file");
     }
 
+    choose_inline_io();
     if (direct_) {
         Status s = probe_alignment();
         if (!s) {
@@ -281,6 +287,35 @@ Status FileNode::open(const BlockdevOptions &opts)
     // We never write zero buffers ourselves, so NO_FALLBACK is honoured too.
     supported_zero_flags_ = kReqMayUnmap | kReqNoFallback;
     return {};
+}
+
+// Neither ext4, xfs, btrfs nor tmpfs take a buffered write without blocking
+// (RWF_NOWAIT: EOPNOTSUPP), nor tmpfs a read, so io_uring hands each such
+// request to a kernel worker thread, and its completion wakes the loop thread
+// again: two thread wake-ups, often across CPUs, for a copy of microseconds.
+// When nothing else is in flight (low queue depth) the loop thread does the
+// copy itself. Only on these local filesystems, whose page-cache writes block
+// at worst briefly (a partial page read, dirty throttling); a read on a disk
+// filesystem stays with io_uring, which serves page-cache hits inline and
+// would otherwise block the loop on a miss. BLOCKGRAPH_INLINE_IO=0 turns it
+// off (for measurements, docs/performance.md).
+void FileNode::choose_inline_io()
+{
+    const char *env = getenv("BLOCKGRAPH_INLINE_IO");
+    struct statfs sfs;
+    if (direct_ || (env && strcmp(env, "0") == 0) || fstatfs(fd_, &sfs) != 0) return;
+    switch (static_cast<unsigned long>(sfs.f_type)) {
+    case TMPFS_MAGIC:
+        inline_reads_ = true;
+        [[fallthrough]];
+    case EXT4_SUPER_MAGIC:
+    case XFS_SUPER_MAGIC:
+    case BTRFS_SUPER_MAGIC:
+        inline_writes_ = true;
+        break;
+    default:
+        break;
+    }
 }
 
 // QEMU's raw_probe_alignment for O_DIRECT: the logical block size, else trial
@@ -393,7 +428,7 @@ int coroutine_fn FileNode::do_co_preadv(int64_t offset, int64_t bytes, IOVector 
     assert(static_cast<int64_t>(qiov.size()) == bytes);
     if (bytes == 0) return 0;
     if (!iov_aligned(qiov)) return co_bounce_preadv(offset, bytes, qiov);
-    int64_t r = io()->co_preadv(fd_, qiov.iov(), qiov.niov(), offset);
+    int64_t r = io()->co_preadv(fd_, qiov.iov(), qiov.niov(), offset, inline_reads_);
     return r < 0 ? static_cast<int>(r) : 0;
 }
 
@@ -403,7 +438,7 @@ int coroutine_fn FileNode::do_co_pwritev(int64_t offset, int64_t bytes, IOVector
     assert(static_cast<int64_t>(qiov.size()) == bytes);
     if (bytes == 0) return 0;
     if (!iov_aligned(qiov)) return co_bounce_pwritev(offset, bytes, qiov);
-    int64_t r = io()->co_pwritev(fd_, qiov.iov(), qiov.niov(), offset);
+    int64_t r = io()->co_pwritev(fd_, qiov.iov(), qiov.niov(), offset, inline_writes_);
     return r < 0 ? static_cast<int>(r) : 0;
 }
 

@@ -36,6 +36,10 @@ struct IoRequest {
     int64_t cur_offset() const { return offset + done; }
 };
 
+// Does req synchronously in the calling thread (retries and continuations
+// included); the result is in req->result.
+void io_request_execute(IoRequest *req);
+
 // Applies one completion result res (bytes or negative errno) to req.
 // Returns true if req must be submitted again (retry or continuation) and
 // false when req->result is final.

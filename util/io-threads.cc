@@ -29,14 +29,19 @@ class ThreadPoolBackend final : public IoBackend {
     ~ThreadPoolBackend() override;
 
     const char *name() const override { return "threads"; }
-    IoBackendStats stats() const override { return stats_; }
+    IoBackendStats stats() const override
+    {
+        IoBackendStats s = stats_;
+        s.inline_requests = inline_requests_;
+        return s;
+    }
+    bool idle() const override { return outstanding_ == 0; }
 
   protected:
     int64_t co_run(IoRequest *req) noexcept override;
 
   private:
     void worker();
-    static void execute(IoRequest *req);
     void on_event();
     static void on_event_cb(void *opaque) { static_cast<ThreadPoolBackend *>(opaque)->on_event(); }
 
@@ -51,6 +56,7 @@ class ThreadPoolBackend final : public IoBackend {
     IoRequest *job_head_ = nullptr, *job_tail_ = nullptr;  // guarded by lock_
     IoRequest *done_head_ = nullptr;                       // guarded by lock_ (LIFO, reversed on reap)
     IoBackendStats stats_;
+    unsigned outstanding_ = 0;      // submitted, not yet reaped (loop thread only)
 };
 
 ThreadPoolBackend::ThreadPoolBackend(AioContext *ctx, unsigned max_threads)
@@ -76,31 +82,6 @@ ThreadPoolBackend::~ThreadPoolBackend()
     close(efd_);
 }
 
-void ThreadPoolBackend::execute(IoRequest *req)
-{
-    for (;;) {
-        int64_t r;
-        switch (req->op) {
-        case IoRequest::kRead:
-            r = preadv(req->fd, req->cur_iov(), req->cur_iovcnt(), req->cur_offset());
-            break;
-        case IoRequest::kWrite:
-            r = pwritev(req->fd, req->cur_iov(), req->cur_iovcnt(), req->cur_offset());
-            break;
-        case IoRequest::kFsync:
-            r = req->datasync ? fdatasync(req->fd) : fsync(req->fd);
-            break;
-        case IoRequest::kFallocate:
-            r = fallocate(req->fd, req->mode, req->offset, req->total);
-            break;
-        default:
-            r = -EINVAL;
-        }
-        if (r < 0) r = -errno;
-        if (!io_request_advance(req, r)) return;
-    }
-}
-
 void ThreadPoolBackend::worker()
 {
     std::unique_lock<std::mutex> g(lock_);
@@ -115,7 +96,7 @@ void ThreadPoolBackend::worker()
         job_head_ = req->next;
         if (!job_head_) job_tail_ = nullptr;
         g.unlock();
-        execute(req);
+        io_request_execute(req);
         g.lock();
         req->next = done_head_;
         done_head_ = req;
@@ -149,6 +130,7 @@ void ThreadPoolBackend::on_event()
         ordered = req->next;
         req->completed = true;
         stats_.requests++;
+        outstanding_--;
         coroutine_wake(req->co);
     }
 }
@@ -160,6 +142,7 @@ int64_t ThreadPoolBackend::co_run(IoRequest *req) noexcept
         log_error("thread pool: I/O issued outside a coroutine");
         abort();
     }
+    outstanding_++;
     {
         std::lock_guard<std::mutex> g(lock_);
         req->next = nullptr;

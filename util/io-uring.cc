@@ -23,7 +23,13 @@ class UringBackend final : public IoBackend {
     Status init(unsigned entries);
 
     const char *name() const override { return "io_uring"; }
-    IoBackendStats stats() const override { return stats_; }
+    IoBackendStats stats() const override
+    {
+        IoBackendStats s = stats_;
+        s.inline_requests = inline_requests_;
+        return s;
+    }
+    bool idle() const override { return in_flight_ == 0 && !wait_head_; }
 
   protected:
     int64_t co_run(IoRequest *req) noexcept override;

@@ -30,6 +30,7 @@ struct IoBackendStats {
     uint64_t enters = 0;          // io_uring_enter system calls (0 for the pool)
     uint64_t resubmissions = 0;   // short transfers and -EAGAIN/-EINTR retries
     uint64_t queue_full_waits = 0;// requests that had to wait for ring room
+    uint64_t inline_requests = 0; // done synchronously in the calling thread (inline_if_idle)
 };
 
 class IoBackend {
@@ -39,10 +40,16 @@ class IoBackend {
     // Reads iov's total length at offset. Short reads are continued; a read
     // that reaches end-of-file fills the rest of iov with zeros. Returns the
     // total length or a negative errno. Yields. iov is not modified.
-    int64_t coroutine_fn co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset) noexcept;
+    // inline_if_idle: if nothing of this backend is in flight, transfer
+    // synchronously in the calling thread instead (for page-cache I/O the
+    // kernel would hand to a worker thread anyway: at low depth the hand-off
+    // and the wake-up back cost more than the copy; see docs/performance.md).
+    int64_t coroutine_fn co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                   bool inline_if_idle = false) noexcept;
     // Writes all of iov at offset (short writes are continued). Returns the
     // total length or a negative errno (-ENOSPC if the file takes no more).
-    int64_t coroutine_fn co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset) noexcept;
+    int64_t coroutine_fn co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                    bool inline_if_idle = false) noexcept;
     // fsync (datasync=false) or fdatasync. 0 or negative errno.
     int coroutine_fn co_fsync(int fd, bool datasync) noexcept;
     // fallocate(2). 0 or negative errno.
@@ -50,6 +57,8 @@ class IoBackend {
 
     virtual const char *name() const = 0;
     virtual IoBackendStats stats() const = 0;
+    // Nothing submitted and not yet completed.
+    virtual bool idle() const = 0;
 
     // io_uring with the given number of entries (0: default 256). Fails if
     // the kernel or a seccomp policy refuses a ring, or
@@ -61,6 +70,10 @@ class IoBackend {
   protected:
     // Submits req, yields until it is complete, returns req->result.
     virtual int64_t coroutine_fn co_run(IoRequest *req) noexcept = 0;
+    uint64_t inline_requests_ = 0;
+
+  private:
+    int64_t coroutine_fn co_transfer(IoRequest *req, bool inline_if_idle) noexcept;
 };
 
 } // namespace bg

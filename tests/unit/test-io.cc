@@ -301,6 +301,45 @@ START_TEST(test_read_past_eof)
 }
 END_TEST
 
+// inline_if_idle: with nothing in flight the transfer is done in the calling
+// coroutine (no yield, counted in inline_requests, EOF rule kept); with
+// another request in flight it goes through the backend as usual.
+START_TEST(test_inline_if_idle)
+{
+    auto ctx = AioContext::create();
+    IoBackend *b = backend_for(ctx.get(), _i);
+    TempFile f;
+    std::vector<uint8_t> data(8192), back(8192 + 100, 0xaa);
+    fill_pattern(data.data(), data.size(), 0, 9);
+    const IoBackendStats before = b->stats();
+    run_in_coroutine([&] {
+        struct iovec w = {data.data(), data.size()};
+        ck_assert(b->idle());
+        ck_assert_int_eq(b->co_pwritev(f.fd, &w, 1, 0, true), 8192);
+        struct iovec r = {back.data(), back.size()};
+        ck_assert_int_eq(b->co_preadv(f.fd, &r, 1, 0, true), 8192 + 100);
+    });
+    ck_assert(check_pattern(back.data(), 8192, 0, 9));
+    for (size_t i = 8192; i < back.size(); i++) ck_assert_msg(back[i] == 0, "byte %zu past EOF not zero", i);
+    const IoBackendStats mid = b->stats();
+    ck_assert_uint_eq(mid.inline_requests - before.inline_requests, 2);
+    ck_assert_uint_eq(mid.submissions, before.submissions);
+
+    // Two at once: the first goes inline only if nothing is in flight; the
+    // second finds the first in flight unless it was inline; both complete.
+    run_concurrently(ctx.get(), 2, [&](int i) {
+        std::vector<uint8_t> buf(4096);
+        struct iovec v = {buf.data(), buf.size()};
+        ck_assert_int_eq(b->co_preadv(f.fd, &v, 1, i * 4096, i == 0 ? false : true), 4096);
+        ck_assert(check_pattern(buf.data(), 4096, i * 4096, 9));
+    });
+    const IoBackendStats after = b->stats();
+    // The first (not inline) was in flight when the second asked.
+    ck_assert_uint_eq(after.inline_requests, mid.inline_requests);
+    ck_assert(b->idle());
+}
+END_TEST
+
 // io_uring only: a pipe delivers data in pieces, so reads come back short in
 // the middle of the data (not at EOF) and must be continued in order.
 START_TEST(test_short_read_pipe_uring)
@@ -506,6 +545,7 @@ static Suite *io_suite()
     tcase_add_loop_test(tc, test_rw_random, 0, kBackends);
     tcase_add_loop_test(tc, test_256_in_flight, 0, kBackends);
     tcase_add_loop_test(tc, test_read_past_eof, 0, kBackends);
+    tcase_add_loop_test(tc, test_inline_if_idle, 0, kBackends);
     tcase_add_test(tc, test_short_read_pipe_uring);
     tcase_add_test(tc, test_small_ring);
     suite_add_tcase(s, tc);
