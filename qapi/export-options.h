@@ -29,9 +29,19 @@ struct BlockExportOptions {
     BlockExportOptionsFuse fuse;            // type == "fuse"
 };
 
-// --object iothread,id=NAME[,poll-max-ns=...] (other members accepted and ignored)
+// --object iothread,id=NAME[,poll-max-ns=N,poll-grow=N,poll-shrink=N]
+// (aio-max-batch, thread-pool-min/max accepted and ignored)
 struct IoThreadOptions {
     std::string id;
+    // Adaptive polling of the thread's event loop (QEMU's meaning; see
+    // docs/performance.md): spin up to max_ns for events before sleeping,
+    // the window growing by `grow` (0: x2) while events come in short gaps
+    // and shrinking by `shrink` (0: to nothing) after a long sleep.
+    struct Poll {
+        uint64_t max_ns = 32768;
+        uint64_t grow = 0;
+        uint64_t shrink = 0;
+    } poll;
 };
 
 } // namespace bg

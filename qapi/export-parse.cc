@@ -117,8 +117,8 @@ class Decoder {
     }
 
     // An integer in [0, max]: decimal or 0x hex text in keyval, a JSON
-    // integer otherwise. Absent keys are fine.
-    Status uinteger(const json &obj, const char *key, uint64_t max) const
+    // integer otherwise. Absent keys are fine (out untouched).
+    Status uinteger(const json &obj, const char *key, uint64_t max, uint64_t *out = nullptr) const
     {
         const json *v = find(obj, key);
         if (!v) return Status();
@@ -140,6 +140,7 @@ class Decoder {
             return err(key, (neg ? "-" : "") + std::to_string(mag) + " is out of range (0 to " +
                                 std::to_string(max) + ")");
         }
+        if (out) *out = mag;
         return Status();
     }
 
@@ -273,9 +274,9 @@ Result<IoThreadOptions> object_from_tree(const json &tree, bool from_keyval)
     o.id = std::move(id.value());
     if (!is_valid_qapi_id(o.id)) return d.err("", kIdRule);
     BG_TRY(d.check_keys(tree, kIoThreadKeys));
-    BG_TRY(d.uinteger(tree, "poll-max-ns", INT64_MAX));
-    BG_TRY(d.uinteger(tree, "poll-grow", INT64_MAX));
-    BG_TRY(d.uinteger(tree, "poll-shrink", INT64_MAX));
+    BG_TRY(d.uinteger(tree, "poll-max-ns", INT64_MAX, &o.poll.max_ns));
+    BG_TRY(d.uinteger(tree, "poll-grow", INT64_MAX, &o.poll.grow));
+    BG_TRY(d.uinteger(tree, "poll-shrink", INT64_MAX, &o.poll.shrink));
     BG_TRY(d.uinteger(tree, "aio-max-batch", INT64_MAX));
     BG_TRY(d.uinteger(tree, "thread-pool-min", INT_MAX));
     BG_TRY(d.uinteger(tree, "thread-pool-max", INT_MAX));

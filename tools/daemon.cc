@@ -237,6 +237,14 @@ Status Daemon::add_iothread(const IoThreadOptions &opts)
     }
     auto t = IoThread::create(opts.id);
     if (!t) return t.error();
+    const IoThreadOptions::Poll &poll = opts.poll;
+    t.value()->run_sync(
+        [](void *o) {
+            auto *p = static_cast<const IoThreadOptions::Poll *>(o);
+            AioContext::current()->set_poll_params(static_cast<int64_t>(p->max_ns), static_cast<int64_t>(p->grow),
+                                                   static_cast<int64_t>(p->shrink));
+        },
+        const_cast<IoThreadOptions::Poll *>(&poll));
     iothreads_.push_back(std::move(t.value()));
     return {};
 }

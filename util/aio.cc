@@ -1,5 +1,8 @@
 #include "util/aio.h"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,6 +38,9 @@ static GSourceFuncs g_aio_source_funcs = {
 AioContext::AioContext(GMainContext *gctx) : gctx_(gctx)
 {
     g_main_context_ref(gctx_);
+    const char *env = getenv("BLOCKGRAPH_POLL_MAX_NS");
+    set_poll_params(env ? atoll(env) : kDefaultPollMaxNs, 0, 0);
+    g_main_context_set_poll_func(gctx_, &AioContext::poll_fds);
     source_ = reinterpret_cast<Source *>(g_source_new(&g_aio_source_funcs, sizeof(Source)));
     source_->ctx = this;
     g_source_set_name(&source_->base, "blockgraph-aio");
@@ -87,6 +93,49 @@ bool AioContext::iterate(bool blocking)
         abort();
     }
     return g_main_context_iteration(gctx_, blocking ? TRUE : FALSE);
+}
+
+void AioContext::set_poll_params(int64_t max_ns, int64_t grow, int64_t shrink)
+{
+    poll_max_ns_ = std::max<int64_t>(max_ns, 0);
+    poll_grow_ = grow;
+    poll_shrink_ = shrink;
+    poll_ns_ = std::min(poll_ns_, poll_max_ns_);
+}
+
+// The GMainContext's poll function (called without GLib's context lock).
+// The context is the calling thread's: GLib calls this from the thread
+// iterating the loop, which is the context's owner.
+gint AioContext::poll_fds(GPollFD *fds, guint nfds, gint timeout)
+{
+    AioContext *c = t_current;
+    GMainContext *mine = g_main_context_get_thread_default();
+    if (!mine) mine = g_main_context_default();
+    if (!c || timeout == 0 || c->poll_max_ns_ == 0 || c->gctx_ != mine) return g_poll(fds, nfds, timeout);
+    const int64_t start = clock_ns();
+    if (c->poll_ns_ > 0) {
+        const int64_t end = start + c->poll_ns_;
+        do {
+            gint r = g_poll(fds, nfds, 0);
+            if (r != 0) {
+                if (r > 0) c->poll_hits_++;
+                return r;
+            }
+            sched_yield();
+        } while (clock_ns() < end);
+    }
+    gint r = g_poll(fds, nfds, timeout);
+    c->poll_sleeps_++;
+    const int64_t waited = clock_ns() - start;
+    if (waited > c->poll_max_ns_) {
+        c->poll_ns_ = c->poll_shrink_ > 0 ? c->poll_ns_ / c->poll_shrink_ : 0;
+    } else if (c->poll_ns_ < c->poll_max_ns_) {
+        int64_t grown = 4000;
+        if (c->poll_ns_ && __builtin_mul_overflow(c->poll_ns_, c->poll_grow_ > 0 ? c->poll_grow_ : 2, &grown))
+            grown = c->poll_max_ns_;
+        c->poll_ns_ = std::min(grown, c->poll_max_ns_);
+    }
+    return r;
 }
 
 void AioContext::kick()

@@ -140,8 +140,20 @@ class AioContext {
     void add_prepare_hook(AioCallback cb, void *opaque);
     void remove_prepare_hook(AioCallback cb, void *opaque);
 
+    // Adaptive polling (QEMU's poll-max-ns, poll-grow, poll-shrink): before
+    // the loop sleeps it checks its descriptors without sleeping for up to
+    // the current window, yielding the CPU between checks to anything
+    // runnable. The window starts empty, grows (x grow, 0 = x2, from 4 us)
+    // while sleeps end within max_ns and shrinks (/ shrink, 0 = to empty)
+    // after a longer one. max_ns 0 turns it off. Owning thread. Default:
+    // kDefaultPollMaxNs, or BLOCKGRAPH_POLL_MAX_NS from the environment.
+    static constexpr int64_t kDefaultPollMaxNs = 32768;
+    void set_poll_params(int64_t max_ns, int64_t grow, int64_t shrink);
+
     // Statistics.
     uint64_t iterations() const { return iterations_; }
+    uint64_t poll_hits() const { return poll_hits_; }     // waits ended while polling
+    uint64_t poll_sleeps() const { return poll_sleeps_; } // waits that slept
 
   private:
     friend class BottomHalf;
@@ -173,9 +185,13 @@ class AioContext {
     void run_prepare_hooks();
     int64_t next_timer_deadline();
     void kick();
+    static gint poll_fds(GPollFD *fds, guint nfds, gint timeout);
 
     GMainContext *gctx_;
     Source *source_;
+    int64_t poll_max_ns_ = 0, poll_grow_ = 0, poll_shrink_ = 0;
+    int64_t poll_ns_ = 0;                // current window
+    uint64_t poll_hits_ = 0, poll_sleeps_ = 0;
     std::list<FdHandler> fd_handlers_;
     bool dispatching_fds_ = false;
     std::vector<Coroutine *> ready_;     // co_enter_batched() queue

@@ -463,6 +463,59 @@ START_TEST(test_fd_handler_read_and_remove)
 }
 END_TEST
 
+// Adaptive polling: the window starts empty (a ready fd is found by the
+// sleeping poll), grows after a short wait so that the next ready fd is
+// found while polling, shrinks to nothing after a wait longer than the
+// maximum, and poll-max-ns 0 turns polling off.
+START_TEST(test_fd_handler_polling)
+{
+    auto ctx = AioContext::create();
+    ctx->set_poll_params(1000 * kMs, 0, 0);
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    PipeProbe probe{ctx.get(), p[0]};
+    ctx->set_fd_handler(p[0], &PipeProbe::on_read, nullptr, &probe);
+    const uint64_t hits0 = ctx->poll_hits(), sleeps0 = ctx->poll_sleeps();
+
+    write_str(p[1], "a");
+    ctx->iterate(true);
+    ck_assert_str_eq(probe.data.c_str(), "a");
+    ck_assert_uint_eq(ctx->poll_hits(), hits0);        // window was empty
+    ck_assert_uint_eq(ctx->poll_sleeps(), sleeps0 + 1);
+
+    write_str(p[1], "b");                              // ready before the wait: found polling
+    ctx->iterate(true);
+    ck_assert_str_eq(probe.data.c_str(), "ab");
+    ck_assert_uint_eq(ctx->poll_hits(), hits0 + 1);
+    ck_assert_uint_eq(ctx->poll_sleeps(), sleeps0 + 1);
+
+    // A wait longer than the maximum (1 ms) empties the window.
+    ctx->set_poll_params(kMs, 0, 0);
+    std::thread writer([&] {
+        g_usleep(30000);
+        write_str(p[1], "c");
+    });
+    while (probe.data.size() < 3) ctx->iterate(true);
+    writer.join();
+    const uint64_t hits1 = ctx->poll_hits();
+    write_str(p[1], "d");
+    ctx->iterate(true);
+    ck_assert_str_eq(probe.data.c_str(), "abcd");
+    ck_assert_uint_eq(ctx->poll_hits(), hits1);
+
+    // Off: the fd is still served, never by polling.
+    ctx->set_poll_params(0, 0, 0);
+    for (const char *c : {"e", "f"}) {
+        write_str(p[1], c);
+        ctx->iterate(true);
+    }
+    ck_assert_str_eq(probe.data.c_str(), "abcdef");
+    ck_assert_uint_eq(ctx->poll_hits(), hits1);
+    close(p[0]);
+    close(p[1]);
+}
+END_TEST
+
 // A handler that removes itself is not called again, though the fd stays
 // readable (level-triggered); removing another fd's handler from a callback
 // in the same dispatch round is also safe and takes effect at once.
@@ -887,6 +940,7 @@ static Suite *aio_suite()
     tcase_add_test(tc, test_fd_handler_read_and_remove);
     tcase_add_test(tc, test_fd_handler_remove_from_callback);
     tcase_add_test(tc, test_fd_handler_write_and_replace);
+    tcase_add_test(tc, test_fd_handler_polling);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("coroutine");
