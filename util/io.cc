@@ -35,7 +35,7 @@ void io_request_execute(IoRequest *req)
 
 int64_t IoBackend::co_transfer(IoRequest *req, bool inline_if_idle) noexcept
 {
-    if (inline_if_idle && idle()) {
+    if (inline_if_idle && req->total <= kInlineMaxBytes && idle()) {
         io_request_execute(req);
         inline_requests_++;
         return req->result;

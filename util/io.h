@@ -40,10 +40,13 @@ class IoBackend {
     // Reads iov's total length at offset. Short reads are continued; a read
     // that reaches end-of-file fills the rest of iov with zeros. Returns the
     // total length or a negative errno. Yields. iov is not modified.
-    // inline_if_idle: if nothing of this backend is in flight, transfer
-    // synchronously in the calling thread instead (for page-cache I/O the
-    // kernel would hand to a worker thread anyway: at low depth the hand-off
-    // and the wake-up back cost more than the copy; see docs/performance.md).
+    // inline_if_idle: if nothing of this backend is in flight and the
+    // transfer is at most kInlineMaxBytes, do it synchronously in the calling
+    // thread instead (for page-cache I/O the kernel would hand to a worker
+    // thread anyway: at low depth the hand-off and the wake-up back cost more
+    // than a small copy, while a large copy is better left to run beside the
+    // loop; see docs/performance.md).
+    static constexpr int64_t kInlineMaxBytes = 64 * 1024;
     int64_t coroutine_fn co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
                                    bool inline_if_idle = false) noexcept;
     // Writes all of iov at offset (short writes are continued). Returns the
