@@ -30,6 +30,10 @@ struct ExportStats {
     uint64_t ring_fetches = 0;       // requests that came through FUSE-over-io_uring
     uint64_t ring_enters = 0;        // io_uring_enter calls on the FUSE rings (not in io_enters)
     uint64_t wakeups = 0;            // fd-handler invocations
+    // Of the serving threads (shared with anything else they serve):
+    uint64_t io_inline = 0;          // page-cache transfers done in the thread (IoBackend inline_if_idle)
+    uint64_t loop_poll_hits = 0;     // loop waits that ended while polling (AioContext::poll_hits)
+    uint64_t loop_sleeps = 0;        // loop waits that slept (AioContext::poll_sleeps)
     enum Kind { kRead, kWrite, kFlush, kGetattr, kSetattr, kFallocate, kLseek, kOther };
     static const char *kind_name(int k);
 };

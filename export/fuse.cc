@@ -186,7 +186,7 @@ struct FuseQueue {
     // Counters (written by the queue's thread, read by anyone).
     std::atomic<uint64_t> requests[8] = {};
     std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, errors{0}, fuse_reads{0}, wakeups{0};
-    std::atomic<uint64_t> switches{0}, io_submissions{0}, io_enters{0};
+    std::atomic<uint64_t> switches{0}, io_submissions{0}, io_enters{0}, io_inline{0}, poll_hits{0}, sleeps{0};
     uint64_t switches_base = 0;
     bool base_set = false;
 
@@ -260,6 +260,7 @@ class FuseExport final : public BlockExport {
     void fill_attr(fuse_attr *a);
     void choose_passthrough(const BlockExportOptions &opts);
     void choose_uring();
+    void publish_counters(FuseQueue *q);
     static void start_ring(void *opaque);
     void setup_ring(FuseQueue *q);
     void ring_prep(FuseQueue *q, FuseRequest *e, uint32_t cmd);
@@ -654,11 +655,7 @@ void FuseExport::read_requests(FuseQueue *q)
         // together with the requests whose I/O completed (util/aio.h).
         q->ctx->co_enter_batched(coroutine_create(&FuseExport::process_entry, req));
     }
-    // Publish counters of this thread for stats().
-    q->switches.store(coroutine_stats().switches - q->switches_base, std::memory_order_relaxed);
-    IoBackendStats ios = q->ctx->io()->stats();
-    q->io_submissions.store(ios.submissions, std::memory_order_relaxed);
-    q->io_enters.store(ios.enters, std::memory_order_relaxed);
+    publish_counters(q);
 }
 
 void FuseExport::process_entry(void *opaque)
@@ -1123,10 +1120,19 @@ void FuseExport::ring_reap(FuseQueue *q)
         q->ctx->co_enter_batched(coroutine_create(&FuseExport::process_entry, e));
     }
     io_uring_cq_advance(&q->ring, n);
+    publish_counters(q);
+}
+
+// In the queue's thread: publishes the thread's counters for stats().
+void FuseExport::publish_counters(FuseQueue *q)
+{
     q->switches.store(coroutine_stats().switches - q->switches_base, std::memory_order_relaxed);
     IoBackendStats ios = q->ctx->io()->stats();
     q->io_submissions.store(ios.submissions, std::memory_order_relaxed);
     q->io_enters.store(ios.enters, std::memory_order_relaxed);
+    q->io_inline.store(ios.inline_requests, std::memory_order_relaxed);
+    q->poll_hits.store(q->ctx->poll_hits(), std::memory_order_relaxed);
+    q->sleeps.store(q->ctx->poll_sleeps(), std::memory_order_relaxed);
 }
 
 void FuseExport::handle_getattr(FuseRequest *req)
@@ -1435,6 +1441,9 @@ ExportStats FuseExport::stats() const
         s.ring_fetches += q->ring_fetches.load(std::memory_order_relaxed);
         s.ring_enters += q->ring_enters.load(std::memory_order_relaxed);
         s.wakeups += q->wakeups.load(std::memory_order_relaxed);
+        s.io_inline += q->io_inline.load(std::memory_order_relaxed);
+        s.loop_poll_hits += q->poll_hits.load(std::memory_order_relaxed);
+        s.loop_sleeps += q->sleeps.load(std::memory_order_relaxed);
     }
     return s;
 }
@@ -1457,6 +1466,8 @@ std::string FuseExport::stats_text() const
       << " coroutine switches=" << s.coroutine_switches << " io_uring submissions=" << s.io_submissions
       << " io_uring enters=" << s.io_enters + s.ring_enters << " (of which fuse ring fetches=" << s.ring_fetches
       << " fuse ring enters=" << s.ring_enters << ")\n";
+    o << "  serving threads: inline page-cache I/O=" << s.io_inline << " loop waits ended by polling="
+      << s.loop_poll_hits << " loop sleeps=" << s.loop_sleeps << "\n";
     if (rw) {
         char buf[160];
         snprintf(buf, sizeof(buf), "  per read/write request: %.2f coroutine switches, %.2f io_uring enters\n",

@@ -11,7 +11,9 @@
 # read=5 write=11 flush=F getattr=G setattr=2 fallocate=1 lseek=2 other=O"
 # (the failed write counts; F, G >= 1), "bytes read=40960 written=40960 errors=E" (E >= 1), and
 # the "fuse reads= wakeups= coroutine switches= io_uring submissions=
-# io_uring enters=" line with fuse reads >= the requests counted.
+# io_uring enters=" line with fuse reads >= the requests counted, and the
+# serving threads' line (inline page-cache I/O for the writes on local
+# filesystems, loop polling and sleeps).
 set -euo pipefail
 source "$(dirname "$0")/lib-fuse.sh"
 fuse_require_tools fallocate
@@ -78,6 +80,20 @@ for fmt in $FUSE_FORMATS; do
             ok "$d: transport counters present"
         else
             bad "$d: transport counters missing: $(cat stats)"
+        fi
+        # dd's writes come one at a time: on the filesystems whose buffered
+        # writes io_uring cannot start without a worker thread, the daemon
+        # does them in its own thread (docs/performance.md).
+        inl=$(grep -oE "inline page-cache I/O=[0-9]+" stats | sed 's/.*=//')
+        if [ -z "$inl" ] || ! grep -qE "loop waits ended by polling=[0-9]+ loop sleeps=[1-9][0-9]*" stats; then
+            bad "$d: serving-thread counters missing: $(cat stats)"
+        else
+            case $(stat -f -c %T .) in
+                ext2/ext3 | tmpfs | xfs | btrfs)
+                    [ "$inl" -ge 10 ] && ok "$d: inline page-cache I/O=$inl" ||
+                        bad "$d: inline page-cache I/O=$inl, want >= 10 on $(stat -f -c %T .)" ;;
+                *) ok "$d: serving-thread counters present (inline I/O=$inl)" ;;
+            esac
         fi
         total=0
         for c in read write flush getattr setattr fallocate lseek other; do
