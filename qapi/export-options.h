@@ -38,7 +38,7 @@ struct IoThreadOptions {
     // the window growing by `grow` (0: x2) while events come in short gaps
     // and shrinking by `shrink` (0: to nothing) after a long sleep.
     struct Poll {
-        uint64_t max_ns = 32768;
+        std::optional<uint64_t> max_ns;   // unset: the loop's default (docs/performance.md)
         uint64_t grow = 0;
         uint64_t shrink = 0;
     } poll;

@@ -274,7 +274,9 @@ Result<IoThreadOptions> object_from_tree(const json &tree, bool from_keyval)
     o.id = std::move(id.value());
     if (!is_valid_qapi_id(o.id)) return d.err("", kIdRule);
     BG_TRY(d.check_keys(tree, kIoThreadKeys));
-    BG_TRY(d.uinteger(tree, "poll-max-ns", INT64_MAX, &o.poll.max_ns));
+    uint64_t max_ns = UINT64_MAX;
+    BG_TRY(d.uinteger(tree, "poll-max-ns", INT64_MAX, &max_ns));
+    if (max_ns != UINT64_MAX) o.poll.max_ns = max_ns;
     BG_TRY(d.uinteger(tree, "poll-grow", INT64_MAX, &o.poll.grow));
     BG_TRY(d.uinteger(tree, "poll-shrink", INT64_MAX, &o.poll.shrink));
     BG_TRY(d.uinteger(tree, "aio-max-batch", INT64_MAX));

@@ -241,8 +241,9 @@ Status Daemon::add_iothread(const IoThreadOptions &opts)
     t.value()->run_sync(
         [](void *o) {
             auto *p = static_cast<const IoThreadOptions::Poll *>(o);
-            AioContext::current()->set_poll_params(static_cast<int64_t>(p->max_ns), static_cast<int64_t>(p->grow),
-                                                   static_cast<int64_t>(p->shrink));
+            AioContext *ctx = AioContext::current();
+            const int64_t max = p->max_ns ? static_cast<int64_t>(*p->max_ns) : ctx->poll_max_ns();
+            ctx->set_poll_params(max, static_cast<int64_t>(p->grow), static_cast<int64_t>(p->shrink));
         },
         const_cast<IoThreadOptions::Poll *>(&poll));
     iothreads_.push_back(std::move(t.value()));

@@ -176,19 +176,19 @@ START_TEST(test_object)
 {
     auto o = ok_object("iothread,id=io0");
     ck_assert_str_eq(o.id.c_str(), "io0");
-    // QEMU's iothread defaults: poll-max-ns 32768, grow/shrink 0 (built-in).
-    ck_assert_uint_eq(o.poll.max_ns, 32768);
+    // Unset poll-max-ns: the event loop's default; grow/shrink 0 (built-in).
+    ck_assert(!o.poll.max_ns);
     ck_assert_uint_eq(o.poll.grow, 0);
     ck_assert_uint_eq(o.poll.shrink, 0);
     o = ok_object("qom-type=iothread,id=io1,poll-max-ns=65536,poll-grow=3,poll-shrink=0x10,"
                   "aio-max-batch=0,thread-pool-min=1,thread-pool-max=64");
     ck_assert_str_eq(o.id.c_str(), "io1");
-    ck_assert_uint_eq(o.poll.max_ns, 65536);
+    ck_assert_uint_eq(*o.poll.max_ns, 65536);
     ck_assert_uint_eq(o.poll.grow, 3);
     ck_assert_uint_eq(o.poll.shrink, 16);
     o = ok_object("{\"qom-type\":\"iothread\",\"id\":\"io2\",\"poll-max-ns\":0}");
     ck_assert_str_eq(o.id.c_str(), "io2");
-    ck_assert_uint_eq(o.poll.max_ns, 0);
+    ck_assert_uint_eq(*o.poll.max_ns, 0);
 
     bad_object("secret,id=s0,data=x", "object type 'secret' is not supported");
     bad_object("{\"qom-type\":\"memory-backend-ram\",\"id\":\"m\"}",
