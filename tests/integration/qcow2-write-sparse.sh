@@ -8,8 +8,6 @@ set -u
 . "$(dirname "$0")/io-lib.sh"
 io_require_tools
 cd "$WORK" || exit 1
-failures=0 checks=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 bgio() { "$BLOCKGRAPH" io -f qcow2 "$@" >/dev/null; }
 K=1024 M=$((1024 * 1024))
 
@@ -18,13 +16,13 @@ verify() {
     local img=$1 desc=$2 r args=() out
     shift 2
     for r in "$@"; do args+=(-c "read -P $r"); done
-    checks=$((checks + 1))
     out=$(qemu-io -f qcow2 "${args[@]}" "$img" 2>&1)
     if [ $? -ne 0 ] || grep -q "verification failed\|error" <<<"$out"; then
-        fail "$desc: contents: $out"
+        bad "$desc: contents: $out"
+    else
+        ok "$desc: contents (qemu-io)"
     fi
-    checks=$((checks + 1))
-    out=$(qemu-img check "$img" 2>&1) || fail "$desc: qemu-img check: $out"
+    if out=$(qemu-img check "$img" 2>&1); then ok "$desc: qemu-img check"; else bad "$desc: qemu-img check: $out"; fi
 }
 blocks_kib() { echo $(($(stat -c '%b * %B' "$1") / K)); }
 
@@ -36,11 +34,11 @@ for cache in writeback none; do
     before=$(blocks_kib a.qcow2)
     bgio -t "$cache" -c "write -P 0x11 $((512 * K)) 4k" -c "write -P 0x22 $((3 * M + 100)) 300" a.qcow2
     grown=$(($(blocks_kib a.qcow2) - before))
-    checks=$((checks + 1))
     # The new L2 table is a whole 1 MiB cluster; the data is 4 KiB plus one
     # aligned block: far below the two more 1 MiB clusters a full
     # copy-on-write writes.
-    [ "$grown" -le 1536 ] || fail "cache=$cache: the file grew by $grown KiB for two small writes"
+    if [ "$grown" -le 1536 ]; then ok "cache=$cache: the file grew by $grown KiB"
+    else bad "cache=$cache: the file grew by $grown KiB for two small writes"; fi
     verify a.qcow2 "cache=$cache fresh" "0 0 512k" "0x11 512k 4k" "0 516k $((3 * M + 100 - 516 * K))" \
         "0x22 $((3 * M + 100)) 300" "0 $((3 * M + 400)) $((13 * M - 400))"
 done
@@ -62,10 +60,9 @@ for reopen in no yes; do
         "0 $((2 * M + 8 * K)) $((M - 8 * K + 1000))" "0x44 $((3 * M + 1000)) 100" "0 $((3 * M + 1100)) $((M - 1100))"
     # The new clusters really reused the old host space (else this case
     # proves nothing): the image did not grow past its 1 MiB of old data.
-    checks=$((checks + 1))
     size=$(stat -c %s b.qcow2)
-    [ "$size" -le $((M + 512 * K)) ] || fail "reuse (reopen=$reopen): the file grew to $size bytes; clusters not reused"
+    if [ "$size" -le $((M + 512 * K)) ]; then ok "reuse (reopen=$reopen): old host clusters reused"
+    else bad "reuse (reopen=$reopen): the file grew to $size bytes; clusters not reused"; fi
 done
 
-echo "qcow2-write-sparse: $checks checks, $failures failures"
-[ "$failures" = 0 ]
+finish
