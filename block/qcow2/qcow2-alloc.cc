@@ -15,13 +15,7 @@ namespace bg {
 
 namespace {
 
-void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-}
+using qcow2::put_be64;
 
 bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) { return a < b + blen && b < a + alen; }
 

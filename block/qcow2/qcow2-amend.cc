@@ -20,13 +20,7 @@ namespace bg {
 
 namespace {
 
-void put_be(uint8_t *p, uint64_t v, int n)
-{
-    for (int i = n - 1; i >= 0; i--) {
-        p[i] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-}
+using qcow2::put_be;
 
 Error io_err(int r, const std::string &image, const char *what)
 {
@@ -204,17 +198,9 @@ Status coroutine_fn Qcow2Node::co_change_refcount_order_locked(uint32_t order)
     while (!refs.empty() && refs.back() == 0) refs.pop_back();
     // Layout: the table, then the blocks, from the first cluster past the
     // end of the file; they refcount themselves.
-    const uint32_t block_bits = cluster_bits_ + 3 - order;
-    const uint64_t per_block = 1ULL << block_bits;
-    uint64_t tbl_clusters = 1, nb_blocks = 1;
-    for (;;) {
-        const uint64_t end = nb + tbl_clusters + nb_blocks;
-        const uint64_t need_blocks = (end + per_block - 1) / per_block;
-        const uint64_t need_tbl = (need_blocks * 8 + cs - 1) / cs;
-        if (need_blocks <= nb_blocks && need_tbl <= tbl_clusters) break;
-        nb_blocks = std::max(nb_blocks, need_blocks);
-        tbl_clusters = std::max(tbl_clusters, need_tbl);
-    }
+    const uint64_t per_block = 1ULL << (cluster_bits_ + 3 - order);
+    uint64_t tbl_clusters, nb_blocks;
+    qcow2::self_covering_refcounts(nb, cluster_bits_, order, &tbl_clusters, &nb_blocks);
     if (tbl_clusters * cs > qcow2::kMaxRefTableBytes) {
         return qcow2::herr(EFBIG, name_, "the refcount table would be too large");
     }

@@ -545,18 +545,7 @@ Status coroutine_fn Qcow2Node::co_get_info(ImageInfo *info)
         if (backing_) info->full_backing_filename = backing_->node()->filename();
         if (h_.backing_format) info->backing_format = *h_.backing_format;
     }
-    for (const qcow2::Snapshot &sn : snapshots_) {
-        SnapshotInfo si;
-        si.id = sn.id;
-        si.name = sn.name;
-        si.vm_state_size = sn.vm_state_size;
-        si.date_sec = sn.date_sec;
-        si.date_nsec = sn.date_nsec;
-        si.vm_clock_nsec = sn.vm_clock_nsec;
-        si.icount = sn.icount;
-        si.disk_size = sn.disk_size;
-        info->snapshots.push_back(si);
-    }
+    for (const qcow2::Snapshot &sn : snapshots_) info->snapshots.push_back(qcow2::snapshot_info(sn));
     // qemu-img 7.2's order of ImageInfoSpecificQCow2 members.
     InfoValue data = InfoValue::new_dict();
     data.add("compat", InfoValue::of_string(h_.version >= 3 ? "1.1" : "0.10"));

@@ -33,11 +33,7 @@ namespace qcow2 {
 
 namespace {
 
-void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = static_cast<uint8_t>(v >> 8);
-    p[1] = static_cast<uint8_t>(v);
-}
+void put16(uint8_t *p, uint16_t v) { put_be(p, v, 2); }
 
 // QEMU's feature name table (qcow2_update_header), in its order.
 struct FeatureEntry {
@@ -55,19 +51,8 @@ constexpr uint32_t kQemuHeaderLength = 112;   // sizeof(QCowHeader)
 uint64_t div_round_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 uint64_t round_up(uint64_t a, uint64_t b) { return div_round_up(a, b) * b; }
 
-void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = static_cast<uint8_t>(v >> 24);
-    p[1] = static_cast<uint8_t>(v >> 16);
-    p[2] = static_cast<uint8_t>(v >> 8);
-    p[3] = static_cast<uint8_t>(v);
-}
-
-void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, static_cast<uint32_t>(v >> 32));
-    put32(p + 4, static_cast<uint32_t>(v));
-}
+void put32(uint8_t *p, uint32_t v) { put_be(p, v, 4); }
+void put64(uint8_t *p, uint64_t v) { put_be64(p, v); }
 
 } // namespace
 

@@ -43,6 +43,8 @@ Result<std::vector<uint8_t>> build_header_cluster(const Header &h, const std::st
 uint64_t refcount_metadata_size(uint64_t clusters, uint64_t cluster_size, uint32_t refcount_order,
                                 uint64_t *refblock_count, uint64_t *reftable_clusters);
 uint64_t calc_prealloc_size(uint64_t total_size, uint64_t cluster_size, uint32_t refcount_order, bool extended_l2);
+// A snapshot table entry as `img snapshot -l` / `img info` show it.
+SnapshotInfo snapshot_info(const Snapshot &sn);
 // The descriptor's create_image and measure.
 Status create_image(const std::string &filename, const CreateOptions &opts);
 Result<MeasureInfo> measure(const CreateOptions &opts, BlockNode *src);

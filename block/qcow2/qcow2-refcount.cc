@@ -46,13 +46,7 @@ uint64_t refcount_entry(const uint8_t *block, uint64_t index, uint32_t order)
     }
 }
 
-void put_be(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = bytes - 1; i >= 0; i--) {
-        p[i] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-}
+using qcow2::put_be;
 
 void set_refcount_entry(uint8_t *block, uint64_t index, uint32_t order, uint64_t value)
 {
@@ -74,6 +68,24 @@ void set_refcount_entry(uint8_t *block, uint64_t index, uint32_t order, uint64_t
 }
 
 } // namespace
+
+void qcow2::self_covering_refcounts(uint64_t nb_clusters, uint32_t cluster_bits, uint32_t refcount_order,
+                                    uint64_t *table_clusters, uint64_t *nb_blocks)
+{
+    const uint64_t cs = 1ULL << cluster_bits;
+    const uint64_t per_block = 1ULL << (cluster_bits + 3 - refcount_order);
+    uint64_t tbl = 1, blocks = 1;
+    for (;;) {
+        const uint64_t total = nb_clusters + tbl + blocks;
+        const uint64_t need_blocks = (total + per_block - 1) / per_block;
+        const uint64_t need_tbl = (need_blocks * 8 + cs - 1) / cs;
+        if (need_blocks <= blocks && need_tbl <= tbl) break;
+        blocks = std::max(blocks, need_blocks);
+        tbl = std::max(tbl, need_tbl);
+    }
+    *table_clusters = tbl;
+    *nb_blocks = blocks;
+}
 
 Status coroutine_fn Qcow2Node::co_load_refcount_table()
 {
@@ -690,17 +702,9 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
     }
     if (outside) return -EIO;
     // Place the new structure at the end: table + blocks covering everything.
-    const uint32_t block_bits = cluster_bits_ + 3 - h_.refcount_order;
-    const uint64_t per_block = 1ULL << block_bits;
-    uint64_t tbl_clusters = 1, nb_blocks = 1;
-    for (;;) {
-        const uint64_t total = nb + tbl_clusters + nb_blocks;
-        const uint64_t need_blocks = (total + per_block - 1) / per_block;
-        const uint64_t need_tbl = (need_blocks * 8 + cs - 1) / cs;
-        if (need_blocks <= nb_blocks && need_tbl <= tbl_clusters) break;
-        nb_blocks = std::max(nb_blocks, need_blocks);
-        tbl_clusters = std::max(tbl_clusters, need_tbl);
-    }
+    const uint64_t per_block = 1ULL << (cluster_bits_ + 3 - h_.refcount_order);
+    uint64_t tbl_clusters, nb_blocks;
+    qcow2::self_covering_refcounts(nb, cluster_bits_, h_.refcount_order, &tbl_clusters, &nb_blocks);
     if (tbl_clusters * cs > qcow2::kMaxRefTableBytes) return -EFBIG;
     const uint64_t tbl_start = nb, blk_start = nb + tbl_clusters;
     refs.resize(nb + tbl_clusters + nb_blocks, 0);

@@ -23,13 +23,7 @@ namespace bg {
 
 namespace {
 
-void put_be(uint8_t *p, uint64_t v, int n)
-{
-    for (int i = n - 1; i >= 0; i--) {
-        p[i] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-}
+using qcow2::put_be;
 
 constexpr size_t kExtraKnown = 24;   // vm_state_size_large, disk_size, icount (QCowSnapshotExtraData)
 
@@ -66,7 +60,14 @@ std::vector<uint8_t> serialize_table(const std::vector<qcow2::Snapshot> &snaps)
     return out;
 }
 
-SnapshotInfo to_info(const qcow2::Snapshot &sn)
+Error from_errno(int r, const std::string &image, const char *what)
+{
+    return qcow2::herr(-r, image, "%s: %s", what, strerror(-r));
+}
+
+} // namespace
+
+SnapshotInfo qcow2::snapshot_info(const qcow2::Snapshot &sn)
 {
     SnapshotInfo si;
     si.id = sn.id;
@@ -79,13 +80,6 @@ SnapshotInfo to_info(const qcow2::Snapshot &sn)
     si.disk_size = sn.disk_size;
     return si;
 }
-
-Error from_errno(int r, const std::string &image, const char *what)
-{
-    return qcow2::herr(-r, image, "%s: %s", what, strerror(-r));
-}
-
-} // namespace
 
 // ---------------------------------------------------------------- helpers
 
@@ -212,7 +206,7 @@ int coroutine_fn Qcow2Node::co_write_snapshot_table_locked(const std::vector<qco
 Result<std::vector<SnapshotInfo>> coroutine_fn Qcow2Node::co_snapshot_list()
 {
     std::vector<SnapshotInfo> out;
-    for (const qcow2::Snapshot &sn : snapshots_) out.push_back(to_info(sn));
+    for (const qcow2::Snapshot &sn : snapshots_) out.push_back(qcow2::snapshot_info(sn));
     return out;
 }
 

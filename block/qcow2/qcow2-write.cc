@@ -36,13 +36,7 @@ namespace {
 
 constexpr uint64_t kAllZeroBits = 0xffffffff00000000ULL;
 
-void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-}
+using qcow2::put_be64;
 
 // Bits of the subclusters [s, e) (bytes in the cluster) in a 32-bit mask.
 uint32_t sc_mask(uint64_t s, uint64_t e, uint32_t sc_bits)

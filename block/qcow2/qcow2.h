@@ -107,6 +107,21 @@ inline uint32_t be32(const uint8_t *p)
            p[3];
 }
 inline uint64_t be64(const uint8_t *p) { return static_cast<uint64_t>(be32(p)) << 32 | be32(p + 4); }
+// Stores the low n bytes of v big-endian at p.
+inline void put_be(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        p[i] = static_cast<uint8_t>(v);
+        v >>= 8;
+    }
+}
+inline void put_be64(uint8_t *p, uint64_t v) { put_be(p, v, 8); }
+
+// A new refcount structure placed after nb_clusters clusters (table first,
+// then the blocks) that covers everything up to its own end, itself
+// included: the table's and the blocks' sizes in clusters.
+void self_covering_refcounts(uint64_t nb_clusters, uint32_t cluster_bits, uint32_t refcount_order,
+                             uint64_t *table_clusters, uint64_t *nb_blocks);
 
 // ---------------------------------------------------------------- parsed header
 
