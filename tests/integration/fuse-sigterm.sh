@@ -5,7 +5,11 @@
 # For each format, in the main loop and with two iothreads: 8 MiB of random
 # data written with dd conv=fsync at the start of a 64 MiB image; then fio
 # (randwrite, O_DIRECT, iodepth 64, time-based) writes to [16M, 48M) through
-# the mount and the daemon gets SIGTERM while it runs. Asserts: fio was
+# the mount and the daemon gets SIGTERM while it runs. fio reopens its file
+# at every pass over it, so it is given /proc/self/fd/N, an fd this shell
+# opened through the mount: a reopen after the unmount then reaches the
+# dead connection (ENOTCONN) rather than the plain file underneath, which
+# fio would happily keep writing. Asserts: fio was
 # running at the signal; the daemon exits 0 within 20 s, with --stats showing
 # the writes it served, and the mount is gone; fio ends (with I/O errors)
 # instead of hanging; qemu-img check where the format has checks; on a
@@ -84,7 +88,8 @@ for fmt in $FUSE_FORMATS; do
             bad "$d: dd conv=fsync failed"
         fi
         rm -f ./*verify.state
-        timeout -k 5 40 fio "${FIO_JOB[@]}" --filename=mp --ioengine=$ENGINE --iodepth=64 --direct=1 \
+        exec {MPFD}<>mp
+        timeout -k 5 40 fio "${FIO_JOB[@]}" --filename=/proc/self/fd/$MPFD --ioengine=$ENGINE --iodepth=64 --direct=1 \
             --do_verify=0 --loops=100000 --runtime=30 >fio.log 2>&1 &
         FIO_PID=$!
         FUSE_BG_PIDS+=("$FIO_PID")
@@ -99,6 +104,7 @@ for fmt in $FUSE_FORMATS; do
         t1=$(date +%s)
         echo "    (daemon stopped in $((t1 - t0)) s)"
         stop_fio "$d"
+        exec {MPFD}>&-
         if grep -Eq "requests: read=[0-9]+ write=[1-9]" d.err; then
             ok "$d: --stats at exit shows the writes served"
         else
