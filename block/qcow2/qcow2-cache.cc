@@ -170,6 +170,7 @@ int coroutine_fn MetadataCache::co_get(BdrvChild *file, uint64_t offset, const u
         // Pinned while the read yields, so that nobody else takes this entry.
         e.pins++;
         e.offset = offset;
+        if (load_event_) file->debug_event(load_event_);
         r = file->co_pread(static_cast<int64_t>(offset), static_cast<int64_t>(slice_size_), e.data.get());
         if (r < 0) {
             e.pins--;

@@ -92,6 +92,7 @@ Status coroutine_fn Qcow2Node::co_load_refcount_table()
     // parse_header checked: aligned, inside the file, <= kMaxRefTableBytes.
     const uint64_t bytes = static_cast<uint64_t>(h_.refcount_table_clusters) << cluster_bits_;
     std::vector<uint8_t> raw(bytes);
+    file_->debug_event("reftable_load");
     int r = file_->co_pread(static_cast<int64_t>(h_.refcount_table_offset), static_cast<int64_t>(bytes), raw.data());
     if (r < 0) return errno_error(-r, name_ + ": cannot read the refcount table");
     refcount_table_.resize(bytes / 8);
@@ -144,6 +145,9 @@ int coroutine_fn Qcow2Node::co_set_refcount_locked(uint64_t cluster_index, uint6
     }
     const uint64_t block_off = refcount_table_[rt_index] & qcow2::kReftOffsetMask;
     const uint8_t *block;
+    // Like QEMU: the update path fires refblock_load (cached or not), the
+    // lookups of the allocator do not.
+    file_->debug_event("refblock_load");
     int r = refcount_cache_->co_get(file_, block_off, &block);
     if (r < 0) return r;
     uint8_t *w = refcount_cache_->mutable_data(block_off);

@@ -111,8 +111,8 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
     }
     supported_zero_flags_ = h_.version >= 3 ? kReqMayUnmap : 0;
     for (qcow2::MetadataCache *c : {l2_cache_.get(), refcount_cache_.get()}) c->set_file(file_);
-    l2_cache_->set_write_event("l2_update");
-    refcount_cache_->set_write_event("refblock_update");
+    l2_cache_->set_events("l2_load", "l2_update");
+    refcount_cache_->set_events(nullptr, "refblock_update");
     // Overlap checks of cache write-backs (the hooks run with lock_ held).
     l2_cache_->set_write_hook([this](uint64_t off, size_t len) {
         // An external data file: its data reaches the disk before the L2
@@ -352,6 +352,7 @@ int coroutine_fn Qcow2Node::co_read_backing(uint64_t offset, uint64_t bytes, IOV
     if (n) {
         IOVector part;
         part.add_slice(qiov, qoff, n);
+        file_->debug_event("read_backing_aio");
         int r = backing_->co_preadv(static_cast<int64_t>(offset), static_cast<int64_t>(n), part);
         if (r < 0) return r;
     }
@@ -365,6 +366,7 @@ int coroutine_fn Qcow2Node::co_read_compressed(uint64_t offset, const HostMappin
     // comp_bytes <= 2 clusters (co_get_mapping_locked checked it is inside the file).
     const size_t align = std::max<size_t>(file_->node()->limits().opt_mem_alignment, 64);
     AlignedBuf in = aligned_alloc_buf(align, m.comp_bytes);
+    file_->debug_event("read_compressed");
     int r = file_->co_pread(static_cast<int64_t>(m.comp_offset), static_cast<int64_t>(m.comp_bytes), in.get());
     if (r < 0) return r;
     AlignedBuf out = aligned_alloc_buf(64, cluster_size_);
@@ -397,6 +399,7 @@ int coroutine_fn Qcow2Node::do_co_preadv(int64_t offset, int64_t bytes, IOVector
         case Kind::kData: {
             IOVector part;
             part.add_slice(qiov, qoff, run_len);
+            file_->debug_event("read_aio");
             r = data_file_->co_preadv(static_cast<int64_t>(run_host), static_cast<int64_t>(run_len), part);
             break;
         }

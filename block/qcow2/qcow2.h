@@ -294,9 +294,15 @@ class MetadataCache {
 
     void set_file(BdrvChild *file) { file_ = file; }
     void set_write_hook(WriteHook h) { hook_ = std::move(h); }
-    // Event name passed to file->debug_event() before each write-back
-    // ("l2_update", "refblock_update").
-    void set_write_event(const char *ev) { write_event_ = ev; }
+    // Event names passed to file->debug_event() before each read of a
+    // missing slice ("l2_load"; none for refcount blocks: QEMU fires
+    // refblock_load on every refcount update instead) and before each
+    // write-back ("l2_update", "refblock_update").
+    void set_events(const char *load, const char *write)
+    {
+        load_event_ = load;
+        write_event_ = write;
+    }
 
     // The slice at host offset (a multiple of slice_size), read through file
     // on a miss. The slice is pinned (not evicted) until release(). Yields on
@@ -356,6 +362,7 @@ class MetadataCache {
     size_t mem_align_;
     BdrvChild *file_ = nullptr;
     WriteHook hook_;
+    const char *load_event_ = nullptr;
     const char *write_event_ = nullptr;
     MetadataCache *depends_ = nullptr;
     bool depends_on_flush_ = false;

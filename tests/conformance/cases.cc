@@ -243,6 +243,12 @@ const char *app_events_refblock(const Stack &s)
     const char *w = app_events(s);
     return w ? w : app_refblock(s);
 }
+const char *app_events_data(const Stack &s)
+{
+    const char *w = app_events(s);
+    if (w) return w;
+    return s.data_apart ? "guest data in a separate data file (read_aio arms the image file's rule)" : nullptr;
+}
 const char *app_events_backing(const Stack &s)
 {
     const char *w = app_events(s);
@@ -1373,6 +1379,30 @@ START_TEST(meta_refblock_alloc)
 }
 END_TEST
 
+// Read events: on a reopened graph (cold caches) a rule armed by the event
+// fails the next read of the leaf below the driver; the read must fail with
+// EIO, the retry and everything else read the data.
+void meta_read_case(int i, const char *event)
+{
+    Env e(i);
+    int64_t c = std::max<int64_t>(e.s.geo.cluster, 64 * KiB), b = work_base(e, 4 * c, c);
+    e.write_pat(b, 2 * c, 1430);
+    EXPECT_RET(e.fl(), 0);
+    OpenOpts o;
+    o.leaf_rules = json::array({{{"event", event}, {"iotype", "read"}, {"errno", EIO}, {"once", true}}});
+    e.open(o);
+    std::vector<uint8_t> buf(4096);
+    EXPECT_RET(e.rd(b + c, 4096, buf.data()), -EIO);
+    e.verify(b, 4 * c, (std::string("reads after the fault on ") + event).c_str());
+    expect_check_clean(e, false);
+}
+
+START_TEST(meta_l2_load) { meta_read_case(_i, "l2_load"); }
+END_TEST
+
+START_TEST(meta_read_aio) { meta_read_case(_i, "read_aio"); }
+END_TEST
+
 // Cold caches: the graph is reopened, so the first I/O on the image file is
 // whatever the driver must load first (qcow2: the L2 table, a refcount
 // block) or the data itself; an error there reaches the caller.
@@ -1537,6 +1567,8 @@ const std::vector<CaseDef> &all_cases()
         C("meta", meta_write_aio, W, app_events),
         C("meta", meta_cow_write, W, app_events_backing),
         C("meta", meta_cow_read, W, app_events_backing),
+        C("meta", meta_l2_load, W | kCapPersistent, app_events),
+        C("meta", meta_read_aio, W | kCapPersistent, app_events_data),
         C("oracle", qemu_img_compare, W, nullptr),
         C("oracle", qemu_img_check, W, app_check),
     };

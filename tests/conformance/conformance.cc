@@ -133,6 +133,16 @@ bool metadata_parent_events(const json &node)
     return metadata_parent_events(prim);
 }
 
+// The node metadata_parent_events() finds has a separate data child.
+bool metadata_parent_data_apart(const json &node)
+{
+    json prim = primary_child(node);
+    if (prim.is_null()) return false;
+    const bg::BlockDriver *cd = find_driver(prim);
+    if (cd && cd->kind == bg::BlockDriverKind::kProtocol) return node.contains("data-file");
+    return metadata_parent_data_apart(prim);
+}
+
 int64_t parse_bytes(const std::string &v, const std::string &where)
 {
     auto r = bg::parse_size(v);
@@ -211,6 +221,7 @@ void parse_stacks(const std::string &path)
         }
         s.caps = effective_caps(j, where) & ~s.minus;
         s.events = metadata_parent_events(j);
+        s.data_apart = metadata_parent_data_apart(j);
         g_stacks.push_back(s);
         Stack d = s;
         d.name = s.name + "+blkdebug";

@@ -60,6 +60,7 @@ struct Stack {
     bool has_check = false;       // some format node has a qemu-img check
     bool has_backing = false;     // the top image has a backing file
     bool events = false;          // the format node above the metadata leaf fires blkdebug events
+    bool data_apart = false;      // ... and reads guest data from another child (qcow2 data-file)
 };
 
 extern std::vector<Stack> g_stacks;
