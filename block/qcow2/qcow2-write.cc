@@ -712,6 +712,31 @@ int coroutine_fn Qcow2Node::co_preallocate_locked(uint64_t offset, uint64_t byte
     return 0;
 }
 
+// After a shrink: the image file is cut after its last cluster in use (with
+// a non-zero refcount, or under a read in flight), as QEMU does. Failing to
+// cut only wastes space: a warning, not an error.
+void coroutine_fn Qcow2Node::co_trim_file_tail_locked()
+{
+    const int64_t len = file_->getlength();
+    if (len <= 0) return;
+    uint64_t end = (static_cast<uint64_t>(len) + cluster_size_ - 1) >> cluster_bits_;
+    while (end > 0) {
+        uint64_t rc = 0;
+        if (co_get_refcount_locked(end - 1, &rc) < 0) return;
+        if (rc || inflight(end - 1)) break;
+        end--;
+    }
+    const uint64_t cut = end << cluster_bits_;
+    if (cut >= static_cast<uint64_t>(len)) return;
+    int r = file_->co_truncate(static_cast<int64_t>(cut), false, PreallocMode::kOff);
+    if (r < 0) {
+        log_warn("qcow2: %s: cannot cut the image file's unused tail after the shrink: %s", name_.c_str(),
+                 strerror(-r));
+        return;
+    }
+    host_zero_from_ = std::min(host_zero_from_, cut);
+}
+
 int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, PreallocMode prealloc, ReqFlags flags)
 {
     (void)exact;
@@ -789,6 +814,7 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
             h_.size = new_size;
             size_ = new_size;
         }
+        if (r >= 0 && new_size < old) co_trim_file_tail_locked();
     }
     lock_.unlock();
     if (r < 0 || new_size <= old) return r;

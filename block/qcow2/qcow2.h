@@ -571,6 +571,7 @@ class Qcow2Node final : public BlockNode {
     // qcow2-refcount.cc
     Status coroutine_fn co_load_refcount_table();
     int coroutine_fn co_get_refcount_locked(uint64_t cluster_index, uint64_t *refcount);
+    void coroutine_fn co_trim_file_tail_locked();
     int coroutine_fn co_detect_metadata_preallocation_locked();
     int coroutine_fn co_set_refcount_locked(uint64_t cluster_index, uint64_t value);
     int coroutine_fn co_grow_refcount_table_locked(uint64_t min_entries);

@@ -116,6 +116,20 @@ qemu_accepts "resized qcow2" r.qcow2
 qemu-io -c 'read -P 3 15M 1M' -c 'read -P 0 16M 16M' r.qcow2 >/dev/null 2>&1 && ok "resized qcow2 data intact" || bad "resized qcow2 data"
 expect_rc "resize qcow2 --shrink 16M" 0 "$B" img resize --shrink r.qcow2 16M
 qemu_accepts "shrunk qcow2" r.qcow2
+# A shrink cuts the file after its last cluster in use, as qemu-img does:
+# twins shrunk by each tool end up the same length with the same contents.
+q qemu-img create -q -f qcow2 t.qcow2 1G
+q qemu-io -c 'write -P 1 0 24M' -c 'write -P 2 512M 8M' t.qcow2
+cp t.qcow2 tq.qcow2
+expect_rc "resize qcow2 --shrink 1G -> 1M" 0 "$B" img resize --shrink t.qcow2 1M
+q qemu-img resize -q --shrink tq.qcow2 1M
+if [ "$(stat -c %s t.qcow2)" = "$(stat -c %s tq.qcow2)" ] && [ "$(stat -c %s t.qcow2)" -lt $((2 << 20)) ]; then
+    ok "shrunk qcow2 file cut to $(stat -c %s t.qcow2) bytes, as qemu-img's twin"
+else
+    bad "shrunk qcow2 file: $(stat -c %s t.qcow2) bytes, qemu-img's twin $(stat -c %s tq.qcow2)"
+fi
+qemu_accepts "shrunk and cut qcow2" t.qcow2
+qemu-img compare -q t.qcow2 tq.qcow2 && ok "shrunk twins compare equal" || bad "shrunk twins differ"
 
 # ---- snapshot
 q qemu-img create -q -f qcow2 s.qcow2 8M
