@@ -128,6 +128,11 @@ struct BlockdevOptions {
     BlockdevDetectZeroes detect_zeroes = BlockdevDetectZeroes::kOff;  // "detect-zeroes"
     bool cache_direct = false;                  // "cache": {"direct"}  (keyval: cache.direct)
     bool cache_no_flush = false;                // "cache": {"no-flush"}
+    // Not an option of the JSON/keyval forms: set by "img check -r" on the
+    // node it repairs (QEMU's BDRV_O_CHECK). A format driver then opens
+    // writable what it would refuse (qcow2: the corrupt bit) and leaves
+    // repairs it would do at open (qcow2: a dirty image) to the check.
+    bool check_repair = false;
     BlockdevDriverOptions opts;                 // matches driver
 
     template <typename T> T *as() { return std::get_if<T>(&opts); }

@@ -112,11 +112,12 @@ Error plain_error(const Error &e)
     return e;
 }
 
-// Decodes and opens one node tree.
-Result<BlockNode *> open_tree(BlockGraph *graph, const json &tree, bool from_keyval)
+// Decodes and opens one node tree; check_repair marks its top node.
+Result<BlockNode *> open_tree(BlockGraph *graph, const json &tree, bool from_keyval, bool check_repair = false)
 {
     Result<BlockdevOptions> opts = blockdev_options_from_tree(tree, from_keyval);
     if (!opts) return opts.error();
+    opts.value().check_repair = check_repair;
     return graph->add_node(opts.value());
 }
 
@@ -268,7 +269,7 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
     }
 
     // 4. The top node.
-    Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval);
+    Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair);
     if (!root) return plain ? plain_error(root.error()) : root.error();
     img->root = root.value();
     if (img->probed_raw) {

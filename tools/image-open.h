@@ -63,6 +63,7 @@ struct ImageOpenSpec {
     nlohmann::json extra_options;
 
     bool read_only = false;     // -r: every node read-only, the backend asks no write/resize
+    bool check_repair = false;  // img check -r: the top node opens for repair (BlockdevOptions::check_repair)
     bool force_share = false;   // -U: share every permission (needs read_only)
     CacheMode cache;            // -t; default writeback, as qemu-img
     std::optional<BlockdevAioOptions> aio;          // --aio, for file nodes; unset: driver default

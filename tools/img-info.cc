@@ -401,6 +401,7 @@ int img_check(int argc, char **argv)
     }
     oa.name = argv[optind];
     oa.read_only = fix == 0;
+    oa.check_repair = fix != 0;
     std::unique_ptr<OpenImage> img = open_img(oa);
     if (!img) return 1;
 

@@ -134,6 +134,7 @@ std::unique_ptr<OpenImage> open_img(const OpenArgs &a)
     spec.image_opts = a.image_opts;
     spec.format = a.format;
     spec.read_only = a.read_only;
+    spec.check_repair = a.check_repair;
     spec.force_share = a.force_share;
     spec.consumer = kProg;
     Result<CacheMode> cm = parse_cache_mode(a.cache);

@@ -63,6 +63,7 @@ struct OpenArgs {
     std::string format;        // -f; empty: probe
     bool image_opts = false;
     bool read_only = true;
+    bool check_repair = false; // check -r: the top node opens for repair
     bool force_share = false;  // -U
     std::string cache = "writeback";   // -t / -T
     bool no_backing = false;   // open without the backing chain (backing: null)

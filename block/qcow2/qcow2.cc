@@ -77,6 +77,7 @@ Status Qcow2Node::open(const BlockdevOptions &opts)
     file_ = c.value();
     name_ = file_->node()->filename();
     if (name_.empty()) name_ = node_name();
+    check_repair_ = opts.check_repair;
 
     BG_TRY(run_in_coroutine([&] { return co_open_image(*o); }));
     BG_TRY(setup_caches(*o));
@@ -89,7 +90,8 @@ Status Qcow2Node::open(const BlockdevOptions &opts)
 
 // A writable open (qcow2.md 2.3): options of the write path; a dirty image
 // (lazy refcounts, not closed cleanly) gets its refcounts rebuilt before
-// anything is written; autoclear bits we do not maintain are cleared.
+// anything is written, unless the open is for "img check -r", which repairs
+// and reports them itself; autoclear bits we do not maintain are cleared.
 Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
 {
     const bool image_lazy = h_.compatible_features & qcow2::kCompatLazyRefcounts;
@@ -134,7 +136,7 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
                                                     off, ol);
     });
     CoMutexGuard g(lock_);
-    if (h_.incompatible_features & qcow2::kIncompatDirty) {
+    if ((h_.incompatible_features & qcow2::kIncompatDirty) && !check_repair_) {
         // QEMU: qcow2_co_check_locked(FIX_ERRORS | FIX_LEAKS) on open.
         int r = co_rebuild_refcounts_locked();
         if (r < 0) return errno_error(-r, name_ + ": cannot repair the refcounts of the dirty image");
@@ -201,7 +203,7 @@ Status coroutine_fn Qcow2Node::co_open_image(const BlockdevOptionsQcow2 &o)
         int r = file_->co_pread(0, static_cast<int64_t>(have), buf.data());
         if (r < 0) return errno_error(-r, name_ + ": cannot read the qcow2 header");
     }
-    auto hr = qcow2::parse_header(buf.data(), have, flen, name_, !read_only_);
+    auto hr = qcow2::parse_header(buf.data(), have, flen, name_, !read_only_ && !check_repair_);
     if (!hr) return hr.error();
     h_ = std::move(hr.value());
 

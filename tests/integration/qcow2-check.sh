@@ -15,6 +15,7 @@
 #   refcount CLUSTER VALUE   the refcount entry of host cluster CLUSTER (16-bit refcounts)
 #   l2 INDEX AND OR          the L2 entry INDEX of the first L2 table: (e & AND) | OR
 #   l2off INDEX VALUE        the same entry set to VALUE
+#   incompat BITS            incompatible feature bits ORed in (1 dirty, 2 corrupt)
 patch() {
     python3 - "$@" <<'EOF'
 import struct, sys
@@ -26,7 +27,12 @@ cb = struct.unpack(">I", h[20:24])[0]
 cs = 1 << cb
 l1_off = struct.unpack(">Q", h[40:48])[0]
 rt_off = struct.unpack(">Q", h[48:56])[0]
-if what == "refcount":
+if what == "incompat":
+    f.seek(72)
+    v = struct.unpack(">Q", f.read(8))[0]
+    f.seek(72)
+    f.write(struct.pack(">Q", v | args[0]))
+elif what == "refcount":
     c, v = args
     per = cs // 2
     f.seek(rt_off + (c // per) * 8)
@@ -44,6 +50,7 @@ else:
 EOF
 }
 
+BITS='import json,sys; d=json.load(sys.stdin)["format-specific"]["data"]; print("corrupt=%s" % d.get("corrupt"))'
 mkdir -p o t
 n=0
 # both DESC IMG [CHECK OPTS...]: check (or repair) copies with both tools.
@@ -73,7 +80,12 @@ both() {
         if grep -q "Check failed" ours.err; then ok "$desc: 'Check failed' as qemu-img"; else bad "$desc: no 'Check failed': $(cat ours.err)"; fi
     fi
     if [ $# -gt 0 ]; then
-        # A repair: the results read the same, and ours is clean now when qemu-img's is.
+        # A repair: the results read the same, with the same dirty/corrupt
+        # bits, and ours is clean now when qemu-img's is.
+        local bo bt
+        bo=$(qemu-img info -U --output=json "o/c$n.qcow2" | python3 -c "$BITS")
+        bt=$(qemu-img info -U --output=json "t/c$n.qcow2" | python3 -c "$BITS")
+        [ "$bo" = "$bt" ] && ok "$desc: header bits as qemu-img's ($bo)" || bad "$desc: header bits $bo, qemu-img's $bt"
         same_data "$desc: repaired images" "o/c$n.qcow2" "t/c$n.qcow2"
         if qemu-img check "t/c$n.qcow2" >/dev/null 2>&1; then
             qemu_accepts "$desc: our repaired image" "o/c$n.qcow2"
@@ -126,6 +138,32 @@ both "L2 entry beyond the end" far.qcow2
 cp base.qcow2 un.qcow2
 patch un.qcow2 l2off 2 0x8000000000050200
 both "unaligned L2 entry" un.qcow2
+
+# The corrupt bit (set by a writer that found corruption): check -r opens
+# the image writable anyway, as qemu-img does, and clears the bit once no
+# corruption is left (-r all), keeps it when some is (-r leaks).
+cp base.qcow2 cb.qcow2
+patch cb.qcow2 incompat 2
+both "corrupt bit on a clean image" cb.qcow2
+both "corrupt bit, clean -r leaks" cb.qcow2 -r leaks
+cp mix.qcow2 cbm.qcow2
+patch cbm.qcow2 incompat 2
+both "corrupt bit, mixed errors -r all" cbm.qcow2 -r all
+both "corrupt bit, mixed errors -r leaks" cbm.qcow2 -r leaks
+if "$B" img info cbm.qcow2 >/dev/null 2>&1 && ! "$B" io -c "write 0 512" cbm.qcow2 >/dev/null 2>&1; then
+    ok "a corrupt-bit image still refuses a writable open outside check -r"
+else
+    bad "a corrupt-bit image: writable open outside check -r not refused"
+fi
+
+# A dirty lazy-refcounts image with a refcount too low (as after a crash):
+# check -r all repairs and reports it (no silent repair at open), as qemu-img.
+q qemu-img create -f qcow2 -o lazy_refcounts=on lz.qcow2 4M
+q qemu-io -c "write -P 1 0 1M" lz.qcow2
+lfirst=$(qemu-img map --output=json lz.qcow2 | python3 -c 'import json,sys; print([e["offset"] for e in json.load(sys.stdin) if e.get("offset")][0] // 65536)')
+patch lz.qcow2 refcount "$lfirst" 0
+patch lz.qcow2 incompat 1
+both "dirty image -r all" lz.qcow2 -r all
 
 # Snapshots made by blockgraph and a leak together.
 cp base.qcow2 sn.qcow2
