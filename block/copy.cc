@@ -10,6 +10,7 @@
 #include "util/aio.h"
 #include "util/coroutine-lock.h"
 #include "util/iov.h"
+#include "util/ratelimit.h"
 
 namespace bg {
 
@@ -38,7 +39,7 @@ int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 class CopyRun {
   public:
     CopyRun(const std::vector<CopySource> &srcs, BlockBackend *dst, const CopyOptions &opts)
-        : srcs_(srcs), dst_(dst), opts_(opts)
+        : srcs_(srcs), dst_(dst), opts_(opts), limit_(opts.rate_limit)
     {
     }
 
@@ -54,6 +55,7 @@ class CopyRun {
     bool coroutine_fn plan(Chunk *c);
     int coroutine_fn plan_status(size_t i, int64_t soff, int64_t max, ChunkKind *kind, int64_t *n);
     int coroutine_fn read_source(const Chunk &c, uint8_t *buf);
+    int coroutine_fn salvage_source(const Chunk &c, int64_t in, uint8_t *buf);
     int coroutine_fn read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf);
     int coroutine_fn write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp);
     int coroutine_fn write_data(int64_t offset, int64_t bytes, uint8_t *buf);
@@ -63,6 +65,7 @@ class CopyRun {
     const std::vector<CopySource> &srcs_;
     BlockBackend *dst_;
     CopyOptions opts_;
+    RateLimit limit_;
     int64_t chunk_size_ = kDefaultChunk;
     int64_t align_ = 1;
     std::vector<int64_t> src_len_;     // bytes of each source in the destination
@@ -247,6 +250,7 @@ int CopyRun::read_source(const Chunk &c, uint8_t *buf)
     int64_t in = std::max<int64_t>(0, std::min(c.bytes, blk_len_[c.src] - c.src_offset));
     if (in > 0) {
         int ret = s.blk->co_pread(c.src_offset, in, buf);
+        if (ret < 0 && opts_.salvage) ret = salvage_source(c, in, buf);
         if (ret < 0) {
             fail(make_error(-ret, "error while reading at byte %lld of '%s': %s",
                             static_cast<long long>(c.src_offset), s.name.c_str(), std::strerror(-ret)));
@@ -256,6 +260,22 @@ int CopyRun::read_source(const Chunk &c, uint8_t *buf)
         stats_.bytes_read += in;
     }
     if (in < c.bytes) std::memset(buf + in, 0, static_cast<size_t>(c.bytes - in));
+    return 0;
+}
+
+// The chunk's read failed: sector by sector, unreadable ones as zeros.
+int CopyRun::salvage_source(const Chunk &c, int64_t in, uint8_t *buf)
+{
+    const CopySource &s = srcs_[c.src];
+    for (int64_t pos = 0; pos < in; pos += kSector) {
+        const int64_t n = std::min(kSector, in - pos);
+        int ret = s.blk->co_pread(c.src_offset + pos, n, buf + pos);
+        if (ret >= 0) continue;
+        std::memset(buf + pos, 0, static_cast<size_t>(n));
+        std::lock_guard<std::mutex> g(mu_);
+        stats_.bytes_salvaged += n;
+        if (opts_.salvaged) opts_.salvaged(c.dst_offset + pos, -ret);
+    }
     return 0;
 }
 
@@ -382,6 +402,11 @@ void CopyRun::worker()
     Chunk c;
     while (plan(&c)) {
         if (c.kind == ChunkKind::kData) {
+            if (limit_.enabled()) {
+                const int64_t wait = limit_.account(static_cast<uint64_t>(c.bytes), clock_ns());
+                if (wait > 0) co_sleep_ns(wait);
+                if (failed_.load()) break;
+            }
             if (!buf) buf = aligned_alloc_buf(4096, static_cast<size_t>(chunk_size_));
             if (read_source(c, buf.get()) < 0) break;
             if (opts_.diff_against) {

@@ -96,6 +96,17 @@ struct CopyOptions {
     BlockBackend *diff_against = nullptr;
     // Contexts the workers run in, round robin; empty: the caller's.
     std::vector<AioContext *> contexts;
+    // Bytes per second of data chunks (read and written), 0: no limit
+    // (qemu-img convert -r, commit -r). Zero and skipped ranges are free.
+    // The first chunk goes at once; each later one waits until the bytes
+    // before it are paid for (util/ratelimit.h).
+    uint64_t rate_limit = 0;
+    // A source read that fails is retried sector by sector (512 bytes);
+    // sectors that still fail are copied as zeros and reported through
+    // salvaged (destination offset, positive errno) instead of failing the
+    // copy (qemu-img convert --salvage). Block status errors still fail.
+    bool salvage = false;
+    std::function<void(int64_t offset, int err)> salvaged;
     // Called after each chunk (and at the end), serialised, from whichever
     // thread completed the chunk.
     std::function<void(const CopyProgress &)> progress;
@@ -108,6 +119,7 @@ struct CopyStats {
     int64_t bytes_written = 0;   // written as data
     int64_t bytes_zeroed = 0;    // written with write-zeroes
     int64_t bytes_skipped = 0;   // left alone (zero in a zero destination, unallocated, equal)
+    int64_t bytes_salvaged = 0;  // unreadable, copied as zeros (salvage)
 };
 
 // Copies the concatenated sources into dst from offset 0. dst must be at

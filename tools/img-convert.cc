@@ -22,7 +22,7 @@ using json = nlohmann::json;
 
 namespace {
 
-enum { kOptImageOpts = 256, kOptTargetImageOpts, kOptTargetIsZero, kOptForceShare };
+enum { kOptImageOpts = 256, kOptTargetImageOpts, kOptTargetIsZero, kOptForceShare, kOptSalvage };
 
 constexpr int64_t kMaxSparse = 16 << 20;
 
@@ -74,9 +74,13 @@ int img_convert(int argc, char **argv)
         {"target-image-opts", no_argument, nullptr, kOptTargetImageOpts},
         {"target-is-zero", no_argument, nullptr, kOptTargetIsZero},
         {"force-share", no_argument, nullptr, 'U'},
+        {"salvage", no_argument, nullptr, kOptSalvage},
         {nullptr, 0, nullptr, 0},
     };
     std::string src_fmt, out_fmt = "raw", cache = "writeback", src_cache = "writeback";
+    std::optional<SnapshotSpec> snapshot;
+    uint64_t rate_limit = 0;
+    bool salvage = false;
     std::optional<std::string> backing, backing_fmt;
     CreateOptions copts;
     bool compress = false, progress = false, skip_create = false, out_of_order = false, image_opts = false,
@@ -125,8 +129,19 @@ int img_convert(int argc, char **argv)
             break;
         case 'W': out_of_order = true; break;
         case 'U': force_share = true; break;
-        case 'l':
+        case 'l': {
+            Result<SnapshotSpec> s = parse_snapshot_param(optarg);
+            if (!s) {
+                error("%s", s.msg().c_str());
+                return 1;
+            }
+            snapshot = s.value();
+            break;
+        }
         case 'r':
+            if (!parse_rate_limit(optarg, &rate_limit)) return 1;
+            break;
+        case kOptSalvage: salvage = true; break;
         case 'C': error("option -%c is not supported by %s convert", c, kProg); return 1;
         case kOptImageOpts: image_opts = true; break;
         case kOptTargetImageOpts: target_image_opts = true; break;
@@ -178,14 +193,17 @@ int img_convert(int argc, char **argv)
     // Sources.
     std::vector<std::unique_ptr<OpenImage>> srcs;
     int64_t total = 0;
-    for (const std::string &n : src_names) {
+    auto src_args = [&](const std::string &n) {
         OpenArgs oa;
         oa.name = n;
         oa.format = src_fmt;
         oa.image_opts = image_opts;
         oa.force_share = force_share;
         oa.cache = src_cache;
-        std::unique_ptr<OpenImage> img = open_img(oa);
+        return oa;
+    };
+    for (const std::string &n : src_names) {
+        std::unique_ptr<OpenImage> img = open_img(src_args(n));
         if (!img) return 1;
         int64_t len = img->blk->getlength();
         if (len < 0) {
@@ -193,6 +211,18 @@ int img_convert(int argc, char **argv)
             return 1;
         }
         total += len;
+        srcs.push_back(std::move(img));
+    }
+    if (snapshot) {
+        // -l: the source again, as a read-only view of the snapshot.
+        if (srcs.size() > 1) {
+            error("No support for concatenating multiple snapshot");
+            return 1;
+        }
+        srcs.clear();
+        std::unique_ptr<OpenImage> img = open_img_snapshot(src_args(src_names[0]), *snapshot);
+        if (!img) return 1;
+        total = img->blk->getlength();
         srcs.push_back(std::move(img));
     }
 
@@ -258,6 +288,11 @@ int img_convert(int argc, char **argv)
     co.sparse_size = sparse;
     co.compress = compress;
     co.dest_is_zero = skip_create ? target_is_zero : !backing.has_value();
+    co.rate_limit = rate_limit;
+    co.salvage = salvage;
+    co.salvaged = [](int64_t off, int err) {
+        if (!g_quiet) error("warning: error while reading offset %" PRId64 ": %s", off, std::strerror(err));
+    };
     int64_t cluster = node_cluster_size(dst->root);
     if (cluster > 0) co.alignment = cluster;
     if (compress) {
@@ -342,6 +377,7 @@ int img_commit(int argc, char **argv)
     std::optional<std::string> base_name;
     bool progress = false;
     bool drop = false;   // -d: leave the top image as it is
+    uint64_t rate_limit = 0;
     optind = 0;
     opterr = 0;
     int c;
@@ -356,7 +392,9 @@ int img_commit(int argc, char **argv)
         case 'd': drop = true; break;
         case 'p': progress = true; break;
         case 'q': g_quiet = true; break;
-        case 'r': error("option -r is not supported by %s commit", kProg); return 1;
+        case 'r':
+            if (!parse_rate_limit(optarg, &rate_limit)) return 1;
+            break;
         case kOptImageOpts: oa.image_opts = true; break;
         default: return bad_option(argc, argv, "ftbr");
         }
@@ -472,6 +510,7 @@ int img_commit(int argc, char **argv)
     s.name = oa.name;
     CopyOptions co;
     co.dest_is_zero = false;
+    co.rate_limit = rate_limit;
     int64_t cluster = node_cluster_size(base.value());
     if (cluster > 0) co.alignment = cluster;
     Progress prog(progress);

@@ -464,6 +464,7 @@ int img_measure(int argc, char **argv)
         {nullptr, 0, nullptr, 0},
     };
     OpenArgs oa;
+    std::optional<SnapshotSpec> snapshot;
     OutputFormat ofmt = OutputFormat::kHuman;
     std::string out_fmt = "raw";
     CreateOptions copts;
@@ -483,22 +484,15 @@ int img_measure(int argc, char **argv)
             }
             break;
         }
-        case 'l':
-            oa.extra = json::object();
-            if (std::strncmp(optarg, "snapshot.", 9) == 0) {
-                for (const char *p = optarg; p && *p;) {
-                    const char *comma = std::strchr(p, ',');
-                    std::string kv(p, comma ? static_cast<size_t>(comma - p) : std::strlen(p));
-                    size_t eq = kv.find('=');
-                    if (eq == std::string::npos) return usage_error("Invalid snapshot parameter: %s", optarg);
-                    std::string key = kv.substr(9, eq - 9);
-                    oa.extra["snapshot"][key] = kv.substr(eq + 1);
-                    p = comma ? comma + 1 : nullptr;
-                }
-            } else {
-                oa.extra["snapshot"]["name"] = optarg;
+        case 'l': {
+            Result<SnapshotSpec> s = parse_snapshot_param(optarg);
+            if (!s) {
+                error("%s", s.msg().c_str());
+                return 1;
             }
+            snapshot = s.value();
             break;
+        }
         case 'U': oa.force_share = true; break;
         case kOptImageOpts: oa.image_opts = true; break;
         case kOptOutput:
@@ -535,7 +529,7 @@ int img_measure(int argc, char **argv)
     std::unique_ptr<OpenImage> img;
     if (has_file) {
         oa.name = argv[optind];
-        img = open_img(oa);
+        img = snapshot ? open_img_snapshot(oa, *snapshot) : open_img(oa);
         if (!img) return 1;
         size = img->blk->getlength();
     }

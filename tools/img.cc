@@ -75,6 +75,85 @@ Result<int64_t> parse_img_size(const std::string &s)
     return static_cast<int64_t>(r.value());
 }
 
+bool parse_rate_limit(const char *arg, uint64_t *out)
+{
+    Result<uint64_t> r = parse_size(arg);
+    if (!r || r.value() == 0 || r.value() > static_cast<uint64_t>(INT64_MAX)) {
+        error("Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, "
+              "gigabytes, terabytes, petabytes and exabytes.");
+        return false;
+    }
+    *out = r.value();
+    return true;
+}
+
+Result<SnapshotSpec> parse_snapshot_param(const char *arg)
+{
+    SnapshotSpec s;
+    if (std::strncmp(arg, "snapshot.", 9) != 0) {
+        s.id_or_name = arg;
+        return s;
+    }
+    for (const char *p = arg; p && *p;) {
+        const char *comma = std::strchr(p, ',');
+        std::string kv(p, comma ? static_cast<size_t>(comma - p) : std::strlen(p));
+        size_t eq = kv.find('=');
+        std::string key = kv.substr(0, eq);
+        if (key == "snapshot.id" && eq != std::string::npos) {
+            s.id = kv.substr(eq + 1);
+        } else if (key == "snapshot.name" && eq != std::string::npos) {
+            s.name = kv.substr(eq + 1);
+        } else {
+            return make_error(EINVAL, "Invalid parameter '%s'; failed in parsing snapshot param '%s'", key.c_str(),
+                              arg);
+        }
+        p = comma ? comma + 1 : nullptr;
+    }
+    return s;
+}
+
+std::unique_ptr<OpenImage> open_img_snapshot(OpenArgs a, const SnapshotSpec &s)
+{
+    a.read_only = true;
+    std::string id;
+    {
+        std::unique_ptr<OpenImage> img = open_img(a);
+        if (!img) return nullptr;
+        Result<std::vector<SnapshotInfo>> l = img->root->snapshot_list();
+        if (!l) {
+            if (l.err() == ENOTSUP) {
+                error("Failed to load snapshot: Block format '%s' does not support temporarily loading internal "
+                      "snapshots",
+                      img->root->driver_name());
+            } else {
+                error("Failed to load snapshot: %s", l.msg().c_str());
+            }
+            return nullptr;
+        }
+        auto match = [&](auto pred) -> const SnapshotInfo * {
+            for (const SnapshotInfo &i : l.value()) {
+                if (pred(i)) return &i;
+            }
+            return nullptr;
+        };
+        const SnapshotInfo *f;
+        if (s.id || s.name) {
+            f = match([&](const SnapshotInfo &i) { return (!s.id || i.id == *s.id) && (!s.name || i.name == *s.name); });
+        } else {
+            f = match([&](const SnapshotInfo &i) { return i.id == s.id_or_name; });
+            if (!f) f = match([&](const SnapshotInfo &i) { return i.name == s.id_or_name; });
+        }
+        if (!f) {
+            error("Failed to load snapshot: Can't find snapshot");
+            return nullptr;
+        }
+        id = f->id;
+    }
+    a.extra = a.extra.is_object() ? a.extra : nlohmann::json::object();
+    a.extra["snapshot.id"] = id;
+    return open_img(a);
+}
+
 std::string size_to_str(uint64_t v)
 {
     static const char *const kSuffix[] = {"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"};
@@ -240,16 +319,16 @@ const ImgCommand kImgCommands[] = {
      "Sends count requests (default 75000) of buffer_size bytes (default 4k),\ndepth (default 64) in flight, starting at offset and advancing by step;\n-w writes the pattern byte, --flush-interval flushes every n writes.\nPrints the request summary and the run time, as qemu-img bench."},
     {"check", "check [-q] [--output=ofmt] [-f fmt] [-r [leaks | all]] [-T src_cache] [-U] filename", img_check,
      "Checks the image's metadata; -r leaks / -r all repairs. Exit status: 0\nclean, 1 check failed, 2 corruptions, 3 leaks only, 63 no check for\nthis format."},
-    {"commit", "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename", img_commit,
-     "Writes the data of filename (and of the images down to -b base) into\nits backing file (or base), growing it if needed."},
+    {"commit", "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] [-r rate_limit] filename", img_commit,
+     "Writes the data of filename (and of the images down to -b base) into\nits backing file (or base), growing it if needed; -r: at most\nrate_limit bytes of data per second."},
     {"compare", "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2", img_compare,
      "Compares guest-visible contents. Exit status: 0 identical, 1 different\n(\"Content mismatch at offset N!\"), 2 open error, 3 block status error,\n4 read error. -s: sizes and allocation must match too."},
     {"convert",
      "convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
-     "[-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] [-U] filename [filename2 [...]] "
-     "output_filename",
+     "[-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-m num_coroutines] [-W] [-r rate_limit] "
+     "[--salvage] [-U] filename [filename2 [...]] output_filename",
      img_convert,
-     "Copies one or more images (concatenated) into a new image of format -O,\nsparse by default (-S: minimum zero run, 0 = allocate everything),\n-m requests in flight (default 8), -W out of order, -c compressed (on\nevery core), -n into an existing image, -B with a backing file."},
+     "Copies one or more images (concatenated) into a new image of format -O,\nsparse by default (-S: minimum zero run, 0 = allocate everything),\n-m requests in flight (default 8), -W out of order, -c compressed (on\nevery core), -n into an existing image, -B with a backing file, -l from\nan internal snapshot (id or name, or snapshot.id=/snapshot.name=), -r at\nmost rate_limit bytes of data per second, --salvage: unreadable sectors\nbecome zeros (with a warning each) instead of failing."},
     {"create", "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]",
      img_create,
      "Creates an image of format -f (default raw) with -o options (-o help\nlists them), optionally on a backing file (-b, with its format -F; -u:\ndo not open it)."},
@@ -257,7 +336,7 @@ const ImgCommand kImgCommands[] = {
      "Shows the image's format, sizes, cluster size, backing file, snapshots\nand format-specific data; --backing-chain for every image of the chain."},
     {"map", "map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename", img_map,
      "Shows the allocation of the image through its backing chain (start,\nlength, depth, present, zero, data, compressed, offset)."},
-    {"measure", "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-U] filename]",
+    {"measure", "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] [-U] filename]",
      img_measure,
      "Computes the file size an image of format -O needs for filename's data\nor for --size bytes."},
     {"snapshot", "snapshot [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename", img_snapshot,

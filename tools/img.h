@@ -46,6 +46,9 @@ void qprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // qemu-img's size syntax: a number with an optional k/M/G/T/P/E suffix
 // (bytes without). Error: EINVAL with qemu-img's message for "what".
 Result<int64_t> parse_img_size(const std::string &s);
+// -r of convert and commit: bytes per second, at least 1, with the size
+// suffixes. false (after printing qemu-img's message) if bad.
+bool parse_rate_limit(const char *arg, uint64_t *out);
 // qemu's size_to_str: "64 MiB", "1.26 MiB", "0 B".
 std::string size_to_str(uint64_t v);
 // A positive decimal integer (for counts like -m, -c, -d). false if bad.
@@ -73,6 +76,19 @@ struct OpenArgs {
 // Opens an image; on failure prints one line naming the image and the
 // cause and returns nullptr. Prints the probed-raw warning when writable.
 std::unique_ptr<OpenImage> open_img(const OpenArgs &a);
+// -l of convert and measure: "snapshot.id=ID[,snapshot.name=NAME]" (either
+// key) or a bare id-or-name.
+struct SnapshotSpec {
+    std::optional<std::string> id, name;   // from snapshot.* keys
+    std::string id_or_name;                // bare form
+};
+// Error (EINVAL): "Invalid parameter 'KEY'" / "Failed in parsing snapshot
+// param 'ARG'" (as qemu-img).
+Result<SnapshotSpec> parse_snapshot_param(const char *arg);
+// Opens a as a read-only view of the snapshot s names (a bare name: by id
+// first, then by name, as qemu-img). On failure prints one line
+// ("Failed to load snapshot: Can't find snapshot", ...) and returns nullptr.
+std::unique_ptr<OpenImage> open_img_snapshot(OpenArgs a, const SnapshotSpec &s);
 // The message open_img prints, without printing it.
 std::string open_error_message(const std::string &name, const Error &e);
 

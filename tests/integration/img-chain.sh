@@ -30,6 +30,21 @@ qemu_accepts "committed base" base.qcow2
 expect_view "base after commit (grown to 24M)" base.qcow2 top-before.raw
 expect_view "top after commit" top.qcow2 top-before.raw
 
+# ---- commit -r: a rate limit. The top holds 3 MiB of data in 2 MiB chunks
+# at most; at 1 MiB/s the last chunk may start only after 2 s (a lower
+# bound, which load cannot break).
+q qemu-img create -q -f qcow2 rl-base.qcow2 8M
+q qemu-img create -q -f qcow2 -b rl-base.qcow2 -F qcow2 rl-top.qcow2
+q qemu-io -c 'write -P 0x30 0 3M' rl-top.qcow2
+q qemu-img convert -O raw rl-top.qcow2 rl-before.raw
+t0=$(date +%s%N)
+expect_rc "commit -r 1M" 0 "$B" img commit -r 1M rl-top.qcow2
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$ms" -ge 1900 ] && ok "commit -r 1M: 3 MiB took $ms ms (at least 2 s)" || bad "commit -r 1M: 3 MiB took only $ms ms"
+expect_view "commit -r: base" rl-base.qcow2 rl-before.raw
+expect_rc "commit -r abc" 1 "$B" img commit -r abc rl-top.qcow2
+grep -q "Invalid rate limit specified" last.err && ok "commit -r abc: qemu-img's message" || bad "commit -r abc: $(cat last.err)"
+
 # ---- commit empties the top (as qemu-img commit does); -d keeps it.
 # Twins committed by the real qemu-img judge the result: the same map
 # (host offsets aside), a clean check, the snapshot's view intact.

@@ -113,6 +113,80 @@ same_data "-o backing_file= (as -B)" overlay.qcow2 rebased-o.qcow2 qcow2 qcow2
 size_b=$(stat -c %s rebased.qcow2)
 [ "$size_b" -lt $((8 << 20)) ] && ok "-B copies only the overlay's data ($size_b bytes)" || bad "-B image is $size_b bytes"
 
+# -l: a snapshot of the source (by id, by name, by snapshot.* keys), as
+# qemu-img converts it; the same failures.
+q qemu-img create -q -f qcow2 snap.qcow2 8M
+q qemu-io -c 'write -P 0x51 0 2M' snap.qcow2
+q qemu-img snapshot -c one snap.qcow2
+q qemu-io -c 'write -P 0x52 1M 2M' snap.qcow2
+q qemu-img snapshot -c 2 snap.qcow2
+q qemu-io -c 'write -P 0x53 0 4M' snap.qcow2
+for l in one 1 2 snapshot.name=one snapshot.id=2 snapshot.id=2,snapshot.name=2; do
+    rm -f l-ours.raw l-theirs.raw
+    "$B" img convert -l "$l" -O raw snap.qcow2 l-ours.raw 2>conv.err || bad "-l $l: $(cat conv.err)"
+    q qemu-img convert -l "$l" -O raw snap.qcow2 l-theirs.raw
+    if cmp -s l-ours.raw l-theirs.raw; then ok "-l $l: the snapshot's data, as qemu-img"; else bad "-l $l: differs from qemu-img's"; fi
+done
+# (snapshot "2" is id 2 and name "2"; the bare form takes the id first: same here.)
+q qemu-img convert -O raw snap.qcow2 l-now.raw
+"$B" img convert -l one -O raw snap.qcow2 l-ours.raw
+qemu-io -f raw -c 'read -P 0x51 0 2M' -c 'read -P 0 2M 6M' l-ours.raw | grep -q "^read 6291456" &&
+    ! cmp -s l-ours.raw l-now.raw && ok "-l one: the snapshot, not the current state" || bad "-l one: not the snapshot's data"
+rm -f l-ours.raw
+for l in nosuch snapshot.id=1,snapshot.name=2 snapshot.bogus=1; do
+    rm -f l-ours.raw
+    expect_rc "-l $l" 1 "$B" img convert -l "$l" -O raw snap.qcow2 l-ours.raw
+    [ ! -e l-ours.raw ] && ok "-l $l: no output created" || bad "-l $l: output created"
+done
+grep -q "Invalid parameter 'snapshot.bogus'" last.err && ok "-l snapshot.bogus: names the key" || bad "-l snapshot.bogus: $(cat last.err)"
+for l in one snapshot.id=2; do
+    if [ "$("$B" img measure -O qcow2 -l "$l" snap.qcow2 2>&1)" = "$(qemu-img measure -O qcow2 -l "$l" snap.qcow2 2>&1)" ]; then
+        ok "measure -l $l: as qemu-img's"
+    else
+        bad "measure -l $l: $("$B" img measure -O qcow2 -l "$l" snap.qcow2 2>&1 | tr '\n' '|') vs $(qemu-img measure -O qcow2 -l "$l" snap.qcow2 | tr '\n' '|')"
+    fi
+done
+expect_rc "-l with two sources" 1 "$B" img convert -l one -O raw snap.qcow2 snap.qcow2 l-ours.raw
+expect_rc "-l on raw" 1 "$B" img convert -l one -O raw src.raw l-ours.raw
+grep -q "Failed to load snapshot" last.err && ok "-l on raw: 'Failed to load snapshot'" || bad "-l on raw: $(cat last.err)"
+
+# --salvage: read errors on two sectors of the image file (blkdebug, armed
+# by qcow2's read_aio): without it the convert fails; with it both sectors
+# become zeros with one warning each, the rest is copied: the same warnings
+# and the same output as qemu-img's.
+q qemu-img convert -O qcow2 src.raw salv.qcow2
+SALV='json:{"driver":"qcow2","file":{"driver":"blkdebug","image":{"driver":"file","filename":"salv.qcow2"},"inject-error":[{"event":"read_aio","iotype":"read","errno":5,"sector":2050},{"event":"read_aio","iotype":"read","errno":5,"sector":4000}]}}'
+expect_rc "read errors without --salvage" 1 "$B" img convert -O raw "$SALV" salv-ours.raw
+rm -f salv-ours.raw salv-theirs.raw
+"$B" img convert --salvage -O raw "$SALV" salv-ours.raw 2>salv-ours.err; rc=$?
+qemu-img convert --salvage -O raw "$SALV" salv-theirs.raw 2>salv-theirs.err
+[ $rc = 0 ] && ok "--salvage: exit 0" || bad "--salvage: exit $rc: $(cat salv-ours.err)"
+sed -i 's/^qemu-img: /blockgraph img: /' salv-theirs.err
+if [ "$(wc -l <salv-ours.err)" = 2 ] && diff -q salv-ours.err salv-theirs.err >/dev/null; then
+    ok "--salvage: a warning per unreadable sector, as qemu-img's"
+else
+    bad "--salvage: warnings differ: $(diff salv-ours.err salv-theirs.err | tr '\n' '|')"
+fi
+cmp -s salv-ours.raw salv-theirs.raw && ok "--salvage: output as qemu-img's" || bad "--salvage: output differs"
+cmp -s salv-ours.raw src.raw && bad "--salvage: the unreadable sectors were not zeroed" || ok "--salvage: unreadable sectors zeroed"
+rm -f salv-ours.raw
+"$B" img convert -q --salvage -O raw "$SALV" salv-ours.raw 2>salv-ours.err
+[ ! -s salv-ours.err ] && ok "--salvage -q: no warnings" || bad "--salvage -q: $(cat salv-ours.err)"
+
+# -r: a rate limit of data bytes per second. 4 MiB of data at 1 MiB/s in
+# 2 MiB chunks: the second chunk may start only after 2 s (a lower bound,
+# which load cannot break); the output is still the source.
+q qemu-img create -q -f raw rl.raw 4M
+q qemu-io -f raw -c 'write -P 0x61 0 4M' rl.raw
+t0=$(date +%s%N)
+"$B" img convert -r 1M -O qcow2 rl.raw rl.qcow2 || bad "-r 1M failed"
+t1=$(date +%s%N)
+ms=$(( (t1 - t0) / 1000000 ))
+[ "$ms" -ge 1900 ] && ok "-r 1M: 4 MiB took $ms ms (at least 2 s)" || bad "-r 1M: 4 MiB took only $ms ms"
+same_data "-r 1M" rl.raw rl.qcow2 raw qcow2
+for r in 0 abc -5; do expect_rc "-r $r" 1 "$B" img convert -r "$r" -O raw rl.raw x.raw; done
+grep -q "Invalid rate limit specified" last.err && ok "-r: qemu-img's message" || bad "-r -5: $(cat last.err)"
+
 # errors
 expect_rc "-m 17" 1 "$B" img convert -m 17 src.raw x.raw
 expect_rc "-S 100" 1 "$B" img convert -S 100 src.raw x.raw
