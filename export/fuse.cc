@@ -258,8 +258,8 @@ class FuseExport final : public BlockExport {
     void handle_lseek(FuseRequest *req);
     void handle_statfs(FuseRequest *req);
     void fill_attr(fuse_attr *a);
-    void choose_passthrough(const BlockExportOptions &opts);
-    void choose_uring();
+    Status choose_passthrough(const BlockExportOptions &opts);
+    Status choose_uring(OnOffAuto want);
     void publish_counters(FuseQueue *q);
     static void start_ring(void *opaque);
     void setup_ring(FuseQueue *q);
@@ -442,8 +442,9 @@ Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, cons
 
     Status s = check_mountpoint();
     if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
-    choose_passthrough(opts);
-    choose_uring();
+    s = choose_passthrough(opts);
+    if (s.ok()) s = choose_uring(opts.fuse.io_uring);
+    if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
     mode_ = S_IFREG | S_IRUSR | (writable_ ? S_IWUSR : 0);
     uid_ = getuid();
     gid_ = getgid();
@@ -880,12 +881,19 @@ void FuseExport::fill_attr(fuse_attr *a)
 // read-only export or a growable one (the kernel lets a passthrough write
 // extend the file, which a non-growable export must refuse with ENOSPC),
 // without writethrough (passthrough writes never reach us to be flushed).
-// BLOCKGRAPH_FUSE_PASSTHROUGH=0 turns it off.
-void FuseExport::choose_passthrough(const BlockExportOptions &opts)
+// passthrough=off (or, with auto, BLOCKGRAPH_FUSE_PASSTHROUGH=0) turns it
+// off; with passthrough=on a reason not to use it fails the export.
+Status FuseExport::choose_passthrough(const BlockExportOptions &opts)
 {
-    auto no = [this](const std::string &why) { passthrough_why_ = why; };
+    const OnOffAuto want = opts.fuse.passthrough;
+    auto no = [&](const std::string &why) -> Status {
+        passthrough_why_ = why;
+        if (want == OnOffAuto::kOn) return make_error(EINVAL, "passthrough=on: %s", why.c_str());
+        return {};
+    };
+    if (want == OnOffAuto::kOff) return no("passthrough=off");
     const char *env = getenv("BLOCKGRAPH_FUSE_PASSTHROUGH");
-    if (env && strcmp(env, "0") == 0) return no("disabled by BLOCKGRAPH_FUSE_PASSTHROUGH=0");
+    if (want == OnOffAuto::kAuto && env && strcmp(env, "0") == 0) return no("disabled by BLOCKGRAPH_FUSE_PASSTHROUGH=0");
     if (strcmp(node_->driver_name(), "raw") != 0) return no("the node is not a raw node");
     const auto *raw = node_->options().as<BlockdevOptionsRaw>();
     if (!raw || (raw->offset && *raw->offset != 0) || raw->size) return no("the raw node has an offset or size");
@@ -901,6 +909,7 @@ void FuseExport::choose_passthrough(const BlockExportOptions &opts)
     if (opts.writethrough) return no("writethrough=on");
     if (writable_ && !growable_) return no("a writable export that is not growable must refuse writes past its end");
     passthrough_path_ = fo->filename;
+    return {};
 }
 
 // Passthrough writes past EOF of a growable export grow the image file
@@ -949,27 +958,25 @@ int FuseExport::passthrough_backing_id(FuseQueue *q)
 
 // FUSE-over-io_uring is used when the kernel has it (Linux >= 6.14 built
 // with CONFIG_FUSE_IO_URING) and enabled (module parameter
-// fuse.enable_uring=Y, off by default), unless BLOCKGRAPH_FUSE_URING=0.
-// Otherwise, or if registering the ring entries fails, requests are read
-// from /dev/fuse, which also carries what the kernel never sends through a
-// ring (INIT, interrupts).
-void FuseExport::choose_uring()
+// fuse.enable_uring=Y, off by default), unless io-uring=off (or, with
+// auto, BLOCKGRAPH_FUSE_URING=0); io-uring=on fails the export where the
+// kernel does not have it enabled. Otherwise, or if registering the ring
+// entries fails, requests are read from /dev/fuse, which also carries what
+// the kernel never sends through a ring (INIT, interrupts).
+Status FuseExport::choose_uring(OnOffAuto want)
 {
+    auto no = [&](const char *why) -> Status {
+        uring_why_ = why;
+        if (want == OnOffAuto::kOn) return make_error(ENOTSUP, "io-uring=on: %s", why);
+        return {};
+    };
+    if (want == OnOffAuto::kOff) return no("io-uring=off");
     const char *env = getenv("BLOCKGRAPH_FUSE_URING");
-    if (env && strcmp(env, "0") == 0) {
-        uring_why_ = "disabled by BLOCKGRAPH_FUSE_URING=0";
-        return;
-    }
+    if (want == OnOffAuto::kAuto && env && strcmp(env, "0") == 0) return no("disabled by BLOCKGRAPH_FUSE_URING=0");
     std::ifstream f("/sys/module/fuse/parameters/enable_uring");
     std::string v;
-    if (!(f >> v)) {
-        uring_why_ = "the kernel has no FUSE-over-io_uring";
-        return;
-    }
-    if (v != "Y" && v != "1") {
-        uring_why_ = "disabled in the kernel: fuse.enable_uring=N";
-        return;
-    }
+    if (!(f >> v)) return no("the kernel has no FUSE-over-io_uring");
+    if (v != "Y" && v != "1") return no("disabled in the kernel: fuse.enable_uring=N");
     // One kernel ring queue per possible CPU, spread over our queues.
     unsigned n = 0;
     std::ifstream pf("/sys/devices/system/cpu/possible");
@@ -981,6 +988,7 @@ void FuseExport::choose_uring()
     }
     if (n == 0) n = static_cast<unsigned>(get_nprocs_conf());
     uring_queues_ = n;
+    return {};
 }
 
 namespace {

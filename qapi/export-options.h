@@ -14,6 +14,15 @@ struct BlockExportOptionsFuse {
     std::string mountpoint;                 // required: an existing regular file
     bool growable = false;                  // writes past EOF grow the node
     OnOffAuto allow_other = OnOffAuto::kAuto;  // "allow-other"
+    // "io-uring" (QEMU's proposed bool): FUSE-over-io_uring. auto (ours, the
+    // default): when the kernel has it enabled; on: required (the export
+    // fails without it); off: requests are read from /dev/fuse.
+    OnOffAuto io_uring = OnOffAuto::kAuto;
+    // "passthrough" (ours; QEMU has none): kernel FUSE passthrough of reads
+    // and writes to the image file of a plain raw-on-file export. auto: where
+    // it changes nothing the export promises; on: the export fails where it
+    // cannot be used; off: never.
+    OnOffAuto passthrough = OnOffAuto::kAuto;
 };
 
 struct BlockExportOptions {

@@ -18,7 +18,7 @@ using KeyList = std::initializer_list<const char *>;
 
 const KeyList kExportCommonKeys = {"type",     "id",       "node-name",      "writable",
                                    "writethrough", "iothread", "fixed-iothread", "allow-inactive"};
-const KeyList kExportFuseKeys = {"mountpoint", "growable", "allow-other"};
+const KeyList kExportFuseKeys = {"mountpoint", "growable", "allow-other", "io-uring", "passthrough"};
 const KeyList kIoThreadKeys = {"qom-type",      "id",           "poll-max-ns",     "poll-grow",
                                "poll-shrink",   "aio-max-batch", "thread-pool-min", "thread-pool-max"};
 
@@ -250,6 +250,8 @@ Result<BlockExportOptions> export_from_tree(const json &tree, bool from_keyval)
     BG_TRY(d.boolean(tree, "allow-inactive", &allow_inactive));
     BG_TRY(d.boolean(tree, "growable", &o.fuse.growable));
     BG_TRY(d.on_off_auto(tree, "allow-other", &o.fuse.allow_other));
+    BG_TRY(d.on_off_auto(tree, "io-uring", &o.fuse.io_uring));
+    BG_TRY(d.on_off_auto(tree, "passthrough", &o.fuse.passthrough));
 
     bool is_list = false;
     BG_TRY(decode_iothreads(d, tree, &o, &is_list));

@@ -488,7 +488,9 @@ const char kDaemonUsage[] =
     "FUSE transport: FUSE-over-io_uring when the kernel offers it (fuse module\n"
     "parameter enable_uring=Y), else /dev/fuse reads; raw-over-file exports that\n"
     "are read-only or growable use kernel passthrough for non-O_DIRECT opens.\n"
-    "BLOCKGRAPH_FUSE_URING=0 / BLOCKGRAPH_FUSE_PASSTHROUGH=0 turn them off; --stats\n"
+    "Export options io-uring=on|off|auto and passthrough=on|off|auto choose\n"
+    "(auto, the default: when available; on: required; off: never); with auto,\n"
+    "BLOCKGRAPH_FUSE_URING=0 / BLOCKGRAPH_FUSE_PASSTHROUGH=0 turn them off. --stats\n"
     "and the log say which is used (docs/fuse-export.md).\n"
     "See docs/daemon.md.\n";
 

@@ -62,6 +62,16 @@ for fmt in $FORMATS; do
         "$P: export 'e': writable: 'maybe' is not a valid boolean (on, off, true, false, yes, no)" \
         -- $BD --export fuse,id=e,node-name=q,mountpoint=mp,writable=maybe
     expect "unknown export key" "$P: export 'e': unknown key 'size'" -- $BD --export $EXP,size=1M
+    expect "bad io-uring value" "$P: export 'e': io-uring: 'maybe' is not one of: on, off, auto" \
+        -- $BD --export $EXP,io-uring=maybe
+    expect "bad passthrough value" "$P: export 'e': passthrough: 'yes please' is not one of: on, off, auto" \
+        -- $BD --export "$EXP,passthrough=yes please"
+    # passthrough=on where it cannot be used: a format node (not raw), or a
+    # writable raw export that is not growable.
+    if [ "$fmt" = raw ]; then why="a writable export that is not growable must refuse writes past its end"
+    else why="the node is not a raw node"; fi
+    expect "passthrough=on where it cannot be used" "$P: export 'e': passthrough=on: $why" \
+        -- $BD --export $EXP,passthrough=on
     expect "missing mountpoint key" "$P: export 'e': missing required key 'mountpoint'" \
         -- $BD --export fuse,id=e,node-name=q
     expect "unknown export type" "$P: export 'e': unknown export type 'nbd'" \

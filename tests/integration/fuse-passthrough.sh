@@ -37,8 +37,9 @@ fuse_image raw img $SIZE
 cp img ref
 touch mp
 fuse_blockdevs raw img
+# (passthrough=on: required, and allowed here.)
 fuse_start g "${BLOCKDEVS[@]}" --stats \
-    --export type=fuse,id=e,node-name=fmt0,mountpoint=mp,writable=on,growable=on
+    --export type=fuse,id=e,node-name=fmt0,mountpoint=mp,writable=on,growable=on,passthrough=on
 # Buffered writes (passthrough) at 1 MiB, read back through the mount.
 tio dd if=data of=mp bs=64k seek=16 conv=notrunc status=none
 fill ref $M $((4 * M)) data
@@ -138,6 +139,7 @@ fallback direct 'cache.direct=on' "${BLOCKDEVS[@]}" -- ,writable=on,growable=on
 fuse_blockdevs raw img
 BLOCKGRAPH_FUSE_PASSTHROUGH=0 fallback envoff 'disabled by BLOCKGRAPH_FUSE_PASSTHROUGH=0' "${BLOCKDEVS[@]}" -- \
     ,writable=on,growable=on
+fallback optoff 'passthrough=off' "${BLOCKDEVS[@]}" -- ,writable=on,growable=on,passthrough=off
 rm -f q.qcow2
 fuse_image qcow2 q.qcow2 $SIZE
 fuse_blockdevs qcow2 q.qcow2

@@ -134,15 +134,15 @@ check "external unmount: exit status 0" [ "$FUSE_RC" = 0 ]
 check "external unmount: nothing left mounted" [ "$FUSE_LEFT_MOUNTED" = 0 ]
 
 # Fallbacks: same I/O, served through /dev/fuse.
-fallback() { # NAME URING REASON-REGEX [ENV=VALUE]
-    local name=$1 u=$2 why=$3 envs=${4:-}
+fallback() { # NAME URING REASON-REGEX [ENV=VALUE] [EXPORT-SUFFIX]
+    local name=$1 u=$2 why=$3 envs=${4:-} suffix=${5:-}
     echo "fallback $name"
     rm -f img mp
     fuse_image raw img $SIZE
     touch mp
     fuse_blockdevs raw img
     if [ -n "$envs" ]; then export "${envs?}"; fi
-    start_with "$u" "$name" "${BLOCKDEVS[@]}" --stats --export type=fuse,id=e,node-name=fmt0,mountpoint=mp,writable=on
+    start_with "$u" "$name" "${BLOCKDEVS[@]}" --stats --export type=fuse,id=e,node-name=fmt0,mountpoint=mp,writable=on$suffix
     if [ -n "$envs" ]; then unset "${envs%%=*}"; fi
     if timeout -k 5 40 fio "${JOB[@]}" --filename=mp --numjobs=2 --ioengine=io_uring --iodepth=64 --bs=4k \
         --direct=1 >fio.log 2>&1; then
@@ -158,4 +158,21 @@ fallback() { # NAME URING REASON-REGEX [ENV=VALUE]
 }
 fallback envoff Y 'disabled by BLOCKGRAPH_FUSE_URING=0' BLOCKGRAPH_FUSE_URING=0
 fallback kerneloff N 'disabled in the kernel: fuse.enable_uring=N'
+fallback optoff Y 'io-uring=off' "" ,io-uring=off
+# io-uring=on where the kernel does not offer it: the export (and the
+# daemon) fails, naming why, and nothing stays mounted.
+echo "io-uring=on, kernel off"
+rm -f img mp
+fuse_image raw img $SIZE
+touch mp
+fuse_blockdevs raw img
+if start_with N on "${BLOCKDEVS[@]}" --export type=fuse,id=e,node-name=fmt0,mountpoint=mp,writable=on,io-uring=on \
+    >/dev/null; then
+    bad "io-uring=on with the kernel's off: the daemon started"
+    fuse_stop on
+else
+    check "io-uring=on with the kernel's off: refused, naming why ($(cat "$WORK/on.err"))" \
+        grep -qx "blockgraph daemon: export 'e': io-uring=on: disabled in the kernel: fuse.enable_uring=N" "$WORK/on.err"
+    check "io-uring=on refused: nothing mounted" sh -c "! grep -q ' $WORK/mp ' /proc/mounts"
+fi
 finish
