@@ -198,6 +198,17 @@ class BlockNode {
     // Persistent dirty bitmaps stored in the image. ENOTSUP if the format
     // cannot store any (measure then reports no "bitmaps" size).
     Result<std::vector<PersistentBitmapInfo>> persistent_bitmaps();
+    // The bits of one persistent bitmap (ENOENT "Dirty bitmap 'NAME' not
+    // found"; EINVAL if it is inconsistent, i.e. in use).
+    Result<DirtyBitmapData> bitmap_data(const std::string &name);
+    // Changes the persistent bitmaps of a writable node (stored at close).
+    Status bitmap_change(const BitmapChange &c);
+    // Writes back what closing the node would write (qcow2: metadata
+    // caches, persistent bitmaps) and reports whether that worked, so that a
+    // tool about to close the image can fail its command (QEMU's
+    // bdrv_inactivate). The node may be read afterwards; writes after it are
+    // no longer recorded in persistent bitmaps.
+    Status inactivate();
 
   protected:
     BlockNode();
@@ -264,6 +275,9 @@ class BlockNode {
     virtual Status coroutine_fn co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress);
     virtual Status coroutine_fn co_make_empty();
     virtual Result<std::vector<PersistentBitmapInfo>> coroutine_fn co_persistent_bitmaps();
+    virtual Result<DirtyBitmapData> coroutine_fn co_bitmap_data(const std::string &name);
+    virtual Status coroutine_fn co_bitmap_change(const BitmapChange &c);
+    virtual Status coroutine_fn co_inactivate();
 
     // ---- helpers for drivers ----
     // Opens (inline) or looks up (reference) a child and attaches it under

@@ -449,6 +449,15 @@ Result<std::vector<PersistentBitmapInfo>> BlockNode::co_persistent_bitmaps()
 {
     return not_supported(this, "persistent dirty bitmaps");
 }
+Result<DirtyBitmapData> BlockNode::co_bitmap_data(const std::string &)
+{
+    return not_supported(this, "persistent dirty bitmaps");
+}
+Status BlockNode::co_bitmap_change(const BitmapChange &)
+{
+    return not_supported(this, "persistent dirty bitmaps");
+}
+Status BlockNode::co_inactivate() { return {}; }
 
 Result<ImageInfo> BlockNode::get_info()
 {
@@ -524,6 +533,23 @@ Status BlockNode::make_empty()
 Result<std::vector<PersistentBitmapInfo>> BlockNode::persistent_bitmaps()
 {
     return run_in_coroutine([&] { return co_persistent_bitmaps(); });
+}
+
+Result<DirtyBitmapData> BlockNode::bitmap_data(const std::string &name)
+{
+    return run_in_coroutine([&] { return co_bitmap_data(name); });
+}
+
+Status BlockNode::bitmap_change(const BitmapChange &c)
+{
+    BG_TRY(need_writable(this));
+    return drained(this, [&] { return run_in_coroutine([&] { return co_bitmap_change(c); }); });
+}
+
+Status BlockNode::inactivate()
+{
+    if (read_only()) return {};
+    return drained(this, [&] { return run_in_coroutine([&] { return co_inactivate(); }); });
 }
 
 } // namespace bg

@@ -172,6 +172,26 @@ struct PersistentBitmapInfo {
     std::vector<std::string> flags;     // "in-use", "auto"
 };
 
+// The bits of a persistent dirty bitmap (qemu-img bitmap --merge, convert
+// --bitmaps): bit i, stored LSB first in bytes[i / 8], covers guest bytes
+// [i * granularity, (i + 1) * granularity).
+struct DirtyBitmapData {
+    uint32_t granularity = 0;           // bytes, a power of two
+    uint64_t nb_bits = 0;
+    bool enabled = true;                // tracks writes ("auto" in qcow2)
+    std::vector<uint8_t> bytes;         // (nb_bits + 7) / 8
+};
+
+// One change to a node's persistent dirty bitmaps (qemu-img bitmap).
+struct BitmapChange {
+    enum class Kind { kAdd, kRemove, kClear, kEnable, kDisable, kMerge };
+    Kind kind = Kind::kAdd;
+    std::string name;
+    uint32_t granularity = 0;           // kAdd; 0: the format's default
+    bool disabled = false;              // kAdd: created disabled
+    DirtyBitmapData source;             // kMerge: ORed in (granularities may differ)
+};
+
 // Progress of a long operation (amend): done out of total units.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 

@@ -22,7 +22,8 @@ using json = nlohmann::json;
 
 namespace {
 
-enum { kOptImageOpts = 256, kOptTargetImageOpts, kOptTargetIsZero, kOptForceShare, kOptSalvage };
+enum { kOptImageOpts = 256, kOptTargetImageOpts, kOptTargetIsZero, kOptForceShare, kOptSalvage, kOptBitmaps,
+       kOptSkipBroken };
 
 constexpr int64_t kMaxSparse = 16 << 20;
 
@@ -75,12 +76,14 @@ int img_convert(int argc, char **argv)
         {"target-is-zero", no_argument, nullptr, kOptTargetIsZero},
         {"force-share", no_argument, nullptr, 'U'},
         {"salvage", no_argument, nullptr, kOptSalvage},
+        {"bitmaps", no_argument, nullptr, kOptBitmaps},
+        {"skip-broken-bitmaps", no_argument, nullptr, kOptSkipBroken},
         {nullptr, 0, nullptr, 0},
     };
     std::string src_fmt, out_fmt = "raw", cache = "writeback", src_cache = "writeback";
     std::optional<SnapshotSpec> snapshot;
     uint64_t rate_limit = 0;
-    bool salvage = false;
+    bool salvage = false, bitmaps = false, skip_broken = false;
     std::optional<std::string> backing, backing_fmt;
     CreateOptions copts;
     bool compress = false, progress = false, skip_create = false, out_of_order = false, image_opts = false,
@@ -142,6 +145,8 @@ int img_convert(int argc, char **argv)
             if (!parse_rate_limit(optarg, &rate_limit)) return 1;
             break;
         case kOptSalvage: salvage = true; break;
+        case kOptBitmaps: bitmaps = true; break;
+        case kOptSkipBroken: skip_broken = true; break;
         case 'C': error("option -%c is not supported by %s convert", c, kProg); return 1;
         case kOptImageOpts: image_opts = true; break;
         case kOptTargetImageOpts: target_image_opts = true; break;
@@ -166,6 +171,10 @@ int img_convert(int argc, char **argv)
     }
     if (backing_fmt && !backing) {
         error("The -F option requires -B");
+        return 1;
+    }
+    if (skip_broken && !bitmaps) {
+        error("Use of --skip-broken-bitmaps requires --bitmaps");
         return 1;
     }
     {
@@ -230,6 +239,35 @@ int img_convert(int argc, char **argv)
     if (!target_image_opts && (!drv || drv->kind == BlockDriverKind::kFilter)) {
         error("Unknown file format '%s'", out_fmt.c_str());
         return 1;
+    }
+    // --bitmaps: checked before anything is created; copied after the data.
+    std::vector<PersistentBitmapInfo> src_bitmaps;
+    if (bitmaps) {
+        if (srcs.size() > 1) {
+            error("Copying bitmaps only possible with single source");
+            return 1;
+        }
+        const std::optional<std::string> compat = copts.get("compat");
+        if (out_fmt != "qcow2" || (compat && (*compat == "0.10" || *compat == "v2"))) {
+            error("Format driver '%s' does not support bitmaps", out_fmt.c_str());
+            return 1;
+        }
+        Result<std::vector<PersistentBitmapInfo>> l = srcs[0]->root->persistent_bitmaps();
+        if (l) src_bitmaps = std::move(l.value());
+        for (auto it = src_bitmaps.begin(); it != src_bitmaps.end();) {
+            if (std::find(it->flags.begin(), it->flags.end(), "in-use") == it->flags.end()) {
+                ++it;
+                continue;
+            }
+            if (!skip_broken) {
+                error("Cannot copy inconsistent bitmap '%s'; try --skip-broken-bitmaps, or use 'bitmap --remove' "
+                      "to delete it",
+                      it->name.c_str());
+                return 1;
+            }
+            if (!g_quiet) error("warning: Skipping inconsistent bitmap '%s'", it->name.c_str());
+            it = src_bitmaps.erase(it);
+        }
     }
     if (compress && drv && !(drv->caps & kCapWriteCompressed)) {
         error("Compression not supported for this file format");
@@ -329,6 +367,36 @@ int img_convert(int argc, char **argv)
         return 1;
     }
     prog.finish();
+    if (bitmaps) {
+        // Each bitmap: created with the source's granularity and state, then
+        // its bits merged in; stored (and checked) before the image closes.
+        for (const PersistentBitmapInfo &b : src_bitmaps) {
+            Result<DirtyBitmapData> d = srcs[0]->root->bitmap_data(b.name);
+            BitmapChange add;
+            add.name = b.name;
+            add.granularity = b.granularity;
+            add.disabled = d && !d.value().enabled;
+            Status s = d ? dst->root->bitmap_change(add) : Status(d.error());
+            if (s) {
+                BitmapChange merge;
+                merge.kind = BitmapChange::Kind::kMerge;
+                merge.name = b.name;
+                merge.source = std::move(d.value());
+                s = dst->root->bitmap_change(merge);
+            }
+            if (!s) {
+                error("Failed to populate bitmap %s: %s", b.name.c_str(), s.msg().c_str());
+                return 1;
+            }
+        }
+        if (int r = flush_backend(dst->blk.get(), out_name)) return r;
+        Status s = dst->root->inactivate();
+        if (!s) {
+            error("%s", s.msg().c_str());
+            return 1;
+        }
+        return 0;
+    }
     return flush_backend(dst->blk.get(), out_name);
 }
 

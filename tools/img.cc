@@ -317,6 +317,11 @@ const ImgCommand kImgCommands[] = {
      "[-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-U] [-w] filename",
      img_bench,
      "Sends count requests (default 75000) of buffer_size bytes (default 4k),\ndepth (default 64) in flight, starting at offset and advancing by step;\n-w writes the pattern byte, --flush-interval flushes every n writes.\nPrints the request summary and the run time, as qemu-img bench."},
+    {"bitmap",
+     "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F "
+     "source_fmt]] [-g granularity] [--image-opts | -f fmt] filename bitmap",
+     img_bitmap,
+     "Changes the image's persistent dirty bitmap named bitmap, the operations\nin the order given: --add (-g granularity, default max(64k, cluster\nsize); with --disable: created disabled), --remove, --clear, --enable,\n--disable, --merge SOURCE (a bitmap of this image, or of -b source_file)."},
     {"check", "check [-q] [--output=ofmt] [-f fmt] [-r [leaks | all]] [-T src_cache] [-U] filename", img_check,
      "Checks the image's metadata; -r leaks / -r all repairs. Exit status: 0\nclean, 1 check failed, 2 corruptions, 3 leaks only, 63 no check for\nthis format."},
     {"commit", "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] [-r rate_limit] filename", img_commit,
@@ -326,9 +331,9 @@ const ImgCommand kImgCommands[] = {
     {"convert",
      "convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
      "[-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-m num_coroutines] [-W] [-r rate_limit] "
-     "[--salvage] [-U] filename [filename2 [...]] output_filename",
+     "[--salvage] [--bitmaps [--skip-broken-bitmaps]] [-U] filename [filename2 [...]] output_filename",
      img_convert,
-     "Copies one or more images (concatenated) into a new image of format -O,\nsparse by default (-S: minimum zero run, 0 = allocate everything),\n-m requests in flight (default 8), -W out of order, -c compressed (on\nevery core), -n into an existing image, -B with a backing file, -l from\nan internal snapshot (id or name, or snapshot.id=/snapshot.name=), -r at\nmost rate_limit bytes of data per second, --salvage: unreadable sectors\nbecome zeros (with a warning each) instead of failing."},
+     "Copies one or more images (concatenated) into a new image of format -O,\nsparse by default (-S: minimum zero run, 0 = allocate everything),\n-m requests in flight (default 8), -W out of order, -c compressed (on\nevery core), -n into an existing image, -B with a backing file, -l from\nan internal snapshot (id or name, or snapshot.id=/snapshot.name=), -r at\nmost rate_limit bytes of data per second, --salvage: unreadable sectors\nbecome zeros (with a warning each) instead of failing, --bitmaps:\nthe persistent dirty bitmaps too (qcow2)."},
     {"create", "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]",
      img_create,
      "Creates an image of format -f (default raw) with -o options (-o help\nlists them), optionally on a backing file (-b, with its format -F; -u:\ndo not open it)."},

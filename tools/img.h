@@ -132,6 +132,7 @@ int img_map(int argc, char **argv);
 int img_compare(int argc, char **argv);
 int img_resize(int argc, char **argv);
 int img_snapshot(int argc, char **argv);
+int img_bitmap(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_rebase(int argc, char **argv);
 int img_amend(int argc, char **argv);

@@ -421,6 +421,11 @@ Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, c
         CoMutexGuard g(lock_);
         if (h_.refcount_order != 4) return make_error(ENOTSUP, "compat=0.10 requires refcount_bits=16");
         if (h_.has_data_file()) return make_error(ENOTSUP, "Cannot downgrade an image with a data file");
+        if (h_.bitmaps || !bitmaps_.empty()) {
+            // (qemu-img 7.2 drops them, leaking their clusters.)
+            return make_error(ENOTSUP, "Cannot downgrade an image with persistent dirty bitmaps; remove them first "
+                                       "(img bitmap --remove)");
+        }
         for (const qcow2::Snapshot &sn : snapshots_) {
             if (sn.vm_state_size || sn.disk_size != size_) {
                 return make_error(ENOTSUP, "Internal snapshots prevent downgrade of image");

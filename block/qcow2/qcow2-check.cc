@@ -587,30 +587,25 @@ Result<std::vector<PersistentBitmapInfo>> coroutine_fn Qcow2Node::co_persistent_
     if (h_.version < 3) {
         return make_error(ENOTSUP, "%s: persistent dirty bitmaps need compat=1.1", name_.c_str());
     }
+    std::vector<qcow2::BitmapEntry> entries;
+    if (bitmaps_loaded_) {
+        // A writable open: what close will store (in use only where it was
+        // before the open).
+        std::lock_guard<std::mutex> g(bitmap_lock_);
+        for (const DirtyBitmap &b : bitmaps_) entries.push_back(b.e);
+    } else {
+        auto d = co_read_bitmap_directory();
+        if (!d) return d.error();
+        entries = std::move(d.value());
+    }
     std::vector<PersistentBitmapInfo> out;
-    if (!h_.bitmaps) return out;
-    // parse_header bounded the directory (at most kMaxBitmapDirectoryBytes, inside the file).
-    std::vector<uint8_t> dir(h_.bitmaps->directory_size);
-    int r = file_->co_pread(static_cast<int64_t>(h_.bitmaps->directory_offset), static_cast<int64_t>(dir.size()),
-                            dir.data());
-    if (r < 0) return errno_error(-r, name_ + ": cannot read the bitmap directory");
-    size_t pos = 0;
-    for (uint32_t i = 0; i < h_.bitmaps->nb_bitmaps; i++) {
-        if (pos + 24 > dir.size()) return qcow2::herr(EINVAL, name_, "bitmap directory entry %u is truncated", i);
-        const uint32_t flags = qcow2::be32(dir.data() + pos + 12);
-        const uint8_t gbits = dir[pos + 17];
-        const uint16_t name_size = qcow2::be16(dir.data() + pos + 18);
-        const uint32_t extra = qcow2::be32(dir.data() + pos + 20);
-        if (pos + 24 + extra + name_size > dir.size() || gbits > 63) {
-            return qcow2::herr(EINVAL, name_, "bitmap directory entry %u is corrupt", i);
-        }
+    for (const qcow2::BitmapEntry &e : entries) {
         PersistentBitmapInfo b;
-        b.name.assign(reinterpret_cast<const char *>(dir.data() + pos + 24 + extra), name_size);
-        b.granularity = gbits < 32 ? 1u << gbits : 0;
-        if (flags & 1) b.flags.push_back("in-use");
-        if (flags & 2) b.flags.push_back("auto");
+        b.name = e.name;
+        b.granularity = e.granularity_bits < 32 ? 1u << e.granularity_bits : 0;
+        if (e.flags & qcow2::kBitmapInUse) b.flags.push_back("in-use");
+        if (e.flags & qcow2::kBitmapAuto) b.flags.push_back("auto");
         out.push_back(std::move(b));
-        pos += (24 + extra + name_size + 7) & ~size_t{7};
     }
     return out;
 }

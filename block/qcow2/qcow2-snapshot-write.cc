@@ -382,6 +382,10 @@ Status coroutine_fn Qcow2Node::co_snapshot_goto(const std::string &id_or_name)
     h_.size = sn.disk_size;
     size_ = sn.disk_size;
     refresh_length();
+    // The whole disk may read differently now: every enabled bitmap marks
+    // all of it (the spec: auto bitmaps reflect snapshot switching).
+    bitmaps_resize(size_);
+    bitmaps_mark(0, size_);
     // 4. The old active state loses its reference, its L1 is freed.
     r = co_update_snapshot_refs_locked(old_l1, -1, false);
     if (r >= 0 && old_l1_bytes) co_free_clusters_locked(old_l1_off, old_l1_bytes, qcow2::DiscardType::kOther);

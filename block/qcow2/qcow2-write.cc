@@ -311,6 +311,7 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
 {
     if (write_stopped_.load()) return -EIO;
     const uint64_t offset = static_cast<uint64_t>(offset_s), bytes = static_cast<uint64_t>(bytes_s);
+    bitmaps_mark(offset, bytes);
     if (flags & kReqWriteCompressed) return co_pwritev_compressed(offset, bytes, qiov);
     const size_t memalign = std::max<size_t>(data_file_->node()->limits().opt_mem_alignment, 64);
     for (uint64_t pos = offset; pos < offset + bytes;) {
@@ -627,6 +628,7 @@ int coroutine_fn Qcow2Node::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, R
 {
     if (write_stopped_.load()) return -EIO;
     if (h_.version < 3) return -ENOTSUP;   // no ZERO flag: the generic layer writes zeros
+    bitmaps_mark(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes));
     CoMutexGuard g(lock_);
     return co_zero_or_discard_locked(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes), true,
                                      flags & kReqMayUnmap, false, qcow2::DiscardType::kRequest);
@@ -635,6 +637,7 @@ int coroutine_fn Qcow2Node::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, R
 int coroutine_fn Qcow2Node::do_co_pdiscard(int64_t offset, int64_t bytes)
 {
     if (write_stopped_.load()) return -EIO;
+    bitmaps_mark(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes));
     CoMutexGuard g(lock_);
     // A discard with pending file discards: processed at the next flush.
     return co_zero_or_discard_locked(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes), false, true, false,
@@ -813,6 +816,7 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
         if (r >= 0) {
             h_.size = new_size;
             size_ = new_size;
+            bitmaps_resize(new_size);
         }
         if (r >= 0 && new_size < old) co_trim_file_tail_locked();
     }

@@ -144,9 +144,13 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
         if (r < 0) return errno_error(-r, name_ + ": cannot clear the dirty bit");
         log_info("qcow2: %s: repaired the refcounts of an image that was not closed cleanly", name_.c_str());
     }
-    // Autoclear: we keep only the raw-data-file bit (bitmaps are not kept
-    // up to date by this driver, so their bit is cleared as the spec says).
-    const uint64_t keep = h_.autoclear_features & qcow2::kAutoclearDataFileRaw;
+    // Persistent dirty bitmaps: taken over (qcow2-bitmap.cc).
+    BG_TRY(co_load_bitmaps_locked());
+    // Autoclear: we keep the raw-data-file bit and the bitmaps bit (we keep
+    // the bitmaps up to date, or with check -r leave them alone); unknown
+    // bits are cleared, as the spec says.
+    uint64_t keep = h_.autoclear_features & qcow2::kAutoclearDataFileRaw;
+    if (h_.bitmaps) keep |= h_.autoclear_features & qcow2::kAutoclearBitmaps;
     if (h_.autoclear_features != keep) {
         uint8_t be[8];
         for (int i = 0; i < 8; i++) be[i] = static_cast<uint8_t>(keep >> (56 - 8 * i));
@@ -168,6 +172,12 @@ int coroutine_fn Qcow2Node::co_close()
     int r = co_flush_caches_locked();
     if (r < 0) {
         log_error("qcow2: %s: cannot write back metadata on close: %s", name_.c_str(), strerror(-r));
+        return r;
+    }
+    r = co_store_bitmaps_locked();
+    if (r < 0) {
+        log_error("qcow2: %s: cannot store the persistent dirty bitmaps (they stay marked in use): %s",
+                  name_.c_str(), strerror(-r));
         return r;
     }
     if (h_.incompatible_features & qcow2::kIncompatDirty) {

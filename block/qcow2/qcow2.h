@@ -145,6 +145,32 @@ struct BitmapsExtension {
     uint64_t directory_offset = 0;   // cluster-aligned
 };
 
+// Bitmap directory entry flags and limits (QEMU's).
+constexpr uint32_t kBitmapInUse = 1u << 0;
+constexpr uint32_t kBitmapAuto = 1u << 1;
+constexpr uint32_t kBitmapExtraDataCompatible = 1u << 2;
+constexpr uint32_t kBitmapTypeDirty = 1;
+constexpr uint32_t kMaxBitmapNameSize = 1023;
+constexpr uint64_t kMaxBitmapBytes = 512ULL << 20;       // bitmap data per bitmap
+constexpr uint64_t kBitmapTableReserved = 0xff000000000001feULL;
+
+// One bitmap directory entry as stored.
+struct BitmapEntry {
+    uint64_t table_offset = 0;
+    uint32_t table_size = 0;         // entries
+    uint32_t flags = 0;
+    uint8_t type = 0;
+    uint8_t granularity_bits = 0;
+    std::vector<uint8_t> extra;
+    std::string name;
+};
+// The nb entries of a directory (structure only: sizes inside d, names
+// non-empty). Error EINVAL naming image and the entry.
+Result<std::vector<BitmapEntry>> parse_bitmap_directory(const uint8_t *d, size_t len, uint32_t nb,
+                                                        const std::string &image);
+// The directory bytes for entries (each padded to 8).
+std::vector<uint8_t> build_bitmap_directory(const std::vector<BitmapEntry> &entries);
+
 // The image header with its extensions, validated (see parse_header).
 struct Header {
     uint32_t version = 0;                   // 2 or 3
@@ -672,6 +698,10 @@ class Qcow2Node final : public BlockNode {
     Status coroutine_fn co_get_info(ImageInfo *info) override;
     Status coroutine_fn co_check(CheckResult *res, CheckFix fix) override;
     Result<std::vector<PersistentBitmapInfo>> coroutine_fn co_persistent_bitmaps() override;
+    // qcow2-bitmap.cc
+    Result<DirtyBitmapData> coroutine_fn co_bitmap_data(const std::string &name) override;
+    Status coroutine_fn co_bitmap_change(const BitmapChange &c) override;
+    Status coroutine_fn co_inactivate() override;
     // qcow2-snapshot-write.cc
     Result<std::vector<SnapshotInfo>> coroutine_fn co_snapshot_list() override;
     Status coroutine_fn co_snapshot_create(SnapshotInfo *sn) override;
@@ -685,6 +715,38 @@ class Qcow2Node final : public BlockNode {
 
   private:
     friend struct Qcow2Mgmt;
+    // ---- persistent dirty bitmaps (qcow2-bitmap.cc) ----
+    // A writable open takes the bitmaps over: usable ones are read into
+    // memory and marked in use on disk; enabled ones ("auto") record every
+    // guest write; close stores them (new clusters, then the header, then
+    // the old clusters freed) without the in-use flag. Bitmaps we cannot
+    // use (in use already, unknown type or extra data) are kept as stored.
+    struct DirtyBitmap {
+        qcow2::BitmapEntry e;                // as stored (e.flags without our in-use mark)
+        bool owned = false;                  // loaded: ours to track and store
+        bool table_known = false;            // clusters lists every cluster it uses
+        uint64_t nb_bits = 0;
+        std::vector<uint8_t> bits;           // owned: LSB first
+        std::vector<uint64_t> clusters;      // data clusters of the stored table
+        bool enabled() const { return owned && (e.flags & qcow2::kBitmapAuto); }
+    };
+    Status coroutine_fn co_load_bitmaps_locked();
+    int coroutine_fn co_store_bitmaps_locked();
+    Result<DirtyBitmap> coroutine_fn co_read_bitmap(const qcow2::BitmapEntry &e, bool want_bits);
+    Result<std::vector<qcow2::BitmapEntry>> coroutine_fn co_read_bitmap_directory();
+    // Guest bytes [offset, offset + bytes) changed: set in every enabled bitmap.
+    void bitmaps_mark(uint64_t offset, uint64_t bytes);
+    // The virtual size changed: bitmaps follow (a grown part starts clean,
+    // as in QEMU).
+    void bitmaps_resize(uint64_t new_size);
+    std::vector<DirtyBitmap> bitmaps_;       // guarded by bitmap_lock_ (and lock_ for structure)
+    std::vector<uint8_t> bitmap_dir_raw_;    // the directory as read at open
+    std::vector<std::pair<uint64_t, uint64_t>> bitmap_orphans_;  // clusters of removed bitmaps
+    bool bitmaps_loaded_ = false;            // a writable v3 open: bitmaps_ is the truth
+    bool bitmaps_changed_ = false;           // guarded by bitmap_lock_
+    std::atomic<bool> bitmaps_track_{false}; // some bitmap is enabled
+    std::mutex bitmap_lock_;
+
     // qcow2-snapshot-write.cc (REQUIRE lock_ held): adds addend (+1, -1 or
     // 0) to the refcount of every L2 table and cluster reachable from l1
     // and recomputes the COPIED flags from the new refcounts (QEMU's
