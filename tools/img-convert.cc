@@ -132,15 +132,9 @@ int img_convert(int argc, char **argv)
             break;
         case 'W': out_of_order = true; break;
         case 'U': force_share = true; break;
-        case 'l': {
-            Result<SnapshotSpec> s = parse_snapshot_param(optarg);
-            if (!s) {
-                error("%s", s.msg().c_str());
-                return 1;
-            }
-            snapshot = s.value();
+        case 'l':
+            if (!parse_snapshot_param(optarg, &snapshot)) return 1;
             break;
-        }
         case 'r':
             if (!parse_rate_limit(optarg, &rate_limit)) return 1;
             break;

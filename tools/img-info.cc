@@ -484,15 +484,9 @@ int img_measure(int argc, char **argv)
             }
             break;
         }
-        case 'l': {
-            Result<SnapshotSpec> s = parse_snapshot_param(optarg);
-            if (!s) {
-                error("%s", s.msg().c_str());
-                return 1;
-            }
-            snapshot = s.value();
+        case 'l':
+            if (!parse_snapshot_param(optarg, &snapshot)) return 1;
             break;
-        }
         case 'U': oa.force_share = true; break;
         case kOptImageOpts: oa.image_opts = true; break;
         case kOptOutput:

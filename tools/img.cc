@@ -87,12 +87,13 @@ bool parse_rate_limit(const char *arg, uint64_t *out)
     return true;
 }
 
-Result<SnapshotSpec> parse_snapshot_param(const char *arg)
+bool parse_snapshot_param(const char *arg, std::optional<SnapshotSpec> *out)
 {
     SnapshotSpec s;
     if (std::strncmp(arg, "snapshot.", 9) != 0) {
         s.id_or_name = arg;
-        return s;
+        *out = s;
+        return true;
     }
     for (const char *p = arg; p && *p;) {
         const char *comma = std::strchr(p, ',');
@@ -104,12 +105,13 @@ Result<SnapshotSpec> parse_snapshot_param(const char *arg)
         } else if (key == "snapshot.name" && eq != std::string::npos) {
             s.name = kv.substr(eq + 1);
         } else {
-            return make_error(EINVAL, "Invalid parameter '%s'; failed in parsing snapshot param '%s'", key.c_str(),
-                              arg);
+            error("Invalid parameter '%s'; failed in parsing snapshot param '%s'", key.c_str(), arg);
+            return false;
         }
         p = comma ? comma + 1 : nullptr;
     }
-    return s;
+    *out = s;
+    return true;
 }
 
 std::unique_ptr<OpenImage> open_img_snapshot(OpenArgs a, const SnapshotSpec &s)

@@ -82,9 +82,9 @@ struct SnapshotSpec {
     std::optional<std::string> id, name;   // from snapshot.* keys
     std::string id_or_name;                // bare form
 };
-// Error (EINVAL): "Invalid parameter 'KEY'" / "Failed in parsing snapshot
-// param 'ARG'" (as qemu-img).
-Result<SnapshotSpec> parse_snapshot_param(const char *arg);
+// false (after printing "Invalid parameter 'KEY'; failed in parsing
+// snapshot param 'ARG'", qemu-img's two lines in one) if bad.
+bool parse_snapshot_param(const char *arg, std::optional<SnapshotSpec> *out);
 // Opens a as a read-only view of the snapshot s names (a bare name: by id
 // first, then by name, as qemu-img). On failure prints one line
 // ("Failed to load snapshot: Can't find snapshot", ...) and returns nullptr.
