@@ -236,6 +236,7 @@ int img_convert(int argc, char **argv)
     }
     // --bitmaps: checked before anything is created; copied after the data.
     std::vector<PersistentBitmapInfo> src_bitmaps;
+    std::vector<DirtyBitmapData> src_bitmap_data;
     if (bitmaps) {
         if (srcs.size() > 1) {
             error("Copying bitmaps only possible with single source");
@@ -247,7 +248,12 @@ int img_convert(int argc, char **argv)
             return 1;
         }
         Result<std::vector<PersistentBitmapInfo>> l = srcs[0]->root->persistent_bitmaps();
-        if (l) src_bitmaps = std::move(l.value());
+        if (!l) {
+            if (l.err() == ENOTSUP) error("Source lacks bitmap support");
+            else error("%s", l.msg().c_str());
+            return 1;
+        }
+        src_bitmaps = std::move(l.value());
         for (auto it = src_bitmaps.begin(); it != src_bitmaps.end();) {
             if (std::find(it->flags.begin(), it->flags.end(), "in-use") == it->flags.end()) {
                 ++it;
@@ -261,6 +267,16 @@ int img_convert(int argc, char **argv)
             }
             if (!g_quiet) error("warning: Skipping inconsistent bitmap '%s'", it->name.c_str());
             it = src_bitmaps.erase(it);
+        }
+        // Their bits, read now: a bitmap we cannot read fails the command
+        // before anything is created.
+        for (const PersistentBitmapInfo &b : src_bitmaps) {
+            Result<DirtyBitmapData> d = srcs[0]->root->bitmap_data(b.name);
+            if (!d) {
+                error("Failed to read bitmap %s: %s", b.name.c_str(), d.msg().c_str());
+                return 1;
+            }
+            src_bitmap_data.push_back(std::move(d.value()));
         }
     }
     if (compress && drv && !(drv->caps & kCapWriteCompressed)) {
@@ -298,6 +314,11 @@ int img_convert(int argc, char **argv)
     if (!dst) return 1;
     if (compress && !(dst->root->driver()->caps & kCapWriteCompressed)) {
         error("Compression not supported for this file format");
+        return 1;
+    }
+    if (bitmaps && !dst->root->persistent_bitmaps()) {
+        // (-n into a target that cannot store bitmaps: found before the copy.)
+        error("Format driver '%s' does not support bitmaps", dst->root->driver_name());
         return 1;
     }
     if (skip_create && dst->blk->getlength() < total) {
@@ -364,18 +385,18 @@ int img_convert(int argc, char **argv)
     if (bitmaps) {
         // Each bitmap: created with the source's granularity and state, then
         // its bits merged in; stored (and checked) before the image closes.
-        for (const PersistentBitmapInfo &b : src_bitmaps) {
-            Result<DirtyBitmapData> d = srcs[0]->root->bitmap_data(b.name);
+        for (size_t i = 0; i < src_bitmaps.size(); i++) {
+            const PersistentBitmapInfo &b = src_bitmaps[i];
             BitmapChange add;
             add.name = b.name;
             add.granularity = b.granularity;
-            add.disabled = d && !d.value().enabled;
-            Status s = d ? dst->root->bitmap_change(add) : Status(d.error());
+            add.disabled = !src_bitmap_data[i].enabled;
+            Status s = dst->root->bitmap_change(add);
             if (s) {
                 BitmapChange merge;
                 merge.kind = BitmapChange::Kind::kMerge;
                 merge.name = b.name;
-                merge.source = std::move(d.value());
+                merge.source = std::move(src_bitmap_data[i]);
                 s = dst->root->bitmap_change(merge);
             }
             if (!s) {

@@ -323,7 +323,7 @@ const ImgCommand kImgCommands[] = {
      "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F "
      "source_fmt]] [-g granularity] [--image-opts | -f fmt] filename bitmap",
      img_bitmap,
-     "Changes the image's persistent dirty bitmap named bitmap, the operations\nin the order given: --add (-g granularity, default max(64k, cluster\nsize); with --disable: created disabled), --remove, --clear, --enable,\n--disable, --merge SOURCE (a bitmap of this image, or of -b source_file)."},
+     "Changes the image's persistent dirty bitmap named bitmap, the operations\nin the order given: --add (-g granularity, default the cluster size\nwithin [4k, 64k]; with --disable: created disabled), --remove, --clear, --enable,\n--disable, --merge SOURCE (a bitmap of this image, or of -b source_file)."},
     {"check", "check [-q] [--output=ofmt] [-f fmt] [-r [leaks | all]] [-T src_cache] [-U] filename", img_check,
      "Checks the image's metadata; -r leaks / -r all repairs. Exit status: 0\nclean, 1 check failed, 2 corruptions, 3 leaks only, 63 no check for\nthis format."},
     {"commit", "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] [-r rate_limit] filename", img_commit,

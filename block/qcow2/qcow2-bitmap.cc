@@ -42,9 +42,10 @@ Result<std::vector<BitmapEntry>> parse_bitmap_directory(const uint8_t *d, size_t
         e.granularity_bits = d[pos + 17];
         const uint16_t name_size = be16(d + pos + 18);
         const uint32_t extra = be32(d + pos + 20);
-        if (name_size == 0 || extra > len || pos + 24 + extra + name_size > len || e.granularity_bits > 63) {
+        if (extra > len || pos + 24 + extra + name_size > len || e.granularity_bits > 63) {
             return herr(EINVAL, image, "bitmap directory entry %u is corrupt", i);
         }
+        e.dir_pos = pos;
         e.extra.assign(d + pos + 24, d + pos + 24 + extra);
         e.name.assign(reinterpret_cast<const char *>(d + pos + 24 + extra), name_size);
         out.push_back(std::move(e));
@@ -80,7 +81,7 @@ namespace {
 
 bool usable(const qcow2::BitmapEntry &e)
 {
-    return e.type == qcow2::kBitmapTypeDirty && !(e.flags & qcow2::kBitmapInUse) &&
+    return !e.name.empty() && e.name.size() <= qcow2::kMaxBitmapNameSize && e.type == qcow2::kBitmapTypeDirty && !(e.flags & qcow2::kBitmapInUse) &&
            !(e.flags & ~(qcow2::kBitmapInUse | qcow2::kBitmapAuto | qcow2::kBitmapExtraDataCompatible)) &&
            (e.extra.empty() || (e.flags & qcow2::kBitmapExtraDataCompatible)) && e.granularity_bits >= 9 &&
            e.granularity_bits <= 31;
@@ -131,7 +132,8 @@ Result<std::vector<qcow2::BitmapEntry>> coroutine_fn Qcow2Node::co_read_bitmap_d
 
 // One bitmap's table (validated against the file and the image size) and,
 // with want_bits, its data.
-Result<Qcow2Node::DirtyBitmap> coroutine_fn Qcow2Node::co_read_bitmap(const qcow2::BitmapEntry &e, bool want_bits)
+Result<Qcow2Node::DirtyBitmap> coroutine_fn Qcow2Node::co_read_bitmap(const qcow2::BitmapEntry &e, bool want_bits,
+                                                                      std::vector<uint64_t> *seen)
 {
     DirtyBitmap b;
     b.e = e;
@@ -150,18 +152,39 @@ Result<Qcow2Node::DirtyBitmap> coroutine_fn Qcow2Node::co_read_bitmap(const qcow
         return qcow2::herr(EFBIG, name_, "bitmap '%s' would need %" PRIu64 " bytes of memory (at most %" PRIu64 ")",
                            nm, data_bytes, qcow2::kMaxBitmapBytes);
     }
+    // From here on table_size is bounded by the image size (8 MiB of table at most).
     const uint64_t want_entries = (data_bytes + cs - 1) / cs;
     const int64_t flen = file_->getlength();
     if (flen < 0) return errno_error(static_cast<int>(-flen), name_ + ": cannot get the file size");
     const uint64_t table_bytes = static_cast<uint64_t>(e.table_size) * 8;
-    if (e.table_size != want_entries || (e.table_offset & (cs - 1)) || e.table_offset == 0 ||
+    if (e.table_size != want_entries || (e.table_offset & (cs - 1)) || (e.table_size && e.table_offset == 0) ||
         e.table_offset > static_cast<uint64_t>(flen) || table_bytes > static_cast<uint64_t>(flen) - e.table_offset) {
         return qcow2::herr(EINVAL, name_, "bitmap '%s' is corrupt: table at 0x%" PRIx64 " with %" PRIu32
                            " entries (expected %" PRIu64 ")", nm, e.table_offset, e.table_size, want_entries);
     }
+    // A cluster we may free one day: ours alone (refcount 1, no other
+    // metadata there, not used twice).
+    auto verify = [&](uint64_t off, uint64_t len) -> Status {
+        if (!seen) return {};
+        for (uint64_t c = off; c < off + len; c += cs) {
+            uint64_t rc = 0;
+            int r = co_get_refcount_locked(c >> cluster_bits_, &rc);
+            if (r < 0) return errno_error(-r, name_ + ": cannot read the refcounts of bitmap '" + e.name + "'");
+            if (rc != 1 || std::find(seen->begin(), seen->end(), c) != seen->end() ||
+                co_overlap_check_locked(0, c, cs) != 0) {
+                return qcow2::herr(EINVAL, name_, "bitmap '%s' is corrupt: cluster 0x%" PRIx64 " is not its own", nm,
+                                   c);
+            }
+            seen->push_back(c);
+        }
+        return {};
+    };
     std::vector<uint8_t> table(table_bytes);
-    int r = file_->co_pread(static_cast<int64_t>(e.table_offset), static_cast<int64_t>(table_bytes), table.data());
-    if (r < 0) return errno_error(-r, name_ + ": cannot read the table of bitmap '" + e.name + "'");
+    if (table_bytes) {
+        BG_TRY(verify(e.table_offset, table_bytes));
+        int r = file_->co_pread(static_cast<int64_t>(e.table_offset), static_cast<int64_t>(table_bytes), table.data());
+        if (r < 0) return errno_error(-r, name_ + ": cannot read the table of bitmap '" + e.name + "'");
+    }
     if (want_bits) b.bits.assign(data_bytes, 0);
     for (uint64_t i = 0; i < e.table_size; i++) {
         const uint64_t ent = qcow2::be64(table.data() + i * 8);
@@ -171,11 +194,14 @@ Result<Qcow2Node::DirtyBitmap> coroutine_fn Qcow2Node::co_read_bitmap(const qcow
             return qcow2::herr(EINVAL, name_, "bitmap '%s' is corrupt: table entry %" PRIu64 " is 0x%016" PRIx64, nm,
                                i, ent);
         }
-        if (off) b.clusters.push_back(off);
+        if (off) {
+            BG_TRY(verify(off, cs));
+            b.clusters.push_back(off);
+        }
         if (!want_bits) continue;
         const uint64_t n = std::min(cs, data_bytes - i * cs);
         if (off) {
-            r = file_->co_pread(static_cast<int64_t>(off), static_cast<int64_t>(n), b.bits.data() + i * cs);
+            int r = file_->co_pread(static_cast<int64_t>(off), static_cast<int64_t>(n), b.bits.data() + i * cs);
             if (r < 0) return errno_error(-r, name_ + ": cannot read the data of bitmap '" + e.name + "'");
         } else if (ent & 1) {
             std::memset(b.bits.data() + i * cs, 0xff, n);
@@ -193,42 +219,57 @@ Status coroutine_fn Qcow2Node::co_load_bitmaps_locked()
     auto dir = co_read_bitmap_directory();
     if (!dir) return dir.error();
     std::vector<DirtyBitmap> loaded;
-    bool any_owned = false;
+    std::vector<uint64_t> seen;
+    if (h_.bitmaps) {
+        // The directory's clusters are ours too (freed when a new one is stored).
+        const uint64_t cs = cluster_size_;
+        for (uint64_t c = h_.bitmaps->directory_offset & ~(cs - 1);
+             c < h_.bitmaps->directory_offset + h_.bitmaps->directory_size; c += cs) {
+            seen.push_back(c);
+        }
+    }
+    uint64_t total = 0;
+    std::vector<uint8_t> marked = bitmap_dir_raw_;
     for (const qcow2::BitmapEntry &e : dir.value()) {
+        for (const DirtyBitmap &o : loaded) {
+            if (!e.name.empty() && o.e.name == e.name) {
+                return qcow2::herr(EINVAL, name_, "the bitmap directory names bitmap '%s' twice", e.name.c_str());
+            }
+        }
         if (!usable(e)) {
             DirtyBitmap keep;
             keep.e = e;
             // Its clusters, if its table is sound, so that --remove can free them.
-            if (e.type == qcow2::kBitmapTypeDirty && e.granularity_bits >= 9 && e.granularity_bits <= 31) {
+            if (e.type == qcow2::kBitmapTypeDirty && e.granularity_bits >= 9 && e.granularity_bits <= 31 &&
+                !e.name.empty()) {
                 qcow2::BitmapEntry probe = e;
                 probe.flags = 0;
                 probe.extra.clear();
-                auto t = co_read_bitmap(probe, false);
+                std::vector<uint64_t> s2 = seen;
+                auto t = co_read_bitmap(probe, false, &s2);
                 if (t) {
                     keep.clusters = t.value().clusters;
                     keep.table_known = true;
+                    seen = std::move(s2);
                 }
             }
             loaded.push_back(std::move(keep));
             continue;
         }
-        auto b = co_read_bitmap(e, true);
+        auto b = co_read_bitmap(e, true, &seen);
         if (!b) return b.error();
-        loaded.push_back(std::move(b.value()));
-        any_owned = true;
-    }
-    if (any_owned) {
-        // In use on disk from now on: a crash leaves them marked inconsistent.
-        std::vector<qcow2::BitmapEntry> marked;
-        for (const DirtyBitmap &b : loaded) {
-            marked.push_back(b.e);
-            if (b.owned) marked.back().flags |= qcow2::kBitmapInUse;
+        total += b.value().bits.size();
+        if (total > qcow2::kMaxBitmapBytesTotal) {
+            return qcow2::herr(EFBIG, name_, "the bitmaps would need more than %" PRIu64 " bytes of memory",
+                               qcow2::kMaxBitmapBytesTotal);
         }
-        const std::vector<uint8_t> d = qcow2::build_bitmap_directory(marked);
-        int r = d.size() == bitmap_dir_raw_.size()
-                    ? file_->co_pwrite(static_cast<int64_t>(h_.bitmaps->directory_offset),
-                                       static_cast<int64_t>(d.size()), d.data())
-                    : -EINVAL;
+        // In use on disk from now on: a crash leaves it marked inconsistent.
+        qcow2::put_be(marked.data() + e.dir_pos + 12, e.flags | qcow2::kBitmapInUse, 4);
+        loaded.push_back(std::move(b.value()));
+    }
+    if (marked != bitmap_dir_raw_) {
+        int r = file_->co_pwrite(static_cast<int64_t>(h_.bitmaps->directory_offset),
+                                 static_cast<int64_t>(marked.size()), marked.data());
         if (r >= 0) r = file_->co_flush();
         if (r < 0) return errno_error(-r, name_ + ": cannot mark the bitmaps in use");
     }
@@ -243,6 +284,8 @@ Status coroutine_fn Qcow2Node::co_load_bitmaps_locked()
 int coroutine_fn Qcow2Node::co_store_bitmaps_locked()
 {
     if (!bitmaps_loaded_) return 0;
+    // A corrupt image gets no new metadata: the bitmaps stay marked in use.
+    if (write_stopped_.load()) return -EIO;
     bool changed;
     {
         std::lock_guard<std::mutex> g(bitmap_lock_);
@@ -293,7 +336,9 @@ int coroutine_fn Qcow2Node::co_store_bitmaps_locked()
             continue;
         }
         for (uint64_t c : b.clusters) old.emplace_back(c, cs);
-        if (b.e.table_offset) old.emplace_back(b.e.table_offset, static_cast<uint64_t>(b.e.table_size) * 8);
+        if (b.e.table_offset && b.e.table_size) {
+            old.emplace_back(b.e.table_offset, static_cast<uint64_t>(b.e.table_size) * 8);
+        }
         const uint64_t n_entries = (b.bits.size() + cs - 1) / cs;
         std::vector<uint8_t> table(n_entries * 8, 0);
         for (uint64_t i = 0; i < n_entries; i++) {
@@ -308,8 +353,11 @@ int coroutine_fn Qcow2Node::co_store_bitmaps_locked()
         qcow2::BitmapEntry e = b.e;
         e.flags &= ~qcow2::kBitmapInUse;
         e.table_size = static_cast<uint32_t>(n_entries);
-        int r = alloc_write(table.data(), table.size(), &e.table_offset);
-        if (r < 0) return undo(r);
+        e.table_offset = 0;   // an empty image: no table
+        if (n_entries) {
+            int r = alloc_write(table.data(), table.size(), &e.table_offset);
+            if (r < 0) return undo(r);
+        }
         entries.push_back(std::move(e));
     }
     qcow2::Header nh = h_;
@@ -330,8 +378,10 @@ int coroutine_fn Qcow2Node::co_store_bitmaps_locked()
         nh.autoclear_features |= qcow2::kAutoclearBitmaps;
     }
     // Flushes the refcounts and the new clusters, then switches the header.
+    // If that fails, the header may point at the new clusters already: they
+    // are kept (a leak at worst), the old ones too.
     int r = co_write_header_locked(nh);
-    if (r < 0) return undo(r);
+    if (r < 0) return r;
     for (auto &x : old) co_free_clusters_locked(x.first, x.second, qcow2::DiscardType::kOther);
     done();
     return co_flush_caches_locked();
@@ -344,7 +394,31 @@ Status coroutine_fn Qcow2Node::co_inactivate()
     int r = co_flush_caches_locked();
     if (r >= 0) r = co_store_bitmaps_locked();
     if (r < 0) return errno_error(-r, name_ + ": cannot store the persistent dirty bitmaps");
+    // Writes from now on could not be recorded: refused.
+    inactive_.store(true);
     return {};
+}
+
+int Qcow2Node::bitmaps_resize_check(uint64_t new_size)
+{
+    if (!bitmaps_loaded_) return 0;
+    std::lock_guard<std::mutex> g(bitmap_lock_);
+    uint64_t total = 0;
+    for (const DirtyBitmap &b : bitmaps_) {
+        if (!b.owned) {
+            log_error("qcow2: %s: cannot resize an image with bitmap '%s', which is inconsistent or unknown to us "
+                      "(remove it first)", name_.c_str(), b.e.name.c_str());
+            return -ENOTSUP;
+        }
+        const uint64_t bytes = (nb_bits_for(new_size, b.e.granularity_bits) + 7) / 8;
+        total += bytes;
+        if (bytes > qcow2::kMaxBitmapBytes || total > qcow2::kMaxBitmapBytesTotal) {
+            log_error("qcow2: %s: cannot resize: bitmap '%s' would be too large at this size (granularity %u)",
+                      name_.c_str(), b.e.name.c_str(), 1u << b.e.granularity_bits);
+            return -EFBIG;
+        }
+    }
+    return 0;
 }
 
 void Qcow2Node::bitmaps_mark(uint64_t offset, uint64_t bytes)
@@ -365,12 +439,14 @@ void Qcow2Node::bitmaps_resize(uint64_t new_size)
     if (!bitmaps_loaded_) return;
     std::lock_guard<std::mutex> g(bitmap_lock_);
     for (DirtyBitmap &b : bitmaps_) {
-        if (!b.owned) continue;
-        b.nb_bits = nb_bits_for(new_size, b.e.granularity_bits);
+        if (!b.owned) continue;   // (bitmaps_resize_check refused these)
+        const uint64_t nb = nb_bits_for(new_size, b.e.granularity_bits);
+        if (nb == b.nb_bits) continue;
+        b.nb_bits = nb;
         b.bits.resize((b.nb_bits + 7) / 8, 0);
         clear_tail(b.bits, b.nb_bits);
+        bitmaps_changed_ = true;
     }
-    bitmaps_changed_ = true;
 }
 
 // ---------------------------------------------------------------- hooks
@@ -386,14 +462,23 @@ Result<DirtyBitmapData> coroutine_fn Qcow2Node::co_bitmap_data(const std::string
     };
     CoMutexGuard g(lock_);
     if (bitmaps_loaded_) {
-        std::lock_guard<std::mutex> bg(bitmap_lock_);
-        for (const DirtyBitmap &b : bitmaps_) {
-            if (b.e.name != name) continue;
-            if (!b.owned) return co_read_bitmap(b.e, true).error();
-            fill(b);
-            return out;
+        std::optional<qcow2::BitmapEntry> unusable;
+        {
+            std::lock_guard<std::mutex> bg(bitmap_lock_);
+            for (const DirtyBitmap &b : bitmaps_) {
+                if (b.e.name != name) continue;
+                if (b.owned) {
+                    fill(b);
+                    return out;
+                }
+                unusable = b.e;
+                break;
+            }
         }
-        return make_error(ENOENT, "Dirty bitmap '%s' not found", name.c_str());
+        if (!unusable) return make_error(ENOENT, "Dirty bitmap '%s' not found", name.c_str());
+        auto r = co_read_bitmap(*unusable, true);   // says why it cannot be used
+        if (!r) return r.error();
+        return make_error(EINVAL, "Bitmap '%s' cannot be used", name.c_str());
     }
     if (h_.version < 3) return make_error(ENOENT, "Dirty bitmap '%s' not found", name.c_str());
     auto dir = co_read_bitmap_directory();
@@ -412,6 +497,7 @@ Status coroutine_fn Qcow2Node::co_bitmap_change(const BitmapChange &c)
 {
     using K = BitmapChange::Kind;
     if (h_.version < 3) return make_error(ENOTSUP, "Cannot store dirty bitmaps in qcow2 v2 files");
+    if (inactive_.load()) return make_error(EROFS, "%s: the node is inactive (its bitmaps are stored)", name_.c_str());
     if (!bitmaps_loaded_) return make_error(EROFS, "%s: the bitmaps of a read-only image cannot change", name_.c_str());
     CoMutexGuard g(lock_);
     std::lock_guard<std::mutex> bg(bitmap_lock_);
@@ -424,7 +510,8 @@ Status coroutine_fn Qcow2Node::co_bitmap_change(const BitmapChange &c)
         if (bitmaps_.size() >= qcow2::kMaxBitmaps) {
             return make_error(ENOSPC, "Can't store a new bitmap: the image has %u already", qcow2::kMaxBitmaps);
         }
-        uint64_t gran = c.granularity ? c.granularity : std::max<uint64_t>(65536, cluster_size_);
+        // QEMU's default: the cluster size, within [4 KiB, 64 KiB].
+        uint64_t gran = c.granularity ? c.granularity : std::clamp<uint64_t>(cluster_size_, 4096, 65536);
         if (gran < 512 || (gran & (gran - 1)) || gran > (1ULL << 31)) {
             return make_error(EINVAL, "Granularity must be power of 2 and at least 512");
         }
@@ -438,6 +525,12 @@ Status coroutine_fn Qcow2Node::co_bitmap_change(const BitmapChange &c)
         if ((b.nb_bits + 7) / 8 > qcow2::kMaxBitmapBytes) {
             return make_error(EFBIG, "Bitmap '%s' would be too large for this image size and granularity",
                               c.name.c_str());
+        }
+        uint64_t total = (b.nb_bits + 7) / 8;
+        for (const DirtyBitmap &o : bitmaps_) total += o.bits.size();
+        if (total > qcow2::kMaxBitmapBytesTotal) {
+            return make_error(EFBIG, "The bitmaps of this image would need more than %" PRIu64 " bytes of memory",
+                              qcow2::kMaxBitmapBytesTotal);
         }
         b.bits.assign((b.nb_bits + 7) / 8, 0);
         b.table_known = true;

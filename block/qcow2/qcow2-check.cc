@@ -313,10 +313,16 @@ struct Qcow2Mgmt {
             size_t pos = 0;
             for (uint32_t i = 0; i < b.nb_bitmaps && pos + 24 <= dir.size(); i++) {
                 const uint64_t toff = qcow2::be64(dir.data() + pos);
-                const uint32_t tsize = qcow2::be32(dir.data() + pos + 8);
+                uint32_t tsize = qcow2::be32(dir.data() + pos + 8);
                 const uint16_t name_size = qcow2::be16(dir.data() + pos + 18);
                 const uint32_t extra = qcow2::be32(dir.data() + pos + 20);
                 inc(toff, static_cast<uint64_t>(tsize) * 8);
+                // (inc() counted what lies outside the file; read what is inside.)
+                const int64_t flen = s->file_->getlength();
+                if (flen < 0 || toff > static_cast<uint64_t>(flen) || tsize > qcow2::kMaxBitmapBytes / 512 ||
+                    static_cast<uint64_t>(tsize) * 8 > static_cast<uint64_t>(flen) - toff) {
+                    tsize = 0;
+                }
                 std::vector<uint8_t> t(static_cast<size_t>(tsize) * 8);
                 if (tsize && s->file_->co_pread(static_cast<int64_t>(toff), static_cast<int64_t>(t.size()), t.data()) >= 0) {
                     for (uint32_t k = 0; k < tsize; k++) {

@@ -617,6 +617,7 @@ Result<MeasureInfo> measure(const CreateOptions &opts, BlockNode *src)
             uint64_t bitmaps = 0, dir = 0;
             const uint64_t ssize = static_cast<uint64_t>(src->getlength());
             for (const PersistentBitmapInfo &b : bms.value()) {
+                if (!b.granularity) continue;   // (granularity_bits beyond 31: not a bitmap anyone can use)
                 const uint64_t bits = div_round_up(ssize, b.granularity);
                 const uint64_t bytes = div_round_up(bits, 8);
                 const uint64_t clusters = div_round_up(bytes, cs);

@@ -631,7 +631,8 @@ int coroutine_fn Qcow2Node::co_detect_metadata_preallocation_locked()
 
 // QEMU's rebuild_refcount_structure, minimal: counts every reference the
 // metadata makes (header, L1 tables, L2 tables, data clusters, compressed
-// bytes, snapshot table, snapshot L1/L2 tables) and writes a fresh refcount
+// bytes, snapshot table, snapshot L1/L2 tables, bitmap directory, tables
+// and data) and writes a fresh refcount
 // table and blocks in free space at the end of the file. The old refcount
 // structures become unreferenced (free). Order: blocks and table written
 // and flushed, then the header switched and flushed.
@@ -698,6 +699,31 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
             if (r < 0) return r;
         }
         if (tbl) inc(h_.snapshots_offset, tbl);
+    }
+    if (h_.bitmaps) {
+        // Bitmap directory, tables and data clusters (QEMU counts them too).
+        auto dir = co_read_bitmap_directory();
+        if (!dir) return -EIO;
+        inc(h_.bitmaps->directory_offset, h_.bitmaps->directory_size);
+        const uint64_t flen = nb * cs;
+        for (const qcow2::BitmapEntry &e : dir.value()) {
+            if (!e.table_size) continue;
+            const uint64_t tb = static_cast<uint64_t>(e.table_size) * 8;
+            if ((e.table_offset & (cs - 1)) || !e.table_offset || e.table_offset > flen || tb > flen - e.table_offset ||
+                e.table_size > qcow2::kMaxBitmapBytes / 512) {
+                return -EIO;
+            }
+            inc(e.table_offset, tb);
+            std::vector<uint8_t> t(tb);
+            r = file_->co_pread(static_cast<int64_t>(e.table_offset), static_cast<int64_t>(tb), t.data());
+            if (r < 0) return r;
+            for (uint64_t k = 0; k < e.table_size; k++) {
+                const uint64_t off = qcow2::be64(t.data() + k * 8) & ~qcow2::kBitmapTableReserved & ~uint64_t{1};
+                if (!off) continue;
+                if ((off & (cs - 1)) || off + cs > flen) return -EIO;
+                inc(off, cs);
+            }
+        }
     }
     if (overflow) {
         log_error("qcow2: %s: cannot rebuild refcounts: a refcount exceeds %u bits", name_.c_str(),

@@ -322,6 +322,10 @@ Status coroutine_fn Qcow2Node::co_snapshot_goto(const std::string &id_or_name)
         return qcow2::herr(ENOTSUP, name_, "snapshot '%s': disk size %" PRIu64 " is not a multiple of 512",
                            sn.id.c_str(), sn.disk_size);
     }
+    if (sn.disk_size != size_ && bitmaps_resize_check(sn.disk_size) < 0) {
+        return qcow2::herr(ENOTSUP, name_, "cannot apply snapshot '%s': its size does not suit the bitmaps",
+                           sn.id.c_str());
+    }
     int r = co_mark_dirty_locked();
     if (r >= 0) r = co_flush_caches_locked();
     if (r < 0) return from_errno(r, name_, "cannot flush the image");

@@ -309,7 +309,7 @@ int coroutine_fn Qcow2Node::co_finish_alloc_locked(WritePlan *p)
 
 int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOVector &qiov, ReqFlags flags)
 {
-    if (write_stopped_.load()) return -EIO;
+    if (write_stopped_.load() || inactive_.load()) return -EIO;
     const uint64_t offset = static_cast<uint64_t>(offset_s), bytes = static_cast<uint64_t>(bytes_s);
     bitmaps_mark(offset, bytes);
     if (flags & kReqWriteCompressed) return co_pwritev_compressed(offset, bytes, qiov);
@@ -626,7 +626,7 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
 
 int coroutine_fn Qcow2Node::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
 {
-    if (write_stopped_.load()) return -EIO;
+    if (write_stopped_.load() || inactive_.load()) return -EIO;
     if (h_.version < 3) return -ENOTSUP;   // no ZERO flag: the generic layer writes zeros
     bitmaps_mark(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes));
     CoMutexGuard g(lock_);
@@ -636,7 +636,7 @@ int coroutine_fn Qcow2Node::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, R
 
 int coroutine_fn Qcow2Node::do_co_pdiscard(int64_t offset, int64_t bytes)
 {
-    if (write_stopped_.load()) return -EIO;
+    if (write_stopped_.load() || inactive_.load()) return -EIO;
     bitmaps_mark(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes));
     CoMutexGuard g(lock_);
     // A discard with pending file discards: processed at the next flush.
@@ -744,7 +744,7 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
 {
     (void)exact;
     (void)flags;
-    if (write_stopped_.load()) return -EIO;
+    if (write_stopped_.load() || inactive_.load()) return -EIO;
     const uint64_t cs = cluster_size_;
     const uint64_t new_size = static_cast<uint64_t>(offset_s);
     if (new_size & 511) {
@@ -754,6 +754,10 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
     lock_.lock();
     const uint64_t old = size_;
     int r = 0;
+    if (new_size != old && (r = bitmaps_resize_check(new_size)) < 0) {
+        lock_.unlock();
+        return r;
+    }
     if (new_size < old) {
         if (prealloc != PreallocMode::kOff) {
             lock_.unlock();

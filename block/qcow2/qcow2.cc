@@ -144,8 +144,6 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
         if (r < 0) return errno_error(-r, name_ + ": cannot clear the dirty bit");
         log_info("qcow2: %s: repaired the refcounts of an image that was not closed cleanly", name_.c_str());
     }
-    // Persistent dirty bitmaps: taken over (qcow2-bitmap.cc).
-    BG_TRY(co_load_bitmaps_locked());
     // Autoclear: we keep the raw-data-file bit and the bitmaps bit (we keep
     // the bitmaps up to date, or with check -r leave them alone); unknown
     // bits are cleared, as the spec says.
@@ -158,8 +156,10 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
         if (r >= 0) r = file_->co_flush();
         if (r < 0) return errno_error(-r, name_ + ": cannot update the header");
         h_.autoclear_features = keep;
-        h_.bitmaps.reset();
+        if (!(keep & qcow2::kAutoclearBitmaps)) h_.bitmaps.reset();
     }
+    // Persistent dirty bitmaps: taken over (qcow2-bitmap.cc).
+    BG_TRY(co_load_bitmaps_locked());
     return {};
 }
 

@@ -152,6 +152,7 @@ constexpr uint32_t kBitmapExtraDataCompatible = 1u << 2;
 constexpr uint32_t kBitmapTypeDirty = 1;
 constexpr uint32_t kMaxBitmapNameSize = 1023;
 constexpr uint64_t kMaxBitmapBytes = 512ULL << 20;       // bitmap data per bitmap
+constexpr uint64_t kMaxBitmapBytesTotal = 1ULL << 30;    // all bitmaps of a node in memory
 constexpr uint64_t kBitmapTableReserved = 0xff000000000001feULL;
 
 // One bitmap directory entry as stored.
@@ -163,9 +164,10 @@ struct BitmapEntry {
     uint8_t granularity_bits = 0;
     std::vector<uint8_t> extra;
     std::string name;
+    size_t dir_pos = 0;              // byte offset of the entry in the directory
 };
-// The nb entries of a directory (structure only: sizes inside d, names
-// non-empty). Error EINVAL naming image and the entry.
+// The nb entries of a directory (structure only: sizes inside d). Error
+// EINVAL naming image and the entry.
 Result<std::vector<BitmapEntry>> parse_bitmap_directory(const uint8_t *d, size_t len, uint32_t nb,
                                                         const std::string &image);
 // The directory bytes for entries (each padded to 8).
@@ -732,7 +734,14 @@ class Qcow2Node final : public BlockNode {
     };
     Status coroutine_fn co_load_bitmaps_locked();
     int coroutine_fn co_store_bitmaps_locked();
-    Result<DirtyBitmap> coroutine_fn co_read_bitmap(const qcow2::BitmapEntry &e, bool want_bits);
+    // verify_refs (REQUIRES lock_, for a bitmap we will own or free): every
+    // cluster it uses has refcount 1, overlaps no other metadata and is not
+    // in seen (which collects them).
+    Result<DirtyBitmap> coroutine_fn co_read_bitmap(const qcow2::BitmapEntry &e, bool want_bits,
+                                                    std::vector<uint64_t> *seen = nullptr);
+    // 0, or -ENOTSUP/-EFBIG (logged) if the bitmaps cannot follow the
+    // virtual size to new_size (kept ones we do not own, or too large).
+    int bitmaps_resize_check(uint64_t new_size);
     Result<std::vector<qcow2::BitmapEntry>> coroutine_fn co_read_bitmap_directory();
     // Guest bytes [offset, offset + bytes) changed: set in every enabled bitmap.
     void bitmaps_mark(uint64_t offset, uint64_t bytes);
@@ -745,6 +754,7 @@ class Qcow2Node final : public BlockNode {
     bool bitmaps_loaded_ = false;            // a writable v3 open: bitmaps_ is the truth
     bool bitmaps_changed_ = false;           // guarded by bitmap_lock_
     std::atomic<bool> bitmaps_track_{false}; // some bitmap is enabled
+    std::atomic<bool> inactive_{false};      // inactivate() stored the bitmaps: writes refused
     std::mutex bitmap_lock_;
 
     // qcow2-snapshot-write.cc (REQUIRE lock_ held): adds addend (+1, -1 or

@@ -191,6 +191,9 @@ expect_rc "an in-use bitmap cannot be merged" 1 "$B" img bitmap --merge b0 d.qco
 grep -q "inconsistent" last.err && ok "... naming it inconsistent" || bad "... $(cat last.err)"
 expect_rc "convert --bitmaps refuses an in-use bitmap" 1 "$B" img convert --bitmaps -O qcow2 d.qcow2 conv-x.qcow2
 [ ! -e conv-x.qcow2 ] && ok "... before creating the target" || bad "... the target was created"
+before=$(md5sum <d.qcow2)
+expect_rc "resize with an in-use bitmap refused" 1 "$B" img resize d.qcow2 128M
+[ "$(md5sum <d.qcow2)" = "$before" ] && ok "... the image is unchanged" || bad "... the image changed"
 expect_rc "--remove of the in-use bitmap" 0 "$B" img bitmap --remove d.qcow2 b0
 q qemu-img bitmap --remove dq.qcow2 b0
 [ "$(bitmaps_of d.qcow2)" = None ] && ok "no bitmaps left" || bad "bitmaps left: $(bitmaps_of d.qcow2)"
@@ -207,6 +210,41 @@ qemu_accepts "convert --bitmaps" conv-o.qcow2
 expect_rc "convert --bitmaps to raw" 1 "$B" img convert --bitmaps -O raw o.qcow2 conv.raw
 [ ! -e conv.raw ] && ok "... refused before creating it" || bad "... conv.raw was created"
 expect_rc "--skip-broken-bitmaps without --bitmaps" 1 "$B" img convert --skip-broken-bitmaps -O qcow2 o.qcow2 c2.qcow2
+
+# The default granularity is qemu-img's (the cluster size within [4k, 64k]).
+for cs in 4k 2M; do
+    q qemu-img create -q -f qcow2 -o cluster_size=$cs g-t.qcow2 16M
+    cp g-t.qcow2 g-o.qcow2
+    q qemu-img bitmap --add g-t.qcow2 g
+    "$B" img bitmap --add g-o.qcow2 g || bad "--add with $cs clusters failed"
+    [ "$(bitmaps_of g-o.qcow2)" = "$(bitmaps_of g-t.qcow2)" ] && ok "default granularity with $cs clusters as qemu-img's" ||
+        bad "default granularity with $cs clusters: $(bitmaps_of g-o.qcow2) vs $(bitmaps_of g-t.qcow2)"
+done
+
+# A lazy-refcounts image left dirty with a bitmap: the writable open rebuilds
+# the refcounts counting the bitmap's clusters, so later allocations do not
+# reuse them; the bitmap goes on recording.
+q qemu-img create -q -f qcow2 -o lazy_refcounts=on lz-o.qcow2 16M
+q qemu-img bitmap --add -g 4k lz-o.qcow2 b0
+q qemu-io -c 'write 0 64k' lz-o.qcow2
+cp lz-o.qcow2 lz-t.qcow2
+for f in lz-o.qcow2 lz-t.qcow2; do
+    python3 -c "import struct,sys; f=open(sys.argv[1],'r+b'); f.seek(72); v=struct.unpack('>Q',f.read(8))[0]; f.seek(72); f.write(struct.pack('>Q',v|1))" $f
+done
+"$B" io -c 'write 1M 256k' -c 'write 3M 64k' lz-o.qcow2 >io.out 2>&1 && ok "dirty image with a bitmap: writes work" ||
+    bad "dirty image with a bitmap: $(cat io.out)"
+q qemu-io -c 'write 1M 256k' -c 'write 3M 64k' lz-t.qcow2
+qemu_accepts "dirty image with a bitmap, after the writes" lz-o.qcow2
+same_dirty "dirty image with a bitmap" lz-o.qcow2 lz-t.qcow2 b0
+
+# An unknown autoclear bit (cleared on a writable open) does not cost the
+# bitmaps: after a session without writes none is left in use.
+cp o.qcow2 ac.qcow2
+python3 -c "import struct,sys; f=open(sys.argv[1],'r+b'); f.seek(88); v=struct.unpack('>Q',f.read(8))[0]; f.seek(88); f.write(struct.pack('>Q',v|4))" ac.qcow2
+"$B" io -c 'read 0 4k' ac.qcow2 >/dev/null || bad "session on the autoclear image failed"
+[ "$(bitmaps_of ac.qcow2)" = "$(bitmaps_of o.qcow2)" ] && ok "unknown autoclear bit: bitmaps kept, none in use" ||
+    bad "unknown autoclear bit: $(bitmaps_of ac.qcow2)"
+qemu_accepts "unknown autoclear bit" ac.qcow2
 
 # ---- refusals and hostile images
 expect_rc "amend compat=0.10 with bitmaps refused" 1 "$B" img amend -o compat=0.10 o.qcow2
@@ -238,4 +276,32 @@ expect_rc "a corrupt bitmap table: writable open refused" 1 "$B" io -c 'write 0 
 grep -q "bitmap 'b0' is corrupt" last.err && ok "... naming the bitmap ($(cat last.err))" || bad "... $(cat last.err)"
 expect_rc "... read-only use works" 0 "$B" io -r -c 'read 0 4k' evil.qcow2
 [ "$(md5sum <evil.qcow2)" = "$before" ] && ok "... the file is unchanged" || bad "... the file changed"
+# Two bitmaps sharing one table: a writable open refuses (freeing one
+# would free the other's), naming it; the file is not changed.
+q qemu-img create -q -f qcow2 sh.qcow2 16M
+q qemu-img bitmap --add sh.qcow2 a
+q qemu-img bitmap --add sh.qcow2 b
+q qemu-io -c 'write 0 1M' sh.qcow2
+python3 - sh.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+h = f.read(4096)
+off = struct.unpack(">I", h[100:104])[0]
+while True:
+    t, l = struct.unpack(">II", h[off:off + 8])
+    if t == 0x23852875:
+        nb, _, dsize, doff = struct.unpack(">IIQQ", h[off + 8:off + 32])
+        break
+    off += 8 + ((l + 7) & ~7)
+f.seek(doff)
+d = f.read(dsize)
+first = d[0:8]
+size0 = (24 + struct.unpack(">I", d[20:24])[0] + struct.unpack(">H", d[18:20])[0] + 7) & ~7
+f.seek(doff + size0)
+f.write(first)                                      # b's table := a's
+PY
+before=$(md5sum <sh.qcow2)
+expect_rc "two bitmaps sharing a table: writable open refused" 1 "$B" io -c 'write 0 4k' sh.qcow2
+grep -q "is not its own" last.err && ok "... naming the bitmap ($(cat last.err))" || bad "... $(cat last.err)"
+[ "$(md5sum <sh.qcow2)" = "$before" ] && ok "... the file is unchanged" || bad "... the file changed"
 finish
