@@ -4,7 +4,8 @@
 // no file is written. For each input the target opens the image with cache
 // options picked by its last byte, walks block status over the start of the
 // image, reads what is allocated and some fixed ranges, and opens each
-// snapshot (up to 4) as a read-only view and reads from it. The backing
+// snapshot (up to 4) as a read-only view and reads from it, and reads the
+// persistent bitmaps (up to 4). The backing
 // file is disabled (backing: null): names from fuzzed headers are never
 // opened. An image with an external data file uses the same bytes as its
 // data file.
@@ -144,6 +145,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (r.ok()) {
             auto *q = static_cast<Qcow2Node *>(r.value());
             exercise(q, buf);
+            // Persistent bitmaps: the directory, and the tables and data of
+            // up to 4 (read-only: what info, measure and convert --bitmaps do).
+            auto bms = q->persistent_bitmaps();
+            if (bms.ok()) {
+                for (size_t i = 0; i < bms.value().size() && i < 4; i++) (void)q->bitmap_data(bms.value()[i].name);
+            }
             // Snapshot views.
             std::vector<std::string> ids;
             for (const auto &s : q->snapshots()) {
