@@ -51,6 +51,23 @@ same_dirty() {
         ok "$1: bitmap $4 as QEMU's"
     fi
 }
+# patch_dir IMG PYTHON: runs PYTHON with f (IMG open r+b), doff and dsize
+# (the bitmap directory's offset and size, from the header extension).
+patch_dir() {
+    python3 - "$1" "$2" <<'PY'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+h = f.read(4096)
+off = struct.unpack(">I", h[100:104])[0]           # header_length
+while True:
+    t, l = struct.unpack(">II", h[off:off + 8])
+    if t == 0x23852875:
+        nb, _, dsize, doff = struct.unpack(">IIQQ", h[off + 8:off + 32])
+        break
+    off += 8 + ((l + 7) & ~7)
+exec(sys.argv[2])
+PY
+}
 bitmaps_of() {
     qemu-img info -U --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format-specific"]["data"].get("bitmaps"))'
 }
@@ -255,22 +272,11 @@ grep -q "Cannot store dirty bitmaps in qcow2 v2 files" last.err && ok "... qemu-
 # A bitmap table entry with reserved bits set: a writable open refuses (naming
 # the bitmap), read-only use still works, the file is not changed.
 cp o.qcow2 evil.qcow2
-python3 - evil.qcow2 <<'PY'
-import struct, sys
-f = open(sys.argv[1], "r+b")
-h = f.read(4096)
-off = struct.unpack(">I", h[100:104])[0]           # header_length
-while True:
-    t, l = struct.unpack(">II", h[off:off + 8])
-    if t == 0x23852875:
-        nb, _, dsize, doff = struct.unpack(">IIQQ", h[off + 8:off + 32])
-        break
-    off += 8 + ((l + 7) & ~7)
+patch_dir evil.qcow2 '
 f.seek(doff)
 table = struct.unpack(">Q", f.read(8))[0]
 f.seek(table)
-f.write(struct.pack(">Q", 0x0100000000000002))   # reserved bits
-PY
+f.write(struct.pack(">Q", 0x0100000000000002))   # reserved bits'
 before=$(md5sum <evil.qcow2)
 expect_rc "a corrupt bitmap table: writable open refused" 1 "$B" io -c 'write 0 4k' evil.qcow2
 grep -q "bitmap 'b0' is corrupt" last.err && ok "... naming the bitmap ($(cat last.err))" || bad "... $(cat last.err)"
@@ -282,24 +288,12 @@ q qemu-img create -q -f qcow2 sh.qcow2 16M
 q qemu-img bitmap --add sh.qcow2 a
 q qemu-img bitmap --add sh.qcow2 b
 q qemu-io -c 'write 0 1M' sh.qcow2
-python3 - sh.qcow2 <<'PY'
-import struct, sys
-f = open(sys.argv[1], "r+b")
-h = f.read(4096)
-off = struct.unpack(">I", h[100:104])[0]
-while True:
-    t, l = struct.unpack(">II", h[off:off + 8])
-    if t == 0x23852875:
-        nb, _, dsize, doff = struct.unpack(">IIQQ", h[off + 8:off + 32])
-        break
-    off += 8 + ((l + 7) & ~7)
+patch_dir sh.qcow2 '
 f.seek(doff)
 d = f.read(dsize)
-first = d[0:8]
 size0 = (24 + struct.unpack(">I", d[20:24])[0] + struct.unpack(">H", d[18:20])[0] + 7) & ~7
 f.seek(doff + size0)
-f.write(first)                                      # b's table := a's
-PY
+f.write(d[0:8])                                     # b table := a table'
 before=$(md5sum <sh.qcow2)
 expect_rc "two bitmaps sharing a table: writable open refused" 1 "$B" io -c 'write 0 4k' sh.qcow2
 grep -q "is not its own" last.err && ok "... naming the bitmap ($(cat last.err))" || bad "... $(cat last.err)"
