@@ -36,11 +36,198 @@
 #include <string>
 #include <vector>
 
-#include "block/drivers.h"
+#include "block/block-driver.h"
+#include "qapi/option-reader.h"
 
 namespace bg {
 
 namespace {
+
+// ---------------------------------------------------------------- options
+
+enum class BlkdebugIoType { kRead, kWrite, kWriteZeroes, kDiscard, kFlush, kBlockStatus, kTruncate };
+
+constexpr EnumName<BlkdebugIoType> kIoTypeNames[] = {
+    {"read", BlkdebugIoType::kRead},
+    {"write", BlkdebugIoType::kWrite},
+    {"write-zeroes", BlkdebugIoType::kWriteZeroes},
+    {"discard", BlkdebugIoType::kDiscard},
+    {"flush", BlkdebugIoType::kFlush},
+    {"block-status", BlkdebugIoType::kBlockStatus},
+    {"truncate", BlkdebugIoType::kTruncate},
+};
+
+struct BlkdebugInjectError {
+    std::string event;                          // optional: arm the rule when this event fires
+    std::optional<BlkdebugIoType> iotype;       // absent: read, write, write-zeroes, discard, flush (QEMU)
+    int64_t err = 5;                            // "errno"; positive; default EIO
+    int64_t sector = -1;                        // 512-byte sector the request must cover; -1: any
+    std::optional<uint64_t> offset;             // extension: byte range the request must overlap
+    std::optional<uint64_t> bytes;              //   (with offset; absent = to the end)
+    uint64_t after = 0;                         // extension: let this many matching requests pass first
+    bool once = false;                          // remove after the first injection
+    bool immediately = false;                   // fail without yielding first (default: asynchronously)
+    int64_t state = 0;                          // only while blkdebug is in this state; 0 = any
+};
+
+struct BlkdebugSetState {
+    std::string event;
+    int64_t state = 0;                          // 0 = any
+    int64_t new_state = 0;                      // "new_state"
+};
+
+// blkdebug's options (QEMU's BlockdevOptionsBlkdebug).
+struct BlkdebugOptions : DriverOptionsOf<BlkdebugOptions> {
+    BlockdevRef image;                          // required
+    std::string config;                         // config file (not supported: error if set)
+    uint32_t align = 0;                         // request alignment to force; 0 = child's
+    uint32_t max_transfer = 0;                  // "max-transfer"
+    uint32_t opt_write_zero = 0;                // "opt-write-zero"
+    uint32_t max_write_zero = 0;                // "max-write-zero"
+    uint32_t opt_discard = 0;                   // "opt-discard"
+    uint32_t max_discard = 0;                   // "max-discard"
+    std::vector<BlkdebugInjectError> inject_error;   // "inject-error"
+    std::vector<BlkdebugSetState> set_state;         // "set-state"
+
+    void encode(nlohmann::json &j) const override;
+    void for_each_child(const std::function<void(const char *, BlockdevRef &)> &fn) override { fn("image", image); }
+};
+
+void BlkdebugOptions::encode(nlohmann::json &j) const
+{
+    put_ref(j, "image", image);
+    if (!config.empty()) j["config"] = config;
+    const std::pair<const char *, uint32_t> limits[] = {
+        {"align", align}, {"max-transfer", max_transfer}, {"opt-write-zero", opt_write_zero},
+        {"max-write-zero", max_write_zero}, {"opt-discard", opt_discard}, {"max-discard", max_discard},
+    };
+    for (const auto &[key, value] : limits) {
+        if (value) j[key] = value;
+    }
+    if (!inject_error.empty()) {
+        nlohmann::json list = nlohmann::json::array();
+        const BlkdebugInjectError def;
+        for (const auto &e : inject_error) {
+            nlohmann::json x = nlohmann::json::object();
+            if (!e.event.empty()) x["event"] = e.event;
+            if (e.iotype) x["iotype"] = enum_name(kIoTypeNames, *e.iotype);
+            if (e.err != def.err) x["errno"] = e.err;
+            if (e.sector != def.sector) x["sector"] = e.sector;
+            if (e.offset) x["offset"] = *e.offset;
+            if (e.bytes) x["bytes"] = *e.bytes;
+            if (e.after) x["after"] = e.after;
+            if (e.once) x["once"] = true;
+            if (e.immediately) x["immediately"] = true;
+            if (e.state) x["state"] = e.state;
+            list.push_back(std::move(x));
+        }
+        j["inject-error"] = std::move(list);
+    }
+    if (!set_state.empty()) {
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto &s : set_state) {
+            nlohmann::json x = nlohmann::json::object();
+            x["event"] = s.event;
+            if (s.state) x["state"] = s.state;
+            x["new_state"] = s.new_state;
+            list.push_back(std::move(x));
+        }
+        j["set-state"] = std::move(list);
+    }
+}
+
+constexpr uint64_t kMaxBlkdebugLimit = INT_MAX - 1;   // QEMU: ">= INT_MAX" fails
+
+Status decode_inject_error(OptionReader &r, BlkdebugInjectError *e)
+{
+    BG_TRY(r.get("event", &e->event));
+    if (r.has("event") && e->event.empty()) return r.error("event", "must not be empty");
+    BG_TRY(r.get_enum("iotype", &e->iotype, kIoTypeNames));
+    BG_TRY(r.get_int("errno", &e->err, 1, 4095));
+    BG_TRY(r.get_int("sector", &e->sector, -1, INT64_MAX));
+    BG_TRY(r.get_size("offset", &e->offset, INT64_MAX));
+    BG_TRY(r.get_size("bytes", &e->bytes, INT64_MAX));
+    if (e->bytes && !e->offset) return r.error("bytes", "requires offset");
+    BG_TRY(r.get_uint("after", &e->after, UINT64_MAX));
+    BG_TRY(r.get("once", &e->once));
+    BG_TRY(r.get("immediately", &e->immediately));
+    return r.get_int("state", &e->state, 0, INT64_MAX);
+}
+
+Status decode_set_state(OptionReader &r, BlkdebugSetState *s)
+{
+    BG_TRY(r.require("event", &s->event));
+    if (s->event.empty()) return r.error("event", "must not be empty");
+    BG_TRY(r.get_int("state", &s->state, 0, INT64_MAX));
+    if (!r.has("new_state")) return r.error("", "missing required key 'new_state'");
+    return r.get_int("new_state", &s->new_state, 0, INT64_MAX);
+}
+
+// The limits: QEMU's blkdebug_open() rules, with align standing in for the
+// child's request alignment (checked again at open).
+Status decode_limits(OptionReader &r, BlkdebugOptions *b)
+{
+    uint64_t x = 0;
+    BG_TRY(r.get_size("align", &x, kMaxBlkdebugLimit));
+    if (x && (x & (x - 1))) return r.error("align", std::to_string(x) + " is not a power of two");
+    b->align = static_cast<uint32_t>(x);
+    struct Limit {
+        const char *key;
+        uint32_t *field;
+        const uint32_t *base2;       // must be a multiple of align, or of this one when set and larger
+        const char *base2_key;
+    };
+    const Limit limits[] = {
+        {"max-transfer", &b->max_transfer, nullptr, nullptr},
+        {"opt-write-zero", &b->opt_write_zero, nullptr, nullptr},
+        {"max-write-zero", &b->max_write_zero, &b->opt_write_zero, "opt-write-zero"},
+        {"opt-discard", &b->opt_discard, nullptr, nullptr},
+        {"max-discard", &b->max_discard, &b->opt_discard, "opt-discard"},
+    };
+    for (const Limit &l : limits) {
+        if (!r.has(l.key)) continue;
+        x = 0;
+        BG_TRY(r.get_size(l.key, &x, kMaxBlkdebugLimit));
+        uint32_t base = b->align;
+        const char *base_key = "align";
+        if (l.base2 && *l.base2 > base) {
+            base = *l.base2;
+            base_key = l.base2_key;
+        }
+        if (x && base && x % base) {
+            return r.error(l.key, std::to_string(x) + " is not a multiple of " + base_key + " (" +
+                                      std::to_string(base) + ")");
+        }
+        *l.field = static_cast<uint32_t>(x);
+    }
+    return {};
+}
+
+Result<std::unique_ptr<DriverOptions>> decode_blkdebug_options(OptionReader &r, const BlockdevOptions &)
+{
+    auto b = std::make_unique<BlkdebugOptions>();
+    BG_TRY(r.get_ref("image", &b->image, OptionReader::RefMode::kRequired));
+    if (r.has("config")) {
+        BG_TRY(r.get("config", &b->config));
+        return r.error("config", "config files are not supported; use inject-error");
+    }
+    BG_TRY(decode_limits(r, b.get()));
+    BG_TRY(r.get_object_list("inject-error", [&b](OptionReader &e) -> Status {
+        BlkdebugInjectError rule;
+        BG_TRY(decode_inject_error(e, &rule));
+        b->inject_error.push_back(std::move(rule));
+        return {};
+    }));
+    BG_TRY(r.get_object_list("set-state", [&b](OptionReader &e) -> Status {
+        BlkdebugSetState rule;
+        BG_TRY(decode_set_state(e, &rule));
+        b->set_state.push_back(std::move(rule));
+        return {};
+    }));
+    return std::unique_ptr<DriverOptions>(std::move(b));
+}
+
+// ---------------------------------------------------------------- the node
 
 // QEMU's BlkdebugEvent names (qapi/block-core.json).
 const char *const kEventNames[] = {
@@ -173,7 +360,7 @@ class BlkdebugNode final : public FilterNode {
 
 Status BlkdebugNode::open(const BlockdevOptions &opts)
 {
-    const auto *o = opts.as<BlockdevOptionsBlkdebug>();
+    const auto *o = opts.as<BlkdebugOptions>();
     if (!o) return node_error(EINVAL, "options are not blkdebug options");
     if (!o->config.empty()) return node_error(ENOTSUP, "blkdebug config files are not supported; use inject-error and set-state");
 
@@ -319,12 +506,12 @@ std::unique_ptr<BlockNode> create_blkdebug() { return std::make_unique<BlkdebugN
 
 } // namespace
 
-const BlockDriver kDriverBlkdebug = {
+extern const BlockDriver kDriverBlkdebug = {
     "blkdebug", BlockDriverKind::kFilter,
     kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
         kCapPersistent | kCapPassthrough | kCapDiscardZeroes,
     "fault injection and forced request limits for testing (filter; child \"image\")",
-    create_blkdebug, nullptr,
+    decode_blkdebug_options, create_blkdebug, nullptr,
 };
 
 } // namespace bg

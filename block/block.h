@@ -21,8 +21,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "block/block-common.h"
 #include "block/image-mgmt.h"
@@ -437,6 +440,9 @@ class BlockGraph {
     // blockdev-add: opens a node (and its inline children) from options.
     // On failure nothing stays open and the message names the node and key.
     Result<BlockNode *> add_node(const BlockdevOptions &opts);
+    // The same from a JSON tree ({"driver": "qcow2", "file": {...}}), decoded
+    // with this graph's registry and JSON typing (qapi/block-parse.h).
+    Result<BlockNode *> add_node_json(const nlohmann::json &tree);
     // blockdev-del: removes a node no one uses (no parents); inline children
     // it created go with it.
     Status remove_node(const std::string &node_name);
@@ -461,6 +467,123 @@ class BlockGraph {
     std::vector<std::unique_ptr<BlockNode>> nodes_;
     uint64_t auto_name_seq_ = 0;
 };
+
+// ---------------------------------------------------------------- drivers
+
+enum class BlockDriverKind { kProtocol, kFormat, kFilter };
+
+// Capability flags a driver declares; the conformance suite skips cases by
+// them (a skip is reported as a skip).
+using DriverCaps = uint32_t;
+constexpr DriverCaps kCapWrite = 1 << 0;        // can be opened writable
+constexpr DriverCaps kCapDiscard = 1 << 1;      // discard frees/zeroes data
+constexpr DriverCaps kCapWriteZeroes = 1 << 2;  // efficient write-zeroes
+constexpr DriverCaps kCapResize = 1 << 3;       // truncate (grow)
+constexpr DriverCaps kCapShrink = 1 << 4;       // truncate (shrink)
+constexpr DriverCaps kCapBacking = 1 << 5;      // has a backing (COW) child
+constexpr DriverCaps kCapBlockStatus = 1 << 6;  // reports holes/zeroes
+constexpr DriverCaps kCapFlush = 1 << 7;        // flush reaches stable storage
+constexpr DriverCaps kCapDiscardZeroes = 1 << 8;// discarded ranges read back as zeros
+constexpr DriverCaps kCapPersistent = 1 << 9;   // data survives close/reopen
+constexpr DriverCaps kCapWriteCompressed = 1 << 10; // honours kReqWriteCompressed (else -ENOTSUP)
+// Bits the conformance suite (tests/conformance/, docs/conformance.md) uses:
+constexpr DriverCaps kCapPassthrough = 1 << 11; // data is the primary child's bytes 1:1 (raw, filters): the
+                                                // stack's capabilities are this driver's AND its child's
+constexpr DriverCaps kCapDropsWrites = 1 << 12; // writes succeed but are not stored; reads return zeros (null-co)
+constexpr DriverCaps kCapDebugEvents = 1 << 13; // fires QEMU's blkdebug events (l1_update, l2_update,
+                                                // refblock_update, ...) to its file child on metadata paths
+constexpr DriverCaps kCapLocking = 1 << 14;     // image locks: other graphs/processes see conflicts
+
+// A driver's descriptor: a constant each driver defines in its own source
+// file and registers with one line in block/drivers.cc. Consumers read it
+// through the registry (name, kind, capabilities, create options); the
+// function pointers are for the generic layer (block/graph.cc,
+// block/image-mgmt.cc).
+struct BlockDriver {
+    const char *name;                       // the "driver" option value
+    BlockDriverKind kind;
+    DriverCaps caps;
+    const char *summary;                    // one line for --help
+    // Decodes the driver's own option keys (the generic ones are done) into
+    // the driver's DriverOptions subclass, which open() then reads with
+    // opts.as<ThatClass>(). Required. See qapi/option-reader.h.
+    DriverOptionsDecoder decode_options;
+    // Creates an unopened node of this driver.
+    std::unique_ptr<BlockNode> (*create)();
+    // Format probe: score for the first bytes of an image (0 = not this
+    // format; raw answers 1, qcow2 100). nullptr: never probed.
+    int (*probe)(const uint8_t *buf, size_t len);
+
+    // ---- image management (block/image-mgmt.h); optional, nullptr or
+    // empty = not supported: img_create / img_measure then fail with
+    // ENOTSUP and qemu-img's message.
+    // Options create_image accepts (this driver's own, in the order the
+    // "Formatting" line prints them; img_create merges the protocol's).
+    std::span<const CreateOptionDesc> create_opts;
+    // Creates the image filename (formats create their file through the
+    // "file" driver's create_image). opts was validated against the merged
+    // options and holds "size"; unknown keys are the protocol's. Does not
+    // need a coroutine; REQUIRES AioContext::current() (opens nodes).
+    // Errors name the file; EFBIG for a size the format cannot hold.
+    Status (*create_image)(const std::string &filename, const CreateOptions &opts);
+    // qemu-img measure: file sizes for an image created with opts holding
+    // src's data (src == nullptr: "size" from opts). src is any node (read
+    // through co_block_status_above); may yield when called in a coroutine.
+    Result<MeasureInfo> (*measure)(const CreateOptions &opts, BlockNode *src);
+};
+
+// The drivers a graph can instantiate: one explicit list (block/drivers.cc
+// builds the built-in one), no registration by static constructors. It is
+// also the schema the option decoders look drivers up in. Immutable once
+// built; safe to share between threads.
+class DriverRegistry : public BlockdevSchema {
+  public:
+    DriverOptionsDecoder options_decoder(const std::string &driver) const override;
+    void add(const BlockDriver *drv) { drivers_.push_back(drv); }
+    const BlockDriver *find(const std::string &name) const;
+    const std::vector<const BlockDriver *> &all() const { return drivers_; }
+    // The format whose probe scores highest for the first bytes of an image
+    // (kProbeBufSize of them, fewer for a shorter image); on a tie the one
+    // registered first. nullptr if no probe scores > 0 (with raw registered,
+    // never: raw scores 1 for anything).
+    const BlockDriver *probe_format(const uint8_t *buf, size_t len) const;
+    // True if a first sector holding these kProbeBufSize bytes would be
+    // probed as a format that recognises it (a probe scoring > 1, i.e. more
+    // than "anything at all"): what a probed raw image must not be turned
+    // into by a guest write.
+    bool probe_recognises(const uint8_t *sector0) const;
+    // Reads the first kProbeBufSize bytes of node (zeros past its end) and
+    // returns probe_format()'s pick. Uses a temporary read-only BlockBackend
+    // on node; outside a coroutine it runs one through run_in_coroutine()
+    // (REQUIRES AioContext::current()); inside one it yields.
+    // Errors: those of the read ("Could not read image for determining its
+    // format: ..."); ENOENT when no registered format matches.
+    Result<const BlockDriver *> probe_node_format(BlockNode *node) const;
+
+  private:
+    std::vector<const BlockDriver *> drivers_;
+};
+
+// block/drivers.cc: every built-in driver, added one line each.
+void register_builtin_drivers(DriverRegistry *registry);
+// The registry with every built-in driver (built on first use; thread-safe).
+const DriverRegistry &builtin_drivers();
+
+// The protocol driver that serves filename (for plain paths, the default
+// "file" driver); nullptr if the registry has none.
+const BlockDriver *protocol_driver_for(const DriverRegistry &registry, const std::string &filename);
+// The options tree of a protocol node opening filename, e.g.
+// {"driver": "file", "filename": filename}; for BlockGraph::add_node_json.
+nlohmann::json protocol_node_options(const std::string &filename);
+// True if drv's format probe claims any data at all (raw): probing picks it
+// only when nothing else recognises the image, so writes that would make
+// the image look like another format must be refused on a probed node, and
+// tools warn (QEMU's "probing guessed raw"). Probes must accept len 0.
+bool probe_is_catch_all(const BlockDriver *drv);
+
+// Bytes of an image's start that format probes look at (QEMU's
+// BLOCK_PROBE_BUF_SIZE).
+constexpr size_t kProbeBufSize = 512;
 
 // Checks a node name against QEMU's rules (letter first, then letters,
 // digits, '-', '.', '_', at most 31 characters).

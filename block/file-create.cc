@@ -1,13 +1,11 @@
-// Image creation for the "file" protocol and the "raw" format (QEMU
-// raw_co_create in block/file-posix.c, raw_co_create_opts and raw_measure
-// in block/raw-format.c).
+// Image creation for the "file" protocol (QEMU raw_co_create in
+// block/file-posix.c); the rest of the driver is block/file-posix.cc.
 //
 // file: the file is created (or truncated) under QEMU's image locks, so an
 // image in use by another process is refused; btrfs NOCOW and the XFS
 // extent size hint are applied while the file is empty; then it is resized
 // to "size" with the preallocation mode (off, falloc, full) through a file
 // node, like any other truncate.
-// raw: the file protocol creates the image; raw adds nothing.
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -17,11 +15,12 @@
 #include <cinttypes>
 #include <cstring>
 
-#include "block/drivers.h"
+#include "block/block-driver.h"
 #include "util/log.h"
 
 namespace bg {
 
+extern const CreateOptionDesc kFileCreateOptions[4];
 const CreateOptionDesc kFileCreateOptions[4] = {
     {"size", CreateOptionType::kSize, "Virtual disk size", nullptr},
     {"preallocation", CreateOptionType::kString, "Preallocation mode (allowed values: off, falloc, full)", nullptr},
@@ -29,19 +28,7 @@ const CreateOptionDesc kFileCreateOptions[4] = {
     {"extent_size_hint", CreateOptionType::kSize, "Extent size hint for the image file, 0 to disable", nullptr},
 };
 
-const CreateOptionDesc kRawCreateOptions[1] = {
-    {"size", CreateOptionType::kSize, "Virtual disk size", nullptr},
-};
 
-Result<PreallocMode> parse_prealloc_option(const CreateOptions &opts, bool allow_metadata)
-{
-    auto v = opts.get("preallocation");
-    if (!v || *v == "off") return PreallocMode::kOff;
-    if (*v == "falloc") return PreallocMode::kFalloc;
-    if (*v == "full") return PreallocMode::kFull;
-    if (*v == "metadata" && allow_metadata) return PreallocMode::kMetadata;
-    return make_error(EINVAL, "Parameter 'preallocation' does not accept value '%s'", v->c_str());
-}
 
 namespace {
 
@@ -105,12 +92,7 @@ Status file_create_image(const std::string &filename, const CreateOptions &opts)
     ::close(fd);
 
     BlockGraph graph;
-    BlockdevOptions fo;
-    fo.driver = "file";
-    BlockdevOptionsFile f;
-    f.filename = filename;
-    fo.opts = f;
-    auto node = graph.add_node(fo);
+    auto node = graph.add_node_json({{"driver", "file"}, {"filename", filename}});
     if (!node) return node.error();
     // QEMU's raw_co_create: WRITE and RESIZE, sharing all but RESIZE.
     auto blk = BlockBackend::create(node.value(), kPermWrite | kPermResize, kPermAll & ~kPermResize, "qemu-img");
@@ -132,29 +114,6 @@ Status file_create_image(const std::string &filename, const CreateOptions &opts)
     r = run_in_coroutine([&] { return b->co_flush(); });
     if (r < 0) return make_error(-r, "Could not flush '%s': %s", filename.c_str(), strerror(-r));
     return {};
-}
-
-Status raw_create_image(const std::string &filename, const CreateOptions &opts)
-{
-    // Everything but "size" belongs to the protocol, which gets all.
-    return file_create_image(filename, opts);
-}
-
-// QEMU raw_measure: the file is as large as the virtual disk either way.
-Result<MeasureInfo> raw_measure(const CreateOptions &opts, BlockNode *src)
-{
-    MeasureInfo m;
-    if (src) {
-        int64_t len = src->getlength();
-        if (len < 0) return errno_error(static_cast<int>(-len), "Unable to get image virtual_size");
-        m.required = static_cast<uint64_t>(len);
-    } else {
-        auto size = opts.get_size("size", 0);
-        if (!size) return size.error();
-        m.required = (size.value() + 511) & ~uint64_t{511};
-    }
-    m.fully_allocated = m.required;
-    return m;
 }
 
 } // namespace bg

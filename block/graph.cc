@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "block/block-driver.h"
+#include "qapi/block-parse.h"
 #include "util/log.h"
 
 namespace bg {
@@ -131,20 +132,9 @@ BlockdevOptions BlockNode::dump_options() const
         ref.reference = c->node()->node_name();
         ref.def.reset();
     };
-    std::visit(
-        [&](auto &d) {
-            using T = std::decay_t<decltype(d)>;
-            if constexpr (std::is_same_v<T, BlockdevOptionsRaw>) {
-                fix(d.file, "file");
-            } else if constexpr (std::is_same_v<T, BlockdevOptionsBlkdebug>) {
-                fix(d.image, "image");
-            } else if constexpr (std::is_same_v<T, BlockdevOptionsQcow2>) {
-                fix(d.file, "file");
-                fix(d.backing, "backing");
-                fix(d.data_file, "data-file");
-            }
-        },
-        o.opts);
+    if (o.drv) {
+        o.drv->for_each_child([&fix](const char *key, BlockdevRef &ref) { fix(ref, key); });
+    }
     return o;
 }
 
@@ -425,10 +415,18 @@ Result<BlockNode *> BlockGraph::add_node(const BlockdevOptions &opts)
     return r;
 }
 
+Result<BlockNode *> BlockGraph::add_node_json(const nlohmann::json &tree)
+{
+    auto o = blockdev_options_from_tree(*registry_, tree, false);
+    if (!o) return o.error();
+    return add_node(o.value());
+}
+
 Result<BlockNode *> BlockGraph::open_node(const BlockdevOptions &opts, bool implicit)
 {
     const BlockDriver *drv = registry_->find(opts.driver);
     if (!drv) return make_error(EINVAL, "unknown driver '%s'", opts.driver.c_str());
+    if (!opts.drv) return make_error(EINVAL, "the options of driver '%s' were not decoded", opts.driver.c_str());
     std::string name = opts.node_name;
     if (name.empty()) {
         name = generate_node_name();

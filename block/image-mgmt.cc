@@ -11,6 +11,7 @@
 
 #include "block/block-driver.h"
 #include "block/block.h"
+#include "qapi/block-parse.h"
 #include "qapi/size.h"
 
 namespace bg {
@@ -243,14 +244,10 @@ Result<std::pair<std::string, int64_t>> probe_backing(const DriverRegistry &regi
                                                       const std::optional<std::string> &fmt)
 {
     BlockGraph graph(&registry);
-    BlockdevOptions fo;
-    fo.driver = "file";
-    fo.read_only = true;
-    fo.force_share = true;
-    BlockdevOptionsFile f;
-    f.filename = path;
-    fo.opts = f;
-    auto file = graph.add_node(fo);
+    nlohmann::json fo = protocol_node_options(path);
+    fo["read-only"] = true;
+    fo["force-share"] = true;
+    auto file = graph.add_node_json(fo);
     if (!file) {
         return make_error(file.err(), "Could not open '%s': %s", path.c_str(), strerror(file.err()));
     }
@@ -258,52 +255,65 @@ Result<std::pair<std::string, int64_t>> probe_backing(const DriverRegistry &regi
     if (fmt) {
         format = *fmt;
     } else {
-        uint8_t buf[512] = {};
-        int64_t len = file.value()->getlength();
-        int64_t n = std::min<int64_t>(len, sizeof(buf));
-        BlockNode *fnode = file.value();
-        auto blk = BlockBackend::create(fnode, kPermConsistentRead, kPermAll, "qemu-img");
-        if (!blk) return blk.error();
-        BlockBackend *b = blk.value().get();
-        int r = n > 0 ? run_in_coroutine([&] { return b->co_pread(0, n, buf); }) : 0;
-        if (r < 0) return errno_error(-r, "Could not read '" + path + "'");
-        const BlockDriver *d = registry.probe_format(buf, static_cast<size_t>(std::max<int64_t>(n, 0)));
-        format = d ? d->name : "raw";
+        auto d = registry.probe_node_format(file.value());
+        if (!d) return d.error().prefixed(path);
+        format = d.value()->name;
     }
     const BlockDriver *drv = registry.find(format);
     if (!drv) return make_error(EINVAL, "Unknown driver '%s'", format.c_str());
     if (drv->kind == BlockDriverKind::kProtocol) return std::make_pair(format, file.value()->getlength());
-    std::string file_name = file.value()->node_name();
-    BlockdevOptions o;
-    o.driver = format;
-    o.read_only = true;
-    o.force_share = true;
-    BlockdevRef ref;
-    ref.kind = BlockdevRef::Kind::kReference;
-    ref.reference = file_name;
-    if (format == "raw") {
-        BlockdevOptionsRaw r;
-        r.file = ref;
-        o.opts = r;
-    } else if (format == "qcow2") {
-        BlockdevOptionsQcow2 q;
-        q.file = ref;
-        o.opts = q;
-    } else {
+    if (drv->kind != BlockDriverKind::kFormat) {
         return make_error(ENOTSUP, "Backing file format '%s' is not supported", format.c_str());
     }
-    auto top = graph.add_node(o);
+    nlohmann::json o{{"driver", format}, {"read-only", true}, {"force-share", true},
+                     {"file", file.value()->node_name()}};
+    auto top = graph.add_node_json(o);
     if (!top) return top.error();
     return std::make_pair(format, top.value()->getlength());
 }
 
 } // namespace
 
+namespace {
+// The protocol of plain file names (an option default, as QEMU's).
+constexpr const char *kDefaultProtocol = "file";
+} // namespace
+
+const BlockDriver *protocol_driver_for(const DriverRegistry &registry, const std::string &filename)
+{
+    (void)filename;
+    return registry.find(kDefaultProtocol);
+}
+
+nlohmann::json protocol_node_options(const std::string &filename)
+{
+    return nlohmann::json{{"driver", kDefaultProtocol}, {"filename", filename}};
+}
+
+Status create_image_file(const std::string &filename, const CreateOptions &opts)
+{
+    const BlockDriver *proto = protocol_driver_for(builtin_drivers(), filename);
+    if (!proto || !proto->create_image) {
+        return make_error(ENOTSUP, "%s: the protocol cannot create image files", filename.c_str());
+    }
+    return proto->create_image(filename, opts);
+}
+
+Result<PreallocMode> parse_prealloc_option(const CreateOptions &opts, bool allow_metadata)
+{
+    auto v = opts.get("preallocation");
+    if (!v || *v == "off") return PreallocMode::kOff;
+    if (*v == "falloc") return PreallocMode::kFalloc;
+    if (*v == "full") return PreallocMode::kFull;
+    if (*v == "metadata" && allow_metadata) return PreallocMode::kMetadata;
+    return make_error(EINVAL, "Parameter 'preallocation' does not accept value '%s'", v->c_str());
+}
+
 Status img_create(const DriverRegistry &registry, const ImgCreateParams &p)
 {
     const BlockDriver *drv = registry.find(p.fmt);
     if (!drv) return make_error(EINVAL, "Unknown file format '%s'", p.fmt.c_str());
-    const BlockDriver *proto = registry.find("file");
+    const BlockDriver *proto = protocol_driver_for(registry, p.filename);
     if (!drv->create_image) {
         return make_error(ENOTSUP, "Format driver '%s' does not support image creation", drv->name);
     }

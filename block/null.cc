@@ -12,11 +12,36 @@
 // come from any thread's coroutines.
 #include <cerrno>
 
-#include "block/drivers.h"
+#include "block/block-driver.h"
+#include "qapi/option-reader.h"
 
 namespace bg {
 
 namespace {
+
+// The options of null-co and null-aio (QEMU's BlockdevOptionsNull).
+struct NullOptions : DriverOptionsOf<NullOptions> {
+    static constexpr uint64_t kDefaultSize = 1ULL << 30;   // QEMU's default 1 GiB
+    uint64_t size = kDefaultSize;               // bytes
+    uint64_t latency_ns = 0;                    // "latency-ns"
+    bool read_zeroes = true;                    // "read-zeroes"; off: reads leave the buffer untouched
+
+    void encode(nlohmann::json &j) const override
+    {
+        if (size != kDefaultSize) j["size"] = size;
+        if (latency_ns) j["latency-ns"] = latency_ns;
+        if (!read_zeroes) j["read-zeroes"] = false;
+    }
+};
+
+Result<std::unique_ptr<DriverOptions>> decode_null_options(OptionReader &r, const BlockdevOptions &)
+{
+    auto o = std::make_unique<NullOptions>();
+    BG_TRY(r.get_size("size", &o->size, INT64_MAX));
+    BG_TRY(r.get_uint("latency-ns", &o->latency_ns, UINT64_MAX));
+    BG_TRY(r.get("read-zeroes", &o->read_zeroes));
+    return std::unique_ptr<DriverOptions>(std::move(o));
+}
 
 class NullNode final : public BlockNode {
   public:
@@ -28,7 +53,7 @@ class NullNode final : public BlockNode {
   protected:
     Status open(const BlockdevOptions &opts) override
     {
-        const auto *o = opts.as<BlockdevOptionsNull>();
+        const auto *o = opts.as<NullOptions>();
         if (!o) return node_error(EINVAL, "options are not null-co/null-aio options");
         if (o->size > static_cast<uint64_t>(kMaxLength)) {
             return node_error(EINVAL, "size " + std::to_string(o->size) + " is too large");
@@ -125,16 +150,16 @@ std::unique_ptr<BlockNode> create_null_aio() { return std::make_unique<NullNode>
 
 constexpr DriverCaps kNullCaps = kCapWrite | kCapWriteZeroes | kCapDiscard | kCapDropsWrites;
 
-const BlockDriver kDriverNullCo = {
+extern const BlockDriver kDriverNullCo = {
     "null-co", BlockDriverKind::kProtocol, kNullCaps,
     "discards writes, reads zeros; completes in the calling coroutine",
-    create_null_co, nullptr,
+    decode_null_options, create_null_co, nullptr,
 };
 
-const BlockDriver kDriverNullAio = {
+extern const BlockDriver kDriverNullAio = {
     "null-aio", BlockDriverKind::kProtocol, kNullCaps,
     "discards writes, reads zeros; completes from a bottom half",
-    create_null_aio, nullptr,
+    decode_null_options, create_null_aio, nullptr,
 };
 
 } // namespace bg

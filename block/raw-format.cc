@@ -10,7 +10,7 @@
 #include <cstring>
 #include <string>
 
-#include "block/drivers.h"
+#include "qapi/option-reader.h"
 
 namespace bg {
 
@@ -21,38 +21,44 @@ int raw_probe(const uint8_t *buf, size_t len)
     return 1;
 }
 
-bool probe_sector_is_foreign(const DriverRegistry &registry, const uint8_t *sector0)
-{
-    for (const BlockDriver *drv : registry.all()) {
-        if (!drv->probe || drv->kind != BlockDriverKind::kFormat || drv->probe == raw_probe) continue;
-        if (drv->probe(sector0, kProbeBufSize) > 1) return true;
+// ---------------------------------------------------------------- options
+
+namespace {
+
+// The raw driver's options (QEMU's BlockdevOptionsRaw).
+struct RawOptions : DriverOptionsOf<RawOptions> {
+    BlockdevRef file;                           // required
+    std::optional<uint64_t> offset;             // bytes into file
+    std::optional<uint64_t> size;               // bytes, multiple of 512
+
+    void encode(nlohmann::json &j) const override
+    {
+        put_ref(j, "file", file);
+        if (offset) j["offset"] = *offset;
+        if (size) j["size"] = *size;
     }
-    return false;
+    void for_each_child(const std::function<void(const char *, BlockdevRef &)> &fn) override { fn("file", file); }
+};
+
+Result<std::unique_ptr<DriverOptions>> decode_raw_options(OptionReader &r, const BlockdevOptions &)
+{
+    auto o = std::make_unique<RawOptions>();
+    BG_TRY(r.get_ref("file", &o->file, OptionReader::RefMode::kRequired));
+    BG_TRY(r.get_size("offset", &o->offset, INT64_MAX));
+    BG_TRY(r.get_size("size", &o->size, INT64_MAX));
+    if (o->size && *o->size % 512) return r.error("size", "Specified size is not multiple of 512");
+    return std::unique_ptr<DriverOptions>(std::move(o));
 }
 
-Result<const BlockDriver *> probe_node_format(BlockNode *node, const DriverRegistry &registry)
-{
-    Result<std::unique_ptr<BlockBackend>> blk =
-        BlockBackend::create(node, kPermConsistentRead, kPermAll, "format probe");
-    if (!blk) return blk.error();
-    int64_t len = node->getlength();
-    if (len < 0) return errno_error(static_cast<int>(-len), "Could not get image size");
-    uint8_t buf[kProbeBufSize] = {};
-    int64_t n = len < static_cast<int64_t>(kProbeBufSize) ? len : static_cast<int64_t>(kProbeBufSize);
-    BlockBackend *b = blk.value().get();
-    int ret = n > 0 ? run_in_coroutine([&] { return b->co_pread(0, n, buf); }) : 0;
-    if (ret < 0) return errno_error(-ret, "Could not read image for determining its format");
-    const BlockDriver *drv = registry.probe_format(buf, static_cast<size_t>(n));
-    if (!drv) return make_error(ENOENT, "Could not determine image format: no driver recognises it");
-    return drv;
-}
+} // namespace
 
 // ---------------------------------------------------------------- the node
 
 Status RawFormatNode::open(const BlockdevOptions &opts)
 {
-    const auto *o = opts.as<BlockdevOptionsRaw>();
+    const auto *o = opts.as<RawOptions>();
     if (!o) return node_error(EINVAL, "options are not raw options");
+    probed_ = opts.probed;
     uint64_t offset = o->offset.value_or(0);
     has_size_ = o->size.has_value();
     uint64_t size = o->size.value_or(0);
@@ -130,7 +136,7 @@ int coroutine_fn RawFormatNode::check_probed_write(int64_t offset, int64_t bytes
     } else {
         std::memset(sector0 + offset, 0, part);
     }
-    if (probe_sector_is_foreign(graph()->registry(), sector0)) return -EPERM;
+    if (graph()->registry().probe_recognises(sector0)) return -EPERM;
     return 0;
 }
 
@@ -224,16 +230,47 @@ void RawFormatNode::refresh_limits(BlockLimits *bl)
     if (probed_ && bl->request_alignment < 512) bl->request_alignment = 512;
 }
 
+// ---------------------------------------------------------------- creation
+
 namespace {
+
+const CreateOptionDesc kRawCreateOptions[1] = {
+    {"size", CreateOptionType::kSize, "Virtual disk size", nullptr},
+};
+
+Status raw_create_image(const std::string &filename, const CreateOptions &opts)
+{
+    // Everything but "size" belongs to the protocol, which gets all.
+    return create_image_file(filename, opts);
+}
+
+// QEMU raw_measure: the file is as large as the virtual disk either way.
+Result<MeasureInfo> raw_measure(const CreateOptions &opts, BlockNode *src)
+{
+    MeasureInfo m;
+    if (src) {
+        int64_t len = src->getlength();
+        if (len < 0) return errno_error(static_cast<int>(-len), "Unable to get image virtual_size");
+        m.required = static_cast<uint64_t>(len);
+    } else {
+        auto size = opts.get_size("size", 0);
+        if (!size) return size.error();
+        m.required = (size.value() + 511) & ~uint64_t{511};
+    }
+    m.fully_allocated = m.required;
+    return m;
+}
+
+
 std::unique_ptr<BlockNode> create_raw() { return std::make_unique<RawFormatNode>(); }
 } // namespace
 
-const BlockDriver kDriverRaw = {
+extern const BlockDriver kDriverRaw = {
     "raw", BlockDriverKind::kFormat,
     kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
         kCapPersistent | kCapPassthrough | kCapDiscardZeroes,
     "the file child's bytes as they are, optionally a window (offset, size)",
-    create_raw, raw_probe,
+    decode_raw_options, create_raw, raw_probe,
     kRawCreateOptions, raw_create_image, raw_measure,
 };
 

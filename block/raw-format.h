@@ -1,6 +1,5 @@
-// The raw format driver's public part: probed-raw protection and format
-// probing, for tools that open images without an explicit format
-// (blockgraph mount).
+// The raw format driver's node class, for its own source file and its unit
+// test. Nothing else includes this header.
 #pragma once
 
 #include <cstddef>
@@ -10,24 +9,9 @@
 
 namespace bg {
 
-// Size of the buffer format probes look at (QEMU's BLOCK_PROBE_BUF_SIZE).
-constexpr size_t kProbeBufSize = 512;
-
 // raw's probe: 1 for anything (the lowest positive score, so that raw is
 // chosen only when no other format recognises the image).
 int raw_probe(const uint8_t *buf, size_t len);
-
-// True if a first sector with these kProbeBufSize bytes would make registry
-// guess a format other than raw (some other format's probe scores > 1).
-bool probe_sector_is_foreign(const DriverRegistry &registry, const uint8_t *sector0);
-
-// Reads the first kProbeBufSize bytes of node (zeros past its end) and
-// returns the format registry's probes pick: "raw" at worst if raw is
-// registered. Uses a temporary read-only BlockBackend on node. Outside a
-// coroutine it runs one through run_in_coroutine() (REQUIRES
-// AioContext::current()); inside one it yields.
-// Errors: EIO etc. from the read; ENOENT when no registered format matches.
-Result<const BlockDriver *> probe_node_format(BlockNode *node, const DriverRegistry &registry);
 
 // A raw node. With neither offset nor size it is a filter of its "file"
 // child (FILTERED|PRIMARY); otherwise a window [offset, offset+size) onto
@@ -36,11 +20,12 @@ class RawFormatNode : public FilterNode {
   public:
     BdrvChild *filtered_child() const override { return is_filter_ ? filtered_ : nullptr; }
 
-    // Probed raw: the format was guessed, not given. Then writes that would
-    // change the first 512 bytes of the image into something another
-    // registered format's probe recognises fail with -EPERM (the
-    // format-probing attack of block-layer.md section 4). Call right after
-    // opening, before anyone writes; not thread-safe against requests.
+    // Probed raw (BlockdevOptions::probed at open): the format was guessed,
+    // not given. Then writes that would change the first 512 bytes of the
+    // image into something another registered format's probe recognises
+    // fail with -EPERM (the format-probing attack: a guest writing a qcow2
+    // header naming a host file as its backing file). set_probed is for
+    // tests; call it before anyone writes (not thread-safe against requests).
     void set_probed(bool probed) { probed_ = probed; }
     bool probed() const { return probed_; }
 

@@ -1,19 +1,25 @@
 // Typed, validated options for block nodes: plain data, the shape of QEMU's
-// BlockdevOptions (qapi/block-core.json). A discriminated union on "driver":
-// generic members in BlockdevOptions, driver members in one struct per
-// driver. Produced from JSON or dotted keyval by qapi/block-parse.h and
-// dumped back to JSON by the same module; consumed by block/ when opening.
+// BlockdevOptions (qapi/block-core.json).
 //
-// Field comments give the QEMU key name where it differs from the field
-// name, the unit, and the default.
+// The members every node has (node-name, read-only, cache.*, discard, ...)
+// live in BlockdevOptions itself. The members of one driver live in an
+// options object that the driver defines in its own source file, derived
+// from DriverOptions: the driver decodes its keys into it (through
+// qapi/option-reader.h) and encodes them back to JSON. Nothing here knows
+// any driver. qapi/block-parse.h turns JSON or keyval text into these
+// structures and back, given a BlockdevSchema that finds a driver's decoder
+// by name (block/'s driver registry is one).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
-#include <optional>
 #include <string>
-#include <variant>
-#include <vector>
+#include <utility>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "util/error.h"
 
 namespace bg {
 
@@ -31,95 +37,59 @@ struct BlockdevRef {
 
 enum class BlockdevDiscardOptions { kIgnore, kUnmap };
 enum class BlockdevDetectZeroes { kOff, kOn, kUnmap };
-enum class BlockdevAioOptions { kThreads, kNative, kIoUring };
 enum class OnOffAuto { kOff, kOn, kAuto };
 enum class PreallocMode { kOff, kMetadata, kFalloc, kFull };
 
-struct BlockdevOptionsFile {
-    std::string filename;                       // required; "file:" prefix stripped
-    // QEMU's default is threads; ours is io_uring (falls back to threads with
-    // a warning when a ring cannot be set up).
-    BlockdevAioOptions aio = BlockdevAioOptions::kIoUring;
-    OnOffAuto locking = OnOffAuto::kAuto;
-    uint32_t aio_max_batch = 0;                 // "aio-max-batch"; 0 = no limit
-    bool drop_cache = true;                     // "drop-cache"
+// The driver-specific part of a node's options. A driver derives its own
+// struct from DriverOptionsOf<ItsStruct> (which supplies clone()).
+// Instances are plain data: no handles, no pointers into a graph.
+struct DriverOptions {
+    virtual ~DriverOptions() = default;
+    // A deep copy (inline child definitions included).
+    virtual std::unique_ptr<DriverOptions> clone() const = 0;
+    // Adds the driver's members to the JSON object j: required members
+    // always, the others only where they differ from their defaults, so that
+    // decoding the result gives equal options. Children are written with
+    // put_ref() (qapi/option-reader.h). Must not throw but for bad_alloc.
+    virtual void encode(nlohmann::json &j) const = 0;
+    // Calls fn with the key and the reference of every child member
+    // ("file", "backing", ...), absent ones included. Default: none.
+    virtual void for_each_child(const std::function<void(const char *key, BlockdevRef &ref)> &fn);
+    void for_each_child(const std::function<void(const char *key, const BlockdevRef &ref)> &fn) const;
 };
 
-struct BlockdevOptionsRaw {
-    BlockdevRef file;                           // required
-    std::optional<uint64_t> offset;             // bytes into file
-    std::optional<uint64_t> size;               // bytes, multiple of 512
+template <typename T>
+struct DriverOptionsOf : DriverOptions {
+    std::unique_ptr<DriverOptions> clone() const override
+    {
+        return std::make_unique<T>(static_cast<const T &>(*this));
+    }
 };
 
-struct BlockdevOptionsNull {
-    uint64_t size = 1ULL << 30;                 // bytes; QEMU default 1 GiB
-    uint64_t latency_ns = 0;                    // "latency-ns"
-    bool read_zeroes = true;                    // "read-zeroes"; off: reads leave the buffer untouched
+// Owns a DriverOptions with value semantics: copies are deep.
+class DriverOptionsPtr {
+  public:
+    DriverOptionsPtr() = default;
+    DriverOptionsPtr(std::unique_ptr<DriverOptions> p) : p_(std::move(p)) {}
+    DriverOptionsPtr(const DriverOptionsPtr &o) : p_(o.p_ ? o.p_->clone() : nullptr) {}
+    DriverOptionsPtr(DriverOptionsPtr &&) = default;
+    DriverOptionsPtr &operator=(const DriverOptionsPtr &o)
+    {
+        if (this != &o) p_ = o.p_ ? o.p_->clone() : nullptr;
+        return *this;
+    }
+    DriverOptionsPtr &operator=(DriverOptionsPtr &&) = default;
+
+    DriverOptions *get() const { return p_.get(); }
+    DriverOptions *operator->() const { return p_.get(); }
+    explicit operator bool() const { return p_ != nullptr; }
+
+  private:
+    std::unique_ptr<DriverOptions> p_;
 };
-
-enum class BlkdebugIoType { kRead, kWrite, kWriteZeroes, kDiscard, kFlush, kBlockStatus, kTruncate };
-
-struct BlkdebugInjectError {
-    std::string event;                          // optional: arm the rule when this event fires
-    std::optional<BlkdebugIoType> iotype;       // absent: read, write, write-zeroes, discard, flush (QEMU)
-    int err = 5;                                // "errno"; positive; default EIO
-    int64_t sector = -1;                        // 512-byte sector the request must cover; -1: any
-    std::optional<uint64_t> offset;             // extension: byte range the request must overlap
-    std::optional<uint64_t> bytes;              //   (with offset; absent = to the end)
-    uint64_t after = 0;                         // extension: let this many matching requests pass first
-    bool once = false;                          // remove after the first injection
-    bool immediately = false;                   // fail without yielding first (default: asynchronously)
-    int64_t state = 0;                          // only while blkdebug is in this state; 0 = any
-};
-
-struct BlkdebugSetState {
-    std::string event;
-    int64_t state = 0;                          // 0 = any
-    int64_t new_state = 0;                      // "new_state"
-};
-
-struct BlockdevOptionsBlkdebug {
-    BlockdevRef image;                          // required
-    std::string config;                         // config file (not supported: error if set)
-    uint32_t align = 0;                         // request alignment to force; 0 = child's
-    uint32_t max_transfer = 0;                  // "max-transfer"
-    uint32_t opt_write_zero = 0;                // "opt-write-zero"
-    uint32_t max_write_zero = 0;                // "max-write-zero"
-    uint32_t opt_discard = 0;                   // "opt-discard"
-    uint32_t max_discard = 0;                   // "max-discard"
-    std::vector<BlkdebugInjectError> inject_error;   // "inject-error"
-    std::vector<BlkdebugSetState> set_state;         // "set-state"
-};
-
-// qcow2 runtime options (BlockdevOptionsQcow2). Opening is issue 5; the
-// option set is fixed here so configurations validate from the start.
-enum class Qcow2OverlapCheckMode { kNone, kConstant, kCached, kAll };
-
-struct BlockdevOptionsQcow2 {
-    BlockdevRef file;                           // required
-    BlockdevRef backing;                        // absent: from the image header; null: none
-    BlockdevRef data_file;                      // "data-file"
-    bool lazy_refcounts_set = false;            // "lazy-refcounts" given?
-    bool lazy_refcounts = false;
-    bool pass_discard_request = true;           // "pass-discard-request" (when discard=unmap)
-    bool pass_discard_snapshot = true;          // "pass-discard-snapshot"
-    bool pass_discard_other = false;            // "pass-discard-other"
-    bool discard_no_unref = false;              // "discard-no-unref"
-    Qcow2OverlapCheckMode overlap_check = Qcow2OverlapCheckMode::kCached;  // "overlap-check"
-    std::optional<uint64_t> cache_size;         // "cache-size" bytes
-    std::optional<uint64_t> l2_cache_size;      // "l2-cache-size" bytes
-    std::optional<uint64_t> l2_cache_entry_size;// "l2-cache-entry-size" bytes
-    std::optional<uint64_t> refcount_cache_size;// "refcount-cache-size" bytes
-    uint64_t cache_clean_interval = 600;        // "cache-clean-interval" seconds; 0 = never
-    std::optional<std::string> snapshot_id;     // "snapshot.id" (read-only view)
-    std::optional<std::string> snapshot_name;   // "snapshot.name"
-};
-
-using BlockdevDriverOptions = std::variant<BlockdevOptionsFile, BlockdevOptionsRaw, BlockdevOptionsNull,
-                                           BlockdevOptionsBlkdebug, BlockdevOptionsQcow2>;
 
 struct BlockdevOptions {
-    std::string driver;                         // required: "file", "raw", "null-co", "blkdebug", "qcow2"
+    std::string driver;                         // required: a driver name of the schema
     std::string node_name;                      // "node-name"; empty = auto-generated at open
     bool read_only = false;                     // "read-only"
     bool auto_read_only = false;                // "auto-read-only"
@@ -128,15 +98,39 @@ struct BlockdevOptions {
     BlockdevDetectZeroes detect_zeroes = BlockdevDetectZeroes::kOff;  // "detect-zeroes"
     bool cache_direct = false;                  // "cache": {"direct"}  (keyval: cache.direct)
     bool cache_no_flush = false;                // "cache": {"no-flush"}
-    // Not an option of the JSON/keyval forms: set by "img check -r" on the
-    // node it repairs (QEMU's BDRV_O_CHECK). A format driver then opens
-    // writable what it would refuse (qcow2: the corrupt bit) and leaves
-    // repairs it would do at open (qcow2: a dirty image) to the check.
+    // Open flags that are not options of the JSON/keyval forms; only the
+    // program that opens the node sets them (never encoded).
+    // check_repair: set by "img check -r" on the node it repairs (QEMU's
+    // BDRV_O_CHECK). A format driver then opens writable what it would
+    // refuse (qcow2: the corrupt bit) and leaves repairs it would do at open
+    // (qcow2: a dirty image) to the check.
     bool check_repair = false;
-    BlockdevDriverOptions opts;                 // matches driver
+    // probed: the format was guessed from the image's first bytes, not
+    // given by the user. A format that any data can imitate (raw) then
+    // refuses writes that would make the image probe as another format.
+    bool probed = false;
+    DriverOptionsPtr drv;                       // the driver's members; set by the decoder
 
-    template <typename T> T *as() { return std::get_if<T>(&opts); }
-    template <typename T> const T *as() const { return std::get_if<T>(&opts); }
+    // The driver's options as its own struct, or nullptr if they are of
+    // another type (or unset).
+    template <typename T> T *as() { return dynamic_cast<T *>(drv.get()); }
+    template <typename T> const T *as() const { return dynamic_cast<const T *>(drv.get()); }
+};
+
+class OptionReader;
+
+// Decodes a driver's own keys into its options object (see
+// qapi/option-reader.h). generic holds the node's already-decoded common
+// members, for checks that combine both (e.g. "requires read-only=on").
+using DriverOptionsDecoder = Result<std::unique_ptr<DriverOptions>> (*)(OptionReader &r,
+                                                                        const BlockdevOptions &generic);
+
+// Where the generic decoder finds a driver's decoder by the "driver" value.
+class BlockdevSchema {
+  public:
+    virtual ~BlockdevSchema() = default;
+    // nullptr: no such driver.
+    virtual DriverOptionsDecoder options_decoder(const std::string &driver) const = 0;
 };
 
 } // namespace bg

@@ -1,4 +1,7 @@
 // From user input to typed BlockdevOptions (qapi/block-options.h) and back.
+// The decoders take the schema that knows the drivers (block/'s registry,
+// see block/block.h builtin_drivers()); the generic members are decoded
+// here, each driver's own members by the driver (qapi/option-reader.h).
 //
 // Input comes as QEMU's keyval syntax ("qcow2,node-name=d,file.driver=file,
 // file.filename=a.img") or as a JSON object ({"driver":"qcow2",...}); both
@@ -41,26 +44,28 @@ namespace bg {
 // booleans on/off, true/false, yes/no. (Native JSON scalars are also
 // accepted in this mode.)
 // Errors: see the file comment and docs/configuration.md.
-Result<BlockdevOptions> blockdev_options_from_tree(const nlohmann::json &tree, bool from_keyval);
+Result<BlockdevOptions> blockdev_options_from_tree(const BlockdevSchema &schema, const nlohmann::json &tree,
+                                                   bool from_keyval);
 
 // Parses the argument of a --blockdev option: JSON if its first character
 // other than white space is '{', otherwise keyval with the implied key
 // "driver" ("file,filename=a.img").
-Result<BlockdevOptions> parse_blockdev_arg(const std::string &arg);
+Result<BlockdevOptions> parse_blockdev_arg(const BlockdevSchema &schema, const std::string &arg);
 
 // Parses a QEMU "json:{...}" pseudo-filename. Dotted member names are
 // expanded first, as QEMU does ({"file.filename":"a"} is {"file":
 // {"filename":"a"}}); then it is decoded with JSON typing.
 // Errors: "json: filename must start with 'json:'", those of
 // parse_json_object() and json_unflatten(), and the decoder's.
-Result<BlockdevOptions> parse_json_filename(const std::string &s);
+Result<BlockdevOptions> parse_json_filename(const BlockdevSchema &schema, const std::string &s);
 
 // Encodes options as QEMU-shaped JSON: "driver", "node-name" when not empty,
 // required members, and every other member whose value differs from the
-// default in block-options.h. Children: a reference is a string, an inline
-// definition a nested object, a null backing JSON null.
-// Precondition: o.opts holds the struct that matches o.driver, and every
-// kInline reference has a def.
+// default (the driver's DriverOptions::encode writes its own members).
+// Children: a reference is a string, an inline definition a nested object, a
+// null backing JSON null. The open flags (check_repair, probed) are not
+// options and are never written.
+// Precondition: every kInline reference has a def.
 // Property: blockdev_options_from_tree(blockdev_options_to_json(o), false)
 // gives options equal to o, for any o that the decoder accepts.
 // Strings are copied byte for byte; file names need not be UTF-8, so dump()

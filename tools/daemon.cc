@@ -551,7 +551,7 @@ int cmd_daemon(int argc, char **argv)
         }
 
         if (name == "--blockdev") {
-            auto o = parse_blockdev_arg(value);
+            auto o = parse_blockdev_arg(builtin_drivers(), value);
             if (!o) return fail(o.msg());
             steps.emplace_back(std::move(o.value()));
         } else if (name == "--object") {

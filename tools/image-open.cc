@@ -15,8 +15,7 @@
 
 #include <cstring>
 
-#include "block/block-driver.h"
-#include "block/raw-format.h"
+#include "block/block.h"
 #include "qapi/block-parse.h"
 #include "qapi/keyval.h"
 
@@ -69,12 +68,15 @@ const char *aio_name(BlockdevAioOptions aio)
 // where the keys are absent. backing: inline backing nodes default to
 // read-only, as QEMU opens them. Returns an error for -U against an explicit
 // force-share=off.
-Status apply_defaults(json &node, const ImageOpenSpec &spec, bool is_backing)
+Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpenSpec &spec, bool is_backing)
 {
     if (!node.is_object()) return {};
-    // A child with a file name but no driver is a file (QEMU guesses the
-    // protocol from the name; we have one protocol with file names).
-    if (!node.contains("driver") && node.contains("filename")) node["driver"] = "file";
+    // A child with a file name but no driver: the protocol that serves the
+    // name (QEMU guesses the protocol from the name too).
+    auto fname = node.find("filename");
+    const BlockDriver *proto =
+        fname != node.end() && fname->is_string() ? protocol_driver_for(registry, fname->get<std::string>()) : nullptr;
+    if (!node.contains("driver") && proto) node["driver"] = proto->name;
 
     if (!node.contains("read-only")) node["read-only"] = spec.read_only || is_backing;
     if (spec.force_share) {
@@ -91,14 +93,14 @@ Status apply_defaults(json &node, const ImageOpenSpec &spec, bool is_backing)
         node["discard"] = *spec.discard == BlockdevDiscardOptions::kUnmap ? "unmap" : "ignore";
     }
     auto drv = node.find("driver");
-    if (spec.aio && drv != node.end() && drv->is_string() && drv->get<std::string>() == "file" &&
+    if (spec.aio && proto && drv != node.end() && drv->is_string() && drv->get<std::string>() == proto->name &&
         !node.contains("aio")) {
         node["aio"] = aio_name(*spec.aio);
     }
     for (const char *key : kChildKeys) {
         auto it = node.find(key);
         if (it == node.end() || !it->is_object()) continue;
-        BG_TRY(apply_defaults(*it, spec, is_backing || std::strcmp(key, "backing") == 0));
+        BG_TRY(apply_defaults(registry, *it, spec, is_backing || std::strcmp(key, "backing") == 0));
     }
     return {};
 }
@@ -112,12 +114,15 @@ Error plain_error(const Error &e)
     return e;
 }
 
-// Decodes and opens one node tree; check_repair marks its top node.
-Result<BlockNode *> open_tree(BlockGraph *graph, const json &tree, bool from_keyval, bool check_repair = false)
+// Decodes and opens one node tree; check_repair and probed are the open
+// flags of its top node (BlockdevOptions).
+Result<BlockNode *> open_tree(BlockGraph *graph, const json &tree, bool from_keyval, bool check_repair = false,
+                              bool probed = false)
 {
-    Result<BlockdevOptions> opts = blockdev_options_from_tree(tree, from_keyval);
+    Result<BlockdevOptions> opts = blockdev_options_from_tree(graph->registry(), tree, from_keyval);
     if (!opts) return opts.error();
     opts.value().check_repair = check_repair;
+    opts.value().probed = probed;
     return graph->add_node(opts.value());
 }
 
@@ -215,11 +220,11 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
         from_keyval = false;
     } else if (fmt_drv && fmt_drv->kind == BlockDriverKind::kProtocol) {
         // -f file (or another protocol): the protocol node is the image.
-        tree = json::object();
-        if (std::strcmp(fmt_drv->name, "file") == 0) tree["filename"] = spec.image;
+        tree = fmt_drv == protocol_driver_for(registry, spec.image) ? protocol_node_options(spec.image)
+                                                                     : json::object();
     } else {
         tree = json::object();
-        tree["file"] = json{{"driver", "file"}, {"filename", spec.image}};
+        tree["file"] = protocol_node_options(spec.image);
     }
     if (fmt_drv) {
         auto it = tree.find("driver");
@@ -236,7 +241,7 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
     }
 
     // 2. The tool-wide switches.
-    BG_TRY(apply_defaults(tree, spec, false));
+    BG_TRY(apply_defaults(registry, tree, spec, false));
     if (spec.force_share && tree["read-only"] == false) {
         // QEMU's wording (the option decoder has its own).
         return make_error(EINVAL, "force-share=on can only be used with read-only images");
@@ -262,19 +267,16 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
         }
     }
     if (need_probe) {
-        Result<const BlockDriver *> d = probe_node_format(file_node, registry);
+        Result<const BlockDriver *> d = registry.probe_node_format(file_node);
         if (!d) return d.error();
         tree["driver"] = d.value()->name;
-        img->probed_raw = std::strcmp(d.value()->name, "raw") == 0;
+        img->probed_raw = probe_is_catch_all(d.value());
     }
 
-    // 4. The top node.
-    Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair);
+    // 4. The top node (told when its format was probed).
+    Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair, need_probe);
     if (!root) return plain ? plain_error(root.error()) : root.error();
     img->root = root.value();
-    if (img->probed_raw) {
-        if (auto *raw = dynamic_cast<RawFormatNode *>(img->root)) raw->set_probed(true);
-    }
 
     // 5. The consumer. A description that makes the top node read-only
     // without -r is refused as in QEMU's tools, whose backend asks for write

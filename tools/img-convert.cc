@@ -540,11 +540,11 @@ int img_commit(int argc, char **argv)
     auto graph = std::make_unique<BlockGraph>();
     json base_tree = {{"driver", base_driver},
                       {"node-name", "commit-base"},
-                      {"file", {{"driver", "file"}, {"filename", base_file}}}};
+                      {"file", protocol_node_options(base_file)}};
     for (json *t : {&base_tree, &top_tree}) {
         (*t)["cache"] = {{"direct", cm.value().direct}, {"no-flush", cm.value().no_flush}};
     }
-    Result<BlockdevOptions> bo = blockdev_options_from_tree(base_tree, false);
+    Result<BlockdevOptions> bo = blockdev_options_from_tree(graph->registry(), base_tree, false);
     if (!bo) {
         error("%s", bo.msg().c_str());
         return 1;
@@ -554,7 +554,7 @@ int img_commit(int argc, char **argv)
         error("%s", open_error_message(base_file, base.error()).c_str());
         return 1;
     }
-    Result<BlockdevOptions> to = blockdev_options_from_tree(top_tree, false);
+    Result<BlockdevOptions> to = blockdev_options_from_tree(graph->registry(), top_tree, false);
     if (!to) {
         error("%s", to.msg().c_str());
         return 1;
@@ -705,12 +705,7 @@ int img_rebase(int argc, char **argv)
         BlockBackend *diff = nb ? nb->blk.get() : nullptr;
         if (!diff) {
             zgraph = std::make_unique<BlockGraph>();
-            BlockdevOptions zo;
-            zo.driver = "null-co";
-            BlockdevOptionsNull no;
-            no.size = static_cast<uint64_t>(len);
-            zo.opts = no;
-            Result<BlockNode *> zn = zgraph->add_node(zo);
+            Result<BlockNode *> zn = zgraph->add_node_json({{"driver", "null-co"}, {"size", len}});
             if (!zn) {
                 error("%s", zn.msg().c_str());
                 return 1;

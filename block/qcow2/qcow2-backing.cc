@@ -7,11 +7,14 @@
 // relative name is resolved against the directory of the image naming it
 // (as QEMU does), each file's realpath() is compared with those before it
 // (a loop is an error, not an endless recursion), and the format comes from
-// the backing format extension. Without one, the image is probed between
-// qcow2 and raw only, with a warning (QEMU probes every format). The walk
-// then builds the chain as nested inline options (each level's "backing"
-// given explicitly), so the nodes below do not repeat it, and dump_options()
-// shows the real chain.
+// the backing format extension (any format driver of the graph's registry).
+// Without one, the image is probed by the registry's format probes, with a
+// warning. The walk goes on through levels of this driver's own format and
+// stops at the first of another format (that node opens its own children).
+// It then builds the chain as nested inline options (each level's "backing"
+// given explicitly), so the nodes below do not repeat it, and
+// dump_options() shows the real chain. Options are written as JSON and
+// decoded by the registry: this driver names no other driver.
 //
 // Data file. With "data-file" absent, the name in the data file extension is
 // opened as a file node, resolved against the image's directory (QEMU 7.2
@@ -26,6 +29,7 @@
 #include <cstring>
 
 #include "block/qcow2/qcow2.h"
+#include "qapi/block-parse.h"
 #include "util/log.h"
 
 namespace bg {
@@ -96,38 +100,74 @@ Result<qcow2::Header> read_header(const std::string &path)
     return qcow2::parse_header(buf.data(), buf.size(), flen, path, false);
 }
 
-BlockdevRef inline_ref(BlockdevOptions o)
+} // namespace
+
+// The options of a protocol node for path: those of this image's own file
+// node (same driver, aio, locking ...) with "filename" replaced, and the
+// cache options of this node.
+nlohmann::json Qcow2Node::implicit_file_options(const std::string &path, bool read_only) const
 {
+    nlohmann::json j = blockdev_options_to_json(file_->node()->options());
+    j.erase("node-name");
+    j.erase("read-only");
+    j.erase("force-share");
+    j.erase("cache");
+    j["filename"] = path;
+    if (read_only) j["read-only"] = true;
+    if (read_only && options().force_share) j["force-share"] = true;
+    if (options().cache_direct || options().cache_no_flush) {
+        nlohmann::json c = nlohmann::json::object();
+        if (options().cache_direct) c["direct"] = true;
+        if (options().cache_no_flush) c["no-flush"] = true;
+        j["cache"] = std::move(c);
+    }
+    return j;
+}
+
+// An inline child reference decoded from tree by the graph's registry.
+Result<BlockdevRef> Qcow2Node::inline_ref(const nlohmann::json &tree) const
+{
+    auto o = blockdev_options_from_tree(graph()->registry(), tree, false);
+    if (!o) return o.error();
     BlockdevRef r;
     r.kind = BlockdevRef::Kind::kInline;
-    r.def = std::make_shared<BlockdevOptions>(std::move(o));
+    r.def = std::make_shared<BlockdevOptions>(std::move(o.value()));
     return r;
 }
 
-} // namespace
-
-// A file node for path, inheriting the protocol options (aio, locking) of
-// this image's own file node and the cache options of this node.
-BlockdevOptions Qcow2Node::implicit_file_options(const std::string &path, bool read_only) const
+// The format of one backing level: the recorded one if the registry has
+// such a format driver, else the registry's probe of its first bytes.
+Result<const BlockDriver *> Qcow2Node::backing_format(const std::string &path, const std::string &bname,
+                                                      const std::string &cur_file,
+                                                      const std::optional<std::string> &recorded) const
 {
-    BlockdevOptions o;
-    o.driver = "file";
-    BlockdevOptionsFile f;
-    if (const auto *mine = file_->node()->options().as<BlockdevOptionsFile>()) f = *mine;
-    f.filename = path;
-    o.opts = f;
-    o.read_only = read_only;
-    o.force_share = read_only && options().force_share;
-    o.cache_direct = options().cache_direct;
-    o.cache_no_flush = options().cache_no_flush;
-    return o;
+    const DriverRegistry &reg = graph()->registry();
+    if (recorded) {
+        const BlockDriver *d = reg.find(*recorded);
+        if (!d || d->kind != BlockDriverKind::kFormat) {
+            return qcow2::herr(ENOTSUP, name_, "backing file '%s' has format '%s', which is not a known format",
+                               path.c_str(), recorded->c_str());
+        }
+        return d;
+    }
+    uint64_t flen = 0;
+    auto head = read_prefix(path, kProbeBufSize, &flen);
+    std::vector<uint8_t> buf = head ? head.value() : std::vector<uint8_t>();
+    const BlockDriver *d = reg.probe_format(buf.data(), buf.size());
+    if (!d) return qcow2::herr(ENOTSUP, name_, "backing file '%s': no format driver recognises it", path.c_str());
+    if (head) {
+        log_warn("%s: backing file '%s' has no recorded format; probed as %s (record it with "
+                 "'qemu-img rebase -u -b %s -F %s')",
+                 cur_file.c_str(), path.c_str(), d->name, bname.c_str(), d->name);
+    }
+    return d;
 }
 
 Result<BlockdevRef> Qcow2Node::backing_chain_ref(const BlockdevOptions &opts)
 {
     struct Level {
         std::string path;
-        std::string format;
+        const BlockDriver *format;
     };
     std::vector<Level> levels;
     std::vector<std::pair<std::string, std::string>> seen;   // realpath, name as opened
@@ -155,56 +195,36 @@ Result<BlockdevRef> Qcow2Node::backing_chain_ref(const BlockdevOptions &opts)
                 return qcow2::herr(ELOOP, name_, "backing chain loops: %s", chain.c_str());
             }
         }
-        std::string format;
-        if (cur.backing_format) {
-            format = *cur.backing_format;
-            if (format != "qcow2" && format != "raw") {
-                return qcow2::herr(ENOTSUP, name_, "backing file '%s' has format '%s'; only qcow2 and raw are supported",
-                                   path.c_str(), format.c_str());
-            }
-        } else {
-            // No recorded format: qcow2 if it looks like qcow2, else raw.
-            uint64_t flen = 0;
-            auto head = read_prefix(path, 512, &flen);
-            format = head && qcow2::probe(head.value().data(), head.value().size()) ? "qcow2" : "raw";
-            if (head) {
-                log_warn("%s: backing file '%s' has no recorded format; probed as %s (record it with "
-                         "'qemu-img rebase -u -b %s -F %s')",
-                         cur_file.c_str(), path.c_str(), format.c_str(), bname.c_str(), format.c_str());
-            }
-        }
-        levels.push_back(Level{path, format});
+        auto fmt = backing_format(path, bname, cur_file, cur.backing_format);
+        if (!fmt) return fmt.error();
+        levels.push_back(Level{path, fmt.value()});
         if (!rp.empty()) seen.emplace_back(rp, path);
-        if (format != "qcow2") break;
+        if (fmt.value() != driver()) break;   // a level of another format opens its own children
         auto next = read_header(path);
         if (!next) break;   // opening that level reports it
         cur = std::move(next.value());
         cur_file = path;
     }
 
-    // Innermost first: each level gets the one below as explicit backing.
-    BlockdevRef below;   // kNone for the last level: its header names nothing (or the walk stopped)
+    // Innermost first: each level of this format gets the one below as
+    // explicit backing.
+    nlohmann::json below;   // null for the last level: its header names nothing (or the walk stopped)
     for (size_t i = levels.size(); i-- > 0;) {
-        BlockdevOptions o;
-        o.driver = levels[i].format;
-        o.read_only = true;
-        o.force_share = opts.force_share;
-        o.cache_direct = opts.cache_direct;
-        o.cache_no_flush = opts.cache_no_flush;
-        BlockdevRef file = inline_ref(implicit_file_options(levels[i].path, true));
-        if (levels[i].format == "qcow2") {
-            BlockdevOptionsQcow2 q;
-            q.file = file;
-            q.backing = below;
-            o.opts = q;
-        } else {
-            BlockdevOptionsRaw r;
-            r.file = file;
-            o.opts = r;
+        nlohmann::json o = nlohmann::json::object();
+        o["driver"] = levels[i].format->name;
+        o["read-only"] = true;
+        if (opts.force_share) o["force-share"] = true;
+        if (opts.cache_direct || opts.cache_no_flush) {
+            nlohmann::json c = nlohmann::json::object();
+            if (opts.cache_direct) c["direct"] = true;
+            if (opts.cache_no_flush) c["no-flush"] = true;
+            o["cache"] = std::move(c);
         }
-        below = inline_ref(std::move(o));
+        o["file"] = implicit_file_options(levels[i].path, true);
+        if (levels[i].format == driver() && !below.is_null()) o["backing"] = below;
+        below = std::move(o);
     }
-    return below;
+    return inline_ref(below);
 }
 
 Status Qcow2Node::open_backing(const BlockdevOptionsQcow2 &o, const BlockdevOptions &opts)
@@ -238,7 +258,9 @@ Status Qcow2Node::open_data_file(const BlockdevOptionsQcow2 &o, const BlockdevOp
         if (!h_.data_file || h_.data_file->empty()) {
             return qcow2::herr(EINVAL, name_, "'data-file' is required for this image (its header names no data file)");
         }
-        ref = inline_ref(implicit_file_options(combine_path(file_->node()->filename(), *h_.data_file), read_only_));
+        auto r = inline_ref(implicit_file_options(combine_path(file_->node()->filename(), *h_.data_file), read_only_));
+        if (!r) return r.error();
+        ref = std::move(r.value());
     }
     auto c = open_child("data-file", ref, kRoleData, true);
     if (!c) return c.error().prefixed(name_);

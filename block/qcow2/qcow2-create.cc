@@ -25,7 +25,7 @@
 
 #include <unistd.h>
 
-#include "block/drivers.h"
+#include "block/block-driver.h"
 #include "block/qcow2/qcow2-mgmt.h"
 
 namespace bg {
@@ -372,12 +372,7 @@ Result<OpenFile> open_file_rw(const std::string &path)
 {
     OpenFile f;
     f.graph = std::make_unique<BlockGraph>();
-    BlockdevOptions fo;
-    fo.driver = "file";
-    BlockdevOptionsFile o;
-    o.filename = path;
-    fo.opts = o;
-    auto node = f.graph->add_node(fo);
+    auto node = f.graph->add_node_json(protocol_node_options(path));
     if (!node) return node.error();
     auto blk = BlockBackend::create(node.value(), kPermWrite | kPermResize | kPermConsistentRead,
                                     kPermAll & ~kPermResize, "qemu-img");
@@ -443,16 +438,16 @@ Status do_create_image(const std::string &filename, const CreateOptions &opts, b
     else if (l1_size) file_end = l1_off + l1_size * 8;
     else file_end = l1_off;
 
-    // The image file (and data file) through the file protocol, which
-    // takes the image locks and applies nocow / extent_size_hint.
+    // The image file (and data file) through the protocol driver (the file
+    // protocol takes the image locks and applies nocow / extent_size_hint).
     CreateOptions proto;
     for (const char *k : {"nocow", "extent_size_hint"}) {
         if (auto v = opts.get(k)) proto.set(k, *v);
     }
     proto.set("size", "0");
-    BG_TRY(file_create_image(filename, proto));
+    BG_TRY(create_image_file(filename, proto));
     *created = true;
-    if (c.data_file) BG_TRY(file_create_image(*c.data_file, proto));
+    if (c.data_file) BG_TRY(create_image_file(*c.data_file, proto));
     auto fr = open_file_rw(filename);
     if (!fr) return fr.error();
     BlockBackend *blk = fr.value().blk.get();

@@ -15,7 +15,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "block/drivers.h"
+#include "block/block-driver.h"
 #include "block/qcow2/qcow2-mgmt.h"
 #include "util/log.h"
 
@@ -505,12 +505,12 @@ namespace {
 std::unique_ptr<BlockNode> create_qcow2() { return std::make_unique<Qcow2Node>(); }
 } // namespace
 
-const BlockDriver kDriverQcow2 = {
+extern const BlockDriver kDriverQcow2 = {
     "qcow2", BlockDriverKind::kFormat,
     kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBacking | kCapBlockStatus | kCapFlush |
         kCapPersistent | kCapWriteCompressed | kCapDebugEvents,
     "QEMU copy-on-write image, version 2 and 3",
-    create_qcow2, qcow2::probe,
+    decode_qcow2_options, create_qcow2, qcow2::probe,
     qcow2::kCreateOptions, qcow2::create_image, qcow2::measure,
 };
 

@@ -41,6 +41,35 @@
 
 namespace bg {
 
+// qcow2 runtime options (QEMU's BlockdevOptionsQcow2), decoded by
+// decode_qcow2_options (block/qcow2/qcow2-options.cc).
+enum class Qcow2OverlapCheckMode { kNone, kConstant, kCached, kAll };
+
+struct BlockdevOptionsQcow2 : DriverOptionsOf<BlockdevOptionsQcow2> {
+    BlockdevRef file;                           // required
+    BlockdevRef backing;                        // absent: from the image header; null: none
+    BlockdevRef data_file;                      // "data-file"
+    bool lazy_refcounts_set = false;            // "lazy-refcounts" given?
+    bool lazy_refcounts = false;
+    bool pass_discard_request = true;           // "pass-discard-request" (when discard=unmap)
+    bool pass_discard_snapshot = true;          // "pass-discard-snapshot"
+    bool pass_discard_other = false;            // "pass-discard-other"
+    bool discard_no_unref = false;              // "discard-no-unref"
+    Qcow2OverlapCheckMode overlap_check = Qcow2OverlapCheckMode::kCached;  // "overlap-check"
+    std::optional<uint64_t> cache_size;         // "cache-size" bytes
+    std::optional<uint64_t> l2_cache_size;      // "l2-cache-size" bytes
+    std::optional<uint64_t> l2_cache_entry_size;// "l2-cache-entry-size" bytes
+    std::optional<uint64_t> refcount_cache_size;// "refcount-cache-size" bytes
+    uint64_t cache_clean_interval = 600;        // "cache-clean-interval" seconds; 0 = never
+    std::optional<std::string> snapshot_id;     // "snapshot.id" (read-only view)
+    std::optional<std::string> snapshot_name;   // "snapshot.name"
+
+    void encode(nlohmann::json &j) const override;
+    void for_each_child(const std::function<void(const char *, BlockdevRef &)> &fn) override;
+};
+
+Result<std::unique_ptr<DriverOptions>> decode_qcow2_options(OptionReader &r, const BlockdevOptions &generic);
+
 namespace qcow2 {
 
 // ---------------------------------------------------------------- on-disk constants
@@ -586,7 +615,11 @@ class Qcow2Node final : public BlockNode {
     Status open_backing(const BlockdevOptionsQcow2 &o, const BlockdevOptions &opts);
     Status open_data_file(const BlockdevOptionsQcow2 &o, const BlockdevOptions &opts);
     Result<BlockdevRef> backing_chain_ref(const BlockdevOptions &opts);
-    BlockdevOptions implicit_file_options(const std::string &path, bool read_only) const;
+    nlohmann::json implicit_file_options(const std::string &path, bool read_only) const;
+    Result<BlockdevRef> inline_ref(const nlohmann::json &tree) const;
+    Result<const BlockDriver *> backing_format(const std::string &path, const std::string &bname,
+                                               const std::string &cur_file,
+                                               const std::optional<std::string> &recorded) const;
 
     // qcow2-cluster.cc (REQUIRE lock_ held)
     int coroutine_fn co_get_mapping_locked(uint64_t offset, uint64_t bytes, qcow2::HostMapping *m);
