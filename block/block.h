@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "block/block-common.h"
+#include "block/driver-hooks.h"
 #include "block/image-mgmt.h"
 #include "qapi/block-options.h"
 #include "util/aio.h"
@@ -87,12 +88,11 @@ class BdrvChild {
     BlockPerm shared_ = kPermAll;
 };
 
-// A node of the graph. Consumers use the public, non-virtual part; drivers
-// subclass it and implement the protected do_* hooks, which the generic
-// layer (block/io.cc) calls after bounds checks, alignment, splitting,
-// request tracking and in-flight accounting. Hooks see requests aligned to
-// limits().request_alignment and no longer than limits().max_transfer.
-class BlockNode {
+// A node of the graph. Consumers use its public part. Drivers subclass it
+// and implement the protected hooks of DriverHooks (block/driver-hooks.h,
+// for driver authors), which the generic layer calls after bounds checks,
+// alignment, splitting, request tracking and in-flight accounting.
+class BlockNode : public DriverHooks {
   public:
     virtual ~BlockNode();
     BlockNode(const BlockNode &) = delete;
@@ -216,94 +216,8 @@ class BlockNode {
   protected:
     BlockNode();
 
-    // ---- driver hooks ----
-    // Opens the node: parse driver options (already validated), open/attach
-    // children with open_child(), set up state. On error the node is
-    // destroyed (close() is not called); children attached so far are
-    // detached by the generic layer.
-    virtual Status open(const BlockdevOptions &opts) = 0;
-    // Called once before destruction of an opened node, after a final flush.
-    virtual void close() {}
-
-    virtual int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) = 0;
-    virtual int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
-    // -ENOTSUP lets the generic layer write zero buffers instead.
-    virtual int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags);
-    // Advisory; -ENOTSUP is treated as success.
-    virtual int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes);
-    // Driver caches -> OS (the generic layer then flushes children).
-    virtual int coroutine_fn do_co_flush_to_os();
-    // OS -> stable storage; skipped with cache.no-flush or when nothing
-    // was written since the last successful flush.
-    virtual int coroutine_fn do_co_flush_to_disk();
-    virtual int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags);
-    // Default: filters answer RAW at the same offset in filtered_child();
-    // other nodes DATA|OFFSET_VALID on themselves.
-    virtual int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
-                                                int64_t *map, BlockNode **file);
-    // Length in bytes or negative errno. Not a coroutine: must not yield.
-    virtual int64_t do_getlength() = 0;
-    // Sets the driver's own limits; called after open and after children
-    // change. The generic layer first merges its children's limits.
-    virtual void refresh_limits(BlockLimits *bl) { (void)bl; }
-    // Maps this node's cumulative parent permissions onto what it needs and
-    // shares on a child of the given role. The default implements QEMU's
-    // rules for filtered, data, metadata and COW children.
-    virtual void child_perm(ChildRole role, BlockPerm parent_perm, BlockPerm parent_shared, BlockPerm *nperm,
-                            BlockPerm *nshared);
-    // Permission transaction on this node's own resources (e.g. image
-    // locks): check_perm may take what it needs and fail with a message;
-    // then set_perm (commit) or abort_perm (roll back) follows. abort_perm
-    // is called also on the node whose own check_perm failed, so it must
-    // be safe to call after a failed or partial check_perm.
-    virtual Status check_perm(BlockPerm perm, BlockPerm shared);
-    virtual void set_perm(BlockPerm perm, BlockPerm shared);
-    virtual void abort_perm();
-    // A driver event from a parent (see BdrvChild::debug_event). The
-    // default passes it to every child.
-    virtual void debug_event(const char *event);
-
-    // ---- image management hooks (see the public wrappers above). Called
-    // in a coroutine; the wrappers have drained the node and checked it is
-    // writable where the operation writes. Defaults: get_info fills
-    // nothing; the others fail with ENOTSUP (the wrappers add the message
-    // and the filter fallback).
-    virtual Status coroutine_fn co_get_info(ImageInfo *info);
-    virtual Status coroutine_fn co_check(CheckResult *res, CheckFix fix);
-    virtual Result<std::vector<SnapshotInfo>> coroutine_fn co_snapshot_list();
-    virtual Status coroutine_fn co_snapshot_create(SnapshotInfo *sn);
-    virtual Status coroutine_fn co_snapshot_goto(const std::string &id_or_name);
-    virtual Status coroutine_fn co_snapshot_delete(const std::optional<std::string> &id,
-                                                   const std::optional<std::string> &name);
-    virtual Status coroutine_fn co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress);
-    virtual Status coroutine_fn co_make_empty();
-    virtual Result<std::vector<PersistentBitmapInfo>> coroutine_fn co_persistent_bitmaps();
-    virtual Result<DirtyBitmapData> coroutine_fn co_bitmap_data(const std::string &name);
-    virtual Status coroutine_fn co_bitmap_change(const BitmapChange &c);
-    virtual Status coroutine_fn co_inactivate();
-
-    // ---- helpers for drivers ----
-    // Opens (inline) or looks up (reference) a child and attaches it under
-    // name with role. An absent ref is an error if required, else returns
-    // nullptr. The edge gets permissions from child_perm().
-    Result<BdrvChild *> open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
-                                   bool required = true);
-    // Attaches an existing node as child (used by open_child and drivers
-    // that open nodes themselves, e.g. backing files named in an image).
-    Result<BdrvChild *> attach_child(BlockNode *child, const std::string &name, ChildRole role);
-    void detach_child(BdrvChild *c);
-    // Error prefixed with "<driver-ish context>" naming this node.
-    Error node_error(int err, const std::string &msg) const;
-    // Marks data as written (for flush generations). The generic write path
-    // calls it; drivers writing on their own (metadata) need not.
-    void mark_dirty() { write_gen_.fetch_add(1, std::memory_order_relaxed); }
-
-    BlockLimits bl_;
-    bool read_only_ = false;
-    bool supports_fua_ = false;        // do_co_pwritev honours kReqFua itself
-    ReqFlags supported_zero_flags_ = 0;// flags do_co_pwrite_zeroes honours (kReqMayUnmap, kReqFua)
-
   private:
+    friend class DriverHooks;
     friend class BlockGraph;
     friend class BdrvChild;
     friend class BlockBackend;
@@ -329,7 +243,11 @@ class BlockNode {
     void refresh_limits_all();
     bool drain_busy() const;
 
-    // Graph bookkeeping (block/graph.cc).
+    // Graph bookkeeping (block/graph.cc); DriverHooks' helpers call these.
+    Result<BdrvChild *> graph_open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
+                                         bool required);
+    Result<BdrvChild *> graph_attach_child(BlockNode *child, const std::string &name, ChildRole role);
+    void graph_detach_child(BdrvChild *c);
     Status update_perms(std::vector<std::pair<BdrvChild *, std::pair<BlockPerm, BlockPerm>>> *undo,
                         std::vector<BlockNode *> *checked);
 

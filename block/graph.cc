@@ -117,7 +117,27 @@ BlockPerm BlockNode::cumulative_shared() const
     return s;
 }
 
-Error BlockNode::node_error(int err, const std::string &msg) const { return Error{err, msg}; }
+// ---------------------------------------------------------------- DriverHooks helpers
+
+BlockNode *DriverHooks::self() { return static_cast<BlockNode *>(this); }
+const BlockNode *DriverHooks::self() const { return static_cast<const BlockNode *>(this); }
+
+Error DriverHooks::node_error(int err, const std::string &msg) const { return Error{err, msg}; }
+
+void DriverHooks::mark_dirty() { self()->write_gen_.fetch_add(1, std::memory_order_relaxed); }
+
+Result<BdrvChild *> DriverHooks::open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
+                                           bool required)
+{
+    return self()->graph_open_child(name, ref, role, required);
+}
+
+Result<BdrvChild *> DriverHooks::attach_child(BlockNode *child, const std::string &name, ChildRole role)
+{
+    return self()->graph_attach_child(child, name, role);
+}
+
+void DriverHooks::detach_child(BdrvChild *c) { self()->graph_detach_child(c); }
 
 BlockdevOptions BlockNode::dump_options() const
 {
@@ -140,26 +160,26 @@ BlockdevOptions BlockNode::dump_options() const
 
 // ---------------------------------------------------------------- default hooks
 
-int BlockNode::do_co_pwritev(int64_t, int64_t, IOVector &, ReqFlags) { return -ENOTSUP; }
-int BlockNode::do_co_pwrite_zeroes(int64_t, int64_t, ReqFlags) { return -ENOTSUP; }
-int BlockNode::do_co_pdiscard(int64_t, int64_t) { return -ENOTSUP; }
-int BlockNode::do_co_flush_to_os() { return 0; }
-int BlockNode::do_co_flush_to_disk() { return 0; }
-int BlockNode::do_co_truncate(int64_t, bool, PreallocMode, ReqFlags) { return -ENOTSUP; }
+int DriverHooks::do_co_pwritev(int64_t, int64_t, IOVector &, ReqFlags) { return -ENOTSUP; }
+int DriverHooks::do_co_pwrite_zeroes(int64_t, int64_t, ReqFlags) { return -ENOTSUP; }
+int DriverHooks::do_co_pdiscard(int64_t, int64_t) { return -ENOTSUP; }
+int DriverHooks::do_co_flush_to_os() { return 0; }
+int DriverHooks::do_co_flush_to_disk() { return 0; }
+int DriverHooks::do_co_truncate(int64_t, bool, PreallocMode, ReqFlags) { return -ENOTSUP; }
 
-int BlockNode::do_co_block_status(bool, int64_t offset, int64_t bytes, int64_t *pnum, int64_t *map, BlockNode **file)
+int DriverHooks::do_co_block_status(bool, int64_t offset, int64_t bytes, int64_t *pnum, int64_t *map, BlockNode **file)
 {
     *pnum = bytes;
     *map = offset;
-    if (BdrvChild *f = filtered_child()) {
+    if (BdrvChild *f = self()->filtered_child()) {
         *file = f->node();
         return kStatusRaw | kStatusOffsetValid;
     }
-    *file = this;
+    *file = self();
     return kStatusData | kStatusOffsetValid;
 }
 
-void BlockNode::child_perm(ChildRole role, BlockPerm parent_perm, BlockPerm parent_shared, BlockPerm *nperm,
+void DriverHooks::child_perm(ChildRole role, BlockPerm parent_perm, BlockPerm parent_shared, BlockPerm *nperm,
                            BlockPerm *nshared)
 {
     if (role & kRoleFiltered) {
@@ -193,13 +213,13 @@ void BlockNode::child_perm(ChildRole role, BlockPerm parent_perm, BlockPerm pare
     *nshared = shared;
 }
 
-Status BlockNode::check_perm(BlockPerm, BlockPerm) { return {}; }
-void BlockNode::set_perm(BlockPerm, BlockPerm) {}
-void BlockNode::abort_perm() {}
+Status DriverHooks::check_perm(BlockPerm, BlockPerm) { return {}; }
+void DriverHooks::set_perm(BlockPerm, BlockPerm) {}
+void DriverHooks::abort_perm() {}
 
-void BlockNode::debug_event(const char *event)
+void DriverHooks::debug_event(const char *event)
 {
-    for (BdrvChild *c : children_) c->node()->debug_event(event);
+    for (BdrvChild *c : self()->children_) c->node()->debug_event(event);
 }
 
 void BdrvChild::debug_event(const char *event) { bs_->debug_event(event); }
@@ -271,7 +291,7 @@ Status BlockGraph::refresh_perms(BlockNode *node)
 
 // ---------------------------------------------------------------- edges
 
-Result<BdrvChild *> BlockNode::attach_child(BlockNode *child, const std::string &name, ChildRole role)
+Result<BdrvChild *> BlockNode::graph_attach_child(BlockNode *child, const std::string &name, ChildRole role)
 {
     auto *c = new BdrvChild;
     c->name_ = name;
@@ -299,7 +319,7 @@ Result<BdrvChild *> BlockNode::attach_child(BlockNode *child, const std::string 
     return c;
 }
 
-void BlockNode::detach_child(BdrvChild *c)
+void BlockNode::graph_detach_child(BdrvChild *c)
 {
     BlockNode *child = c->node();
     // Leaving a drained node: end the drains it imposed on us, or we stay
@@ -315,7 +335,7 @@ void BlockNode::detach_child(BdrvChild *c)
     if (child->implicit() && child->parents().empty()) graph_->destroy_node(child);
 }
 
-Result<BdrvChild *> BlockNode::open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
+Result<BdrvChild *> BlockNode::graph_open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
                                           bool required)
 {
     switch (ref.kind) {

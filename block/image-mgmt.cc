@@ -416,58 +416,58 @@ Status need_writable(const BlockNode *n)
 
 } // namespace
 
-Status BlockNode::co_get_info(ImageInfo *info)
+Status DriverHooks::co_get_info(ImageInfo *info)
 {
     (void)info;
     return {};
 }
-Status BlockNode::co_check(CheckResult *res, CheckFix fix)
+Status DriverHooks::co_check(CheckResult *res, CheckFix fix)
 {
     (void)res;
     (void)fix;
     return Error{ENOTSUP, "This image format does not support checks"};
 }
-Result<std::vector<SnapshotInfo>> BlockNode::co_snapshot_list() { return not_supported(this, "internal snapshots"); }
-Status BlockNode::co_snapshot_create(SnapshotInfo *sn)
+Result<std::vector<SnapshotInfo>> DriverHooks::co_snapshot_list() { return not_supported(self(), "internal snapshots"); }
+Status DriverHooks::co_snapshot_create(SnapshotInfo *sn)
 {
     (void)sn;
-    return not_supported(this, "internal snapshots");
+    return not_supported(self(), "internal snapshots");
 }
-Status BlockNode::co_snapshot_goto(const std::string &id_or_name)
+Status DriverHooks::co_snapshot_goto(const std::string &id_or_name)
 {
     (void)id_or_name;
-    return not_supported(this, "internal snapshots");
+    return not_supported(self(), "internal snapshots");
 }
-Status BlockNode::co_snapshot_delete(const std::optional<std::string> &id, const std::optional<std::string> &name)
+Status DriverHooks::co_snapshot_delete(const std::optional<std::string> &id, const std::optional<std::string> &name)
 {
     (void)id;
     (void)name;
-    return not_supported(this, "internal snapshots");
+    return not_supported(self(), "internal snapshots");
 }
-Status BlockNode::co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress)
+Status DriverHooks::co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress)
 {
     (void)opts;
     (void)force;
     (void)progress;
-    return make_error(ENOTSUP, "Format driver '%s' does not support option amendment", driver_name());
+    return make_error(ENOTSUP, "Format driver '%s' does not support option amendment", self()->driver_name());
 }
-Status BlockNode::co_make_empty()
+Status DriverHooks::co_make_empty()
 {
-    return make_error(ENOTSUP, "%s does not support emptying nodes", driver_name());
+    return make_error(ENOTSUP, "%s does not support emptying nodes", self()->driver_name());
 }
-Result<std::vector<PersistentBitmapInfo>> BlockNode::co_persistent_bitmaps()
+Result<std::vector<PersistentBitmapInfo>> DriverHooks::co_persistent_bitmaps()
 {
-    return not_supported(this, "persistent dirty bitmaps");
+    return not_supported(self(), "persistent dirty bitmaps");
 }
-Result<DirtyBitmapData> BlockNode::co_bitmap_data(const std::string &)
+Result<DirtyBitmapData> DriverHooks::co_bitmap_data(const std::string &)
 {
-    return not_supported(this, "persistent dirty bitmaps");
+    return not_supported(self(), "persistent dirty bitmaps");
 }
-Status BlockNode::co_bitmap_change(const BitmapChange &)
+Status DriverHooks::co_bitmap_change(const BitmapChange &)
 {
-    return not_supported(this, "persistent dirty bitmaps");
+    return not_supported(self(), "persistent dirty bitmaps");
 }
-Status BlockNode::co_inactivate() { return {}; }
+Status DriverHooks::co_inactivate() { return {}; }
 
 Result<ImageInfo> BlockNode::get_info()
 {
