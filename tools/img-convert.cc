@@ -419,29 +419,24 @@ int img_convert(int argc, char **argv)
 
 namespace {
 
-// Options of one level of a backing chain, rebuilt from the open nodes:
-// driver, file name, and the levels below (down to, not including, stop;
-// stop_ref names the node that replaces it).
+// Options of one level of a backing chain, rebuilt from the open nodes: the
+// node's own options (dump_options(), every child a node-name reference),
+// without its node name and read-only as read_only says, each child
+// reference replaced by that child rebuilt the same way (a backing child
+// always read-only) -- down to, not including, stop, whose reference
+// becomes stop_ref.
 json chain_tree(BlockNode *n, BlockNode *stop, const std::string &stop_ref, bool read_only)
 {
-    json j = json::object();
-    j["driver"] = n->driver_name();
+    json j = blockdev_options_to_json(n->dump_options());
+    j.erase("node-name");
     j["read-only"] = read_only;
-    BdrvChild *f = n->file_child();
-    if (f && f->node() != n) {
-        j["file"] = json{{"driver", "file"}, {"filename", f->node()->filename()}, {"read-only", read_only}};
-    }
-    if (BdrvChild *dc = n->child("data-file")) {
-        j["data-file"] = json{{"driver", "file"}, {"filename", dc->node()->filename()}, {"read-only", read_only}};
-    }
-    if (std::string(n->driver_name()) == "qcow2") {
-        BdrvChild *b = n->backing_child();
-        if (!b) {
-            j["backing"] = nullptr;
-        } else if (b->node() == stop) {
-            j["backing"] = stop_ref;
+    for (BdrvChild *c : n->children()) {
+        auto ref = j.find(c->name());
+        if (ref == j.end() || !ref->is_string()) continue;   // not given by reference
+        if (c->node() == stop) {
+            *ref = stop_ref;
         } else {
-            j["backing"] = chain_tree(b->node(), stop, stop_ref, true);
+            *ref = chain_tree(c->node(), stop, stop_ref, read_only || c == n->backing_child());
         }
     }
     return j;
@@ -487,8 +482,8 @@ int img_commit(int argc, char **argv)
     oa.name = argv[optind];
 
     // 1. Look at the chain (read-only) to find the base.
-    json top_tree;
-    std::string base_file, base_driver;
+    json top_tree, base_tree;
+    std::string base_file;
     {
         OpenArgs probe = oa;
         probe.read_only = true;
@@ -526,8 +521,9 @@ int img_commit(int argc, char **argv)
             }
         }
         base_file = base->filename();
-        base_driver = base->driver_name();
         top_tree = chain_tree(top, base, "commit-base", true);
+        base_tree = chain_tree(base, nullptr, "", false);
+        base_tree["node-name"] = "commit-base";
     }
 
     // 2. One graph: the base writable (its own node), the chain above it
@@ -538,9 +534,6 @@ int img_commit(int argc, char **argv)
         return 1;
     }
     auto graph = std::make_unique<BlockGraph>();
-    json base_tree = {{"driver", base_driver},
-                      {"node-name", "commit-base"},
-                      {"file", {{"driver", "file"}, {"filename", base_file}}}};
     for (json *t : {&base_tree, &top_tree}) {
         (*t)["cache"] = {{"direct", cm.value().direct}, {"no-flush", cm.value().no_flush}};
     }
