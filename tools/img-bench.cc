@@ -85,9 +85,27 @@ void Bench::worker(uint8_t *buf)
     }
 }
 
-} // namespace
+// What the command line asks for besides the request parameters.
+struct BenchArgs {
+    OpenArgs oa;            // the image
+    std::string aio;        // -i; empty: the driver's default
+    bool step_set = false;  // -S given
+};
 
-int img_bench(int argc, char **argv)
+// --pattern: a byte value in any strtol base. false if bad.
+bool parse_pattern_byte(const char *arg, int *out)
+{
+    char *end = nullptr;
+    errno = 0;
+    long v = std::strtol(arg, &end, 0);
+    if (errno || !*arg || *end || v < 0 || v > 0xff) return false;
+    *out = static_cast<int>(v);
+    return true;
+}
+
+// The getopt loop of bench. Returns -1 to go on, or the exit status (1
+// after printing the error).
+int parse_bench_opts(int argc, char **argv, Bench *b, BenchArgs *a)
 {
     static const struct option kLong[] = {
         {"help", no_argument, nullptr, 'h'},
@@ -98,37 +116,34 @@ int img_bench(int argc, char **argv)
         {"force-share", no_argument, nullptr, 'U'},
         {nullptr, 0, nullptr, 0},
     };
-    Bench b;
-    OpenArgs oa;
-    std::string aio;
-    bool step_set = false;
+    OpenArgs &oa = a->oa;
     optind = 0;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", kLong, nullptr)) != -1) {
         switch (c) {
         case 'c':
-            if (!parse_int(optarg, 1, INT32_MAX, &b.count)) {
+            if (!parse_int(optarg, 1, INT32_MAX, &b->count)) {
                 error("Invalid request count specified");
                 return 1;
             }
             break;
         case 'd':
-            if (!parse_int(optarg, 1, INT32_MAX, &b.depth)) {
+            if (!parse_int(optarg, 1, INT32_MAX, &b->depth)) {
                 error("Invalid queue depth specified");
                 return 1;
             }
             break;
         case 'f': oa.format = optarg; break;
         case 'n': oa.cache = "none"; break;
-        case 'i': aio = optarg; break;
+        case 'i': a->aio = optarg; break;
         case 'o': {
             Result<int64_t> r = parse_img_size(optarg);
             if (!r) {
                 error("Invalid offset specified");
                 return 1;
             }
-            b.offset = r.value();
+            b->offset = r.value();
             break;
         }
         case 'q': g_quiet = true; break;
@@ -138,7 +153,7 @@ int img_bench(int argc, char **argv)
                 error("Invalid buffer size specified");
                 return 1;
             }
-            b.bufsize = r.value();
+            b->bufsize = r.value();
             break;
         }
         case 'S': {
@@ -147,58 +162,113 @@ int img_bench(int argc, char **argv)
                 error("Invalid step size specified");
                 return 1;
             }
-            b.step = r.value();
-            step_set = true;
+            b->step = r.value();
+            a->step_set = true;
             break;
         }
         case 't': oa.cache = optarg; break;
-        case 'w': b.write = true; break;
+        case 'w': b->write = true; break;
         case 'U': oa.force_share = true; break;
         case kOptImageOpts: oa.image_opts = true; break;
-        case kOptPattern: {
-            char *end = nullptr;
-            errno = 0;
-            long v = std::strtol(optarg, &end, 0);
-            if (errno || !*optarg || *end || v < 0 || v > 0xff) {
+        case kOptPattern:
+            if (!parse_pattern_byte(optarg, &b->pattern)) {
                 error("Invalid pattern byte specified");
                 return 1;
             }
-            b.pattern = static_cast<int>(v);
             break;
-        }
         case kOptFlushInterval: {
             int64_t v;
             if (!parse_int(optarg, 0, INT32_MAX, &v)) {
                 error("Invalid flush interval specified");
                 return 1;
             }
-            b.flush_interval = v;
+            b->flush_interval = v;
             break;
         }
-        case kOptNoDrain: b.drain_on_flush = false; break;
+        case kOptNoDrain: b->drain_on_flush = false; break;
         default: return bad_option(argc, argv, "cdfiosSt");
         }
     }
+    return -1;
+}
+
+// Parses bench's arguments into the request parameters (*b) and how to open
+// the image (*oa). Returns -1 to go on, or the exit status (1 after printing
+// the error).
+int parse_bench_args(int argc, char **argv, Bench *b, OpenArgs *oa)
+{
+    BenchArgs a;
+    int status = parse_bench_opts(argc, argv, b, &a);
+    if (status >= 0) return status;
     if (optind != argc - 1) return usage_error("Expecting one image file name");
-    if (b.flush_interval && !b.write) {
+    if (b->flush_interval && !b->write) {
         error("--flush-interval is only available in write tests");
         return 1;
     }
-    if (b.flush_interval && b.flush_interval < b.depth) {
+    if (b->flush_interval && b->flush_interval < b->depth) {
         error("Flush interval can't be smaller than depth");
         return 1;
     }
-    if (!step_set || b.step == 0) b.step = b.bufsize;   // qemu-img: step 0 means the buffer size
-    oa.name = argv[optind];
-    oa.read_only = !b.write;
-    if (!aio.empty()) {
-        Result<BlockdevAioOptions> a = parse_aio_mode(aio);
-        if (!a) {
-            error("Invalid aio option: %s", aio.c_str());
+    if (!a.step_set || b->step == 0) b->step = b->bufsize;   // qemu-img: step 0 means the buffer size
+    *oa = std::move(a.oa);
+    oa->name = argv[optind];
+    oa->read_only = !b->write;
+    if (!a.aio.empty()) {
+        Result<BlockdevAioOptions> r = parse_aio_mode(a.aio);
+        if (!r) {
+            error("Invalid aio option: %s", a.aio.c_str());
             return 1;
         }
-        oa.aio = a.value();
+        oa->aio = r.value();
     }
+    return -1;
+}
+
+// Runs the requests: min(depth, count) workers, each with a buffer of its
+// own filled with the pattern, until count requests were sent or one
+// failed (b->error). Returns the time taken in nanoseconds.
+int64_t run_bench(Bench *b)
+{
+    int64_t nbufs = std::min(b->depth, b->count);
+    std::vector<AlignedBuf> bufs;
+    for (int64_t i = 0; i < nbufs; i++) {
+        bufs.push_back(aligned_alloc_buf(4096, static_cast<size_t>(b->bufsize)));
+        std::memset(bufs.back().get(), b->pattern, static_cast<size_t>(b->bufsize));
+    }
+    int64_t t0 = clock_ns();
+    run_in_coroutine([&]() {
+        AioContext *ctx = AioContext::current();
+        b->running = static_cast<int>(nbufs);
+        b->waiter = coroutine_self();
+        struct Arg {
+            Bench *b;
+            uint8_t *buf;
+        };
+        std::vector<Arg> args;
+        args.reserve(static_cast<size_t>(nbufs));
+        for (int64_t i = 0; i < nbufs; i++) args.push_back(Arg{b, bufs[static_cast<size_t>(i)].get()});
+        for (Arg &a : args) {
+            ctx->co_schedule(coroutine_create(
+                [](void *p) {
+                    auto *arg = static_cast<Arg *>(p);
+                    arg->b->worker(arg->buf);
+                    if (--arg->b->running == 0) coroutine_wake(arg->b->waiter);
+                },
+                &a));
+        }
+        coroutine_yield();
+    });
+    return clock_ns() - t0;
+}
+
+} // namespace
+
+int img_bench(int argc, char **argv)
+{
+    Bench b;
+    OpenArgs oa;
+    int status = parse_bench_args(argc, argv, &b, &oa);
+    if (status >= 0) return status;
     std::unique_ptr<OpenImage> img = open_img(oa);
     if (!img) return 1;
     b.blk = img->blk.get();
@@ -215,36 +285,7 @@ int img_bench(int argc, char **argv)
     if (b.flush_interval) std::printf("Sending flush every %" PRId64 " requests\n", b.flush_interval);
     std::fflush(stdout);
 
-    int64_t nbufs = std::min(b.depth, b.count);
-    std::vector<AlignedBuf> bufs;
-    for (int64_t i = 0; i < nbufs; i++) {
-        bufs.push_back(aligned_alloc_buf(4096, static_cast<size_t>(b.bufsize)));
-        std::memset(bufs.back().get(), b.pattern, static_cast<size_t>(b.bufsize));
-    }
-    int64_t t0 = clock_ns();
-    run_in_coroutine([&]() {
-        AioContext *ctx = AioContext::current();
-        b.running = static_cast<int>(nbufs);
-        b.waiter = coroutine_self();
-        struct Arg {
-            Bench *b;
-            uint8_t *buf;
-        };
-        std::vector<Arg> args;
-        args.reserve(static_cast<size_t>(nbufs));
-        for (int64_t i = 0; i < nbufs; i++) args.push_back(Arg{&b, bufs[static_cast<size_t>(i)].get()});
-        for (Arg &a : args) {
-            ctx->co_schedule(coroutine_create(
-                [](void *p) {
-                    auto *arg = static_cast<Arg *>(p);
-                    arg->b->worker(arg->buf);
-                    if (--arg->b->running == 0) coroutine_wake(arg->b->waiter);
-                },
-                &a));
-        }
-        coroutine_yield();
-    });
-    int64_t t1 = clock_ns();
+    int64_t elapsed = run_bench(&b);
     if (b.error) return 1;
     if (b.write) {
         int f = run_in_coroutine([&]() { return b.blk->co_flush(); });
@@ -253,7 +294,7 @@ int img_bench(int argc, char **argv)
             return 1;
         }
     }
-    std::printf("Run completed in %3.3f seconds.\n", static_cast<double>(t1 - t0) / 1e9);
+    std::printf("Run completed in %3.3f seconds.\n", static_cast<double>(elapsed) / 1e9);
     return 0;
 }
 

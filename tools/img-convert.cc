@@ -67,7 +67,26 @@ int flush_backend(BlockBackend *blk, const std::string &name)
 
 // ---------------------------------------------------------------- convert
 
-int img_convert(int argc, char **argv)
+namespace {
+
+// What the convert command line asks for.
+struct ConvertOptions {
+    std::string src_fmt, out_fmt = "raw", cache = "writeback", src_cache = "writeback";
+    std::optional<SnapshotSpec> snapshot;
+    uint64_t rate_limit = 0;
+    bool salvage = false, bitmaps = false, skip_broken = false;
+    std::optional<std::string> backing, backing_fmt;
+    CreateOptions copts;
+    bool compress = false, progress = false, skip_create = false, out_of_order = false, image_opts = false,
+         target_image_opts = false, target_is_zero = false, force_share = false, have_opts = false;
+    int64_t sparse = 4096, workers = 8;
+    std::string out_name;
+    std::vector<std::string> src_names;
+};
+
+// The getopt loop of convert. Returns -1 to go on, or the exit status
+// (1 after printing the error).
+int parse_convert_opts(int argc, char **argv, ConvertOptions *o)
 {
     static const struct option kLong[] = {
         {"help", no_argument, nullptr, 'h'},
@@ -80,32 +99,23 @@ int img_convert(int argc, char **argv)
         {"skip-broken-bitmaps", no_argument, nullptr, kOptSkipBroken},
         {nullptr, 0, nullptr, 0},
     };
-    std::string src_fmt, out_fmt = "raw", cache = "writeback", src_cache = "writeback";
-    std::optional<SnapshotSpec> snapshot;
-    uint64_t rate_limit = 0;
-    bool salvage = false, bitmaps = false, skip_broken = false;
-    std::optional<std::string> backing, backing_fmt;
-    CreateOptions copts;
-    bool compress = false, progress = false, skip_create = false, out_of_order = false, image_opts = false,
-         target_image_opts = false, target_is_zero = false, force_share = false, have_opts = false;
-    int64_t sparse = 4096, workers = 8;
     optind = 0;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, ":hf:O:B:F:co:l:S:pt:T:qnm:WUr:C", kLong, nullptr)) != -1) {
         switch (c) {
-        case 'f': src_fmt = optarg; break;
-        case 'O': out_fmt = optarg; break;
-        case 'B': backing = optarg; break;
-        case 'F': backing_fmt = optarg; break;
-        case 'c': compress = true; break;
+        case 'f': o->src_fmt = optarg; break;
+        case 'O': o->out_fmt = optarg; break;
+        case 'B': o->backing = optarg; break;
+        case 'F': o->backing_fmt = optarg; break;
+        case 'c': o->compress = true; break;
         case 'o': {
-            Status s = copts.parse_append(optarg);
+            Status s = o->copts.parse_append(optarg);
             if (!s) {
                 error("%s", s.msg().c_str());
                 return 1;
             }
-            have_opts = true;
+            o->have_opts = true;
             break;
         }
         case 'S': {
@@ -115,243 +125,271 @@ int img_convert(int argc, char **argv)
                       "16777216. Select 0 to disable sparse detection (fully allocates output).");
                 return 1;
             }
-            sparse = static_cast<int64_t>(r.value());
+            o->sparse = static_cast<int64_t>(r.value());
             break;
         }
-        case 'p': progress = true; break;
-        case 't': cache = optarg; break;
-        case 'T': src_cache = optarg; break;
+        case 'p': o->progress = true; break;
+        case 't': o->cache = optarg; break;
+        case 'T': o->src_cache = optarg; break;
         case 'q': g_quiet = true; break;
-        case 'n': skip_create = true; break;
+        case 'n': o->skip_create = true; break;
         case 'm':
-            if (!parse_int(optarg, 1, kCopyMaxWorkers, &workers)) {
+            if (!parse_int(optarg, 1, kCopyMaxWorkers, &o->workers)) {
                 error("Invalid number of coroutines. Allowed number of coroutines is between 1 and %d",
                       kCopyMaxWorkers);
                 return 1;
             }
             break;
-        case 'W': out_of_order = true; break;
-        case 'U': force_share = true; break;
+        case 'W': o->out_of_order = true; break;
+        case 'U': o->force_share = true; break;
         case 'l':
-            if (!parse_snapshot_param(optarg, &snapshot)) return 1;
+            if (!parse_snapshot_param(optarg, &o->snapshot)) return 1;
             break;
         case 'r':
-            if (!parse_rate_limit(optarg, &rate_limit)) return 1;
+            if (!parse_rate_limit(optarg, &o->rate_limit)) return 1;
             break;
-        case kOptSalvage: salvage = true; break;
-        case kOptBitmaps: bitmaps = true; break;
-        case kOptSkipBroken: skip_broken = true; break;
+        case kOptSalvage: o->salvage = true; break;
+        case kOptBitmaps: o->bitmaps = true; break;
+        case kOptSkipBroken: o->skip_broken = true; break;
         case 'C': error("option -%c is not supported by %s convert", c, kProg); return 1;
-        case kOptImageOpts: image_opts = true; break;
-        case kOptTargetImageOpts: target_image_opts = true; break;
-        case kOptTargetIsZero: target_is_zero = true; break;
+        case kOptImageOpts: o->image_opts = true; break;
+        case kOptTargetImageOpts: o->target_image_opts = true; break;
+        case kOptTargetIsZero: o->target_is_zero = true; break;
         default: return bad_option(argc, argv, "fOBFolSptTmr");
         }
     }
-    if (g_quiet) progress = false;
-    if (copts.has("help")) return print_create_options_help(out_fmt);
+    return -1;
+}
+
+// Parses convert's arguments and checks how they combine. Returns -1 to go
+// on, or the exit status (0 after "-o help", 1 after printing the error).
+int parse_convert_args(int argc, char **argv, ConvertOptions *o)
+{
+    int status = parse_convert_opts(argc, argv, o);
+    if (status >= 0) return status;
+    if (g_quiet) o->progress = false;
+    if (o->copts.has("help")) return print_create_options_help(o->out_fmt);
     if (argc - optind < 2) return usage_error("Must specify image file name");
-    if (target_image_opts && !skip_create) {
+    if (o->target_image_opts && !o->skip_create) {
         error("--target-image-opts requires use of -n flag");
         return 1;
     }
-    if (target_is_zero && !skip_create) {
+    if (o->target_is_zero && !o->skip_create) {
         error("--target-is-zero requires use of -n flag");
         return 1;
     }
-    if (skip_create && backing) {
+    if (o->skip_create && o->backing) {
         error("-B cannot be used together with -n");
         return 1;
     }
-    if (backing_fmt && !backing) {
+    if (o->backing_fmt && !o->backing) {
         error("The -F option requires -B");
         return 1;
     }
-    if (skip_broken && !bitmaps) {
+    if (o->skip_broken && !o->bitmaps) {
         error("Use of --skip-broken-bitmaps requires --bitmaps");
         return 1;
     }
-    {
-        Result<CacheMode> r1 = parse_cache_mode(cache);
-        if (!r1) {
-            error("Invalid cache option: %s", cache.c_str());
-            return 1;
-        }
-        Result<CacheMode> r2 = parse_cache_mode(src_cache);
-        if (!r2) {
-            error("Invalid source cache option: %s", src_cache.c_str());
-            return 1;
-        }
+    if (!parse_cache_mode(o->cache)) {
+        error("Invalid cache option: %s", o->cache.c_str());
+        return 1;
+    }
+    if (!parse_cache_mode(o->src_cache)) {
+        error("Invalid source cache option: %s", o->src_cache.c_str());
+        return 1;
     }
     // A backing file given as -o backing_file=... counts as -B (qemu-img).
-    if (!backing && copts.get("backing_file") && !copts.get("backing_file")->empty()) {
-        backing = *copts.get("backing_file");
+    CreateOptions &copts = o->copts;
+    if (!o->backing && copts.get("backing_file") && !copts.get("backing_file")->empty()) {
+        o->backing = *copts.get("backing_file");
         copts.erase("backing_file");
-        if (!backing_fmt && copts.get("backing_fmt")) backing_fmt = *copts.get("backing_fmt");
+        if (!o->backing_fmt && copts.get("backing_fmt")) o->backing_fmt = *copts.get("backing_fmt");
         copts.erase("backing_fmt");
     }
-    const std::string out_name = argv[argc - 1];
-    std::vector<std::string> src_names(argv + optind, argv + argc - 1);
+    o->out_name = argv[argc - 1];
+    o->src_names.assign(argv + optind, argv + argc - 1);
+    return -1;
+}
 
-    // Sources.
-    std::vector<std::unique_ptr<OpenImage>> srcs;
-    int64_t total = 0;
+// Opens the sources (or with -l the one source's snapshot) and adds up their
+// lengths. false after printing the error.
+bool open_convert_sources(const ConvertOptions &o, std::vector<std::unique_ptr<OpenImage>> *srcs, int64_t *total)
+{
     auto src_args = [&](const std::string &n) {
         OpenArgs oa;
         oa.name = n;
-        oa.format = src_fmt;
-        oa.image_opts = image_opts;
-        oa.force_share = force_share;
-        oa.cache = src_cache;
+        oa.format = o.src_fmt;
+        oa.image_opts = o.image_opts;
+        oa.force_share = o.force_share;
+        oa.cache = o.src_cache;
         return oa;
     };
-    for (const std::string &n : src_names) {
+    *total = 0;
+    for (const std::string &n : o.src_names) {
         std::unique_ptr<OpenImage> img = open_img(src_args(n));
-        if (!img) return 1;
+        if (!img) return false;
         int64_t len = img->blk->getlength();
         if (len < 0) {
             error("Could not get size of %s: %s", n.c_str(), std::strerror(static_cast<int>(-len)));
-            return 1;
+            return false;
         }
-        total += len;
-        srcs.push_back(std::move(img));
+        *total += len;
+        srcs->push_back(std::move(img));
     }
-    if (snapshot) {
+    if (o.snapshot) {
         // -l: the source again, as a read-only view of the snapshot.
-        if (srcs.size() > 1) {
+        if (srcs->size() > 1) {
             error("No support for concatenating multiple snapshot");
-            return 1;
+            return false;
         }
-        srcs.clear();
-        std::unique_ptr<OpenImage> img = open_img_snapshot(src_args(src_names[0]), *snapshot);
-        if (!img) return 1;
-        total = img->blk->getlength();
-        srcs.push_back(std::move(img));
+        srcs->clear();
+        std::unique_ptr<OpenImage> img = open_img_snapshot(src_args(o.src_names[0]), *o.snapshot);
+        if (!img) return false;
+        *total = img->blk->getlength();
+        srcs->push_back(std::move(img));
     }
+    return true;
+}
 
-    const BlockDriver *drv = builtin_drivers().find(out_fmt);
-    if (!target_image_opts && (!drv || drv->kind == BlockDriverKind::kFilter)) {
-        error("Unknown file format '%s'", out_fmt.c_str());
-        return 1;
-    }
-    // --bitmaps: checked before anything is created; copied after the data.
-    std::vector<PersistentBitmapInfo> src_bitmaps;
-    std::vector<DirtyBitmapData> src_bitmap_data;
-    if (bitmaps) {
-        if (srcs.size() > 1) {
-            error("Copying bitmaps only possible with single source");
-            return 1;
-        }
-        const std::optional<std::string> compat = copts.get("compat");
-        if (out_fmt != "qcow2" || (compat && (*compat == "0.10" || *compat == "v2"))) {
-            error("Format driver '%s' does not support bitmaps", out_fmt.c_str());
-            return 1;
-        }
-        Result<std::vector<PersistentBitmapInfo>> l = srcs[0]->root->persistent_bitmaps();
-        if (!l) {
-            if (l.err() == ENOTSUP) error("Source lacks bitmap support");
-            else error("%s", l.msg().c_str());
-            return 1;
-        }
-        src_bitmaps = std::move(l.value());
-        for (auto it = src_bitmaps.begin(); it != src_bitmaps.end();) {
-            if (std::find(it->flags.begin(), it->flags.end(), "in-use") == it->flags.end()) {
-                ++it;
-                continue;
-            }
-            if (!skip_broken) {
-                error("Cannot copy inconsistent bitmap '%s'; try --skip-broken-bitmaps, or use 'bitmap --remove' "
-                      "to delete it",
-                      it->name.c_str());
-                return 1;
-            }
-            if (!g_quiet) error("warning: Skipping inconsistent bitmap '%s'", it->name.c_str());
-            it = src_bitmaps.erase(it);
-        }
-        // Their bits, read now: a bitmap we cannot read fails the command
-        // before anything is created.
-        for (const PersistentBitmapInfo &b : src_bitmaps) {
-            Result<DirtyBitmapData> d = srcs[0]->root->bitmap_data(b.name);
-            if (!d) {
-                error("Failed to read bitmap %s: %s", b.name.c_str(), d.msg().c_str());
-                return 1;
-            }
-            src_bitmap_data.push_back(std::move(d.value()));
-        }
-    }
-    if (compress && drv && !(drv->caps & kCapWriteCompressed)) {
-        error("Compression not supported for this file format");
-        return 1;
-    }
+// --bitmaps: the source's persistent bitmaps and their bits, read before
+// anything is created; copied into the target after the data.
+struct SourceBitmaps {
+    std::vector<PersistentBitmapInfo> info;
+    std::vector<DirtyBitmapData> data;   // one per info entry
+};
 
-    // Target.
-    if (!skip_create) {
+// Checks that --bitmaps can work (one source, a target format that stores
+// bitmaps) and reads the source's bitmaps, skipping inconsistent ones with
+// --skip-broken-bitmaps. false after printing the error.
+bool read_source_bitmaps(const ConvertOptions &o, const std::vector<std::unique_ptr<OpenImage>> &srcs,
+                         SourceBitmaps *out)
+{
+    const std::string &out_fmt = o.out_fmt;
+    if (srcs.size() > 1) {
+        error("Copying bitmaps only possible with single source");
+        return false;
+    }
+    const std::optional<std::string> compat = o.copts.get("compat");
+    if (out_fmt != "qcow2" || (compat && (*compat == "0.10" || *compat == "v2"))) {
+        error("Format driver '%s' does not support bitmaps", out_fmt.c_str());
+        return false;
+    }
+    Result<std::vector<PersistentBitmapInfo>> l = srcs[0]->root->persistent_bitmaps();
+    if (!l) {
+        if (l.err() == ENOTSUP) error("Source lacks bitmap support");
+        else error("%s", l.msg().c_str());
+        return false;
+    }
+    std::vector<PersistentBitmapInfo> &src_bitmaps = out->info;
+    src_bitmaps = std::move(l.value());
+    for (auto it = src_bitmaps.begin(); it != src_bitmaps.end();) {
+        if (std::find(it->flags.begin(), it->flags.end(), "in-use") == it->flags.end()) {
+            ++it;
+            continue;
+        }
+        if (!o.skip_broken) {
+            error("Cannot copy inconsistent bitmap '%s'; try --skip-broken-bitmaps, or use 'bitmap --remove' "
+                  "to delete it",
+                  it->name.c_str());
+            return false;
+        }
+        if (!g_quiet) error("warning: Skipping inconsistent bitmap '%s'", it->name.c_str());
+        it = src_bitmaps.erase(it);
+    }
+    // Their bits, read now: a bitmap we cannot read fails the command
+    // before anything is created.
+    for (const PersistentBitmapInfo &b : src_bitmaps) {
+        Result<DirtyBitmapData> d = srcs[0]->root->bitmap_data(b.name);
+        if (!d) {
+            error("Failed to read bitmap %s: %s", b.name.c_str(), d.msg().c_str());
+            return false;
+        }
+        out->data.push_back(std::move(d.value()));
+    }
+    return true;
+}
+
+// Creates the target (unless -n) with the sources' total size and opens it,
+// checking that it can take what was asked (compression, bitmaps, size).
+// nullptr after printing the error.
+std::unique_ptr<OpenImage> create_and_open_target(const ConvertOptions &o, int64_t total)
+{
+    const std::string &out_name = o.out_name;
+    const bool compress = o.compress;
+    if (!o.skip_create) {
         ImgCreateParams p;
-        p.fmt = out_fmt;
+        p.fmt = o.out_fmt;
         p.filename = out_name;
-        p.opts = copts;
+        p.opts = o.copts;
         p.opts.set("size", std::to_string(total));
-        p.backing_file = backing;
-        p.backing_fmt = backing_fmt;
+        p.backing_file = o.backing;
+        p.backing_fmt = o.backing_fmt;
         Status s = bg::img_create(builtin_drivers(), p);
         if (!s) {
             std::string m = s.msg();
             std::replace(m.begin(), m.end(), '\n', ' ');
             error("%s: %s", out_name.c_str(), m.c_str());
-            return 1;
+            return nullptr;
         }
-    } else if (have_opts) {
+    } else if (o.have_opts) {
         error("-o has no effect when skipping image creation");
-        return 1;
+        return nullptr;
     }
     OpenArgs ta;
     ta.name = out_name;
-    ta.image_opts = target_image_opts;
-    ta.format = target_image_opts ? "" : out_fmt;
+    ta.image_opts = o.target_image_opts;
+    ta.format = o.target_image_opts ? "" : o.out_fmt;
     ta.read_only = false;
-    ta.cache = cache;
+    ta.cache = o.cache;
     std::unique_ptr<OpenImage> dst = open_img(ta);
-    if (!dst) return 1;
+    if (!dst) return nullptr;
     if (compress && !(dst->root->driver()->caps & kCapWriteCompressed)) {
         error("Compression not supported for this file format");
-        return 1;
+        return nullptr;
     }
-    if (bitmaps && !dst->root->persistent_bitmaps()) {
+    if (o.bitmaps && !dst->root->persistent_bitmaps()) {
         // (-n into a target that cannot store bitmaps: found before the copy.)
         error("Format driver '%s' does not support bitmaps", dst->root->driver_name());
-        return 1;
+        return nullptr;
     }
-    if (skip_create && dst->blk->getlength() < total) {
+    if (o.skip_create && dst->blk->getlength() < total) {
         error("Output image is too small (%" PRId64 " bytes for %" PRId64 " bytes of input)",
               dst->blk->getlength(), total);
-        return 1;
+        return nullptr;
     }
+    return dst;
+}
 
+// Copies the sources, concatenated, into dst on the copy engine (with -c in
+// iothreads, one per worker or core). false after printing the error.
+bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_ptr<OpenImage>> &srcs,
+                       OpenImage *dst)
+{
     std::vector<CopySource> sources;
     for (size_t i = 0; i < srcs.size(); i++) {
         CopySource s;
         s.blk = srcs[i]->blk.get();
-        s.top_only = backing.has_value();
-        s.name = src_names[i];
+        s.top_only = o.backing.has_value();
+        s.name = o.src_names[i];
         sources.push_back(s);
     }
     CopyOptions co;
-    co.max_workers = static_cast<int>(workers);
-    co.out_of_order = out_of_order;
-    co.sparse_size = sparse;
-    co.compress = compress;
-    co.dest_is_zero = skip_create ? target_is_zero : !backing.has_value();
-    co.rate_limit = rate_limit;
-    co.salvage = salvage;
+    co.max_workers = static_cast<int>(o.workers);
+    co.out_of_order = o.out_of_order;
+    co.sparse_size = o.sparse;
+    co.compress = o.compress;
+    co.dest_is_zero = o.skip_create ? o.target_is_zero : !o.backing.has_value();
+    co.rate_limit = o.rate_limit;
+    co.salvage = o.salvage;
     co.salvaged = [](int64_t off, int err) {
         if (!g_quiet) error("warning: error while reading offset %" PRId64 ": %s", off, std::strerror(err));
     };
     int64_t cluster = node_cluster_size(dst->root);
     if (cluster > 0) co.alignment = cluster;
-    if (compress) {
+    if (o.compress) {
         if (cluster <= 0) {
             error("Compression not supported for this file format");
-            return 1;
+            return false;
         }
         co.chunk_size = cluster;
     }
@@ -360,107 +398,143 @@ int img_convert(int argc, char **argv)
     // (at least one thread per core; as many as workers, like a thread pool
     // with one job per request, so a loaded machine does not starve us).
     std::vector<std::unique_ptr<IoThread>> iothreads;
-    if (compress) {
-        unsigned n = std::max({1u, std::thread::hardware_concurrency(), static_cast<unsigned>(workers)});
+    if (o.compress) {
+        unsigned n = std::max({1u, std::thread::hardware_concurrency(), static_cast<unsigned>(o.workers)});
         for (unsigned i = 0; i < n; i++) {
             Result<std::unique_ptr<IoThread>> t = IoThread::create("convert-" + std::to_string(i));
             if (!t) {
                 error("%s", t.msg().c_str());
-                return 1;
+                return false;
             }
             co.contexts.push_back(t.value()->ctx());
             iothreads.push_back(std::move(t.value()));
         }
     }
-    Progress prog(progress);
+    Progress prog(o.progress);
     prog.update(0);
     co.progress = progress_fn(&prog);
     Result<CopyStats> r = copy_sync(sources, dst->blk.get(), co);
     iothreads.clear();
     if (!r) {
         error("%s", r.msg().c_str());
-        return 1;
+        return false;
     }
     prog.finish();
-    if (bitmaps) {
-        // Each bitmap: created with the source's granularity and state, then
-        // its bits merged in; stored (and checked) before the image closes.
-        for (size_t i = 0; i < src_bitmaps.size(); i++) {
-            const PersistentBitmapInfo &b = src_bitmaps[i];
-            BitmapChange add;
-            add.name = b.name;
-            add.granularity = b.granularity;
-            add.disabled = !src_bitmap_data[i].enabled;
-            Status s = dst->root->bitmap_change(add);
-            if (s) {
-                BitmapChange merge;
-                merge.kind = BitmapChange::Kind::kMerge;
-                merge.name = b.name;
-                merge.source = std::move(src_bitmap_data[i]);
-                s = dst->root->bitmap_change(merge);
-            }
-            if (!s) {
-                error("Failed to populate bitmap %s: %s", b.name.c_str(), s.msg().c_str());
-                return 1;
-            }
+    return true;
+}
+
+// --bitmaps after the data: each bitmap created with the source's
+// granularity and state, then its bits merged in; stored (and checked) by
+// flushing and inactivating the target. Returns the exit status.
+int copy_bitmaps(SourceBitmaps *bm, OpenImage *dst, const std::string &out_name)
+{
+    for (size_t i = 0; i < bm->info.size(); i++) {
+        const PersistentBitmapInfo &b = bm->info[i];
+        BitmapChange add;
+        add.name = b.name;
+        add.granularity = b.granularity;
+        add.disabled = !bm->data[i].enabled;
+        Status s = dst->root->bitmap_change(add);
+        if (s) {
+            BitmapChange merge;
+            merge.kind = BitmapChange::Kind::kMerge;
+            merge.name = b.name;
+            merge.source = std::move(bm->data[i]);
+            s = dst->root->bitmap_change(merge);
         }
-        if (int r = flush_backend(dst->blk.get(), out_name)) return r;
-        Status s = dst->root->inactivate();
         if (!s) {
-            error("%s", s.msg().c_str());
+            error("Failed to populate bitmap %s: %s", b.name.c_str(), s.msg().c_str());
             return 1;
         }
-        return 0;
     }
-    return flush_backend(dst->blk.get(), out_name);
+    if (int r = flush_backend(dst->blk.get(), out_name)) return r;
+    Status s = dst->root->inactivate();
+    if (!s) {
+        error("%s", s.msg().c_str());
+        return 1;
+    }
+    return 0;
+}
+
+} // namespace
+
+int img_convert(int argc, char **argv)
+{
+    ConvertOptions o;
+    int status = parse_convert_args(argc, argv, &o);
+    if (status >= 0) return status;
+    const std::string &out_fmt = o.out_fmt;
+    const bool compress = o.compress;
+
+    std::vector<std::unique_ptr<OpenImage>> srcs;
+    int64_t total = 0;
+    if (!open_convert_sources(o, &srcs, &total)) return 1;
+
+    const BlockDriver *drv = builtin_drivers().find(out_fmt);
+    if (!o.target_image_opts && (!drv || drv->kind == BlockDriverKind::kFilter)) {
+        error("Unknown file format '%s'", out_fmt.c_str());
+        return 1;
+    }
+    SourceBitmaps bitmaps;
+    if (o.bitmaps && !read_source_bitmaps(o, srcs, &bitmaps)) return 1;
+    if (compress && drv && !(drv->caps & kCapWriteCompressed)) {
+        error("Compression not supported for this file format");
+        return 1;
+    }
+
+    std::unique_ptr<OpenImage> dst = create_and_open_target(o, total);
+    if (!dst) return 1;
+    if (!copy_convert_data(o, srcs, dst.get())) return 1;
+    if (o.bitmaps) return copy_bitmaps(&bitmaps, dst.get(), o.out_name);
+    return flush_backend(dst->blk.get(), o.out_name);
 }
 
 // ---------------------------------------------------------------- commit
 
 namespace {
 
-// Options of one level of a backing chain, rebuilt from the open nodes:
-// driver, file name, and the levels below (down to, not including, stop;
-// stop_ref names the node that replaces it).
+// Options of one level of a backing chain, rebuilt from the open nodes: the
+// node's own options (dump_options(), every child a node-name reference),
+// without its node name and read-only as read_only says, each child
+// reference replaced by that child rebuilt the same way (a backing child
+// always read-only) -- down to, not including, stop, whose reference
+// becomes stop_ref.
 json chain_tree(BlockNode *n, BlockNode *stop, const std::string &stop_ref, bool read_only)
 {
-    json j = json::object();
-    j["driver"] = n->driver_name();
+    json j = blockdev_options_to_json(n->dump_options());
+    j.erase("node-name");
     j["read-only"] = read_only;
-    BdrvChild *f = n->file_child();
-    if (f && f->node() != n) {
-        j["file"] = json{{"driver", "file"}, {"filename", f->node()->filename()}, {"read-only", read_only}};
-    }
-    if (BdrvChild *dc = n->child("data-file")) {
-        j["data-file"] = json{{"driver", "file"}, {"filename", dc->node()->filename()}, {"read-only", read_only}};
-    }
-    if (std::string(n->driver_name()) == "qcow2") {
-        BdrvChild *b = n->backing_child();
-        if (!b) {
-            j["backing"] = nullptr;
-        } else if (b->node() == stop) {
-            j["backing"] = stop_ref;
+    for (BdrvChild *c : n->children()) {
+        auto ref = j.find(c->name());
+        if (ref == j.end() || !ref->is_string()) continue;   // not given by reference
+        if (c->node() == stop) {
+            *ref = stop_ref;
         } else {
-            j["backing"] = chain_tree(b->node(), stop, stop_ref, true);
+            *ref = chain_tree(c->node(), stop, stop_ref, read_only || c == n->backing_child());
         }
     }
     return j;
 }
 
-} // namespace
+// What the commit command line asks for.
+struct CommitOptions {
+    OpenArgs oa;                           // the image
+    std::optional<std::string> base_name;  // -b
+    bool progress = false;
+    bool drop = false;   // -d: leave the top image as it is
+    uint64_t rate_limit = 0;
+};
 
-int img_commit(int argc, char **argv)
+// Parses commit's arguments. Returns -1 to go on, or the exit status (1
+// after printing the error).
+int parse_commit_args(int argc, char **argv, CommitOptions *o)
 {
     static const struct option kLong[] = {
         {"help", no_argument, nullptr, 'h'},
         {"image-opts", no_argument, nullptr, kOptImageOpts},
         {nullptr, 0, nullptr, 0},
     };
-    OpenArgs oa;
-    std::optional<std::string> base_name;
-    bool progress = false;
-    bool drop = false;   // -d: leave the top image as it is
-    uint64_t rate_limit = 0;
+    OpenArgs &oa = o->oa;
     optind = 0;
     opterr = 0;
     int c;
@@ -469,159 +543,215 @@ int img_commit(int argc, char **argv)
         case 'f': oa.format = optarg; break;
         case 't': oa.cache = optarg; break;
         case 'b':
-            base_name = optarg;
-            drop = true;          // -b implies -d, as in qemu-img
+            o->base_name = optarg;
+            o->drop = true;          // -b implies -d, as in qemu-img
             break;
-        case 'd': drop = true; break;
-        case 'p': progress = true; break;
+        case 'd': o->drop = true; break;
+        case 'p': o->progress = true; break;
         case 'q': g_quiet = true; break;
         case 'r':
-            if (!parse_rate_limit(optarg, &rate_limit)) return 1;
+            if (!parse_rate_limit(optarg, &o->rate_limit)) return 1;
             break;
         case kOptImageOpts: oa.image_opts = true; break;
         default: return bad_option(argc, argv, "ftbr");
         }
     }
-    if (g_quiet) progress = false;
+    if (g_quiet) o->progress = false;
     if (optind != argc - 1) return usage_error("Expecting one image file name");
     oa.name = argv[optind];
+    return -1;
+}
 
-    // 1. Look at the chain (read-only) to find the base.
-    json top_tree;
-    std::string base_file, base_driver;
-    {
-        OpenArgs probe = oa;
-        probe.read_only = true;
-        std::unique_ptr<OpenImage> img = open_img(probe);
-        if (!img) return 1;
-        BlockNode *top = img->root;
-        BdrvChild *b = top->backing_child();
-        if (!b) {
-            error("Image does not have a backing file");
-            return 1;
-        }
-        BlockNode *base = nullptr;
-        if (!base_name) {
-            base = b->node();
-        } else {
-            std::string want = combine_with_dir(oa.name, *base_name);
-            for (BlockNode *n = b->node(); n; n = n->backing_child() ? n->backing_child()->node() : nullptr) {
-                std::string f = n->filename();
-                if (f == *base_name || f == want) {
-                    base = n;
-                    break;
-                }
-                char *r1 = realpath(f.c_str(), nullptr), *r2 = realpath(want.c_str(), nullptr);
-                bool same = r1 && r2 && std::strcmp(r1, r2) == 0;
-                std::free(r1);
-                std::free(r2);
-                if (same) {
-                    base = n;
-                    break;
-                }
-            }
-            if (!base) {
-                error("Did not find '%s' in the backing chain of '%s'", base_name->c_str(), oa.name.c_str());
-                return 1;
-            }
-        }
-        base_file = base->filename();
-        base_driver = base->driver_name();
-        top_tree = chain_tree(top, base, "commit-base", true);
+// The node of the chain below the image (starting at below) that -b names:
+// its file name as the chain records it, that name relative to the image's
+// directory, or the same file by another path. nullptr if none.
+BlockNode *find_commit_base(BlockNode *below, const std::string &image, const std::string &base_name)
+{
+    std::string want = combine_with_dir(image, base_name);
+    for (BlockNode *n = below; n; n = n->backing_child() ? n->backing_child()->node() : nullptr) {
+        std::string f = n->filename();
+        if (f == base_name || f == want) return n;
+        char *r1 = realpath(f.c_str(), nullptr), *r2 = realpath(want.c_str(), nullptr);
+        bool same = r1 && r2 && std::strcmp(r1, r2) == 0;
+        std::free(r1);
+        std::free(r2);
+        if (same) return n;
     }
+    return nullptr;
+}
 
-    // 2. One graph: the base writable (its own node), the chain above it
-    // read-only and pointing at it.
-    Result<CacheMode> cm = parse_cache_mode(oa.cache);
-    if (!cm) {
-        error("%s", cm.msg().c_str());
-        return 1;
+// The chain to commit, as options to open it again: the base on its own
+// (node "commit-base", writable), the levels above it read-only down to a
+// reference to the base.
+struct CommitChain {
+    json top_tree, base_tree;
+    std::string base_file;
+};
+
+// Step 1: opens the image read-only, finds the base and records the chain.
+// false after printing the error.
+bool find_commit_chain(const CommitOptions &o, CommitChain *chain)
+{
+    OpenArgs probe = o.oa;
+    probe.read_only = true;
+    std::unique_ptr<OpenImage> img = open_img(probe);
+    if (!img) return false;
+    BlockNode *top = img->root;
+    BdrvChild *b = top->backing_child();
+    if (!b) {
+        error("Image does not have a backing file");
+        return false;
     }
-    auto graph = std::make_unique<BlockGraph>();
-    json base_tree = {{"driver", base_driver},
-                      {"node-name", "commit-base"},
-                      {"file", protocol_node_options(base_file)}};
-    for (json *t : {&base_tree, &top_tree}) {
-        (*t)["cache"] = {{"direct", cm.value().direct}, {"no-flush", cm.value().no_flush}};
+    BlockNode *base = b->node();
+    if (o.base_name) {
+        base = find_commit_base(b->node(), o.oa.name, *o.base_name);
+        if (!base) {
+            error("Did not find '%s' in the backing chain of '%s'", o.base_name->c_str(), o.oa.name.c_str());
+            return false;
+        }
     }
-    Result<BlockdevOptions> bo = blockdev_options_from_tree(graph->registry(), base_tree, false);
+    chain->base_file = base->filename();
+    chain->top_tree = chain_tree(top, base, "commit-base", true);
+    chain->base_tree = chain_tree(base, nullptr, "", false);
+    chain->base_tree["node-name"] = "commit-base";
+    return true;
+}
+
+// The graph the copy runs on, and its two users: src reads the top, dst
+// writes the base.
+struct CommitGraph {
+    std::unique_ptr<BlockGraph> graph;
+    BlockNode *base = nullptr;
+    std::unique_ptr<BlockBackend> src, dst;
+};
+
+// Adds a node described by tree to graph; nullptr after printing the error
+// (open errors name name).
+BlockNode *add_tree_node(BlockGraph *graph, const json &tree, const std::string &name)
+{
+    Result<BlockdevOptions> bo = blockdev_options_from_tree(graph->registry(), tree, false);
     if (!bo) {
         error("%s", bo.msg().c_str());
-        return 1;
+        return nullptr;
     }
-    Result<BlockNode *> base = graph->add_node(bo.value());
-    if (!base) {
-        error("%s", open_error_message(base_file, base.error()).c_str());
-        return 1;
+    Result<BlockNode *> n = graph->add_node(bo.value());
+    if (!n) {
+        error("%s", open_error_message(name, n.error()).c_str());
+        return nullptr;
     }
-    Result<BlockdevOptions> to = blockdev_options_from_tree(graph->registry(), top_tree, false);
-    if (!to) {
-        error("%s", to.msg().c_str());
-        return 1;
-    }
-    Result<BlockNode *> top = graph->add_node(to.value());
-    if (!top) {
-        error("%s", open_error_message(oa.name, top.error()).c_str());
-        return 1;
-    }
-    Result<std::unique_ptr<BlockBackend>> src =
-        BlockBackend::create(top.value(), kPermConsistentRead, kPermAll, kProg);
-    if (!src) {
-        error("%s", open_error_message(oa.name, src.error()).c_str());
-        return 1;
-    }
-    Result<std::unique_ptr<BlockBackend>> dst = BlockBackend::create(
-        base.value(), kPermConsistentRead | kPermWrite | kPermResize, kPermConsistentRead | kPermWriteUnchanged, kProg);
-    if (!dst) {
-        error("%s", open_error_message(base_file, dst.error()).c_str());
-        return 1;
-    }
+    return n.value();
+}
 
-    // 3. Grow the base to the top's size, copy, empty the top.
-    int64_t top_len = src.value()->getlength();
-    if (dst.value()->getlength() < top_len) {
-        BlockBackend *d = dst.value().get();
+// Step 2: one graph, the base writable (its own node), the chain above it
+// read-only and pointing at it, both with -t's cache mode. false after
+// printing the error.
+bool open_commit_graph(const CommitOptions &o, CommitChain *chain, CommitGraph *g)
+{
+    Result<CacheMode> cm = parse_cache_mode(o.oa.cache);
+    if (!cm) {
+        error("%s", cm.msg().c_str());
+        return false;
+    }
+    g->graph = std::make_unique<BlockGraph>();
+    for (json *t : {&chain->base_tree, &chain->top_tree}) {
+        (*t)["cache"] = {{"direct", cm.value().direct}, {"no-flush", cm.value().no_flush}};
+    }
+    g->base = add_tree_node(g->graph.get(), chain->base_tree, chain->base_file);
+    if (!g->base) return false;
+    BlockNode *top = add_tree_node(g->graph.get(), chain->top_tree, o.oa.name);
+    if (!top) return false;
+    Result<std::unique_ptr<BlockBackend>> src = BlockBackend::create(top, kPermConsistentRead, kPermAll, kProg);
+    if (!src) {
+        error("%s", open_error_message(o.oa.name, src.error()).c_str());
+        return false;
+    }
+    g->src = std::move(src.value());
+    Result<std::unique_ptr<BlockBackend>> dst = BlockBackend::create(
+        g->base, kPermConsistentRead | kPermWrite | kPermResize, kPermConsistentRead | kPermWriteUnchanged, kProg);
+    if (!dst) {
+        error("%s", open_error_message(chain->base_file, dst.error()).c_str());
+        return false;
+    }
+    g->dst = std::move(dst.value());
+    return true;
+}
+
+// Step 3a: grows the base to the top's size. false after printing the error.
+bool grow_commit_base(CommitGraph *g, const std::string &base_file)
+{
+    int64_t top_len = g->src->getlength();
+    if (g->dst->getlength() < top_len) {
+        BlockBackend *d = g->dst.get();
         int r = run_in_coroutine([&]() { return d->co_truncate(top_len, false, PreallocMode::kOff); });
         if (r < 0) {
             error("Could not resize '%s' to %" PRId64 " bytes: %s", base_file.c_str(), top_len, std::strerror(-r));
-            return 1;
+            return false;
         }
     }
+    return true;
+}
+
+// Step 3b: copies what the chain above the base allocates into it, and
+// flushes it. false after printing the error.
+bool commit_copy(const CommitOptions &o, CommitGraph *g, const std::string &base_file, Progress *prog)
+{
     CopySource s;
-    s.blk = src.value().get();
-    s.base = base.value();
-    s.name = oa.name;
+    s.blk = g->src.get();
+    s.base = g->base;
+    s.name = o.oa.name;
     CopyOptions co;
     co.dest_is_zero = false;
-    co.rate_limit = rate_limit;
-    int64_t cluster = node_cluster_size(base.value());
+    co.rate_limit = o.rate_limit;
+    int64_t cluster = node_cluster_size(g->base);
     if (cluster > 0) co.alignment = cluster;
-    Progress prog(progress);
-    prog.update(0);
-    co.progress = progress_fn(&prog);
-    Result<CopyStats> r = copy_sync({s}, dst.value().get(), co);
+    prog->update(0);
+    co.progress = progress_fn(prog);
+    Result<CopyStats> r = copy_sync({s}, g->dst.get(), co);
     if (!r) {
         error("%s", r.msg().c_str());
-        return 1;
+        return false;
     }
-    if (flush_backend(dst.value().get(), base_file)) return 1;
+    return flush_backend(g->dst.get(), base_file) == 0;
+}
+
+// Step 4 (without -d): opens the image again, writable and on its own, and
+// empties it. false after printing the error.
+bool empty_commit_top(const OpenArgs &oa)
+{
+    OpenArgs rw = oa;
+    rw.read_only = false;
+    std::unique_ptr<OpenImage> img = open_img(rw);
+    if (!img) return false;
+    Status e = img->root->make_empty();
+    if (!e) {
+        error("Image empty failed: %s", e.msg().c_str());
+        return false;
+    }
+    return true;
+}
+
+} // namespace
+
+int img_commit(int argc, char **argv)
+{
+    CommitOptions o;
+    int status = parse_commit_args(argc, argv, &o);
+    if (status >= 0) return status;
+    CommitChain chain;
+    if (!find_commit_chain(o, &chain)) return 1;
+    CommitGraph g;
+    if (!open_commit_graph(o, &chain, &g)) return 1;
+    if (!grow_commit_base(&g, chain.base_file)) return 1;
+    Progress prog(o.progress);
+    if (!commit_copy(o, &g, chain.base_file, &prog)) return 1;
     // Like qemu-img: unless -d (or -b), the top image is then emptied: its
     // clusters become unallocated and reads fall through to the base. The
-    // copy's graph (the top read-only) is closed first; the top is opened
-    // again, writable, on its own.
-    if (!drop) {
-        src.value().reset();
-        dst.value().reset();
-        graph.reset();
-        OpenArgs rw = oa;
-        rw.read_only = false;
-        std::unique_ptr<OpenImage> img = open_img(rw);
-        if (!img) return 1;
-        Status e = img->root->make_empty();
-        if (!e) {
-            error("Image empty failed: %s", e.msg().c_str());
-            return 1;
-        }
+    // copy's graph (the top read-only) is closed first.
+    if (!o.drop) {
+        g.src.reset();
+        g.dst.reset();
+        g.graph.reset();
+        if (!empty_commit_top(o.oa)) return 1;
     }
     prog.finish();
     qprintf("Image committed.\n");
@@ -630,7 +760,19 @@ int img_commit(int argc, char **argv)
 
 // ---------------------------------------------------------------- rebase
 
-int img_rebase(int argc, char **argv)
+namespace {
+
+// What the rebase command line asks for.
+struct RebaseOptions {
+    OpenArgs oa;                                    // the image, writable
+    std::optional<std::string> new_backing, new_fmt;  // -b, -F
+    std::string src_cache = "writeback";            // -T
+    bool unsafe = false, progress = false, force_share = false;
+};
+
+// Parses rebase's arguments. Returns -1 to go on, or the exit status (1
+// after printing the error).
+int parse_rebase_args(int argc, char **argv, RebaseOptions *o)
 {
     static const struct option kLong[] = {
         {"help", no_argument, nullptr, 'h'},
@@ -638,121 +780,150 @@ int img_rebase(int argc, char **argv)
         {"force-share", no_argument, nullptr, 'U'},
         {nullptr, 0, nullptr, 0},
     };
-    OpenArgs oa;
+    OpenArgs &oa = o->oa;
     oa.read_only = false;
-    std::optional<std::string> new_backing, new_fmt;
-    std::string src_cache = "writeback";
-    bool unsafe = false, progress = false, force_share = false;
     optind = 0;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", kLong, nullptr)) != -1) {
         switch (c) {
         case 'f': oa.format = optarg; break;
-        case 'F': new_fmt = optarg; break;
-        case 'b': new_backing = optarg; break;
-        case 'u': unsafe = true; break;
-        case 'p': progress = true; break;
+        case 'F': o->new_fmt = optarg; break;
+        case 'b': o->new_backing = optarg; break;
+        case 'u': o->unsafe = true; break;
+        case 'p': o->progress = true; break;
         case 't': oa.cache = optarg; break;
-        case 'T': src_cache = optarg; break;
+        case 'T': o->src_cache = optarg; break;
         case 'q': g_quiet = true; break;
-        case 'U': force_share = true; break;
+        case 'U': o->force_share = true; break;
         case kOptImageOpts: oa.image_opts = true; break;
         default: return bad_option(argc, argv, "fFbtT");
         }
     }
-    if (g_quiet) progress = false;
+    if (g_quiet) o->progress = false;
     if (optind != argc - 1) return usage_error("Expecting one image file name");
-    if (!new_backing) return usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
+    if (!o->new_backing) return usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
     oa.name = argv[optind];
-    if (unsafe) oa.no_backing = true;
-    if (new_backing->empty()) new_fmt.reset();
+    if (o->unsafe) oa.no_backing = true;
+    if (o->new_backing->empty()) o->new_fmt.reset();
+    return -1;
+}
 
-    std::unique_ptr<OpenImage> img = open_img(oa);
+// Safe mode, a new backing file given: opens it read-only as the image will
+// name it (relative to the image's directory); its format becomes new_fmt
+// unless -F gave one. nullptr after printing the error.
+std::unique_ptr<OpenImage> open_new_backing(RebaseOptions *o, BlockNode *top)
+{
+    OpenArgs ba;
+    ba.name = combine_with_dir(top->filename(), *o->new_backing);
+    ba.format = o->new_fmt.value_or("");
+    ba.force_share = o->force_share;
+    ba.cache = o->src_cache;
+    std::unique_ptr<OpenImage> nb = open_img(ba);
+    if (!nb) return nullptr;
+    if (!o->new_fmt) o->new_fmt = nb->root->driver_name();
+    return nb;
+}
+
+// A backend on a node of len bytes that reads as zeroes, in a graph of its
+// own (*graph). nullptr after printing the error.
+std::unique_ptr<BlockBackend> open_zero_backend(int64_t len, std::unique_ptr<BlockGraph> *graph)
+{
+    *graph = std::make_unique<BlockGraph>();
+    Result<BlockNode *> zn = (*graph)->add_node_json({{"driver", "null-co"}, {"size", len}});
+    if (!zn) {
+        error("%s", zn.msg().c_str());
+        return nullptr;
+    }
+    Result<std::unique_ptr<BlockBackend>> zb = BlockBackend::create(zn.value(), kPermConsistentRead, kPermAll, kProg);
+    if (!zb) {
+        error("%s", zb.msg().c_str());
+        return nullptr;
+    }
+    return std::move(zb.value());
+}
+
+// Safe mode: old backing data becomes the overlay's where it differs from
+// the new backing file's (nb), or without one wherever it is not zero.
+// false after printing the error.
+bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
+{
+    BlockNode *top = img->root;
+    BdrvChild *old = top->backing_child();
+    int64_t len = img->blk->getlength();
+    std::unique_ptr<BlockBackend> old_blk;
+    if (old) {
+        Result<std::unique_ptr<BlockBackend>> ob =
+            BlockBackend::create(old->node(), kPermConsistentRead, kPermAll, kProg);
+        if (!ob) {
+            error("%s", ob.msg().c_str());
+            return false;
+        }
+        old_blk = std::move(ob.value());
+    }
+    // Without a new backing file the overlay must hold every non-zero byte.
+    std::unique_ptr<BlockGraph> zgraph;
+    std::unique_ptr<BlockBackend> zero_blk;
+    BlockBackend *diff = nb ? nb->blk.get() : nullptr;
+    if (!diff) {
+        zero_blk = open_zero_backend(len, &zgraph);
+        if (!zero_blk) return false;
+        diff = zero_blk.get();
+    }
+    if (!old_blk) return true;
+    CopySource s;
+    s.blk = old_blk.get();
+    s.length = len;
+    s.name = old->node()->filename();
+    CopyOptions co;
+    co.dest_is_zero = false;
+    co.skip_allocated_in = top;
+    co.diff_against = diff;
+    co.sparse_size = 0;
+    int64_t cluster = node_cluster_size(top);
+    if (cluster > 0) co.alignment = cluster;
+    Progress prog(o.progress);
+    prog.update(0);
+    co.progress = progress_fn(&prog);
+    Result<CopyStats> r = copy_sync({s}, img->blk.get(), co);
+    if (!r) {
+        error("%s", r.msg().c_str());
+        return false;
+    }
+    prog.finish();
+    return true;
+}
+
+} // namespace
+
+int img_rebase(int argc, char **argv)
+{
+    RebaseOptions o;
+    int status = parse_rebase_args(argc, argv, &o);
+    if (status >= 0) return status;
+
+    std::unique_ptr<OpenImage> img = open_img(o.oa);
     if (!img) return 1;
     BlockNode *top = img->root;
-
-    // The new backing file, for safe mode: opened read-only as the image
-    // will name it (relative to the image's directory).
-    std::unique_ptr<OpenImage> nb;
-    if (!unsafe) {
-        if (!new_backing->empty()) {
-            OpenArgs ba;
-            ba.name = combine_with_dir(top->filename(), *new_backing);
-            ba.format = new_fmt.value_or("");
-            ba.force_share = force_share;
-            ba.cache = src_cache;
-            nb = open_img(ba);
+    std::unique_ptr<OpenImage> nb;   // the new backing file, safe mode
+    if (!o.unsafe) {
+        if (!o.new_backing->empty()) {
+            nb = open_new_backing(&o, top);
             if (!nb) return 1;
-            if (!new_fmt) new_fmt = nb->root->driver_name();
         }
-        // Old backing data becomes the overlay's where it differs from the new.
-        BdrvChild *old = top->backing_child();
-        int64_t len = img->blk->getlength();
-        std::unique_ptr<BlockBackend> old_blk;
-        if (old) {
-            Result<std::unique_ptr<BlockBackend>> ob =
-                BlockBackend::create(old->node(), kPermConsistentRead, kPermAll, kProg);
-            if (!ob) {
-                error("%s", ob.msg().c_str());
-                return 1;
-            }
-            old_blk = std::move(ob.value());
-        }
-        // Without a new backing file the overlay must hold every non-zero byte.
-        std::unique_ptr<BlockGraph> zgraph;
-        std::unique_ptr<BlockBackend> zero_blk;
-        BlockBackend *diff = nb ? nb->blk.get() : nullptr;
-        if (!diff) {
-            zgraph = std::make_unique<BlockGraph>();
-            Result<BlockNode *> zn = zgraph->add_node_json({{"driver", "null-co"}, {"size", len}});
-            if (!zn) {
-                error("%s", zn.msg().c_str());
-                return 1;
-            }
-            Result<std::unique_ptr<BlockBackend>> zb =
-                BlockBackend::create(zn.value(), kPermConsistentRead, kPermAll, kProg);
-            if (!zb) {
-                error("%s", zb.msg().c_str());
-                return 1;
-            }
-            zero_blk = std::move(zb.value());
-            diff = zero_blk.get();
-        }
-        if (old_blk) {
-            CopySource s;
-            s.blk = old_blk.get();
-            s.length = len;
-            s.name = old->node()->filename();
-            CopyOptions co;
-            co.dest_is_zero = false;
-            co.skip_allocated_in = top;
-            co.diff_against = diff;
-            co.sparse_size = 0;
-            int64_t cluster = node_cluster_size(top);
-            if (cluster > 0) co.alignment = cluster;
-            Progress prog(progress);
-            prog.update(0);
-            co.progress = progress_fn(&prog);
-            Result<CopyStats> r = copy_sync({s}, img->blk.get(), co);
-            if (!r) {
-                error("%s", r.msg().c_str());
-                return 1;
-            }
-            prog.finish();
-        }
+        if (!copy_backing_diff(o, img.get(), nb.get())) return 1;
     }
 
     // Record the new backing file in the image.
     CreateOptions ao;
-    ao.set("backing_file", *new_backing);
-    ao.set("backing_fmt", new_fmt.value_or(""));
+    ao.set("backing_file", *o.new_backing);
+    ao.set("backing_fmt", o.new_fmt.value_or(""));
     Status s = top->amend(ao, false, nullptr);
     if (!s) {
-        error("Could not change the backing file to '%s': %s", new_backing->c_str(), s.msg().c_str());
+        error("Could not change the backing file to '%s': %s", o.new_backing->c_str(), s.msg().c_str());
         return 1;
     }
-    return flush_backend(img->blk.get(), oa.name);
+    return flush_backend(img->blk.get(), o.oa.name);
 }
 
 } // namespace img

@@ -247,9 +247,15 @@ int coroutine_fn check_empty(BlockBackend *blk, int64_t offset, int64_t bytes, c
     return 0;
 }
 
-} // namespace
+// What the compare command line asks for.
+struct CompareOptions {
+    OpenArgs a1, a2;   // the two images
+    bool strict = false, progress = false;
+};
 
-int img_compare(int argc, char **argv)
+// Parses compare's arguments. Returns -1 to go on, or the exit status (1
+// for a usage error, 2 for a bad -T, after printing the error).
+int parse_compare_args(int argc, char **argv, CompareOptions *o)
 {
     static const struct option kLong[] = {
         {"help", no_argument, nullptr, 'h'},
@@ -257,8 +263,8 @@ int img_compare(int argc, char **argv)
         {"force-share", no_argument, nullptr, 'U'},
         {nullptr, 0, nullptr, 0},
     };
-    OpenArgs a1, a2;
-    bool strict = false, progress = false, image_opts = false, force_share = false;
+    OpenArgs &a1 = o->a1, &a2 = o->a2;
+    bool image_opts = false, force_share = false;
     std::string cache = "writeback";
     optind = 0;
     opterr = 0;
@@ -268,22 +274,19 @@ int img_compare(int argc, char **argv)
         case 'f': a1.format = optarg; break;
         case 'F': a2.format = optarg; break;
         case 'T': cache = optarg; break;
-        case 'p': progress = true; break;
+        case 'p': o->progress = true; break;
         case 'q': g_quiet = true; break;
-        case 's': strict = true; break;
+        case 's': o->strict = true; break;
         case 'U': force_share = true; break;
         case kOptImageOpts: image_opts = true; break;
         default: return bad_option(argc, argv, "fFT");
         }
     }
-    if (g_quiet) progress = false;
+    if (g_quiet) o->progress = false;
     if (optind != argc - 2) return usage_error("Expecting two image file names");
-    {
-        Result<CacheMode> cm = parse_cache_mode(cache);
-        if (!cm) {
-            error("Invalid source cache option: %s", cache.c_str());
-            return 2;
-        }
+    if (!parse_cache_mode(cache)) {
+        error("Invalid source cache option: %s", cache.c_str());
+        return 2;
     }
     for (OpenArgs *a : {&a1, &a2}) {
         a->image_opts = image_opts;
@@ -292,111 +295,164 @@ int img_compare(int argc, char **argv)
     }
     a1.name = argv[optind];
     a2.name = argv[optind + 1];
-    std::unique_ptr<OpenImage> i1 = open_img(a1);
-    if (!i1) return 2;
-    std::unique_ptr<OpenImage> i2 = open_img(a2);
-    if (!i2) return 2;
+    return -1;
+}
 
-    Progress prog(progress);
-    return run_in_coroutine([&]() -> int {
-        BlockBackend *b1 = i1->blk.get(), *b2 = i2->blk.get();
-        BlockNode *n1 = i1->root, *n2 = i2->root;
-        const std::string &f1 = a1.name, &f2 = a2.name;
-        int64_t total1 = b1->getlength(), total2 = b2->getlength();
-        int64_t total = std::min(total1, total2);
-        int64_t progress_base = std::max<int64_t>(1, std::max(total1, total2));
-        AlignedBuf buf1 = aligned_alloc_buf(4096, kIoBufSize), buf2 = aligned_alloc_buf(4096, kIoBufSize);
-        prog.update(0);
-        if (strict && total1 != total2) {
-            qprintf("Strict mode: Image size mismatch!\n");
+// Two open images being compared (inside the coroutine).
+struct Comparison {
+    BlockBackend *b1, *b2;
+    BlockNode *n1, *n2;
+    std::string f1, f2;          // their names, for messages
+    int64_t total1, total2;      // their lengths
+    int64_t progress_base;       // the larger length (at least 1)
+    bool strict;
+    Progress *prog;
+    AlignedBuf buf1, buf2;       // kIoBufSize each
+};
+
+// Reads [offset, offset+chunk) of both images (chunk at most kIoBufSize)
+// and compares the bytes. 0 if equal, 1 after the mismatch message, 4 on a
+// read error.
+int coroutine_fn compare_data(Comparison &c, int64_t offset, int64_t chunk)
+{
+    int r = c.b1->co_pread(offset, chunk, c.buf1.get());
+    if (r < 0) {
+        error("Error while reading offset %" PRId64 " of %s: %s", offset, c.f1.c_str(), std::strerror(-r));
+        return 4;
+    }
+    r = c.b2->co_pread(offset, chunk, c.buf2.get());
+    if (r < 0) {
+        error("Error while reading offset %" PRId64 " of %s: %s", offset, c.f2.c_str(), std::strerror(-r));
+        return 4;
+    }
+    bool same;
+    int64_t run = compare_sectors(c.buf1.get(), c.buf2.get(), chunk, &same);
+    if (!same || run != chunk) {
+        qprintf("Content mismatch at offset %" PRId64 "!\n", offset + (same ? run : 0));
+        return 1;
+    }
+    return 0;
+}
+
+// Compares the stretch at offset (below both lengths) that has one block
+// status in each image; *chunk_out gets its length. 0 if equal, else the
+// exit status after the message: 1 mismatch, 3 block status failure, 4
+// read error.
+int coroutine_fn compare_chunk(Comparison &c, int64_t offset, int64_t *chunk_out)
+{
+    int64_t p1 = 0, p2 = 0;
+    int s1 = c.n1->co_block_status_above(nullptr, true, offset, c.total1 - offset, &p1, nullptr, nullptr, nullptr);
+    if (s1 < 0) {
+        error("Sector allocation test failed for %s", c.f1.c_str());
+        return 3;
+    }
+    int s2 = c.n2->co_block_status_above(nullptr, true, offset, c.total2 - offset, &p2, nullptr, nullptr, nullptr);
+    if (s2 < 0) {
+        error("Sector allocation test failed for %s", c.f2.c_str());
+        return 3;
+    }
+    bool al1 = s1 & kStatusAllocated, al2 = s2 & kStatusAllocated;
+    int64_t chunk = std::min(p1, p2);
+    if (chunk <= 0) {
+        error("Sector allocation test failed for %s", (p1 <= 0 ? c.f1 : c.f2).c_str());
+        return 3;
+    }
+    if (c.strict) {
+        // Compare what both layers say, ignoring our internal bits.
+        const int kMask = kStatusData | kStatusZero | kStatusAllocated;
+        if ((s1 & kMask) != (s2 & kMask)) {
+            qprintf("Strict mode: Offset %" PRId64 " block status mismatch!\n", offset);
             return 1;
         }
-        int64_t offset = 0;
-        while (offset < total) {
-            int64_t p1 = 0, p2 = 0;
-            int s1 = n1->co_block_status_above(nullptr, true, offset, total1 - offset, &p1, nullptr, nullptr, nullptr);
-            if (s1 < 0) {
-                error("Sector allocation test failed for %s", f1.c_str());
-                return 3;
-            }
-            int s2 = n2->co_block_status_above(nullptr, true, offset, total2 - offset, &p2, nullptr, nullptr, nullptr);
-            if (s2 < 0) {
-                error("Sector allocation test failed for %s", f2.c_str());
-                return 3;
-            }
-            bool al1 = s1 & kStatusAllocated, al2 = s2 & kStatusAllocated;
-            int64_t chunk = std::min(p1, p2);
-            if (chunk <= 0) {
-                error("Sector allocation test failed for %s", (p1 <= 0 ? f1 : f2).c_str());
-                return 3;
-            }
-            if (strict) {
-                // Compare what both layers say, ignoring our internal bits.
-                const int kMask = kStatusData | kStatusZero | kStatusAllocated;
-                if ((s1 & kMask) != (s2 & kMask)) {
-                    qprintf("Strict mode: Offset %" PRId64 " block status mismatch!\n", offset);
-                    return 1;
-                }
-            }
-            if ((s1 & kStatusZero) && (s2 & kStatusZero)) {
-                // both zero
-            } else if (al1 == al2) {
-                if (al1) {
-                    chunk = std::min(chunk, kIoBufSize);
-                    int r = b1->co_pread(offset, chunk, buf1.get());
-                    if (r < 0) {
-                        error("Error while reading offset %" PRId64 " of %s: %s", offset, f1.c_str(),
-                              std::strerror(-r));
-                        return 4;
-                    }
-                    r = b2->co_pread(offset, chunk, buf2.get());
-                    if (r < 0) {
-                        error("Error while reading offset %" PRId64 " of %s: %s", offset, f2.c_str(),
-                              std::strerror(-r));
-                        return 4;
-                    }
-                    bool same;
-                    int64_t run = compare_sectors(buf1.get(), buf2.get(), chunk, &same);
-                    if (!same || run != chunk) {
-                        qprintf("Content mismatch at offset %" PRId64 "!\n", offset + (same ? run : 0));
-                        return 1;
-                    }
-                }
-            } else {
-                chunk = std::min(chunk, kIoBufSize);
-                int r = al1 ? check_empty(b1, offset, chunk, f1, buf1.get())
-                            : check_empty(b2, offset, chunk, f2, buf1.get());
-                if (r) return r;
-            }
-            offset += chunk;
-            prog.update(static_cast<double>(offset) / static_cast<double>(progress_base));
+    }
+    *chunk_out = chunk;
+    if ((s1 & kStatusZero) && (s2 & kStatusZero)) return 0;   // both zero
+    if (al1 == al2) {
+        if (!al1) return 0;
+        *chunk_out = chunk = std::min(chunk, kIoBufSize);
+        return compare_data(c, offset, chunk);
+    }
+    *chunk_out = chunk = std::min(chunk, kIoBufSize);
+    return al1 ? check_empty(c.b1, offset, chunk, c.f1, c.buf1.get())
+               : check_empty(c.b2, offset, chunk, c.f2, c.buf1.get());
+}
+
+// Past the shorter image's end (at offset): what the longer one allocates
+// must read as zeros. 0, or the exit status after the message.
+int coroutine_fn compare_tail(Comparison &c, int64_t offset)
+{
+    BlockBackend *over = c.total1 > c.total2 ? c.b1 : c.b2;
+    BlockNode *over_node = c.total1 > c.total2 ? c.n1 : c.n2;
+    const std::string &fover = c.total1 > c.total2 ? c.f1 : c.f2;
+    int64_t end = std::max(c.total1, c.total2);
+    while (offset < end) {
+        int64_t chunk = 0;
+        int s = over_node->co_block_status_above(nullptr, true, offset, end - offset, &chunk, nullptr, nullptr,
+                                                 nullptr);
+        if (s < 0 || chunk <= 0) {
+            error("Sector allocation test failed for %s", fover.c_str());
+            return 3;
         }
-        if (total1 != total2) {
-            qprintf("Warning: Image size mismatch!\n");
-            BlockBackend *over = total1 > total2 ? b1 : b2;
-            BlockNode *over_node = total1 > total2 ? n1 : n2;
-            const std::string &fover = total1 > total2 ? f1 : f2;
-            int64_t end = std::max(total1, total2);
-            while (offset < end) {
-                int64_t chunk = 0;
-                int s = over_node->co_block_status_above(nullptr, true, offset, end - offset, &chunk, nullptr, nullptr,
-                                                         nullptr);
-                if (s < 0 || chunk <= 0) {
-                    error("Sector allocation test failed for %s", fover.c_str());
-                    return 3;
-                }
-                if ((s & kStatusAllocated) && !(s & kStatusZero)) {
-                    chunk = std::min(chunk, kIoBufSize);
-                    int r = check_empty(over, offset, chunk, fover, buf1.get());
-                    if (r) return r;
-                }
-                offset += chunk;
-                prog.update(static_cast<double>(offset) / static_cast<double>(progress_base));
-            }
+        if ((s & kStatusAllocated) && !(s & kStatusZero)) {
+            chunk = std::min(chunk, kIoBufSize);
+            int r = check_empty(over, offset, chunk, fover, c.buf1.get());
+            if (r) return r;
         }
-        prog.finish();
-        qprintf("Images are identical.\n");
-        return 0;
+        offset += chunk;
+        c.prog->update(static_cast<double>(offset) / static_cast<double>(c.progress_base));
+    }
+    return 0;
+}
+
+// The comparison: the common length stretch by stretch, then the longer
+// image's tail. Returns compare's exit status (0 identical, after its
+// message).
+int coroutine_fn compare_images(Comparison &c)
+{
+    int64_t total = std::min(c.total1, c.total2);
+    c.prog->update(0);
+    if (c.strict && c.total1 != c.total2) {
+        qprintf("Strict mode: Image size mismatch!\n");
+        return 1;
+    }
+    int64_t offset = 0;
+    while (offset < total) {
+        int64_t chunk = 0;
+        if (int r = compare_chunk(c, offset, &chunk)) return r;
+        offset += chunk;
+        c.prog->update(static_cast<double>(offset) / static_cast<double>(c.progress_base));
+    }
+    if (c.total1 != c.total2) {
+        qprintf("Warning: Image size mismatch!\n");
+        if (int r = compare_tail(c, offset)) return r;
+    }
+    c.prog->finish();
+    qprintf("Images are identical.\n");
+    return 0;
+}
+
+} // namespace
+
+int img_compare(int argc, char **argv)
+{
+    CompareOptions o;
+    int status = parse_compare_args(argc, argv, &o);
+    if (status >= 0) return status;
+    std::unique_ptr<OpenImage> i1 = open_img(o.a1);
+    if (!i1) return 2;
+    std::unique_ptr<OpenImage> i2 = open_img(o.a2);
+    if (!i2) return 2;
+
+    Progress prog(o.progress);
+    return run_in_coroutine([&]() -> int {
+        Comparison c{i1->blk.get(), i2->blk.get(), i1->root, i2->root, o.a1.name, o.a2.name,
+                     0, 0, 0, o.strict, &prog, nullptr, nullptr};
+        c.total1 = c.b1->getlength();
+        c.total2 = c.b2->getlength();
+        c.progress_base = std::max<int64_t>(1, std::max(c.total1, c.total2));
+        c.buf1 = aligned_alloc_buf(4096, kIoBufSize);
+        c.buf2 = aligned_alloc_buf(4096, kIoBufSize);
+        return compare_images(c);
     });
 }
 

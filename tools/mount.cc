@@ -197,12 +197,12 @@ bool take_value(int argc, char **argv, int *i, const std::string &arg, const std
     return false;
 }
 
-} // namespace
-
-int cmd_mount(int argc, char **argv)
+// Parses mount's arguments into *a (and sets the log level -v asks for).
+// Returns -1 to go on, or the exit status (0 after --help, 1 after printing
+// the error).
+int parse_mount_args(int argc, char **argv, MountArgs *out)
 {
-    log_init_from_env();
-    MountArgs a;
+    MountArgs &a = *out;
     std::vector<std::string> pos;
     bool only_pos = false;
     for (int i = 1; i < argc; i++) {
@@ -259,8 +259,14 @@ int cmd_mount(int argc, char **argv)
     if (a.mountpoint.empty()) return fail("mount", "MOUNTPOINT must not be empty");
     if (a.verbose >= 2) log_set_level(LogLevel::kDebug);
     else if (a.verbose == 1) log_set_level(LogLevel::kInfo);
+    return -1;
+}
 
-    // Checks that need no daemon, before forking.
+// The checks that need no daemon, made before forking: the image exists and
+// is no directory, the mountpoint is not mounted and is a missing or empty
+// regular file. 0, or 1 after printing the error.
+int check_mount_paths(const MountArgs &a)
+{
     struct stat st;
     if (stat(a.image.c_str(), &st) != 0) {
         return fail("mount", "image '" + a.image + "': " + strerror(errno));
@@ -276,6 +282,71 @@ int cmd_mount(int argc, char **argv)
     } else if (errno != ENOENT) {
         return fail("mount", "mountpoint '" + a.mountpoint + "': " + strerror(errno));
     }
+    return 0;
+}
+
+// In the serving process: opens the image into d's graph, creates the
+// mountpoint file when missing (*created), and exports the image there over
+// FUSE (with a.iothreads iothreads).
+Status serve_mount(Daemon &d, const MountArgs &a, bool *created)
+{
+    if (a.format.empty() && !builtin_drivers().find("qcow2") && qcow2_magic(a.image)) {
+        return make_error(ENOTSUP, "image '%s' is a qcow2 image, which this build cannot open yet",
+                          a.image.c_str());
+    }
+    ImageOpenSpec spec;
+    spec.image = a.image;
+    spec.format = a.format;
+    spec.read_only = !a.rw;
+    spec.consumer = "blockgraph mount";
+    auto img = open_image(spec);
+    if (!img) return img.error();
+    if (img.value()->probed_raw && a.rw) std::fputs(probed_raw_warning(a.image).c_str(), stderr);
+    std::string node = img.value()->root->node_name();
+    img.value()->blk.reset();   // the export attaches its own backend
+    d.use_graph(std::move(img.value()->graph));
+
+    // Create the mountpoint file only now, so that a failure above
+    // leaves nothing behind; O_EXCL: never take over someone's file.
+    int fd = open(a.mountpoint.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        close(fd);
+        *created = true;
+    } else if (errno != EEXIST) {
+        return errno_error(errno, "mountpoint '" + a.mountpoint + "'");
+    }
+
+    BlockExportOptions e;
+    e.type = "fuse";
+    e.id = "mount";
+    e.node_name = node;
+    e.writable = a.rw;
+    e.fuse.mountpoint = a.mountpoint;
+    e.fuse.allow_other = a.allow_other;
+    for (int i = 0; i < a.iothreads; i++) {
+        IoThreadOptions t;
+        t.id = "mount-io" + std::to_string(i);
+        BG_TRY(d.add_iothread(t));
+        e.iothreads.push_back(t.id);
+    }
+    Status s = d.add_export(e);
+    // "export 'mount': " means nothing to the user of this command.
+    const std::string prefix = "export '" + e.id + "': ";
+    if (!s.ok() && s.msg().compare(0, prefix.size(), prefix) == 0) {
+        return Error{s.err(), s.msg().substr(prefix.size())};
+    }
+    return s;
+}
+
+} // namespace
+
+int cmd_mount(int argc, char **argv)
+{
+    log_init_from_env();
+    MountArgs a;
+    int status = parse_mount_args(argc, argv, &a);
+    if (status >= 0) return status;
+    if (check_mount_paths(a)) return 1;
     auto rdir = runtime_dir(true);
     if (!rdir) return fail("mount", rdir.msg());
 
@@ -295,54 +366,7 @@ int cmd_mount(int argc, char **argv)
         }
     };
 
-    return daemon_run(cfg, [&a, &created](Daemon &d) -> Status {
-        if (a.format.empty() && !builtin_drivers().find("qcow2") && qcow2_magic(a.image)) {
-            return make_error(ENOTSUP, "image '%s' is a qcow2 image, which this build cannot open yet",
-                              a.image.c_str());
-        }
-        ImageOpenSpec spec;
-        spec.image = a.image;
-        spec.format = a.format;
-        spec.read_only = !a.rw;
-        spec.consumer = "blockgraph mount";
-        auto img = open_image(spec);
-        if (!img) return img.error();
-        if (img.value()->probed_raw && a.rw) std::fputs(probed_raw_warning(a.image).c_str(), stderr);
-        std::string node = img.value()->root->node_name();
-        img.value()->blk.reset();   // the export attaches its own backend
-        d.use_graph(std::move(img.value()->graph));
-
-        // Create the mountpoint file only now, so that a failure above
-        // leaves nothing behind; O_EXCL: never take over someone's file.
-        int fd = open(a.mountpoint.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd >= 0) {
-            close(fd);
-            created = true;
-        } else if (errno != EEXIST) {
-            return errno_error(errno, "mountpoint '" + a.mountpoint + "'");
-        }
-
-        BlockExportOptions e;
-        e.type = "fuse";
-        e.id = "mount";
-        e.node_name = node;
-        e.writable = a.rw;
-        e.fuse.mountpoint = a.mountpoint;
-        e.fuse.allow_other = a.allow_other;
-        for (int i = 0; i < a.iothreads; i++) {
-            IoThreadOptions t;
-            t.id = "mount-io" + std::to_string(i);
-            BG_TRY(d.add_iothread(t));
-            e.iothreads.push_back(t.id);
-        }
-        Status s = d.add_export(e);
-        // "export 'mount': " means nothing to the user of this command.
-        const std::string prefix = "export '" + e.id + "': ";
-        if (!s.ok() && s.msg().compare(0, prefix.size(), prefix) == 0) {
-            return Error{s.err(), s.msg().substr(prefix.size())};
-        }
-        return s;
-    });
+    return daemon_run(cfg, [&a, &created](Daemon &d) -> Status { return serve_mount(d, a, &created); });
 }
 
 int cmd_umount(int argc, char **argv)
