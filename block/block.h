@@ -124,6 +124,14 @@ class BlockNode {
     BdrvChild *backing_child() const;   // the COW child, or nullptr
     // The node whose data this node filters (filters only), else nullptr.
     virtual BdrvChild *filtered_child() const;
+    // A host file descriptor whose bytes are this node's 1:1 (same offsets,
+    // same length, through the host page cache), for consumers that hand
+    // the file to the kernel (FUSE passthrough); for write, one open for
+    // writing. The descriptor stays the node's: do not close it, dup it to
+    // keep it. Returns -1 with the reason in *why where there is none
+    // (detect-zeroes is on here or below, the driver has its own layout,
+    // ...). Main loop; does not yield.
+    int passthrough_fd(bool write, std::string *why);
 
     // Cumulative permissions held on this node by all its parents.
     BlockPerm cumulative_perm() const;
@@ -259,6 +267,11 @@ class BlockNode {
     // A driver event from a parent (see BdrvChild::debug_event). The
     // default passes it to every child.
     virtual void debug_event(const char *event);
+    // passthrough_fd()'s answer for this driver, after the generic checks
+    // (detect-zeroes off on this node). Filters ask their filtered child's
+    // passthrough_fd(); a node owning a file answers its descriptor. Main
+    // loop; must not yield. Default: -1, "the driver has its own layout".
+    virtual int do_passthrough_fd(bool write, std::string *why);
 
     // ---- image management hooks (see the public wrappers above). Called
     // in a coroutine; the wrappers have drained the node and checked it is
