@@ -343,6 +343,14 @@ class BlkdebugNode final : public FilterNode {
         BlockNode::debug_event(event);
     }
 
+    // Requests that bypass the node would bypass its rules.
+    int do_passthrough_fd(bool write, std::string *why) override
+    {
+        (void)write;
+        *why = "node '" + node_name() + "' (blkdebug) injects errors";
+        return -1;
+    }
+
   private:
     void process_event(const char *event);
     int coroutine_fn rule_check(int64_t offset, int64_t bytes, BlkdebugIoType iotype);

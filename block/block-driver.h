@@ -42,6 +42,7 @@ class FilterNode : public BlockNode {
     int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags) override;
     int64_t do_getlength() override;
     int64_t allocated_file_size() override;
+    int do_passthrough_fd(bool write, std::string *why) override;
 
     BdrvChild *filtered_ = nullptr;
 };

@@ -127,6 +127,14 @@ class BlockNode : public DriverHooks {
     BdrvChild *backing_child() const;   // the COW child, or nullptr
     // The node whose data this node filters (filters only), else nullptr.
     virtual BdrvChild *filtered_child() const;
+    // A host file descriptor whose bytes are this node's 1:1 (same offsets,
+    // same length, through the host page cache), for consumers that hand
+    // the file to the kernel (FUSE passthrough); for write, one open for
+    // writing. The descriptor stays the node's: do not close it, dup it to
+    // keep it. Returns -1 with the reason in *why where there is none
+    // (detect-zeroes is on here or below, the driver has its own layout,
+    // ...). Main loop; does not yield.
+    int passthrough_fd(bool write, std::string *why);
 
     // Cumulative permissions held on this node by all its parents.
     BlockPerm cumulative_perm() const;

@@ -142,6 +142,14 @@ class DriverHooks {
     // BlkdebugEvent names such as "l2_update"). May come from any thread;
     // must not yield. Default: passes it on to every child.
     virtual void debug_event(const char *event);
+    // The host file descriptor whose bytes are this node's 1:1, for
+    // BlockNode::passthrough_fd() (which has checked detect-zeroes is off
+    // here); for write, a descriptor open for writing. Filters ask their
+    // filtered child's passthrough_fd(); a node owning a file answers its
+    // own descriptor (it stays the node's). Otherwise -1 with the reason in
+    // *why. Main loop; must not yield. Default: -1, "stores its data in a
+    // layout of its own".
+    virtual int do_passthrough_fd(bool write, std::string *why);
 
     // ---------------------------------------------------------------- image management
     // Called in a coroutine by BlockNode's public wrappers of the same name

@@ -125,6 +125,7 @@ class FileNode final : public BlockNode {
                                         int64_t *map, BlockNode **file) override;
     int64_t do_getlength() override;
     void refresh_limits(BlockLimits *bl) override;
+    int do_passthrough_fd(bool write, std::string *why) override;
 
     Status check_perm(BlockPerm perm, BlockPerm shared) override;
     void set_perm(BlockPerm perm, BlockPerm shared) override;
@@ -433,6 +434,26 @@ int64_t FileNode::do_getlength()
     struct stat st;
     if (fstat(fd_, &st) < 0) return -errno;
     return st.st_size;
+}
+
+// The file itself, when it is used through the host page cache (an
+// O_DIRECT descriptor would make the kernel's accesses bypass the cache our
+// own requests go through, and impose alignment).
+int FileNode::do_passthrough_fd(bool write, std::string *why)
+{
+    if (fd_ < 0) {
+        *why = "node '" + node_name() + "' is not open";
+        return -1;
+    }
+    if (direct_) {
+        *why = "cache.direct=on";
+        return -1;
+    }
+    if (write && (open_flags_ & O_ACCMODE) == O_RDONLY) {
+        *why = "node '" + node_name() + "' is open read-only";
+        return -1;
+    }
+    return fd_;
 }
 
 // ---------------------------------------------------------------- read/write

@@ -61,4 +61,13 @@ int64_t FilterNode::allocated_file_size()
     return filtered_ ? filtered_->node()->allocated_file_size() : -ENOMEDIUM;
 }
 
+int FilterNode::do_passthrough_fd(bool write, std::string *why)
+{
+    if (!filtered_) {
+        *why = "node '" + node_name() + "' has no child";
+        return -1;
+    }
+    return filtered_->node()->passthrough_fd(write, why);
+}
+
 } // namespace bg

@@ -223,6 +223,22 @@ int64_t RawFormatNode::do_getlength()
     return static_cast<int64_t>(ulen - offset_);
 }
 
+// The file child's bytes are ours only without a window. A probed raw
+// node checks writes to its first sector (set_probed), which writes that
+// bypass it would not be.
+int RawFormatNode::do_passthrough_fd(bool write, std::string *why)
+{
+    if (!is_filter_) {
+        *why = "the raw node has an offset or size";
+        return -1;
+    }
+    if (write && probed_) {
+        *why = "the format of node '" + node_name() + "' was probed: writes to its first sector are checked";
+        return -1;
+    }
+    return FilterNode::do_passthrough_fd(write, why);
+}
+
 // Probed raw: sub-sector writes become read-modify-write of whole sectors
 // (QEMU does the same), so a write touching sector 0 carries all of it.
 void RawFormatNode::refresh_limits(BlockLimits *bl)

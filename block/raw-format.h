@@ -42,6 +42,7 @@ class RawFormatNode : public FilterNode {
                                         int64_t *map, BlockNode **file) override;
     int64_t do_getlength() override;
     void refresh_limits(BlockLimits *bl) override;
+    int do_passthrough_fd(bool write, std::string *why) override;
 
   private:
     int adjust_offset(int64_t *offset, int64_t bytes, bool is_write) const;

@@ -10,6 +10,9 @@
 #include "util/coroutine.h"
 #include "util/iov.h"
 
+struct io_uring;
+struct io_uring_sqe;
+
 namespace bg {
 
 struct IoRequest {
@@ -72,5 +75,22 @@ inline bool io_request_advance(IoRequest *req, int64_t res)
     req->rest.add_slice(req->iov, req->iovcnt, req->done, req->total - req->done);
     return true;
 }
+
+// ---- liburing ring helpers, shared by the io_uring backend and other
+// owners of a ring driven by an AioContext (the FUSE export's rings).
+// Every call is made in the thread that owns the ring; none blocks.
+
+// Sets up ring with entries SQEs (flags: extra IORING_SETUP_* bits) and a
+// completion queue twice as large, so that the completions of everything in
+// flight never overflow; where the kernel refuses to size the CQ, with its
+// default size. Returns 0 or a negative errno.
+int uring_init(struct io_uring *ring, unsigned entries, unsigned flags);
+// Hands every prepared SQE to the kernel, retrying EINTR. Returns the number
+// of io_uring_enter calls made (0: nothing was prepared). EAGAIN and EBUSY
+// leave the SQEs for the next call; other errors are logged after what.
+unsigned uring_flush(struct io_uring *ring, const char *what);
+// A free SQE; when the SQ is full of prepared entries it flushes them first
+// (adding its io_uring_enter calls to *enters). nullptr if it is still full.
+struct io_uring_sqe *uring_get_sqe(struct io_uring *ring, unsigned *enters, const char *what);
 
 } // namespace bg

@@ -59,16 +59,7 @@ Status UringBackend::init(unsigned entries)
     const char *dis = getenv("BLOCKGRAPH_DISABLE_IO_URING");
     if (dis && strcmp(dis, "1") == 0) return make_error(ENOSYS, "io_uring disabled by BLOCKGRAPH_DISABLE_IO_URING");
     entries_ = entries ? entries : kDefaultEntries;
-    struct io_uring_params p;
-    memset(&p, 0, sizeof(p));
-    // Room for every SQE we allow in flight, so completions never overflow.
-    p.flags = IORING_SETUP_CQSIZE;
-    p.cq_entries = entries_ * 2;
-    int r = io_uring_queue_init_params(entries_, &ring_, &p);
-    if (r < 0) {
-        memset(&p, 0, sizeof(p));
-        r = io_uring_queue_init_params(entries_, &ring_, &p);
-    }
+    int r = uring_init(&ring_, entries_, 0);
     if (r < 0) return errno_error(-r, "io_uring_queue_init");
     ring_ok_ = true;
     // The kernel may round entries up; never keep more in flight than the SQ holds.
@@ -89,13 +80,10 @@ UringBackend::~UringBackend()
 
 bool UringBackend::prep(IoRequest *req)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-    if (!sqe) {
-        // The SQ is full of unsubmitted entries: hand them over and retry.
-        flush();
-        sqe = io_uring_get_sqe(&ring_);
-        if (!sqe) return false;
-    }
+    unsigned enters = 0;
+    struct io_uring_sqe *sqe = uring_get_sqe(&ring_, &enters, "io_uring_submit");
+    stats_.enters += enters;
+    if (!sqe) return false;
     switch (req->op) {
     case IoRequest::kRead:
         io_uring_prep_readv(sqe, req->fd, req->cur_iov(), req->cur_iovcnt(), req->cur_offset());
@@ -130,13 +118,7 @@ void UringBackend::submit(IoRequest *req)
 
 void UringBackend::flush()
 {
-    if (!io_uring_sq_ready(&ring_)) return;
-    int r;
-    do {
-        r = io_uring_submit(&ring_);
-        stats_.enters++;
-    } while (r == -EINTR);
-    if (r < 0 && r != -EAGAIN && r != -EBUSY) log_error("io_uring_submit: %s", strerror(-r));
+    stats_.enters += uring_flush(&ring_, "io_uring_submit");
 }
 
 void UringBackend::finish(IoRequest *req)
@@ -212,6 +194,43 @@ int64_t UringBackend::co_run(IoRequest *req) noexcept
 }
 
 } // namespace
+
+int uring_init(struct io_uring *ring, unsigned entries, unsigned flags)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = flags | IORING_SETUP_CQSIZE;
+    p.cq_entries = entries * 2;
+    int r = io_uring_queue_init_params(entries, ring, &p);
+    if (r < 0) {
+        memset(&p, 0, sizeof(p));
+        p.flags = flags;
+        r = io_uring_queue_init_params(entries, ring, &p);
+    }
+    return r;
+}
+
+unsigned uring_flush(struct io_uring *ring, const char *what)
+{
+    if (!io_uring_sq_ready(ring)) return 0;
+    unsigned enters = 0;
+    int r;
+    do {
+        r = io_uring_submit(ring);
+        enters++;
+    } while (r == -EINTR);
+    if (r < 0 && r != -EAGAIN && r != -EBUSY) log_error("%s: %s", what, strerror(-r));
+    return enters;
+}
+
+struct io_uring_sqe *uring_get_sqe(struct io_uring *ring, unsigned *enters, const char *what)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (sqe) return sqe;
+    // The SQ is full of prepared entries: hand them over and retry.
+    *enters += uring_flush(ring, what);
+    return io_uring_get_sqe(ring);
+}
 
 Result<std::unique_ptr<IoBackend>> IoBackend::new_uring(AioContext *ctx, unsigned entries)
 {

@@ -3,7 +3,8 @@
 # exports over a file node, and every case that must fall back to requests
 # served by the daemon.
 #
-# Passthrough cases (raw over file, growable or read-only):
+# Passthrough cases (raw over file, growable or read-only; a plain file
+# node, growable):
 #  - growable export: buffered writes go to the image without reaching the
 #    daemon (--stats: "passthrough: on", write=0), read back equal through
 #    the mount, through an O_DIRECT open (served by the daemon, so both paths
@@ -13,7 +14,8 @@
 #  - read-only export: reads equal the image, writes fail (read-only mount).
 # Fallbacks, each with its reason in --stats and the export's semantics
 # intact: writable non-growable (write past EOF is ENOSPC), writethrough=on,
-# raw with an offset, qcow2, cache.direct=on, BLOCKGRAPH_FUSE_PASSTHROUGH=0.
+# raw with an offset, qcow2, blkdebug, detect-zeroes=on, cache.direct=on,
+# BLOCKGRAPH_FUSE_PASSTHROUGH=0, passthrough=off.
 # Skips (77) only where the kernel has no FUSE passthrough (before 6.9) or
 # refuses it (no CAP_SYS_ADMIN): the daemon then logs why and serves the
 # requests itself, which the other FUSE tests cover.
@@ -86,6 +88,26 @@ else
     bad "growable: fio --verify_only of the image failed: $(grep -iE 'verify|err' fio-verify.log | head -3)"
 fi
 
+# ---- a plain file node (no format node above it): passthrough as well
+rm -f img mp ref
+fuse_image raw img $SIZE
+cp img ref
+touch mp
+fuse_start f --blockdev driver=file,node-name=file0,filename=img --stats \
+    --export type=fuse,id=e,node-name=file0,mountpoint=mp,writable=on,growable=on,passthrough=on
+tio dd if=data of=mp bs=64k seek=8 conv=notrunc status=none
+fill ref $((M / 2)) $((4 * M)) data
+check "file node: buffered read back equals what was written" cmp <(tio dd if=mp bs=1M count=8 status=none) \
+    <(head -c $((8 * M)) ref)
+tio dd if=data of=mp bs=1M count=1 seek=24 oflag=direct conv=notrunc status=none
+fill ref $((24 * M)) $M data
+check "file node: passthrough read sees an O_DIRECT (daemon) write" \
+    cmp <(tio dd if=mp bs=1M skip=24 count=1 status=none) <(head -c $M data)
+fuse_stop_check f "file node"
+check "file node: --stats says passthrough is on ($(passthrough_line f))" grep -q '^  passthrough: on' "$WORK/f.err"
+check "file node: buffered writes did not reach the daemon (write=$(counter f write))" [ "$(counter f write)" -le 1 ]
+img_compare "file node: the image holds what was written through the mount" img raw ref
+
 # ---- read-only raw export: passthrough for reads
 rm -f mp
 touch mp
@@ -143,5 +165,14 @@ fallback optoff 'passthrough=off' "${BLOCKDEVS[@]}" -- ,writable=on,growable=on,
 rm -f q.qcow2
 fuse_image qcow2 q.qcow2 $SIZE
 fuse_blockdevs qcow2 q.qcow2
-fallback qcow2 'the node is not a raw node' "${BLOCKDEVS[@]}" -- ,writable=on,growable=on
+fallback qcow2 "node 'fmt0' \\(qcow2\\) stores its data in a layout of its own" "${BLOCKDEVS[@]}" -- \
+    ,writable=on,growable=on
+rm -f img
+fuse_image raw img $SIZE
+BLOCKDEVS=(--blockdev "driver=file,node-name=file0,filename=img"
+    --blockdev "driver=blkdebug,node-name=fmt0,image=file0")
+fallback blkdebug "node 'fmt0' \\(blkdebug\\) injects errors" "${BLOCKDEVS[@]}" -- ,writable=on,growable=on
+BLOCKDEVS=(--blockdev "driver=file,node-name=file0,filename=img"
+    --blockdev "driver=raw,node-name=fmt0,file=file0,detect-zeroes=on")
+fallback detectzeroes "detect-zeroes is on \\(node 'fmt0'\\)" "${BLOCKDEVS[@]}" -- ,writable=on,growable=on
 finish
