@@ -456,6 +456,10 @@ struct BlockDriver {
     // src's data (src == nullptr: "size" from opts). src is any node (read
     // through co_block_status_above); may yield when called in a coroutine.
     Result<MeasureInfo> (*measure)(const CreateOptions &opts, BlockNode *src);
+    // Whether an image created with opts can store persistent dirty
+    // bitmaps (qemu-img convert --bitmaps checks before creating the
+    // target). nullptr: never.
+    bool (*stores_bitmaps)(const CreateOptions &opts);
 };
 
 // The drivers a graph can instantiate: one explicit list (block/drivers.cc

@@ -50,6 +50,8 @@ class CopyRun {
     const Error &error() const { return error_; }
 
   private:
+    // Writes only what differs from a diff base (a backend, or zeros).
+    bool diffing() const { return opts_.diff_against || opts_.diff_against_zeros; }
     static void worker_entry(void *opaque);
     void coroutine_fn worker();
     bool coroutine_fn plan(Chunk *c);
@@ -220,7 +222,7 @@ bool CopyRun::plan(Chunk *c)
             if (r & kStatusAllocated) kind = ChunkKind::kSkip;
         }
     }
-    if (opts_.diff_against && kind == ChunkKind::kZero) kind = ChunkKind::kData;
+    if (diffing() && kind == ChunkKind::kZero) kind = ChunkKind::kData;
     if (kind == ChunkKind::kData) n = std::min(n, chunk_size_);
 
     int64_t end = next_offset_ + n;
@@ -282,6 +284,10 @@ int CopyRun::salvage_source(const Chunk &c, int64_t in, uint8_t *buf)
 int CopyRun::read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf)
 {
     BlockBackend *b = opts_.diff_against;
+    if (!b) {
+        std::memset(buf, 0, static_cast<size_t>(bytes));
+        return 0;
+    }
     int64_t len = b->getlength();
     int64_t in = std::max<int64_t>(0, std::min(bytes, len - offset));
     if (in > 0) {
@@ -409,7 +415,7 @@ void CopyRun::worker()
             }
             if (!buf) buf = aligned_alloc_buf(4096, static_cast<size_t>(chunk_size_));
             if (read_source(c, buf.get()) < 0) break;
-            if (opts_.diff_against) {
+            if (diffing()) {
                 if (!cmp) cmp = aligned_alloc_buf(4096, static_cast<size_t>(chunk_size_));
                 if (read_diff_base(c.dst_offset, c.bytes, cmp.get()) < 0) break;
             }
@@ -420,7 +426,7 @@ void CopyRun::worker()
             write_lock_.unlock();
             if (failed_.load()) break;
         }
-        int ret = write_chunk(c, buf.get(), opts_.diff_against ? cmp.get() : nullptr);
+        int ret = write_chunk(c, buf.get(), diffing() ? cmp.get() : nullptr);
         if (ordered_) {
             write_lock_.lock();
             write_seq_++;

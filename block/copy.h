@@ -94,6 +94,9 @@ struct CopyOptions {
     // destination offset is written (rebase onto a new backing file; past
     // its end it reads as zeros). Compared in 512-byte sectors.
     BlockBackend *diff_against = nullptr;
+    // The same against all zeros (rebase onto no backing file: the overlay
+    // must then hold every non-zero byte). Ignored if diff_against is set.
+    bool diff_against_zeros = false;
     // Contexts the workers run in, round robin; empty: the caller's.
     std::vector<AioContext *> contexts;
     // Bytes per second of data chunks (read and written), 0: no limit

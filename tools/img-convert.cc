@@ -5,7 +5,7 @@
 #include <cinttypes>
 #include <cstring>
 
-#include "block/block-driver.h"
+#include "block/block.h"
 #include "block/copy.h"
 #include "qapi/block-parse.h"
 #include "qapi/size.h"
@@ -269,8 +269,8 @@ bool read_source_bitmaps(const ConvertOptions &o, const std::vector<std::unique_
         error("Copying bitmaps only possible with single source");
         return false;
     }
-    const std::optional<std::string> compat = o.copts.get("compat");
-    if (out_fmt != "qcow2" || (compat && (*compat == "0.10" || *compat == "v2"))) {
+    const BlockDriver *out_drv = builtin_drivers().find(out_fmt);
+    if (!out_drv || !out_drv->stores_bitmaps || !out_drv->stores_bitmaps(o.copts)) {
         error("Format driver '%s' does not support bitmaps", out_fmt.c_str());
         return false;
     }
@@ -825,27 +825,6 @@ std::unique_ptr<OpenImage> open_new_backing(RebaseOptions *o, BlockNode *top)
     return nb;
 }
 
-// A backend on a node of len bytes that reads as zeroes, in a graph of its
-// own (*graph). nullptr after printing the error.
-std::unique_ptr<BlockBackend> open_zero_backend(int64_t len, std::unique_ptr<BlockGraph> *graph)
-{
-    *graph = std::make_unique<BlockGraph>();
-    Result<BlockNode *> zn = (*graph)->add_node_json({{"driver", "null-co"}, {"size", len}});
-    if (!zn) {
-        error("%s", zn.msg().c_str());
-        return nullptr;
-    }
-    Result<std::unique_ptr<BlockBackend>> zb = BlockBackend::create(zn.value(), kPermConsistentRead, kPermAll, kProg);
-    if (!zb) {
-        error("%s", zb.msg().c_str());
-        return nullptr;
-    }
-    return std::move(zb.value());
-}
-
-// Safe mode: old backing data becomes the overlay's where it differs from
-// the new backing file's (nb), or without one wherever it is not zero.
-// false after printing the error.
 bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
 {
     BlockNode *top = img->root;
@@ -861,15 +840,6 @@ bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
         }
         old_blk = std::move(ob.value());
     }
-    // Without a new backing file the overlay must hold every non-zero byte.
-    std::unique_ptr<BlockGraph> zgraph;
-    std::unique_ptr<BlockBackend> zero_blk;
-    BlockBackend *diff = nb ? nb->blk.get() : nullptr;
-    if (!diff) {
-        zero_blk = open_zero_backend(len, &zgraph);
-        if (!zero_blk) return false;
-        diff = zero_blk.get();
-    }
     if (!old_blk) return true;
     CopySource s;
     s.blk = old_blk.get();
@@ -878,7 +848,9 @@ bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
     CopyOptions co;
     co.dest_is_zero = false;
     co.skip_allocated_in = top;
-    co.diff_against = diff;
+    // Without a new backing file the overlay must hold every non-zero byte.
+    co.diff_against = nb ? nb->blk.get() : nullptr;
+    co.diff_against_zeros = !nb;
     co.sparse_size = 0;
     int64_t cluster = node_cluster_size(top);
     if (cluster > 0) co.alignment = cluster;

@@ -6,7 +6,7 @@
 #include <cinttypes>
 #include <cstring>
 
-#include "block/block-driver.h"
+#include "block/block.h"
 #include "qapi/size.h"
 #include "tools/img.h"
 #include "util/aio.h"

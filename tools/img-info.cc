@@ -4,7 +4,7 @@
 #include <cstring>
 #include <ctime>
 
-#include "block/block-driver.h"
+#include "block/block.h"
 #include "tools/img.h"
 #include "util/aio.h"
 

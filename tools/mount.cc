@@ -26,7 +26,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "block/block-driver.h"
+#include "block/block.h"
 #include "tools/commands.h"
 #include "tools/daemon.h"
 #include "tools/image-open.h"
@@ -158,14 +158,25 @@ std::string default_mountpoint(const std::string &image)
     return image + ".raw";
 }
 
-bool qcow2_magic(const std::string &image)
+// The names of the registered format drivers, "a, b or c".
+std::string format_names()
 {
-    int fd = open(image.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    unsigned char m[4] = {};
-    bool yes = pread(fd, m, 4, 0) == 4 && m[0] == 'Q' && m[1] == 'F' && m[2] == 'I' && m[3] == 0xfb;
-    close(fd);
-    return yes;
+    std::vector<std::string> names;
+    for (const BlockDriver *d : builtin_drivers().all()) {
+        if (d->kind == BlockDriverKind::kFormat) names.push_back(d->name);
+    }
+    std::string s;
+    for (size_t i = 0; i < names.size(); i++) {
+        s += i == 0 ? "" : i + 1 == names.size() ? " or " : ", ";
+        s += names[i];
+    }
+    return s;
+}
+
+bool is_format(const std::string &name)
+{
+    const BlockDriver *d = builtin_drivers().find(name);
+    return d && d->kind == BlockDriverKind::kFormat;
 }
 
 struct MountArgs {
@@ -220,7 +231,7 @@ int parse_mount_args(int argc, char **argv, MountArgs *out)
         } else if (take_value(argc, argv, &i, arg, "-f", &v, &missing) ||
                    take_value(argc, argv, &i, arg, "--format", &v, &missing)) {
             if (missing) return fail("mount", "option '" + arg + "' requires an argument");
-            if (v != "raw" && v != "qcow2") return fail("mount", "unknown format '" + v + "' (raw or qcow2)");
+            if (!is_format(v)) return fail("mount", "unknown format '" + v + "' (" + format_names() + ")");
             a.format = v;
         } else if (arg == "--rw") {
             a.rw = true;
@@ -290,10 +301,6 @@ int check_mount_paths(const MountArgs &a)
 // FUSE (with a.iothreads iothreads).
 Status serve_mount(Daemon &d, const MountArgs &a, bool *created)
 {
-    if (a.format.empty() && !builtin_drivers().find("qcow2") && qcow2_magic(a.image)) {
-        return make_error(ENOTSUP, "image '%s' is a qcow2 image, which this build cannot open yet",
-                          a.image.c_str());
-    }
     ImageOpenSpec spec;
     spec.image = a.image;
     spec.format = a.format;

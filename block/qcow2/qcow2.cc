@@ -503,6 +503,13 @@ void Qcow2Node::refresh_limits(BlockLimits *bl)
 
 namespace {
 std::unique_ptr<BlockNode> create_qcow2() { return std::make_unique<Qcow2Node>(); }
+
+// Bitmaps need the version 3 header extensions.
+bool qcow2_stores_bitmaps(const CreateOptions &opts)
+{
+    const std::optional<std::string> compat = opts.get("compat");
+    return !(compat && (*compat == "0.10" || *compat == "v2"));
+}
 } // namespace
 
 extern const BlockDriver kDriverQcow2 = {
@@ -511,7 +518,7 @@ extern const BlockDriver kDriverQcow2 = {
         kCapPersistent | kCapWriteCompressed | kCapDebugEvents,
     "QEMU copy-on-write image, version 2 and 3",
     decode_qcow2_options, create_qcow2, qcow2::probe,
-    qcow2::kCreateOptions, qcow2::create_image, qcow2::measure,
+    qcow2::kCreateOptions, qcow2::create_image, qcow2::measure, qcow2_stores_bitmaps,
 };
 
 } // namespace bg
