@@ -9,7 +9,7 @@
 // through a bounce buffer.
 //
 // Image locking follows QEMU's OFD byte-range scheme so that blockgraph and
-// QEMU processes see each other's permissions (reference 3.1):
+// QEMU processes see each other's permissions (QEMU's raw_apply_lock_bytes):
 //   byte 100+i  read-locked while this node holds permission bit i;
 //   byte 200+i  read-locked while this node does not share permission bit i.
 // The locks live on a separate O_RDONLY descriptor (so read-only nodes can

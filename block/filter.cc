@@ -1,6 +1,6 @@
 // FilterNode: the base class of filters. Every hook forwards to the one
 // FILTERED|PRIMARY child through the BdrvChild I/O methods, so a new
-// operation cannot be forgotten in a filter (STYLE.md rule 3). Flushes need
+// operation cannot be forgotten in a filter. Flushes need
 // no forwarding: the generic layer flushes children itself; block status
 // needs none either: BlockNode's default answers RAW on filtered_child().
 #include "block/block-driver.h"

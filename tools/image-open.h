@@ -32,7 +32,7 @@ namespace bg {
 // The file driver's aio= values, as the tools' -i/--aio flags take them.
 enum class BlockdevAioOptions { kThreads, kNative, kIoUring };
 
-// A QEMU -t cache mode (reference block-layer.md 3.3): cache.direct and
+// A QEMU -t cache mode: cache.direct and
 // cache.no-flush go to every node, writethrough to the BlockBackend.
 struct CacheMode {
     bool direct = false;        // O_DIRECT

@@ -235,7 +235,7 @@ void aio_co_wake(Coroutine *co);
 // Sleeps for ns nanoseconds in the current context. REQUIRES in_coroutine().
 void coroutine_fn co_sleep_ns(int64_t ns);
 
-// ---- The bridge for synchronous callers (STYLE.md rule 5) ----
+// ---- The bridge for synchronous callers ----
 // Runs fn() in a coroutine and returns its result. In a coroutine, calls fn()
 // directly. Otherwise creates one, enters it and runs the current thread's
 // AioContext loop until it finishes. REQUIRES AioContext::current().

@@ -6,7 +6,7 @@
 // coroutines go back to a per-thread pool, stack and all, and are reused by the
 // next coroutine_create().
 //
-// Rules (STYLE.md rule 5): functions that may yield carry the coroutine_fn
+// Rules: functions that may yield carry the coroutine_fn
 // marker and a co_ prefix; yielding primitives assert in_coroutine(). Never run
 // an event loop from inside a coroutine; synchronous callers use
 // run_in_coroutine() (util/aio.h).

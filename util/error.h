@@ -1,6 +1,6 @@
 // Error reporting for control paths (open, configuration, graph changes).
 //
-// Two channels (STYLE.md rule 7): I/O paths return a negative errno as int or
+// Two channels: I/O paths return a negative errno as int or
 // int64_t and never allocate; control paths return Result<T>, which carries
 // either a value or an Error: a positive errno plus a human-readable message
 // with context ("blockdev 'disk0': file '/x.qcow2': No such file or directory").

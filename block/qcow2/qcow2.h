@@ -1,8 +1,9 @@
-// The qcow2 format driver (QEMU block/qcow2*.c, spec docs/interop/qcow2.txt;
-// our summary: /work/shared/reference/qcow2.md and docs/qcow2.md).
+// The qcow2 format driver (QEMU block/qcow2*.c, spec docs/interop/qcow2.txt
+// in QEMU's tree; our description: docs/qcow2.md).
 //
-// Files, by concern (STYLE.md rule 13):
+// Files, by concern:
 //   qcow2.h            on-disk constants, parsed structures, the node class
+//   qcow2-options.cc   runtime options: decoding from the user's keys, encoding back
 //   qcow2-header.cc    header and header extensions: parse and validate; probe
 //   qcow2-snapshot.cc  internal snapshot table: parse, validate, find
 //   qcow2-cache.cc     MetadataCache: LRU cache of L2 slices / refcount blocks
