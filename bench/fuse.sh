@@ -16,11 +16,14 @@
 #   bg-pt     blockgraph daemon, same line plus growable=on on the export: on
 #             raw images this is where FUSE passthrough is used (raw formats only)
 #   native    fio on the image file itself, no FUSE (raw formats only)
+#   bg-base   like bg, with the binary BASELINE (an older build, for
+#             before/after comparisons of a change in one interleaved run)
 # and, when `blockgraph img bench` exists, `qemu-img bench` against it
 # (../shared/bench/qemu_img_bench.sh, depth 64, 4k, io_uring, cache none).
 #
 # Environment:
 #   BLOCKGRAPH   the binary (default: build/blockgraph next to this script)
+#   BASELINE     the binary of configuration bg-base (required for it)
 #   HARNESS      the shared harness directory (default ../shared/bench)
 #   ROUNDS       runs per configuration (default 3); the table shows medians
 #   RUNTIME RAMP fio seconds per run (default 10 / 2)
@@ -69,7 +72,12 @@ LINES=$OUT/fuse-$STAMP.kv
 # Wrappers taking qemu-storage-daemon's command line.
 BG_WRAP=$WORKDIR/bg
 PT_WRAP=$WORKDIR/bg-pt
+BASE_WRAP=$WORKDIR/bg-base
 printf '#!/bin/sh\nexec %s daemon --stats "$@"\n' "$BLOCKGRAPH" >"$BG_WRAP"
+if [ -n "${BASELINE:-}" ]; then
+    printf '#!/bin/sh\nexec %s daemon --stats "$@"\n' "$(realpath "$BASELINE")" >"$BASE_WRAP"
+    chmod +x "$BASE_WRAP"
+fi
 cat >"$PT_WRAP" <<EOF
 #!/bin/bash
 # blockgraph daemon with growable=on added to every --export (passthrough)
@@ -100,6 +108,9 @@ run_config() { # CONFIG FORMAT WORKLOAD -> result line on stdout
     case $c in
         qsd) WORKLOADS=$w LABEL=qsd "$HARNESS/fuse_fio.sh" qsd "$f" ;;
         bg) BLOCKGRAPH_FUSE_URING=0 WORKLOADS=$w LABEL=bg "$HARNESS/fuse_fio.sh" "$BG_WRAP" "$f" ;;
+        bg-base)
+            [ -x "$BASE_WRAP" ] || { echo "configuration bg-base needs BASELINE=<binary>" >&2; return 1; }
+            BLOCKGRAPH_FUSE_URING=0 WORKLOADS=$w LABEL=bg-base "$HARNESS/fuse_fio.sh" "$BASE_WRAP" "$f" ;;
         bg-uring)
             [ -w "$URING_PARAM" ] || { echo "cannot enable FUSE-over-io_uring ($URING_PARAM)" >&2; return 1; }
             echo Y >"$URING_PARAM"
@@ -156,9 +167,9 @@ for line in open(sys.argv[1]):
     except (KeyError, ValueError):
         continue
     rows.setdefault((kv["format"], w), {}).setdefault(kv["daemon"], []).append(v)
-cfgs = ["qsd", "bg", "bg-uring", "bg-pt", "native"]
-print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg-uring/qsd | bg-pt/native | bg/native |")
-print("|---|---|" + "---|" * (len(cfgs) + 4))
+cfgs = ["qsd", "bg", "bg-base", "bg-uring", "bg-pt", "native"]
+print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg/bg-base | bg-uring/qsd | bg-pt/native | bg/native |")
+print("|---|---|" + "---|" * (len(cfgs) + 5))
 def med(d, c):
     return statistics.median(d[c]) if c in d else None
 def fmt(v):
@@ -168,9 +179,9 @@ def ratio(a, b):
     return "%.2f" % (a / b) if a is not None and b else "-"
 for (f, w), d in sorted(rows.items()):
     m = {c: med(d, c) for c in cfgs}
-    print("| %s | %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
-          ratio(m["bg"], m["qsd"]), ratio(m["bg-uring"], m["qsd"]), ratio(m["bg-pt"], m["native"]),
-          ratio(m["bg"], m["native"])))
+    print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
+          ratio(m["bg"], m["qsd"]), ratio(m["bg"], m["bg-base"]), ratio(m["bg-uring"], m["qsd"]),
+          ratio(m["bg-pt"], m["native"]), ratio(m["bg"], m["native"])))
 EOF
 echo "raw result lines: $LINES"
 
