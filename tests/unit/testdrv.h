@@ -13,7 +13,8 @@
 //   max-transfer=N  max_transfer (multiple of align; 0 = no limit)
 //   zero-align=N    pwrite_zeroes_alignment (0 = align)
 //   write-zeroes=B  on (default): native write-zeroes (honours MAY_UNMAP);
-//                   off: -ENOTSUP, so the generic layer writes zero buffers
+//                   off: -ENOTSUP (not counted), so the generic layer writes
+//                   zero buffers
 //   file=REF        optional child: the node becomes a pass-through
 //                   recorder over it (role FILTERED|PRIMARY) instead of
 //                   holding data itself
