@@ -266,6 +266,18 @@ START_TEST(test_dump_options_qcow2)
     // (An inline child inherits read-only, and discard=unmap by default.)
     expect_dump(g.graph.find("qb"),
                 {{"driver", "qcow2"}, {"node-name", "qb"}, {"read-only", true}, {"discard", "unmap"}, {"file", "qbf"}});
+    // An inline data file.
+    const std::string ext = tmp_path("ext.qcow2"), data = tmp_path("ext.data");
+    CreateOptions co;
+    co.set("size", "1M");
+    co.set("data_file", data);
+    Status s = builtin_drivers().find("qcow2")->create_image(ext, co);
+    ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
+    BlockNode *qd = g.add({{"driver", "qcow2"},
+                           {"node-name", "qd"},
+                           {"file", {{"driver", "file"}, {"node-name", "qdf"}, {"filename", ext}}},
+                           {"data-file", {{"driver", "file"}, {"node-name", "qdd"}, {"filename", data}}}});
+    expect_dump(qd, {{"driver", "qcow2"}, {"node-name", "qd"}, {"file", "qdf"}, {"data-file", "qdd"}});
     // A null backing stays null.
     BlockNode *q2 = g.add({{"driver", "qcow2"},
                            {"node-name", "q2"},
