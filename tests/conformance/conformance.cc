@@ -27,7 +27,6 @@
 #include <set>
 #include <sstream>
 
-#include "block/drivers.h"
 #include "qapi/block-parse.h"
 #include "qapi/size.h"
 #include "util/log.h"
@@ -214,7 +213,7 @@ void parse_stacks(const std::string &path)
             std::string probe = s.tmpl;
             for (size_t p; (p = probe.find("@D@")) != std::string::npos;) probe.replace(p, 3, "/x");
             j = json::parse(probe);
-            auto o = bg::blockdev_options_from_tree(j, false);
+            auto o = bg::blockdev_options_from_tree(bg::builtin_drivers(), j, false);
             if (!o.ok()) die(where + ": " + o.msg());
         } catch (const std::exception &e) {
             die(where + ": JSON: " + e.what());
@@ -256,7 +255,8 @@ std::string substitute_dir(const std::string &tmpl, const std::string &dir)
 void collect_formats(const json &node, std::vector<json> *out)
 {
     const bg::BlockDriver *drv = find_driver(node);
-    if (drv && drv->kind == bg::BlockDriverKind::kFormat && drv != &bg::kDriverRaw) out->push_back(node);
+    // A format that passes its child's bytes through (raw) has no metadata to check.
+    if (drv && drv->kind == bg::BlockDriverKind::kFormat && !(drv->caps & bg::kCapPassthrough)) out->push_back(node);
     for (const char *k : kDataChildKeys) {
         if (node.contains(k) && node[k].is_object()) collect_formats(node[k], out);
     }
@@ -585,7 +585,7 @@ std::string Env::try_open(const OpenOpts &o)
 {
     close();
     json j = stack_json(o);
-    auto opts = bg::blockdev_options_from_tree(j, false);
+    auto opts = bg::blockdev_options_from_tree(bg::builtin_drivers(), j, false);
     if (!opts.ok()) return opts.msg();
     graph = std::make_unique<bg::BlockGraph>();
     auto n = graph->add_node(opts.value());
@@ -624,7 +624,7 @@ Env::Second Env::open_second(const OpenOpts &o)
     Second sec;
     json j = stack_json(o);
     j["node-name"] = "second";
-    auto opts = bg::blockdev_options_from_tree(j, false);
+    auto opts = bg::blockdev_options_from_tree(bg::builtin_drivers(), j, false);
     REQUIRE(opts.ok(), "%s", opts.ok() ? "" : opts.msg().c_str());
     sec.graph = std::make_unique<bg::BlockGraph>();
     auto n = sec.graph->add_node(opts.value());

@@ -1,11 +1,11 @@
 // libFuzzer target: open arbitrary bytes as a qcow2 image and read it.
 //
-// The image lives in memory (a test protocol driver, "fuzz-mem", below), so
-// no file is written. For each input the target opens the image with cache
-// options picked by its last byte, walks block status over the start of the
-// image, reads what is allocated and some fixed ranges, and opens each
-// snapshot (up to 4) as a read-only view and reads from it, and reads the
-// persistent bitmaps (up to 4). The backing
+// The image lives in memory (a protocol driver of its own, "fuzz-mem", below,
+// which reads the input in place), so no file is written. For each input the
+// target opens the image with cache options picked by its last byte, walks
+// block status over the start of the image, reads what is allocated and some
+// fixed ranges, and opens each snapshot (up to 4) as a read-only view and
+// reads from it, and reads the persistent bitmaps (up to 4). The backing
 // file is disabled (backing: null): names from fuzzed headers are never
 // opened. An image with an external data file uses the same bytes as its
 // data file.
@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "block/block-driver.h"
-#include "block/drivers.h"
 #include "block/qcow2/qcow2.h"
+#include "qapi/option-reader.h"
 #include "util/aio.h"
 #include "util/log.h"
 
@@ -44,8 +44,18 @@ class FuzzMemNode final : public BlockNode {
     int64_t do_getlength() override { return static_cast<int64_t>(g_size); }
 };
 
+// fuzz-mem has no options of its own.
+struct FuzzMemOptions : DriverOptionsOf<FuzzMemOptions> {
+    void encode(nlohmann::json &) const override {}
+};
+
+Result<std::unique_ptr<DriverOptions>> decode_fuzz_mem_options(OptionReader &, const BlockdevOptions &)
+{
+    return std::unique_ptr<DriverOptions>(std::make_unique<FuzzMemOptions>());
+}
+
 const BlockDriver kDriverFuzzMem = {
-    "fuzz-mem", BlockDriverKind::kProtocol, 0, "fuzzing: the input bytes",
+    "fuzz-mem", BlockDriverKind::kProtocol, 0, "fuzzing: the input bytes", decode_fuzz_mem_options,
     []() -> std::unique_ptr<BlockNode> { return std::make_unique<FuzzMemNode>(); }, nullptr,
 };
 
@@ -53,40 +63,27 @@ const DriverRegistry &registry()
 {
     static const DriverRegistry reg = [] {
         DriverRegistry r;
-        r.add(&kDriverQcow2);
-        r.add(&kDriverRaw);
+        r.add(builtin_drivers().find("qcow2"));
+        r.add(builtin_drivers().find("raw"));
         r.add(&kDriverFuzzMem);
         return r;
     }();
     return reg;
 }
 
-BlockdevRef reference(const char *name)
+// The qcow2 node over "mem" (backing disabled), with cache options picked
+// by config.
+nlohmann::json qcow2_options(const char *node_name, uint8_t config, bool data_file)
 {
-    BlockdevRef r;
-    r.kind = BlockdevRef::Kind::kReference;
-    r.reference = name;
-    return r;
-}
-
-BlockdevOptions qcow2_options(const char *node_name, uint8_t config, bool data_file)
-{
-    BlockdevOptions o;
-    o.driver = "qcow2";
-    o.node_name = node_name;
-    o.read_only = true;
-    BlockdevOptionsQcow2 q;
-    q.file = reference("mem");
-    q.backing.kind = BlockdevRef::Kind::kNull;
-    if (data_file) q.data_file = reference("mem");
+    nlohmann::json o = {{"driver", "qcow2"}, {"node-name", node_name}, {"read-only", true},
+                        {"file", "mem"},     {"backing", nullptr},      {"cache-clean-interval", 0}};
+    if (data_file) o["data-file"] = "mem";
     switch (config & 3) {
-    case 0: break;                                             // defaults
-    case 1: q.l2_cache_entry_size = 512; break;                // smallest slices
-    case 2: q.l2_cache_size = 1; break;                        // two entries: evictions
-    case 3: q.cache_size = 1; q.l2_cache_entry_size = 512; break;
+    case 0: break;                                                          // defaults
+    case 1: o["l2-cache-entry-size"] = 512; break;                          // smallest slices
+    case 2: o["l2-cache-size"] = 1; break;                                  // two entries: evictions
+    case 3: o["cache-size"] = 1; o["l2-cache-entry-size"] = 512; break;
     }
-    q.cache_clean_interval = 0;
-    o.opts = q;
     return o;
 }
 
@@ -135,13 +132,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static std::vector<uint8_t> buf(1 << 20);
     {
         BlockGraph graph(&registry());
-        BlockdevOptions mem;
-        mem.driver = "fuzz-mem";
-        mem.node_name = "mem";
-        mem.read_only = true;
-        mem.opts = BlockdevOptionsNull{};
-        if (!graph.add_node(mem).ok()) return 0;
-        auto r = graph.add_node(qcow2_options("q", config, data_file));
+        if (!graph.add_node_json({{"driver", "fuzz-mem"}, {"node-name", "mem"}, {"read-only", true}}).ok()) return 0;
+        auto r = graph.add_node_json(qcow2_options("q", config, data_file));
         if (r.ok()) {
             auto *q = static_cast<Qcow2Node *>(r.value());
             exercise(q, buf);
@@ -158,10 +150,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 ids.push_back(s.id);
             }
             for (size_t i = 0; i < ids.size(); i++) {
-                BlockdevOptions o = qcow2_options(i ? "s1" : "s0", config, data_file);
-                if (i >= 2) o.node_name = i == 2 ? "s2" : "s3";
-                o.as<BlockdevOptionsQcow2>()->snapshot_id = ids[i];
-                auto s = graph.add_node(o);
+                const char *names[] = {"s0", "s1", "s2", "s3"};
+                nlohmann::json o = qcow2_options(names[i], config, data_file);
+                o["snapshot.id"] = ids[i];
+                auto s = graph.add_node_json(o);
                 if (s.ok()) exercise(s.value(), buf);
             }
         }

@@ -15,13 +15,19 @@
 #include <vector>
 
 #include "block/block-driver.h"
-#include "block/drivers.h"
+#include "qapi/option-reader.h"
 #include "util/aio.h"
+
+#include "tests/unit/testdrv.h"
 
 // Last: check.h defines a macro named fail() that breaks <ios>.
 #include <check.h>
 
 #include "tests/unit/tmpdir.h"
+
+namespace bg {
+extern const BlockDriver kDriverBlkdebug;
+}
 
 using namespace bg;
 using namespace bgtest;
@@ -50,63 +56,104 @@ std::vector<uint8_t> file_bytes(const std::string &path, int64_t off, int64_t le
     return buf;
 }
 
-BlockdevRef inline_ref(const BlockdevOptions &o)
-{
-    BlockdevRef r;
-    r.kind = BlockdevRef::Kind::kInline;
-    r.def = std::make_shared<BlockdevOptions>(o);
-    return r;
-}
+BlockdevRef name_ref(const std::string &name) { return ref_to(name); }
 
-BlockdevRef name_ref(const std::string &name)
+BlockdevOptions null_opts(uint64_t size = 1 << 20, const char *driver = "null-co")
 {
-    BlockdevRef r;
-    r.kind = BlockdevRef::Kind::kReference;
-    r.reference = name;
-    return r;
-}
-
-BlockdevOptions null_opts(uint64_t size = 1 << 20)
-{
-    BlockdevOptions o;
-    o.driver = "null-co";
-    BlockdevOptionsNull n;
-    n.size = size;
-    o.opts = n;
-    return o;
+    return must_parse_json({{"driver", driver}, {"size", size}}, builtin_drivers());
 }
 
 // raw over file over path.
 BlockdevOptions raw_file_opts(const std::string &path)
 {
-    BlockdevOptions f;
-    f.driver = "file";
-    BlockdevOptionsFile fo;
-    fo.filename = path;
-    f.opts = fo;
-    BlockdevOptions r;
-    r.driver = "raw";
-    BlockdevOptionsRaw ro;
-    ro.file = inline_ref(f);
-    r.opts = ro;
-    return r;
+    return must_parse_json({{"driver", "raw"}, {"file", {{"driver", "file"}, {"filename", path}}}}, builtin_drivers());
 }
 
-BlockdevOptions dbg_opts(const BlockdevRef &image, BlockdevOptionsBlkdebug d = {}, const std::string &name = "dbg")
+// blkdebug's options as the tests write them (the driver's own structs are
+// private to block/blkdebug.cc): json() gives the JSON members, which the
+// driver decodes. Defaults as the driver's; every value a test sets is
+// written, even one the decoder refuses.
+struct Rule {
+    std::string event;
+    std::optional<std::string> iotype;   // "read", "write", ...; absent: QEMU's default set
+    int64_t err = EIO;
+    int64_t sector = -1;
+    std::optional<uint64_t> offset, bytes;
+    uint64_t after = 0;
+    bool once = false;
+    bool immediately = false;
+    int64_t state = 0;
+
+    nlohmann::json json() const
+    {
+        nlohmann::json j = {{"errno", err}};
+        if (!event.empty()) j["event"] = event;
+        if (iotype) j["iotype"] = *iotype;
+        if (sector != -1) j["sector"] = sector;
+        if (offset) j["offset"] = *offset;
+        if (bytes) j["bytes"] = *bytes;
+        if (after) j["after"] = after;
+        if (once) j["once"] = true;
+        if (immediately) j["immediately"] = true;
+        if (state) j["state"] = state;
+        return j;
+    }
+};
+
+struct SetState {
+    std::string event;
+    int64_t state = 0;
+    int64_t new_state = 0;
+};
+
+struct Dbg {
+    std::string config;
+    uint32_t align = 0, max_transfer = 0, opt_write_zero = 0, max_write_zero = 0, opt_discard = 0, max_discard = 0;
+    std::vector<Rule> inject_error;
+    std::vector<SetState> set_state;
+
+    void put(nlohmann::json &j) const
+    {
+        if (!config.empty()) j["config"] = config;
+        const std::pair<const char *, uint32_t> limits[] = {
+            {"align", align}, {"max-transfer", max_transfer}, {"opt-write-zero", opt_write_zero},
+            {"max-write-zero", max_write_zero}, {"opt-discard", opt_discard}, {"max-discard", max_discard},
+        };
+        for (const auto &[key, value] : limits) {
+            if (value) j[key] = value;
+        }
+        if (!inject_error.empty()) {
+            j["inject-error"] = nlohmann::json::array();
+            for (const Rule &r : inject_error) j["inject-error"].push_back(r.json());
+        }
+        if (!set_state.empty()) {
+            j["set-state"] = nlohmann::json::array();
+            for (const SetState &x : set_state) {
+                nlohmann::json e = {{"event", x.event}, {"new_state", x.new_state}};
+                if (x.state) e["state"] = x.state;
+                j["set-state"].push_back(e);
+            }
+        }
+    }
+};
+
+nlohmann::json dbg_json(const BlockdevRef &image, const Dbg &d = {}, const std::string &name = "dbg")
 {
-    BlockdevOptions o;
-    o.driver = "blkdebug";
-    o.node_name = name;
-    o.discard = BlockdevDiscardOptions::kUnmap;
-    d.image = image;
-    o.opts = d;
-    return o;
+    nlohmann::json j = {{"driver", "blkdebug"}, {"node-name", name}, {"discard", "unmap"}};
+    put_ref(j, "image", image);
+    d.put(j);
+    return j;
 }
 
-BlkdebugInjectError rule(std::optional<BlkdebugIoType> iotype, int err, const std::string &event = "")
+BlockdevOptions dbg_opts(const BlockdevRef &image, const Dbg &d = {}, const std::string &name = "dbg")
 {
-    BlkdebugInjectError r;
-    r.iotype = iotype;
+    return must_parse_json(dbg_json(image, d, name));
+}
+
+Rule rule(std::optional<std::string> iotype, int err, const std::string &event = "")
+{
+    Rule r;
+    r.iotype = std::move(iotype);
     r.err = err;
     r.event = event;
     r.immediately = true;
@@ -117,7 +164,7 @@ constexpr BlockPerm kRW = kPermConsistentRead | kPermWrite;
 
 struct Env {
     std::unique_ptr<AioContext> ctx = AioContext::create();
-    BlockGraph graph;
+    BlockGraph graph{&test_registry()};
     BlockNode *node = nullptr;
     std::unique_ptr<BlockBackend> blk;
     ~Env()
@@ -161,10 +208,11 @@ struct Env {
     void event(const char *name) { blk->root()->debug_event(name); }
 };
 
-void expect_open_error(const BlockdevOptions &o, const std::string &msg)
+// Decoding (with the graph's registry) or opening o fails with msg.
+void expect_open_error(const nlohmann::json &o, const std::string &msg)
 {
     Env e;
-    auto r = e.graph.add_node(o);
+    auto r = e.graph.add_node_json(o);
     ck_assert(!r.ok());
     ck_assert_msg(r.msg().find(msg) != std::string::npos, "got '%s', want '%s'", r.msg().c_str(), msg.c_str());
     ck_assert_int_eq(e.graph.nodes().size(), 0);
@@ -212,10 +260,10 @@ END_TEST
 // read, write, write-zeroes, discard and flush but not block status.
 START_TEST(test_blkdebug_iotypes)
 {
-    BlockdevOptionsBlkdebug d;
-    d.inject_error = {rule(BlkdebugIoType::kRead, EIO), rule(BlkdebugIoType::kWrite, ENOSPC),
-                      rule(BlkdebugIoType::kWriteZeroes, EROFS), rule(BlkdebugIoType::kDiscard, EBUSY),
-                      rule(BlkdebugIoType::kBlockStatus, ENOLINK), rule(BlkdebugIoType::kTruncate, EFBIG)};
+    Dbg d;
+    d.inject_error = {rule("read", EIO), rule("write", ENOSPC),
+                      rule("write-zeroes", EROFS), rule("discard", EBUSY),
+                      rule("block-status", ENOLINK), rule("truncate", EFBIG)};
     Env e;
     e.open(dbg_opts(inline_ref(null_opts()), d));
     ck_assert_int_eq(e.read(0, 4096), -EIO);
@@ -227,8 +275,8 @@ START_TEST(test_blkdebug_iotypes)
     ck_assert_int_eq(e.flush(), 0);
 
     // Flush: only reaches the driver after a write (flush generations).
-    BlockdevOptionsBlkdebug f;
-    f.inject_error = {rule(BlkdebugIoType::kFlush, ENOMEM)};
+    Dbg f;
+    f.inject_error = {rule("flush", ENOMEM)};
     Env g;
     g.open(dbg_opts(inline_ref(null_opts()), f));
     ck_assert_int_eq(g.read(0, 512), 0);
@@ -236,7 +284,7 @@ START_TEST(test_blkdebug_iotypes)
     ck_assert_int_eq(g.flush(), -ENOMEM);
 
     // Default set.
-    BlockdevOptionsBlkdebug a;
+    Dbg a;
     a.inject_error = {rule(std::nullopt, EACCES)};
     Env h;
     h.open(dbg_opts(inline_ref(null_opts()), a));
@@ -250,14 +298,15 @@ START_TEST(test_blkdebug_iotypes)
 }
 END_TEST
 
-// errno 0 stops matching and lets the request through (QEMU).
+// errno 0 (QEMU: stop matching, let the request through) cannot be given:
+// the decoder accepts 1 to 4095 and names the list element.
 START_TEST(test_blkdebug_errno_zero)
 {
-    BlockdevOptionsBlkdebug d;
-    d.inject_error = {rule(BlkdebugIoType::kRead, 0), rule(BlkdebugIoType::kRead, EIO)};
-    Env e;
-    e.open(dbg_opts(inline_ref(null_opts()), d));
-    ck_assert_int_eq(e.read(0, 512), 0);
+    Dbg d;
+    d.inject_error = {rule("read", 0), rule("read", EIO)};
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "inject-error.0.errno: 0 is out of range (1 to 4095)");
+    d.inject_error = {rule("read", EIO), rule("read", 4096)};
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "inject-error.1.errno: 4096 is out of range (1 to 4095)");
 }
 END_TEST
 
@@ -265,8 +314,8 @@ END_TEST
 
 START_TEST(test_blkdebug_once_vs_always)
 {
-    BlockdevOptionsBlkdebug d;
-    BlkdebugInjectError once = rule(BlkdebugIoType::kRead, EIO);
+    Dbg d;
+    Rule once = rule("read", EIO);
     once.once = true;
     d.inject_error = {once};
     Env e;
@@ -275,8 +324,8 @@ START_TEST(test_blkdebug_once_vs_always)
     ck_assert_int_eq(e.read(0, 512), 0);
     ck_assert_int_eq(e.read(0, 512), 0);
 
-    BlockdevOptionsBlkdebug a;
-    a.inject_error = {rule(BlkdebugIoType::kRead, EIO)};
+    Dbg a;
+    a.inject_error = {rule("read", EIO)};
     Env g;
     g.open(dbg_opts(inline_ref(null_opts()), a));
     for (int i = 0; i < 5; i++) ck_assert_int_eq(g.read(0, 512), -EIO);
@@ -286,8 +335,8 @@ END_TEST
 
 START_TEST(test_blkdebug_after)
 {
-    BlockdevOptionsBlkdebug d;
-    BlkdebugInjectError r = rule(BlkdebugIoType::kWrite, EIO);
+    Dbg d;
+    Rule r = rule("write", EIO);
     r.after = 2;
     d.inject_error = {r};
     Env e;
@@ -298,7 +347,7 @@ START_TEST(test_blkdebug_after)
     ck_assert_int_eq(e.write(0, 512), -EIO);
     ck_assert_int_eq(e.write(0, 512), -EIO);
 
-    BlockdevOptionsBlkdebug o;
+    Dbg o;
     r.once = true;
     r.after = 1;
     o.inject_error = {r};
@@ -314,8 +363,8 @@ END_TEST
 
 START_TEST(test_blkdebug_sector)
 {
-    BlockdevOptionsBlkdebug d;
-    BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO);
+    Dbg d;
+    Rule r = rule("read", EIO);
     r.sector = 8;   // byte 4096
     d.inject_error = {r};
     Env e;
@@ -327,8 +376,8 @@ START_TEST(test_blkdebug_sector)
     ck_assert_int_eq(e.read(4097, 1000), 0);
     ck_assert_int_eq(e.read(8192, 512), 0);
     // Positional rules never match flush.
-    BlockdevOptionsBlkdebug f;
-    BlkdebugInjectError fr = rule(std::nullopt, EIO);
+    Dbg f;
+    Rule fr = rule(std::nullopt, EIO);
     fr.sector = 0;
     f.inject_error = {fr};
     Env g;
@@ -341,11 +390,11 @@ END_TEST
 
 START_TEST(test_blkdebug_offset_range)
 {
-    BlockdevOptionsBlkdebug d;
-    BlkdebugInjectError r = rule(BlkdebugIoType::kWrite, EIO);
+    Dbg d;
+    Rule r = rule("write", EIO);
     r.offset = 10000;
     r.bytes = 100;
-    BlkdebugInjectError tail = rule(BlkdebugIoType::kRead, ENXIO);
+    Rule tail = rule("read", ENXIO);
     tail.offset = 500000;   // to the end
     d.inject_error = {r, tail};
     Env e;
@@ -366,8 +415,8 @@ END_TEST
 
 START_TEST(test_blkdebug_event_arming)
 {
-    BlockdevOptionsBlkdebug d;
-    d.inject_error = {rule(BlkdebugIoType::kRead, EIO, "l2_update")};
+    Dbg d;
+    d.inject_error = {rule("read", EIO, "l2_update")};
     Env e;
     e.open(dbg_opts(inline_ref(null_opts()), d));
     ck_assert_int_eq(e.read(0, 512), 0);
@@ -383,10 +432,10 @@ END_TEST
 // armed rules; a once rule is gone for good.
 START_TEST(test_blkdebug_event_replaces_armed)
 {
-    BlockdevOptionsBlkdebug d;
-    BlkdebugInjectError a = rule(BlkdebugIoType::kRead, EIO, "l1_update");
-    BlkdebugInjectError b = rule(BlkdebugIoType::kWrite, ENOSPC, "l2_update");
-    BlkdebugInjectError c = rule(BlkdebugIoType::kWrite, EDOM, "refblock_alloc");
+    Dbg d;
+    Rule a = rule("read", EIO, "l1_update");
+    Rule b = rule("write", ENOSPC, "l2_update");
+    Rule c = rule("write", EDOM, "refblock_alloc");
     c.once = true;
     d.inject_error = {a, b, c};
     Env e;
@@ -412,8 +461,8 @@ END_TEST
 // The generic layer fires "pwritev" on the node before its writes.
 START_TEST(test_blkdebug_generic_events)
 {
-    BlockdevOptionsBlkdebug d;
-    d.inject_error = {rule(BlkdebugIoType::kRead, EIO, "pwritev")};
+    Dbg d;
+    d.inject_error = {rule("read", EIO, "pwritev")};
     Env e;
     e.open(dbg_opts(inline_ref(null_opts()), d));
     ck_assert_int_eq(e.read(0, 512), 0);
@@ -425,8 +474,8 @@ END_TEST
 // "none" fires once at open: event=none means armed from the start.
 START_TEST(test_blkdebug_event_none)
 {
-    BlockdevOptionsBlkdebug d;
-    d.inject_error = {rule(BlkdebugIoType::kRead, EIO, "none")};
+    Dbg d;
+    d.inject_error = {rule("read", EIO, "none")};
     Env e;
     e.open(dbg_opts(inline_ref(null_opts()), d));
     ck_assert_int_eq(e.read(0, 512), -EIO);
@@ -435,10 +484,10 @@ END_TEST
 
 START_TEST(test_blkdebug_states)
 {
-    BlockdevOptionsBlkdebug d;
-    BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO, "l2_update");
+    Dbg d;
+    Rule r = rule("read", EIO, "l2_update");
     r.state = 2;
-    BlkdebugInjectError always_in_3 = rule(BlkdebugIoType::kWrite, ENOSPC);
+    Rule always_in_3 = rule("write", ENOSPC);
     always_in_3.state = 3;
     d.inject_error = {r, always_in_3};
     d.set_state = {{"l1_update", 1, 2}, {"cluster_alloc", 2, 3}, {"cluster_free", 0, 1}};
@@ -463,8 +512,8 @@ END_TEST
 // Events pass on to the nodes below.
 START_TEST(test_blkdebug_event_passed_down)
 {
-    BlockdevOptionsBlkdebug inner;
-    inner.inject_error = {rule(BlkdebugIoType::kRead, EIO, "l2_load")};
+    Dbg inner;
+    inner.inject_error = {rule("read", EIO, "l2_load")};
     Env e;
     e.add(dbg_opts(inline_ref(null_opts()), inner, "inner"));
     e.open(dbg_opts(name_ref("inner"), {}, "outer"));
@@ -478,8 +527,8 @@ END_TEST
 START_TEST(test_blkdebug_immediately)
 {
     for (bool imm : {true, false}) {
-        BlockdevOptionsBlkdebug d;
-        BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO);
+        Dbg d;
+        Rule r = rule("read", EIO);
         r.immediately = imm;
         d.inject_error = {r};
         Env e;
@@ -502,15 +551,14 @@ END_TEST
 // exactly one request, an after=N rule lets exactly N through.
 START_TEST(test_blkdebug_concurrent)
 {
-    BlockdevOptionsBlkdebug d;
-    BlkdebugInjectError once = rule(BlkdebugIoType::kRead, EIO);
+    Dbg d;
+    Rule once = rule("read", EIO);
     once.once = true;
     once.immediately = false;
-    BlkdebugInjectError after = rule(BlkdebugIoType::kWrite, ENOSPC);
+    Rule after = rule("write", ENOSPC);
     after.after = 10;
     d.inject_error = {once, after};
-    BlockdevOptions n = null_opts();
-    n.driver = "null-aio";
+    BlockdevOptions n = null_opts(1 << 20, "null-aio");
     Env e;
     e.open(dbg_opts(inline_ref(n), d));
     constexpr int kN = 32;
@@ -541,7 +589,7 @@ START_TEST(test_blkdebug_align)
 {
     std::string path = tmp_path("img");
     make_file(path, 1 << 20);
-    BlockdevOptionsBlkdebug d;
+    Dbg d;
     d.align = 4096;
     Env e;
     e.open(dbg_opts(inline_ref(raw_file_opts(path)), d));
@@ -565,9 +613,9 @@ START_TEST(test_blkdebug_align)
     ck_assert_int_eq(file_bytes(path, 4000, 1)[0], pattern_byte(4000));
 
     // Over null-co, with a rule on byte 0: padding widens [1000, 4000) to [0, 4096).
-    BlockdevOptionsBlkdebug n;
+    Dbg n;
     n.align = 4096;
-    BlkdebugInjectError b0 = rule(BlkdebugIoType::kWrite, EXDEV);
+    Rule b0 = rule("write", EXDEV);
     b0.offset = 0;
     b0.bytes = 1;
     n.inject_error = {b0};
@@ -575,7 +623,7 @@ START_TEST(test_blkdebug_align)
     g.open(dbg_opts(inline_ref(null_opts()), n));
     ck_assert_int_eq(g.write(1000, 3000), -EXDEV);   // RMW read of [0, 4096) then write of it
     ck_assert_int_eq(g.write(4096, 100), 0);
-    BlockdevOptionsBlkdebug u = n;
+    Dbg u = n;
     u.align = 0;
     Env h;
     h.open(dbg_opts(inline_ref(null_opts()), u));
@@ -587,10 +635,10 @@ END_TEST
 START_TEST(test_blkdebug_max_transfer)
 {
     for (uint64_t after : {3, 4}) {
-        BlockdevOptionsBlkdebug d;
+        Dbg d;
         d.align = 512;
         d.max_transfer = 4096;
-        BlkdebugInjectError r = rule(BlkdebugIoType::kRead, EIO);
+        Rule r = rule("read", EIO);
         r.after = after;
         d.inject_error = {r};
         Env e;
@@ -598,7 +646,7 @@ START_TEST(test_blkdebug_max_transfer)
         ck_assert_int_eq(e.node->limits().max_transfer, 4096);
         ck_assert_int_eq(e.read(0, 16384), after == 3 ? -EIO : 0);
     }
-    BlockdevOptionsBlkdebug z;
+    Dbg z;
     z.opt_write_zero = 8192;
     z.max_write_zero = 65536;
     z.opt_discard = 4096;
@@ -616,31 +664,44 @@ END_TEST
 
 START_TEST(test_blkdebug_validation)
 {
-    BlockdevOptionsBlkdebug d;
+    // What the decoder checks, at the key's path.
+    Dbg d;
     d.align = 3000;
-    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with align 3000");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "blockdev 'dbg': align: 3000 is not a power of two");
     d = {};
     d.align = 4096;
     d.max_transfer = 6144;
-    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with max-transfer 6144");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d),
+                      "blockdev 'dbg': max-transfer: 6144 is not a multiple of align (4096)");
     d = {};
     d.opt_write_zero = 4096;
     d.max_write_zero = 6144;
-    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with max-write-zero 6144");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d),
+                      "blockdev 'dbg': max-write-zero: 6144 is not a multiple of opt-write-zero (4096)");
     d = {};
     d.align = 512;
     d.opt_discard = 100;
-    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Cannot meet constraints with opt-discard 100");
-    d = {};
-    d.inject_error = {rule(std::nullopt, EIO, "no_such_event")};
-    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "no_such_event");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d),
+                      "blockdev 'dbg': opt-discard: 100 is not a multiple of align (512)");
     d = {};
     d.set_state = {{"", 0, 2}};
-    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "Missing event name for rule");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "blockdev 'dbg': set-state.0.event: must not be empty");
     d = {};
     d.config = "/etc/blkdebug.conf";
-    expect_open_error(dbg_opts(inline_ref(null_opts()), d), "config");
-    expect_open_error(dbg_opts(BlockdevRef{}, {}), "image");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "config");
+    expect_open_error(dbg_json(BlockdevRef{}), "missing required key 'image'");
+    // What only open can check: event names, and the limits against the
+    // child's own alignment (a test-mem child with align=4096).
+    d = {};
+    d.inject_error = {rule(std::nullopt, EIO, "no_such_event")};
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "no_such_event");
+    BlockdevOptions aligned = must_parse("test-mem,align=4096");
+    d = {};
+    d.max_transfer = 6144;
+    expect_open_error(dbg_json(inline_ref(aligned), d), "Cannot meet constraints with max-transfer 6144");
+    d = {};
+    d.opt_discard = 512;
+    expect_open_error(dbg_json(inline_ref(aligned), d), "Cannot meet constraints with opt-discard 512");
 }
 END_TEST
 

@@ -20,6 +20,8 @@
 #include "block/copy.h"
 #include "util/aio.h"
 #include "util/iothread.h"
+#include "qapi/block-parse.h"
+#include "tests/unit/testdrv.h"
 
 // Last: check.h defines a macro named fail() that breaks <ios>.
 #include <check.h>
@@ -73,45 +75,21 @@ int64_t allocated_bytes(const std::string &path)
 
 BlockdevOptions file_opts(const std::string &path)
 {
-    BlockdevOptions o;
-    o.driver = "file";
-    BlockdevOptionsFile f;
-    f.filename = path;
-    o.opts = f;
-    return o;
-}
-
-BlockdevRef inline_ref(const BlockdevOptions &o)
-{
-    BlockdevRef r;
-    r.kind = BlockdevRef::Kind::kInline;
-    r.def = std::make_shared<BlockdevOptions>(o);
-    return r;
+    return must_parse_json({{"driver", "file"}, {"filename", path}}, builtin_drivers());
 }
 
 BlockdevOptions raw_over(const BlockdevOptions &child)
 {
-    BlockdevOptions o;
-    o.driver = "raw";
-    BlockdevOptionsRaw r;
-    r.file = inline_ref(child);
-    o.opts = r;
-    return o;
+    return must_parse_json({{"driver", "raw"}, {"file", blockdev_options_to_json(child)}}, builtin_drivers());
 }
 
-BlockdevOptions blkdebug_over(const BlockdevOptions &child, BlkdebugIoType type, int64_t sector)
+// blkdebug over child failing every request of iotype ("read", "write")
+// at sector with EIO.
+BlockdevOptions blkdebug_over(const BlockdevOptions &child, const char *iotype, int64_t sector)
 {
-    BlockdevOptions o;
-    o.driver = "blkdebug";
-    BlockdevOptionsBlkdebug d;
-    d.image = inline_ref(child);
-    BlkdebugInjectError e;
-    e.iotype = type;
-    e.err = EIO;
-    e.sector = sector;
-    d.inject_error = {e};
-    o.opts = d;
-    return o;
+    nlohmann::json e = {{"iotype", iotype}, {"errno", EIO}, {"sector", sector}};
+    return must_parse_json({{"driver", "blkdebug"}, {"image", blockdev_options_to_json(child)}, {"inject-error", nlohmann::json::array({e})}},
+                           builtin_drivers());
 }
 
 constexpr BlockPerm kRW = kPermConsistentRead | kPermWrite;
@@ -327,7 +305,7 @@ START_TEST(test_copy_read_error)
     const std::string s = tmp_path("se"), d = tmp_path("de");
     make_file(s, 8 * kMiB, {{0, 8 * kMiB}});
     make_file(d, 8 * kMiB, {});
-    BlockBackend *sb = e.open(blkdebug_over(raw_over(file_opts(s)), BlkdebugIoType::kRead, (5 * kMiB) / 512),
+    BlockBackend *sb = e.open(blkdebug_over(raw_over(file_opts(s)), "read", (5 * kMiB) / 512),
                               kPermConsistentRead);
     BlockBackend *db = e.open_raw(d);
     CopyOptions o;
@@ -346,7 +324,7 @@ START_TEST(test_copy_write_error)
     make_file(s, 4 * kMiB, {{0, 4 * kMiB}});
     make_file(d, 4 * kMiB, {});
     BlockBackend *sb = e.open_raw(s, kPermConsistentRead);
-    BlockBackend *db = e.open(blkdebug_over(raw_over(file_opts(d)), BlkdebugIoType::kWrite, (3 * kMiB) / 512));
+    BlockBackend *db = e.open(blkdebug_over(raw_over(file_opts(d)), "write", (3 * kMiB) / 512));
     for (int workers : {1, 8}) {
         CopyOptions o;
         o.max_workers = workers;

@@ -29,6 +29,7 @@
 
 #include "block/block-driver.h"
 #include "block/block.h"
+#include "tests/unit/testdrv.h"
 #include "util/aio.h"
 #include "util/iov.h"
 
@@ -117,18 +118,19 @@ struct TmpFile {
     }
 };
 
-BlockdevOptions file_opts(const std::string &path, BlockdevAioOptions aio = BlockdevAioOptions::kIoUring)
+// A file node's options; aio: "io_uring", "threads" or "native"; extra:
+// more members ({"locking": "off"}).
+nlohmann::json file_json(const std::string &path, const char *aio = "io_uring", const nlohmann::json &extra = {})
 {
-    BlockdevOptions o;
-    o.driver = "file";
-    BlockdevOptionsFile f;
-    f.filename = path;
-    f.aio = aio;
-    o.opts = f;
-    return o;
+    nlohmann::json j = {{"driver", "file"}, {"filename", path}, {"aio", aio}};
+    if (extra.is_object()) j.update(extra);
+    return j;
 }
 
-BlockdevOptionsFile &fopts(BlockdevOptions &o) { return *o.as<BlockdevOptionsFile>(); }
+BlockdevOptions file_opts(const std::string &path, const char *aio = "io_uring", const nlohmann::json &extra = {})
+{
+    return must_parse_json(file_json(path, aio, extra), builtin_drivers());
+}
 
 constexpr BlockPerm kRW = kPermConsistentRead | kPermWrite;
 // What qemu-io / qemu-img share by default (BDRV_O_NO_SHARE).
@@ -255,7 +257,7 @@ void random_io(BlockBackend *blk, const TmpFile &tf, std::vector<uint8_t> &ref, 
     ck_assert(tf.contents() == ref);
 }
 
-void rw_test(BlockdevAioOptions aio, bool direct)
+void rw_test(const char *aio, bool direct)
 {
     auto ctx = AioContext::create();
     const int64_t size = 4 << 20;
@@ -280,18 +282,18 @@ void rw_test(BlockdevAioOptions aio, bool direct)
 
 // ---------------------------------------------------------------- read/write
 
-START_TEST(test_rw_io_uring) { rw_test(BlockdevAioOptions::kIoUring, false); }
+START_TEST(test_rw_io_uring) { rw_test("io_uring", false); }
 END_TEST
 
-START_TEST(test_rw_threads) { rw_test(BlockdevAioOptions::kThreads, false); }
+START_TEST(test_rw_threads) { rw_test("threads", false); }
 END_TEST
 
 // O_DIRECT: the generic layer pads unaligned offsets, the driver bounces
 // misaligned buffers.
-START_TEST(test_rw_direct_io_uring) { rw_test(BlockdevAioOptions::kIoUring, true); }
+START_TEST(test_rw_direct_io_uring) { rw_test("io_uring", true); }
 END_TEST
 
-START_TEST(test_rw_direct_threads) { rw_test(BlockdevAioOptions::kThreads, true); }
+START_TEST(test_rw_direct_threads) { rw_test("threads", true); }
 END_TEST
 
 // Requests from coroutines of two threads at once, each with its own
@@ -332,7 +334,7 @@ END_TEST
 START_TEST(test_direct_unaligned_length)
 {
     auto ctx = AioContext::create();
-    for (auto aio : {BlockdevAioOptions::kIoUring, BlockdevAioOptions::kThreads}) {
+    for (auto aio : {"io_uring", "threads"}) {
         TmpFile tf(1000, true, 3);
         auto ref = tf.contents();
         auto o = file_opts(tf.path, aio);
@@ -363,7 +365,7 @@ START_TEST(test_read_past_eof)
     for (int variant = 0; variant < 3; variant++) {
         TmpFile tf(65536, true, 5);
         auto ref = tf.contents();
-        auto o = file_opts(tf.path, variant == 1 ? BlockdevAioOptions::kThreads : BlockdevAioOptions::kIoUring);
+        auto o = file_opts(tf.path, variant == 1 ? "threads" : "io_uring");
         o.cache_direct = variant == 2;
         Env env(o);
         ck_assert_int_eq(truncate(tf.path.c_str(), 20000), 0);
@@ -577,7 +579,7 @@ END_TEST
 START_TEST(test_flush)
 {
     auto ctx = AioContext::create();
-    for (auto aio : {BlockdevAioOptions::kIoUring, BlockdevAioOptions::kThreads}) {
+    for (auto aio : {"io_uring", "threads"}) {
         TmpFile tf(65536);
         Env env(file_opts(tf.path, aio));
         std::vector<uint8_t> buf(4096, 0x77);
@@ -668,8 +670,7 @@ START_TEST(test_flush_poisoned)
     int result_first = 1, result_second = 1, result_third = 1, fsyncs_after = -1;
     {
         auto ctx = AioContext::create();
-        auto o = file_opts(std::string(mnt) + "/img", BlockdevAioOptions::kThreads);
-        fopts(o).locking = OnOffAuto::kOff;
+        auto o = file_opts(std::string(mnt) + "/img", "threads", {{"locking", "off"}});
         Env env(o);
         std::vector<uint8_t> buf(4096, 0x42);
         ck_assert_int_eq(blk_write(env.blk.get(), 0, 4096, buf.data()), 0);
@@ -723,12 +724,17 @@ START_TEST(test_open_errors)
 
     // aio=native needs cache.direct=on (QEMU's rule).
     TmpFile tf(4096);
-    o = file_opts(tf.path, BlockdevAioOptions::kNative);
-    r = g.add_node(o);
+    r = g.add_node_json(file_json(tf.path, "native"));
     ck_assert(!r.ok());
     ck_assert_msg(r.msg().find("aio=native was specified, but it requires cache.direct=on, which was not "
                                "specified.") != std::string::npos,
                   "%s", r.msg().c_str());
+    // The driver checks it again at open (options built without the decoder).
+    o = file_opts(tf.path, "native", {{"cache", {{"direct", true}}}});
+    o.cache_direct = false;
+    r = g.add_node(o);
+    ck_assert(!r.ok());
+    ck_assert_msg(r.msg().find("requires cache.direct=on") != std::string::npos, "%s", r.msg().c_str());
     o.cache_direct = true;
     r = g.add_node(o);
     ck_assert_msg(r.ok(), "%s", r.ok() ? "" : r.msg().c_str());
@@ -915,8 +921,7 @@ START_TEST(test_lock_off)
     auto ctx = AioContext::create();
     TmpFile tf(65536);
     auto a = std::make_unique<Env>(file_opts(tf.path), kRW, kShareNoWrite);
-    auto o = file_opts(tf.path);
-    fopts(o).locking = OnOffAuto::kOff;
+    auto o = file_opts(tf.path, "io_uring", {{"locking", "off"}});
     {
         Env b(o, kRW, kShareNoWrite);   // no check, no conflict
     }
@@ -927,8 +932,7 @@ START_TEST(test_lock_off)
         ck_assert(!byte_locked(tf.path, 200 + i));
     }
     // locking=on behaves like auto here (OFD locks exist on Linux).
-    auto on = file_opts(tf.path);
-    fopts(on).locking = OnOffAuto::kOn;
+    auto on = file_opts(tf.path, "io_uring", {{"locking", "on"}});
     Env c(on, kRW, kShareNoWrite);
     ck_assert(byte_locked(tf.path, 101));
 }

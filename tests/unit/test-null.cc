@@ -8,23 +8,25 @@
 #include <vector>
 
 #include "block/block-driver.h"
-#include "block/drivers.h"
 #include "util/aio.h"
+
+#include "tests/unit/testdrv.h"
 
 // Last: check.h defines a macro named fail() that breaks <ios>.
 #include <check.h>
+
+namespace bg {
+extern const BlockDriver kDriverNullCo, kDriverNullAio;
+}
 
 using namespace bg;
 
 namespace {
 
-BlockdevOptions null_opts(const std::string &driver, const std::string &name, BlockdevOptionsNull n = {})
+// extra: more keyval options (",size=1M").
+BlockdevOptions null_opts(const std::string &driver, const std::string &name, const std::string &extra = "")
 {
-    BlockdevOptions o;
-    o.driver = driver;
-    o.node_name = name;
-    o.opts = n;
-    return o;
+    return must_parse(driver + ",node-name=" + name + extra, builtin_drivers());
 }
 
 struct Fixture {
@@ -72,18 +74,14 @@ END_TEST
 
 START_TEST(test_null_size_option)
 {
-    BlockdevOptionsNull n;
-    n.size = 3 * 1024 * 1024 + 512;
-    Fixture f(null_opts("null-co", "n0", n));
+    Fixture f(null_opts("null-co", "n0", ",size=" + std::to_string(3 * 1024 * 1024 + 512)));
     ck_assert_int_eq(f.blk->getlength(), 3 * 1024 * 1024 + 512);
 }
 END_TEST
 
 START_TEST(test_null_read_zeroes_off)
 {
-    BlockdevOptionsNull n;
-    n.read_zeroes = false;
-    Fixture f(null_opts("null-co", "n0", n));
+    Fixture f(null_opts("null-co", "n0", ",read-zeroes=off"));
     std::vector<uint8_t> buf(8192, 0x5c);
     int r = run_in_coroutine([&] { return f.blk->co_pread(0, buf.size(), buf.data()); });
     ck_assert_int_eq(r, 0);
@@ -95,8 +93,7 @@ END_TEST
 // succeeds except truncate.
 START_TEST(test_null_writes_discarded)
 {
-    BlockdevOptions o = null_opts("null-co", "n0");
-    o.discard = BlockdevDiscardOptions::kUnmap;
+    BlockdevOptions o = null_opts("null-co", "n0", ",discard=unmap");
     Fixture f(o, kPermConsistentRead | kPermWrite | kPermResize);
     std::vector<uint8_t> data(4096, 0x77);
     ck_assert_int_eq(run_in_coroutine([&] { return f.blk->co_pwrite(0, data.size(), data.data()); }), 0);
@@ -116,9 +113,7 @@ END_TEST
 
 START_TEST(test_null_latency)
 {
-    BlockdevOptionsNull n;
-    n.latency_ns = 20 * 1000 * 1000;
-    Fixture f(null_opts("null-co", "n0", n));
+    Fixture f(null_opts("null-co", "n0", ",latency-ns=20000000"));
     uint8_t buf[512];
     int64_t t0 = clock_ns();
     ck_assert_int_eq(run_in_coroutine([&] { return f.blk->co_pread(0, sizeof(buf), buf); }), 0);
@@ -183,9 +178,7 @@ START_TEST(test_null_block_status)
     ck_assert_int_eq(map, 4096);
     ck_assert_ptr_eq(file, f.node);
 
-    BlockdevOptionsNull n;
-    n.read_zeroes = false;
-    Fixture g(null_opts("null-co", "n1", n));
+    Fixture g(null_opts("null-co", "n1", ",read-zeroes=off"));
     r = run_in_coroutine([&] { return g.blk->co_block_status(true, 0, 65536, &pnum, &map, &file); });
     ck_assert_int_ge(r, 0);
     ck_assert(r & kStatusData);

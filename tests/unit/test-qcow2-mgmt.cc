@@ -24,7 +24,6 @@
 #include <nlohmann/json.hpp>
 
 #include "block/block-driver.h"
-#include "block/drivers.h"
 #include "block/qcow2/qcow2-mgmt.h"
 #include "util/aio.h"
 
@@ -32,6 +31,10 @@
 #include <check.h>
 
 #include "tests/unit/tmpdir.h"
+
+namespace bg {
+extern const BlockDriver kDriverFile, kDriverRaw, kDriverQcow2;
+}
 
 using namespace bg;
 using namespace bgtest;
@@ -63,19 +66,14 @@ std::string read_all(const std::string &path)
     return ss.str();
 }
 
-// A registry whose qcow2 descriptor has the management functions (the
-// built-in one gets them in qcow2.cc).
+// A registry of the drivers image management involves.
 const DriverRegistry &registry()
 {
-    static BlockDriver qcow2 = kDriverQcow2;
     static const DriverRegistry reg = [] {
-        qcow2.create_opts = qcow2::kCreateOptions;
-        qcow2.create_image = qcow2::create_image;
-        qcow2.measure = qcow2::measure;
         DriverRegistry r;
         r.add(&kDriverFile);
         r.add(&kDriverRaw);
-        r.add(&qcow2);
+        r.add(&kDriverQcow2);
         return r;
     }();
     return reg;
@@ -395,12 +393,7 @@ START_TEST(test_create_raw_file)
     // An image in use (here: by another graph holding WRITE and sharing
     // only reads, as qemu-img does) is not recreated.
     BlockGraph g;
-    BlockdevOptions fo;
-    fo.driver = "file";
-    BlockdevOptionsFile f;
-    f.filename = tmp_path("r-full.raw");
-    fo.opts = f;
-    auto node = g.add_node(fo);
+    auto node = g.add_node_json({{"driver", "file"}, {"filename", tmp_path("r-full.raw")}});
     ck_assert(node.ok());
     auto blk = BlockBackend::create(node.value(), kPermConsistentRead | kPermWrite,
                                     kPermConsistentRead | kPermWriteUnchanged, "test");
@@ -448,20 +441,9 @@ OpenNode open_qcow2(const std::string &name, bool writable)
 {
     OpenNode o;
     o.g = std::make_unique<BlockGraph>(&registry());
-    auto fo = std::make_shared<BlockdevOptions>();
-    fo->driver = "file";
-    BlockdevOptionsFile f;
-    f.filename = tmp_path(name);
-    fo->opts = f;
-    fo->read_only = !writable;
-    BlockdevOptions qo;
-    qo.driver = "qcow2";
-    qo.read_only = !writable;
-    BlockdevOptionsQcow2 q;
-    q.file.kind = BlockdevRef::Kind::kInline;
-    q.file.def = fo;
-    qo.opts = q;
-    auto n = o.g->add_node(qo);
+    auto n = o.g->add_node_json({{"driver", "qcow2"},
+                                 {"read-only", !writable},
+                                 {"file", {{"driver", "file"}, {"filename", tmp_path(name)}, {"read-only", !writable}}}});
     ck_assert_msg(n.ok(), "open %s: %s", name.c_str(), n.ok() ? "" : n.msg().c_str());
     o.node = n.value();
     return o;

@@ -20,8 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "block/block-driver.h"
-#include "block/drivers.h"
+#include "tests/unit/testdrv.h"
 #include "block/qcow2/qcow2.h"
 #include "util/aio.h"
 
@@ -66,129 +65,44 @@ uint64_t file_be64(const std::string &path, size_t off) { return qcow2::be64(rea
 
 // ---------------------------------------------------------------- recording filter
 
-// "rec": a filter recording every write and flush that reaches it, and
-// holding writes to a chosen range until released.
+// Between qcow2 and its file, optionally, a test-mem node in pass-through
+// mode (testdrv.h): it logs every request that reaches it and can hold
+// writes or reads to a chosen range until released. Its log as
+// (kind, offset, length): 'w' write, 'f' flush (to disk), 'd' discard,
+// 'z' write-zeroes, 'r' read, 't' truncate.
 struct Op {
-    char kind;   // 'w' write, 'f' flush, 'd' discard
+    char kind;
     uint64_t off, len;
 };
 
-class RecNode final : public FilterNode {
-  public:
-    static RecNode *last;
-    std::vector<Op> log;
-    uint64_t hold_off = 0, hold_len = 0;   // hold writes overlapping this range
-    bool hold_reads = false;               // hold reads instead of writes
-    int held = 0;
-    CoQueue hold_q;
-
-    void release()
-    {
-        hold_len = 0;
-        hold_q.restart_all();
-    }
-
-  protected:
-    Status open(const BlockdevOptions &opts) override
-    {
-        last = this;
-        const auto *o = opts.as<BlockdevOptionsBlkdebug>();
-        return open_filtered("image", o->image);
-    }
-    int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override
-    {
-        const uint64_t o = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(bytes);
-        if (hold_reads && hold_len && o < hold_off + hold_len && hold_off < o + n) {
-            held++;
-            while (hold_len) hold_q.wait();
-            held--;
-        }
-        return FilterNode::do_co_preadv(offset, bytes, qiov, flags);
-    }
-    int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override
-    {
-        const uint64_t o = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(bytes);
-        if (!hold_reads && hold_len && o < hold_off + hold_len && hold_off < o + n) {
-            held++;
-            while (hold_len) hold_q.wait();
-            held--;
-        }
-        log.push_back({'w', o, n});
-        return FilterNode::do_co_pwritev(offset, bytes, qiov, flags);
-    }
-    int coroutine_fn do_co_flush_to_os() override
-    {
-        log.push_back({'f', 0, 0});
-        return 0;
-    }
-    int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override
-    {
-        log.push_back({'d', static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes)});
-        return FilterNode::do_co_pdiscard(offset, bytes);
-    }
-    int64_t do_getlength() override { return filtered_->getlength(); }
-};
-RecNode *RecNode::last = nullptr;
-
-const BlockDriver kRecDriver = {
-    "rec", BlockDriverKind::kFilter,
-    kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapFlush | kCapPersistent,
-    "test recorder", [] { return std::unique_ptr<BlockNode>(new RecNode()); }, nullptr,
-};
-
-const DriverRegistry &registry()
+std::vector<Op> ops(const TestNode *rec)
 {
-    static DriverRegistry reg = [] {
-        DriverRegistry r;
-        register_builtin_drivers(&r);
-        r.add(&kRecDriver);
-        return r;
-    }();
-    return reg;
+    static const char kKinds[] = "rwzdft";
+    std::vector<Op> v;
+    for (const TestRequest &r : rec->log()) {
+        v.push_back({kKinds[static_cast<unsigned>(r.op)], static_cast<uint64_t>(r.offset),
+                     static_cast<uint64_t>(r.bytes)});
+    }
+    return v;
 }
 
-BlockdevRef inline_ref(const BlockdevOptions &o)
+const DriverRegistry &registry() { return test_registry(); }
+
+nlohmann::json file_json(const std::string &path)
 {
-    BlockdevRef r;
-    r.kind = BlockdevRef::Kind::kInline;
-    r.def = std::make_shared<BlockdevOptions>(o);
-    return r;
+    return {{"driver", "file"}, {"filename", path}, {"discard", "unmap"}};
 }
 
-BlockdevOptions file_opts(const std::string &path)
+// qcow2 over rec over file (rec = true) or directly over file; extra: more
+// qcow2 options ({"overlap-check": "all"}).
+BlockdevOptions qcow2_opts(const std::string &path, bool rec = false, const nlohmann::json &extra = {})
 {
-    BlockdevOptions o;
-    o.driver = "file";
-    o.discard = BlockdevDiscardOptions::kUnmap;
-    BlockdevOptionsFile f;
-    f.filename = path;
-    o.opts = f;
-    return o;
+    nlohmann::json j = {{"driver", "qcow2"}, {"node-name", "q"}, {"discard", "unmap"}};
+    if (rec) j["file"] = {{"driver", "test-mem"}, {"file", file_json(path)}};
+    else j["file"] = file_json(path);
+    if (extra.is_object()) j.update(extra);
+    return must_parse_json(j);
 }
-
-// qcow2 over rec over file (rec = true) or directly over file.
-BlockdevOptions qcow2_opts(const std::string &path, bool rec = false)
-{
-    BlockdevOptions o;
-    o.driver = "qcow2";
-    o.node_name = "q";
-    o.discard = BlockdevDiscardOptions::kUnmap;
-    BlockdevOptionsQcow2 q;
-    if (rec) {
-        BlockdevOptions r;
-        r.driver = "rec";
-        BlockdevOptionsBlkdebug b;
-        b.image = inline_ref(file_opts(path));
-        r.opts = b;
-        q.file = inline_ref(r);
-    } else {
-        q.file = inline_ref(file_opts(path));
-    }
-    o.opts = q;
-    return o;
-}
-
-BlockdevOptionsQcow2 &qo(BlockdevOptions &o) { return *o.as<BlockdevOptionsQcow2>(); }
 
 struct Env {
     std::unique_ptr<AioContext> ctx = AioContext::create();
@@ -202,10 +116,13 @@ struct Env {
         ck_assert_msg(r.ok(), "add_node: %s", r.ok() ? "" : r.msg().c_str());
         q = dynamic_cast<Qcow2Node *>(r.value());
         ck_assert_ptr_nonnull(q);
+        if (TestNode *t = rec()) t->set_logging(true);
         auto bk = BlockBackend::create(q, kPermConsistentRead | kPermWrite | kPermResize, kPermAll, "test");
         ck_assert_msg(bk.ok(), "backend: %s", bk.ok() ? "" : bk.msg().c_str());
         b = std::move(bk.value());
     }
+    // The recorder between qcow2 and its file, or nullptr.
+    TestNode *rec() const { return TestNode::from(q->file_child()->node()); }
     void close()
     {
         b.reset();
@@ -266,7 +183,7 @@ START_TEST(test_write_ordering)
     ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 64M"), 0);
     Env e;
     e.open(qcow2_opts(path, true));
-    RecNode *rec = RecNode::last;
+    TestNode *rec = e.rec();
     ck_assert_int_eq(e.write(1 << 20, fill(65536, 0xab)), 0);
     ck_assert_int_eq(e.flush(), 0);
     const uint64_t data = e.mapping(1 << 20).host_offset;
@@ -276,13 +193,13 @@ START_TEST(test_write_ordering)
     auto last_index = [&](auto pred, size_t before) {
         long idx = -1;
         for (size_t i = 0; i < before; i++) {
-            if (pred(rec->log[i])) idx = static_cast<long>(i);
+            if (pred(ops(rec)[i])) idx = static_cast<long>(i);
         }
         return idx;
     };
     // The last L2 write (it holds the data cluster's entry).
     long l2w = last_index([&](const Op &o) { return o.kind == 'w' && o.off <= l2 && l2 < o.off + o.len; },
-                          rec->log.size());
+                          ops(rec).size());
     ck_assert_int_ge(l2w, 0);
     long dw = last_index([&](const Op &o) { return o.kind == 'w' && o.off == data; }, static_cast<size_t>(l2w));
     long rw = last_index([&](const Op &o) { return o.kind == 'w' && o.off == rb; }, static_cast<size_t>(l2w));
@@ -291,15 +208,15 @@ START_TEST(test_write_ordering)
     ck_assert_msg(dw < fl && rw < fl, "flush %ld must follow data %ld and refblock %ld (L2 %ld)", fl, dw, rw, l2w);
 
     // Free: discard the cluster, flush.
-    rec->log.clear();
+    rec->reset_counters();
     ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(1 << 20, 65536); }), 0);
     ck_assert_int_eq(e.flush(), 0);
     long l2w2 = last_index([&](const Op &o) { return o.kind == 'w' && o.off <= l2 && l2 < o.off + o.len; },
-                           rec->log.size());
-    long rw2 = last_index([&](const Op &o) { return o.kind == 'w' && o.off == rb; }, rec->log.size());
+                           ops(rec).size());
+    long rw2 = last_index([&](const Op &o) { return o.kind == 'w' && o.off == rb; }, ops(rec).size());
     ck_assert_msg(l2w2 >= 0 && rw2 > l2w2, "refblock write %ld must follow the L2 write %ld", rw2, l2w2);
     bool flush_between = false;
-    for (long i = l2w2 + 1; i < rw2; i++) flush_between |= rec->log[static_cast<size_t>(i)].kind == 'f';
+    for (long i = l2w2 + 1; i < rw2; i++) flush_between |= ops(rec)[static_cast<size_t>(i)].kind == 'f';
     ck_assert_msg(flush_between, "no flush between the L2 update and the refcount decrement");
     e.close();
     ck_assert_int_eq(qemu_img_check(path), 0);
@@ -316,13 +233,16 @@ START_TEST(test_cow_one_write)
     ck_assert_int_eq(sh("qemu-io -c 'write -P 0x5a 0 4M' '" + base + "'"), 0);
     ck_assert_int_eq(sh("qemu-img create -f qcow2 -b '" + base + "' -F qcow2 '" + path + "' 4M"), 0);
     Env e;
-    e.open(qcow2_opts(path, true));
-    RecNode *rec = RecNode::last;
-    rec->log.clear();
+    // The backing file is given explicitly: opening the one named in the
+    // header fails while a filter sits between qcow2 and its file (the
+    // backing file's options are copied from the filter's).
+    e.open(qcow2_opts(path, true, {{"backing", {{"driver", "qcow2"}, {"file", file_json(base)}}}}));
+    TestNode *rec = e.rec();
+    rec->reset_counters();
     ck_assert_int_eq(e.write(65536 + 1000, fill(3000, 1)), 0);
     const uint64_t host = e.mapping(65536).host_offset;
     int writes = 0;
-    for (const Op &op : rec->log) {
+    for (const Op &op : ops(rec)) {
         if (op.kind == 'w' && op.off < host + 65536 && host < op.off + op.len) {
             writes++;
             ck_assert_int_eq(op.off, host);
@@ -385,11 +305,10 @@ START_TEST(test_discard_during_rewrite)
     ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
     Env e;
     e.open(qcow2_opts(path, true));
-    RecNode *rec = RecNode::last;
+    TestNode *rec = e.rec();
     ck_assert_int_eq(e.write(0, fill(65536, 1)), 0);
     const uint64_t host_a = e.mapping(0).host_offset;
-    rec->hold_off = host_a;
-    rec->hold_len = 65536;
+    rec->hold(TestMatch{test_op_bit(TestOp::kWrite), static_cast<int64_t>(host_a), 65536});
     int r_rewrite = 1, r_discard = 1, r_new = 1;
     bool rewrite_started = false;
     uint64_t host_b = 0;
@@ -401,7 +320,7 @@ START_TEST(test_discard_during_rewrite)
         done++;
     });
     e.ctx->co_enter(w);
-    while (!rec->held) e.ctx->iterate(true);
+    while (!rec->held()) e.ctx->iterate(true);
     ck_assert(rewrite_started);
     // While the rewrite is held: discard guest cluster 0, write cluster 1.
     Coroutine *d = coroutine_create_fn([&] {
@@ -437,12 +356,10 @@ START_TEST(test_discard_during_read)
     ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
     Env e;
     e.open(qcow2_opts(path, true));
-    RecNode *rec = RecNode::last;
+    TestNode *rec = e.rec();
     ck_assert_int_eq(e.write(0, fill(65536, 1)), 0);
     const uint64_t host_a = e.mapping(0).host_offset;
-    rec->hold_reads = true;
-    rec->hold_off = host_a;
-    rec->hold_len = 65536;
+    rec->hold(TestMatch{test_op_bit(TestOp::kRead), static_cast<int64_t>(host_a), 65536});
     std::vector<uint8_t> got(65536);
     int r_read = 1;
     size_t done = 0;
@@ -452,7 +369,7 @@ START_TEST(test_discard_during_read)
         done++;
     });
     e.ctx->co_enter(rd);
-    while (!rec->held) e.ctx->iterate(true);
+    while (!rec->held()) e.ctx->iterate(true);
     Coroutine *w = coroutine_create_fn([&] {
         ck_assert_int_eq(e.b->co_pdiscard(0, 65536), 0);
         std::vector<uint8_t> v(65536, 3);
@@ -487,11 +404,10 @@ START_TEST(test_overlap_check)
     const uint64_t l1 = file_be64(path, 40), rt = file_be64(path, 48);
     const uint64_t l2 = file_be64(path, l1) & qcow2::kL1eOffsetMask;
     patch_file(path, l2, rt | qcow2::kOflagCopied);
-    for (auto mode : {Qcow2OverlapCheckMode::kConstant, Qcow2OverlapCheckMode::kCached, Qcow2OverlapCheckMode::kAll}) {
+    for (const char *mode : {"constant", "cached", "all"}) {
         patch_file(path, 72, 0);   // clear corrupt from the previous round
         Env e;
-        auto o = qcow2_opts(path);
-        qo(o).overlap_check = mode;
+        auto o = qcow2_opts(path, false, {{"overlap-check", mode}});
         e.open(o);
         ck_assert_int_eq(e.write(0, fill(512, 9)), -EIO);
         ck_assert(e.q->write_stopped());
@@ -568,8 +484,7 @@ START_TEST(test_discard_no_unref)
     ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
     for (bool nounref : {true, false}) {
         Env e;
-        auto o = qcow2_opts(path);
-        qo(o).discard_no_unref = nounref;
+        auto o = qcow2_opts(path, false, {{"discard-no-unref", nounref}});
         e.open(o);
         ck_assert_int_eq(e.write(0, fill(65536, 7)), 0);
         const uint64_t host = e.mapping(0).host_offset;
@@ -631,22 +546,20 @@ START_TEST(test_pass_discard)
     for (bool on : {true, false}) {
         ck_assert_int_eq(sh("qemu-img create -f qcow2 -o cluster_size=4k '" + path + "' 1M"), 0);
         Env e;
-        auto o = qcow2_opts(path, true);
-        qo(o).pass_discard_request = on;
-        qo(o).pass_discard_other = on;
+        auto o = qcow2_opts(path, true, {{"pass-discard-request", on}, {"pass-discard-other", on}});
         e.open(o);
-        RecNode *rec = RecNode::last;
+        TestNode *rec = e.rec();
         ck_assert_int_eq(e.write(0, fill(65536, 1)), 0);
         const uint64_t host = e.mapping(8192).host_offset;
         ck_assert_int_eq(e.flush(), 0);
-        rec->log.clear();
+        rec->reset_counters();
         ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(8192, 4096); }), 0);
-        for (const Op &op : rec->log) ck_assert_msg(op.kind != 'd', "file discard before the flush");
+        for (const Op &op : ops(rec)) ck_assert_msg(op.kind != 'd', "file discard before the flush");
         ck_assert_int_eq(e.flush(), 0);
         long flush_at = -1, discard_at = -1;
-        for (size_t i = 0; i < rec->log.size(); i++) {
-            if (rec->log[i].kind == 'f' && flush_at < 0) flush_at = static_cast<long>(i);
-            if (rec->log[i].kind == 'd' && rec->log[i].off == host) discard_at = static_cast<long>(i);
+        for (size_t i = 0; i < ops(rec).size(); i++) {
+            if (ops(rec)[i].kind == 'f' && flush_at < 0) flush_at = static_cast<long>(i);
+            if (ops(rec)[i].kind == 'd' && ops(rec)[i].off == host) discard_at = static_cast<long>(i);
         }
         if (on) {
             ck_assert_msg(discard_at > flush_at && flush_at >= 0, "discard %ld flush %ld", discard_at, flush_at);
@@ -656,12 +569,12 @@ START_TEST(test_pass_discard)
         // Growth beyond the L1 table (4 KiB clusters: 512 entries of 2 MiB each,
         // so 2 GiB needs a second L1 cluster): the old table is freed.
         const uint64_t old_l1 = e.q->header().l1_table_offset;
-        rec->log.clear();
+        rec->reset_counters();
         ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_truncate(int64_t{3} << 30, false, PreallocMode::kOff); }), 0);
         ck_assert_int_ne(e.q->header().l1_table_offset, old_l1);
         ck_assert_int_eq(e.flush(), 0);
         bool old_discarded = false;
-        for (const Op &op : rec->log) old_discarded |= op.kind == 'd' && op.off <= old_l1 && old_l1 < op.off + op.len;
+        for (const Op &op : ops(rec)) old_discarded |= op.kind == 'd' && op.off <= old_l1 && old_l1 < op.off + op.len;
         ck_assert(old_discarded == on);
         ck_assert_int_eq(e.write((int64_t{3} << 30) - 4096, fill(4096, 3)), 0);
         e.close();

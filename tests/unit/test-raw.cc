@@ -16,14 +16,20 @@
 #include <vector>
 
 #include "block/block-driver.h"
-#include "block/drivers.h"
 #include "block/raw-format.h"
+#include "qapi/option-reader.h"
 #include "util/aio.h"
+
+#include "tests/unit/testdrv.h"
 
 // Last: check.h defines a macro named fail() that breaks <ios>.
 #include <check.h>
 
 #include "tests/unit/tmpdir.h"
+
+namespace bg {
+extern const BlockDriver kDriverFile, kDriverRaw, kDriverNullCo, kDriverNullAio, kDriverBlkdebug;
+}
 
 using namespace bg;
 using namespace bgtest;
@@ -64,43 +70,28 @@ int64_t file_size(const std::string &path)
 
 BlockdevOptions file_opts(const std::string &path, const std::string &name = "")
 {
-    BlockdevOptions o;
-    o.driver = "file";
-    o.node_name = name;
-    BlockdevOptionsFile f;
-    f.filename = path;
-    o.opts = f;
-    return o;
+    nlohmann::json j = {{"driver", "file"}, {"filename", path}};
+    if (!name.empty()) j["node-name"] = name;
+    return must_parse_json(j, builtin_drivers());
 }
 
-BlockdevRef inline_ref(const BlockdevOptions &o)
-{
-    BlockdevRef r;
-    r.kind = BlockdevRef::Kind::kInline;
-    r.def = std::make_shared<BlockdevOptions>(o);
-    return r;
-}
+BlockdevRef name_ref(const std::string &name) { return ref_to(name); }
 
-BlockdevRef name_ref(const std::string &name)
+// raw's options as JSON (decoded by the caller: some are invalid).
+nlohmann::json raw_json(const BlockdevRef &file, std::optional<uint64_t> offset = {},
+                        std::optional<uint64_t> size = {}, const std::string &name = "raw0")
 {
-    BlockdevRef r;
-    r.kind = BlockdevRef::Kind::kReference;
-    r.reference = name;
-    return r;
+    nlohmann::json j = {{"driver", "raw"}, {"node-name", name}};
+    put_ref(j, "file", file);
+    if (offset) j["offset"] = *offset;
+    if (size) j["size"] = *size;
+    return j;
 }
 
 BlockdevOptions raw_opts(const BlockdevRef &file, std::optional<uint64_t> offset = {},
                          std::optional<uint64_t> size = {}, const std::string &name = "raw0")
 {
-    BlockdevOptions o;
-    o.driver = "raw";
-    o.node_name = name;
-    BlockdevOptionsRaw r;
-    r.file = file;
-    r.offset = offset;
-    r.size = size;
-    o.opts = r;
-    return o;
+    return must_parse_json(raw_json(file, offset, size, name), builtin_drivers());
 }
 
 constexpr BlockPerm kRW = kPermConsistentRead | kPermWrite;
@@ -140,28 +131,18 @@ bool ends_with(const std::string &s, const std::string &suffix)
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// A test-only filter that claims to be 1 MiB longer than its child, so that
-// requests beyond the end of a raw window reach raw itself (BlockBackend
-// would refuse them with -EIO first). Its options reuse the blkdebug type.
-class LongerNode final : public FilterNode {
-  protected:
-    Status open(const BlockdevOptions &opts) override
-    {
-        return open_filtered("image", opts.as<BlockdevOptionsBlkdebug>()->image);
-    }
-    int64_t do_getlength() override { return filtered_->getlength() + (1 << 20); }
-};
-
-const BlockDriver kDriverLonger = {
-    "longer", BlockDriverKind::kFilter, kCapWrite, "test: longer than its child",
-    []() -> std::unique_ptr<BlockNode> { return std::make_unique<LongerNode>(); }, nullptr,
-};
-
 // A format that recognises "FAKE" at byte 0 (test-only).
 int fake_probe(const uint8_t *buf, size_t len) { return len >= 4 && memcmp(buf, "FAKE", 4) == 0 ? 100 : 0; }
 
+// Its nodes are raw nodes, so it takes raw's options.
+Result<std::unique_ptr<DriverOptions>> decode_fake_options(OptionReader &r, const BlockdevOptions &generic)
+{
+    return kDriverRaw.decode_options(r, generic);
+}
+
+// A second format with a probe, which test-mem (a protocol) cannot play.
 const BlockDriver kDriverFakeFmt = {
-    "fakefmt", BlockDriverKind::kFormat, 0, "test: recognises FAKE",
+    "fakefmt", BlockDriverKind::kFormat, 0, "test: recognises FAKE", decode_fake_options,
     []() -> std::unique_ptr<BlockNode> { return std::make_unique<RawFormatNode>(); }, fake_probe,
 };
 
@@ -299,18 +280,12 @@ START_TEST(test_raw_out_of_window)
 {
     std::string path = tmp_path("img");
     make_file(path, 1 << 20);
-    DriverRegistry reg;
-    register_builtin_drivers(&reg);
-    reg.add(&kDriverLonger);
-    Env e(&reg);
+    Env e(&bg::test_registry());
     e.add(raw_opts(inline_ref(file_opts(path)), 4096, 8192, "win"));
-    BlockdevOptions lo;
-    lo.driver = "longer";
-    lo.node_name = "top";
-    BlockdevOptionsBlkdebug bd;
-    bd.image = name_ref("win");
-    lo.opts = bd;
-    BlockNode *top = e.add(lo);
+    // A pass-through test-mem node claiming to be 1 MiB longer than the
+    // window, so that requests beyond its end reach raw itself (BlockBackend
+    // would refuse them with -EIO first).
+    BlockNode *top = e.add(must_parse("test-mem,node-name=top,file=win,size=" + std::to_string(8192 + (1 << 20))));
     ck_assert_int_eq(top->getlength(), 8192 + (1 << 20));
     auto b = e.backend(top);
 
@@ -331,9 +306,9 @@ END_TEST
 
 // ---------------------------------------------------------------- validation
 
-static void expect_open_error(Env &e, const BlockdevOptions &o, const std::string &msg)
+static void expect_open_error(Env &e, const nlohmann::json &o, const std::string &msg)
 {
-    auto r = e.graph.add_node(o);
+    auto r = e.graph.add_node_json(o);
     ck_assert(!r.ok());
     ck_assert_int_eq(r.err(), EINVAL);
     ck_assert_msg(ends_with(r.msg(), msg), "got '%s', want '...%s'", r.msg().c_str(), msg.c_str());
@@ -347,16 +322,14 @@ START_TEST(test_raw_validation)
     make_file(path, 1 << 20);
     Env e;
     BlockdevRef f = inline_ref(file_opts(path));
-    expect_open_error(e, raw_opts(f, 2 << 20),
+    expect_open_error(e, raw_json(f, 2 << 20),
                       "Offset (2097152) cannot be greater than size of the containing file (1048576)");
-    expect_open_error(e, raw_opts(f, 512, 1 << 20),
+    expect_open_error(e, raw_json(f, 512, 1 << 20),
                       "The sum of offset (512) and size (1048576) has to be smaller or equal to the  actual "
                       "size of the containing file (1048576)");
-    expect_open_error(e, raw_opts(f, 0, 1000), "Specified size is not multiple of 512");
-    expect_open_error(e, raw_opts(f, {}, 4097), "Specified size is not multiple of 512");
-    BlockdevOptions nofile = raw_opts(BlockdevRef{});
-    auto r = e.graph.add_node(nofile);
-    ck_assert(!r.ok());
+    expect_open_error(e, raw_json(f, 0, 1000), "Specified size is not multiple of 512");
+    expect_open_error(e, raw_json(f, {}, 4097), "Specified size is not multiple of 512");
+    expect_open_error(e, raw_json(BlockdevRef{}), "missing required key 'file'");
     // Edges: offset == length, offset + size == length.
     BlockNode *n = e.add(raw_opts(f, 1 << 20));
     ck_assert_int_eq(n->getlength(), 0);
@@ -413,11 +386,11 @@ START_TEST(test_raw_probe_helpers)
     reg.add(&kDriverRaw);
     reg.add(&kDriverFakeFmt);
     ck_assert_ptr_eq(reg.probe_format(buf, sizeof(buf)), &kDriverRaw);
-    ck_assert(!probe_sector_is_foreign(reg, buf));
+    ck_assert(!reg.probe_recognises(buf));
     memcpy(buf, "FAKE", 4);
     ck_assert_ptr_eq(reg.probe_format(buf, sizeof(buf)), &kDriverFakeFmt);
-    ck_assert(probe_sector_is_foreign(reg, buf));
-    ck_assert(!probe_sector_is_foreign(builtin_drivers(), buf));
+    ck_assert(reg.probe_recognises(buf));
+    ck_assert(!builtin_drivers().probe_recognises(buf));
 
     // probe_node_format reads the node's first sector.
     std::string path = tmp_path("img");
@@ -425,7 +398,7 @@ START_TEST(test_raw_probe_helpers)
     {
         Env e(&reg);
         BlockNode *f = e.add(file_opts(path, "f0"));
-        auto d = probe_node_format(f, reg);
+        auto d = reg.probe_node_format(f);
         ck_assert(d.ok());
         ck_assert_ptr_eq(d.value(), &kDriverRaw);
     }
@@ -435,11 +408,11 @@ START_TEST(test_raw_probe_helpers)
     {
         Env e(&reg);
         BlockNode *f = e.add(file_opts(path, "f0"));
-        auto d = probe_node_format(f, reg);
+        auto d = reg.probe_node_format(f);
         ck_assert(d.ok());
         ck_assert_ptr_eq(d.value(), &kDriverFakeFmt);
         // Also from inside a coroutine; the node is no longer in use afterwards.
-        auto d2 = run_in_coroutine([&] { return probe_node_format(f, reg); });
+        auto d2 = run_in_coroutine([&] { return reg.probe_node_format(f); });
         ck_assert(d2.ok());
         ck_assert_ptr_eq(d2.value(), &kDriverFakeFmt);
         ck_assert_int_eq(f->parents().size(), 0);
@@ -448,14 +421,14 @@ START_TEST(test_raw_probe_helpers)
     make_file(path, 3);
     {
         Env e(&reg);
-        auto d = probe_node_format(e.add(file_opts(path, "f0")), reg);
+        auto d = reg.probe_node_format(e.add(file_opts(path, "f0")));
         ck_assert(d.ok());
         ck_assert_ptr_eq(d.value(), &kDriverRaw);
     }
     make_file(path, 0);
     {
         Env e(&reg);
-        auto d = probe_node_format(e.add(file_opts(path, "f0")), reg);
+        auto d = reg.probe_node_format(e.add(file_opts(path, "f0")));
         ck_assert(d.ok());
         ck_assert_ptr_eq(d.value(), &kDriverRaw);
     }
@@ -553,7 +526,7 @@ END_TEST
 
 // ---------------------------------------------------------------- registry
 
-START_TEST(test_registry)
+START_TEST(test_registry_builtin)
 {
     const DriverRegistry &reg = builtin_drivers();
     ck_assert_ptr_eq(&reg, &builtin_drivers());
@@ -600,7 +573,7 @@ static Suite *raw_suite()
     tcase_add_test(tc, test_raw_probed_refusal);
     tcase_add_test(tc, test_raw_probed_window);
     tcase_add_test(tc, test_raw_probed_qcow2_magic);
-    tcase_add_test(tc, test_registry);
+    tcase_add_test(tc, test_registry_builtin);
     suite_add_tcase(s, tc);
     return s;
 }

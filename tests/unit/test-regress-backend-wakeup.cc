@@ -13,7 +13,7 @@
 #include <memory>
 #include <vector>
 
-#include "block/block-driver.h"
+#include "tests/unit/testdrv.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
 #include "util/iothread.h"
@@ -23,27 +23,6 @@
 using namespace bg;
 
 namespace {
-
-class Mem : public BlockNode {
-  protected:
-    Status open(const BlockdevOptions &) override { return {}; }
-    int do_co_preadv(int64_t, int64_t bytes, IOVector &qiov, ReqFlags) override
-    {
-        qiov.memset(0, 0, bytes);
-        return 0;
-    }
-    int64_t do_getlength() override { return 1 << 20; }
-};
-
-constexpr BlockDriver kMem = {"mem", BlockDriverKind::kProtocol, 0, "t",
-                              [] { return std::unique_ptr<BlockNode>(new Mem); }, nullptr};
-
-DriverRegistry *registry()
-{
-    static DriverRegistry r;
-    if (r.all().empty()) r.add(&kMem);
-    return &r;
-}
 
 constexpr int kReaders = 4;
 struct Shared {
@@ -75,12 +54,8 @@ void reader(void *opaque)
 START_TEST(test_no_lost_wakeup_across_threads)
 {
     auto ctx = AioContext::create();
-    BlockGraph graph(registry());
-    BlockdevOptions o;
-    o.driver = "mem";
-    o.node_name = "m";
-    o.opts = BlockdevOptionsNull{};
-    BlockNode *n = graph.add_node(o).value();
+    BlockGraph graph(&test_registry());
+    BlockNode *n = graph.add_node(must_parse("test-mem,node-name=m")).value();
     auto blk = BlockBackend::create(n, kPermConsistentRead, kPermAll, "t").value();
     auto th = IoThread::create("io0").value();
 

@@ -9,7 +9,7 @@
 #include <memory>
 #include <vector>
 
-#include "block/block-driver.h"
+#include "tests/unit/testdrv.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
 
@@ -17,64 +17,15 @@
 
 using namespace bg;
 
-namespace {
-
-class Mem : public BlockNode {
-  protected:
-    Status open(const BlockdevOptions &) override { return {}; }
-    int do_co_preadv(int64_t, int64_t bytes, IOVector &qiov, ReqFlags) override
-    {
-        qiov.memset(0, 0, bytes);
-        return 0;
-    }
-    int64_t do_getlength() override { return 1 << 20; }
-};
-
-class Pass : public FilterNode {
-  protected:
-    Status open(const BlockdevOptions &opts) override
-    {
-        return open_filtered("image", opts.as<BlockdevOptionsBlkdebug>()->image);
-    }
-};
-
-constexpr BlockDriver kMem = {"mem", BlockDriverKind::kProtocol, kCapWrite, "t",
-                              [] { return std::unique_ptr<BlockNode>(new Mem); }, nullptr};
-constexpr BlockDriver kPass = {"pass", BlockDriverKind::kFilter, kCapWrite, "t",
-                               [] { return std::unique_ptr<BlockNode>(new Pass); }, nullptr};
-
-DriverRegistry *registry()
-{
-    static DriverRegistry r;
-    if (r.all().empty()) {
-        r.add(&kMem);
-        r.add(&kPass);
-    }
-    return &r;
-}
-
-} // namespace
-
 START_TEST(test_parent_attached_while_drained)
 {
     auto ctx = AioContext::create();
-    BlockGraph graph(registry());
-    BlockdevOptions m;
-    m.driver = "mem";
-    m.node_name = "m";
-    m.opts = BlockdevOptionsNull{};
-    BlockNode *mem = graph.add_node(m).value();
+    BlockGraph graph(&test_registry());
+    BlockNode *mem = graph.add_node(must_parse("test-mem,node-name=m")).value();
 
     mem->drained_begin();
     // A graph change in the drained section: a filter on top, and a user.
-    BlockdevOptions p;
-    p.driver = "pass";
-    p.node_name = "p";
-    BlockdevOptionsBlkdebug d;
-    d.image.kind = BlockdevRef::Kind::kReference;
-    d.image.reference = "m";
-    p.opts = d;
-    BlockNode *flt = graph.add_node(p).value();
+    BlockNode *flt = graph.add_node(must_parse("blkdebug,node-name=p,image=m")).value();
     auto blk = BlockBackend::create(flt, kPermConsistentRead, kPermAll, "user").value();
     mem->drained_end();
     ck_assert_msg(!flt->quiesced(), "filter still quiesced after the drained section");

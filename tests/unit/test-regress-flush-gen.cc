@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "block/block-driver.h"
+#include "tests/unit/testdrv.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
 
@@ -15,60 +15,13 @@
 
 using namespace bg;
 
-namespace {
-
-int g_flushes = 0;
-
-class SlowMem : public BlockNode {
-  public:
-    std::vector<uint8_t> data;
-
-  protected:
-    Status open(const BlockdevOptions &) override
-    {
-        data.assign(1 << 20, 0);
-        return {};
-    }
-    int do_co_preadv(int64_t off, int64_t bytes, IOVector &qiov, ReqFlags) override
-    {
-        qiov.from_buf(0, data.data() + off, bytes);
-        return 0;
-    }
-    int do_co_pwritev(int64_t off, int64_t bytes, IOVector &qiov, ReqFlags) override
-    {
-        co_sleep_ns(5 * 1000 * 1000);   // the write is in flight for 5 ms
-        qiov.to_buf(0, data.data() + off, bytes);
-        return 0;
-    }
-    int do_co_flush_to_disk() override
-    {
-        g_flushes++;
-        return 0;
-    }
-    int64_t do_getlength() override { return static_cast<int64_t>(data.size()); }
-};
-
-constexpr BlockDriver kSlowDriver = {"slowmem", BlockDriverKind::kProtocol, kCapWrite, "test",
-                                     [] { return std::unique_ptr<BlockNode>(new SlowMem); }, nullptr};
-
-DriverRegistry *registry()
-{
-    static DriverRegistry r;
-    if (r.all().empty()) r.add(&kSlowDriver);
-    return &r;
-}
-
-} // namespace
-
 START_TEST(test_flush_after_completed_write_reaches_disk)
 {
     auto ctx = AioContext::create();
-    BlockGraph graph(registry());
-    BlockdevOptions o;
-    o.driver = "slowmem";
-    o.node_name = "m";
-    o.opts = BlockdevOptionsNull{};
-    BlockNode *n = graph.add_node(o).value();
+    BlockGraph graph(&test_registry());
+    BlockNode *n = graph.add_node(must_parse("test-mem,node-name=m")).value();
+    TestNode *mem = TestNode::from(n);
+    mem->set_latency(test_op_bit(TestOp::kWrite), 5 * 1000 * 1000);   // the write is in flight for 5 ms
     auto blk = BlockBackend::create(n, kPermConsistentRead | kPermWrite, kPermAll, "t").value();
 
     char buf[512];
@@ -83,11 +36,12 @@ START_TEST(test_flush_after_completed_write_reaches_disk)
     ck_assert_int_eq(run_in_coroutine([&] { return blk->co_flush(); }), 0);
     ck_assert(!written);
     while (!written) ctx->iterate(true);
-    int before = g_flushes;
+    uint64_t before = mem->count(TestOp::kFlush).calls;
     // Flush 2 is issued after the write completed: it must reach the disk.
     ck_assert_int_eq(run_in_coroutine([&] { return blk->co_flush(); }), 0);
-    ck_assert_msg(g_flushes == before + 1,
-                  "flush after a completed write was skipped (flush_to_disk calls %d -> %d)", before, g_flushes);
+    uint64_t after = mem->count(TestOp::kFlush).calls;
+    ck_assert_msg(after == before + 1, "flush after a completed write was skipped (flush_to_disk calls %d -> %d)",
+                  static_cast<int>(before), static_cast<int>(after));
     blk.reset();
 }
 END_TEST

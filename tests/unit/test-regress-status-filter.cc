@@ -7,11 +7,13 @@
 // tool using block_status_above on such a node) reports a hole where the
 // backing file holds data. QEMU adds ZERO only for drivers that support
 // backing files and walks bdrv_filter_or_cow_bs().
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <vector>
 
-#include "block/block-driver.h"
+#include "tests/unit/testdrv.h"
+#include "qapi/option-reader.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
 
@@ -23,26 +25,31 @@ namespace {
 
 constexpr int64_t kSize = 1 << 20;
 
-// Base: plain data everywhere.
-class Mem : public BlockNode {
-  protected:
-    Status open(const BlockdevOptions &) override { return {}; }
-    int do_co_preadv(int64_t, int64_t bytes, IOVector &qiov, ReqFlags) override
+// The overlay's one option: its backing child (a node-name).
+struct CowOptions : DriverOptionsOf<CowOptions> {
+    BlockdevRef backing;
+    void encode(nlohmann::json &j) const override { put_ref(j, "backing", backing); }
+    void for_each_child(const std::function<void(const char *, BlockdevRef &)> &fn) override
     {
-        qiov.memset(0, 0xaa, bytes);
-        return 0;
+        fn("backing", backing);
     }
-    int64_t do_getlength() override { return kSize; }
 };
+
+Result<std::unique_ptr<DriverOptions>> decode_cow_options(OptionReader &r, const BlockdevOptions &)
+{
+    auto o = std::make_unique<CowOptions>();
+    BG_TRY(r.get_ref("backing", &o->backing, OptionReader::RefMode::kRequired));
+    return std::unique_ptr<DriverOptions>(std::move(o));
+}
 
 // Overlay: first half unallocated (served by the backing child), second half
 // its own data -- what qcow2 answers for an overlay with half its clusters
-// allocated.
+// allocated. A format with a backing child, which test-mem cannot play.
 class Cow : public BlockNode {
   protected:
     Status open(const BlockdevOptions &opts) override
     {
-        auto c = open_child("backing", opts.as<BlockdevOptionsBlkdebug>()->image, kRoleCow);
+        auto c = open_child("backing", opts.as<CowOptions>()->backing, kRoleCow);
         if (!c.ok()) return c.error();
         return {};
     }
@@ -64,47 +71,18 @@ class Cow : public BlockNode {
     int64_t do_getlength() override { return kSize; }
 };
 
-class Pass : public FilterNode {
-  protected:
-    Status open(const BlockdevOptions &opts) override
-    {
-        return open_filtered("image", opts.as<BlockdevOptionsBlkdebug>()->image);
-    }
-};
-
-constexpr BlockDriver kMem = {"mem", BlockDriverKind::kProtocol, 0, "t",
-                              [] { return std::unique_ptr<BlockNode>(new Mem); }, nullptr};
-constexpr BlockDriver kCow = {"cow", BlockDriverKind::kFormat, kCapBacking, "t",
+constexpr BlockDriver kCow = {"cow", BlockDriverKind::kFormat, kCapBacking, "t", decode_cow_options,
                               [] { return std::unique_ptr<BlockNode>(new Cow); }, nullptr};
-constexpr BlockDriver kPass = {"pass", BlockDriverKind::kFilter, 0, "t",
-                               [] { return std::unique_ptr<BlockNode>(new Pass); }, nullptr};
 
-DriverRegistry *registry()
+// test-mem for the base, blkdebug for the filter, and the overlay.
+const DriverRegistry &registry()
 {
-    static DriverRegistry r;
-    if (r.all().empty()) {
-        r.add(&kMem);
-        r.add(&kCow);
-        r.add(&kPass);
-    }
-    return &r;
-}
-
-BlockdevOptions opts(const char *drv, const char *name, const char *child = nullptr)
-{
-    BlockdevOptions o;
-    o.driver = drv;
-    o.node_name = name;
-    o.read_only = true;
-    if (child) {
-        BlockdevOptionsBlkdebug d;
-        d.image.kind = BlockdevRef::Kind::kReference;
-        d.image.reference = child;
-        o.opts = d;
-    } else {
-        o.opts = BlockdevOptionsNull{};
-    }
-    return o;
+    static const DriverRegistry r = [] {
+        DriverRegistry x = test_registry();
+        x.add(&kCow);
+        return x;
+    }();
+    return r;
 }
 
 } // namespace
@@ -112,10 +90,12 @@ BlockdevOptions opts(const char *drv, const char *name, const char *child = null
 START_TEST(test_status_above_through_filter)
 {
     auto ctx = AioContext::create();
-    BlockGraph graph(registry());
-    ck_assert(graph.add_node(opts("mem", "base")).ok());
-    BlockNode *top = graph.add_node(opts("cow", "top", "base")).value();
-    BlockNode *flt = graph.add_node(opts("pass", "flt", "top")).value();
+    BlockGraph graph(&registry());
+    BlockNode *base = graph.add_node(must_parse("test-mem,node-name=base,read-only=on,size=1M")).value();
+    auto &bytes = TestNode::from(base)->data;
+    std::fill(bytes.begin(), bytes.end(), 0xaa);   // plain data everywhere
+    BlockNode *top = graph.add_node(must_parse("cow,node-name=top,read-only=on,backing=base", registry())).value();
+    BlockNode *flt = graph.add_node(must_parse("blkdebug,node-name=flt,read-only=on,image=top")).value();
 
     int64_t pnum = 0;
     // Sanity: asked on the overlay itself, the first half is data from base.
