@@ -107,7 +107,13 @@ Result<qcow2::Header> read_header(const std::string &path)
 // cache options of this node.
 nlohmann::json Qcow2Node::implicit_file_options(const std::string &path, bool read_only) const
 {
-    nlohmann::json j = blockdev_options_to_json(file_->node()->options());
+    // The protocol node under this image's file child, through filters
+    // (blkdebug above the file must not lend its options to a backing file).
+    const BlockNode *proto = file_->node();
+    while (proto->filtered_child()) proto = proto->filtered_child()->node();
+    nlohmann::json j = proto->driver() == protocol_driver_for(graph()->registry(), path)
+                           ? blockdev_options_to_json(proto->options())
+                           : protocol_node_options(path);
     j.erase("node-name");
     j.erase("read-only");
     j.erase("force-share");
@@ -128,7 +134,12 @@ nlohmann::json Qcow2Node::implicit_file_options(const std::string &path, bool re
 Result<BlockdevRef> Qcow2Node::inline_ref(const nlohmann::json &tree) const
 {
     auto o = blockdev_options_from_tree(graph()->registry(), tree, false);
-    if (!o) return o.error();
+    if (!o) {
+        // The decoder's "blockdev: " prefix would be doubled by add_node's.
+        std::string msg = o.msg();
+        if (msg.compare(0, 10, "blockdev: ") == 0) msg.erase(0, 10);
+        return Error{o.err(), name_ + ": options of an implicit child: " + msg};
+    }
     BlockdevRef r;
     r.kind = BlockdevRef::Kind::kInline;
     r.def = std::make_shared<BlockdevOptions>(std::move(o.value()));

@@ -11,7 +11,6 @@
 #include <string>
 
 #include "block/block.h"
-#include "block/raw-format.h"
 #include "qapi/block-parse.h"
 #include "util/aio.h"
 
@@ -39,10 +38,12 @@ struct Env {
     }
     ~Env() { graph.close_all(); }
 
-    BlockNode *add(const std::string &arg)
+    // probed: the open flag a tool sets when it guessed the format.
+    BlockNode *add(const std::string &arg, bool probed = false)
     {
-        auto o = parse_blockdev_arg(arg);
+        auto o = parse_blockdev_arg(builtin_drivers(), arg);
         ck_assert_msg(o.ok(), "parse %s: %s", arg.c_str(), o.ok() ? "" : o.msg().c_str());
+        o.value().probed = probed;
         auto r = graph.add_node(o.value());
         ck_assert_msg(r.ok(), "add_node %s: %s", arg.c_str(), r.ok() ? "" : r.msg().c_str());
         return r.value();
@@ -99,9 +100,9 @@ START_TEST(test_raw_forwards)
     ck_assert_msg(fd >= 0, "refused: %s", why.c_str());
     ck_assert_int_eq(fd, f->passthrough_fd(true, &why));
     // Probed: writes to sector 0 are checked, so no descriptor for writing.
-    dynamic_cast<RawFormatNode *>(raw)->set_probed(true);
-    ck_assert_int_ge(raw->passthrough_fd(false, &why), 0);
-    ck_assert_int_eq(raw->passthrough_fd(true, &why), -1);
+    BlockNode *probed = e.add("driver=raw,node-name=p,file=f", true);
+    ck_assert_int_ge(probed->passthrough_fd(false, &why), 0);
+    ck_assert_int_eq(probed->passthrough_fd(true, &why), -1);
     ck_assert_msg(why.find("probed") != std::string::npos, "why: %s", why.c_str());
 }
 END_TEST
