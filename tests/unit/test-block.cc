@@ -3,15 +3,20 @@
 // whose limits and behaviour each test sets, and which records what the
 // generic layer asked of it.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <mutex>
 #include <memory>
+#include <list>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
 #include "block/block-driver.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
+#include "util/iothread.h"
 
 #include <check.h>
 
@@ -36,8 +41,17 @@ struct MemLog {
     int misaligned = 0;         // requests violating align / max_transfer
     int reads = 0, writes = 0, zero_calls = 0, flushes = 0, discards = 0;
     std::vector<std::string> closed;
+    // Read and write hooks in the order they began and ended: "r+0" is a
+    // read at offset 0 beginning, "w-512" a write at 512 ending.
+    std::vector<std::string> events;
 };
 MemLog g_memlog;
+
+// While closed, read (write) hooks of MemNodes wait before they touch data.
+struct MemGate {
+    bool reads_closed = false, writes_closed = false;
+};
+MemGate g_gate;
 
 std::mt19937 g_rng(1234);
 
@@ -65,6 +79,10 @@ class MemNode : public BlockNode {
         if (off % cfg.align || bytes % cfg.align) g_memlog.misaligned++;
         if (cfg.max_transfer && static_cast<uint64_t>(bytes) > cfg.max_transfer) g_memlog.misaligned++;
     }
+    static void event(char op, char phase, int64_t off)
+    {
+        g_memlog.events.push_back(std::string(1, op) + phase + std::to_string(off));
+    }
     void delay()
     {
         int64_t ns = cfg.latency_ns;
@@ -75,23 +93,29 @@ class MemNode : public BlockNode {
     {
         check(off, bytes);
         g_memlog.reads++;
+        event('r', '+', off);
+        while (g_gate.reads_closed) co_sleep_ns(100 * 1000);
         delay();
         for (int64_t i = 0; i < bytes; i++) {
             uint8_t b = off + i < static_cast<int64_t>(data.size()) ? data[off + i] : 0;
             qiov.from_buf(i, &b, 1);
         }
+        event('r', '-', off);
         return 0;
     }
     int do_co_pwritev(int64_t off, int64_t bytes, IOVector &qiov, ReqFlags) override
     {
         check(off, bytes);
         g_memlog.writes++;
+        event('w', '+', off);
         // Copy now, land later: a lost update shows if RMW is not serialised.
         std::vector<uint8_t> tmp(bytes);
         qiov.to_buf(0, tmp.data(), bytes);
+        while (g_gate.writes_closed) co_sleep_ns(100 * 1000);
         delay();
         if (off + bytes > static_cast<int64_t>(data.size())) data.resize(off + bytes);
         memcpy(data.data() + off, tmp.data(), bytes);
+        event('w', '-', off);
         return 0;
     }
     int do_co_pwrite_zeroes(int64_t off, int64_t bytes, ReqFlags) override
@@ -122,6 +146,80 @@ class MemNode : public BlockNode {
     int64_t do_getlength() override { return static_cast<int64_t>(data.size()); }
 };
 
+// For requests from several threads: a thread-safe in-memory node that
+// counts a violation whenever a write hook runs at the same time as any
+// other hook call on an overlapping range. Used where every write is
+// serialising (unaligned), so no write may ever overlap anything.
+class OverlapNode : public BlockNode {
+  public:
+    static constexpr int64_t kSize = 4096;
+    std::atomic<int> violations{0};
+    std::vector<uint8_t> data = std::vector<uint8_t>(kSize, 0);
+
+  protected:
+    struct Active {
+        int64_t off, bytes;
+        bool write;
+    };
+    Status open(const BlockdevOptions &) override { return {}; }
+    void refresh_limits(BlockLimits *bl) override { bl->request_alignment = 512; }
+    int64_t do_getlength() override { return kSize; }
+    // Registers the hook call; counts a violation if it overlaps a call it
+    // must not overlap.
+    std::list<Active>::iterator enter(int64_t off, int64_t bytes, bool write)
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        for (const Active &a : active_) {
+            bool overlap = off < a.off + a.bytes && a.off < off + bytes;
+            if (overlap && (write || a.write)) violations.fetch_add(1);
+        }
+        return active_.insert(active_.end(), Active{off, bytes, write});
+    }
+    void leave(std::list<Active>::iterator it)
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        active_.erase(it);
+    }
+    // Sleeps up to max_us microseconds.
+    static void delay(int max_us)
+    {
+        thread_local std::mt19937 rng(std::hash<std::thread::id>()(std::this_thread::get_id()));
+        co_sleep_ns(static_cast<int64_t>(rng() % max_us) * 1000);
+    }
+    int do_co_preadv(int64_t off, int64_t bytes, IOVector &qiov, ReqFlags) override
+    {
+        auto it = enter(off, bytes, false);
+        {
+            std::lock_guard<std::mutex> g(lock_);
+            qiov.from_buf(0, data.data() + off, bytes);
+        }
+        // The readers' (two-block) reads take long; the writers' one-block
+        // read-modify-write reads and their writes do not yield at all, so
+        // a serialising request is in flight only briefly (the readers run
+        // mostly on the fast path) and a write that did not wait for the
+        // reads in flight would overlap one.
+        if (bytes > 512) delay(3000);
+        leave(it);
+        return 0;
+    }
+    int do_co_pwritev(int64_t off, int64_t bytes, IOVector &qiov, ReqFlags) override
+    {
+        std::vector<uint8_t> tmp(bytes);
+        qiov.to_buf(0, tmp.data(), bytes);
+        auto it = enter(off, bytes, true);
+        {
+            std::lock_guard<std::mutex> g(lock_);
+            memcpy(data.data() + off, tmp.data(), bytes);
+        }
+        leave(it);
+        return 0;
+    }
+
+  private:
+    std::mutex lock_;
+    std::list<Active> active_;
+};
+
 // A filter over one child, to build two-level graphs.
 class PassNode : public FilterNode {
   protected:
@@ -134,6 +232,8 @@ class PassNode : public FilterNode {
 
 constexpr BlockDriver kMemDriver = {"mem", BlockDriverKind::kProtocol, kCapWrite, "test memory",
                                     [] { return std::unique_ptr<BlockNode>(new MemNode); }, nullptr};
+constexpr BlockDriver kOverlapDriver = {"overlap", BlockDriverKind::kProtocol, kCapWrite, "test overlaps",
+                                        [] { return std::unique_ptr<BlockNode>(new OverlapNode); }, nullptr};
 constexpr BlockDriver kPassDriver = {"pass", BlockDriverKind::kFilter, kCapWrite, "test filter",
                                      [] { return std::unique_ptr<BlockNode>(new PassNode); }, nullptr};
 
@@ -143,6 +243,7 @@ DriverRegistry *test_registry()
     if (r.all().empty()) {
         r.add(&kMemDriver);
         r.add(&kPassDriver);
+        r.add(&kOverlapDriver);
     }
     return &r;
 }
@@ -186,6 +287,7 @@ struct Fixture {
     {
         g_cfg = cfg;
         g_memlog = MemLog{};
+        g_gate = MemGate{};
         auto r = graph->add_node(mem_opts("m"));
         ck_assert_msg(r.ok(), "%s", r.ok() ? "" : r.msg().c_str());
         node = r.value();
@@ -258,6 +360,122 @@ START_TEST(test_rmw_serialised_under_concurrency)
         for (int j = 0; j < 16; j++) ck_assert_int_eq(f.mem()->data[i * 16 + 3 + j], i + 1);
     }
     ck_assert_int_eq(g_memlog.misaligned, 0);
+}
+END_TEST
+
+// Runs the loop until done or for about 20 ms.
+void spin(AioContext *ctx, const bool &done)
+{
+    const int64_t until = clock_ns() + 20 * 1000 * 1000;
+    while (!done && clock_ns() < until) {
+        Timer t(ctx, [](void *) {}, nullptr);
+        t.mod_in(1000 * 1000);
+        ctx->iterate(true);
+    }
+}
+
+START_TEST(test_serialising_waits_for_untracked_read)
+{
+    // An aligned read starts while no serialising request is in flight, so
+    // it runs untracked (the fast path: on no list). An unaligned write to
+    // the same block (serialising: it read-modify-writes the block) arrives
+    // while the read is inside the driver: it must reach the driver only
+    // after the read has ended.
+    MemConfig cfg;
+    cfg.size = 4096;
+    cfg.align = 512;
+    Fixture f(cfg);
+    g_gate.reads_closed = true;
+    bool read_done = false, write_done = false;
+    std::vector<uint8_t> rb(512);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pread(0, 512, rb.data()), 0);
+        read_done = true;
+    }));
+    ck_assert(g_memlog.events == std::vector<std::string>{"r+0"});
+    const uint8_t pat[16] = {0x55, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55,
+                             0x55, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55};
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(3, 16, pat), 0);
+        write_done = true;
+    }));
+    spin(f.ctx.get(), write_done);
+    ck_assert(!read_done && !write_done);
+    ck_assert(g_memlog.events == std::vector<std::string>{"r+0"});   // the write waits
+    g_gate.reads_closed = false;
+    while (!read_done || !write_done) f.ctx->iterate(true);
+    // The read ended before the write's read-modify-write began.
+    std::vector<std::string> want = {"r+0", "r-0", "r+0", "r-0", "w+0", "w-0"};
+    ck_assert(g_memlog.events == want);
+    for (int i = 0; i < 16; i++) ck_assert_int_eq(f.mem()->data[3 + i], 0x55);
+
+    // Afterwards the node is back on the fast path and still correct.
+    g_memlog.events.clear();
+    ck_assert_int_eq(run_in_coroutine([&] { return f.blk->co_pread(0, 512, rb.data()); }), 0);
+    ck_assert_int_eq(rb[3], 0x55);
+}
+END_TEST
+
+START_TEST(test_serialising_waits_for_untracked_write)
+{
+    // The same with an aligned (non-serialising, untracked) write in
+    // flight: if the unaligned write did not wait for it, its
+    // read-modify-write would read the block before the aligned write
+    // lands and then write the old bytes back over it.
+    MemConfig cfg;
+    cfg.size = 4096;
+    cfg.align = 512;
+    Fixture f(cfg);
+    g_gate.writes_closed = true;
+    bool aligned_done = false, unaligned_done = false;
+    std::vector<uint8_t> block(512, 0xaa), pat(16, 0x55);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(0, 512, block.data()), 0);
+        aligned_done = true;
+    }));
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(3, 16, pat.data()), 0);
+        unaligned_done = true;
+    }));
+    spin(f.ctx.get(), unaligned_done);
+    ck_assert(g_memlog.events == std::vector<std::string>{"w+0"});
+    g_gate.writes_closed = false;
+    while (!aligned_done || !unaligned_done) f.ctx->iterate(true);
+    for (int i = 0; i < 512; i++) ck_assert_int_eq(f.mem()->data[i], (i >= 3 && i < 19) ? 0x55 : 0xaa);
+}
+END_TEST
+
+START_TEST(test_untracked_request_waits_for_serialising)
+{
+    // The other direction: a request that starts while a serialising one is
+    // in flight is tracked and waits for it where they overlap, and does
+    // not wait where they do not.
+    MemConfig cfg;
+    cfg.size = 4096;
+    cfg.align = 512;
+    Fixture f(cfg);
+    g_gate.writes_closed = true;
+    bool w_done = false, r_overlap_done = false, r_other_done = false;
+    std::vector<uint8_t> pat(16, 0x55), rb1(512), rb2(512);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(3, 16, pat.data()), 0);
+        w_done = true;
+    }));
+    ck_assert(g_memlog.events == (std::vector<std::string>{"r+0", "r-0", "w+0"}));
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pread(0, 512, rb1.data()), 0);
+        r_overlap_done = true;
+    }));
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pread(1024, 512, rb2.data()), 0);
+        r_other_done = true;
+    }));
+    spin(f.ctx.get(), r_overlap_done);
+    ck_assert(r_other_done && !r_overlap_done && !w_done);
+    g_gate.writes_closed = false;
+    while (!w_done || !r_overlap_done) f.ctx->iterate(true);
+    ck_assert_int_eq(rb1[3], 0x55);
+    ck_assert_int_eq(rb1[2], 0);
 }
 END_TEST
 
@@ -540,6 +758,102 @@ START_TEST(test_drain_with_requests_in_flight)
 }
 END_TEST
 
+// ---------------------------------------------------------------- threads
+
+namespace {
+
+constexpr int kStressWriters = 2;        // per thread
+constexpr int kStressReaders = 4;        // per thread
+constexpr int kStressWrites = 100;       // per writer
+
+struct Stress {
+    BlockBackend *blk;
+    std::atomic<int> writers_left{2 * kStressWriters};
+    std::atomic<int> readers_left{2 * kStressReaders};
+    std::atomic<int> errors{0};
+};
+struct StressStart {
+    Stress *st;
+    int id;   // writer: 0 .. 2*kStressWriters-1
+};
+
+// Writes 8 bytes of its own, unaligned (serialising), pausing in between so
+// that the node keeps switching between the fast path and tracking.
+void stress_writer(void *opaque)
+{
+    auto *a = static_cast<StressStart *>(opaque);
+    for (int j = 0; j < kStressWrites; j++) {
+        std::vector<uint8_t> v(8, static_cast<uint8_t>(a->id + 1));
+        int64_t off = a->id * 8 + (j * 2 * kStressWriters * 8) % OverlapNode::kSize;
+        if (a->st->blk->co_pwrite(off, 8, v.data()) != 0) a->st->errors.fetch_add(1);
+        co_sleep_ns((1 + j % 4) * 500 * 1000);
+    }
+    a->st->writers_left.fetch_sub(1);
+}
+
+// Aligned reads (untracked unless a serialising request is in flight) until
+// the writers are done.
+void stress_reader(void *opaque)
+{
+    auto *a = static_cast<StressStart *>(opaque);
+    std::vector<uint8_t> buf(1024);
+    for (int i = 0; a->st->writers_left.load() > 0; i++) {
+        int64_t off = (a->id * 3 + i) % 7 * 512;
+        if (a->st->blk->co_pread(off, 1024, buf.data()) != 0) a->st->errors.fetch_add(1);
+    }
+    a->st->readers_left.fetch_sub(1);
+}
+
+} // namespace
+
+START_TEST(test_serialising_across_threads)
+{
+    // Readers and unaligned writers on one node from the main thread and an
+    // iothread at once: no write hook may ever overlap another hook call
+    // (a missed wait for a request that started on the fast path in the
+    // other thread shows as a violation), and no write may be lost.
+    auto ctx = AioContext::create();
+    BlockGraph graph(test_registry());
+    BlockdevOptions o = mem_opts("o");
+    o.driver = "overlap";
+    BlockNode *n = graph.add_node(o).value();
+    auto *node = static_cast<OverlapNode *>(n);
+    auto blk = BlockBackend::create(n, kPermConsistentRead | kPermWrite, kPermAll, "t").value();
+    auto th = IoThread::create("io0").value();
+    Stress st;
+    st.blk = blk.get();
+    std::vector<StressStart> writers(2 * kStressWriters), readers(2 * kStressReaders);
+    for (int i = 0; i < 2 * kStressWriters; i++) writers[i] = {&st, i};
+    for (int i = 0; i < 2 * kStressReaders; i++) readers[i] = {&st, i};
+    struct Batch {
+        StressStart *w, *r;
+    };
+    Batch other{writers.data() + kStressWriters, readers.data() + kStressReaders};
+    th->run_sync([](void *p) {
+        auto *b = static_cast<Batch *>(p);
+        for (int i = 0; i < kStressWriters; i++) AioContext::current()->co_enter(coroutine_create(stress_writer, &b->w[i]));
+        for (int i = 0; i < kStressReaders; i++) AioContext::current()->co_enter(coroutine_create(stress_reader, &b->r[i]));
+    }, &other);
+    for (int i = 0; i < kStressWriters; i++) ctx->co_enter(coroutine_create(stress_writer, &writers[i]));
+    for (int i = 0; i < kStressReaders; i++) ctx->co_enter(coroutine_create(stress_reader, &readers[i]));
+    while (st.writers_left.load() > 0 || st.readers_left.load() > 0) {
+        Timer t(ctx.get(), [](void *) {}, nullptr);
+        t.mod_in(1000 * 1000);
+        ctx->iterate(true);
+    }
+    th.reset();
+    ck_assert_int_eq(st.errors.load(), 0);
+    ck_assert_int_eq(node->violations.load(), 0);
+    for (int w = 0; w < 2 * kStressWriters; w++) {
+        for (int j = 0; j < kStressWrites; j++) {
+            int64_t off = w * 8 + (j * 2 * kStressWriters * 8) % OverlapNode::kSize;
+            for (int k = 0; k < 8; k++) ck_assert_int_eq(node->data[off + k], w + 1);
+        }
+    }
+    blk.reset();
+}
+END_TEST
+
 Suite *block_suite()
 {
     Suite *s = suite_create("block");
@@ -547,6 +861,10 @@ Suite *block_suite()
     tcase_set_timeout(io, 30);
     tcase_add_test(io, test_unaligned_rw_padding);
     tcase_add_test(io, test_rmw_serialised_under_concurrency);
+    tcase_add_test(io, test_serialising_waits_for_untracked_read);
+    tcase_add_test(io, test_serialising_waits_for_untracked_write);
+    tcase_add_test(io, test_untracked_request_waits_for_serialising);
+    tcase_add_test(io, test_serialising_across_threads);
     tcase_add_test(io, test_split_max_transfer);
     tcase_add_test(io, test_write_zeroes_native_and_fallback);
     tcase_add_test(io, test_bounds_and_readonly);
