@@ -85,6 +85,12 @@ int check_request(int64_t offset, int64_t bytes)
     return 0;
 }
 
+// Whether the edge c may write with these flags.
+inline bool may_write(const BdrvChild *c, ReqFlags flags)
+{
+    return (c->perm() & kPermWrite) || ((flags & kReqWriteUnchanged) && (c->perm() & kPermWriteUnchanged));
+}
+
 // The longest read or write a driver hook may be given in one call.
 inline int64_t max_rw_bytes(const BlockLimits &bl)
 {
@@ -294,6 +300,43 @@ int BlockNode::co_aligned_preadv(TrackedRequest *, int64_t offset, int64_t bytes
     return 0;
 }
 
+// The generic read of the child node (also what a BlockBackend's reads
+// come to): bounds, alignment padding, tracking, splitting; an aligned read
+// the driver takes in one piece goes straight to its hook.
+int BdrvChild::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    BlockNode *bs = bs_;
+    int r = check_request(offset, bytes);
+    if (r < 0) return r;
+    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
+    if (bytes == 0) return 0;
+    const BlockLimits &bl = bs->bl_;
+    const int64_t align = bl.request_alignment;
+    const int64_t a_off = align_down(offset, align);
+    const int64_t a_end = align_up(offset + bytes, align);
+    TrackedRequestGuard g(bs, TrackedRequest::kRead, a_off, a_end - a_off, flags & kReqSerialising);
+    if (a_off == offset && a_end == offset + bytes) {
+        if (bytes > max_rw_bytes(bl) || qiov.niov() > bl.max_iov) {
+            return bs->co_aligned_preadv(&g.req, offset, bytes, qiov, flags);
+        }
+        bs->requests_served_.fetch_add(1, std::memory_order_relaxed);
+        return bs->do_co_preadv(offset, bytes, qiov, flags);
+    }
+
+    // Unaligned: read whole blocks, with bounce buffers for the head and
+    // tail pieces the caller did not ask for.
+    const int64_t head = offset - a_off;
+    const int64_t tail = a_end - (offset + bytes);
+    const size_t memalign = std::max<size_t>(bl.min_mem_alignment, 64);
+    AlignedBuf hbuf = head ? aligned_alloc_buf(memalign, head) : AlignedBuf();
+    AlignedBuf tbuf = tail ? aligned_alloc_buf(memalign, tail) : AlignedBuf();
+    IOVector padded;
+    if (head) padded.add(hbuf.get(), head);
+    padded.add_slice(qiov, 0, bytes);
+    if (tail) padded.add(tbuf.get(), tail);
+    return bs->co_aligned_preadv(&g.req, a_off, a_end - a_off, padded, flags);
+}
+
 // ---------------------------------------------------------------- writes
 
 int BlockNode::co_aligned_pwritev(TrackedRequest *, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
@@ -371,6 +414,31 @@ int BlockNode::co_rmw_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes
         padded.add(tb + (align - tail), tail);
     }
     return co_aligned_pwritev(req, a_off, a_end - a_off, padded, flags & ~kReqZeroWrite);
+}
+
+// The generic write of the child node, after the edge's permission check.
+int BdrvChild::co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    if (!may_write(this, flags)) return -EPERM;
+    BlockNode *bs = bs_;
+    int r = check_request(offset, bytes);
+    if (r < 0) return r;
+    if (bs->read_only_) return -EPERM;
+    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
+    // Like QEMU: a compressed write to a driver that cannot store one fails.
+    if ((flags & kReqWriteCompressed) && !(bs->drv_ && (bs->drv_->caps & kCapWriteCompressed))) return -ENOTSUP;
+    if (bytes == 0) return 0;
+    if (bs->detect_zeroes_ != BlockdevDetectZeroes::kOff && !(flags & kReqWriteCompressed) && qiov.is_zero(0, bytes)) {
+        flags |= kReqZeroWrite;
+        if (bs->detect_zeroes_ == BlockdevDetectZeroes::kUnmap) flags |= kReqMayUnmap;
+    }
+    if (flags & kReqZeroWrite) return bs->co_pwrite_zeroes_generic(offset, bytes, flags);
+    const int64_t align = bs->bl_.request_alignment;
+    const int64_t a_off = align_down(offset, align);
+    const int64_t a_end = align_up(offset + bytes, align);
+    bool unaligned = a_off != offset || a_end != offset + bytes;
+    TrackedRequestGuard g(bs, TrackedRequest::kWrite, a_off, a_end - a_off, unaligned || (flags & kReqSerialising));
+    return bs->co_rmw_pwritev(&g.req, offset, bytes, qiov, flags);
 }
 
 // Zeroes [offset, offset+bytes), which is aligned to request_alignment.
@@ -682,75 +750,8 @@ int BlockNode::co_block_status_above(BlockNode *base, bool want_zero, int64_t of
 }
 
 // ---------------------------------------------------------------- edges
-
-namespace {
-inline bool may_write(const BdrvChild *c, ReqFlags flags)
-{
-    return (c->perm() & kPermWrite) || ((flags & kReqWriteUnchanged) && (c->perm() & kPermWriteUnchanged));
-}
-} // namespace
-
-// The generic read of the child node (also what a BlockBackend's reads
-// come to): bounds, alignment padding, tracking, splitting; an aligned read
-// the driver takes in one piece goes straight to its hook.
-int BdrvChild::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
-{
-    BlockNode *bs = bs_;
-    int r = check_request(offset, bytes);
-    if (r < 0) return r;
-    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
-    if (bytes == 0) return 0;
-    const BlockLimits &bl = bs->bl_;
-    const int64_t align = bl.request_alignment;
-    const int64_t a_off = align_down(offset, align);
-    const int64_t a_end = align_up(offset + bytes, align);
-    TrackedRequestGuard g(bs, TrackedRequest::kRead, a_off, a_end - a_off, flags & kReqSerialising);
-    if (a_off == offset && a_end == offset + bytes) {
-        if (bytes > max_rw_bytes(bl) || qiov.niov() > bl.max_iov) {
-            return bs->co_aligned_preadv(&g.req, offset, bytes, qiov, flags);
-        }
-        bs->requests_served_.fetch_add(1, std::memory_order_relaxed);
-        return bs->do_co_preadv(offset, bytes, qiov, flags);
-    }
-
-    // Unaligned: read whole blocks, with bounce buffers for the head and
-    // tail pieces the caller did not ask for.
-    const int64_t head = offset - a_off;
-    const int64_t tail = a_end - (offset + bytes);
-    const size_t memalign = std::max<size_t>(bl.min_mem_alignment, 64);
-    AlignedBuf hbuf = head ? aligned_alloc_buf(memalign, head) : AlignedBuf();
-    AlignedBuf tbuf = tail ? aligned_alloc_buf(memalign, tail) : AlignedBuf();
-    IOVector padded;
-    if (head) padded.add(hbuf.get(), head);
-    padded.add_slice(qiov, 0, bytes);
-    if (tail) padded.add(tbuf.get(), tail);
-    return bs->co_aligned_preadv(&g.req, a_off, a_end - a_off, padded, flags);
-}
-
-// The generic write of the child node, after the edge's permission check.
-int BdrvChild::co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
-{
-    if (!may_write(this, flags)) return -EPERM;
-    BlockNode *bs = bs_;
-    int r = check_request(offset, bytes);
-    if (r < 0) return r;
-    if (bs->read_only_) return -EPERM;
-    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
-    // Like QEMU: a compressed write to a driver that cannot store one fails.
-    if ((flags & kReqWriteCompressed) && !(bs->drv_ && (bs->drv_->caps & kCapWriteCompressed))) return -ENOTSUP;
-    if (bytes == 0) return 0;
-    if (bs->detect_zeroes_ != BlockdevDetectZeroes::kOff && !(flags & kReqWriteCompressed) && qiov.is_zero(0, bytes)) {
-        flags |= kReqZeroWrite;
-        if (bs->detect_zeroes_ == BlockdevDetectZeroes::kUnmap) flags |= kReqMayUnmap;
-    }
-    if (flags & kReqZeroWrite) return bs->co_pwrite_zeroes_generic(offset, bytes, flags);
-    const int64_t align = bs->bl_.request_alignment;
-    const int64_t a_off = align_down(offset, align);
-    const int64_t a_end = align_up(offset + bytes, align);
-    bool unaligned = a_off != offset || a_end != offset + bytes;
-    TrackedRequestGuard g(bs, TrackedRequest::kWrite, a_off, a_end - a_off, unaligned || (flags & kReqSerialising));
-    return bs->co_rmw_pwritev(&g.req, offset, bytes, qiov, flags);
-}
+// (BdrvChild::co_preadv and co_pwritev, the generic read and write, are
+// with the reads and writes above.)
 
 int BdrvChild::co_pread(int64_t offset, int64_t bytes, void *buf, ReqFlags flags)
 {
