@@ -37,7 +37,7 @@ endif
 # is newer.  Goals that must work before configure can succeed (check, demo
 # and deps install the packages configure looks for) skip it.
 
-NOCONFIG_GOALS := clean distclean help deps check demo
+NOCONFIG_GOALS := clean distclean help deps check demo check-layering
 ifneq ($(MAKECMDGOALS),)
 ifeq ($(filter-out $(NOCONFIG_GOALS),$(MAKECMDGOALS)),)
 SKIP_CONFIG := 1
@@ -110,6 +110,7 @@ ALL_OBJS := $(LIB_OBJS) $(MAIN_OBJ) $(TEST_OBJS) $(TESTUTIL_OBJS) $(BENCH_OBJS)
 # even if an earlier one failed.  Add e.g. check-conformance here.
 CHECK_TARGETS := check-unit check-integration check-asan check-fuzz
 CHECK_TARGETS += check-conformance
+CHECK_TARGETS += check-layering
 # Targets run, one after another, by "make bench".  Add custom bench-* here.
 BENCH_TARGETS := $(BENCH_PROG_TARGETS) bench-fuse
 
@@ -206,6 +207,15 @@ check:
 	for t in $(CHECK_TARGETS); do $(MAKE) $$t || failed="$$failed $$t"; done; \
 	if [ -n "$$failed" ]; then echo "make check: FAILED:$$failed"; exit 1; fi; \
 	echo "make check: passed ($(CHECK_TARGETS))"
+
+# The include layering rules (scripts/check-layering.py: util/ stands
+# alone, block/ knows no consumer, a driver includes no other driver's
+# header, exports and tools include only consumer headers): first the
+# checker's self-test, then the tree. Needs no build.
+.PHONY: check-layering
+check-layering:
+	$(Q)tests/layering/selftest.sh
+	$(Q)scripts/check-layering.py
 
 # Runs every unit test binary (Check in fork mode), then reports.
 .PHONY: check-unit
@@ -345,6 +355,7 @@ help:
 	@echo '  check              install deps, build, run: $(CHECK_TARGETS)'
 	@echo '  check-unit         run $(B)/tests/unit/test-* (TESTS="test-x ..." to filter)'
 	@echo '  check-integration  run tests/integration/*.sh with BLOCKGRAPH set'
+	@echo '  check-layering     check #include lines against the layering rules'
 	@echo '  bench              run $(or $(BENCH_TARGETS),the bench-* targets) one at a time'
 	@echo '  bench-NAME         build and run $(B)/bench/NAME (BENCH_ARGS=...)'
 	@echo '  demo               install deps, build, run scripts/demo.sh'

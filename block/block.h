@@ -231,9 +231,8 @@ class BlockNode : public DriverHooks {
     friend class BlockBackend;
     friend struct TrackedRequestGuard;
 
-    // Generic request path (block/io.cc).
-    int co_preadv_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
-    int co_pwritev_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    // Generic request path (block/io.cc; reads and writes start in
+    // BdrvChild::co_preadv / co_pwritev).
     int co_pwrite_zeroes_generic(int64_t offset, int64_t bytes, ReqFlags flags);
     int co_pdiscard_generic(int64_t offset, int64_t bytes);
     int co_flush_generic();
@@ -245,6 +244,10 @@ class BlockNode : public DriverHooks {
     void drained_begin_no_poll();
     void inc_in_flight();
     void dec_in_flight();
+    void coroutine_fn request_begin(TrackedRequest *req);
+    void coroutine_fn request_end(TrackedRequest *req);
+    void coroutine_fn untracked_end();
+    void coroutine_fn wait_untracked_drained();
     void tracked_begin(TrackedRequest *req);
     void tracked_end(TrackedRequest *req);
     void coroutine_fn wait_serialising(TrackedRequest *req);
@@ -277,10 +280,14 @@ class BlockNode : public DriverHooks {
     std::atomic<uint64_t> requests_served_{0};
     AioContext *drain_waiter_ctx_ = nullptr;
 
-    // Tracked requests, in order of arrival.
-    CoMutex reqs_lock_;
+    // Request tracking (block/io.cc explains the scheme): requests run
+    // untracked while no serialising request may be in flight, else they
+    // go on the list, in order of arrival.
+    std::atomic<int> serialising_{0};         // serialising requests begun, not yet ended
+    std::atomic<uint64_t> untracked_{0};      // requests running untracked
+    CoMutex reqs_lock_;                       // the list, and the wait for untracked_ == 0
+    CoQueue untracked_drained_;               // serialising requests waiting for untracked_ == 0
     TrackedRequest *reqs_head_ = nullptr, *reqs_tail_ = nullptr;
-    std::atomic<int> serialising_in_flight_{0};
 
     // Flush generations: flush_to_disk is skipped when flushed == write.
     std::atomic<uint64_t> write_gen_{0};
@@ -340,7 +347,7 @@ class BlockBackend {
     void inc_in_flight() { in_flight_.fetch_add(1); }
     void dec_in_flight();
     void drained_end();
-    template <typename Op> int with_request(Op &&op);
+    struct RequestScope;
     int check_range(int64_t offset, int64_t bytes) const;
 
     BdrvChild *root_ = nullptr;

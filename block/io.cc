@@ -1,8 +1,48 @@
-// The request path every driver shares (STYLE.md rule 2): bounds checks,
-// alignment padding (bounce buffers for reads, read-modify-write under a
-// serialising request for writes), splitting at max_transfer, request
-// tracking and serialisation, in-flight accounting and drain, flush
-// generations, write-zeroes fallback, discard, truncate and block status.
+// The request path every driver shares: bounds checks, alignment padding
+// (bounce buffers for reads, read-modify-write under a serialising request
+// for writes), splitting at max_transfer, request tracking and
+// serialisation, in-flight accounting and drain, flush generations,
+// write-zeroes fallback, discard, truncate and block status.
+//
+// Request tracking. A serialising request (an unaligned write or
+// write-zeroes, which read-modify-writes whole blocks; a truncate; any
+// request with kReqSerialising) must not run beside an overlapping request,
+// and must wait for every overlapping request already in flight. Keeping
+// every request on a list under a lock for the rare serialising one costs
+// two lock round trips per request, so a node tracks requests only while a
+// serialising request may be in flight:
+//
+//   - serialising_ counts the serialising requests of the node from before
+//     they look at anything until after they are off the list;
+//   - untracked_ counts the requests running untracked (on no list);
+//   - a non-serialising request adds itself to untracked_, then reads
+//     serialising_: 0 means it runs untracked (the fast path: no lock, no
+//     list); otherwise it takes itself out of untracked_ again and is
+//     tracked like before (on the list, waiting for earlier overlapping
+//     serialising requests);
+//   - a serialising request adds itself to serialising_, then waits until
+//     untracked_ is 0, and only then goes on the list and waits for the
+//     earlier overlapping requests there.
+//
+// All four accesses are sequentially consistent, so of a request adding
+// itself to untracked_ and a serialising request adding itself to
+// serialising_, at least one sees the other's increment: either the request
+// goes on the list (where the serialising request, or the request itself,
+// finds the overlap), or the serialising request waits for it to end. While
+// serialising_ > 0 no request starts untracked, so the wait ends when the
+// untracked requests that started before it end. The untracked request that
+// brings untracked_ to 0 while serialising_ > 0 wakes the waiters; both the
+// waiter's check and that wake-up happen under reqs_lock_, so no wake-up is
+// lost. The node is back on the fast path when its last serialising request
+// ends.
+//
+// The price: the first serialising request after a quiet spell waits for
+// every untracked request on the node, overlapping or not. That wait cannot
+// deadlock: an untracked request is inside this node's generic path and
+// driver hook, which wait only for the node's own state and its children,
+// never for anything the issuer of the serialising request (a parent or a
+// consumer) holds; and the serialising request holds nothing of the node
+// while it waits.
 #include <algorithm>
 #include <cstring>
 
@@ -12,13 +52,14 @@
 namespace bg {
 
 // A request in flight on a node, for overlap checks. Lives on the stack of
-// the coroutine that made it.
+// the coroutine that made it; on the node's list only if tracked.
 struct TrackedRequest {
     enum Type { kRead, kWrite, kDiscard, kTruncate };
     Type type;
     int64_t offset;           // the range it touches, widened to alignment
     int64_t bytes;
     bool serialising;         // overlapping requests wait for it (and it for them)
+    bool tracked = false;     // on the list (else counted in untracked_)
     CoQueue waiters;          // requests waiting for this one to end
     TrackedRequest *prev = nullptr, *next = nullptr;
 
@@ -44,24 +85,33 @@ int check_request(int64_t offset, int64_t bytes)
     return 0;
 }
 
+// Whether the edge c may write with these flags.
+inline bool may_write(const BdrvChild *c, ReqFlags flags)
+{
+    return (c->perm() & kPermWrite) || ((flags & kReqWriteUnchanged) && (c->perm() & kPermWriteUnchanged));
+}
+
+// The longest read or write a driver hook may be given in one call.
+inline int64_t max_rw_bytes(const BlockLimits &bl)
+{
+    int64_t max = bl.max_transfer ? static_cast<int64_t>(std::min<uint64_t>(bl.max_transfer, kMaxRequestBytes))
+                                  : kMaxRequestBytes;
+    return align_down(max, bl.request_alignment);
+}
+
 } // namespace
 
-// RAII in-flight + tracked request.
+// RAII: a request of the node, in flight and (if needed) tracked, for the
+// guard's scope. The constructor may yield (see request_begin).
 struct TrackedRequestGuard {
     BlockNode *bs;
     TrackedRequest req;
     TrackedRequestGuard(BlockNode *n, TrackedRequest::Type t, int64_t off, int64_t len, bool ser)
         : bs(n), req(t, off, len, ser)
     {
-        bs->inc_in_flight();
-        bs->tracked_begin(&req);
-        bs->wait_serialising(&req);
+        bs->request_begin(&req);
     }
-    ~TrackedRequestGuard()
-    {
-        bs->tracked_end(&req);
-        bs->dec_in_flight();
-    }
+    ~TrackedRequestGuard() { bs->request_end(&req); }
 };
 
 // ---------------------------------------------------------------- accounting
@@ -77,6 +127,56 @@ void BlockNode::dec_in_flight()
     }
 }
 
+// Counts req in flight; then either runs it untracked (the fast path) or
+// puts it on the list and waits for the requests it must wait for. See the
+// file comment for why the switch between the two is race-free.
+void BlockNode::request_begin(TrackedRequest *req)
+{
+    inc_in_flight();
+    if (!req->serialising) {
+        untracked_.fetch_add(1);
+        if (serialising_.load() == 0) return;
+        untracked_end();
+    } else {
+        serialising_.fetch_add(1);
+        wait_untracked_drained();
+    }
+    req->tracked = true;
+    tracked_begin(req);
+    wait_serialising(req);
+}
+
+void BlockNode::request_end(TrackedRequest *req)
+{
+    if (!req->tracked) {
+        untracked_end();
+    } else {
+        tracked_end(req);
+        if (req->serialising) serialising_.fetch_sub(1);
+    }
+    dec_in_flight();
+}
+
+// An untracked request is over; the last one wakes the serialising
+// requests waiting in wait_untracked_drained().
+void BlockNode::untracked_end()
+{
+    if (untracked_.fetch_sub(1) != 1 || serialising_.load() == 0) return;
+    reqs_lock_.lock();
+    untracked_drained_.restart_all();
+    reqs_lock_.unlock();
+}
+
+// For a serialising request, already counted in serialising_: waits until
+// no request runs untracked.
+void BlockNode::wait_untracked_drained()
+{
+    if (untracked_.load() == 0) return;
+    reqs_lock_.lock();
+    while (untracked_.load() != 0) untracked_drained_.wait(&reqs_lock_);
+    reqs_lock_.unlock();
+}
+
 void BlockNode::tracked_begin(TrackedRequest *req)
 {
     reqs_lock_.lock();
@@ -85,7 +185,6 @@ void BlockNode::tracked_begin(TrackedRequest *req)
     if (reqs_tail_) reqs_tail_->next = req;
     else reqs_head_ = req;
     reqs_tail_ = req;
-    if (req->serialising) serialising_in_flight_.fetch_add(1);
     reqs_lock_.unlock();
 }
 
@@ -96,17 +195,19 @@ void BlockNode::tracked_end(TrackedRequest *req)
     else reqs_head_ = req->next;
     if (req->next) req->next->prev = req->prev;
     else reqs_tail_ = req->prev;
-    if (req->serialising) serialising_in_flight_.fetch_sub(1);
     req->waiters.restart_all();
     reqs_lock_.unlock();
 }
 
-// Waits for every earlier overlapping request when either side is
-// serialising. Only earlier requests are waited for, so there can be no
-// cycle of waiters.
+// Waits for every earlier overlapping request on the list when either side
+// is serialising. Only earlier requests are waited for, so there can be no
+// cycle of waiters. A non-serialising request has nothing to wait for once
+// serialising_ is 0: no serialising request is then on the list (each
+// leaves it before it leaves serialising_), and one that comes later finds
+// this request on the list and waits for it.
 void BlockNode::wait_serialising(TrackedRequest *req)
 {
-    if (!req->serialising && serialising_in_flight_.load() == 0) return;
+    if (!req->serialising && serialising_.load() == 0) return;
     reqs_lock_.lock();
 retry:
     for (TrackedRequest *o = reqs_head_; o && o != req; o = o->next) {
@@ -172,11 +273,12 @@ void BlockNode::drained_end()
 
 // ---------------------------------------------------------------- reads
 
+// Reads an aligned range inside a request that is already counted (and
+// tracked if needed): split at max_transfer, and linearised where the
+// caller's vector has more pieces than the driver takes.
 int BlockNode::co_aligned_preadv(TrackedRequest *, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
 {
-    int64_t max = bl_.max_transfer ? static_cast<int64_t>(std::min<uint64_t>(bl_.max_transfer, kMaxRequestBytes))
-                                   : kMaxRequestBytes;
-    max = align_down(max, bl_.request_alignment);
+    const int64_t max = max_rw_bytes(bl_);
     requests_served_.fetch_add(1, std::memory_order_relaxed);
     if (bytes <= max && qiov.niov() <= bl_.max_iov) return do_co_preadv(offset, bytes, qiov, flags);
     for (int64_t done = 0; done < bytes;) {
@@ -198,39 +300,48 @@ int BlockNode::co_aligned_preadv(TrackedRequest *, int64_t offset, int64_t bytes
     return 0;
 }
 
-int BlockNode::co_preadv_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+// The generic read of the child node (also what a BlockBackend's reads
+// come to): bounds, alignment padding, tracking, splitting; an aligned read
+// the driver takes in one piece goes straight to its hook.
+int BdrvChild::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
 {
+    BlockNode *bs = bs_;
     int r = check_request(offset, bytes);
     if (r < 0) return r;
     if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
     if (bytes == 0) return 0;
-    const int64_t align = bl_.request_alignment;
+    const BlockLimits &bl = bs->bl_;
+    const int64_t align = bl.request_alignment;
     const int64_t a_off = align_down(offset, align);
     const int64_t a_end = align_up(offset + bytes, align);
-    TrackedRequestGuard g(this, TrackedRequest::kRead, a_off, a_end - a_off, flags & kReqSerialising);
-    if (a_off == offset && a_end == offset + bytes) return co_aligned_preadv(&g.req, offset, bytes, qiov, flags);
+    TrackedRequestGuard g(bs, TrackedRequest::kRead, a_off, a_end - a_off, flags & kReqSerialising);
+    if (a_off == offset && a_end == offset + bytes) {
+        if (bytes > max_rw_bytes(bl) || qiov.niov() > bl.max_iov) {
+            return bs->co_aligned_preadv(&g.req, offset, bytes, qiov, flags);
+        }
+        bs->requests_served_.fetch_add(1, std::memory_order_relaxed);
+        return bs->do_co_preadv(offset, bytes, qiov, flags);
+    }
 
     // Unaligned: read whole blocks, with bounce buffers for the head and
     // tail pieces the caller did not ask for.
     const int64_t head = offset - a_off;
     const int64_t tail = a_end - (offset + bytes);
-    const size_t memalign = std::max<size_t>(bl_.min_mem_alignment, 64);
+    const size_t memalign = std::max<size_t>(bl.min_mem_alignment, 64);
     AlignedBuf hbuf = head ? aligned_alloc_buf(memalign, head) : AlignedBuf();
     AlignedBuf tbuf = tail ? aligned_alloc_buf(memalign, tail) : AlignedBuf();
     IOVector padded;
     if (head) padded.add(hbuf.get(), head);
     padded.add_slice(qiov, 0, bytes);
     if (tail) padded.add(tbuf.get(), tail);
-    return co_aligned_preadv(&g.req, a_off, a_end - a_off, padded, flags);
+    return bs->co_aligned_preadv(&g.req, a_off, a_end - a_off, padded, flags);
 }
 
 // ---------------------------------------------------------------- writes
 
 int BlockNode::co_aligned_pwritev(TrackedRequest *, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
 {
-    int64_t max = bl_.max_transfer ? static_cast<int64_t>(std::min<uint64_t>(bl_.max_transfer, kMaxRequestBytes))
-                                   : kMaxRequestBytes;
-    max = align_down(max, bl_.request_alignment);
+    const int64_t max = max_rw_bytes(bl_);
     ReqFlags dflags = flags & ~(kReqSerialising | kReqNoFallback);
     bool emulate_fua = (flags & kReqFua) && !supports_fua_;
     if (emulate_fua) dflags &= ~kReqFua;
@@ -305,26 +416,29 @@ int BlockNode::co_rmw_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes
     return co_aligned_pwritev(req, a_off, a_end - a_off, padded, flags & ~kReqZeroWrite);
 }
 
-int BlockNode::co_pwritev_generic(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+// The generic write of the child node, after the edge's permission check.
+int BdrvChild::co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
 {
+    if (!may_write(this, flags)) return -EPERM;
+    BlockNode *bs = bs_;
     int r = check_request(offset, bytes);
     if (r < 0) return r;
-    if (read_only_) return -EPERM;
+    if (bs->read_only_) return -EPERM;
     if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
     // Like QEMU: a compressed write to a driver that cannot store one fails.
-    if ((flags & kReqWriteCompressed) && !(drv_ && (drv_->caps & kCapWriteCompressed))) return -ENOTSUP;
+    if ((flags & kReqWriteCompressed) && !(bs->drv_ && (bs->drv_->caps & kCapWriteCompressed))) return -ENOTSUP;
     if (bytes == 0) return 0;
-    if (detect_zeroes_ != BlockdevDetectZeroes::kOff && !(flags & kReqWriteCompressed) && qiov.is_zero(0, bytes)) {
+    if (bs->detect_zeroes_ != BlockdevDetectZeroes::kOff && !(flags & kReqWriteCompressed) && qiov.is_zero(0, bytes)) {
         flags |= kReqZeroWrite;
-        if (detect_zeroes_ == BlockdevDetectZeroes::kUnmap) flags |= kReqMayUnmap;
+        if (bs->detect_zeroes_ == BlockdevDetectZeroes::kUnmap) flags |= kReqMayUnmap;
     }
-    if (flags & kReqZeroWrite) return co_pwrite_zeroes_generic(offset, bytes, flags);
-    const int64_t align = bl_.request_alignment;
+    if (flags & kReqZeroWrite) return bs->co_pwrite_zeroes_generic(offset, bytes, flags);
+    const int64_t align = bs->bl_.request_alignment;
     const int64_t a_off = align_down(offset, align);
     const int64_t a_end = align_up(offset + bytes, align);
     bool unaligned = a_off != offset || a_end != offset + bytes;
-    TrackedRequestGuard g(this, TrackedRequest::kWrite, a_off, a_end - a_off, unaligned || (flags & kReqSerialising));
-    return co_rmw_pwritev(&g.req, offset, bytes, qiov, flags);
+    TrackedRequestGuard g(bs, TrackedRequest::kWrite, a_off, a_end - a_off, unaligned || (flags & kReqSerialising));
+    return bs->co_rmw_pwritev(&g.req, offset, bytes, qiov, flags);
 }
 
 // Zeroes [offset, offset+bytes), which is aligned to request_alignment.
@@ -636,24 +750,8 @@ int BlockNode::co_block_status_above(BlockNode *base, bool want_zero, int64_t of
 }
 
 // ---------------------------------------------------------------- edges
-
-namespace {
-inline bool may_write(const BdrvChild *c, ReqFlags flags)
-{
-    return (c->perm() & kPermWrite) || ((flags & kReqWriteUnchanged) && (c->perm() & kPermWriteUnchanged));
-}
-} // namespace
-
-int BdrvChild::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
-{
-    return bs_->co_preadv_generic(offset, bytes, qiov, flags);
-}
-
-int BdrvChild::co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
-{
-    if (!may_write(this, flags)) return -EPERM;
-    return bs_->co_pwritev_generic(offset, bytes, qiov, flags);
-}
+// (BdrvChild::co_preadv and co_pwritev, the generic read and write, are
+// with the reads and writes above.)
 
 int BdrvChild::co_pread(int64_t offset, int64_t bytes, void *buf, ReqFlags flags)
 {

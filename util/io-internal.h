@@ -18,6 +18,11 @@ namespace bg {
 struct IoRequest {
     enum Op : uint8_t { kRead, kWrite, kFsync, kFallocate };
     explicit IoRequest(Op o) : op(o) {}
+    // A read or write of iov at offset.
+    IoRequest(Op o, int f, const struct iovec *v, int cnt, int64_t off)
+        : op(o), fd(f), iov(v), iovcnt(cnt), offset(off), total(static_cast<int64_t>(iov_size(v, cnt)))
+    {
+    }
     Op op;
     bool completed = false;
     bool datasync = false;

@@ -37,6 +37,11 @@ class IoBackend {
   public:
     virtual ~IoBackend() = default;
 
+    // The four operations are implemented by each backend directly (no
+    // layer in between: the caller's coroutine builds the control block and
+    // submits it in the backend's own function). Overrides declare no
+    // default arguments; calls go through IoBackend.
+    //
     // Reads iov's total length at offset. Short reads are continued; a read
     // that reaches end-of-file fills the rest of iov with zeros. Returns the
     // total length or a negative errno. Yields. iov is not modified.
@@ -47,16 +52,16 @@ class IoBackend {
     // than a small copy, while a large copy is better left to run beside the
     // loop; see docs/performance.md).
     static constexpr int64_t kInlineMaxBytes = 64 * 1024;
-    int64_t coroutine_fn co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                                   bool inline_if_idle = false) noexcept;
+    virtual int64_t coroutine_fn co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                           bool inline_if_idle = false) noexcept = 0;
     // Writes all of iov at offset (short writes are continued). Returns the
     // total length or a negative errno (-ENOSPC if the file takes no more).
-    int64_t coroutine_fn co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                                    bool inline_if_idle = false) noexcept;
+    virtual int64_t coroutine_fn co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                            bool inline_if_idle = false) noexcept = 0;
     // fsync (datasync=false) or fdatasync. 0 or negative errno.
-    int coroutine_fn co_fsync(int fd, bool datasync) noexcept;
+    virtual int coroutine_fn co_fsync(int fd, bool datasync) noexcept = 0;
     // fallocate(2). 0 or negative errno.
-    int coroutine_fn co_fallocate(int fd, int mode, int64_t offset, int64_t len) noexcept;
+    virtual int coroutine_fn co_fallocate(int fd, int mode, int64_t offset, int64_t len) noexcept = 0;
 
     virtual const char *name() const = 0;
     virtual IoBackendStats stats() const = 0;
@@ -71,12 +76,11 @@ class IoBackend {
     static std::unique_ptr<IoBackend> new_threads(AioContext *ctx, unsigned max_threads = 0);
 
   protected:
-    // Submits req, yields until it is complete, returns req->result.
-    virtual int64_t coroutine_fn co_run(IoRequest *req) noexcept = 0;
+    // Does the read or write req synchronously in the calling thread if
+    // inline_if_idle allows it (see co_preadv) and returns true; else
+    // returns false and the backend submits req.
+    bool run_inline(IoRequest *req, bool inline_if_idle) noexcept;
     uint64_t inline_requests_ = 0;
-
-  private:
-    int64_t coroutine_fn co_transfer(IoRequest *req, bool inline_if_idle) noexcept;
 };
 
 } // namespace bg
