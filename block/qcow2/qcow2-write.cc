@@ -829,18 +829,23 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
     // The grown part must read as zeros: the old last cluster's tail (it
     // may hold data from before a shrink) and whatever a backing file
     // longer than the old size would show.
+    // The tail may map several ways (extended L2: one run of subclusters
+    // per type), so every run of it is looked at, not only the first.
     const uint64_t tail_end = std::min(new_size, (old + cs - 1) & ~(cs - 1));
-    if (tail_end > old && prealloc == PreallocMode::kOff) {
+    for (uint64_t pos = old; pos < tail_end && prealloc == PreallocMode::kOff;) {
         qcow2::HostMapping m;
-        r = co_get_mapping(old, tail_end - old, &m);
+        r = co_get_mapping(pos, tail_end - pos, &m);
         if (r < 0) return r;
+        const bool unallocated = m.type == qcow2::SubclusterType::kUnallocatedPlain ||
+                                 m.type == qcow2::SubclusterType::kUnallocatedAlloc;
         if (m.type != qcow2::SubclusterType::kZeroPlain && m.type != qcow2::SubclusterType::kZeroAlloc &&
-            !(m.type == qcow2::SubclusterType::kUnallocatedPlain && !backing_)) {
-            std::vector<uint8_t> z(tail_end - old, 0);
+            !(unallocated && !backing_)) {
+            std::vector<uint8_t> z(m.bytes, 0);
             IOVector v(z.data(), z.size());
-            r = do_co_pwritev(static_cast<int64_t>(old), static_cast<int64_t>(z.size()), v, 0);
+            r = do_co_pwritev(static_cast<int64_t>(pos), static_cast<int64_t>(z.size()), v, 0);
             if (r < 0) return r;
         }
+        pos += m.bytes;
     }
     if (backing_ && prealloc == PreallocMode::kOff) {
         const int64_t blen = backing_->getlength();
