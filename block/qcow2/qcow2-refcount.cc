@@ -410,8 +410,15 @@ int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool 
         }
     }
     const uint64_t run_end = (start + n) << cluster_bits_;
-    if (fresh) *fresh = (start << cluster_bits_) >= host_zero_from_;
-    if (host_zero_from_ != UINT64_MAX) host_zero_from_ = std::max(host_zero_from_, run_end);
+    if (fresh) {
+        // Past the mark and past the file's end: nothing (not even a write
+        // that did not raise the mark) can have left bytes there.
+        const int64_t flen = file_->getlength();
+        const uint64_t file_end = flen < 0 ? UINT64_MAX
+                                           : (static_cast<uint64_t>(flen) + cluster_size_ - 1) & ~(cluster_size_ - 1);
+        *fresh = (start << cluster_bits_) >= host_zero_from_ && (start << cluster_bits_) >= file_end;
+    }
+    raise_host_zero_from(run_end);
     // Everything before the first cluster with refcount 0 is in use (a
     // freed cluster under I/O has refcount 0: the cursor stops there).
     if (first_zero == start) free_cluster_index_ = start + n;
@@ -456,7 +463,7 @@ int64_t coroutine_fn Qcow2Node::co_alloc_clusters_at_locked(uint64_t offset, uin
         r = co_set_refcount_locked(i, 1);
         if (r < 0) return r;
     }
-    if (host_zero_from_ != UINT64_MAX) host_zero_from_ = std::max(host_zero_from_, (first + n) << cluster_bits_);
+    raise_host_zero_from((first + n) << cluster_bits_);
     return static_cast<int64_t>(n);
 }
 

@@ -142,6 +142,7 @@ int coroutine_fn Qcow2Node::co_plan_write_locked(uint64_t offset, uint64_t bytes
             p->bytes = std::min(end, (c0 + n) << cluster_bits_) - offset;
             p->host = host0 + s0;
             inflight_inc(p->host, p->bytes);
+            if (data_file_ == file_) raise_host_zero_from(p->host + p->bytes);
             if (data_file_ == file_) {
                 int ol = co_overlap_check_locked(0, p->host, p->bytes);
                 if (ol) {
@@ -173,6 +174,7 @@ int coroutine_fn Qcow2Node::co_plan_write_locked(uint64_t offset, uint64_t bytes
             p->nb_clusters = 1;
             p->new_host = false;
             p->host = host0;
+            if (data_file_ == file_) raise_host_zero_from(host0 + cs);
             p->bytes = std::min(end, (c0 + 1) << cluster_bits_) - offset;
             const uint64_t cstart = c0 << cluster_bits_;
             if (ext) {

@@ -26,6 +26,7 @@
 // updates, cluster allocation, cache write-back. Its names are stable.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -607,7 +608,8 @@ class Qcow2Node final : public BlockNode {
     // Finds and allocates (refcount 1) a run of 1..max_clusters contiguous
     // free clusters (exactly max_clusters if exact). *got: clusters in it.
     // *fresh (optional): the run lies wholly in never-written host space
-    // (host_zero_from_), so it reads as zeros without being written.
+    // (at or past host_zero_from_ and the file's current end), so it reads
+    // as zeros without being written.
     int64_t coroutine_fn co_alloc_run_locked(uint64_t max_clusters, bool exact, uint64_t *got,
                                              bool *fresh = nullptr);
     int coroutine_fn co_ensure_refblock_ex_locked(uint64_t cluster_index, uint64_t ex_start, uint64_t ex_end);
@@ -676,10 +678,22 @@ class Qcow2Node final : public BlockNode {
     uint64_t free_cluster_index_ = 0;       // allocator cursor (clusters below are in use)
     uint64_t free_byte_offset_ = 0;         // compressed allocator: next free byte, 0 = none
     // Host bytes from here on were never written since open (the file's
-    // length at open, raised past every cluster allocated since): they read
-    // as zeros, as every protocol reads a gap a later write leaves past its
-    // old end. Only ever raised; UINT64_MAX until open.
+    // length at open, raised past every cluster allocated since and past
+    // every write into a cluster mapped before open, which may lie past the
+    // file's end after a crash): they read as zeros, as every protocol reads
+    // a gap a later write leaves past its old end. Only lowered by a cut of
+    // the file (co_trim_file_tail_locked); UINT64_MAX until open. A run
+    // counts as fresh only if it also starts at or past the file's current
+    // end (co_alloc_run_locked), so a write that raised nothing here still
+    // cannot expose old bytes.
     uint64_t host_zero_from_ = UINT64_MAX;
+    // Host bytes [.., end) may have been written: host_zero_from_ rises to
+    // end rounded up to a cluster (no-op before open).
+    void raise_host_zero_from(uint64_t end)
+    {
+        if (host_zero_from_ == UINT64_MAX) return;
+        host_zero_from_ = std::max(host_zero_from_, (end + cluster_size_ - 1) & ~(cluster_size_ - 1));
+    }
     std::vector<qcow2::ClusterAlloc *> allocs_;             // in-flight allocating writes
     std::unordered_map<uint64_t, uint32_t> inflight_host_;  // host cluster -> data requests in flight
     std::vector<std::pair<uint64_t, uint64_t>> pending_discards_;   // host ranges freed, to discard after sync

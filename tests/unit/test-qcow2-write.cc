@@ -755,6 +755,40 @@ START_TEST(test_regrow_mixed_subclusters)
 }
 END_TEST
 
+// A cluster mapped before open but lying past the end of the file (a crash
+// kept the L2 entry and the refcount, not the data write that would have
+// grown the file) is written in place, freed, and handed out again for a
+// partial write: the rest of that cluster must read as zeros, not as the
+// data written before (the cluster is not "never written" any more).
+START_TEST(test_realloc_past_eof_cluster)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("eof.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'write -P 1 0 64k' '" + path + "'"), 0);
+    struct stat st;
+    ck_assert_int_eq(stat(path.c_str(), &st), 0);
+    const uint64_t data = static_cast<uint64_t>(st.st_size) - 65536;   // the data cluster is the last one
+    ck_assert_int_eq(truncate(path.c_str(), static_cast<off_t>(data)), 0);
+    Env e;
+    auto o = qcow2_opts(path);
+    qo(o).pass_discard_request = false;
+    e.open(o);
+    ck_assert_int_eq(e.mapping(0).host_offset, data);
+    ck_assert_int_eq(e.write(0, fill(65536, 7)), 0);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(0, 65536); }), 0);
+    ck_assert_int_eq(e.write(1 << 20, fill(4096, 9)), 0);
+    ck_assert_int_eq(e.mapping(1 << 20).host_offset, data);   // the freed cluster, reused
+    auto d = e.read(1 << 20, 65536);
+    for (size_t i = 0; i < d.size(); i++) ck_assert_int_eq(d[i], i < 4096 ? 9 : 0);
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'read -P 9 1M 4k' -c 'read -P 0 1028k 60k' -c 'read -P 0 0 64k' '" + path +
+                        "' | grep -q 'verification failed'"),
+                     1);
+}
+END_TEST
+
 Suite *qcow2_write_suite()
 {
     Suite *s = suite_create("qcow2-write");
@@ -774,6 +808,7 @@ Suite *qcow2_write_suite()
     tcase_add_test(tc, test_pass_discard);
     tcase_add_test(tc, test_compressed_writes);
     tcase_add_test(tc, test_regrow_mixed_subclusters);
+    tcase_add_test(tc, test_realloc_past_eof_cluster);
     suite_add_tcase(s, tc);
     return s;
 }
