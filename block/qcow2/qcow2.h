@@ -621,7 +621,24 @@ class Qcow2Node final : public BlockNode {
 
     // qcow2-write.cc
     struct WritePlan;
+    struct PlanSlice;
+    // Plans the first part of a write of guest [offset, offset + bytes)
+    // (within one L2 slice): in place (data I/O counted in flight), or an
+    // allocation registered in allocs_ (see qcow2-write.cc). May yield and
+    // wait for overlapping allocations. 0 or negative errno.
     int coroutine_fn co_plan_write_locked(uint64_t offset, uint64_t bytes, WritePlan *p);
+    // The planners co_plan_write_locked dispatches to by the class of the
+    // first cluster; each releases the pinned slice at slice_off. 0,
+    // kPlanAgain (something changed while they yielded: plan again) or a
+    // negative errno. In place: complete plan. Reuse / new: p's host and
+    // COW range; co_register_alloc_locked then registers p.
+    static constexpr int kPlanAgain = 1;
+    int coroutine_fn co_plan_in_place_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p);
+    int coroutine_fn co_plan_reuse_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p);
+    int coroutine_fn co_plan_new_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p);
+    // Registers the allocation p in allocs_ and checks its host range
+    // against metadata (on an overlap: p aborted, the image marked corrupt).
+    int coroutine_fn co_register_alloc_locked(WritePlan *p);
     int coroutine_fn co_finish_alloc_locked(WritePlan *p);
     void coroutine_fn abort_alloc_locked(WritePlan *p);
     qcow2::ClusterAlloc *find_alloc(uint64_t start, uint64_t end);
@@ -629,7 +646,28 @@ class Qcow2Node final : public BlockNode {
     int coroutine_fn co_pwritev_compressed(uint64_t offset, uint64_t bytes, IOVector &qiov);
     int coroutine_fn co_zero_or_discard_locked(uint64_t offset, uint64_t bytes, bool zero, bool unmap,
                                                bool full_discard, qcow2::DiscardType type);
+    struct ZeroDiscardOp;
+    struct ZeroDiscardWork;
+    // Rewrites the L2 entry at ep (in a writable pinned slice) for guest
+    // bytes [cp, ce) of one cluster as op asks; what is left to do (refcount
+    // drops, file discards, raw zeros) is added to w. Does not yield. false:
+    // a partial cluster that cannot be zeroed in the L2 entry (-ENOTSUP).
+    bool zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t ce, const ZeroDiscardOp &op,
+                                      ZeroDiscardWork *w);
+    // Carries out w after the slice was released: refcounts dropped (type),
+    // file discards, raw zeros written (after the L2 cache is written).
+    int coroutine_fn co_finish_zero_or_discard_locked(const ZeroDiscardWork &w, qcow2::DiscardType type);
     int coroutine_fn co_preallocate_locked(uint64_t offset, uint64_t bytes, PreallocMode mode);
+    // Truncate's steps. co_shrink_locked: the clusters and L2 tables past
+    // new_size freed (-ENOTSUP: preallocation asked for, or snapshots).
+    // co_grow_locked: the L1 table grown, preallocation, the data file
+    // grown. Neither writes the new size. co_zero_grown_part (lock_ NOT
+    // held; takes it): after growing from old without preallocation, the
+    // old last cluster's tail and what a longer backing file would show
+    // are made to read as zeros.
+    int coroutine_fn co_shrink_locked(uint64_t new_size, PreallocMode prealloc);
+    int coroutine_fn co_grow_locked(uint64_t new_size, PreallocMode prealloc);
+    int coroutine_fn co_zero_grown_part(uint64_t old, uint64_t new_size);
     void inflight_inc(uint64_t host, uint64_t bytes);
     void inflight_dec(uint64_t host, uint64_t bytes);
     bool inflight(uint64_t cluster_index) const;
@@ -781,7 +819,23 @@ class Qcow2Node final : public BlockNode {
     // switches nb_snapshots/snapshots_offset in the header, then frees the
     // old table.
     int coroutine_fn co_write_snapshot_table_locked(const std::vector<qcow2::Snapshot> &snaps);
-    // qcow2-amend.cc (REQUIRE lock_ held)
+    // qcow2-amend.cc (the _locked ones REQUIRE lock_ held)
+    struct AmendRequest;
+    // The amend options parsed and checked against the image (nothing
+    // changed). EINVAL / ENOTSUP with qemu-img's messages.
+    Status parse_amend_options(const CreateOptions &opts, AmendRequest *a) const;
+    // Backing file name / format, data file name and data_file_raw as a
+    // asks: one header rewrite if anything changes.
+    Status coroutine_fn co_amend_names_locked(const AmendRequest &a);
+    // Sets or clears the lazy refcounts bit (clearing flushes and marks
+    // the image clean first).
+    Status coroutine_fn co_amend_lazy_locked(bool lazy);
+    // Whether any L1 table (active or a snapshot's) reaches a compressed
+    // cluster; the caches are flushed first, the tables read from the file.
+    Result<bool> coroutine_fn co_any_compressed_cluster_locked();
+    // compat=0.10: refuses what v2 cannot hold, marks clean, expands zero
+    // clusters, then writes a v2 header.
+    Status coroutine_fn co_downgrade_locked(const ProgressFn &progress);
     int coroutine_fn co_write_header_locked(const qcow2::Header &nh);
     int coroutine_fn co_expand_zero_clusters_locked(const ProgressFn &progress);
     Status coroutine_fn co_change_refcount_order_locked(uint32_t order);
