@@ -542,6 +542,17 @@ class Qcow2Node final : public BlockNode {
     // the end of the file, then the header switched. Used to repair a dirty
     // image on a writable open.
     int coroutine_fn co_rebuild_refcounts_locked();
+    // The rebuild's steps. co_count_l1_refs_locked: the references of an
+    // L1 table and everything below it (-EIO for an L2 table offset that is
+    // unaligned or past the file). co_count_bitmap_refs_locked: the bitmap
+    // directory, tables and data (-EIO for one out of range).
+    // co_write_rebuilt_refcounts_locked: a self-covering refcount table and
+    // blocks holding refs (one count per host cluster), written after the
+    // file's end and flushed, then the header switched to them.
+    struct RefCounter;
+    int coroutine_fn co_count_l1_refs_locked(RefCounter &rc, uint64_t l1_off, uint64_t l1_size);
+    int coroutine_fn co_count_bitmap_refs_locked(RefCounter &rc);
+    int coroutine_fn co_write_rebuilt_refcounts_locked(std::vector<uint64_t> refs);
     // Overlap check (overlap-check option): 0 if [offset, offset+bytes) of
     // the image file hits no metadata in the checked set minus ign, else
     // the kOl* bit hit. May read inactive L1 tables (kOlInactiveL2).
