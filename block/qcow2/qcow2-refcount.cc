@@ -156,11 +156,16 @@ int coroutine_fn Qcow2Node::co_set_refcount_locked(uint64_t cluster_index, uint6
     return 0;
 }
 
-bool Qcow2Node::inflight(uint64_t cluster_index) const { return inflight_host_.count(cluster_index) != 0; }
+bool Qcow2Node::inflight(uint64_t cluster_index) const
+{
+    std::lock_guard<std::mutex> g(inflight_lock_);
+    return inflight_host_.count(cluster_index) != 0;
+}
 
 void Qcow2Node::inflight_inc(uint64_t host, uint64_t bytes)
 {
     if (data_file_ != file_) return;   // data file clusters are never reallocated
+    std::lock_guard<std::mutex> g(inflight_lock_);
     for (uint64_t c = host >> cluster_bits_; c < (host + bytes + cluster_size_ - 1) >> cluster_bits_; c++) {
         inflight_host_[c]++;
     }
@@ -169,6 +174,7 @@ void Qcow2Node::inflight_inc(uint64_t host, uint64_t bytes)
 void Qcow2Node::inflight_dec(uint64_t host, uint64_t bytes)
 {
     if (data_file_ != file_) return;
+    std::lock_guard<std::mutex> g(inflight_lock_);
     for (uint64_t c = host >> cluster_bits_; c < (host + bytes + cluster_size_ - 1) >> cluster_bits_; c++) {
         auto it = inflight_host_.find(c);
         if (it != inflight_host_.end() && --it->second == 0) inflight_host_.erase(it);

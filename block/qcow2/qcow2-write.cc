@@ -382,9 +382,7 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
         if (p.kind == WritePlan::kInPlace) {
             file_->debug_event("write_aio");
             r = data_file_->co_pwritev(static_cast<int64_t>(p.host), static_cast<int64_t>(p.bytes), data);
-            lock_.lock();
-            inflight_dec(p.host, p.bytes);
-            lock_.unlock();
+            inflight_dec(p.host, p.bytes);   // needs no lock_
             if (r < 0) return r;
             pos += p.bytes;
             continue;

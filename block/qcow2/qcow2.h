@@ -588,6 +588,20 @@ class Qcow2Node final : public BlockNode {
     void start_cache_cleaner(uint64_t interval_s);
     static void cache_clean_cb(void *opaque);
     int coroutine_fn co_read_backing(uint64_t offset, uint64_t bytes, IOVector &qiov, size_t qoff);
+    // One guest extent of a read and how it maps.
+    struct ReadExtent {
+        uint64_t pos = 0, bytes = 0;
+        qcow2::HostMapping m;
+    };
+    // REQUIRES lock_. Looks up the mapping of guest [pos, end) into out
+    // (cleared first), at most kReadBatch extents: the host ranges that will
+    // be read (data and compressed clusters in the image file) are counted
+    // in flight and added to held, for the caller to release with
+    // inflight_dec once read. Returns the guest offset after the last
+    // extent, or a negative errno (-EIO for corruption).
+    static constexpr size_t kReadBatch = 256;
+    int64_t coroutine_fn co_map_read_locked(uint64_t pos, uint64_t end, std::vector<ReadExtent> *out,
+                                            std::vector<std::pair<uint64_t, uint64_t>> *held);
     int coroutine_fn co_read_compressed(uint64_t offset, const qcow2::HostMapping &m, uint64_t bytes, IOVector &qiov,
                                         size_t qoff);
     int coroutine_fn co_close();
@@ -679,6 +693,10 @@ class Qcow2Node final : public BlockNode {
     int coroutine_fn co_shrink_locked(uint64_t new_size, PreallocMode prealloc);
     int coroutine_fn co_grow_locked(uint64_t new_size, PreallocMode prealloc);
     int coroutine_fn co_zero_grown_part(uint64_t old, uint64_t new_size);
+    // Data I/O in flight on host clusters (see inflight_host_). inflight_inc
+    // REQUIRES lock_ (with the lookup that found the host range, so that
+    // no discard and reallocation comes between); inflight_dec and inflight
+    // need no lock_ (they take inflight_lock_, never held across a yield).
     void inflight_inc(uint64_t host, uint64_t bytes);
     void inflight_dec(uint64_t host, uint64_t bytes);
     bool inflight(uint64_t cluster_index) const;
@@ -744,7 +762,12 @@ class Qcow2Node final : public BlockNode {
         host_zero_from_ = std::max(host_zero_from_, (end + cluster_size_ - 1) & ~(cluster_size_ - 1));
     }
     std::vector<qcow2::ClusterAlloc *> allocs_;             // in-flight allocating writes
-    std::unordered_map<uint64_t, uint32_t> inflight_host_;  // host cluster -> data requests in flight
+    // Host cluster -> data requests in flight. Guarded by inflight_lock_
+    // (a leaf lock: taken under lock_ or alone, held for the map update
+    // only). Raised only under lock_ too; lowered without it, so the end of
+    // a read or in-place write needs no lock_.
+    std::unordered_map<uint64_t, uint32_t> inflight_host_;
+    mutable std::mutex inflight_lock_;
     std::vector<std::pair<uint64_t, uint64_t>> pending_discards_;   // host ranges freed, to discard after sync
     bool closing_ = false;
     bool data_flush_needed_ = false;        // external data file written since its last flush
