@@ -616,6 +616,13 @@ class Qcow2Node final : public BlockNode {
 
     // qcow2-cluster.cc (REQUIRE lock_ held)
     int coroutine_fn co_get_mapping_locked(uint64_t offset, uint64_t bytes, qcow2::HostMapping *m);
+    // The lookup's steps, on the pinned slice holding the entry (neither
+    // yields; -EIO after corruption() for a bad entry). map_in_slice: the
+    // run of equally mapped bytes from q.offset. map_compressed: the
+    // compressed cluster described by entry.
+    struct MapLookup;
+    int map_in_slice(const uint8_t *slice, const MapLookup &q, qcow2::HostMapping *m);
+    int map_compressed(uint64_t entry, const MapLookup &q, qcow2::HostMapping *m);
     // The L2 slice holding guest cluster `cluster_index`, for writing: the L2
     // table is allocated (or copied, when shared) as needed, the L1 grown.
     // *slice_off is the slice's host offset (pinned in the L2 cache; release
