@@ -261,11 +261,20 @@ Status coroutine_fn Qcow2Node::co_change_refcount_order_locked(uint32_t order)
 
 // ---------------------------------------------------------------- amend
 
-Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress)
+// What an amend asks for, parsed and checked against the image.
+struct Qcow2Node::AmendRequest {
+    uint32_t new_version = 0;
+    bool old_lazy = false, lazy = false;
+    uint32_t order = 0;                          // refcount order
+    std::optional<std::string> data_file;
+    bool data_file_raw = false;
+    std::optional<std::string> backing_file;
+    std::optional<std::string> backing_fmt;
+    std::optional<uint64_t> new_size;            // rounded up to 512
+};
+
+Status Qcow2Node::parse_amend_options(const CreateOptions &opts, AmendRequest *a) const
 {
-    (void)force;
-    if (view_snapshot_ || read_only_) return qcow2::herr(EACCES, name_, "Image is read-only");
-    // Parse and validate everything before changing anything.
     for (const auto &kv : opts.opts) {
         if (amendable(kv.first)) continue;
         bool known = false;
@@ -278,17 +287,17 @@ Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, c
         }
         return make_error(EINVAL, "Invalid parameter '%s'", kv.first.c_str());
     }
-    uint32_t new_version = h_.version;
+    a->new_version = h_.version;
     if (auto v = opts.get("compat")) {
-        if (*v == "0.10" || *v == "v2") new_version = 2;
-        else if (*v == "1.1" || *v == "v3") new_version = 3;
+        if (*v == "0.10" || *v == "v2") a->new_version = 2;
+        else if (*v == "1.1" || *v == "v3") a->new_version = 3;
         else return make_error(EINVAL, "Unknown compatibility level %s", v->c_str());
     }
-    const bool old_lazy = (h_.compatible_features & qcow2::kCompatLazyRefcounts) != 0;
-    auto lz = opts.get_bool("lazy_refcounts", old_lazy);
+    a->old_lazy = (h_.compatible_features & qcow2::kCompatLazyRefcounts) != 0;
+    auto lz = opts.get_bool("lazy_refcounts", a->old_lazy);
     if (!lz) return lz.error();
-    const bool lazy = lz.value();
-    uint32_t order = h_.refcount_order;
+    a->lazy = lz.value();
+    a->order = h_.refcount_order;
     if (opts.has("refcount_bits")) {
         auto rb = opts.get_number("refcount_bits", 16);
         if (!rb) return rb.error();
@@ -296,44 +305,189 @@ Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, c
         if (bits == 0 || bits > 64 || (bits & (bits - 1))) {
             return make_error(EINVAL, "Refcount width must be a power of two and may not exceed 64 bits");
         }
-        order = static_cast<uint32_t>(__builtin_ctzll(bits));
+        a->order = static_cast<uint32_t>(__builtin_ctzll(bits));
     }
-    if (new_version < 3 && order != 4 && opts.has("refcount_bits")) {
+    if (a->new_version < 3 && a->order != 4 && opts.has("refcount_bits")) {
         return make_error(EINVAL, "Refcount widths other than 16 bits require compatibility level 1.1 or above (use "
                                   "compat=1.1 or greater)");
     }
-    if (new_version < 3 && lazy) {
+    if (a->new_version < 3 && a->lazy) {
         return make_error(EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use "
                                   "compat=1.1 or greater)");
     }
-    std::optional<std::string> data_file = opts.get("data_file");
-    if (data_file && !h_.has_data_file()) {
+    a->data_file = opts.get("data_file");
+    if (a->data_file && !h_.has_data_file()) {
         return make_error(EINVAL, "data-file can only be set for images that use an external data file");
     }
     auto dfr = opts.get_bool("data_file_raw", h_.data_file_raw());
     if (!dfr) return dfr.error();
     if (dfr.value() && !h_.data_file_raw()) return make_error(EINVAL, "data-file-raw cannot be set on existing images");
-    std::optional<std::string> backing_file = opts.get("backing_file");
-    std::optional<std::string> backing_fmt = opts.get("backing_fmt");
-    if (backing_fmt && !backing_file && h_.backing_file.empty()) {
+    a->data_file_raw = dfr.value();
+    a->backing_file = opts.get("backing_file");
+    a->backing_fmt = opts.get("backing_fmt");
+    if (a->backing_fmt && !a->backing_file && h_.backing_file.empty()) {
         return make_error(EINVAL, "Cannot set a backing format without a backing file");
     }
-    std::optional<uint64_t> new_size;
     if (opts.has("size")) {
         auto sz = opts.get_size("size", 0);
         if (!sz) return sz.error();
-        new_size = (sz.value() + 511) & ~uint64_t{511};
-        if (*new_size < size_ && !snapshots_.empty()) {
+        a->new_size = (sz.value() + 511) & ~uint64_t{511};
+        if (*a->new_size < size_ && !snapshots_.empty()) {
             return make_error(ENOTSUP, "Can't shrink an image which has snapshots");
         }
     }
+    return {};
+}
+
+Status coroutine_fn Qcow2Node::co_amend_names_locked(const AmendRequest &a)
+{
+    qcow2::Header nh = h_;
+    bool changed = false;
+    if (a.backing_file && *a.backing_file != h_.backing_file) {
+        nh.backing_file = *a.backing_file;
+        if (a.backing_file->empty()) nh.backing_format.reset();
+        changed = true;
+    }
+    if (a.backing_fmt && a.backing_fmt->size() > qcow2::kMaxBackingFormatLen) {
+        return make_error(EINVAL, "Backing format '%s' is too long", a.backing_fmt->c_str());
+    }
+    if (a.backing_fmt && !nh.backing_file.empty() && nh.backing_format != a.backing_fmt) {
+        if (a.backing_fmt->empty()) nh.backing_format.reset();
+        else nh.backing_format = *a.backing_fmt;
+        changed = true;
+    }
+    if (nh.backing_file.size() > qcow2::kMaxBackingNameLen) {
+        return make_error(EINVAL, "Backing file name too long");
+    }
+    if (a.data_file && nh.data_file != a.data_file) {
+        nh.data_file = *a.data_file;
+        changed = true;
+    }
+    if (!a.data_file_raw && h_.data_file_raw()) {
+        nh.autoclear_features &= ~qcow2::kAutoclearDataFileRaw;
+        changed = true;
+    }
+    if (changed) {
+        int r = co_write_header_locked(nh);
+        if (r < 0) return io_err(r, name_, "cannot update the header");
+    }
+    return {};
+}
+
+Status coroutine_fn Qcow2Node::co_amend_lazy_locked(bool lazy)
+{
+    if (lazy && h_.version < 3) {
+        return make_error(EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above "
+                                  "(use compat=1.1 or greater)");
+    }
+    qcow2::Header nh = h_;
+    int r;
+    if (lazy) {
+        nh.compatible_features |= qcow2::kCompatLazyRefcounts;
+    } else {
+        // Mark clean: everything flushed, then the dirty bit cleared.
+        r = co_flush_caches_locked();
+        if (r >= 0) r = co_update_incompat_locked(0, qcow2::kIncompatDirty);
+        if (r < 0) return io_err(r, name_, "cannot mark the image clean");
+        nh = h_;
+        nh.compatible_features &= ~qcow2::kCompatLazyRefcounts;
+    }
+    r = co_write_header_locked(nh);
+    if (r < 0) return io_err(r, name_, "cannot update the header");
+    lazy_refcounts_ = lazy;
+    return {};
+}
+
+Result<bool> coroutine_fn Qcow2Node::co_any_compressed_cluster_locked()
+{
+    bool any = false;
+    std::vector<std::pair<uint64_t, uint32_t>> l1s = {{h_.l1_table_offset, h_.l1_size}};
+    for (const qcow2::Snapshot &sn : snapshots_) l1s.emplace_back(sn.l1_table_offset, sn.l1_size);
+    int r = co_flush_caches_locked();
+    std::vector<uint8_t> l2(cluster_size_);
+    for (auto &t : l1s) {
+        if (r < 0 || any || !t.second) continue;
+        std::vector<uint8_t> raw(static_cast<size_t>(t.second) * 8);
+        r = file_->co_pread(static_cast<int64_t>(t.first), static_cast<int64_t>(raw.size()), raw.data());
+        for (uint32_t i = 0; r >= 0 && !any && i < t.second; i++) {
+            const uint64_t l2o = qcow2::be64(raw.data() + static_cast<size_t>(i) * 8) & qcow2::kL1eOffsetMask;
+            if (!l2o) continue;
+            r = file_->co_pread(static_cast<int64_t>(l2o), static_cast<int64_t>(cluster_size_), l2.data());
+            for (uint64_t j = 0; r >= 0 && j < (1ULL << l2_bits_); j++) {
+                if (qcow2::be64(l2.data() + j * l2_entry_size_) & qcow2::kOflagCompressed) any = true;
+            }
+        }
+    }
+    if (r < 0) return io_err(r, name_, "cannot read the L2 tables");
+    return any;
+}
+
+Status coroutine_fn Qcow2Node::co_downgrade_locked(const ProgressFn &progress)
+{
+    if (h_.refcount_order != 4) return make_error(ENOTSUP, "compat=0.10 requires refcount_bits=16");
+    if (h_.has_data_file()) return make_error(ENOTSUP, "Cannot downgrade an image with a data file");
+    if (h_.bitmaps || !bitmaps_.empty()) {
+        // (qemu-img 7.2 drops them, leaking their clusters.)
+        return make_error(ENOTSUP, "Cannot downgrade an image with persistent dirty bitmaps; remove them first "
+                                   "(img bitmap --remove)");
+    }
+    for (const qcow2::Snapshot &sn : snapshots_) {
+        if (sn.vm_state_size || sn.disk_size != size_) {
+            return make_error(ENOTSUP, "Internal snapshots prevent downgrade of image");
+        }
+    }
+    int r;
+    if (h_.incompatible_features & qcow2::kIncompatDirty) {
+        r = co_flush_caches_locked();
+        if (r >= 0) r = co_update_incompat_locked(0, qcow2::kIncompatDirty);
+        if (r < 0) return io_err(r, name_, "cannot mark the image clean");
+    }
+    if (h_.incompatible_features & ~qcow2::kIncompatCompression) {
+        return make_error(ENOTSUP, "Cannot downgrade an image with incompatible features %#" PRIx64 " set",
+                          h_.incompatible_features);
+    }
+    if (h_.compression_type != qcow2::kCompressionZlib) {
+        // Any compressed cluster reachable from any L1 table?
+        auto any = co_any_compressed_cluster_locked();
+        if (!any) return any.error();
+        if (any.value()) {
+            return make_error(EINVAL, "Cannot downgrade an image with zstd compression type and existing "
+                                      "compressed clusters");
+        }
+    }
+    r = co_expand_zero_clusters_locked(progress);
+    if (r < 0) return io_err(r, name_, "cannot expand the zero clusters");
+    qcow2::Header nh = h_;
+    nh.version = 2;
+    nh.incompatible_features = 0;
+    nh.compatible_features = 0;
+    nh.autoclear_features = 0;
+    nh.bitmaps.reset();
+    nh.compression_type = qcow2::kCompressionZlib;
+    nh.refcount_order = 4;
+    nh.header_length = qcow2::kV2HeaderLength;
+    nh.unknown_header_fields.clear();
+    nh.feature_names.clear();
+    r = co_write_header_locked(nh);
+    if (r < 0) return io_err(r, name_, "cannot update the header");
+    lazy_refcounts_ = false;
+    return {};
+}
+
+Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, const ProgressFn &progress)
+{
+    (void)force;
+    if (view_snapshot_ || read_only_) return qcow2::herr(EACCES, name_, "Image is read-only");
+    // Parse and validate everything before changing anything.
+    AmendRequest a;
+    BG_TRY(parse_amend_options(opts, &a));
     if (write_stopped_.load()) return qcow2::herr(EIO, name_, "image is corrupt; writes are refused");
 
     int r;
     {
         CoMutexGuard g(lock_);
         // 1. Upgrade first (QEMU's order): the later steps may need v3.
-        if (new_version > h_.version) {
+        if (a.new_version > h_.version) {
             qcow2::Header nh = h_;
             nh.version = 3;
             nh.refcount_order = 4;
@@ -342,74 +496,24 @@ Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, c
             if (r < 0) return io_err(r, name_, "cannot update the header");
         }
         // 2. Refcount width.
-        if (order != h_.refcount_order) {
+        if (a.order != h_.refcount_order) {
             if (h_.version < 3) {
                 return make_error(EINVAL, "Refcount widths other than 16 bits require compatibility level 1.1 or "
                                           "above (use compat=1.1 or greater)");
             }
-            Status s = co_change_refcount_order_locked(order);
+            Status s = co_change_refcount_order_locked(a.order);
             if (!s) return s;
         }
         // 3. Backing file, data file name, data_file_raw: a header rewrite.
-        {
-            qcow2::Header nh = h_;
-            bool changed = false;
-            if (backing_file && *backing_file != h_.backing_file) {
-                nh.backing_file = *backing_file;
-                if (backing_file->empty()) nh.backing_format.reset();
-                changed = true;
-            }
-            if (backing_fmt && backing_fmt->size() > qcow2::kMaxBackingFormatLen) {
-                return make_error(EINVAL, "Backing format '%s' is too long", backing_fmt->c_str());
-            }
-            if (backing_fmt && !nh.backing_file.empty() && nh.backing_format != backing_fmt) {
-                if (backing_fmt->empty()) nh.backing_format.reset();
-                else nh.backing_format = *backing_fmt;
-                changed = true;
-            }
-            if (nh.backing_file.size() > qcow2::kMaxBackingNameLen) {
-                return make_error(EINVAL, "Backing file name too long");
-            }
-            if (data_file && nh.data_file != data_file) {
-                nh.data_file = *data_file;
-                changed = true;
-            }
-            if (!dfr.value() && h_.data_file_raw()) {
-                nh.autoclear_features &= ~qcow2::kAutoclearDataFileRaw;
-                changed = true;
-            }
-            if (changed) {
-                r = co_write_header_locked(nh);
-                if (r < 0) return io_err(r, name_, "cannot update the header");
-            }
-        }
+        BG_TRY(co_amend_names_locked(a));
         // 4. Lazy refcounts.
-        if (lazy != old_lazy) {
-            if (lazy && h_.version < 3) {
-                return make_error(EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above "
-                                          "(use compat=1.1 or greater)");
-            }
-            qcow2::Header nh = h_;
-            if (lazy) {
-                nh.compatible_features |= qcow2::kCompatLazyRefcounts;
-            } else {
-                // Mark clean: everything flushed, then the dirty bit cleared.
-                r = co_flush_caches_locked();
-                if (r >= 0) r = co_update_incompat_locked(0, qcow2::kIncompatDirty);
-                if (r < 0) return io_err(r, name_, "cannot mark the image clean");
-                nh = h_;
-                nh.compatible_features &= ~qcow2::kCompatLazyRefcounts;
-            }
-            r = co_write_header_locked(nh);
-            if (r < 0) return io_err(r, name_, "cannot update the header");
-            lazy_refcounts_ = lazy;
-        }
+        if (a.lazy != a.old_lazy) BG_TRY(co_amend_lazy_locked(a.lazy));
     }
     // 5. Size (the truncate takes the lock itself).
-    if (new_size && *new_size != size_) {
-        r = do_co_truncate(static_cast<int64_t>(*new_size), false, PreallocMode::kOff, 0);
+    if (a.new_size && *a.new_size != size_) {
+        r = do_co_truncate(static_cast<int64_t>(*a.new_size), false, PreallocMode::kOff, 0);
         if (r < 0) {
-            if (*new_size < size_ && !snapshots_.empty()) {
+            if (*a.new_size < size_ && !snapshots_.empty()) {
                 return make_error(ENOTSUP, "Can't shrink an image which has snapshots");
             }
             return io_err(r, name_, "cannot resize the image");
@@ -417,71 +521,9 @@ Status coroutine_fn Qcow2Node::co_amend(const CreateOptions &opts, bool force, c
         refresh_length();
     }
     // 6. Downgrade last (QEMU qcow2_downgrade).
-    if (new_version < h_.version) {
+    if (a.new_version < h_.version) {
         CoMutexGuard g(lock_);
-        if (h_.refcount_order != 4) return make_error(ENOTSUP, "compat=0.10 requires refcount_bits=16");
-        if (h_.has_data_file()) return make_error(ENOTSUP, "Cannot downgrade an image with a data file");
-        if (h_.bitmaps || !bitmaps_.empty()) {
-            // (qemu-img 7.2 drops them, leaking their clusters.)
-            return make_error(ENOTSUP, "Cannot downgrade an image with persistent dirty bitmaps; remove them first "
-                                       "(img bitmap --remove)");
-        }
-        for (const qcow2::Snapshot &sn : snapshots_) {
-            if (sn.vm_state_size || sn.disk_size != size_) {
-                return make_error(ENOTSUP, "Internal snapshots prevent downgrade of image");
-            }
-        }
-        if (h_.incompatible_features & qcow2::kIncompatDirty) {
-            r = co_flush_caches_locked();
-            if (r >= 0) r = co_update_incompat_locked(0, qcow2::kIncompatDirty);
-            if (r < 0) return io_err(r, name_, "cannot mark the image clean");
-        }
-        if (h_.incompatible_features & ~qcow2::kIncompatCompression) {
-            return make_error(ENOTSUP, "Cannot downgrade an image with incompatible features %#" PRIx64 " set",
-                              h_.incompatible_features);
-        }
-        if (h_.compression_type != qcow2::kCompressionZlib) {
-            // Any compressed cluster reachable from any L1 table?
-            bool any = false;
-            std::vector<std::pair<uint64_t, uint32_t>> l1s = {{h_.l1_table_offset, h_.l1_size}};
-            for (const qcow2::Snapshot &sn : snapshots_) l1s.emplace_back(sn.l1_table_offset, sn.l1_size);
-            r = co_flush_caches_locked();
-            std::vector<uint8_t> l2(cluster_size_);
-            for (auto &t : l1s) {
-                if (r < 0 || any || !t.second) continue;
-                std::vector<uint8_t> raw(static_cast<size_t>(t.second) * 8);
-                r = file_->co_pread(static_cast<int64_t>(t.first), static_cast<int64_t>(raw.size()), raw.data());
-                for (uint32_t i = 0; r >= 0 && !any && i < t.second; i++) {
-                    const uint64_t l2o = qcow2::be64(raw.data() + static_cast<size_t>(i) * 8) & qcow2::kL1eOffsetMask;
-                    if (!l2o) continue;
-                    r = file_->co_pread(static_cast<int64_t>(l2o), static_cast<int64_t>(cluster_size_), l2.data());
-                    for (uint64_t j = 0; r >= 0 && j < (1ULL << l2_bits_); j++) {
-                        if (qcow2::be64(l2.data() + j * l2_entry_size_) & qcow2::kOflagCompressed) any = true;
-                    }
-                }
-            }
-            if (r < 0) return io_err(r, name_, "cannot read the L2 tables");
-            if (any) {
-                return make_error(EINVAL, "Cannot downgrade an image with zstd compression type and existing "
-                                          "compressed clusters");
-            }
-        }
-        r = co_expand_zero_clusters_locked(progress);
-        if (r < 0) return io_err(r, name_, "cannot expand the zero clusters");
-        qcow2::Header nh = h_;
-        nh.version = 2;
-        nh.incompatible_features = 0;
-        nh.compatible_features = 0;
-        nh.autoclear_features = 0;
-        nh.bitmaps.reset();
-        nh.compression_type = qcow2::kCompressionZlib;
-        nh.refcount_order = 4;
-        nh.header_length = qcow2::kV2HeaderLength;
-        nh.unknown_header_fields.clear();
-        nh.feature_names.clear();
-        r = co_write_header_locked(nh);
-        if (r < 0) return io_err(r, name_, "cannot update the header");
-        lazy_refcounts_ = false;
+        BG_TRY(co_downgrade_locked(progress));
     }
     if (progress) progress(1, 1);
     return {};

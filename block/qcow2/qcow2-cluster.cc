@@ -78,22 +78,123 @@ int coroutine_fn Qcow2Node::co_get_mapping(uint64_t offset, uint64_t bytes, Host
     return co_get_mapping_locked(offset, bytes, m);
 }
 
+// Where one mapping lookup stands: the guest offset, the L2 table entry it
+// falls in, and how many bytes the answer may describe.
+struct Qcow2Node::MapLookup {
+    uint64_t offset = 0;        // guest offset looked up
+    uint64_t in_cluster = 0;    // its offset inside its cluster
+    uint64_t want = 0;          // bytes the answer may cover (within the slice)
+    uint64_t l2_offset = 0;     // the L2 table (host offset)
+    uint32_t l2_index = 0;      // entry index in the L2 table
+    uint32_t idx = 0;           // entry index in its slice
+    uint64_t flen = 0;          // image file length
+};
+
+int Qcow2Node::map_compressed(uint64_t entry, const MapLookup &q, HostMapping *m)
+{
+    const uint64_t cs = cluster_size_;
+    if (h_.has_data_file()) {
+        return corruption("compressed cluster in an image with an external data file (L2 offset 0x%" PRIx64
+                          ", L2 index 0x%" PRIx32 ")",
+                          q.l2_offset, q.l2_index);
+    }
+    const uint64_t coff = entry & comp_offset_mask_;
+    const uint64_t nb_sectors = ((entry >> csize_shift_) & csize_mask_) + 1;
+    const uint64_t cbytes = nb_sectors * kSectorSize - (coff & (kSectorSize - 1));
+    // The stream ends inside the file; its last sector may be
+    // partial at the end of the file.
+    const uint64_t file_end = (q.flen + kSectorSize - 1) & ~(kSectorSize - 1);
+    if (coff < cs || coff >= q.flen || cbytes > file_end - coff) {
+        return corruption("compressed cluster at host offset 0x%" PRIx64 " (%" PRIu64
+                          " bytes) is outside the file (guest offset 0x%" PRIx64 ")",
+                          coff, cbytes, q.offset - q.in_cluster);
+    }
+    m->type = SubclusterType::kCompressed;
+    m->comp_offset = coff;
+    m->comp_bytes = cbytes;
+    m->bytes = std::min(q.want, cs - q.in_cluster);
+    return 0;
+}
+
+int Qcow2Node::map_in_slice(const uint8_t *slice, const MapLookup &q, HostMapping *m)
+{
+    const uint64_t cs = cluster_size_;
+    const bool extended = sc_per_cluster_ > 1;
+    const bool data_file = h_.has_data_file();
+    auto entry_at = [&](uint32_t i) { return qcow2::be64(slice + static_cast<size_t>(i) * l2_entry_size_); };
+    auto bitmap_at = [&](uint32_t i) {
+        return extended ? qcow2::be64(slice + static_cast<size_t>(i) * l2_entry_size_ + 8) : 0;
+    };
+
+    const uint32_t sc_index = static_cast<uint32_t>(q.in_cluster >> subcluster_bits_);
+    const uint64_t nb_clusters = (q.in_cluster + q.want + cs - 1) >> cluster_bits_;   // <= slice_entries - idx
+    SubclusterType first_type = SubclusterType::kUnallocatedPlain;
+    uint64_t expected_host = 0;
+    uint64_t nb_sc = 0;                  // subclusters counted from sc_index
+    for (uint64_t i = 0; i < nb_clusters; i++) {
+        const uint32_t e = q.idx + static_cast<uint32_t>(i);
+        const uint64_t entry = entry_at(e);
+        const uint32_t first_sc = i == 0 ? sc_index : 0;
+        SubclusterType t;
+        uint32_t count;
+        if (!subcluster_range(entry, bitmap_at(e), first_sc, sc_per_cluster_, extended, data_file, &t, &count)) {
+            if (i > 0) break;   // reported when a lookup starts there
+            return corruption("invalid extended L2 entry 0x%016" PRIx64 " bitmap 0x%016" PRIx64
+                              " (L2 offset 0x%" PRIx64 ", L2 index 0x%" PRIx32 ")",
+                              entry, bitmap_at(e), q.l2_offset, q.l2_index + static_cast<uint32_t>(i));
+        }
+        const uint64_t host = entry & qcow2::kL2eOffsetMask;
+        if (i == 0) {
+            first_type = t;
+            if (t == SubclusterType::kCompressed) return map_compressed(entry, q, m);
+            if (has_host_cluster(t)) {
+                if (host & (cs - 1)) {
+                    return corruption("cluster offset 0x%" PRIx64 " is not aligned to the cluster size (L2 offset 0x%" PRIx64
+                                      ", L2 index 0x%" PRIx32 ")",
+                                      host, q.l2_offset, q.l2_index);
+                }
+                if (data_file && host != q.offset - q.in_cluster) {
+                    return corruption("external data file cluster offset 0x%" PRIx64
+                                      " does not match the guest offset 0x%" PRIx64 " (L2 index 0x%" PRIx32 ")",
+                                      host, q.offset - q.in_cluster, q.l2_index);
+                }
+                m->host_offset = host + q.in_cluster;
+                expected_host = host;
+            }
+        } else if (t != first_type) {
+            break;
+        } else if (has_host_cluster(t)) {
+            expected_host += cs;
+            if (host != expected_host) break;
+        }
+        nb_sc += count;
+        if (first_sc + count < sc_per_cluster_) break;   // the type changes inside this cluster
+    }
+
+    const uint64_t start_in_sc = q.in_cluster - (static_cast<uint64_t>(sc_index) << subcluster_bits_);
+    m->type = first_type;
+    m->bytes = std::min(q.want, (nb_sc << subcluster_bits_) - start_in_sc);
+    return 0;
+}
+
 int coroutine_fn Qcow2Node::co_get_mapping_locked(uint64_t offset, uint64_t bytes, HostMapping *m)
 {
     *m = HostMapping{};
     const uint64_t cs = cluster_size_;
-    const uint64_t in_cluster = offset & (cs - 1);
+    MapLookup q;
+    q.offset = offset;
+    q.in_cluster = offset & (cs - 1);
     const uint64_t cluster_index = offset >> cluster_bits_;
     const uint64_t l1_index = cluster_index >> l2_bits_;
-    const uint32_t l2_index = static_cast<uint32_t>(cluster_index & ((1ULL << l2_bits_) - 1));
+    q.l2_index = static_cast<uint32_t>(cluster_index & ((1ULL << l2_bits_) - 1));
     const uint32_t slice_entries = static_cast<uint32_t>(l2_cache_->slice_size() / l2_entry_size_);
-    const uint32_t idx = l2_index & (slice_entries - 1);   // entry within its slice
+    q.idx = q.l2_index & (slice_entries - 1);   // entry within its slice
     // One lookup describes at most the clusters of one L2 slice.
-    const uint64_t avail = (static_cast<uint64_t>(slice_entries - idx) << cluster_bits_) - in_cluster;
-    const uint64_t want = std::min(bytes, avail);
+    const uint64_t avail = (static_cast<uint64_t>(slice_entries - q.idx) << cluster_bits_) - q.in_cluster;
+    q.want = std::min(bytes, avail);
 
-    uint64_t l2_offset = l1_index < l1_.size() ? l1_[l1_index] & qcow2::kL1eOffsetMask : 0;
-    if (!l2_offset) {
+    q.l2_offset = l1_index < l1_.size() ? l1_[l1_index] & qcow2::kL1eOffsetMask : 0;
+    if (!q.l2_offset) {
         // No L2 table: unallocated up to the end of this L1 entry's range,
         // and on through following L1 entries without one (a cheap answer
         // for large sparse images).
@@ -111,104 +212,24 @@ int coroutine_fn Qcow2Node::co_get_mapping_locked(uint64_t offset, uint64_t byte
         m->bytes = std::min(n, bytes);
         return 0;
     }
-    if (l2_offset & (cs - 1)) {
+    if (q.l2_offset & (cs - 1)) {
         return corruption("L2 table offset 0x%" PRIx64 " is not aligned to the cluster size (L1 index 0x%" PRIx64 ")",
-                          l2_offset, l1_index);
+                          q.l2_offset, l1_index);
     }
-    const uint64_t slice_off = l2_offset + static_cast<uint64_t>(l2_index - idx) * l2_entry_size_;
+    const uint64_t slice_off = q.l2_offset + static_cast<uint64_t>(q.l2_index - q.idx) * l2_entry_size_;
     const int64_t flen = file_->getlength();
     if (flen < 0) return static_cast<int>(flen);
-    if (slice_off + l2_cache_->slice_size() > static_cast<uint64_t>(flen)) {
+    q.flen = static_cast<uint64_t>(flen);
+    if (slice_off + l2_cache_->slice_size() > q.flen) {
         return corruption("L2 table offset 0x%" PRIx64 " (L1 index 0x%" PRIx64 ") is beyond the end of the file",
-                          l2_offset, l1_index);
+                          q.l2_offset, l1_index);
     }
     const uint8_t *slice;
     int r = l2_cache_->co_get(file_, slice_off, &slice);
     if (r < 0) return r;
-
-    const bool extended = sc_per_cluster_ > 1;
-    const bool data_file = h_.has_data_file();
-    auto entry_at = [&](uint32_t i) { return qcow2::be64(slice + static_cast<size_t>(i) * l2_entry_size_); };
-    auto bitmap_at = [&](uint32_t i) {
-        return extended ? qcow2::be64(slice + static_cast<size_t>(i) * l2_entry_size_ + 8) : 0;
-    };
-
-    const uint32_t sc_index = static_cast<uint32_t>(in_cluster >> subcluster_bits_);
-    const uint64_t nb_clusters = (in_cluster + want + cs - 1) >> cluster_bits_;   // <= slice_entries - idx
-    SubclusterType first_type = SubclusterType::kUnallocatedPlain;
-    uint64_t expected_host = 0;
-    uint64_t nb_sc = 0;                  // subclusters counted from sc_index
-    for (uint64_t i = 0; i < nb_clusters; i++) {
-        const uint32_t e = idx + static_cast<uint32_t>(i);
-        const uint64_t entry = entry_at(e);
-        const uint32_t first_sc = i == 0 ? sc_index : 0;
-        SubclusterType t;
-        uint32_t count;
-        if (!subcluster_range(entry, bitmap_at(e), first_sc, sc_per_cluster_, extended, data_file, &t, &count)) {
-            if (i > 0) break;   // reported when a lookup starts there
-            l2_cache_->release(slice_off);
-            return corruption("invalid extended L2 entry 0x%016" PRIx64 " bitmap 0x%016" PRIx64
-                              " (L2 offset 0x%" PRIx64 ", L2 index 0x%" PRIx32 ")",
-                              entry, bitmap_at(e), l2_offset, l2_index + static_cast<uint32_t>(i));
-        }
-        const uint64_t host = entry & qcow2::kL2eOffsetMask;
-        if (i == 0) {
-            first_type = t;
-            if (t == SubclusterType::kCompressed) {
-                l2_cache_->release(slice_off);
-                if (data_file) {
-                    return corruption("compressed cluster in an image with an external data file (L2 offset 0x%" PRIx64
-                                      ", L2 index 0x%" PRIx32 ")",
-                                      l2_offset, l2_index);
-                }
-                const uint64_t coff = entry & comp_offset_mask_;
-                const uint64_t nb_sectors = ((entry >> csize_shift_) & csize_mask_) + 1;
-                const uint64_t cbytes = nb_sectors * kSectorSize - (coff & (kSectorSize - 1));
-                // The stream ends inside the file; its last sector may be
-                // partial at the end of the file.
-                const uint64_t file_end = (static_cast<uint64_t>(flen) + kSectorSize - 1) & ~(kSectorSize - 1);
-                if (coff < cs || coff >= static_cast<uint64_t>(flen) || cbytes > file_end - coff) {
-                    return corruption("compressed cluster at host offset 0x%" PRIx64 " (%" PRIu64
-                                      " bytes) is outside the file (guest offset 0x%" PRIx64 ")",
-                                      coff, cbytes, offset - in_cluster);
-                }
-                m->type = t;
-                m->comp_offset = coff;
-                m->comp_bytes = cbytes;
-                m->bytes = std::min(want, cs - in_cluster);
-                return 0;
-            }
-            if (has_host_cluster(t)) {
-                if (host & (cs - 1)) {
-                    l2_cache_->release(slice_off);
-                    return corruption("cluster offset 0x%" PRIx64 " is not aligned to the cluster size (L2 offset 0x%" PRIx64
-                                      ", L2 index 0x%" PRIx32 ")",
-                                      host, l2_offset, l2_index);
-                }
-                if (data_file && host != offset - in_cluster) {
-                    l2_cache_->release(slice_off);
-                    return corruption("external data file cluster offset 0x%" PRIx64
-                                      " does not match the guest offset 0x%" PRIx64 " (L2 index 0x%" PRIx32 ")",
-                                      host, offset - in_cluster, l2_index);
-                }
-                m->host_offset = host + in_cluster;
-                expected_host = host;
-            }
-        } else if (t != first_type) {
-            break;
-        } else if (has_host_cluster(t)) {
-            expected_host += cs;
-            if (host != expected_host) break;
-        }
-        nb_sc += count;
-        if (first_sc + count < sc_per_cluster_) break;   // the type changes inside this cluster
-    }
+    r = map_in_slice(slice, q, m);
     l2_cache_->release(slice_off);
-
-    const uint64_t start_in_sc = in_cluster - (static_cast<uint64_t>(sc_index) << subcluster_bits_);
-    m->type = first_type;
-    m->bytes = std::min(want, (nb_sc << subcluster_bits_) - start_in_sc);
-    return 0;
+    return r;
 }
 
 } // namespace bg

@@ -407,36 +407,149 @@ Status create_image(const std::string &filename, const CreateOptions &opts)
 
 namespace {
 
+// Where a new image's structures go: header cluster, refcount table,
+// refcount blocks, L1 table, then (preallocation) L2 tables interleaved
+// with their data clusters.
+struct Layout {
+    uint64_t cs = 0;
+    uint32_t l2e_size = 8;
+    uint64_t l2_entries = 0;
+    uint64_t l1_size = 0;                   // entries
+    uint64_t guest_clusters = 0;
+    uint64_t n_l2 = 0;                      // preallocated L2 tables
+    uint64_t rb_count = 0, rt_clusters = 0;
+    uint64_t rt_off = 0, rb_off = 0, l1_off = 0;
+    uint64_t meta_start = 0;                // first L2 table (preallocation)
+    uint64_t total_clusters = 0;            // clusters with refcount 1
+    uint64_t file_end = 0;
+};
+
+// The layout for c. EFBIG if the refcount table would exceed QEMU's limit.
+Result<Layout> plan_layout(const CreateParams &c)
+{
+    Layout L;
+    L.cs = 1ULL << c.cluster_bits;
+    const uint64_t cs = L.cs;
+    L.l2e_size = c.extended_l2 ? 16 : 8;
+    const uint32_t l2_bits = c.cluster_bits - (c.extended_l2 ? 4 : 3);
+    L.l2_entries = 1ULL << l2_bits;
+    L.l1_size = size_to_l1(c.size, c.cluster_bits, l2_bits);
+    const uint64_t l1_clusters = div_round_up(L.l1_size * 8, cs);
+    const bool prealloc = c.prealloc != PreallocMode::kOff;
+    L.guest_clusters = div_round_up(c.size, cs);
+    L.n_l2 = prealloc ? div_round_up(L.guest_clusters, L.l2_entries) : 0;
+    const uint64_t n_data = prealloc && !c.data_file ? L.guest_clusters : 0;
+    refcount_metadata_size(1 + l1_clusters + L.n_l2 + n_data, cs, c.refcount_order, &L.rb_count, &L.rt_clusters);
+    if (L.rt_clusters * cs > kMaxRefTableBytes) return make_error(EFBIG, "The image size is too large");
+
+    L.rt_off = cs;
+    L.rb_off = L.rt_off + L.rt_clusters * cs;
+    L.l1_off = L.rb_off + L.rb_count * cs;
+    L.meta_start = L.l1_off + l1_clusters * cs;
+    L.total_clusters = 1 + L.rt_clusters + L.rb_count + l1_clusters + L.n_l2 + n_data;
+    // End of file: QEMU's layout ends after the L1 entries without
+    // preallocation (after the refcount block with an empty L1).
+    if (prealloc) L.file_end = L.total_clusters * cs;
+    else if (L.l1_size) L.file_end = L.l1_off + L.l1_size * 8;
+    else L.file_end = L.l1_off;
+    return L;
+}
+
+// Writes the refcount table and blocks of L: every cluster of the layout
+// has refcount 1. Errors name filename.
+Status write_refcounts(Writer &w, const Layout &L, const CreateParams &c, const std::string &filename)
+{
+    const uint64_t cs = L.cs;
+    std::vector<uint8_t> t(L.rt_clusters * cs, 0);
+    for (uint64_t i = 0; i < L.rb_count; i++) put64(t.data() + i * 8, L.rb_off + i * cs);
+    int r = w.pwrite(L.rt_off, t.data(), t.size());
+    if (r < 0) return io_error(r, filename, "refcount table");
+    const uint64_t per_block = cs * 8 >> c.refcount_order;
+    std::vector<uint8_t> b(cs);
+    for (uint64_t i = 0; i < L.rb_count; i++) {
+        std::fill(b.begin(), b.end(), 0);
+        const uint64_t first = i * per_block;
+        const uint64_t last = std::min(L.total_clusters, first + per_block);
+        for (uint64_t k = first; k < last; k++) set_refcount_entry(b.data(), k - first, c.refcount_order, 1);
+        r = w.pwrite(L.rb_off + i * cs, b.data(), cs);
+        if (r < 0) return io_error(r, filename, "refcount blocks");
+    }
+    return {};
+}
+
+// Writes the L1 table and (preallocation) the L2 tables of L, mapping
+// every guest cluster (1:1 into the data file with one). Errors name
+// filename.
+Status write_tables(Writer &w, const Layout &L, const CreateParams &c, const std::string &filename)
+{
+    if (!L.l1_size) return {};
+    const uint64_t cs = L.cs;
+    std::vector<uint8_t> l1(L.l1_size * 8, 0);
+    std::vector<uint8_t> l2(cs);
+    uint64_t pos = L.meta_start;
+    int r;
+    for (uint64_t t = 0; t < L.n_l2; t++) {
+        const uint64_t l2_off = pos;
+        pos += cs;
+        put64(l1.data() + t * 8, l2_off | kOflagCopied);
+        std::fill(l2.begin(), l2.end(), 0);
+        const uint64_t first = t * L.l2_entries;
+        const uint64_t n = std::min(L.l2_entries, L.guest_clusters - first);
+        for (uint64_t k = 0; k < n; k++) {
+            uint64_t host;
+            if (c.data_file) {
+                host = (first + k) * cs;     // 1:1 in the data file, not refcounted
+            } else {
+                host = pos;
+                pos += cs;
+            }
+            put64(l2.data() + k * L.l2e_size, host | kOflagCopied);
+            // Extended L2: the host cluster is allocated, its subclusters
+            // are not (QEMU's preallocation leaves the bitmap clear).
+        }
+        r = w.pwrite(l2_off, l2.data(), cs);
+        if (r < 0) return io_error(r, filename, "L2 tables");
+    }
+    r = w.pwrite(L.l1_off, l1.data(), l1.size());
+    if (r < 0) return io_error(r, filename, "L1 table");
+    return {};
+}
+
+// The header of the new image c laid out as L.
+Header new_image_header(const CreateParams &c, const Layout &L)
+{
+    Header h;
+    h.version = c.version;
+    h.cluster_bits = c.cluster_bits;
+    h.size = c.size;
+    h.l1_size = static_cast<uint32_t>(L.l1_size);
+    h.l1_table_offset = L.l1_size ? L.l1_off : 0;
+    h.refcount_table_offset = L.rt_off;
+    h.refcount_table_clusters = static_cast<uint32_t>(L.rt_clusters);
+    h.refcount_order = c.refcount_order;
+    h.compression_type = c.compression_type;
+    if (c.lazy_refcounts) h.compatible_features |= kCompatLazyRefcounts;
+    if (c.data_file) h.incompatible_features |= kIncompatDataFile;
+    if (c.data_file_raw) h.autoclear_features |= kAutoclearDataFileRaw;
+    if (c.compression_type != kCompressionZlib) h.incompatible_features |= kIncompatCompression;
+    if (c.extended_l2) h.incompatible_features |= kIncompatExtendedL2;
+    h.header_length = c.version >= 3 ? kQemuHeaderLength : kV2HeaderLength;
+    if (c.backing_file) h.backing_file = *c.backing_file;
+    h.backing_format = c.backing_fmt;
+    h.data_file = c.data_file;
+    return h;
+}
+
 Status do_create_image(const std::string &filename, const CreateOptions &opts, bool *created)
 {
     auto pr = parse_create_params(opts);
     if (!pr) return pr.error();
     const CreateParams c = pr.value();
-    const uint64_t cs = 1ULL << c.cluster_bits;
-    const uint32_t l2e_size = c.extended_l2 ? 16 : 8;
-    const uint32_t l2_bits = c.cluster_bits - (c.extended_l2 ? 4 : 3);
-    const uint64_t l2_entries = 1ULL << l2_bits;
-    const uint64_t l1_size = size_to_l1(c.size, c.cluster_bits, l2_bits);
-    const uint64_t l1_clusters = div_round_up(l1_size * 8, cs);
-    const bool prealloc = c.prealloc != PreallocMode::kOff;
-    const uint64_t guest_clusters = div_round_up(c.size, cs);
-    const uint64_t n_l2 = prealloc ? div_round_up(guest_clusters, l2_entries) : 0;
-    const uint64_t n_data = prealloc && !c.data_file ? guest_clusters : 0;
-    uint64_t rb_count = 0, rt_clusters = 0;
-    refcount_metadata_size(1 + l1_clusters + n_l2 + n_data, cs, c.refcount_order, &rb_count, &rt_clusters);
-    if (rt_clusters * cs > kMaxRefTableBytes) return make_error(EFBIG, "The image size is too large");
-
-    const uint64_t rt_off = cs;
-    const uint64_t rb_off = rt_off + rt_clusters * cs;
-    const uint64_t l1_off = rb_off + rb_count * cs;
-    const uint64_t meta_start = l1_off + l1_clusters * cs;   // first L2 table (preallocation)
-    const uint64_t total_clusters = 1 + rt_clusters + rb_count + l1_clusters + n_l2 + n_data;
-    // End of file: QEMU's layout ends after the L1 entries without
-    // preallocation (after the refcount block with an empty L1).
-    uint64_t file_end;
-    if (prealloc) file_end = total_clusters * cs;
-    else if (l1_size) file_end = l1_off + l1_size * 8;
-    else file_end = l1_off;
+    auto lr = plan_layout(c);
+    if (!lr) return lr.error();
+    const Layout L = lr.value();
+    const uint64_t cs = L.cs;
+    const uint64_t file_end = L.file_end;
 
     // The image file (and data file) through the protocol driver (the file
     // protocol takes the image locks and applies nocow / extent_size_hint).
@@ -459,56 +572,8 @@ Status do_create_image(const std::string &filename, const CreateOptions &opts, b
     int r = run_in_coroutine([&] { return blk->co_truncate(static_cast<int64_t>(file_end), true, fmode); });
     if (r < 0) return make_error(-r, "%s: could not preallocate: %s", filename.c_str(), strerror(-r));
 
-    // Refcount table.
-    {
-        std::vector<uint8_t> t(rt_clusters * cs, 0);
-        for (uint64_t i = 0; i < rb_count; i++) put64(t.data() + i * 8, rb_off + i * cs);
-        r = w.pwrite(rt_off, t.data(), t.size());
-        if (r < 0) return io_error(r, filename, "refcount table");
-    }
-    // Refcount blocks: every cluster of the layout has refcount 1.
-    {
-        const uint64_t per_block = cs * 8 >> c.refcount_order;
-        std::vector<uint8_t> b(cs);
-        for (uint64_t i = 0; i < rb_count; i++) {
-            std::fill(b.begin(), b.end(), 0);
-            const uint64_t first = i * per_block;
-            const uint64_t last = std::min(total_clusters, first + per_block);
-            for (uint64_t k = first; k < last; k++) set_refcount_entry(b.data(), k - first, c.refcount_order, 1);
-            r = w.pwrite(rb_off + i * cs, b.data(), cs);
-            if (r < 0) return io_error(r, filename, "refcount blocks");
-        }
-    }
-    // L1 and (preallocation) L2 tables.
-    if (l1_size) {
-        std::vector<uint8_t> l1(l1_size * 8, 0);
-        std::vector<uint8_t> l2(cs);
-        uint64_t pos = meta_start;
-        for (uint64_t t = 0; t < n_l2; t++) {
-            const uint64_t l2_off = pos;
-            pos += cs;
-            put64(l1.data() + t * 8, l2_off | kOflagCopied);
-            std::fill(l2.begin(), l2.end(), 0);
-            const uint64_t first = t * l2_entries;
-            const uint64_t n = std::min(l2_entries, guest_clusters - first);
-            for (uint64_t k = 0; k < n; k++) {
-                uint64_t host;
-                if (c.data_file) {
-                    host = (first + k) * cs;     // 1:1 in the data file, not refcounted
-                } else {
-                    host = pos;
-                    pos += cs;
-                }
-                put64(l2.data() + k * l2e_size, host | kOflagCopied);
-                // Extended L2: the host cluster is allocated, its subclusters
-                // are not (QEMU's preallocation leaves the bitmap clear).
-            }
-            r = w.pwrite(l2_off, l2.data(), cs);
-            if (r < 0) return io_error(r, filename, "L2 tables");
-        }
-        r = w.pwrite(l1_off, l1.data(), l1.size());
-        if (r < 0) return io_error(r, filename, "L1 table");
-    }
+    BG_TRY(write_refcounts(w, L, c, filename));
+    BG_TRY(write_tables(w, L, c, filename));
     // The data file holds the guest data 1:1: as long as the disk.
     if (c.data_file) {
         auto df = open_file_rw(*c.data_file);
@@ -524,26 +589,7 @@ Status do_create_image(const std::string &filename, const CreateOptions &opts, b
     r = run_in_coroutine([&] { return blk->co_flush(); });
     if (r < 0) return make_error(-r, "%s: could not flush: %s", filename.c_str(), strerror(-r));
 
-    Header h;
-    h.version = c.version;
-    h.cluster_bits = c.cluster_bits;
-    h.size = c.size;
-    h.l1_size = static_cast<uint32_t>(l1_size);
-    h.l1_table_offset = l1_size ? l1_off : 0;
-    h.refcount_table_offset = rt_off;
-    h.refcount_table_clusters = static_cast<uint32_t>(rt_clusters);
-    h.refcount_order = c.refcount_order;
-    h.compression_type = c.compression_type;
-    if (c.lazy_refcounts) h.compatible_features |= kCompatLazyRefcounts;
-    if (c.data_file) h.incompatible_features |= kIncompatDataFile;
-    if (c.data_file_raw) h.autoclear_features |= kAutoclearDataFileRaw;
-    if (c.compression_type != kCompressionZlib) h.incompatible_features |= kIncompatCompression;
-    if (c.extended_l2) h.incompatible_features |= kIncompatExtendedL2;
-    h.header_length = c.version >= 3 ? kQemuHeaderLength : kV2HeaderLength;
-    if (c.backing_file) h.backing_file = *c.backing_file;
-    h.backing_format = c.backing_fmt;
-    h.data_file = c.data_file;
-    auto hb = build_header_cluster(h, filename);
+    auto hb = build_header_cluster(new_image_header(c, L), filename);
     if (!hb) return hb.error();
     // Only the bytes up to the end of what the header uses, like QEMU
     // (the rest of cluster 0 is already zero or a hole).

@@ -117,33 +117,13 @@ int probe(const uint8_t *buf, size_t len)
     return version == 2 || version == 3 ? 100 : 0;
 }
 
-Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_len, const std::string &image,
-                            bool writable)
+namespace {
+
+// The fixed header fields of h.version from the zero-padded first cluster
+// p (cs bytes), with the v3 fields' own range checks and the extended-L2
+// cluster size check. EINVAL naming image otherwise.
+Status parse_fixed_fields(const uint8_t *p, uint64_t cs, Header &h, const std::string &image)
 {
-    Header h;
-    if (buf_len < 8 || be32(buf) != kMagic) return herr(EINVAL, image, "not a qcow2 image (bad magic)");
-    h.version = be32(buf + 4);
-    if (h.version != 2 && h.version != 3) {
-        return herr(ENOTSUP, image, "unsupported qcow2 version %" PRIu32, h.version);
-    }
-    const uint32_t min_len = h.version == 2 ? kV2HeaderLength : kV3MinHeaderLength;
-    if (file_len < min_len || buf_len < min_len) {
-        return herr(EINVAL, image, "file is too short for a qcow2 version %" PRIu32 " header (%" PRIu64 " bytes)",
-                    h.version, std::min<uint64_t>(file_len, buf_len));
-    }
-    h.cluster_bits = be32(buf + 20);
-    if (h.cluster_bits < kMinClusterBits || h.cluster_bits > kMaxClusterBits) {
-        return herr(EINVAL, image, "cluster_bits %" PRIu32 " is out of range (%" PRIu32 "..%" PRIu32 ")",
-                    h.cluster_bits, kMinClusterBits, kMaxClusterBits);
-    }
-    const uint64_t cs = h.cluster_size();
-
-    // The first cluster, zero-padded: bytes past the end of the file or of
-    // what the caller read read as zeros, as they would from the file.
-    std::vector<uint8_t> c(cs, 0);
-    std::memcpy(c.data(), buf, std::min<uint64_t>(buf_len, cs));
-    const uint8_t *p = c.data();
-
     h.backing_file_offset = be64(p + 8);
     h.backing_file_size = be32(p + 16);
     h.size = be64(p + 24);
@@ -185,36 +165,79 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
         return herr(EINVAL, image, "extended L2 entries need clusters of at least 16 KiB (cluster size %" PRIu64 ")",
                     cs);
     }
+    return {};
+}
 
-    // Backing file name: inside the first cluster, after the header.
-    uint64_t ext_end = cs;
-    if (h.backing_file_offset) {
-        if (h.backing_file_offset > cs) {
-            return herr(EINVAL, image, "backing file name offset 0x%" PRIx64 " is outside the first cluster",
-                        h.backing_file_offset);
-        }
-        if (h.backing_file_offset < h.header_length) {
-            return herr(EINVAL, image, "backing file name offset 0x%" PRIx64 " overlaps the header",
-                        h.backing_file_offset);
-        }
-        if (h.backing_file_size > kMaxBackingNameLen) {
-            return herr(EINVAL, image, "backing file name is too long (%" PRIu32 " bytes, at most %" PRIu32 ")",
-                        h.backing_file_size, kMaxBackingNameLen);
-        }
-        if (h.backing_file_size > cs - h.backing_file_offset) {
-            return herr(EINVAL, image, "backing file name (%" PRIu32 " bytes at 0x%" PRIx64 ") crosses the end of the first cluster",
-                        h.backing_file_size, h.backing_file_offset);
-        }
-        const uint8_t *name = p + h.backing_file_offset;
-        if (std::memchr(name, 0, h.backing_file_size)) {
-            return herr(EINVAL, image, "backing file name contains a NUL byte");
-        }
-        h.backing_file.assign(reinterpret_cast<const char *>(name), h.backing_file_size);
-        ext_end = h.backing_file_offset;
+// The backing file name (inside the first cluster p of cs bytes, after the
+// header) into h.backing_file. *ext_end: where the header extension area
+// ends (the name's offset, or cs without a name). EINVAL naming image.
+Status parse_backing_name(const uint8_t *p, uint64_t cs, Header &h, const std::string &image, uint64_t *ext_end)
+{
+    *ext_end = cs;
+    if (!h.backing_file_offset) return {};
+    if (h.backing_file_offset > cs) {
+        return herr(EINVAL, image, "backing file name offset 0x%" PRIx64 " is outside the first cluster",
+                    h.backing_file_offset);
     }
+    if (h.backing_file_offset < h.header_length) {
+        return herr(EINVAL, image, "backing file name offset 0x%" PRIx64 " overlaps the header",
+                    h.backing_file_offset);
+    }
+    if (h.backing_file_size > kMaxBackingNameLen) {
+        return herr(EINVAL, image, "backing file name is too long (%" PRIu32 " bytes, at most %" PRIu32 ")",
+                    h.backing_file_size, kMaxBackingNameLen);
+    }
+    if (h.backing_file_size > cs - h.backing_file_offset) {
+        return herr(EINVAL, image, "backing file name (%" PRIu32 " bytes at 0x%" PRIx64 ") crosses the end of the first cluster",
+                    h.backing_file_size, h.backing_file_offset);
+    }
+    const uint8_t *name = p + h.backing_file_offset;
+    if (std::memchr(name, 0, h.backing_file_size)) {
+        return herr(EINVAL, image, "backing file name contains a NUL byte");
+    }
+    h.backing_file.assign(reinterpret_cast<const char *>(name), h.backing_file_size);
+    *ext_end = h.backing_file_offset;
+    return {};
+}
 
-    // Header extensions, from header_length up to the backing file name
-    // (or the end of the first cluster).
+// The bitmaps extension d (len bytes) into h.bitmaps, when the autoclear
+// bit says it is valid; its directory range-checked against file_len.
+// EINVAL naming image.
+Status parse_bitmaps_extension(const uint8_t *d, uint32_t len, uint64_t cs, uint64_t file_len, Header &h,
+                               const std::string &image)
+{
+    if (len != 24) {
+        return herr(EINVAL, image, "bitmaps extension has length %" PRIu32 " (expected 24)", len);
+    }
+    // Without the autoclear bit a program without bitmap support
+    // changed the image: the bitmaps are stale and ignored (QEMU).
+    if (!(h.autoclear_features & kAutoclearBitmaps)) return {};
+    BitmapsExtension b;
+    b.nb_bitmaps = be32(d);
+    uint32_t reserved = be32(d + 4);
+    b.directory_size = be64(d + 8);
+    b.directory_offset = be64(d + 16);
+    if (reserved) return herr(EINVAL, image, "bitmaps extension: reserved field is not zero");
+    if (b.nb_bitmaps == 0) return herr(EINVAL, image, "bitmaps extension with zero bitmaps");
+    if (b.nb_bitmaps > kMaxBitmaps) {
+        return herr(EINVAL, image, "bitmaps extension: %" PRIu32 " bitmaps (at most %" PRIu32 ")",
+                    b.nb_bitmaps, kMaxBitmaps);
+    }
+    if (b.directory_size > kMaxBitmapDirectoryBytes) {
+        return herr(EINVAL, image, "bitmap directory size %" PRIu64 " is too large (at most %" PRIu64 ")",
+                    b.directory_size, kMaxBitmapDirectoryBytes);
+    }
+    BG_TRY(check_table(image, "bitmap directory", b.directory_offset, b.directory_size, cs, file_len));
+    h.bitmaps = b;
+    return {};
+}
+
+// The header extensions in p[h.header_length, ext_end) into h: known ones
+// interpreted (each at most once), unknown ones kept verbatim. Stops at
+// the end extension. EINVAL naming image.
+Status parse_extensions(const uint8_t *p, uint64_t ext_end, uint64_t cs, uint64_t file_len, Header &h,
+                        const std::string &image)
+{
     uint32_t seen = 0;   // known types seen, one bit each
     auto once = [&](uint32_t bit, uint32_t type) -> Status {
         if (seen & bit) return herr(EINVAL, image, "header extension 0x%08" PRIx32 " appears more than once", type);
@@ -251,33 +274,10 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
                 h.feature_names.push_back(FeatureName{d[i], d[i + 1], stored_string(d + i + 2, 46)});
             }
             break;
-        case kExtBitmaps: {
+        case kExtBitmaps:
             BG_TRY(once(4, type));
-            if (len != 24) {
-                return herr(EINVAL, image, "bitmaps extension has length %" PRIu32 " (expected 24)", len);
-            }
-            // Without the autoclear bit a program without bitmap support
-            // changed the image: the bitmaps are stale and ignored (QEMU).
-            if (!(h.autoclear_features & kAutoclearBitmaps)) break;
-            BitmapsExtension b;
-            b.nb_bitmaps = be32(d);
-            uint32_t reserved = be32(d + 4);
-            b.directory_size = be64(d + 8);
-            b.directory_offset = be64(d + 16);
-            if (reserved) return herr(EINVAL, image, "bitmaps extension: reserved field is not zero");
-            if (b.nb_bitmaps == 0) return herr(EINVAL, image, "bitmaps extension with zero bitmaps");
-            if (b.nb_bitmaps > kMaxBitmaps) {
-                return herr(EINVAL, image, "bitmaps extension: %" PRIu32 " bitmaps (at most %" PRIu32 ")",
-                            b.nb_bitmaps, kMaxBitmaps);
-            }
-            if (b.directory_size > kMaxBitmapDirectoryBytes) {
-                return herr(EINVAL, image, "bitmap directory size %" PRIu64 " is too large (at most %" PRIu64 ")",
-                            b.directory_size, kMaxBitmapDirectoryBytes);
-            }
-            BG_TRY(check_table(image, "bitmap directory", b.directory_offset, b.directory_size, cs, file_len));
-            h.bitmaps = b;
+            BG_TRY(parse_bitmaps_extension(d, len, cs, file_len, h, image));
             break;
-        }
         case kExtCrypto:
             BG_TRY(once(8, type));
             h.has_crypto_extension = true;
@@ -293,8 +293,14 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
         }
         off += (static_cast<uint64_t>(len) + 7) & ~7ULL;
     }
+    return {};
+}
 
-    // Feature bits.
+// Feature bits, compression type and encryption of a parsed h.
+// ENOTSUP (unknown incompatible feature, compression type, encryption),
+// EACCES (corrupt and writable), EINVAL (inconsistent bits).
+Status check_features(const Header &h, const std::string &image, bool writable)
+{
     if (uint64_t unknown = h.incompatible_features & ~kIncompatMask) {
         return herr(ENOTSUP, image, "unsupported qcow2 feature(s): %s",
                     describe_features(unknown, 0, h.feature_names).c_str());
@@ -329,7 +335,15 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
     if (h.has_crypto_extension) {
         return herr(EINVAL, image, "encryption header extension in an image that is not encrypted");
     }
+    return {};
+}
 
+// The virtual size and the L1, refcount and snapshot tables of h: within
+// QEMU's limits (EFBIG), aligned, inside the file of file_len bytes and
+// not overlapping one another (EINVAL).
+Status check_tables(const Header &h, uint64_t file_len, const std::string &image)
+{
+    const uint64_t cs = h.cluster_size();
     // Virtual size and L1 table.
     if (h.size > static_cast<uint64_t>(kMaxLength)) {
         return herr(EFBIG, image, "virtual size %" PRIu64 " is too large (at most %" PRId64 ")", h.size,
@@ -382,6 +396,46 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
                         h.snapshots_offset);
         }
     }
+    return {};
+}
+
+} // namespace
+
+Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_len, const std::string &image,
+                            bool writable)
+{
+    Header h;
+    if (buf_len < 8 || be32(buf) != kMagic) return herr(EINVAL, image, "not a qcow2 image (bad magic)");
+    h.version = be32(buf + 4);
+    if (h.version != 2 && h.version != 3) {
+        return herr(ENOTSUP, image, "unsupported qcow2 version %" PRIu32, h.version);
+    }
+    const uint32_t min_len = h.version == 2 ? kV2HeaderLength : kV3MinHeaderLength;
+    if (file_len < min_len || buf_len < min_len) {
+        return herr(EINVAL, image, "file is too short for a qcow2 version %" PRIu32 " header (%" PRIu64 " bytes)",
+                    h.version, std::min<uint64_t>(file_len, buf_len));
+    }
+    h.cluster_bits = be32(buf + 20);
+    if (h.cluster_bits < kMinClusterBits || h.cluster_bits > kMaxClusterBits) {
+        return herr(EINVAL, image, "cluster_bits %" PRIu32 " is out of range (%" PRIu32 "..%" PRIu32 ")",
+                    h.cluster_bits, kMinClusterBits, kMaxClusterBits);
+    }
+    const uint64_t cs = h.cluster_size();
+
+    // The first cluster, zero-padded: bytes past the end of the file or of
+    // what the caller read read as zeros, as they would from the file.
+    std::vector<uint8_t> c(cs, 0);
+    std::memcpy(c.data(), buf, std::min<uint64_t>(buf_len, cs));
+    const uint8_t *p = c.data();
+
+    BG_TRY(parse_fixed_fields(p, cs, h, image));
+    // Header extensions, from header_length up to the backing file name
+    // (or the end of the first cluster).
+    uint64_t ext_end = cs;
+    BG_TRY(parse_backing_name(p, cs, h, image, &ext_end));
+    BG_TRY(parse_extensions(p, ext_end, cs, file_len, h, image));
+    BG_TRY(check_features(h, image, writable));
+    BG_TRY(check_tables(h, file_len, image));
     return h;
 }
 

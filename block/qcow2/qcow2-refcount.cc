@@ -156,11 +156,16 @@ int coroutine_fn Qcow2Node::co_set_refcount_locked(uint64_t cluster_index, uint6
     return 0;
 }
 
-bool Qcow2Node::inflight(uint64_t cluster_index) const { return inflight_host_.count(cluster_index) != 0; }
+bool Qcow2Node::inflight(uint64_t cluster_index) const
+{
+    std::lock_guard<std::mutex> g(inflight_lock_);
+    return inflight_host_.count(cluster_index) != 0;
+}
 
 void Qcow2Node::inflight_inc(uint64_t host, uint64_t bytes)
 {
     if (data_file_ != file_) return;   // data file clusters are never reallocated
+    std::lock_guard<std::mutex> g(inflight_lock_);
     for (uint64_t c = host >> cluster_bits_; c < (host + bytes + cluster_size_ - 1) >> cluster_bits_; c++) {
         inflight_host_[c]++;
     }
@@ -169,6 +174,7 @@ void Qcow2Node::inflight_inc(uint64_t host, uint64_t bytes)
 void Qcow2Node::inflight_dec(uint64_t host, uint64_t bytes)
 {
     if (data_file_ != file_) return;
+    std::lock_guard<std::mutex> g(inflight_lock_);
     for (uint64_t c = host >> cluster_bits_; c < (host + bytes + cluster_size_ - 1) >> cluster_bits_; c++) {
         auto it = inflight_host_.find(c);
         if (it != inflight_host_.end() && --it->second == 0) inflight_host_.erase(it);
@@ -410,8 +416,15 @@ int64_t coroutine_fn Qcow2Node::co_alloc_run_locked(uint64_t max_clusters, bool 
         }
     }
     const uint64_t run_end = (start + n) << cluster_bits_;
-    if (fresh) *fresh = (start << cluster_bits_) >= host_zero_from_;
-    if (host_zero_from_ != UINT64_MAX) host_zero_from_ = std::max(host_zero_from_, run_end);
+    if (fresh) {
+        // Past the mark and past the file's end: nothing (not even a write
+        // that did not raise the mark) can have left bytes there.
+        const int64_t flen = file_->getlength();
+        const uint64_t file_end = flen < 0 ? UINT64_MAX
+                                           : (static_cast<uint64_t>(flen) + cluster_size_ - 1) & ~(cluster_size_ - 1);
+        *fresh = (start << cluster_bits_) >= host_zero_from_ && (start << cluster_bits_) >= file_end;
+    }
+    raise_host_zero_from(run_end);
     // Everything before the first cluster with refcount 0 is in use (a
     // freed cluster under I/O has refcount 0: the cursor stops there).
     if (first_zero == start) free_cluster_index_ = start + n;
@@ -456,7 +469,7 @@ int64_t coroutine_fn Qcow2Node::co_alloc_clusters_at_locked(uint64_t offset, uin
         r = co_set_refcount_locked(i, 1);
         if (r < 0) return r;
     }
-    if (host_zero_from_ != UINT64_MAX) host_zero_from_ = std::max(host_zero_from_, (first + n) << cluster_bits_);
+    raise_host_zero_from((first + n) << cluster_bits_);
     return static_cast<int64_t>(n);
 }
 
@@ -629,24 +642,18 @@ int coroutine_fn Qcow2Node::co_detect_metadata_preallocation_locked()
 
 // ---------------------------------------------------------------- rebuild
 
-// QEMU's rebuild_refcount_structure, minimal: counts every reference the
-// metadata makes (header, L1 tables, L2 tables, data clusters, compressed
-// bytes, snapshot table, snapshot L1/L2 tables, bitmap directory, tables
-// and data) and writes a fresh refcount
-// table and blocks in free space at the end of the file. The old refcount
-// structures become unreferenced (free). Order: blocks and table written
-// and flushed, then the header switched and flushed.
-int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
-{
-    const int64_t flen_s = file_->getlength();
-    if (flen_s < 0) return static_cast<int>(flen_s);
-    const uint64_t cs = cluster_size_;
-    const uint64_t nb = (static_cast<uint64_t>(flen_s) + cs - 1) >> cluster_bits_;
-    std::vector<uint64_t> refs(nb, 0);
-    const uint64_t max = refcount_max();
+// References counted in memory for a rebuild: one counter per host
+// cluster of the file; a reference past the file or beyond the refcount
+// width is remembered, not counted.
+struct Qcow2Node::RefCounter {
+    std::vector<uint64_t> refs;
+    uint32_t cluster_bits = 0;
+    uint64_t max = 0;
     bool overflow = false, outside = false;
-    auto inc = [&](uint64_t off, uint64_t len) {
-        for (uint64_t c = off >> cluster_bits_; c <= (off + len - 1) >> cluster_bits_; c++) {
+    // One more reference to every cluster touched by [off, off + len).
+    void inc(uint64_t off, uint64_t len)
+    {
+        for (uint64_t c = off >> cluster_bits; c <= (off + len - 1) >> cluster_bits; c++) {
             if (c >= refs.size()) {
                 outside = true;
                 continue;
@@ -654,83 +661,74 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
             if (refs[c] == max) overflow = true;
             else refs[c]++;
         }
-    };
-    inc(0, cs);
-    auto count_l1 = [&](uint64_t l1_off, uint64_t l1_size) -> int {
-        if (!l1_size) return 0;
-        inc(l1_off, l1_size * 8);
-        std::vector<uint8_t> raw(l1_size * 8);
-        int r = file_->co_pread(static_cast<int64_t>(l1_off), static_cast<int64_t>(raw.size()), raw.data());
+    }
+};
+
+int coroutine_fn Qcow2Node::co_count_l1_refs_locked(RefCounter &rc, uint64_t l1_off, uint64_t l1_size)
+{
+    const uint64_t cs = cluster_size_;
+    if (!l1_size) return 0;
+    rc.inc(l1_off, l1_size * 8);
+    std::vector<uint8_t> raw(l1_size * 8);
+    int r = file_->co_pread(static_cast<int64_t>(l1_off), static_cast<int64_t>(raw.size()), raw.data());
+    if (r < 0) return r;
+    std::vector<uint8_t> l2(cs);
+    for (uint64_t i = 0; i < l1_size; i++) {
+        const uint64_t l2_off = qcow2::be64(raw.data() + i * 8) & qcow2::kL1eOffsetMask;
+        if (!l2_off) continue;
+        if (l2_off & (cs - 1) || l2_off + cs > rc.refs.size() * cs) return -EIO;
+        rc.inc(l2_off, cs);
+        r = file_->co_pread(static_cast<int64_t>(l2_off), static_cast<int64_t>(cs), l2.data());
         if (r < 0) return r;
-        std::vector<uint8_t> l2(cs);
-        for (uint64_t i = 0; i < l1_size; i++) {
-            const uint64_t l2_off = qcow2::be64(raw.data() + i * 8) & qcow2::kL1eOffsetMask;
-            if (!l2_off) continue;
-            if (l2_off & (cs - 1) || l2_off + cs > refs.size() * cs) return -EIO;
-            inc(l2_off, cs);
-            r = file_->co_pread(static_cast<int64_t>(l2_off), static_cast<int64_t>(cs), l2.data());
-            if (r < 0) return r;
-            for (uint64_t j = 0; j < (1ULL << l2_bits_); j++) {
-                const uint64_t e = qcow2::be64(l2.data() + j * l2_entry_size_);
-                if (e & qcow2::kOflagCompressed) {
-                    const uint64_t coff = e & comp_offset_mask_;
-                    const uint64_t nsec = ((e >> csize_shift_) & csize_mask_) + 1;
-                    const uint64_t cbytes = nsec * 512 - (coff & 511);
-                    inc(coff, cbytes);
-                    continue;
-                }
-                const uint64_t host = e & qcow2::kL2eOffsetMask;
-                if (host && !h_.has_data_file()) inc(host, cs);
+        for (uint64_t j = 0; j < (1ULL << l2_bits_); j++) {
+            const uint64_t e = qcow2::be64(l2.data() + j * l2_entry_size_);
+            if (e & qcow2::kOflagCompressed) {
+                const uint64_t coff = e & comp_offset_mask_;
+                const uint64_t nsec = ((e >> csize_shift_) & csize_mask_) + 1;
+                const uint64_t cbytes = nsec * 512 - (coff & 511);
+                rc.inc(coff, cbytes);
+                continue;
             }
-        }
-        return 0;
-    };
-    int r = co_flush_caches_locked();
-    if (r < 0) return r;
-    r = count_l1(h_.l1_table_offset, h_.l1_size);
-    if (r < 0) return r;
-    if (h_.nb_snapshots) {
-        // The snapshot table's size: entries as read at open.
-        uint64_t tbl = 0;
-        for (const auto &sn : snapshots_) {
-            uint64_t e = qcow2::kSnapshotHeaderSize + sn.extra_data.size() + sn.id.size() + sn.name.size();
-            tbl += (e + 7) & ~uint64_t{7};
-            r = count_l1(sn.l1_table_offset, sn.l1_size);
-            if (r < 0) return r;
-        }
-        if (tbl) inc(h_.snapshots_offset, tbl);
-    }
-    if (h_.bitmaps) {
-        // Bitmap directory, tables and data clusters (QEMU counts them too).
-        auto dir = co_read_bitmap_directory();
-        if (!dir) return -EIO;
-        inc(h_.bitmaps->directory_offset, h_.bitmaps->directory_size);
-        const uint64_t flen = nb * cs;
-        for (const qcow2::BitmapEntry &e : dir.value()) {
-            if (!e.table_size) continue;
-            const uint64_t tb = static_cast<uint64_t>(e.table_size) * 8;
-            if ((e.table_offset & (cs - 1)) || !e.table_offset || e.table_offset > flen || tb > flen - e.table_offset ||
-                e.table_size > qcow2::kMaxBitmapBytes / 512) {
-                return -EIO;
-            }
-            inc(e.table_offset, tb);
-            std::vector<uint8_t> t(tb);
-            r = file_->co_pread(static_cast<int64_t>(e.table_offset), static_cast<int64_t>(tb), t.data());
-            if (r < 0) return r;
-            for (uint64_t k = 0; k < e.table_size; k++) {
-                const uint64_t off = qcow2::be64(t.data() + k * 8) & ~qcow2::kBitmapTableReserved & ~uint64_t{1};
-                if (!off) continue;
-                if ((off & (cs - 1)) || off + cs > flen) return -EIO;
-                inc(off, cs);
-            }
+            const uint64_t host = e & qcow2::kL2eOffsetMask;
+            if (host && !h_.has_data_file()) rc.inc(host, cs);
         }
     }
-    if (overflow) {
-        log_error("qcow2: %s: cannot rebuild refcounts: a refcount exceeds %u bits", name_.c_str(),
-                  1u << h_.refcount_order);
-        return -ERANGE;
+    return 0;
+}
+
+int coroutine_fn Qcow2Node::co_count_bitmap_refs_locked(RefCounter &rc)
+{
+    const uint64_t cs = cluster_size_;
+    // Bitmap directory, tables and data clusters (QEMU counts them too).
+    auto dir = co_read_bitmap_directory();
+    if (!dir) return -EIO;
+    rc.inc(h_.bitmaps->directory_offset, h_.bitmaps->directory_size);
+    const uint64_t flen = rc.refs.size() * cs;
+    for (const qcow2::BitmapEntry &e : dir.value()) {
+        if (!e.table_size) continue;
+        const uint64_t tb = static_cast<uint64_t>(e.table_size) * 8;
+        if ((e.table_offset & (cs - 1)) || !e.table_offset || e.table_offset > flen || tb > flen - e.table_offset ||
+            e.table_size > qcow2::kMaxBitmapBytes / 512) {
+            return -EIO;
+        }
+        rc.inc(e.table_offset, tb);
+        std::vector<uint8_t> t(tb);
+        int r = file_->co_pread(static_cast<int64_t>(e.table_offset), static_cast<int64_t>(tb), t.data());
+        if (r < 0) return r;
+        for (uint64_t k = 0; k < e.table_size; k++) {
+            const uint64_t off = qcow2::be64(t.data() + k * 8) & ~qcow2::kBitmapTableReserved & ~uint64_t{1};
+            if (!off) continue;
+            if ((off & (cs - 1)) || off + cs > flen) return -EIO;
+            rc.inc(off, cs);
+        }
     }
-    if (outside) return -EIO;
+    return 0;
+}
+
+int coroutine_fn Qcow2Node::co_write_rebuilt_refcounts_locked(std::vector<uint64_t> refs)
+{
+    const uint64_t cs = cluster_size_;
+    const uint64_t nb = refs.size();
     // Place the new structure at the end: table + blocks covering everything.
     const uint64_t per_block = 1ULL << (cluster_bits_ + 3 - h_.refcount_order);
     uint64_t tbl_clusters, nb_blocks;
@@ -741,6 +739,7 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
     for (uint64_t c = tbl_start; c < refs.size(); c++) refs[c] = 1;
     std::vector<uint64_t> table(tbl_clusters * cs / 8, 0);
     AlignedBuf blk = aligned_alloc_buf(std::max<size_t>(file_->node()->limits().opt_mem_alignment, 64), cs);
+    int r;
     for (uint64_t b = 0; b < nb_blocks; b++) {
         memset(blk.get(), 0, cs);
         for (uint64_t i = 0; i < per_block && b * per_block + i < refs.size(); i++) {
@@ -775,6 +774,52 @@ int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
     free_cluster_index_ = 0;
     free_byte_offset_ = 0;
     return 0;
+}
+
+// QEMU's rebuild_refcount_structure, minimal: counts every reference the
+// metadata makes (header, L1 tables, L2 tables, data clusters, compressed
+// bytes, snapshot table, snapshot L1/L2 tables, bitmap directory, tables
+// and data) and writes a fresh refcount
+// table and blocks in free space at the end of the file. The old refcount
+// structures become unreferenced (free). Order: blocks and table written
+// and flushed, then the header switched and flushed.
+int coroutine_fn Qcow2Node::co_rebuild_refcounts_locked()
+{
+    const int64_t flen_s = file_->getlength();
+    if (flen_s < 0) return static_cast<int>(flen_s);
+    const uint64_t cs = cluster_size_;
+    const uint64_t nb = (static_cast<uint64_t>(flen_s) + cs - 1) >> cluster_bits_;
+    RefCounter rc;
+    rc.refs.assign(nb, 0);
+    rc.cluster_bits = cluster_bits_;
+    rc.max = refcount_max();
+    rc.inc(0, cs);
+    int r = co_flush_caches_locked();
+    if (r < 0) return r;
+    r = co_count_l1_refs_locked(rc, h_.l1_table_offset, h_.l1_size);
+    if (r < 0) return r;
+    if (h_.nb_snapshots) {
+        // The snapshot table's size: entries as read at open.
+        uint64_t tbl = 0;
+        for (const auto &sn : snapshots_) {
+            uint64_t e = qcow2::kSnapshotHeaderSize + sn.extra_data.size() + sn.id.size() + sn.name.size();
+            tbl += (e + 7) & ~uint64_t{7};
+            r = co_count_l1_refs_locked(rc, sn.l1_table_offset, sn.l1_size);
+            if (r < 0) return r;
+        }
+        if (tbl) rc.inc(h_.snapshots_offset, tbl);
+    }
+    if (h_.bitmaps) {
+        r = co_count_bitmap_refs_locked(rc);
+        if (r < 0) return r;
+    }
+    if (rc.overflow) {
+        log_error("qcow2: %s: cannot rebuild refcounts: a refcount exceeds %u bits", name_.c_str(),
+                  1u << h_.refcount_order);
+        return -ERANGE;
+    }
+    if (rc.outside) return -EIO;
+    return co_write_rebuilt_refcounts_locked(std::move(rc.refs));
 }
 
 } // namespace bg

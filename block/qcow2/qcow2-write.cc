@@ -75,12 +75,184 @@ int coroutine_fn Qcow2Node::co_wait_allocs_locked(uint64_t start, uint64_t end)
     return 0;
 }
 
-int coroutine_fn Qcow2Node::co_plan_write_locked(uint64_t offset, uint64_t bytes, WritePlan *p)
+// The L2 entries of one pinned slice as seen by the planner of a write of
+// guest bytes [offset, end) whose first cluster is c0 (entry idx of the
+// slice); max_n clusters of the request lie in the slice.
+struct Qcow2Node::PlanSlice {
+    enum Class { kInPlace, kReuse, kNew };
+    const uint8_t *slice = nullptr;
+    uint32_t idx = 0;
+    uint64_t c0 = 0, offset = 0, end = 0, max_n = 0;
+    uint32_t cluster_bits = 0, sc_bits = 0, entry_size = 8;
+    bool ext = false, dfile = false;
+
+    uint64_t entry_at(uint64_t i) const { return qcow2::be64(slice + (idx + i) * entry_size); }
+    uint64_t bitmap_at(uint64_t i) const { return ext ? qcow2::be64(slice + (idx + i) * entry_size + 8) : 0; }
+    // Byte range of the request inside cluster i of the run.
+    void range_in(uint64_t i, uint64_t *s, uint64_t *e) const
+    {
+        const uint64_t cs = 1ULL << cluster_bits;
+        const uint64_t cstart = (c0 + i) << cluster_bits;
+        *s = std::max(offset, cstart) - cstart;
+        *e = std::min(end, cstart + cs) - cstart;
+    }
+    // kInPlace: the data may be written over the host cluster as it is;
+    // kReuse: the same host cluster, with a new L2 entry (zero flag,
+    // subclusters, data file); kNew: a new host cluster.
+    Class classify(uint64_t i) const
+    {
+        const uint64_t e = entry_at(i), bm = bitmap_at(i);
+        if (e & qcow2::kOflagCompressed) return kNew;
+        const uint64_t host = e & qcow2::kL2eOffsetMask;
+        const bool copied = e & qcow2::kOflagCopied;
+        if (dfile) {
+            if (!host && !copied) return kReuse;   // unallocated: host = guest offset
+        } else {
+            if (!host || !copied) return kNew;
+        }
+        if (!ext) return (e & qcow2::kOflagZero) ? kReuse : kInPlace;
+        uint64_t s, en;
+        range_in(i, &s, &en);
+        const uint32_t m = sc_mask(s, en, sc_bits);
+        return (static_cast<uint32_t>(bm) & m) == m ? kInPlace : kReuse;
+    }
+};
+
+int coroutine_fn Qcow2Node::co_plan_in_place_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p)
 {
     const uint64_t cs = cluster_size_;
+    const uint64_t c0 = v.c0;
+    const uint64_t host0 = v.dfile ? (c0 << cluster_bits_) : (v.entry_at(0) & qcow2::kL2eOffsetMask);
+    uint64_t s0, e0;
+    v.range_in(0, &s0, &e0);
+    uint64_t n = 1;
+    while (n < v.max_n && v.classify(n) == PlanSlice::kInPlace &&
+           (v.dfile || (v.entry_at(n) & qcow2::kL2eOffsetMask) == host0 + n * cs) &&
+           !find_alloc((c0 + n) << cluster_bits_, (c0 + n + 1) << cluster_bits_)) {
+        n++;
+    }
+    l2_cache_->release(slice_off);
+    p->kind = WritePlan::kInPlace;
+    p->offset = v.offset;
+    p->bytes = std::min(v.end, (c0 + n) << cluster_bits_) - v.offset;
+    p->host = host0 + s0;
+    inflight_inc(p->host, p->bytes);
+    if (data_file_ == file_) {
+        raise_host_zero_from(p->host + p->bytes);
+        int ol = co_overlap_check_locked(0, p->host, p->bytes);
+        if (ol) {
+            inflight_dec(p->host, p->bytes);
+            return ol < 0 ? ol
+                          : co_signal_corruption_locked("data write at host offset 0x%" PRIx64
+                                                        " would overwrite metadata (overlap check %d)",
+                                                        p->host, ol);
+        }
+    }
+    return 0;
+}
+
+int coroutine_fn Qcow2Node::co_plan_reuse_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p)
+{
+    const uint64_t cs = cluster_size_;
+    const uint64_t c0 = v.c0;
+    uint64_t s0, e0;
+    v.range_in(0, &s0, &e0);
+    // Same host cluster: ZERO_ALLOC (standard L2), new subclusters
+    // (extended L2), or a data file cluster. Wait for data I/O on it
+    // (an in-place write started before it was zeroed) to end.
+    const uint64_t host0 = v.dfile ? (c0 << cluster_bits_) : (v.entry_at(0) & qcow2::kL2eOffsetMask);
+    l2_cache_->release(slice_off);
+    if (inflight(host0 >> cluster_bits_) && data_file_ == file_) {
+        // Rare: yield until it drains, then plan again.
+        lock_.unlock();
+        co_sleep_ns(100 * 1000);
+        lock_.lock();
+        return kPlanAgain;
+    }
+    p->nb_clusters = 1;
+    p->new_host = false;
+    p->host = host0;
+    if (data_file_ == file_) raise_host_zero_from(host0 + cs);
+    p->bytes = std::min(v.end, (c0 + 1) << cluster_bits_) - v.offset;
+    const uint64_t cstart = c0 << cluster_bits_;
+    if (v.ext) {
+        const uint64_t scs = 1ULL << subcluster_bits_;
+        p->cow_start = cstart + (s0 & ~(scs - 1));
+        p->cow_end = cstart + std::min<uint64_t>(cs, (e0 + scs - 1) & ~(scs - 1));
+    } else {
+        p->cow_start = cstart;
+        p->cow_end = cstart + cs;
+    }
+    return 0;
+}
+
+int coroutine_fn Qcow2Node::co_plan_new_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p)
+{
+    const uint64_t cs = cluster_size_;
+    const uint64_t c0 = v.c0;
+    uint64_t s0, e0;
+    v.range_in(0, &s0, &e0);
+    uint64_t n = 1;
+    while (n < v.max_n && v.classify(n) == PlanSlice::kNew &&
+           !find_alloc((c0 + n) << cluster_bits_, (c0 + n + 1) << cluster_bits_)) {
+        n++;
+    }
+    // Whether each cluster's old content must be copied in whole (a
+    // data source) or only up to subcluster boundaries.
+    std::vector<bool> src(n);
+    for (uint64_t i = 0; i < n; i++) {
+        const uint64_t e = v.entry_at(i);
+        src[i] = !v.ext || (e & qcow2::kOflagCompressed) || (e & qcow2::kL2eOffsetMask);
+    }
+    l2_cache_->release(slice_off);
+    uint64_t got;
+    bool fresh = false;
+    int64_t host = co_alloc_run_locked(n, false, &got, &fresh);
+    if (host < 0) return static_cast<int>(host);
+    // The allocation yields: someone may have started allocating one
+    // of our clusters meanwhile. Then give back and plan again.
+    if (find_alloc(c0 << cluster_bits_, (c0 + got) << cluster_bits_)) {
+        co_free_clusters_locked(static_cast<uint64_t>(host), got << cluster_bits_, qcow2::DiscardType::kNever);
+        return kPlanAgain;
+    }
+    n = got;
+    p->nb_clusters = n;
+    p->new_host = true;
+    p->zero_host = fresh && data_file_ == file_;
+    p->host = static_cast<uint64_t>(host);
+    p->bytes = std::min(v.end, (c0 + n) << cluster_bits_) - v.offset;
+    const uint64_t cstart = c0 << cluster_bits_;
+    const uint64_t scs = 1ULL << subcluster_bits_;
+    p->cow_start = src[0] ? cstart : cstart + (s0 & ~(scs - 1));
+    const uint64_t lstart = (c0 + n - 1) << cluster_bits_;
+    const uint64_t lend = std::min(v.end, lstart + cs) - lstart;
+    p->cow_end = src[n - 1] ? lstart + cs : lstart + std::min<uint64_t>(cs, (lend + scs - 1) & ~(scs - 1));
+    return 0;
+}
+
+int coroutine_fn Qcow2Node::co_register_alloc_locked(WritePlan *p)
+{
+    const uint64_t c0 = p->first_cluster;
+    p->alloc.guest_start = c0 << cluster_bits_;
+    p->alloc.guest_end = (c0 + p->nb_clusters) << cluster_bits_;
+    allocs_.push_back(&p->alloc);
+    if (data_file_ == file_) {
+        const uint64_t hs = p->host + (p->cow_start - (c0 << cluster_bits_));
+        int ol = co_overlap_check_locked(0, hs, p->cow_end - p->cow_start);
+        if (ol) {
+            abort_alloc_locked(p);
+            return ol < 0 ? ol
+                          : co_signal_corruption_locked("data write at host offset 0x%" PRIx64
+                                                        " would overwrite metadata (overlap check %d)",
+                                                        hs, ol);
+        }
+    }
+    return 0;
+}
+
+int coroutine_fn Qcow2Node::co_plan_write_locked(uint64_t offset, uint64_t bytes, WritePlan *p)
+{
     const uint64_t end = offset + bytes;
-    const bool ext = sc_per_cluster_ > 1;
-    const bool dfile = h_.has_data_file();
     for (;;) {
         const uint64_t c0 = offset >> cluster_bits_;
         co_wait_allocs_locked(c0 << cluster_bits_, (c0 + 1) << cluster_bits_);
@@ -98,143 +270,28 @@ int coroutine_fn Qcow2Node::co_plan_write_locked(uint64_t offset, uint64_t bytes
         l2_cache_->release(slice_off);
         const uint32_t slice_entries = static_cast<uint32_t>(l2_cache_->slice_size() / l2_entry_size_);
         const uint64_t last_cluster = (end - 1) >> cluster_bits_;
-        const uint64_t max_n = std::min<uint64_t>(slice_entries - idx, last_cluster - c0 + 1);
-        auto entry_at = [&](uint64_t i) { return qcow2::be64(slice + (idx + i) * l2_entry_size_); };
-        auto bitmap_at = [&](uint64_t i) { return ext ? qcow2::be64(slice + (idx + i) * l2_entry_size_ + 8) : 0; };
-        // Byte range of the request inside cluster i of the run.
-        auto range_in = [&](uint64_t i, uint64_t *s, uint64_t *e) {
-            const uint64_t cstart = (c0 + i) << cluster_bits_;
-            *s = std::max(offset, cstart) - cstart;
-            *e = std::min(end, cstart + cs) - cstart;
-        };
-        enum Class { kInPlace, kReuse, kNew };
-        auto classify = [&](uint64_t i) {
-            const uint64_t e = entry_at(i), bm = bitmap_at(i);
-            if (e & qcow2::kOflagCompressed) return kNew;
-            const uint64_t host = e & qcow2::kL2eOffsetMask;
-            const bool copied = e & qcow2::kOflagCopied;
-            if (dfile) {
-                if (!host && !copied) return kReuse;   // unallocated: host = guest offset
-            } else {
-                if (!host || !copied) return kNew;
-            }
-            if (!ext) return (e & qcow2::kOflagZero) ? kReuse : kInPlace;
-            uint64_t s, en;
-            range_in(i, &s, &en);
-            const uint32_t m = sc_mask(s, en, subcluster_bits_);
-            return (static_cast<uint32_t>(bm) & m) == m ? kInPlace : kReuse;
-        };
-        const Class k0 = classify(0);
-        uint64_t s0, e0;
-        range_in(0, &s0, &e0);
-        const uint64_t entry0 = entry_at(0);
-        if (k0 == kInPlace) {
-            const uint64_t host0 = dfile ? (c0 << cluster_bits_) : (entry0 & qcow2::kL2eOffsetMask);
-            uint64_t n = 1;
-            while (n < max_n && classify(n) == kInPlace &&
-                   (dfile || (entry_at(n) & qcow2::kL2eOffsetMask) == host0 + n * cs) &&
-                   !find_alloc((c0 + n) << cluster_bits_, (c0 + n + 1) << cluster_bits_)) {
-                n++;
-            }
-            l2_cache_->release(slice_off);
-            p->kind = WritePlan::kInPlace;
-            p->offset = offset;
-            p->bytes = std::min(end, (c0 + n) << cluster_bits_) - offset;
-            p->host = host0 + s0;
-            inflight_inc(p->host, p->bytes);
-            if (data_file_ == file_) {
-                int ol = co_overlap_check_locked(0, p->host, p->bytes);
-                if (ol) {
-                    inflight_dec(p->host, p->bytes);
-                    return ol < 0 ? ol
-                                  : co_signal_corruption_locked("data write at host offset 0x%" PRIx64
-                                                                " would overwrite metadata (overlap check %d)",
-                                                                p->host, ol);
-                }
-            }
-            return 0;
-        }
+        PlanSlice v;
+        v.slice = slice;
+        v.idx = idx;
+        v.c0 = c0;
+        v.offset = offset;
+        v.end = end;
+        v.max_n = std::min<uint64_t>(slice_entries - idx, last_cluster - c0 + 1);
+        v.cluster_bits = cluster_bits_;
+        v.sc_bits = subcluster_bits_;
+        v.entry_size = l2_entry_size_;
+        v.ext = sc_per_cluster_ > 1;
+        v.dfile = h_.has_data_file();
+        const PlanSlice::Class k0 = v.classify(0);
+        // Each planner releases the slice.
+        if (k0 == PlanSlice::kInPlace) return co_plan_in_place_locked(v, slice_off, p);
         p->kind = WritePlan::kAlloc;
         p->offset = offset;
         p->first_cluster = c0;
-        if (k0 == kReuse) {
-            // Same host cluster: ZERO_ALLOC (standard L2), new subclusters
-            // (extended L2), or a data file cluster. Wait for data I/O on it
-            // (an in-place write started before it was zeroed) to end.
-            const uint64_t host0 = dfile ? (c0 << cluster_bits_) : (entry0 & qcow2::kL2eOffsetMask);
-            l2_cache_->release(slice_off);
-            if (inflight(host0 >> cluster_bits_) && data_file_ == file_) {
-                // Rare: yield until it drains, then plan again.
-                lock_.unlock();
-                co_sleep_ns(100 * 1000);
-                lock_.lock();
-                continue;
-            }
-            p->nb_clusters = 1;
-            p->new_host = false;
-            p->host = host0;
-            p->bytes = std::min(end, (c0 + 1) << cluster_bits_) - offset;
-            const uint64_t cstart = c0 << cluster_bits_;
-            if (ext) {
-                const uint64_t scs = 1ULL << subcluster_bits_;
-                p->cow_start = cstart + (s0 & ~(scs - 1));
-                p->cow_end = cstart + std::min<uint64_t>(cs, (e0 + scs - 1) & ~(scs - 1));
-            } else {
-                p->cow_start = cstart;
-                p->cow_end = cstart + cs;
-            }
-        } else {
-            uint64_t n = 1;
-            while (n < max_n && classify(n) == kNew &&
-                   !find_alloc((c0 + n) << cluster_bits_, (c0 + n + 1) << cluster_bits_)) {
-                n++;
-            }
-            // Whether each cluster's old content must be copied in whole (a
-            // data source) or only up to subcluster boundaries.
-            std::vector<bool> src(n);
-            for (uint64_t i = 0; i < n; i++) {
-                const uint64_t e = entry_at(i);
-                src[i] = !ext || (e & qcow2::kOflagCompressed) || (e & qcow2::kL2eOffsetMask);
-            }
-            l2_cache_->release(slice_off);
-            uint64_t got;
-            bool fresh = false;
-            int64_t host = co_alloc_run_locked(n, false, &got, &fresh);
-            if (host < 0) return static_cast<int>(host);
-            // The allocation yields: someone may have started allocating one
-            // of our clusters meanwhile. Then give back and plan again.
-            if (find_alloc(c0 << cluster_bits_, (c0 + got) << cluster_bits_)) {
-                co_free_clusters_locked(static_cast<uint64_t>(host), got << cluster_bits_, qcow2::DiscardType::kNever);
-                continue;
-            }
-            n = got;
-            p->nb_clusters = n;
-            p->new_host = true;
-            p->zero_host = fresh && data_file_ == file_;
-            p->host = static_cast<uint64_t>(host);
-            p->bytes = std::min(end, (c0 + n) << cluster_bits_) - offset;
-            const uint64_t cstart = c0 << cluster_bits_;
-            const uint64_t scs = 1ULL << subcluster_bits_;
-            p->cow_start = src[0] ? cstart : cstart + (s0 & ~(scs - 1));
-            const uint64_t lstart = (c0 + n - 1) << cluster_bits_;
-            const uint64_t lend = std::min(end, lstart + cs) - lstart;
-            p->cow_end = src[n - 1] ? lstart + cs : lstart + std::min<uint64_t>(cs, (lend + scs - 1) & ~(scs - 1));
-        }
-        p->alloc.guest_start = c0 << cluster_bits_;
-        p->alloc.guest_end = (c0 + p->nb_clusters) << cluster_bits_;
-        allocs_.push_back(&p->alloc);
-        if (data_file_ == file_) {
-            const uint64_t hs = p->host + (p->cow_start - (c0 << cluster_bits_));
-            int ol = co_overlap_check_locked(0, hs, p->cow_end - p->cow_start);
-            if (ol) {
-                abort_alloc_locked(p);
-                return ol < 0 ? ol
-                              : co_signal_corruption_locked("data write at host offset 0x%" PRIx64
-                                                            " would overwrite metadata (overlap check %d)",
-                                                            hs, ol);
-            }
-        }
-        return 0;
+        r = k0 == PlanSlice::kReuse ? co_plan_reuse_locked(v, slice_off, p) : co_plan_new_locked(v, slice_off, p);
+        if (r < 0) return r;
+        if (r == kPlanAgain) continue;
+        return co_register_alloc_locked(p);
     }
 }
 
@@ -325,9 +382,7 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
         if (p.kind == WritePlan::kInPlace) {
             file_->debug_event("write_aio");
             r = data_file_->co_pwritev(static_cast<int64_t>(p.host), static_cast<int64_t>(p.bytes), data);
-            lock_.lock();
-            inflight_dec(p.host, p.bytes);
-            lock_.unlock();
+            inflight_dec(p.host, p.bytes);   // needs no lock_
             if (r < 0) return r;
             pos += p.bytes;
             continue;
@@ -478,6 +533,118 @@ int coroutine_fn Qcow2Node::co_pwritev_compressed(uint64_t offset, uint64_t byte
 
 // ---------------------------------------------------------------- zeroes and discard
 
+// What a zero / discard request asks for (see co_zero_or_discard_locked).
+struct Qcow2Node::ZeroDiscardOp {
+    bool zero = false, unmap = false, full_discard = false;
+    qcow2::DiscardType type = qcow2::DiscardType::kNever;
+};
+
+// What is left to do after the L2 entries of a slice were changed.
+struct Qcow2Node::ZeroDiscardWork {
+    struct Free {
+        uint64_t off, len;
+    };
+    std::vector<Free> frees;                                    // refcounts to drop
+    std::vector<std::pair<uint64_t, uint64_t>> file_discards;   // keep_host: discard in the file, keep the ref
+    std::vector<std::pair<uint64_t, uint64_t>> raw_zero;        // data_file_raw: real zeros
+};
+
+bool Qcow2Node::zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t ce, const ZeroDiscardOp &op,
+                                             ZeroDiscardWork *w)
+{
+    const uint64_t cs = cluster_size_;
+    const bool ext = sc_per_cluster_ > 1;
+    const bool dfile = h_.has_data_file();
+    const bool v3 = h_.version >= 3;
+    const bool keep_host = discard_no_unref_ && !op.full_discard;   // discard-no-unref
+    const uint64_t cstart = cp & ~(cs - 1);
+    const bool whole = cp == cstart && (ce == cstart + cs || ce >= size_);
+    const uint64_t old = qcow2::be64(ep);
+    const uint64_t old_bm = ext ? qcow2::be64(ep + 8) : 0;
+    const bool compressed = old & qcow2::kOflagCompressed;
+    const uint64_t host = compressed ? 0 : (old & qcow2::kL2eOffsetMask);
+    const bool copied = old & qcow2::kOflagCopied;
+    const bool allocated = compressed || host || (dfile && copied);
+    const bool owned = !compressed && allocated && copied;   // refcount 1 (or data file)
+    auto free_old = [&]() {
+        if (compressed) {
+            const uint64_t coff = old & comp_offset_mask_;
+            const uint64_t ns = ((old >> csize_shift_) & csize_mask_) + 1;
+            w->frees.push_back({coff, ns * 512 - (coff & 511)});
+        } else if (host && !dfile) {
+            w->frees.push_back({host, cs});
+        } else if (dfile && allocated && (op.type == qcow2::DiscardType::kRequest || op.unmap) &&
+                   discard_passthrough_[static_cast<int>(op.type)] && !h_.data_file_raw()) {
+            w->file_discards.push_back({cstart, cs});
+        }
+    };
+    if (!whole) {
+        // Partial cluster: extended L2 subclusters only (zero).
+        if (!ext || !op.zero || compressed || (allocated && !owned)) return false;
+        const uint32_t m = sc_mask(cp - cstart, ce - cstart, subcluster_bits_);
+        uint64_t alloc = static_cast<uint32_t>(old_bm) & ~m, zb = (old_bm >> 32) | m;
+        put_be64(ep + 8, (zb << 32) | alloc);
+        if (dfile && h_.data_file_raw()) w->raw_zero.push_back({cp, ce - cp});
+        return true;
+    }
+    uint64_t ne = 0, nbm = 0;
+    if (op.zero) {
+        const bool keep = owned && (!op.unmap || discard_no_unref_);
+        if (keep) {
+            ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext ? 0 : qcow2::kOflagZero);
+            if (op.unmap && discard_no_unref_ && !dfile) w->file_discards.push_back({host, cs});
+        } else {
+            free_old();
+            ne = ext ? 0 : qcow2::kOflagZero;
+            if (dfile && allocated) ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext ? 0 : qcow2::kOflagZero);
+        }
+        nbm = kAllZeroBits;
+        if (dfile && h_.data_file_raw()) w->raw_zero.push_back({cstart, cs});
+    } else {
+        if (!op.full_discard && !v3 && backing_) return true;   // v2 cannot hide the backing file: leave it
+        if (keep_host && owned) {
+            ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext || !v3 ? 0 : qcow2::kOflagZero);
+            nbm = kAllZeroBits;
+            if (!dfile && discard_passthrough_[static_cast<int>(op.type)]) w->file_discards.push_back({host, cs});
+            if (!v3) ne = old;   // v2: cannot mark zero; only the file discard
+        } else {
+            free_old();
+            ne = (!op.full_discard && v3 && !ext) ? qcow2::kOflagZero : 0;
+            nbm = (!op.full_discard && v3) ? kAllZeroBits : 0;
+        }
+    }
+    put_be64(ep, ne);
+    if (ext) put_be64(ep + 8, nbm);
+    return true;
+}
+
+int coroutine_fn Qcow2Node::co_finish_zero_or_discard_locked(const ZeroDiscardWork &w, qcow2::DiscardType type)
+{
+    const bool dfile = h_.has_data_file();
+    for (const ZeroDiscardWork::Free &f : w.frees) co_update_refcount_locked(f.off, f.len, -1, type);
+    for (auto &d : w.file_discards) {
+        // Clusters that stay referenced (discard-no-unref, data file):
+        // their content is dropped now, still under the lock, so no
+        // write can reuse them first; a crash before the L2 update
+        // reaches the disk leaves a discarded range reading zeros.
+        // Clusters with I/O in flight are left alone.
+        if (dfile) {
+            data_file_->co_pdiscard(static_cast<int64_t>(d.first), static_cast<int64_t>(d.second));
+        } else if (!inflight(d.first >> cluster_bits_)) {
+            file_->co_pdiscard(static_cast<int64_t>(d.first), static_cast<int64_t>(d.second));
+        }
+    }
+    if (!w.raw_zero.empty()) {
+        int r = l2_cache_->co_flush();
+        if (r < 0) return r;
+        for (auto &z : w.raw_zero) {
+            r = data_file_->co_pwrite_zeroes(static_cast<int64_t>(z.first), static_cast<int64_t>(z.second), 0);
+            if (r < 0) return r;
+        }
+    }
+    return 0;
+}
+
 // Zeroes or discards the whole clusters / subclusters of [offset,
 // offset+bytes) in the L2 tables (QEMU's zero_in_l2_slice /
 // discard_in_l2_slice). offset and bytes are subcluster-aligned (zero) or
@@ -490,11 +657,13 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
                                                        bool full_discard, qcow2::DiscardType type)
 {
     const uint64_t cs = cluster_size_;
-    const bool ext = sc_per_cluster_ > 1;
-    const bool dfile = h_.has_data_file();
     const bool v3 = h_.version >= 3;
     const uint64_t end = offset + bytes;
-    const bool keep_host = discard_no_unref_ && !full_discard;   // discard-no-unref
+    ZeroDiscardOp op;
+    op.zero = zero;
+    op.unmap = unmap;
+    op.full_discard = full_discard;
+    op.type = type;
     for (uint64_t pos = offset; pos < end;) {
         const uint64_t c0 = pos >> cluster_bits_;
         const uint64_t l1_index = c0 >> l2_bits_;
@@ -518,106 +687,20 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
             continue;   // an allocation started while we loaded the slice
         }
         uint8_t *s = l2_cache_->mutable_data(slice_off);
-        struct Free {
-            uint64_t off, len;
-        };
-        std::vector<Free> frees;
-        std::vector<std::pair<uint64_t, uint64_t>> file_discards;   // keep_host: discard in the file, keep the ref
-        std::vector<std::pair<uint64_t, uint64_t>> raw_zero;        // data_file_raw: real zeros
+        ZeroDiscardWork w;
         bool unsupported = false;
         for (uint64_t cp = pos; cp < slice_end;) {
             const uint64_t c = cp >> cluster_bits_;
-            const uint64_t cstart = c << cluster_bits_;
-            const uint64_t ce = std::min(slice_end, cstart + cs);
-            const bool whole = cp == cstart && (ce == cstart + cs || ce >= size_);
-            uint8_t *ep = s + (idx + (c - c0)) * l2_entry_size_;
-            const uint64_t old = qcow2::be64(ep);
-            const uint64_t old_bm = ext ? qcow2::be64(ep + 8) : 0;
-            const bool compressed = old & qcow2::kOflagCompressed;
-            const uint64_t host = compressed ? 0 : (old & qcow2::kL2eOffsetMask);
-            const bool copied = old & qcow2::kOflagCopied;
-            const bool allocated = compressed || host || (dfile && copied);
-            const bool owned = !compressed && allocated && copied;   // refcount 1 (or data file)
-            auto free_old = [&]() {
-                if (compressed) {
-                    const uint64_t coff = old & comp_offset_mask_;
-                    const uint64_t ns = ((old >> csize_shift_) & csize_mask_) + 1;
-                    frees.push_back({coff, ns * 512 - (coff & 511)});
-                } else if (host && !dfile) {
-                    frees.push_back({host, cs});
-                } else if (dfile && allocated && (type == qcow2::DiscardType::kRequest || unmap) &&
-                           discard_passthrough_[static_cast<int>(type)] && !h_.data_file_raw()) {
-                    file_discards.push_back({cstart, cs});
-                }
-            };
-            if (!whole) {
-                // Partial cluster: extended L2 subclusters only (zero).
-                if (!ext || !zero || compressed || (allocated && !owned)) {
-                    unsupported = true;
-                    break;
-                }
-                const uint32_t m = sc_mask(cp - cstart, ce - cstart, subcluster_bits_);
-                uint64_t alloc = static_cast<uint32_t>(old_bm) & ~m, zb = (old_bm >> 32) | m;
-                put_be64(ep + 8, (zb << 32) | alloc);
-                if (dfile && h_.data_file_raw()) raw_zero.push_back({cp, ce - cp});
-                cp = ce;
-                continue;
+            const uint64_t ce = std::min(slice_end, (c << cluster_bits_) + cs);
+            if (!zero_or_discard_entry_locked(s + (idx + (c - c0)) * l2_entry_size_, cp, ce, op, &w)) {
+                unsupported = true;
+                break;
             }
-            uint64_t ne = 0, nbm = 0;
-            if (zero) {
-                const bool keep = owned && (!unmap || discard_no_unref_);
-                if (keep) {
-                    ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext ? 0 : qcow2::kOflagZero);
-                    if (unmap && discard_no_unref_ && !dfile) file_discards.push_back({host, cs});
-                } else {
-                    free_old();
-                    ne = ext ? 0 : qcow2::kOflagZero;
-                    if (dfile && allocated) ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext ? 0 : qcow2::kOflagZero);
-                }
-                nbm = kAllZeroBits;
-                if (dfile && h_.data_file_raw()) raw_zero.push_back({cstart, cs});
-            } else {
-                if (!full_discard && !v3 && backing_) {
-                    cp = ce;   // v2 cannot hide the backing file: leave it
-                    continue;
-                }
-                if (keep_host && owned) {
-                    ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext || !v3 ? 0 : qcow2::kOflagZero);
-                    nbm = kAllZeroBits;
-                    if (!dfile && discard_passthrough_[static_cast<int>(type)]) file_discards.push_back({host, cs});
-                    if (!v3) ne = old;   // v2: cannot mark zero; only the file discard
-                } else {
-                    free_old();
-                    ne = (!full_discard && v3 && !ext) ? qcow2::kOflagZero : 0;
-                    nbm = (!full_discard && v3) ? kAllZeroBits : 0;
-                }
-            }
-            put_be64(ep, ne);
-            if (ext) put_be64(ep + 8, nbm);
             cp = ce;
         }
         l2_cache_->release(slice_off);
-        for (const Free &f : frees) co_update_refcount_locked(f.off, f.len, -1, type);
-        for (auto &d : file_discards) {
-            // Clusters that stay referenced (discard-no-unref, data file):
-            // their content is dropped now, still under the lock, so no
-            // write can reuse them first; a crash before the L2 update
-            // reaches the disk leaves a discarded range reading zeros.
-            // Clusters with I/O in flight are left alone.
-            if (dfile) {
-                data_file_->co_pdiscard(static_cast<int64_t>(d.first), static_cast<int64_t>(d.second));
-            } else if (!inflight(d.first >> cluster_bits_)) {
-                file_->co_pdiscard(static_cast<int64_t>(d.first), static_cast<int64_t>(d.second));
-            }
-        }
-        if (!raw_zero.empty()) {
-            r = l2_cache_->co_flush();
-            if (r < 0) return r;
-            for (auto &z : raw_zero) {
-                r = data_file_->co_pwrite_zeroes(static_cast<int64_t>(z.first), static_cast<int64_t>(z.second), 0);
-                if (r < 0) return r;
-            }
-        }
+        r = co_finish_zero_or_discard_locked(w, type);
+        if (r < 0) return r;
         if (unsupported) return -ENOTSUP;
         pos = slice_end;
     }
@@ -740,12 +823,112 @@ void coroutine_fn Qcow2Node::co_trim_file_tail_locked()
     host_zero_from_ = std::min(host_zero_from_, cut);
 }
 
+int coroutine_fn Qcow2Node::co_shrink_locked(uint64_t new_size, PreallocMode prealloc)
+{
+    const uint64_t cs = cluster_size_;
+    const uint64_t old = size_;
+    if (prealloc != PreallocMode::kOff) return -ENOTSUP;
+    if (!snapshots_.empty()) {
+        log_error("qcow2: %s: can't shrink an image with internal snapshots", name_.c_str());
+        return -ENOTSUP;
+    }
+    co_wait_allocs_locked(new_size & ~(cs - 1), UINT64_MAX);
+    int r = 0;
+    const uint64_t from = (new_size + cs - 1) & ~(cs - 1);
+    if (from < old) {
+        r = co_zero_or_discard_locked(from, old - from, false, true, true, qcow2::DiscardType::kOther);
+    }
+    // L2 tables wholly beyond the new end.
+    const uint64_t l1_range = 1ULL << (cluster_bits_ + l2_bits_);
+    const uint64_t first_free_l1 = (new_size + l1_range - 1) / l1_range;
+    for (uint64_t i = first_free_l1; r >= 0 && i < l1_.size(); i++) {
+        const uint64_t l2 = l1_[i] & qcow2::kL1eOffsetMask;
+        if (!l2) continue;
+        r = l2_cache_->co_flush();
+        if (r < 0) break;
+        l1_[i] = 0;
+        file_->debug_event("l1_shrink_write_table");
+        r = co_write_l1_entry_locked(i);
+        if (r >= 0) r = file_->co_flush();
+        if (r < 0) {
+            l1_[i] = l2 | qcow2::kOflagCopied;
+            break;
+        }
+        file_->debug_event("l1_shrink_free_l2_clusters");
+        co_free_clusters_locked(l2, cs, qcow2::DiscardType::kOther);
+    }
+    return r;
+}
+
+int coroutine_fn Qcow2Node::co_grow_locked(uint64_t new_size, PreallocMode prealloc)
+{
+    const uint64_t cs = cluster_size_;
+    const uint64_t old = size_;
+    const uint64_t l1_need = qcow2::size_to_l1(new_size, cluster_bits_, l2_bits_);
+    int r = co_grow_l1_locked(l1_need);
+    if (r >= 0 && prealloc != PreallocMode::kOff) {
+        const uint64_t from = (old + cs - 1) & ~(cs - 1);
+        if (from < new_size) r = co_preallocate_locked(from, new_size - from, prealloc);
+        if (r >= 0) r = co_flush_caches_locked();
+    }
+    if (r >= 0 && h_.has_data_file()) {
+        const int64_t dlen = data_file_->getlength();
+        if (dlen >= 0 && static_cast<uint64_t>(dlen) < new_size) {
+            r = data_file_->co_truncate(static_cast<int64_t>(new_size), false,
+                                        prealloc == PreallocMode::kMetadata ? PreallocMode::kOff : prealloc);
+        }
+    }
+    return r;
+}
+
+int coroutine_fn Qcow2Node::co_zero_grown_part(uint64_t old, uint64_t new_size)
+{
+    const uint64_t cs = cluster_size_;
+    int r = 0;
+    // The tail may map several ways (extended L2: one run of subclusters
+    // per type), so every run of it is looked at, not only the first.
+    const uint64_t tail_end = std::min(new_size, (old + cs - 1) & ~(cs - 1));
+    for (uint64_t pos = old; pos < tail_end;) {
+        qcow2::HostMapping m;
+        r = co_get_mapping(pos, tail_end - pos, &m);
+        if (r < 0) return r;
+        const bool unallocated = m.type == qcow2::SubclusterType::kUnallocatedPlain ||
+                                 m.type == qcow2::SubclusterType::kUnallocatedAlloc;
+        if (m.type != qcow2::SubclusterType::kZeroPlain && m.type != qcow2::SubclusterType::kZeroAlloc &&
+            !(unallocated && !backing_)) {
+            std::vector<uint8_t> z(m.bytes, 0);
+            IOVector v(z.data(), z.size());
+            r = do_co_pwritev(static_cast<int64_t>(pos), static_cast<int64_t>(z.size()), v, 0);
+            if (r < 0) return r;
+        }
+        pos += m.bytes;
+    }
+    if (backing_) {
+        const int64_t blen = backing_->getlength();
+        const uint64_t from = tail_end;
+        if (blen > 0 && static_cast<uint64_t>(blen) > from && from < new_size) {
+            const uint64_t to = std::min<uint64_t>(new_size, (static_cast<uint64_t>(blen) + cs - 1) & ~(cs - 1));
+            if (h_.version >= 3) {
+                CoMutexGuard g(lock_);
+                r = co_zero_or_discard_locked(from, to - from, true, false, false, qcow2::DiscardType::kRequest);
+            } else {
+                std::vector<uint8_t> z(std::min<uint64_t>(to - from, 1 << 20), 0);
+                for (uint64_t d = from; d < to && r >= 0; d += z.size()) {
+                    const uint64_t n = std::min<uint64_t>(z.size(), to - d);
+                    IOVector v(z.data(), n);
+                    r = do_co_pwritev(static_cast<int64_t>(d), static_cast<int64_t>(n), v, 0);
+                }
+            }
+        }
+    }
+    return r;
+}
+
 int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, PreallocMode prealloc, ReqFlags flags)
 {
     (void)exact;
     (void)flags;
     if (write_stopped_.load() || inactive_.load()) return -EIO;
-    const uint64_t cs = cluster_size_;
     const uint64_t new_size = static_cast<uint64_t>(offset_s);
     if (new_size & 511) {
         log_error("qcow2: %s: the new size must be a multiple of 512", name_.c_str());
@@ -759,54 +942,9 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
         return r;
     }
     if (new_size < old) {
-        if (prealloc != PreallocMode::kOff) {
-            lock_.unlock();
-            return -ENOTSUP;
-        }
-        if (!snapshots_.empty()) {
-            log_error("qcow2: %s: can't shrink an image with internal snapshots", name_.c_str());
-            lock_.unlock();
-            return -ENOTSUP;
-        }
-        co_wait_allocs_locked(new_size & ~(cs - 1), UINT64_MAX);
-        const uint64_t from = (new_size + cs - 1) & ~(cs - 1);
-        if (from < old) {
-            r = co_zero_or_discard_locked(from, old - from, false, true, true, qcow2::DiscardType::kOther);
-        }
-        // L2 tables wholly beyond the new end.
-        const uint64_t l1_range = 1ULL << (cluster_bits_ + l2_bits_);
-        const uint64_t first_free_l1 = (new_size + l1_range - 1) / l1_range;
-        for (uint64_t i = first_free_l1; r >= 0 && i < l1_.size(); i++) {
-            const uint64_t l2 = l1_[i] & qcow2::kL1eOffsetMask;
-            if (!l2) continue;
-            r = l2_cache_->co_flush();
-            if (r < 0) break;
-            l1_[i] = 0;
-            file_->debug_event("l1_shrink_write_table");
-            r = co_write_l1_entry_locked(i);
-            if (r >= 0) r = file_->co_flush();
-            if (r < 0) {
-                l1_[i] = l2 | qcow2::kOflagCopied;
-                break;
-            }
-            file_->debug_event("l1_shrink_free_l2_clusters");
-            co_free_clusters_locked(l2, cs, qcow2::DiscardType::kOther);
-        }
+        r = co_shrink_locked(new_size, prealloc);
     } else if (new_size > old) {
-        const uint64_t l1_need = qcow2::size_to_l1(new_size, cluster_bits_, l2_bits_);
-        r = co_grow_l1_locked(l1_need);
-        if (r >= 0 && prealloc != PreallocMode::kOff) {
-            const uint64_t from = (old + cs - 1) & ~(cs - 1);
-            if (from < new_size) r = co_preallocate_locked(from, new_size - from, prealloc);
-            if (r >= 0) r = co_flush_caches_locked();
-        }
-        if (r >= 0 && h_.has_data_file()) {
-            const int64_t dlen = data_file_->getlength();
-            if (dlen >= 0 && static_cast<uint64_t>(dlen) < new_size) {
-                r = data_file_->co_truncate(static_cast<int64_t>(new_size), false,
-                                            prealloc == PreallocMode::kMetadata ? PreallocMode::kOff : prealloc);
-            }
-        }
+        r = co_grow_locked(new_size, prealloc);
     }
     if (r >= 0 && new_size != old) {
         // Everything the new size depends on is on disk; then the header.
@@ -829,37 +967,7 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
     // The grown part must read as zeros: the old last cluster's tail (it
     // may hold data from before a shrink) and whatever a backing file
     // longer than the old size would show.
-    const uint64_t tail_end = std::min(new_size, (old + cs - 1) & ~(cs - 1));
-    if (tail_end > old && prealloc == PreallocMode::kOff) {
-        qcow2::HostMapping m;
-        r = co_get_mapping(old, tail_end - old, &m);
-        if (r < 0) return r;
-        if (m.type != qcow2::SubclusterType::kZeroPlain && m.type != qcow2::SubclusterType::kZeroAlloc &&
-            !(m.type == qcow2::SubclusterType::kUnallocatedPlain && !backing_)) {
-            std::vector<uint8_t> z(tail_end - old, 0);
-            IOVector v(z.data(), z.size());
-            r = do_co_pwritev(static_cast<int64_t>(old), static_cast<int64_t>(z.size()), v, 0);
-            if (r < 0) return r;
-        }
-    }
-    if (backing_ && prealloc == PreallocMode::kOff) {
-        const int64_t blen = backing_->getlength();
-        const uint64_t from = tail_end;
-        if (blen > 0 && static_cast<uint64_t>(blen) > from && from < new_size) {
-            const uint64_t to = std::min<uint64_t>(new_size, (static_cast<uint64_t>(blen) + cs - 1) & ~(cs - 1));
-            if (h_.version >= 3) {
-                CoMutexGuard g(lock_);
-                r = co_zero_or_discard_locked(from, to - from, true, false, false, qcow2::DiscardType::kRequest);
-            } else {
-                std::vector<uint8_t> z(std::min<uint64_t>(to - from, 1 << 20), 0);
-                for (uint64_t d = from; d < to && r >= 0; d += z.size()) {
-                    const uint64_t n = std::min<uint64_t>(z.size(), to - d);
-                    IOVector v(z.data(), n);
-                    r = do_co_pwritev(static_cast<int64_t>(d), static_cast<int64_t>(n), v, 0);
-                }
-            }
-        }
-    }
+    if (prealloc == PreallocMode::kOff) r = co_zero_grown_part(old, new_size);
     return r;
 }
 

@@ -392,6 +392,34 @@ int coroutine_fn Qcow2Node::co_read_compressed(uint64_t offset, const HostMappin
     return 0;
 }
 
+int64_t coroutine_fn Qcow2Node::co_map_read_locked(uint64_t pos, uint64_t end, std::vector<ReadExtent> *out,
+                                                   std::vector<std::pair<uint64_t, uint64_t>> *held)
+{
+    out->clear();
+    while (pos < end && out->size() < kReadBatch) {
+        ReadExtent x;
+        int r = co_get_mapping_locked(pos, end - pos, &x.m);
+        if (r < 0) return r;
+        if (x.m.bytes == 0) return -EIO;   // cannot happen; never loop forever
+        x.pos = pos;
+        x.bytes = std::min(x.m.bytes, end - pos);
+        if (data_file_ == file_ && x.m.type == SubclusterType::kNormal) {
+            inflight_inc(x.m.host_offset, x.bytes);
+            held->emplace_back(x.m.host_offset, x.bytes);
+        } else if (x.m.type == SubclusterType::kCompressed) {
+            inflight_inc(x.m.comp_offset, x.m.comp_bytes);
+            held->emplace_back(x.m.comp_offset, x.m.comp_bytes);
+        }
+        out->push_back(x);
+        pos += x.bytes;
+    }
+    return static_cast<int64_t>(pos);
+}
+
+// A read takes the metadata lock once (per kReadBatch extents): every
+// extent is looked up, and its host range counted in flight, in one hold;
+// the data I/O then runs without the lock, and the in-flight counts are
+// dropped (without the lock) when the read is done.
 int coroutine_fn Qcow2Node::do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
 {
     (void)flags;
@@ -423,8 +451,8 @@ int coroutine_fn Qcow2Node::do_co_preadv(int64_t offset, int64_t bytes, IOVector
         return r;
     };
 
-    // Host ranges this read has data I/O on: counted in flight (under the
-    // lock, with the lookup) so that a concurrent discard cannot let the
+    // Host ranges this read has I/O on: counted in flight (under the lock,
+    // with the lookup) so that a concurrent discard cannot let the
     // allocator hand them to another write before the read is done.
     std::vector<std::pair<uint64_t, uint64_t>> inflight_ranges;
     struct InflightRelease {
@@ -432,57 +460,50 @@ int coroutine_fn Qcow2Node::do_co_preadv(int64_t offset, int64_t bytes, IOVector
         std::vector<std::pair<uint64_t, uint64_t>> *v;
         ~InflightRelease()
         {
-            if (v->empty()) return;
-            CoMutexGuard g(s->lock_);
             for (auto &x : *v) s->inflight_dec(x.first, x.second);
         }
     } release{this, &inflight_ranges};
 
+    std::vector<ReadExtent> extents;
     for (uint64_t pos = start; pos < end;) {
-        HostMapping m;
-        int r;
+        int64_t next;
         {
             CoMutexGuard g(lock_);
-            r = co_get_mapping_locked(pos, end - pos, &m);
-            if (r >= 0 && m.type == SubclusterType::kNormal && m.bytes && data_file_ == file_) {
-                const uint64_t n = std::min(m.bytes, end - pos);
-                inflight_inc(m.host_offset, n);
-                inflight_ranges.emplace_back(m.host_offset, n);
+            next = co_map_read_locked(pos, end, &extents, &inflight_ranges);
+        }
+        if (next < 0) return static_cast<int>(next);
+        for (const ReadExtent &x : extents) {
+            int r;
+            Kind k = Kind::kZero;
+            uint64_t host = 0;
+            switch (x.m.type) {
+            case SubclusterType::kUnallocatedPlain:
+            case SubclusterType::kUnallocatedAlloc: k = backing_ ? Kind::kBacking : Kind::kZero; break;
+            case SubclusterType::kZeroPlain:
+            case SubclusterType::kZeroAlloc: k = Kind::kZero; break;
+            case SubclusterType::kNormal:
+                k = Kind::kData;
+                host = x.m.host_offset;
+                break;
+            case SubclusterType::kCompressed:
+                r = flush();
+                if (r < 0) return r;
+                r = co_read_compressed(x.pos, x.m, x.bytes, qiov, static_cast<size_t>(x.pos - start));
+                if (r < 0) return r;
+                continue;
+            }
+            if (kind == k && (k != Kind::kData || run_host + run_len == host)) {
+                run_len += x.bytes;
+            } else {
+                r = flush();
+                if (r < 0) return r;
+                kind = k;
+                run_start = x.pos;
+                run_host = host;
+                run_len = x.bytes;
             }
         }
-        if (r < 0) return r;
-        if (m.bytes == 0) return -EIO;   // cannot happen; never loop forever
-        const uint64_t n = std::min(m.bytes, end - pos);
-        Kind k = Kind::kZero;
-        uint64_t host = 0;
-        switch (m.type) {
-        case SubclusterType::kUnallocatedPlain:
-        case SubclusterType::kUnallocatedAlloc: k = backing_ ? Kind::kBacking : Kind::kZero; break;
-        case SubclusterType::kZeroPlain:
-        case SubclusterType::kZeroAlloc: k = Kind::kZero; break;
-        case SubclusterType::kNormal:
-            k = Kind::kData;
-            host = m.host_offset;
-            break;
-        case SubclusterType::kCompressed:
-            r = flush();
-            if (r < 0) return r;
-            r = co_read_compressed(pos, m, n, qiov, static_cast<size_t>(pos - start));
-            if (r < 0) return r;
-            pos += n;
-            continue;
-        }
-        if (kind == k && (k != Kind::kData || run_host + run_len == host)) {
-            run_len += n;
-        } else {
-            r = flush();
-            if (r < 0) return r;
-            kind = k;
-            run_start = pos;
-            run_host = host;
-            run_len = n;
-        }
-        pos += n;
+        pos = static_cast<uint64_t>(next);
     }
     return flush();
 }

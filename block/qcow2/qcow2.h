@@ -27,6 +27,7 @@
 // updates, cluster allocation, cache write-back. Its names are stable.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -571,6 +572,17 @@ class Qcow2Node final : public BlockNode {
     // the end of the file, then the header switched. Used to repair a dirty
     // image on a writable open.
     int coroutine_fn co_rebuild_refcounts_locked();
+    // The rebuild's steps. co_count_l1_refs_locked: the references of an
+    // L1 table and everything below it (-EIO for an L2 table offset that is
+    // unaligned or past the file). co_count_bitmap_refs_locked: the bitmap
+    // directory, tables and data (-EIO for one out of range).
+    // co_write_rebuilt_refcounts_locked: a self-covering refcount table and
+    // blocks holding refs (one count per host cluster), written after the
+    // file's end and flushed, then the header switched to them.
+    struct RefCounter;
+    int coroutine_fn co_count_l1_refs_locked(RefCounter &rc, uint64_t l1_off, uint64_t l1_size);
+    int coroutine_fn co_count_bitmap_refs_locked(RefCounter &rc);
+    int coroutine_fn co_write_rebuilt_refcounts_locked(std::vector<uint64_t> refs);
     // Overlap check (overlap-check option): 0 if [offset, offset+bytes) of
     // the image file hits no metadata in the checked set minus ign, else
     // the kOl* bit hit. May read inactive L1 tables (kOlInactiveL2).
@@ -606,6 +618,20 @@ class Qcow2Node final : public BlockNode {
     void start_cache_cleaner(uint64_t interval_s);
     static void cache_clean_cb(void *opaque);
     int coroutine_fn co_read_backing(uint64_t offset, uint64_t bytes, IOVector &qiov, size_t qoff);
+    // One guest extent of a read and how it maps.
+    struct ReadExtent {
+        uint64_t pos = 0, bytes = 0;
+        qcow2::HostMapping m;
+    };
+    // REQUIRES lock_. Looks up the mapping of guest [pos, end) into out
+    // (cleared first), at most kReadBatch extents: the host ranges that will
+    // be read (data and compressed clusters in the image file) are counted
+    // in flight and added to held, for the caller to release with
+    // inflight_dec once read. Returns the guest offset after the last
+    // extent, or a negative errno (-EIO for corruption).
+    static constexpr size_t kReadBatch = 256;
+    int64_t coroutine_fn co_map_read_locked(uint64_t pos, uint64_t end, std::vector<ReadExtent> *out,
+                                            std::vector<std::pair<uint64_t, uint64_t>> *held);
     int coroutine_fn co_read_compressed(uint64_t offset, const qcow2::HostMapping &m, uint64_t bytes, IOVector &qiov,
                                         size_t qoff);
     int coroutine_fn co_close();
@@ -624,6 +650,13 @@ class Qcow2Node final : public BlockNode {
 
     // qcow2-cluster.cc (REQUIRE lock_ held)
     int coroutine_fn co_get_mapping_locked(uint64_t offset, uint64_t bytes, qcow2::HostMapping *m);
+    // The lookup's steps, on the pinned slice holding the entry (neither
+    // yields; -EIO after corruption() for a bad entry). map_in_slice: the
+    // run of equally mapped bytes from q.offset. map_compressed: the
+    // compressed cluster described by entry.
+    struct MapLookup;
+    int map_in_slice(const uint8_t *slice, const MapLookup &q, qcow2::HostMapping *m);
+    int map_compressed(uint64_t entry, const MapLookup &q, qcow2::HostMapping *m);
     // The L2 slice holding guest cluster `cluster_index`, for writing: the L2
     // table is allocated (or copied, when shared) as needed, the L1 grown.
     // *slice_off is the slice's host offset (pinned in the L2 cache; release
@@ -641,7 +674,8 @@ class Qcow2Node final : public BlockNode {
     // Finds and allocates (refcount 1) a run of 1..max_clusters contiguous
     // free clusters (exactly max_clusters if exact). *got: clusters in it.
     // *fresh (optional): the run lies wholly in never-written host space
-    // (host_zero_from_), so it reads as zeros without being written.
+    // (at or past host_zero_from_ and the file's current end), so it reads
+    // as zeros without being written.
     int64_t coroutine_fn co_alloc_run_locked(uint64_t max_clusters, bool exact, uint64_t *got,
                                              bool *fresh = nullptr);
     int coroutine_fn co_ensure_refblock_ex_locked(uint64_t cluster_index, uint64_t ex_start, uint64_t ex_end);
@@ -653,7 +687,24 @@ class Qcow2Node final : public BlockNode {
 
     // qcow2-write.cc
     struct WritePlan;
+    struct PlanSlice;
+    // Plans the first part of a write of guest [offset, offset + bytes)
+    // (within one L2 slice): in place (data I/O counted in flight), or an
+    // allocation registered in allocs_ (see qcow2-write.cc). May yield and
+    // wait for overlapping allocations. 0 or negative errno.
     int coroutine_fn co_plan_write_locked(uint64_t offset, uint64_t bytes, WritePlan *p);
+    // The planners co_plan_write_locked dispatches to by the class of the
+    // first cluster; each releases the pinned slice at slice_off. 0,
+    // kPlanAgain (something changed while they yielded: plan again) or a
+    // negative errno. In place: complete plan. Reuse / new: p's host and
+    // COW range; co_register_alloc_locked then registers p.
+    static constexpr int kPlanAgain = 1;
+    int coroutine_fn co_plan_in_place_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p);
+    int coroutine_fn co_plan_reuse_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p);
+    int coroutine_fn co_plan_new_locked(const PlanSlice &v, uint64_t slice_off, WritePlan *p);
+    // Registers the allocation p in allocs_ and checks its host range
+    // against metadata (on an overlap: p aborted, the image marked corrupt).
+    int coroutine_fn co_register_alloc_locked(WritePlan *p);
     int coroutine_fn co_finish_alloc_locked(WritePlan *p);
     void coroutine_fn abort_alloc_locked(WritePlan *p);
     qcow2::ClusterAlloc *find_alloc(uint64_t start, uint64_t end);
@@ -661,7 +712,32 @@ class Qcow2Node final : public BlockNode {
     int coroutine_fn co_pwritev_compressed(uint64_t offset, uint64_t bytes, IOVector &qiov);
     int coroutine_fn co_zero_or_discard_locked(uint64_t offset, uint64_t bytes, bool zero, bool unmap,
                                                bool full_discard, qcow2::DiscardType type);
+    struct ZeroDiscardOp;
+    struct ZeroDiscardWork;
+    // Rewrites the L2 entry at ep (in a writable pinned slice) for guest
+    // bytes [cp, ce) of one cluster as op asks; what is left to do (refcount
+    // drops, file discards, raw zeros) is added to w. Does not yield. false:
+    // a partial cluster that cannot be zeroed in the L2 entry (-ENOTSUP).
+    bool zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t ce, const ZeroDiscardOp &op,
+                                      ZeroDiscardWork *w);
+    // Carries out w after the slice was released: refcounts dropped (type),
+    // file discards, raw zeros written (after the L2 cache is written).
+    int coroutine_fn co_finish_zero_or_discard_locked(const ZeroDiscardWork &w, qcow2::DiscardType type);
     int coroutine_fn co_preallocate_locked(uint64_t offset, uint64_t bytes, PreallocMode mode);
+    // Truncate's steps. co_shrink_locked: the clusters and L2 tables past
+    // new_size freed (-ENOTSUP: preallocation asked for, or snapshots).
+    // co_grow_locked: the L1 table grown, preallocation, the data file
+    // grown. Neither writes the new size. co_zero_grown_part (lock_ NOT
+    // held; takes it): after growing from old without preallocation, the
+    // old last cluster's tail and what a longer backing file would show
+    // are made to read as zeros.
+    int coroutine_fn co_shrink_locked(uint64_t new_size, PreallocMode prealloc);
+    int coroutine_fn co_grow_locked(uint64_t new_size, PreallocMode prealloc);
+    int coroutine_fn co_zero_grown_part(uint64_t old, uint64_t new_size);
+    // Data I/O in flight on host clusters (see inflight_host_). inflight_inc
+    // REQUIRES lock_ (with the lookup that found the host range, so that
+    // no discard and reallocation comes between); inflight_dec and inflight
+    // need no lock_ (they take inflight_lock_, never held across a yield).
     void inflight_inc(uint64_t host, uint64_t bytes);
     void inflight_dec(uint64_t host, uint64_t bytes);
     bool inflight(uint64_t cluster_index) const;
@@ -710,12 +786,29 @@ class Qcow2Node final : public BlockNode {
     uint64_t free_cluster_index_ = 0;       // allocator cursor (clusters below are in use)
     uint64_t free_byte_offset_ = 0;         // compressed allocator: next free byte, 0 = none
     // Host bytes from here on were never written since open (the file's
-    // length at open, raised past every cluster allocated since): they read
-    // as zeros, as every protocol reads a gap a later write leaves past its
-    // old end. Only ever raised; UINT64_MAX until open.
+    // length at open, raised past every cluster allocated since and past
+    // every write into a cluster mapped before open, which may lie past the
+    // file's end after a crash): they read as zeros, as every protocol reads
+    // a gap a later write leaves past its old end. Only lowered by a cut of
+    // the file (co_trim_file_tail_locked); UINT64_MAX until open. A run
+    // counts as fresh only if it also starts at or past the file's current
+    // end (co_alloc_run_locked), so a write that raised nothing here still
+    // cannot expose old bytes.
     uint64_t host_zero_from_ = UINT64_MAX;
+    // Host bytes [.., end) may have been written: host_zero_from_ rises to
+    // end rounded up to a cluster (no-op before open).
+    void raise_host_zero_from(uint64_t end)
+    {
+        if (host_zero_from_ == UINT64_MAX) return;
+        host_zero_from_ = std::max(host_zero_from_, (end + cluster_size_ - 1) & ~(cluster_size_ - 1));
+    }
     std::vector<qcow2::ClusterAlloc *> allocs_;             // in-flight allocating writes
-    std::unordered_map<uint64_t, uint32_t> inflight_host_;  // host cluster -> data requests in flight
+    // Host cluster -> data requests in flight. Guarded by inflight_lock_
+    // (a leaf lock: taken under lock_ or alone, held for the map update
+    // only). Raised only under lock_ too; lowered without it, so the end of
+    // a read or in-place write needs no lock_.
+    std::unordered_map<uint64_t, uint32_t> inflight_host_;
+    mutable std::mutex inflight_lock_;
     std::vector<std::pair<uint64_t, uint64_t>> pending_discards_;   // host ranges freed, to discard after sync
     bool closing_ = false;
     bool data_flush_needed_ = false;        // external data file written since its last flush
@@ -801,7 +894,23 @@ class Qcow2Node final : public BlockNode {
     // switches nb_snapshots/snapshots_offset in the header, then frees the
     // old table.
     int coroutine_fn co_write_snapshot_table_locked(const std::vector<qcow2::Snapshot> &snaps);
-    // qcow2-amend.cc (REQUIRE lock_ held)
+    // qcow2-amend.cc (the _locked ones REQUIRE lock_ held)
+    struct AmendRequest;
+    // The amend options parsed and checked against the image (nothing
+    // changed). EINVAL / ENOTSUP with qemu-img's messages.
+    Status parse_amend_options(const CreateOptions &opts, AmendRequest *a) const;
+    // Backing file name / format, data file name and data_file_raw as a
+    // asks: one header rewrite if anything changes.
+    Status coroutine_fn co_amend_names_locked(const AmendRequest &a);
+    // Sets or clears the lazy refcounts bit (clearing flushes and marks
+    // the image clean first).
+    Status coroutine_fn co_amend_lazy_locked(bool lazy);
+    // Whether any L1 table (active or a snapshot's) reaches a compressed
+    // cluster; the caches are flushed first, the tables read from the file.
+    Result<bool> coroutine_fn co_any_compressed_cluster_locked();
+    // compat=0.10: refuses what v2 cannot hold, marks clean, expands zero
+    // clusters, then writes a v2 header.
+    Status coroutine_fn co_downgrade_locked(const ProgressFn &progress);
     int coroutine_fn co_write_header_locked(const qcow2::Header &nh);
     int coroutine_fn co_expand_zero_clusters_locked(const ProgressFn &progress);
     Status coroutine_fn co_change_refcount_order_locked(uint32_t order);

@@ -4,8 +4,9 @@
 // concurrent allocations of the same clusters, a discard racing an
 // in-place rewrite (a host cluster under I/O is never reused), overlap
 // checks (corrupt bit, writes stop), lazy refcounts (dirty bit while open,
-// repair of a crashed image), shrink refusal with snapshots, discard-no-unref
-// and preallocated growth. Images are made and judged by the real qemu-img.
+// repair of a crashed image), shrink refusal with snapshots, discard-no-unref,
+// preallocated growth, and shrink + regrow of a cluster with mixed
+// subclusters. Images are made and judged by the real qemu-img.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -637,6 +638,70 @@ START_TEST(test_compressed_writes)
 }
 END_TEST
 
+// Shrink into a cluster whose subclusters map several ways (extended L2),
+// then grow back: the whole regrown tail of that cluster reads as zeros,
+// not only its first run of subclusters. Here the first run after the cut
+// is zero (a zero write), the rest unallocated over a backing file full of
+// 0x5a: it must not show the backing file again.
+START_TEST(test_regrow_mixed_subclusters)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string base = tmp_path("rgbase.qcow2"), path = tmp_path("rg.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + base + "' 1M"), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'write -P 0x5a 0 1M' '" + base + "'"), 0);
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 -o extended_l2=on,cluster_size=16k -b '" + base +
+                        "' -F qcow2 '" + path + "' 1M"),
+                     0);
+    Env e;
+    e.open(qcow2_opts(path));
+    // Cluster 4 = [64k, 80k), 512-byte subclusters: 0..17 zero, 18..31 backing.
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pwrite_zeroes(65536, 9216); }), 0);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_truncate(65536 + 7168, false, PreallocMode::kOff); }), 0);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_truncate(1 << 20, false, PreallocMode::kOff); }), 0);
+    ck_assert(e.read(65536, 16384) == fill(16384, 0));
+    ck_assert(e.read(0, 65536) == fill(65536, 0x5a));
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'read -P 0x5a 0 64k' -c 'read -P 0 64k 960k' '" + path +
+                        "' | grep -q 'verification failed'"),
+                     1);
+}
+END_TEST
+
+// A cluster mapped before open but lying past the end of the file (a crash
+// kept the L2 entry and the refcount, not the data write that would have
+// grown the file) is written in place, freed, and handed out again for a
+// partial write: the rest of that cluster must read as zeros, not as the
+// data written before (the cluster is not "never written" any more).
+START_TEST(test_realloc_past_eof_cluster)
+{
+    REQUIRE_QEMU_IMG();
+    const std::string path = tmp_path("eof.qcow2");
+    ck_assert_int_eq(sh("qemu-img create -f qcow2 '" + path + "' 16M"), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'write -P 1 0 64k' '" + path + "'"), 0);
+    struct stat st;
+    ck_assert_int_eq(stat(path.c_str(), &st), 0);
+    const uint64_t data = static_cast<uint64_t>(st.st_size) - 65536;   // the data cluster is the last one
+    ck_assert_int_eq(truncate(path.c_str(), static_cast<off_t>(data)), 0);
+    Env e;
+    auto o = qcow2_opts(path);
+    qo(o).pass_discard_request = false;
+    e.open(o);
+    ck_assert_int_eq(e.mapping(0).host_offset, data);
+    ck_assert_int_eq(e.write(0, fill(65536, 7)), 0);
+    ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(0, 65536); }), 0);
+    ck_assert_int_eq(e.write(1 << 20, fill(4096, 9)), 0);
+    ck_assert_int_eq(e.mapping(1 << 20).host_offset, data);   // the freed cluster, reused
+    auto d = e.read(1 << 20, 65536);
+    for (size_t i = 0; i < d.size(); i++) ck_assert_int_eq(d[i], i < 4096 ? 9 : 0);
+    e.close();
+    ck_assert_int_eq(qemu_img_check(path), 0);
+    ck_assert_int_eq(sh("qemu-io -c 'read -P 9 1M 4k' -c 'read -P 0 1028k 60k' -c 'read -P 0 0 64k' '" + path +
+                        "' | grep -q 'verification failed'"),
+                     1);
+}
+END_TEST
+
 Suite *qcow2_write_suite()
 {
     Suite *s = suite_create("qcow2-write");
@@ -655,6 +720,8 @@ Suite *qcow2_write_suite()
     tcase_add_test(tc, test_truncate_prealloc);
     tcase_add_test(tc, test_pass_discard);
     tcase_add_test(tc, test_compressed_writes);
+    tcase_add_test(tc, test_regrow_mixed_subclusters);
+    tcase_add_test(tc, test_realloc_past_eof_cluster);
     suite_add_tcase(s, tc);
     return s;
 }
