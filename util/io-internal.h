@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "util/coroutine.h"
+#include "util/io.h"
 #include "util/iov.h"
 
 struct io_uring;
@@ -42,6 +43,45 @@ struct IoRequest {
     const struct iovec *cur_iov() const { return done ? rest.iov() : iov; }
     int cur_iovcnt() const { return done ? rest.niov() : iovcnt; }
     int64_t cur_offset() const { return offset + done; }
+};
+
+// The part of every backend that turns a call into a request: Backend
+// (the derived class) supplies `int64_t co_run(IoRequest *req) noexcept`,
+// which submits req, yields until it is complete and returns req->result.
+// Reads and writes first try IoBackend::run_inline().
+template <typename Backend>
+class IoBackendOf : public IoBackend {
+  public:
+    int64_t coroutine_fn co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                   bool inline_if_idle) noexcept final
+    {
+        IoRequest req(IoRequest::kRead, fd, iov, iovcnt, offset);
+        if (run_inline(&req, inline_if_idle)) return req.result;
+        return static_cast<Backend *>(this)->co_run(&req);
+    }
+    int64_t coroutine_fn co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                    bool inline_if_idle) noexcept final
+    {
+        IoRequest req(IoRequest::kWrite, fd, iov, iovcnt, offset);
+        if (run_inline(&req, inline_if_idle)) return req.result;
+        return static_cast<Backend *>(this)->co_run(&req);
+    }
+    int coroutine_fn co_fsync(int fd, bool datasync) noexcept final
+    {
+        IoRequest req(IoRequest::kFsync);
+        req.fd = fd;
+        req.datasync = datasync;
+        return static_cast<int>(static_cast<Backend *>(this)->co_run(&req));
+    }
+    int coroutine_fn co_fallocate(int fd, int mode, int64_t offset, int64_t len) noexcept final
+    {
+        IoRequest req(IoRequest::kFallocate);
+        req.fd = fd;
+        req.mode = mode;
+        req.offset = offset;
+        req.total = len;
+        return static_cast<int>(static_cast<Backend *>(this)->co_run(&req));
+    }
 };
 
 // Does req synchronously in the calling thread (retries and continuations

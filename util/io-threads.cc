@@ -23,7 +23,7 @@ namespace {
 
 constexpr unsigned kDefaultMaxThreads = 16;
 
-class ThreadPoolBackend final : public IoBackend {
+class ThreadPoolBackend final : public IoBackendOf<ThreadPoolBackend> {
   public:
     ThreadPoolBackend(AioContext *ctx, unsigned max_threads);
     ~ThreadPoolBackend() override;
@@ -37,14 +37,8 @@ class ThreadPoolBackend final : public IoBackend {
     }
     bool idle() const override { return outstanding_ == 0; }
 
-    int64_t co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                      bool inline_if_idle) noexcept override;
-    int64_t co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                       bool inline_if_idle) noexcept override;
-    int co_fsync(int fd, bool datasync) noexcept override;
-    int co_fallocate(int fd, int mode, int64_t offset, int64_t len) noexcept override;
-
   private:
+    friend class IoBackendOf<ThreadPoolBackend>;
     // Submits req, yields until it is complete, returns req->result.
     int64_t coroutine_fn co_run(IoRequest *req) noexcept;
     void worker();
@@ -161,40 +155,6 @@ int64_t ThreadPoolBackend::co_run(IoRequest *req) noexcept
     cond_.notify_one();
     while (!req->completed) coroutine_yield();
     return req->result;
-}
-
-int64_t ThreadPoolBackend::co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                                     bool inline_if_idle) noexcept
-{
-    IoRequest req(IoRequest::kRead, fd, iov, iovcnt, offset);
-    if (run_inline(&req, inline_if_idle)) return req.result;
-    return co_run(&req);
-}
-
-int64_t ThreadPoolBackend::co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                                      bool inline_if_idle) noexcept
-{
-    IoRequest req(IoRequest::kWrite, fd, iov, iovcnt, offset);
-    if (run_inline(&req, inline_if_idle)) return req.result;
-    return co_run(&req);
-}
-
-int ThreadPoolBackend::co_fsync(int fd, bool datasync) noexcept
-{
-    IoRequest req(IoRequest::kFsync);
-    req.fd = fd;
-    req.datasync = datasync;
-    return static_cast<int>(co_run(&req));
-}
-
-int ThreadPoolBackend::co_fallocate(int fd, int mode, int64_t offset, int64_t len) noexcept
-{
-    IoRequest req(IoRequest::kFallocate);
-    req.fd = fd;
-    req.mode = mode;
-    req.offset = offset;
-    req.total = len;
-    return static_cast<int>(co_run(&req));
 }
 
 } // namespace

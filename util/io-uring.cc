@@ -16,7 +16,7 @@ namespace {
 constexpr unsigned kDefaultEntries = 256;
 constexpr unsigned kReapBatch = 64;
 
-class UringBackend final : public IoBackend {
+class UringBackend final : public IoBackendOf<UringBackend> {
   public:
     UringBackend(AioContext *ctx) : ctx_(ctx) {}
     ~UringBackend() override;
@@ -31,14 +31,8 @@ class UringBackend final : public IoBackend {
     }
     bool idle() const override { return in_flight_ == 0 && !wait_head_; }
 
-    int64_t co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                      bool inline_if_idle) noexcept override;
-    int64_t co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                       bool inline_if_idle) noexcept override;
-    int co_fsync(int fd, bool datasync) noexcept override;
-    int co_fallocate(int fd, int mode, int64_t offset, int64_t len) noexcept override;
-
   private:
+    friend class IoBackendOf<UringBackend>;
     // Submits req, yields until it is complete, returns req->result.
     int64_t coroutine_fn co_run(IoRequest *req) noexcept;
     void submit(IoRequest *req);
@@ -197,40 +191,6 @@ int64_t UringBackend::co_run(IoRequest *req) noexcept
     }
     while (!req->completed) coroutine_yield();
     return req->result;
-}
-
-int64_t UringBackend::co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                                bool inline_if_idle) noexcept
-{
-    IoRequest req(IoRequest::kRead, fd, iov, iovcnt, offset);
-    if (run_inline(&req, inline_if_idle)) return req.result;
-    return co_run(&req);
-}
-
-int64_t UringBackend::co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
-                                 bool inline_if_idle) noexcept
-{
-    IoRequest req(IoRequest::kWrite, fd, iov, iovcnt, offset);
-    if (run_inline(&req, inline_if_idle)) return req.result;
-    return co_run(&req);
-}
-
-int UringBackend::co_fsync(int fd, bool datasync) noexcept
-{
-    IoRequest req(IoRequest::kFsync);
-    req.fd = fd;
-    req.datasync = datasync;
-    return static_cast<int>(co_run(&req));
-}
-
-int UringBackend::co_fallocate(int fd, int mode, int64_t offset, int64_t len) noexcept
-{
-    IoRequest req(IoRequest::kFallocate);
-    req.fd = fd;
-    req.mode = mode;
-    req.offset = offset;
-    req.total = len;
-    return static_cast<int>(co_run(&req));
 }
 
 } // namespace

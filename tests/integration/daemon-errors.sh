@@ -82,8 +82,12 @@ for fmt in $FORMATS; do
         -- $BD --export '{"type": "fuse", "id": "e", "node-name": "q", "mountpoint": "mp", "writable": "on"}'
     expect "unsupported object" "$P: object type 'secret' is not supported" \
         -- --object secret,id=s,data=x $BD --export $EXP
-    expect "malformed blockdev" "$P: blockdev 'f': unknown key 'filenme'" \
+    # As QEMU's visitor: a required member missing is reported before keys
+    # nobody knows.
+    expect "malformed blockdev" "$P: blockdev 'f': missing required key 'filename'" \
         -- --blockdev driver=file,node-name=f,filenme=img --export $EXP
+    expect "unknown blockdev key" "$P: blockdev 'f': unknown key 'filenme'" \
+        -- --blockdev driver=file,node-name=f,filename=img,filenme=img --export $EXP
 
     # Graph and export errors (the daemon has started).
     expect "missing image" "$P: blockdev 'f': Could not open 'nope': No such file or directory" \

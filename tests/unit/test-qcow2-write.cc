@@ -684,9 +684,7 @@ START_TEST(test_realloc_past_eof_cluster)
     const uint64_t data = static_cast<uint64_t>(st.st_size) - 65536;   // the data cluster is the last one
     ck_assert_int_eq(truncate(path.c_str(), static_cast<off_t>(data)), 0);
     Env e;
-    auto o = qcow2_opts(path);
-    qo(o).pass_discard_request = false;
-    e.open(o);
+    e.open(qcow2_opts(path, false, {{"pass-discard-request", false}}));
     ck_assert_int_eq(e.mapping(0).host_offset, data);
     ck_assert_int_eq(e.write(0, fill(65536, 7)), 0);
     ck_assert_int_eq(run_in_coroutine([&] { return e.b->co_pdiscard(0, 65536); }), 0);
