@@ -97,6 +97,7 @@ expect_violation driver-includes-driver block/qcow2/qcow2.cc block/raw-format.h 
 expect_violation driver-includes-qcow2 block/null.cc block/qcow2/qcow2.h driver
 expect_violation driver-includes-registry block/qcow2/qcow2-create.cc block/drivers.h driver
 expect_violation new-driver-file block/qcow2/qcow2-new.h block/raw-format.h driver
+expect_violation unlisted-new-driver block/nbd.cc block/qcow2/qcow2.h driver
 expect_violation tools-includes-raw tools/io.cc block/raw-format.h consumer
 expect_violation tools-includes-contract tools/img.h block/block-driver.h consumer
 expect_violation export-includes-registry export/fuse.cc block/drivers.h consumer
