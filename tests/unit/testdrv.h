@@ -21,9 +21,8 @@
 //
 // What a test sets on an opened node (TestNode::from(node)):
 //   - counting: per-operation calls and bytes, a log of requests
-//     (opt-in), requests that violated the node's own limits, requests
-//     that overlapped a write in the driver (or a write that overlapped
-//     any request there);
+//     (opt-in), requests that violated the node's own limits, overlaps in
+//     the driver where a write is involved (overlapping_writes());
 //   - failing: an errno for matching requests, always or the next N times;
 //   - delaying: a fixed (plus random) latency per operation type, and
 //     holding matching requests until release();
@@ -35,10 +34,10 @@
 // returns, held and delayed time included.
 //
 // Threading: counters, log, failure rules and the set of requests in the
-// driver are guarded by a mutex, so
-// requests may come from coroutines of several threads (stress tests); the
-// data is not: concurrent writes from different threads to overlapping
-// ranges are the test's business. Holding works within one AioContext.
+// driver are guarded by a mutex, so requests may come from coroutines of
+// several threads (stress tests); the data is not: concurrent writes from
+// different threads to overlapping ranges are the test's business (and
+// show in overlapping_writes()). Holding works within one AioContext.
 #pragma once
 
 #include <cstdint>
