@@ -3,6 +3,7 @@
 // (testdrv.h), whose limits and behaviour each test sets, and which records
 // what the generic layer asked of it.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -13,6 +14,7 @@
 #include "qapi/option-reader.h"
 #include "util/aio.h"
 #include "util/coroutine.h"
+#include "util/iothread.h"
 
 #include <check.h>
 
@@ -146,6 +148,148 @@ START_TEST(test_rmw_serialised_under_concurrency)
         for (int j = 0; j < 16; j++) ck_assert_int_eq(f.mem()->data[i * 16 + 3 + j], i + 1);
     }
     ck_assert_int_eq(f.mem()->misaligned(), 0);
+}
+END_TEST
+
+// Runs the loop until done or for about 20 ms.
+void spin(AioContext *ctx, const bool &done)
+{
+    const int64_t until = clock_ns() + 20 * 1000 * 1000;
+    while (!done && clock_ns() < until) {
+        Timer t(ctx, [](void *) {}, nullptr);
+        t.mod_in(1000 * 1000);
+        ctx->iterate(true);
+    }
+}
+
+bool log_is(TestNode *m, const std::vector<TestRequest> &want)
+{
+    std::vector<TestRequest> got = m->log();
+    if (got.size() != want.size()) return false;
+    for (size_t i = 0; i < got.size(); i++) {
+        if (got[i].op != want[i].op || got[i].offset != want[i].offset || got[i].bytes != want[i].bytes) return false;
+    }
+    return true;
+}
+
+constexpr TestMatch kAnyRead{test_op_bit(TestOp::kRead)};
+constexpr TestMatch kAnyWrite{test_op_bit(TestOp::kWrite)};
+
+START_TEST(test_serialising_waits_for_untracked_read)
+{
+    // An aligned read starts while no serialising request is in flight, so
+    // it runs untracked (the fast path: on no list). An unaligned write to
+    // the same block (serialising: it read-modify-writes the block) arrives
+    // while the read is held in the driver: it must reach the driver only
+    // after the read has ended.
+    MemConfig cfg;
+    cfg.size = 4096;
+    cfg.align = 512;
+    Fixture f(cfg);
+    TestNode *m = f.mem();
+    m->set_logging(true);
+    m->hold(kAnyRead);
+    bool read_done = false, write_done = false;
+    std::vector<uint8_t> rb(512), pat(16, 0x55);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pread(0, 512, rb.data()), 0);
+        read_done = true;
+    }));
+    ck_assert_int_eq(m->held(), 1);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(3, 16, pat.data()), 0);
+        write_done = true;
+    }));
+    spin(f.ctx.get(), write_done);
+    ck_assert(!read_done && !write_done);
+    // The write waits above the driver: its read-modify-write has not begun.
+    ck_assert(log_is(m, {{TestOp::kRead, 0, 512, 0}}));
+    ck_assert_int_eq(m->held(), 1);
+    // The read ends before the write's read-modify-write begins.
+    m->release();
+    while (!read_done || !write_done) f.ctx->iterate(true);
+    ck_assert(log_is(m, {{TestOp::kRead, 0, 512, 0}, {TestOp::kRead, 0, 512, 0}, {TestOp::kWrite, 0, 512, 0}}));
+    ck_assert_int_eq(m->overlapping_writes(), 0);
+    for (int i = 0; i < 16; i++) ck_assert_int_eq(m->data[3 + i], 0x55);
+
+    // Afterwards the node is back on the fast path and still correct.
+    ck_assert_int_eq(run_in_coroutine([&] { return f.blk->co_pread(0, 512, rb.data()); }), 0);
+    ck_assert_int_eq(rb[3], 0x55);
+}
+END_TEST
+
+START_TEST(test_serialising_waits_for_untracked_write)
+{
+    // The same with an aligned (non-serialising, untracked) write held in
+    // the driver: if the unaligned write did not wait for it, its
+    // read-modify-write would read the block before the aligned write lands
+    // and then write the old bytes back over it.
+    MemConfig cfg;
+    cfg.size = 4096;
+    cfg.align = 512;
+    Fixture f(cfg);
+    TestNode *m = f.mem();
+    m->set_logging(true);
+    m->hold(kAnyWrite);
+    bool aligned_done = false, unaligned_done = false;
+    std::vector<uint8_t> block(512, 0xaa), pat(16, 0x55);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(0, 512, block.data()), 0);
+        aligned_done = true;
+    }));
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(3, 16, pat.data()), 0);
+        unaligned_done = true;
+    }));
+    spin(f.ctx.get(), unaligned_done);
+    ck_assert(!aligned_done && !unaligned_done);
+    ck_assert(log_is(m, {{TestOp::kWrite, 0, 512, 0}}));
+    ck_assert_int_eq(m->held(), 1);
+    m->release();
+    while (!aligned_done || !unaligned_done) f.ctx->iterate(true);
+    ck_assert(log_is(m, {{TestOp::kWrite, 0, 512, 0}, {TestOp::kRead, 0, 512, 0}, {TestOp::kWrite, 0, 512, 0}}));
+    ck_assert_int_eq(m->overlapping_writes(), 0);
+    for (int i = 0; i < 512; i++) ck_assert_int_eq(m->data[i], (i >= 3 && i < 19) ? 0x55 : 0xaa);
+}
+END_TEST
+
+START_TEST(test_untracked_request_waits_for_serialising)
+{
+    // The other direction: a request that starts while a serialising one is
+    // in flight is tracked and waits for it where they overlap, and does
+    // not wait where they do not.
+    MemConfig cfg;
+    cfg.size = 4096;
+    cfg.align = 512;
+    Fixture f(cfg);
+    TestNode *m = f.mem();
+    m->set_logging(true);
+    m->hold(kAnyWrite);
+    bool w_done = false, r_overlap_done = false, r_other_done = false;
+    std::vector<uint8_t> pat(16, 0x55), rb1(512), rb2(512);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pwrite(3, 16, pat.data()), 0);
+        w_done = true;
+    }));
+    // The read-modify-write's read went through; its write is held.
+    ck_assert(log_is(m, {{TestOp::kRead, 0, 512, 0}, {TestOp::kWrite, 0, 512, 0}}));
+    ck_assert_int_eq(m->held(), 1);
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pread(0, 512, rb1.data()), 0);
+        r_overlap_done = true;
+    }));
+    f.ctx->co_enter(coroutine_create_fn([&] {
+        ck_assert_int_eq(f.blk->co_pread(1024, 512, rb2.data()), 0);
+        r_other_done = true;
+    }));
+    spin(f.ctx.get(), r_overlap_done);
+    ck_assert(r_other_done && !r_overlap_done && !w_done);
+    ck_assert(log_is(m, {{TestOp::kRead, 0, 512, 0}, {TestOp::kWrite, 0, 512, 0}, {TestOp::kRead, 1024, 512, 0}}));
+    m->release();
+    while (!w_done || !r_overlap_done) f.ctx->iterate(true);
+    ck_assert_int_eq(m->overlapping_writes(), 0);
+    ck_assert_int_eq(rb1[3], 0x55);
+    ck_assert_int_eq(rb1[2], 0);
 }
 END_TEST
 
@@ -430,6 +574,112 @@ START_TEST(test_drain_with_requests_in_flight)
 }
 END_TEST
 
+// ---------------------------------------------------------------- threads
+
+namespace {
+
+constexpr int64_t kStressSize = 4096;
+constexpr int kStressWriters = 2;        // per thread
+constexpr int kStressReaders = 4;        // per thread
+constexpr int kStressWrites = 100;       // per writer
+
+struct Stress {
+    BlockBackend *blk;
+    std::atomic<int> writers_left{2 * kStressWriters};
+    std::atomic<int> readers_left{2 * kStressReaders};
+    std::atomic<int> errors{0};
+};
+struct StressStart {
+    Stress *st;
+    int id;   // writer: 0 .. 2*kStressWriters-1
+};
+
+int64_t stress_write_offset(int writer, int j)
+{
+    return writer * 8 + (j * 2 * kStressWriters * 8) % kStressSize;
+}
+
+// Writes 8 bytes of its own, unaligned (serialising), pausing in between so
+// that the node keeps switching between the fast path and tracking.
+void stress_writer(void *opaque)
+{
+    auto *a = static_cast<StressStart *>(opaque);
+    for (int j = 0; j < kStressWrites; j++) {
+        std::vector<uint8_t> v(8, static_cast<uint8_t>(a->id + 1));
+        if (a->st->blk->co_pwrite(stress_write_offset(a->id, j), 8, v.data()) != 0) a->st->errors.fetch_add(1);
+        co_sleep_ns((1 + j % 4) * 500 * 1000);
+    }
+    a->st->writers_left.fetch_sub(1);
+}
+
+// Aligned two-block reads (untracked unless a serialising request is in
+// flight) until the writers are done.
+void stress_reader(void *opaque)
+{
+    auto *a = static_cast<StressStart *>(opaque);
+    std::vector<uint8_t> buf(1024);
+    for (int i = 0; a->st->writers_left.load() > 0; i++) {
+        int64_t off = (a->id * 3 + i) % 7 * 512;
+        if (a->st->blk->co_pread(off, 1024, buf.data()) != 0) a->st->errors.fetch_add(1);
+    }
+    a->st->readers_left.fetch_sub(1);
+}
+
+} // namespace
+
+START_TEST(test_serialising_across_threads)
+{
+    // Readers and unaligned writers on one node from the main thread and an
+    // iothread at once: every write is serialising, so no write may ever
+    // be in the driver beside an overlapping request (a missed wait for a
+    // request that started on the fast path in the other thread shows in
+    // overlapping_writes()), and no write may be lost.
+    MemConfig cfg;
+    cfg.size = kStressSize;
+    cfg.align = 512;
+    Fixture f(cfg);
+    TestNode *m = f.mem();
+    // The readers' two-block reads take up to 3 ms; the writers' one-block
+    // read-modify-write reads and their writes do not yield at all, so a
+    // serialising request is in flight only briefly (the readers run
+    // mostly on the fast path) and a write that did not wait for the reads
+    // in flight would overlap one.
+    m->set_latency(test_op_bit(TestOp::kRead), 0, 3 * 1000 * 1000, 1024);
+    auto th = IoThread::create("io0").value();
+    Stress st;
+    st.blk = f.blk.get();
+    std::vector<StressStart> writers(2 * kStressWriters), readers(2 * kStressReaders);
+    for (int i = 0; i < 2 * kStressWriters; i++) writers[i] = {&st, i};
+    for (int i = 0; i < 2 * kStressReaders; i++) readers[i] = {&st, i};
+    struct Batch {
+        StressStart *w, *r;
+    };
+    Batch other{writers.data() + kStressWriters, readers.data() + kStressReaders};
+    th->run_sync([](void *p) {
+        auto *b = static_cast<Batch *>(p);
+        for (int i = 0; i < kStressWriters; i++) AioContext::current()->co_enter(coroutine_create(stress_writer, &b->w[i]));
+        for (int i = 0; i < kStressReaders; i++) AioContext::current()->co_enter(coroutine_create(stress_reader, &b->r[i]));
+    }, &other);
+    for (int i = 0; i < kStressWriters; i++) f.ctx->co_enter(coroutine_create(stress_writer, &writers[i]));
+    for (int i = 0; i < kStressReaders; i++) f.ctx->co_enter(coroutine_create(stress_reader, &readers[i]));
+    while (st.writers_left.load() > 0 || st.readers_left.load() > 0) {
+        Timer t(f.ctx.get(), [](void *) {}, nullptr);
+        t.mod_in(1000 * 1000);
+        f.ctx->iterate(true);
+    }
+    th.reset();
+    ck_assert_int_eq(st.errors.load(), 0);
+    ck_assert_int_eq(m->overlapping_writes(), 0);
+    ck_assert_int_eq(m->misaligned(), 0);
+    for (int w = 0; w < 2 * kStressWriters; w++) {
+        for (int j = 0; j < kStressWrites; j++) {
+            int64_t off = stress_write_offset(w, j);
+            for (int k = 0; k < 8; k++) ck_assert_int_eq(m->data[off + k], w + 1);
+        }
+    }
+}
+END_TEST
+
 Suite *block_suite()
 {
     Suite *s = suite_create("block");
@@ -437,6 +687,10 @@ Suite *block_suite()
     tcase_set_timeout(io, 30);
     tcase_add_test(io, test_unaligned_rw_padding);
     tcase_add_test(io, test_rmw_serialised_under_concurrency);
+    tcase_add_test(io, test_serialising_waits_for_untracked_read);
+    tcase_add_test(io, test_serialising_waits_for_untracked_write);
+    tcase_add_test(io, test_untracked_request_waits_for_serialising);
+    tcase_add_test(io, test_serialising_across_threads);
     tcase_add_test(io, test_split_max_transfer);
     tcase_add_test(io, test_write_zeroes_native_and_fallback);
     tcase_add_test(io, test_bounds_and_readonly);

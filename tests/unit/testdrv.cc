@@ -136,11 +136,18 @@ uint64_t TestNode::misaligned() const
     return misaligned_;
 }
 
+uint64_t TestNode::overlapping_writes() const
+{
+    std::lock_guard<std::mutex> g(lock_);
+    return overlapping_writes_;
+}
+
 void TestNode::reset_counters()
 {
     std::lock_guard<std::mutex> g(lock_);
     for (auto &c : counters_) c = Counter{};
     misaligned_ = 0;
+    overlapping_writes_ = 0;
     log_.clear();
 }
 
@@ -168,12 +175,13 @@ void TestNode::clear_failures()
     fail_rules_.clear();
 }
 
-void TestNode::set_latency(TestOpMask ops, int64_t ns, int64_t jitter_ns)
+void TestNode::set_latency(TestOpMask ops, int64_t ns, int64_t jitter_ns, int64_t min_bytes)
 {
     std::lock_guard<std::mutex> g(lock_);
     latency_ops_ = ops;
     latency_ns_ = ns;
     jitter_ns_ = jitter_ns;
+    latency_min_bytes_ = min_bytes;
 }
 
 void TestNode::hold(const TestMatch &m)
@@ -239,19 +247,52 @@ void TestNode::check_limits(int64_t offset, int64_t bytes, uint32_t extra_align)
     if (bad) misaligned_++;
 }
 
-int TestNode::begin(TestOp op, int64_t offset, int64_t bytes, ReqFlags flags)
+// Lives on the stack of a hook; the request is in in_driver_ from begin()
+// until the hook returns.
+class TestNode::InDriver {
+  public:
+    explicit InDriver(TestNode *node) : node_(node) {}
+    InDriver(const InDriver &) = delete;
+    InDriver &operator=(const InDriver &) = delete;
+    ~InDriver()
+    {
+        if (!entered_) return;
+        std::lock_guard<std::mutex> g(node_->lock_);
+        node_->in_driver_.erase(it_);
+    }
+    // REQUIRES node_->lock_.
+    void enter(const TestRequest &req)
+    {
+        for (const TestRequest &o : node_->in_driver_) {
+            const bool overlap = req.offset < o.offset + o.bytes && o.offset < req.offset + req.bytes;
+            if (overlap && (writes(req.op) || writes(o.op))) node_->overlapping_writes_++;
+        }
+        it_ = node_->in_driver_.insert(node_->in_driver_.end(), req);
+        entered_ = true;
+    }
+
+  private:
+    static bool writes(TestOp op) { return op == TestOp::kWrite || op == TestOp::kZeroes || op == TestOp::kDiscard; }
+
+    TestNode *node_;
+    bool entered_ = false;
+    std::list<TestRequest>::iterator it_;
+};
+
+int TestNode::begin(TestOp op, int64_t offset, int64_t bytes, ReqFlags flags, InDriver &in)
 {
     const TestRequest req{op, offset, bytes, flags};
     int64_t sleep_ns = 0;
     {
         std::lock_guard<std::mutex> g(lock_);
+        in.enter(req);
         Counter &c = counters_[static_cast<unsigned>(op)];
         c.calls++;
         c.bytes += static_cast<uint64_t>(bytes);
         if (op == TestOp::kRead || op == TestOp::kWrite) check_limits(offset, bytes, 0);
         if (op == TestOp::kZeroes) check_limits(offset, bytes, zero_align_ ? zero_align_ : align_);
         if (logging_) log_.push_back(req);
-        if (latency_ops_ & test_op_bit(op)) {
+        if ((latency_ops_ & test_op_bit(op)) && bytes >= latency_min_bytes_) {
             sleep_ns = latency_ns_;
             if (jitter_ns_ > 0) sleep_ns += static_cast<int64_t>(rng_() % static_cast<uint64_t>(jitter_ns_));
         }
@@ -273,7 +314,8 @@ int TestNode::begin(TestOp op, int64_t offset, int64_t bytes, ReqFlags flags)
 
 int TestNode::do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
 {
-    int r = begin(TestOp::kRead, offset, bytes, flags);
+    InDriver in(this);
+    int r = begin(TestOp::kRead, offset, bytes, flags, in);
     if (r < 0) return r;
     if (pass_) return FilterNode::do_co_preadv(offset, bytes, qiov, flags);
     const int64_t size = static_cast<int64_t>(data.size());
@@ -292,7 +334,8 @@ int TestNode::do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFl
         tmp.resize(static_cast<size_t>(bytes));
         qiov.to_buf(0, tmp.data(), static_cast<size_t>(bytes));
     }
-    int r = begin(TestOp::kWrite, offset, bytes, flags);
+    InDriver in(this);
+    int r = begin(TestOp::kWrite, offset, bytes, flags, in);
     if (r < 0) return r;
     if (pass_) return FilterNode::do_co_pwritev(offset, bytes, qiov, flags);
     if (offset + bytes > static_cast<int64_t>(data.size())) data.resize(static_cast<size_t>(offset + bytes));
@@ -303,7 +346,8 @@ int TestNode::do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFl
 int TestNode::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
 {
     if (!write_zeroes_) return -ENOTSUP;
-    int r = begin(TestOp::kZeroes, offset, bytes, flags);
+    InDriver in(this);
+    int r = begin(TestOp::kZeroes, offset, bytes, flags, in);
     if (r < 0) return r;
     if (pass_) return FilterNode::do_co_pwrite_zeroes(offset, bytes, flags);
     if (offset + bytes > static_cast<int64_t>(data.size())) data.resize(static_cast<size_t>(offset + bytes));
@@ -313,7 +357,8 @@ int TestNode::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
 
 int TestNode::do_co_pdiscard(int64_t offset, int64_t bytes)
 {
-    int r = begin(TestOp::kDiscard, offset, bytes, 0);
+    InDriver in(this);
+    int r = begin(TestOp::kDiscard, offset, bytes, 0, in);
     if (r < 0) return r;
     if (pass_) return FilterNode::do_co_pdiscard(offset, bytes);
     return 0;
@@ -321,12 +366,14 @@ int TestNode::do_co_pdiscard(int64_t offset, int64_t bytes)
 
 int TestNode::do_co_flush_to_disk()
 {
-    return begin(TestOp::kFlush, 0, 0, 0);
+    InDriver in(this);
+    return begin(TestOp::kFlush, 0, 0, 0, in);
 }
 
 int TestNode::do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags)
 {
-    int r = begin(TestOp::kTruncate, offset, 0, flags);
+    InDriver in(this);
+    int r = begin(TestOp::kTruncate, offset, 0, flags, in);
     if (r < 0) return r;
     if (pass_) return FilterNode::do_co_truncate(offset, exact, prealloc, flags);
     data.resize(static_cast<size_t>(offset));

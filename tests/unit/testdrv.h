@@ -21,7 +21,8 @@
 //
 // What a test sets on an opened node (TestNode::from(node)):
 //   - counting: per-operation calls and bytes, a log of requests
-//     (opt-in), requests that violated the node's own limits;
+//     (opt-in), requests that violated the node's own limits, overlaps in
+//     the driver where a write is involved (overlapping_writes());
 //   - failing: an errno for matching requests, always or the next N times;
 //   - delaying: a fixed (plus random) latency per operation type, and
 //     holding matching requests until release();
@@ -29,14 +30,19 @@
 // A request goes through, in order: counting/logging, hold, latency,
 // failure, then the data (or the child).
 //
-// Threading: counters, log and failure rules are guarded by a mutex, so
-// requests may come from coroutines of several threads (stress tests); the
-// data is not: concurrent writes from different threads to overlapping
-// ranges are the test's business. Holding works within one AioContext.
+// A request is "in the driver" from the start of its hook until the hook
+// returns, held and delayed time included.
+//
+// Threading: counters, log, failure rules and the set of requests in the
+// driver are guarded by a mutex, so requests may come from coroutines of
+// several threads (stress tests); the data is not: concurrent writes from
+// different threads to overlapping ranges are the test's business (and
+// show in overlapping_writes()). Holding works within one AioContext.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <mutex>
 #include <random>
 #include <string>
@@ -105,6 +111,11 @@ class TestNode final : public FilterNode {
     // Requests whose offset or length violated align / max-transfer /
     // zero-align (the generic layer must never send those).
     uint64_t misaligned() const;
+    // How many times a request began while an overlapping request was in
+    // the driver and at least one of the two writes (kWrite, kZeroes or
+    // kDiscard). Where the generic layer serialises every write (e.g. all
+    // are unaligned, hence read-modify-write) this must stay 0.
+    uint64_t overlapping_writes() const;
     // Zeroes the counters and clears the log.
     void reset_counters();
     // Logging is off until enabled (stress tests would grow it without end).
@@ -117,9 +128,10 @@ class TestNode final : public FilterNode {
     void inject_error(const TestMatch &m, int err, int times = -1);
     void clear_failures();
 
-    // Every request of an operation in ops sleeps ns plus a random
-    // [0, jitter_ns) (seeded, reproducible) before it is served.
-    void set_latency(TestOpMask ops, int64_t ns, int64_t jitter_ns = 0);
+    // Every request of an operation in ops of at least min_bytes bytes
+    // sleeps ns plus a random [0, jitter_ns) (seeded, reproducible) before
+    // it is served.
+    void set_latency(TestOpMask ops, int64_t ns, int64_t jitter_ns = 0, int64_t min_bytes = 0);
     // Matching requests wait (in the driver, counted as in flight) until
     // release(). One hold at a time; a new one replaces the range.
     void hold(const TestMatch &m);
@@ -149,8 +161,12 @@ class TestNode final : public FilterNode {
         int err;
         int times;
     };
-    // Counts, logs, holds, delays; returns 0 or the injected -errno.
-    int coroutine_fn begin(TestOp op, int64_t offset, int64_t bytes, ReqFlags flags);
+    // A request in the driver: entered by begin(), left when the hook
+    // returns (the destructor).
+    class InDriver;
+    // Enters the request into in_driver_ (through in), counts, logs,
+    // holds, delays; returns 0 or the injected -errno.
+    int coroutine_fn begin(TestOp op, int64_t offset, int64_t bytes, ReqFlags flags, InDriver &in);
     // extra_align: 0 for reads/writes (max-transfer applies), else the
     // write-zeroes alignment. REQUIRES lock_.
     void check_limits(int64_t offset, int64_t bytes, uint32_t extra_align);
@@ -169,8 +185,10 @@ class TestNode final : public FilterNode {
     std::vector<TestRequest> log_;
     std::vector<FailRule> fail_rules_;
     TestOpMask latency_ops_ = 0;
-    int64_t latency_ns_ = 0, jitter_ns_ = 0;
+    int64_t latency_ns_ = 0, jitter_ns_ = 0, latency_min_bytes_ = 0;
     std::mt19937 rng_{1234};
+    std::list<TestRequest> in_driver_;
+    uint64_t overlapping_writes_ = 0;
 
     bool holding_ = false;
     TestMatch hold_match_;
