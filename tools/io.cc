@@ -382,17 +382,17 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         }
         return 1;
     }
-    std::vector<std::string> images(argv + optind, argv + argc);
-    if (images.size() > 1) {
+    const int nimages = argc - optind;   // the operands getopt left at the end
+    if (nimages > 1) {
         std::fprintf(stderr, "%s: expected at most one image, got '%s' and '%s'; see 'blockgraph io --help'\n",
-                     kProg, images[0].c_str(), images[1].c_str());
+                     kProg, argv[optind], argv[optind + 1]);
         return 1;
     }
     if (spec.image_opts && !spec.format.empty()) {
         std::fprintf(stderr, "%s: --image-opts and -f are mutually exclusive\n", kProg);
         return 1;
     }
-    if (!images.empty()) opts->image = images[0];
+    if (nimages == 1) opts->image = argv[optind];
     return -1;
 }
 
