@@ -1,5 +1,13 @@
-// For driver authors: the driver descriptor, the registry, and the filter
-// base class. Consumers include block/block.h only.
+// The driver author's header: a driver's source file includes this (and its
+// own headers), nothing else of block/ but consumer headers. It brings
+//   - block/block.h: the graph, edges, backends, the BlockDriver descriptor
+//     a driver defines and the registry it is added to (block/drivers.cc);
+//   - block/driver-hooks.h: DriverHooks, every hook a driver implements and
+//     every helper it may use, documented one by one;
+//   - qapi/option-reader.h: OptionReader, to decode the driver's own keys;
+// and adds FilterNode and the helpers for image creation. docs/drivers.md
+// "Writing a driver" walks through the smallest driver. Consumers (export/,
+// tools/) never include this header (make check-layering).
 #pragma once
 
 #include <memory>
@@ -8,6 +16,8 @@
 #include <vector>
 
 #include "block/block.h"
+#include "block/driver-hooks.h"
+#include "qapi/option-reader.h"
 
 namespace bg {
 

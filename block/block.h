@@ -1,4 +1,7 @@
-// The block graph, for consumers (exports, tools) and drivers alike.
+// The block graph, for consumers (exports, tools): the graph, its nodes'
+// public side, edges, backends, and the driver registry with its queries
+// (names, kinds, capability bits, format probing, protocol lookup). Driver
+// authors include block/block-driver.h, which adds the hooks.
 //
 // A BlockGraph owns BlockNodes. Each node is an instance of a driver (file,
 // raw, qcow2, ...) and reaches its children only through BdrvChild edges.
