@@ -383,7 +383,8 @@ START_TEST(test_decode_blkdebug)
     for (const char *t : iotypes) {
         std::string arg = std::string("blkdebug,image=x,inject-error.0.iotype=") + t;
         json j = blockdev_options_to_json(parse_ok(arg));
-        ck_assert_str_eq(j["inject-error"][0]["iotype"].get<std::string>().c_str(), t);
+        const std::string got = j["inject-error"][0]["iotype"].get<std::string>();   // outlives the check
+        ck_assert_str_eq(got.c_str(), t);
     }
 }
 END_TEST
