@@ -300,6 +300,11 @@ class BlockNode : public DriverHooks {
     CoMutex flush_lock_;
 };
 
+// DriverHooks' access to its node, inline: mark_dirty() runs on every write.
+inline BlockNode *DriverHooks::self() { return static_cast<BlockNode *>(this); }
+inline const BlockNode *DriverHooks::self() const { return static_cast<const BlockNode *>(this); }
+inline void DriverHooks::mark_dirty() { self()->write_gen_.fetch_add(1, std::memory_order_relaxed); }
+
 // The consumer handle: holds the root edge to a node with its own
 // permissions, counts requests, queues them while drained, and emulates
 // writethrough (a flush after each write).

@@ -119,12 +119,9 @@ BlockPerm BlockNode::cumulative_shared() const
 
 // ---------------------------------------------------------------- DriverHooks helpers
 
-BlockNode *DriverHooks::self() { return static_cast<BlockNode *>(this); }
-const BlockNode *DriverHooks::self() const { return static_cast<const BlockNode *>(this); }
 
 Error DriverHooks::node_error(int err, const std::string &msg) const { return Error{err, msg}; }
 
-void DriverHooks::mark_dirty() { self()->write_gen_.fetch_add(1, std::memory_order_relaxed); }
 
 Result<BdrvChild *> DriverHooks::open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
                                            bool required)

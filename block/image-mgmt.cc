@@ -302,11 +302,11 @@ Status create_image_file(const std::string &filename, const CreateOptions &opts)
 Result<PreallocMode> parse_prealloc_option(const CreateOptions &opts, bool allow_metadata)
 {
     auto v = opts.get("preallocation");
-    if (!v || *v == "off") return PreallocMode::kOff;
-    if (*v == "falloc") return PreallocMode::kFalloc;
-    if (*v == "full") return PreallocMode::kFull;
-    if (*v == "metadata" && allow_metadata) return PreallocMode::kMetadata;
-    return make_error(EINVAL, "Parameter 'preallocation' does not accept value '%s'", v->c_str());
+    PreallocMode m = PreallocMode::kOff;
+    if (v && (!parse_prealloc_mode(*v, &m) || (m == PreallocMode::kMetadata && !allow_metadata))) {
+        return make_error(EINVAL, "Parameter 'preallocation' does not accept value '%s'", v->c_str());
+    }
+    return m;
 }
 
 Status img_create(const DriverRegistry &registry, const ImgCreateParams &p)

@@ -461,6 +461,23 @@ Result<BlockdevOptions> from_tree(const BlockdevSchema &schema, const json &tree
 
 } // namespace
 
+bool parse_prealloc_mode(const std::string &name, PreallocMode *out)
+{
+    static constexpr EnumName<PreallocMode> kNames[] = {
+        {"off", PreallocMode::kOff},
+        {"metadata", PreallocMode::kMetadata},
+        {"falloc", PreallocMode::kFalloc},
+        {"full", PreallocMode::kFull},
+    };
+    for (const auto &e : kNames) {
+        if (name == e.name) {
+            *out = e.value;
+            return true;
+        }
+    }
+    return false;
+}
+
 bool is_valid_node_name(const std::string &name)
 {
     if (name.empty() || name.size() > 31) return false;

@@ -80,6 +80,10 @@ nlohmann::json blockdev_options_to_json(const BlockdevOptions &o) noexcept;
 // image; use the JSON form for such options.
 std::string blockdev_options_to_keyval(const BlockdevOptions &o) noexcept;
 
+// A preallocation mode by its QEMU name (off, metadata, falloc, full);
+// false if name is none of them.
+bool parse_prealloc_mode(const std::string &name, PreallocMode *out);
+
 // QEMU's node-name rule: a letter, then letters, digits, '-', '.', '_'; at
 // most 31 characters.
 bool is_valid_node_name(const std::string &name);

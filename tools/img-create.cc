@@ -8,6 +8,7 @@
 
 #include "block/block.h"
 #include "qapi/size.h"
+#include "qapi/block-parse.h"
 #include "tools/img.h"
 #include "util/aio.h"
 
@@ -213,15 +214,7 @@ int img_resize(int argc, char **argv)
         case kOptImageOpts: oa.image_opts = true; break;
         case kOptShrink: shrink = true; break;
         case kOptPrealloc:
-            if (std::strcmp(optarg, "off") == 0) {
-                prealloc = PreallocMode::kOff;
-            } else if (std::strcmp(optarg, "metadata") == 0) {
-                prealloc = PreallocMode::kMetadata;
-            } else if (std::strcmp(optarg, "falloc") == 0) {
-                prealloc = PreallocMode::kFalloc;
-            } else if (std::strcmp(optarg, "full") == 0) {
-                prealloc = PreallocMode::kFull;
-            } else {
+            if (!parse_prealloc_mode(optarg, &prealloc)) {
                 error("Invalid preallocation mode '%s'", optarg);
                 return 1;
             }

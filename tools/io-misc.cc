@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "qapi/block-parse.h"
 #include "tools/io-cmd.h"
 
 namespace bg {
@@ -61,15 +62,7 @@ int IoShell::cmd_truncate(int argc, char **argv)
     while ((c = getopt(argc, argv, "m:")) != -1) {
         switch (c) {
         case 'm':
-            if (std::strcmp(optarg, "off") == 0) {
-                prealloc = PreallocMode::kOff;
-            } else if (std::strcmp(optarg, "metadata") == 0) {
-                prealloc = PreallocMode::kMetadata;
-            } else if (std::strcmp(optarg, "falloc") == 0) {
-                prealloc = PreallocMode::kFalloc;
-            } else if (std::strcmp(optarg, "full") == 0) {
-                prealloc = PreallocMode::kFull;
-            } else {
+            if (!parse_prealloc_mode(optarg, &prealloc)) {
                 std::fprintf(stderr, "%s: Invalid preallocation mode '%s'\n", kProg, optarg);
                 return -EINVAL;
             }

@@ -35,6 +35,19 @@ bool sector_aligned(int64_t offset, int64_t count)
     return true;
 }
 
+// qemu-io's -P check of data[0, n): true if every byte is pattern, else
+// false after printing qemu-io's message naming `shown` bytes at offset.
+bool verify_pattern(const uint8_t *data, int64_t n, int pattern, int64_t offset, int64_t shown)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (data[i] != pattern) {
+            std::printf("Pattern verification failed at offset %" PRId64 ", %" PRId64 " bytes\n", offset, shown);
+            return false;
+        }
+    }
+    return true;
+}
+
 } // namespace
 
 // ---- buffers from arguments
@@ -154,16 +167,9 @@ int IoShell::cmd_read(int argc, char **argv)
         return ret;
     }
     ret = 0;
-    if (pflag) {
-        const uint8_t *p = buf->data() + pattern_offset;
-        for (int64_t i = 0; i < pattern_count; i++) {
-            if (p[i] != pattern) {
-                std::printf("Pattern verification failed at offset %" PRId64 ", %" PRId64 " bytes\n",
-                            offset + pattern_offset, pattern_count);
-                ret = -EINVAL;
-                break;
-            }
-        }
+    if (pflag && !verify_pattern(buf->data() + pattern_offset, pattern_count, pattern, offset + pattern_offset,
+                                 pattern_count)) {
+        ret = -EINVAL;
     }
     if (qflag) return ret;
     if (vflag) dump_buffer(buf->data(), offset, count);
@@ -206,15 +212,7 @@ int IoShell::cmd_readv(int argc, char **argv)
         return ret;
     }
     ret = 0;
-    if (pflag) {
-        for (int64_t i = 0; i < size; i++) {
-            if (buf->data()[i] != pattern) {
-                std::printf("Pattern verification failed at offset %" PRId64 ", %zu bytes\n", offset, qiov.size());
-                ret = -EINVAL;
-                break;
-            }
-        }
-    }
+    if (pflag && !verify_pattern(buf->data(), size, pattern, offset, size)) ret = -EINVAL;
     if (qflag) return ret;
     if (vflag) dump_buffer(buf->data(), offset, size);
     print_report("read", t, offset, size, size, 1, cflag);
@@ -389,15 +387,7 @@ void IoShell::aio_entry(void *opaque)
             std::printf("readv failed: %s\n", std::strerror(-ret));
             break;
         }
-        if (req->pflag) {
-            for (int64_t i = 0; i < req->bytes; i++) {
-                if (req->buf->data()[i] != req->pattern) {
-                    std::printf("Pattern verification failed at offset %" PRId64 ", %zu bytes\n", req->offset,
-                                static_cast<size_t>(req->bytes));
-                    break;
-                }
-            }
-        }
+        if (req->pflag) verify_pattern(req->buf->data(), req->bytes, req->pattern, req->offset, req->bytes);
         if (req->qflag) break;
         if (req->vflag) dump_buffer(req->buf->data(), req->offset, req->bytes);
         print_report("read", t, req->offset, req->bytes, req->bytes, 1, req->cflag);
