@@ -23,12 +23,15 @@
 # session against both qemu-storage-daemon and $BLOCKGRAPH daemon, each on
 # fresh images made by setup(dir), and compares the replies after normalise()
 # (timestamps, versions, the work directory and the host-dependent fields in
-# HOST_FIELDS), printing a unified diff on mismatch.
+# HOST_FIELDS), printing a unified diff on mismatch. QMP_ORACLE_SELF=1
+# (with QMP_TARGET=qsd) runs QSD in place of blockgraph too: a self-test of
+# the comparison.
 
 import difflib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,7 +55,7 @@ def blockgraph_bin():
 
 def daemon_argv(kind):
     """The command that starts a daemon of KIND ("qsd" or "blockgraph")."""
-    if kind == "qsd":
+    if kind == "qsd" or os.environ.get("QMP_ORACLE_SELF"):
         return [QSD]
     return [blockgraph_bin(), "daemon"]
 
@@ -155,13 +158,14 @@ class Client:
         self.send_raw(json.dumps(msg).encode() + b"\n")
         return self.recv_reply(timeout)
 
-    def cmd(self, name, timeout=30.0, **args):
-        """execute(NAME) with keyword ARGS (underscores become dashes) and
+    def cmd(self, _name, _timeout=30.0, **args):
+        """execute(_NAME) with keyword ARGS (underscores become dashes) and
         a fresh numeric id; checks that the reply echoes it."""
+        name = _name
         args = {k.replace("_", "-"): v for k, v in args.items()}
         i = self.next_id
         self.next_id += 1
-        r = self.execute(name, args if args else None, id=i, timeout=timeout)
+        r = self.execute(name, args if args else None, id=i, timeout=_timeout)
         if r.get("id") != i:
             raise QMPError(f"{self.name}: reply to {name} id {i} has id {r.get('id')!r}: {r}")
         return r
@@ -226,7 +230,7 @@ class Daemon:
     directory. KIND defaults to the test's target."""
 
     def __init__(self, test, args, monitors=("mon0",), kind=None, pretty=(),
-                 name=None, wait=True):
+                 name=None, wait=True, cwd=None):
         self.test = test
         self.kind = kind or test.kind
         self.name = name or f"d{len(test.daemons)}"
@@ -241,7 +245,7 @@ class Daemon:
         self.argv = argv
         self.errfile = os.path.join(test.work, f"{self.name}.err")
         self.clients = []
-        self.proc = subprocess.Popen(argv, cwd=test.work, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(argv, cwd=cwd or test.work, stdin=subprocess.DEVNULL,
                                      stdout=open(self.errfile + ".out", "wb"),
                                      stderr=open(self.errfile, "wb"),
                                      start_new_session=True)
@@ -319,6 +323,41 @@ def run(argv, timeout=60, check=False, input=None):
 def img_info(path, *extra):
     return json.loads(run(["qemu-img", "info", "--output=json", "-U", *extra, path],
                           check=True).stdout)
+
+
+def nodes(c, flat=True):
+    """query-named-block-nodes as a dict node-name -> BlockDeviceInfo."""
+    r = c.cmd("query-named-block-nodes", flat=flat)
+    if "return" not in r:
+        raise QMPError(f"query-named-block-nodes: {r}")
+    return {n["node-name"]: n for n in r["return"]}
+
+
+def bitmaps(c, node):
+    """The dirty-bitmaps of NODE as a dict name -> info."""
+    return {b["name"]: b for b in nodes(c).get(node, {}).get("dirty-bitmaps", [])}
+
+
+def dd(src, dst, off=0, length=None, skip=0, sync=True, timeout=30):
+    """Copies LENGTH bytes (all if None) from byte SKIP of SRC to byte OFF
+    of DST (not truncated), with fsync if SYNC; returns the dd result."""
+    argv = ["dd", f"if={src}", f"of={dst}", "bs=64k", f"seek={off}", f"skip={skip}",
+            "oflag=seek_bytes", "iflag=skip_bytes" + (",count_bytes" if length is not None else ""),
+            "conv=notrunc" + (",fsync" if sync else ""), "status=none"]
+    if length is not None:
+        argv.append(f"count={length}")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def read_at(path, off, length, timeout=30):
+    """LENGTH bytes at OFF of PATH (read in a child process, so that a
+    stuck FUSE mount cannot hang the test)."""
+    p = subprocess.run(["dd", f"if={path}", "bs=64k", f"skip={off}", f"count={length}",
+                        "iflag=skip_bytes,count_bytes", "status=none"],
+                       capture_output=True, timeout=timeout)
+    if p.returncode != 0:
+        raise QMPError(f"reading {path}: {p.stderr.decode().strip()}")
+    return p.stdout
 
 
 def mounted(path):
@@ -458,12 +497,14 @@ class Test:
 
 # Members whose values depend on the host or the moment, not on the
 # implementation: replaced by "<host>" wherever they occur.
-HOST_FIELDS = {"actual-size", "date-sec", "date-nsec", "thread-id"}
+HOST_FIELDS = {"actual-size", "date-sec", "date-nsec", "vm-clock-sec", "vm-clock-nsec", "thread-id"}
+AUTO_NODE = re.compile(r"#block[0-9]+")
 
 
 def normalise(obj, work=None):
-    """A copy of OBJ with timestamps, versions, HOST_FIELDS and the work
-    directory WORK made neutral."""
+    """A copy of OBJ with timestamps, versions, HOST_FIELDS, the work
+    directory WORK and generated node names (#blockNNN) made neutral, and
+    lists of nodes or bitmaps sorted."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -477,9 +518,16 @@ def normalise(obj, work=None):
                 out[k] = normalise(v, work)
         return out
     if isinstance(obj, list):
-        return [normalise(v, work) for v in obj]
-    if isinstance(obj, str) and work:
-        return obj.replace(work, "$WORK")
+        out = [normalise(v, work) for v in obj]
+        # Lists of nodes and of bitmaps: the order is not part of the
+        # contract (QSD lists the newest first).
+        if out and all(isinstance(v, dict) and ("node-name" in v or "granularity" in v) for v in out):
+            out.sort(key=lambda v: json.dumps(v, sort_keys=True))
+        return out
+    if isinstance(obj, str):
+        if work:
+            obj = obj.replace(work, "$WORK")
+        return AUTO_NODE.sub("#block", obj)
     return obj
 
 
@@ -494,7 +542,7 @@ def oracle_session(test, desc, setup, args, script, post=None):
     prepared by SETUP(dir); POST(dir) may record more (qemu-img output).
     Compares the normalised transcripts; records one check. Skipped (with
     a note) if the target is QSD itself or QSD is not installed."""
-    if test.kind == "qsd" or not oracle_available():
+    if (test.kind == "qsd" and not os.environ.get("QMP_ORACLE_SELF")) or not oracle_available():
         print(f"  (oracle comparison '{desc}' skipped: needs both daemons)")
         return None
     transcripts = {}
@@ -505,7 +553,7 @@ def oracle_session(test, desc, setup, args, script, post=None):
         os.chdir(d)
         setup(d)
         lines = []
-        dm = Daemon(test, args, kind=kind, name=f"oracle-{kind}")
+        dm = Daemon(test, args, kind=kind, name=f"oracle-{kind}", cwd=d)
         try:
             c = dm.connect()
             for step in script:
