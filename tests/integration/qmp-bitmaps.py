@@ -186,7 +186,7 @@ def persistence(t, w, live):
     t.eq({n: (b.get("count"), b.get("persistent"), b.get("recording")) for n, b in bm.items()},
          {"b1": (live["b1"], True, False), "pd": (live["pd"], True, False), "t4": (live["t4"], True, True)},
          "it reports the persistent bitmaps with their counts")
-    t.eq(d.stop(), 0, "second daemon exits 0")
+    t.stop(d, "second daemon exits 0")
 
 
 def oracle(t):
@@ -222,7 +222,7 @@ def main():
         add(t, c, w)
         writes(t, c, w)
         live = transaction(t, c, w)
-        t.eq(d.stop(), 0, "daemon exits 0 on quit")
+        t.stop(d, "daemon exits 0 on quit")
         persistence(t, w, live)
         oracle(t)
 

@@ -263,7 +263,7 @@ def main():
         resize(t, c, w)
         delete(t, c, w, auto)
         reopen(t, c, w)
-        t.eq(d.stop(), 0, "daemon exits 0 on quit")
+        t.stop(d, "daemon exits 0 on quit")
         after(t, w)
         oracle(t)
 

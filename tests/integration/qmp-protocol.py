@@ -328,7 +328,7 @@ def main():
         clients(t, d)
         two_monitors(t, d)
         pretty(t, d)
-        t.eq(d.stop(), 0, "daemon exits 0 on quit")
+        t.stop(d, "daemon exits 0 on quit")
 
 
 main()

@@ -200,7 +200,7 @@ def main():
         c = d.connect()
         external(t, c, w)
         internal(t, c, w)
-        t.eq(d.stop(), 0, "daemon exits 0 on quit")
+        t.stop(d, "daemon exits 0 on quit")
         after(t, w)
         oracle(t)
 

@@ -76,6 +76,7 @@ class Client:
         self.events = []        # events received, in order
         self.greeting = None
         self.next_id = 1
+        self.closed = False
 
     # -- low level -----------------------------------------------------
     def send_raw(self, data):
@@ -192,6 +193,7 @@ class Client:
             self.events.append(m)
 
     def close(self):
+        self.closed = True
         try:
             self.sock.close()
         except OSError:
@@ -245,6 +247,7 @@ class Daemon:
         self.argv = argv
         self.errfile = os.path.join(test.work, f"{self.name}.err")
         self.clients = []
+        self.stopped_by = None
         self.proc = subprocess.Popen(argv, cwd=cwd or test.work, stdin=subprocess.DEVNULL,
                                      stdout=open(self.errfile + ".out", "wb"),
                                      stderr=open(self.errfile, "wb"),
@@ -294,16 +297,20 @@ class Daemon:
         return self.rc
 
     def stop(self, timeout=20.0):
-        """quit through a monitor (if one is connected), then SIGTERM, then
-        SIGKILL; returns the exit status."""
-        if self.proc.poll() is None and self.clients:
+        """quit through a monitor (if a client is still open; the first
+        one), then SIGTERM, then SIGKILL; returns the exit status."""
+        open_clients = [c for c in self.clients if not c.closed]
+        if self.proc.poll() is None and open_clients:
             try:
-                self.clients[0].execute("quit", timeout=5)
+                open_clients[0].execute("quit", timeout=5)
             except (QMPError, OSError):
                 pass
+        self.stopped_by = "quit"
         if self.wait(timeout) is None:
+            self.stopped_by = "SIGTERM"
             self.proc.terminate()
             if self.wait(5) is None:
+                self.stopped_by = "SIGKILL"
                 self.proc.kill()
                 self.wait(5)
         for c in self.clients:
@@ -449,6 +456,11 @@ class Test:
     def section(self, title):
         print(f"{title}", flush=True)
 
+    def stop(self, d, desc="daemon exits 0 on quit"):
+        """Stops D (Daemon.stop) and checks that quit ended it with 0."""
+        rc = d.stop()
+        return self.eq((rc, d.stopped_by), (0, "quit"), desc)
+
     def daemon(self, args=(), **kw):
         return Daemon(self, args, **kw)
 
@@ -567,7 +579,7 @@ def oracle_session(test, desc, setup, args, script, post=None):
         except QMPError as e:
             lines.append({"client-error": str(e)})
         rc = dm.stop()
-        lines.append({"exit": rc})
+        lines.append({"exit": rc, "stopped by": dm.stopped_by})
         if post:
             lines.append(normalise(post(d), d))
         transcripts[kind] = [json.dumps(l, sort_keys=True, indent=1) for l in lines]
