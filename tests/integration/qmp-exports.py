@@ -9,7 +9,8 @@
 #     iothread);
 #   query-block-exports: exact members;
 #   block-export-del mode=safe (also with a file open on the mount) and
-#     mode=hard: {} then BLOCK_EXPORT_DELETED {id} on every monitor, the
+#     mode=hard: {} then BLOCK_EXPORT_DELETED {id} on every monitor (not
+#     to a client still negotiating), the
 #     mount is gone, the id is free again; errors (unknown, twice);
 #   quit with exports still present unmounts them and exits 0;
 #   object-add/object-del iothread: properties, errors (duplicate id,
@@ -36,7 +37,7 @@ def make_images(w):
         open(f"{w}/{m}", "w").close()
 
 
-def exports(t, c, c1, w):
+def exports(t, c, c1, c2, w):
     t.section("block-export-add")
     t.ret(c.cmd("blockdev-add", driver="qcow2", node_name="q0",
                 file={"driver": "file", "filename": f"{w}/a.qcow2"}), "add q0")
@@ -100,6 +101,7 @@ def exports(t, c, c1, w):
             and isinstance(ev["timestamp"].get("microseconds"), int)
             and abs(ev["timestamp"]["seconds"] - time.time()) < 60, "the event has a wall-clock timestamp", ev)
     t.eq(c1.wait_event("BLOCK_EXPORT_DELETED").get("data"), {"id": "e0"}, "the other monitor gets it too")
+    t.check(c2.quiet(0.3), "a client still in negotiation mode gets no event")
     t.check(wait_for(lambda: not mounted(f"{w}/mp"), 5), "e0's mount is gone")
     holder.wait(10)
     t.eq(sorted(e.get("id") for e in c.cmd("query-block-exports").get("return", [])), ["e1", "eg"],
@@ -171,10 +173,11 @@ def main():
     with Test("qmp-exports", budget=110) as t:
         w = t.work
         make_images(w)
-        d = t.daemon(["--object", "iothread,id=io0,poll-max-ns=5000"], monitors=("mon0", "mon1"))
+        d = t.daemon(["--object", "iothread,id=io0,poll-max-ns=5000"], monitors=("mon0", "mon1", "mon2"))
         c = d.connect()
         c1 = d.connect("mon1")
-        exports(t, c, c1, w)
+        c2 = d.connect("mon2", negotiate=False)
+        exports(t, c, c1, c2, w)
         objects(t, c, w)
         t.stop(d, "quit with exports e0 and eg present: exit 0")
         t.check(not mounted(f"{w}/mp") and not mounted(f"{w}/mpg"), "their mounts are gone")

@@ -14,15 +14,19 @@
 #   QSD's limit is 64 MiB of token text, too slow to reach in a test);
 #   a client disconnecting mid-message and the next client getting a fresh
 #   greeting; a second client waiting until the first leaves; two
-#   monitors at once; pretty=on output, byte for byte.
+#   monitors at once; pretty=on output, byte for byte; a stdio monitor
+#   (greeting and replies on stdout, CRLF) and a TCP one (host=, port=);
+#   command-line errors of --monitor/--chardev (exit 1, QSD's text).
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qmp import Test, QMPError, err  # noqa: E402
+from qmp import Client, Daemon, QMPError, Test, daemon_argv, err  # noqa: E402
 
 GE = "GenericError"
 CNF = "CommandNotFound"
@@ -312,6 +316,48 @@ def pretty(t, d):
          "array id and empty array shape")
 
 
+def chardevs(t):
+    t.section("other chardevs and command-line errors")
+    argv = daemon_argv(t.kind)
+    p = subprocess.run(argv + ["--chardev", "stdio,id=s", "--monitor", "s"], capture_output=True, timeout=20,
+                       input=b'{"execute": "qmp_capabilities"}\n{"execute": "query-block-exports", "id": 1}\n'
+                             b'{"execute": "quit"}\n', cwd=t.work)
+    lines = p.stdout.split(b"\r\n")
+    t.check(p.returncode == 0 and len(lines) == 5 and lines[0].startswith(b'{"QMP": ')
+            and lines[1:] == [b'{"return": {}}', b'{"return": [], "id": 1}', b'{"return": {}}', b""],
+            "stdio monitor: greeting and three replies (CRLF), exit 0 on quit", (p.returncode, p.stdout, p.stderr))
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    d = Daemon(t, ["--chardev", f"socket,id=tcp,host=127.0.0.1,port={port},server=on,wait=off",
+                   "--monitor", "chardev=tcp,mode=control"], monitors=(), name="tcp")
+    c = None
+    for _ in range(200):
+        try:
+            c = Client(socket.create_connection(("127.0.0.1", port), timeout=5), "tcp")
+            break
+        except OSError:
+            time.sleep(0.05)
+    if c is None:
+        t.bad(f"TCP monitor: cannot connect to port {port}: {d.stderr()}")
+    else:
+        d.clients.append(c)
+        c.greeting = c.recv()
+        c.negotiate()
+        t.eq(c.cmd("query-block-exports").get("return"), [], "TCP monitor (host=, port=) works")
+        t.stop(d, "TCP monitor: quit, exit 0")
+    for args, text in [(["--monitor", "x"], 'chardev "x" not found'),
+                       (["--monitor", "chardev=m2"], 'chardev "m2" not found'),
+                       (["--chardev", f"socket,id=m,path={t.work}/z.sock,server=on,wait=off",
+                         "--monitor", "m,mode=readline"], "Only QMP is supported"),
+                       (["--chardev", f"socket,id=m,path={t.work}/nodir/x.sock,server=on,wait=off"],
+                        f"Failed to bind socket to {t.work}/nodir/x.sock: No such file or directory")]:
+        p = subprocess.run(argv + args, capture_output=True, text=True, timeout=20, cwd=t.work)
+        t.check(p.returncode == 1 and text in p.stderr and p.stderr.count("\n") == 1,
+                f"{' '.join(args)[:60]}: exit 1, {text}", (p.returncode, p.stderr))
+
+
 def main():
     with Test("qmp-protocol", budget=110) as t:
         d = t.daemon([], monitors=("mon0", "mon1", "mon2"), pretty=("mon2",))
@@ -329,6 +375,7 @@ def main():
         two_monitors(t, d)
         pretty(t, d)
         t.stop(d, "daemon exits 0 on quit")
+        chardevs(t)
 
 
 main()
