@@ -133,7 +133,8 @@ def delete(t, c, w, auto):
     t.error(c.cmd("blockdev-del", node_name="f0"), "f0 (the file child of q0)", "Block device f0 is in use")
     t.error(c.cmd("blockdev-del", node_name="zz"), "unknown node", "Failed to find node with node-name='zz'")
     if auto:
-        t.error(c.cmd("blockdev-del", node_name=auto), "the generated child", f"Node {auto} is not owned by the monitor")
+        t.error(c.cmd("blockdev-del", node_name=auto), "the generated child",
+                f"Node {auto} is not owned by the monitor")
     t.ret(c.cmd("block-export-del", id="e1"), "delete the export")
     c.wait_event("BLOCK_EXPORT_DELETED")
     t.ret(c.cmd("blockdev-del", node_name="q0"), "q0 once unexported")
