@@ -41,10 +41,11 @@ else
     fi
     BLOCKGRAPH=$(cd "$(dirname "$BLOCKGRAPH")" && pwd -P)/$(basename "$BLOCKGRAPH")
     export BLOCKGRAPH
-    # Until the daemon has a monitor there is nothing to test (its help
-    # names --monitor once it does).
-    "$BLOCKGRAPH" daemon --help 2>&1 | grep -q -- --monitor ||
-        qmp_missing "blockgraph daemon has no --monitor"
+    # Until the daemon has a monitor there is nothing to test: probe with a
+    # stdio monitor.
+    printf '{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n' |
+        timeout 10 "$BLOCKGRAPH" daemon --chardev stdio,id=probe --monitor probe 2>/dev/null |
+        grep -q '^{"QMP"' || qmp_missing "blockgraph daemon has no QMP monitor (--chardev stdio, --monitor)"
 fi
 
 exec timeout -k 15 "${QMP_BUDGET:-120}" python3 "$here/qmp-$name.py"

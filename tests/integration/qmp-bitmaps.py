@@ -220,12 +220,13 @@ def main():
         make_images(w)
         d = t.daemon([])
         c = d.connect()
-        add(t, c, w)
-        writes(t, c, w)
-        live = transaction(t, c, w)
+        t.part(add, t, c, w)
+        t.part(writes, t, c, w)
+        live = t.part(transaction, t, c, w)
         t.stop(d, "daemon exits 0 on quit")
-        persistence(t, w, live)
-        oracle(t)
+        if live is not None:
+            t.part(persistence, t, w, live)
+        t.part(oracle, t)
 
 
 main()

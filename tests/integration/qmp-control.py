@@ -174,9 +174,9 @@ def main():
     with Test("qmp-control", budget=60) as t:
         d = t.daemon([])
         c = d.connect()
-        version(t, c)
-        names = commands(t, c)
-        schema(t, c, names)
+        t.part(version, t, c)
+        names = t.part(commands, t, c) or []
+        t.part(schema, t, c, names)
         quit_(t, d, c)
 
 

@@ -177,8 +177,8 @@ def main():
         c = d.connect()
         c1 = d.connect("mon1")
         c2 = d.connect("mon2", negotiate=False)
-        exports(t, c, c1, c2, w)
-        objects(t, c, w)
+        t.part(exports, t, c, c1, c2, w)
+        t.part(objects, t, c, w)
         t.stop(d, "quit with exports e0 and eg present: exit 0")
         t.check(not mounted(f"{w}/mp") and not mounted(f"{w}/mpg"), "their mounts are gone")
         p = run(["qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x31 0 1M", "-c", "read -P 0x77 2M 64k",

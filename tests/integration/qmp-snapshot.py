@@ -198,11 +198,11 @@ def main():
         make_images(w)
         d = t.daemon([])
         c = d.connect()
-        external(t, c, w)
-        internal(t, c, w)
+        t.part(external, t, c, w)
+        t.part(internal, t, c, w)
         t.stop(d, "daemon exits 0 on quit")
-        after(t, w)
-        oracle(t)
+        t.part(after, t, w)
+        t.part(oracle, t)
 
 
 main()

@@ -456,6 +456,17 @@ class Test:
     def section(self, title):
         print(f"{title}", flush=True)
 
+    def part(self, fn, *args):
+        """Runs FN(*ARGS), a section of checks; an exception in it is one
+        failed check (the script goes on with the next section)."""
+        try:
+            return fn(*args)
+        except SystemExit:
+            raise
+        except Exception as e:  # noqa: BLE001
+            self.bad(f"{fn.__name__}: aborted by {type(e).__name__}: {str(e)[:500]}")
+            return None
+
     def stop(self, d, desc="daemon exits 0 on quit"):
         """Stops D (Daemon.stop) and checks that quit ended it with 0."""
         rc = d.stop()
