@@ -355,7 +355,8 @@ def chardevs(t):
                        (["--monitor", "chardev=m2"], 'chardev "m2" not found'),
                        (["--chardev", f"socket,id=m,path={t.work}/z.sock,server=on,wait=off",
                          "--monitor", "m,mode=readline"], "Only QMP is supported"),
-                       (["--chardev", f"socket,id=m,path={t.work}/nodir/x.sock,server=on,wait=off"],
+                       (["--chardev", f"socket,id=m,path={t.work}/nodir/x.sock,server=on,wait=off",
+                         "--monitor", "m"],
                         f"Failed to bind socket to {t.work}/nodir/x.sock: No such file or directory")]:
         p = subprocess.run(argv + args, capture_output=True, text=True, timeout=20, cwd=t.work)
         t.check(p.returncode == 1 and text in p.stderr and p.stderr.count("\n") == 1,
