@@ -601,6 +601,9 @@ def oracle_session(test, desc, setup, args, script, post=None):
         return True
     diff = difflib.unified_diff("\n".join(a).splitlines(), "\n".join(b).splitlines(),
                                 "qemu-storage-daemon", "blockgraph", lineterm="", n=4)
+    diff = list(diff)
+    if len(diff) > 300:
+        diff = diff[:300] + [f"... ({len(diff) - 300} more diff lines)"]
     test.bad(f"oracle: {desc}: replies differ from qemu-storage-daemon:\n      " +
              "\n      ".join(diff))
     return False
