@@ -14,22 +14,24 @@ namespace bg {
 
 // ---------------------------------------------------------------- helpers
 
-std::string qmp_blockdev_error(const std::string &msg)
+std::string qmp_option_error(const std::string &msg)
 {
-    // Our decoder's messages: "blockdev 'q': [path: ]what" (qapi/block-parse.h).
-    std::string rest = msg;
-    if (rest.rfind("blockdev", 0) == 0) {
-        size_t colon = rest.find(": ");
-        if (colon == std::string::npos) return msg;
-        rest = rest.substr(colon + 2);
-    } else {
-        return msg;
+    // Our decoders' and the graph's messages: "blockdev 'q': [path: ]what",
+    // likewise "export 'e': ..." and "object 'o': ..." (qapi/).
+    std::string rest;
+    for (const char *what : {"blockdev", "export", "object"}) {
+        const std::string w = what;
+        if (msg.rfind(w + " '", 0) == 0 || msg.rfind(w + ": ", 0) == 0) {
+            size_t colon = msg.find(": ");
+            if (colon != std::string::npos) rest = msg.substr(colon + 2);
+        }
     }
+    if (rest.empty()) return msg;
+    // A dotted key path is followed by ": " and has no blank in it; the
+    // message texts themselves start with words.
     std::string path;
-    // A dotted path is followed by ": "; the message texts themselves never
-    // start with one (they start with words like "unknown", "missing").
     size_t colon = rest.find(": ");
-    if (colon != std::string::npos && rest.find(' ') > colon) {
+    if (colon != std::string::npos && rest.find(' ') > colon && rest.find('\'') > colon) {
         path = rest.substr(0, colon);
         rest = rest.substr(colon + 2);
     }
@@ -46,6 +48,9 @@ std::string qmp_blockdev_error(const std::string &msg)
     if (!(k = quoted("unknown driver '")).empty()) {
         return "Parameter '" + full("driver") + "' does not accept value '" + k + "'";
     }
+    if (path == "node-name" && !(k = quoted("'")).empty() && rest.find("is not a valid node name") != std::string::npos) {
+        return k.size() > 31 ? "Node name too long" : "Invalid node-name: '" + k + "'";
+    }
     static const struct {
         const char *ours, *qemu;
     } types[] = {{"expected a string", "string"}, {"expected an integer", "integer"},
@@ -54,14 +59,17 @@ std::string qmp_blockdev_error(const std::string &msg)
     for (auto &t : types) {
         if (rest == t.ours && !path.empty()) return "Invalid parameter type for '" + path + "', expected: " + t.qemu;
     }
-    return msg;
+    // Anything else (an open failing, a duplicate name) is QEMU's text
+    // already, or ours: without our "blockdev 'q': file: " context, as QEMU
+    // gives none.
+    return rest;
 }
 
 Result<BlockNode *> qmp_find_node(Daemon &d, const std::string &device, const std::string &node_name)
 {
-    BlockNode *n = nullptr;
-    if (!device.empty()) n = d.graph().find(device);
-    if (!n && !node_name.empty()) n = d.graph().find(node_name);
+    // A daemon has no devices (QEMU's named BlockBackends of guest
+    // devices): only node_name can match.
+    BlockNode *n = node_name.empty() ? nullptr : d.graph().find(node_name);
     if (!n) {
         return make_error(ENOENT, "Cannot find device='%s' nor node-name='%s'", device.c_str(), node_name.c_str());
     }
@@ -81,9 +89,9 @@ namespace {
 QmpResult cmd_blockdev_add(QmpCall &call)
 {
     Result<BlockdevOptions> o = blockdev_options_from_tree(call.daemon.graph().registry(), call.args, false);
-    if (!o) return qmp_error(qmp_blockdev_error(o.msg()));
+    if (!o) return qmp_error(qmp_option_error(o.msg()));
     Status st = call.daemon.add_blockdev(o.value());
-    if (!st.ok()) return qmp_error(st);
+    if (!st.ok()) return qmp_error(qmp_option_error(st.msg()));
     return qmp_ok();
 }
 
@@ -97,9 +105,6 @@ QmpResult cmd_blockdev_del(QmpCall &call)
 QmpResult cmd_block_resize(QmpCall &call)
 {
     const std::string device = qmp_str(call.args, "device"), node_name = qmp_str(call.args, "node-name");
-    if (device.empty() == node_name.empty() && !device.empty()) {
-        return qmp_error("Cannot find device='" + device + "' nor node-name='" + node_name + "'");
-    }
     const int64_t size = call.args["size"].get<int64_t>();
     if (size < 0) return qmp_error("Parameter 'size' expects a >0 size");
     Result<BlockNode *> n = qmp_find_node(call.daemon, device, node_name);
@@ -143,7 +148,7 @@ QmpResult cmd_snapshot_delete_internal(QmpCall &call)
         }
     }
     if (!found) {
-        return qmp_error("Snapshot with id '" + id.value_or("(null)") + "' and name '" + name.value_or("(null)") +
+        return qmp_error("Snapshot with id '" + id.value_or("null") + "' and name '" + name.value_or("null") +
                          "' does not exist on device '" + device + "'");
     }
     SnapshotInfo sn = *found;

@@ -13,13 +13,16 @@
 
 namespace bg {
 
-// Our --blockdev decoder's message in QEMU's words where QEMU has some
-// ("Parameter 'file.foo' is unexpected", "Parameter 'x' is missing",
-// "Invalid parameter type for 'x', expected: string", "Parameter 'driver'
-// does not accept value 'y'"); other messages unchanged.
-std::string qmp_blockdev_error(const std::string &msg);
-// QEMU's bdrv_lookup_bs(): the node named device (QSD has no devices, so a
-// device name is looked up as a node name too) or node_name. Error:
+// A message of our option decoders (--blockdev, --export, --object) or of
+// opening a node, in QEMU's words where QEMU has some ("Parameter
+// 'file.foo' is unexpected", "Parameter 'x' is missing", "Invalid parameter
+// type for 'x', expected: string", "Parameter 'driver' does not accept value
+// 'y'", "Invalid node-name: 'x'"), else without our "blockdev 'q': path: "
+// context, which QEMU does not give.
+std::string qmp_option_error(const std::string &msg);
+// QEMU's bdrv_lookup_bs(): the node named node_name (a daemon has no
+// devices, so a device name never matches; commands that take a "device"
+// meaning a node pass it as node_name too, as QEMU does). Error:
 // "Cannot find device='d' nor node-name='n'".
 Result<BlockNode *> qmp_find_node(Daemon &d, const std::string &device, const std::string &node_name);
 // args[key] as a string, "" when absent (the table checked its type).

@@ -3,6 +3,7 @@
 // query-iothreads. The same Daemon methods serve --export and --object.
 #include "monitor/daemon-state.h"
 #include "monitor/qmp-internal.h"
+#include "monitor/qmp-block.h"
 #include "qapi/export-parse.h"
 
 namespace bg {
@@ -12,7 +13,9 @@ namespace {
 QmpResult cmd_block_export_add(QmpCall &call)
 {
     Result<BlockExportOptions> o = export_options_from_tree(call.args, false);
-    if (!o) return qmp_error(o.error());
+    if (!o) return qmp_error(qmp_option_error(o.msg()));
+    Result<BlockNode *> n = qmp_find_node(call.daemon, "", o.value().node_name);
+    if (!n) return qmp_error(n.error());
     Status st = call.daemon.add_export(o.value());
     if (!st.ok()) return qmp_error(st);
     return qmp_ok();
@@ -41,7 +44,7 @@ QmpResult cmd_object_add(QmpCall &call)
     const std::string type = call.args["qom-type"].get<std::string>();
     if (type != "iothread") return qmp_error("Invalid parameter 'qom-type': object type '" + type + "' is not supported");
     Result<IoThreadOptions> o = object_options_from_tree(call.args, false);
-    if (!o) return qmp_error(o.error());
+    if (!o) return qmp_error(qmp_option_error(o.msg()));
     Status st = call.daemon.add_iothread(o.value());
     if (!st.ok()) return qmp_error(st);
     return qmp_ok();

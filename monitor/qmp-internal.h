@@ -25,6 +25,18 @@ struct QmpListener {
     QmpSession *active = nullptr;   // the session being served, if any
 };
 
+// The protocol state of one connection: negotiation, and the checks and
+// replies around each command.
+struct QmpProtocol {
+    bool pretty_ = false;
+    bool command_mode_ = false;     // capabilities negotiated
+    bool oob_enabled_ = false;
+    // Checks one message (a parse error, a non-object, bad members,
+    // negotiation), runs its command in the calling coroutine, and returns
+    // the reply text without its line end. May yield.
+    std::string handle(QmpServer &server, Result<nlohmann::json> &&m);
+};
+
 // One client connection speaking QMP. Owned by the server; freed (by the
 // server, in a bottom half) once its input ended and no command runs.
 class QmpSession {
@@ -37,7 +49,7 @@ class QmpSession {
     // Sends the greeting and starts reading.
     void start();
     // In command mode (capabilities negotiated): events are sent.
-    bool command_mode() const { return command_mode_; }
+    bool command_mode() const { return proto_.command_mode_; }
     void send_event(const std::string &name, const nlohmann::json &data);
     // Stops reading; queued commands are dropped, a running one finishes.
     void stop();
@@ -65,8 +77,7 @@ class QmpSession {
     JsonStreamer streamer_;
     std::deque<Result<nlohmann::json>> queue_;
     std::string out_;               // not yet written
-    bool command_mode_ = false;
-    bool oob_enabled_ = false;
+    QmpProtocol proto_;
     bool running_ = false;          // the processing coroutine exists
     bool stopped_ = false;          // no more input is read
     bool out_dead_ = false;         // writing failed: replies are dropped

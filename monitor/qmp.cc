@@ -252,6 +252,7 @@ QmpSession::QmpSession(QmpServer &server, QmpListener *listener, int in_fd, int 
       pretty_(pretty),
       streamer_([this](Result<nlohmann::json> &&m) { on_message(std::move(m)); })
 {
+    proto_.pretty_ = pretty;
 }
 
 QmpSession::~QmpSession()
@@ -339,7 +340,7 @@ void QmpSession::send_text(const std::string &text)
 
 void QmpSession::send_event(const std::string &name, const nlohmann::json &data)
 {
-    if (!command_mode_) return;
+    if (!proto_.command_mode_) return;
     struct timeval tv;
     int64_t sec = -1, usec = -1;
     if (gettimeofday(&tv, nullptr) == 0) {
@@ -389,9 +390,9 @@ void QmpSession::process()
     if (stopped_) server_.session_gone(this);
 }
 
-// The protocol checks on one message, then the command; returns the reply
-// text (empty: none).
-std::string QmpSession::handle(Result<nlohmann::json> &&m)
+std::string QmpSession::handle(Result<nlohmann::json> &&m) { return proto_.handle(server_, std::move(m)); }
+
+std::string QmpProtocol::handle(QmpServer &server_, Result<nlohmann::json> &&m)
 {
     auto reply_error = [&](const std::string &cls, const std::string &desc, const nlohmann::json *id) {
         std::vector<Member> members = {
