@@ -163,8 +163,8 @@ def objects(t, c, w):
     else:
         t.error(r, "query-iothreads: QSD has none", "The command query-iothreads has not been found",
                 "CommandNotFound")
-    t.ret(c.cmd("block-export-del", id="e3"), "delete e3")
-    c.wait_event("BLOCK_EXPORT_DELETED")
+    if t.ret(c.cmd("block-export-del", id="e3"), "delete e3"):
+        c.wait_event("BLOCK_EXPORT_DELETED")
     t.ret(c.cmd("object-del", id="io2"), "object-del io2 once unused")
     t.ret(c.cmd("object-del", id="io0"), "object-del io0 (from --object)")
 
