@@ -36,6 +36,7 @@ import sys
 CORE_FILES = [
     "block/backend.cc",
     "block/copy.cc",
+    "block/dirty-bitmap.cc",
     "block/drivers.cc",
     "block/filter.cc",
     "block/graph.cc",
@@ -58,6 +59,7 @@ CONSUMER_HEADERS = [
     "block/block-common.h",
     "block/image-mgmt.h",
     "block/copy.h",
+    "block/dirty-bitmap.h",
 ]
 
 # Directories outside block/ that export/ and tools/ may include from.
