@@ -76,7 +76,7 @@ AR ?= ar
 
 # Library: everything but the entry point.  Subdirectories one level down
 # (block/qcow2/, export/fuse/ ...) are included.
-LIB_SRC_DIRS := util block qapi export
+LIB_SRC_DIRS := util block qapi export monitor
 LIB_SRCS := $(filter-out tools/main.cc,$(sort $(wildcard \
     $(addsuffix /*.cc,$(LIB_SRC_DIRS)) $(addsuffix /*/*.cc,$(LIB_SRC_DIRS)) tools/*.cc)))
 LIB_OBJS := $(LIB_SRCS:%.cc=$(B)/%.o)

@@ -305,6 +305,10 @@ class BlkdebugNode final : public FilterNode {
         return filtered_->co_pdiscard(offset, bytes);
     }
 
+    // Like QEMU's blkdebug (a protocol driver there), no disk usage: "disk
+    // size: unavailable" in img info, no actual-size in the QMP queries.
+    int64_t allocated_file_size() override { return -ENOTSUP; }
+
     // The generic layer flushes the child afterwards.
     int coroutine_fn do_co_flush_to_disk() override { return rule_check(0, 0, BlkdebugIoType::kFlush); }
 
