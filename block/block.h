@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -31,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "block/block-common.h"
+#include "block/dirty-bitmap.h"
 #include "block/driver-hooks.h"
 #include "block/image-mgmt.h"
 #include "qapi/block-options.h"
@@ -47,6 +49,12 @@ class BlockNode;
 class BlockBackend;
 class DriverRegistry;
 struct TrackedRequest;
+class DirtyBitmapSet;
+// block/dirty-bitmap.cc: a node's in-memory bitmaps (opaque here).
+DirtyBitmapSet *dirty_bitmap_set_new();
+struct DirtyBitmapSetDeleter {
+    void operator()(DirtyBitmapSet *s) const;
+};
 
 // An edge of the graph: parent (a node or a backend) -> child node.
 class BdrvChild {
@@ -226,6 +234,65 @@ class BlockNode : public DriverHooks {
     // no longer recorded in persistent bitmaps.
     Status inactivate();
 
+    // ---- dirty bitmaps (QEMU's block-dirty-bitmap-*; block/dirty-bitmap.cc) ----
+    // In-memory and persistent bitmaps by name (block/dirty-bitmap.h). Main
+    // loop, outside or inside a coroutine (they may run driver hooks, then
+    // yield; changes to persistent bitmaps drain the node). Writes in other
+    // threads may run meanwhile: a write racing with a change may or may not
+    // be recorded by it. Errors (EINVAL unless said) carry QEMU's texts:
+    //   ENOENT "Dirty bitmap 'NAME' not found";
+    //   EBUSY  "Bitmap 'NAME' is currently in use by another operation and cannot be used";
+    //   EROFS  "Bitmap 'NAME' is readonly and cannot be modified" (a
+    //          persistent bitmap of a read-only node);
+    //   EINVAL "Bitmap 'NAME' is inconsistent and cannot be used".
+    // Every bitmap, newest first (bitmaps the image held at open last, in
+    // reverse order of the image's directory), as query-named-block-nodes lists them.
+    std::vector<DirtyBitmapInfo> dirty_bitmaps();
+    // block-dirty-bitmap-add. granularity: a power of two >= 512, else
+    // "Granularity must be power of 2 and at least 512"; default the
+    // cluster size within [4 KiB, 64 KiB], 64 KiB without one. Errors:
+    // "Bitmap name cannot be empty", EEXIST "Bitmap already exists: NAME",
+    // "Bitmap name too long: NAME" (over kDirtyBitmapMaxName); persistent:
+    // ENOTSUP "Can't store persistent bitmaps to NODE: Operation not supported"
+    // (the driver stores none), "Can't make bitmap 'NAME' persistent in
+    // 'NODE': REASON" (REASON: "Name length exceeds maximum (1023
+    // characters)", "Maximum number of persistent bitmaps is already
+    // reached", "Not enough space in the bitmap directory", the driver's:
+    // "Cannot store dirty bitmaps in qcow2 v2 files"). A persistent bitmap
+    // added to a read-only node is kept in memory only (QEMU loses it at close too).
+    Status dirty_bitmap_add(const std::string &name, std::optional<uint32_t> granularity, bool persistent,
+                            bool disabled);
+    // block-dirty-bitmap-remove (also of an inconsistent bitmap; a
+    // persistent one leaves the image when the node closes). Errors: not
+    // found, busy, readonly.
+    Status dirty_bitmap_remove(const std::string &name);
+    // block-dirty-bitmap-clear. Errors: not found, busy, readonly,
+    // inconsistent. backup: the bits before (for dirty_bitmap_restore).
+    Status dirty_bitmap_clear(const std::string &name, DirtyBitmapData *backup = nullptr);
+    // block-dirty-bitmap-enable / -disable (a read-only node's persistent
+    // bitmaps too, in memory only). Errors: not found, busy, inconsistent.
+    Status dirty_bitmap_enable(const std::string &name);
+    Status dirty_bitmap_disable(const std::string &name);
+    // A copy of the bits (DirtyBitmapData, block/image-mgmt.h); enabled is
+    // "recording". Errors: not found, inconsistent.
+    Result<DirtyBitmapData> dirty_bitmap_get(const std::string &name);
+    // block-dirty-bitmap-merge: ORs every source into target, all or
+    // nothing; granularities may differ (a source bit sets every target bit
+    // its range touches). Errors, in QEMU's order: target not found; per
+    // source "Node 'N' not found", not found, busy, inconsistent, "Bitmaps
+    // are of different sizes (destination size is D, source size is S) and
+    // can't be merged" (sizes: the node length rounded up to 512); then the
+    // target busy, readonly, inconsistent. backup: the target's bits before.
+    Status dirty_bitmap_merge(const std::string &target, const std::vector<DirtyBitmapSource> &sources,
+                              DirtyBitmapData *backup = nullptr);
+    // Sets the bits of name to bits exactly (a backup from clear or merge:
+    // a transaction's rollback). Errors: not found; EINVAL when bits'
+    // granularity is not the bitmap's.
+    Status dirty_bitmap_restore(const std::string &name, const DirtyBitmapData &bits);
+    // Marks a bitmap busy (an operation such as a job or an export uses
+    // it) or not busy. Errors: not found.
+    Status dirty_bitmap_set_busy(const std::string &name, bool busy);
+
   protected:
     BlockNode();
 
@@ -258,6 +325,20 @@ class BlockNode : public DriverHooks {
     void coroutine_fn wait_serialising(TrackedRequest *req);
     void refresh_limits_all();
     bool drain_busy() const;
+
+    // In-memory dirty bitmaps (block/dirty-bitmap.cc). The generic write
+    // path calls dirty_bitmaps_mark() after the driver wrote (even when it
+    // failed) and dirty_bitmaps_resize() when the node's length changed
+    // (grow_only: a write past the end, which may race with another).
+    // Any thread; no yield.
+    void dirty_bitmaps_mark(int64_t offset, int64_t bytes)
+    {
+        if (bitmaps_recording_.load(std::memory_order_acquire) > 0) dirty_bitmaps_mark_slow(offset, bytes);
+    }
+    void dirty_bitmaps_mark_slow(int64_t offset, int64_t bytes);
+    void dirty_bitmaps_resize(int64_t new_length, bool grow_only);
+    Status persistent_bitmap_add(const std::string &name, uint32_t granularity, bool disabled);
+    void grow_to(int64_t end);
 
     // Graph bookkeeping (block/graph.cc); DriverHooks' helpers call these.
     // The graph-change primitives (graph_move_parent, graph_link_child,
@@ -313,6 +394,11 @@ class BlockNode : public DriverHooks {
     bool flush_active_ = false;
     CoQueue flush_queue_;
     CoMutex flush_lock_;
+
+    // In-memory dirty bitmaps; bitmaps_recording_ counts the enabled ones
+    // (the write path's fast check).
+    std::unique_ptr<DirtyBitmapSet, DirtyBitmapSetDeleter> bitmaps_{dirty_bitmap_set_new()};
+    std::atomic<int> bitmaps_recording_{0};
 };
 
 // DriverHooks' access to its node, inline: mark_dirty() runs on every write.

@@ -271,6 +271,19 @@ void BlockNode::drained_end()
     }
 }
 
+// A write ending at end made it past the node's end (protocol nodes grow):
+// the node is that long now, and so are its dirty bitmaps.
+void BlockNode::grow_to(int64_t end)
+{
+    int64_t cur = total_bytes_.load(std::memory_order_relaxed);
+    while (end > cur) {
+        if (total_bytes_.compare_exchange_weak(cur, end)) {
+            dirty_bitmaps_resize(end, true);
+            return;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- reads
 
 // Reads an aligned range inside a request that is already counted (and
@@ -368,14 +381,12 @@ int BlockNode::co_aligned_pwritev(TrackedRequest *, int64_t offset, int64_t byte
     }
     // Like QEMU's bdrv_co_write_req_finish(): count the write once it has
     // reached the driver (even a failed one may have changed data), never
-    // before, or a flush overlapping it would record it as flushed.
+    // before, or a flush overlapping it would record it as flushed; set the
+    // dirty bitmaps for the same reason.
     mark_dirty();
+    if (r >= 0) grow_to(offset + bytes);
+    dirty_bitmaps_mark(offset, bytes);
     if (r < 0) return r;
-    // A write past the end (protocol nodes) makes the node longer.
-    int64_t end = offset + bytes;
-    int64_t cur = total_bytes_.load(std::memory_order_relaxed);
-    while (end > cur && !total_bytes_.compare_exchange_weak(cur, end)) {
-    }
     if (emulate_fua) r = co_flush_generic();
     return r < 0 ? r : 0;
 }
@@ -472,6 +483,7 @@ int BlockNode::co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t b
             debug_event("pwritev_zero");
             r = do_co_pwrite_zeroes(offset, num, zf);
             mark_dirty();
+            dirty_bitmaps_mark(offset, num);
             if (r == 0 && (flags & kReqFua) && !(supported_zero_flags_ & kReqFua)) r = co_flush_generic();
             if (r == -ENOTSUP && (flags & kReqNoFallback)) return r;
         }
@@ -492,10 +504,7 @@ int BlockNode::co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t b
         } else if (r < 0) {
             return r;
         } else {
-            int64_t end = offset + num;
-            int64_t cur = total_bytes_.load(std::memory_order_relaxed);
-            while (end > cur && !total_bytes_.compare_exchange_weak(cur, end)) {
-            }
+            grow_to(offset + num);
         }
         offset += num;
         bytes -= num;
@@ -551,7 +560,12 @@ int BlockNode::co_pdiscard_generic(int64_t offset, int64_t bytes)
                                             bl_.request_alignment);
     int64_t start = align_up(offset, align);
     int64_t end = align_down(offset + bytes, align);
-    if (start >= end) return 0;
+    if (start >= end) {
+        // Like QEMU: the dirty bitmaps record the range asked for, also
+        // where nothing of it could be discarded.
+        dirty_bitmaps_mark(offset, bytes);
+        return 0;
+    }
     int64_t max = bl_.max_pdiscard ? static_cast<int64_t>(std::min<uint64_t>(bl_.max_pdiscard, kMaxRequestBytes))
                                    : kMaxRequestBytes;
     max = std::max(align_down(max, align), align);
@@ -561,11 +575,15 @@ int BlockNode::co_pdiscard_generic(int64_t offset, int64_t bytes)
         requests_served_.fetch_add(1, std::memory_order_relaxed);
         r = do_co_pdiscard(off, n);
         mark_dirty();
-        if (r == -ENOTSUP) return 0;
-        if (r < 0) return r;
+        if (r == -ENOTSUP) {
+            r = 0;
+            break;
+        }
+        if (r < 0) break;
         off += n;
     }
-    return 0;
+    dirty_bitmaps_mark(offset, bytes);
+    return r;
 }
 
 // ---------------------------------------------------------------- flush
@@ -619,6 +637,8 @@ int BlockNode::co_truncate_generic(int64_t offset, bool exact, PreallocMode prea
     if (r < 0) return r;
     r = refresh_length();
     if (r < 0) total_bytes_.store(offset);
+    // Like QEMU, the bitmaps cover the length asked for.
+    dirty_bitmaps_resize(offset, false);
     return 0;
 }
 

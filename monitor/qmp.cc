@@ -400,8 +400,8 @@ std::string QmpProtocol::handle(QmpServer &server_, Result<nlohmann::json> &&m)
         if (id) members.push_back({"id", fmt(*id, pretty_)});
         return envelope(members, pretty_);
     };
-    auto reply_ok = [&](const nlohmann::json &ret, const nlohmann::json *id) {
-        std::vector<Member> members = {{"return", fmt(ret, pretty_)}};
+    auto reply_ok = [&](const nlohmann::json &ret, const nlohmann::json *id, const std::string &raw = "") {
+        std::vector<Member> members = {{"return", !raw.empty() && !pretty_ ? raw : fmt(ret, pretty_)}};
         if (id) members.push_back({"id", fmt(*id, pretty_)});
         return envelope(members, pretty_);
     };
@@ -464,7 +464,7 @@ std::string QmpProtocol::handle(QmpServer &server_, Result<nlohmann::json> &&m)
 
     QmpResult r = qmp_dispatch(server_, name, *args);
     if (!r.ok()) return reply_error(r.error_class, r.desc, id);
-    return reply_ok(r.ret, id);
+    return reply_ok(r.ret, id, r.raw);
 }
 
 // ---------------------------------------------------------------- chardevs

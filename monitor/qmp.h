@@ -68,6 +68,7 @@ struct QmpResult {
     nlohmann::json ret = nlohmann::json::object();
     std::string error_class;      // empty: success
     std::string desc;
+    std::string raw;              // if set: ret already formatted (compact), used for compact replies
     bool ok() const { return error_class.empty(); }
 };
 QmpResult qmp_ok(nlohmann::json ret = nlohmann::json::object());

@@ -39,6 +39,7 @@ import sys
 CORE_FILES = [
     "block/backend.cc",
     "block/copy.cc",
+    "block/dirty-bitmap.cc",
     "block/drivers.cc",
     "block/filter.cc",
     "block/graph.cc",
@@ -61,6 +62,7 @@ CONSUMER_HEADERS = [
     "block/block-common.h",
     "block/image-mgmt.h",
     "block/copy.h",
+    "block/dirty-bitmap.h",
 ]
 
 # Directories outside block/ that export/ and tools/ may include from.

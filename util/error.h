@@ -80,4 +80,14 @@ using Status = Result<void>;
         if (!bg_try_r_.ok()) return bg_try_r_.error();                      \
     } while (0)
 
+// decl = the value of a Result expression, or return its error:
+//   BG_TRY_ASSIGN(BlockNode *n, find_node(name));
+#define BG_TRY_CAT2_(a, b) a##b
+#define BG_TRY_CAT_(a, b) BG_TRY_CAT2_(a, b)
+#define BG_TRY_ASSIGN(decl, expr) BG_TRY_ASSIGN_(decl, expr, BG_TRY_CAT_(bg_try_v_, __LINE__))
+#define BG_TRY_ASSIGN_(decl, expr, tmp)                                     \
+    auto tmp = (expr);                                                      \
+    if (!tmp.ok()) return tmp.error();                                      \
+    decl = std::move(tmp.value())
+
 } // namespace bg
