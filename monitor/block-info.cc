@@ -33,11 +33,11 @@ BdrvChild *filter_or_cow_child(BlockNode *n)
     return n->backing_child();
 }
 
-// Whether QEMU's bdrv_get_info succeeds on n (then "dirty-flag" is
-// printed): a format or a protocol with storage answers; drivers that pass
-// their child's bytes through (raw, filters) ask that child; a device
-// without storage (null-co) has no answer.
-bool has_block_info(BlockNode *n)
+// The node that answers QEMU's bdrv_get_info for n (cluster-size and
+// dirty-flag come from it): a format or a protocol with storage answers
+// itself; drivers that pass their child's bytes through (raw, filters) ask
+// that child; a device without storage (null-co) has no answer (nullptr).
+BlockNode *block_info_node(BlockNode *n)
 {
     for (int depth = 0; n && depth < 64; depth++) {
         const BlockDriver *d = n->driver();
@@ -46,9 +46,25 @@ bool has_block_info(BlockNode *n)
             n = c ? c->node() : nullptr;
             continue;
         }
-        return (d->caps & kCapPersistent) != 0;
+        return (d->caps & kCapPersistent) ? n : nullptr;
     }
-    return false;
+    return nullptr;
+}
+
+// Host bytes a node occupies as QEMU's QMP counts them: a format node
+// adds up its data, metadata and filtered children (a qcow2 data file
+// included), other nodes answer themselves. Negative errno if a part cannot tell.
+int64_t allocated_size(BlockNode *n, int depth = 0)
+{
+    if (n->driver()->kind != BlockDriverKind::kFormat || depth > 32) return n->allocated_file_size();
+    int64_t sum = 0;
+    for (BdrvChild *c : n->children()) {
+        if ((c->role() & kRoleCow) || !(c->role() & (kRoleData | kRoleMetadata | kRoleFiltered))) continue;
+        int64_t r = allocated_size(c->node(), depth + 1);
+        if (r < 0) return r;
+        sum += r;
+    }
+    return sum;
 }
 
 // ---------------------------------------------------------------- file names
@@ -129,7 +145,6 @@ QemuName qemu_name(BlockNode *n, int depth)
         if (ri) header = ri.value().backing_filename;
     }
     const bool overridden = backing_overridden(n, header, depth);
-    bool other_child = false;
     BdrvChild *primary = n->file_child();
     QemuName primary_name;
     for (BdrvChild *c : n->children()) {
@@ -138,8 +153,6 @@ QemuName qemu_name(BlockNode *n, int depth)
         q.full[c->name()] = cn.full;
         if (c == primary) {
             primary_name = std::move(cn);
-        } else if (!(c->role() & kRoleCow)) {
-            other_child = true;
         }
     }
     if (overridden && !n->backing_child()) q.full["backing"] = nullptr;
@@ -154,8 +167,9 @@ QemuName qemu_name(BlockNode *n, int depth)
     }
     // A format takes over its file's name when that reopens the same
     // tree: the file is a protocol (or a protocol-like filter), nothing
-    // strong is set and no other child was chosen by the user.
-    if (primary->node()->driver()->kind != BlockDriverKind::kFormat && !strong && !overridden && !other_child) {
+    // strong is set and the backing file is the one the image names. (A
+    // data file, even one given by node name, does not count.)
+    if (primary->node()->driver()->kind != BlockDriverKind::kFormat && !strong && !overridden) {
         q.exact = primary_name.exact;
     }
     return q;
@@ -235,15 +249,18 @@ ojson image_info(BlockNode *n)
     j["filename"] = node_qemu_filename(n);
     j["format"] = n->driver_name();
     Result<ImageInfo> ri = n->get_info();
-    const bool info = ri.ok() && has_block_info(n);
-    if (info) j["dirty-flag"] = ri.value().dirty_flag;
-    int64_t actual = n->allocated_file_size();
+    BlockNode *bn = block_info_node(n);
+    Result<ImageInfo> bi = bn == n || !bn ? ri : bn->get_info();
+    const bool info = bn && bi.ok();
+    if (info) j["dirty-flag"] = bi.value().dirty_flag;
+    int64_t actual = allocated_size(n);
     if (actual >= 0) j["actual-size"] = actual;
     // QEMU keeps lengths in 512-byte sectors: a file's odd tail rounds up.
     j["virtual-size"] = (n->getlength() + 511) & ~int64_t{511};
     if (!ri) return j;
     const ImageInfo &ii = ri.value();
-    if (info && ii.cluster_size && *ii.cluster_size) j["cluster-size"] = *ii.cluster_size;
+    const std::optional<uint64_t> cluster = info ? bi.value().cluster_size : std::nullopt;
+    if (cluster && *cluster) j["cluster-size"] = *cluster;
     if (ii.backing_filename && !ii.backing_filename->empty()) {
         j["backing-filename"] = *ii.backing_filename;
         std::optional<std::string> full = full_backing_filename(n, *ii.backing_filename);
@@ -251,9 +268,11 @@ ojson image_info(BlockNode *n)
         if (full) j["full-backing-filename"] = *full;
         if (ii.backing_format) j["backing-filename-format"] = *ii.backing_format;
     }
-    if (!ii.snapshots.empty()) {
+    // Asked of the node: raw and filters pass the question down.
+    Result<std::vector<SnapshotInfo>> sn = n->snapshot_list();
+    if (sn.ok() && !sn.value().empty()) {
         ojson a = ojson::array();
-        for (const SnapshotInfo &s : ii.snapshots) a.push_back(snapshot_json(s));
+        for (const SnapshotInfo &s : sn.value()) a.push_back(snapshot_json(s));
         j["snapshots"] = std::move(a);
     }
     if (ii.format_specific.kind != InfoValue::Kind::kNone) {
