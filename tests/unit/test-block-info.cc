@@ -24,7 +24,6 @@
 #include <cstring>
 #include <map>
 #include <memory>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -240,14 +239,15 @@ std::string normalize(const std::string &s)
 {
     std::string out;
     std::map<std::string, std::string> names;
-    std::regex auto_name("#block[0-9]+");
-    auto it = std::sregex_iterator(s.begin(), s.end(), auto_name);
+    const std::string prefix = "#block";
     size_t last = 0;
-    for (; it != std::sregex_iterator(); ++it) {
-        out += s.substr(last, static_cast<size_t>(it->position()) - last);
-        auto ins = names.emplace(it->str(), "#auto" + std::to_string(names.size()));
+    for (size_t p; (p = s.find(prefix, last)) != std::string::npos;) {
+        size_t end = p + prefix.size();
+        while (end < s.size() && s[end] >= '0' && s[end] <= '9') end++;
+        out += s.substr(last, p - last);
+        auto ins = names.emplace(s.substr(p, end - p), "#auto" + std::to_string(names.size()));
         out += ins.first->second;
-        last = static_cast<size_t>(it->position() + it->length());
+        last = end;
     }
     out += s.substr(last);
     return out;
