@@ -53,7 +53,8 @@ BlockNode *block_info_node(BlockNode *n)
 
 // Host bytes a node occupies as QEMU's QMP counts them: a format node
 // adds up its data, metadata and filtered children (a qcow2 data file
-// included), other nodes answer themselves. Negative errno if a part cannot tell.
+// included), other nodes answer themselves. Negative errno if a part
+// cannot tell.
 int64_t allocated_size(BlockNode *n, int depth = 0)
 {
     if (n->driver()->kind != BlockDriverKind::kFormat || depth > 32) return n->allocated_file_size();
@@ -72,7 +73,9 @@ int64_t allocated_size(BlockNode *n, int depth = 0)
 // The option keys QEMU calls "strong" per driver: options that change what
 // the node's data is, so that its file name alone could not reopen it. A
 // node with one of them set is named "json:{...}". (The generic members and
-// tuning options such as aio, locking or cache sizes are not strong.)
+// tuning options such as aio, locking or cache sizes are not strong.) This
+// is a property of each driver; should another consumer need it, it
+// belongs in the BlockDriver descriptor.
 struct StrongKeys {
     const char *driver;
     std::vector<const char *> keys;
@@ -106,6 +109,19 @@ struct QemuName {
 
 QemuName qemu_name(BlockNode *n, int depth);
 
+// Puts option key = v into o as QEMU keeps a node's options: lists and
+// objects flattened to dotted keys ("inject-error.0.event").
+void put_flat(ojson &o, const std::string &key, const nlohmann::json &v)
+{
+    if (v.is_object()) {
+        for (auto it = v.begin(); it != v.end(); ++it) put_flat(o, key + "." + it.key(), it.value());
+    } else if (v.is_array()) {
+        for (size_t i = 0; i < v.size(); i++) put_flat(o, key + "." + std::to_string(i), v[i]);
+    } else {
+        o[key] = v;
+    }
+}
+
 // Whether the node's backing child is not the one its image names: given
 // by reference under another name, or left out (backing: null) although
 // the image names one. header: the backing file name the image records.
@@ -131,7 +147,7 @@ QemuName qemu_name(BlockNode *n, int depth)
     bool strong = false;
     for (const char *k : strong_keys(drv->name)) {
         if (!enc.contains(k)) continue;
-        q.full[k] = enc[k];
+        put_flat(q.full, k, enc[k]);
         if (std::strcmp(k, "filename") != 0 && std::strcmp(k, "config") != 0) strong = true;
     }
     if (drv->kind == BlockDriverKind::kProtocol) {
@@ -151,9 +167,7 @@ QemuName qemu_name(BlockNode *n, int depth)
         if ((c->role() & kRoleCow) && !overridden) continue;
         QemuName cn = qemu_name(c->node(), depth + 1);
         q.full[c->name()] = cn.full;
-        if (c == primary) {
-            primary_name = std::move(cn);
-        }
+        if (c == primary) primary_name = std::move(cn);
     }
     if (overridden && !n->backing_child()) q.full["backing"] = nullptr;
     if (!primary || primary_name.exact.empty()) return q;

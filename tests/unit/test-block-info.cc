@@ -288,6 +288,10 @@ const std::vector<Case> &cases()
          {"driver=file,node-name=f,filename=$D/base.qcow2", "driver=blkdebug,node-name=d,image=f",
           "driver=qcow2,node-name=q,file=d"}},
         {"blkdebug inline image", {"driver=blkdebug,node-name=d,image.driver=file,image.filename=$D/r.raw"}},
+        {"blkdebug options",
+         {"driver=blkdebug,node-name=d,align=4096,image.driver=file,image.filename=$D/r.raw",
+          R"({"driver": "blkdebug", "node-name": "e", "inject-error": [{"event": "read_aio", "errno": 28}],)"
+          R"( "set-state": [{"event": "read_aio", "new_state": 2}], "image": "d"})"}},
         {"raw offset and size",
          {"driver=file,node-name=f,filename=$D/r.raw", "driver=raw,node-name=r,file=f,offset=4096,size=8192"}},
         {"compat 0.10", {"driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=$D/old.qcow2"}},
