@@ -122,14 +122,35 @@ void put_flat(ojson &o, const std::string &key, const nlohmann::json &v)
     }
 }
 
-// Whether the node's backing child is not the one its image names: given
-// by reference under another name, or left out (backing: null) although
-// the image names one. header: the backing file name the image records.
+// Whether the user chose the node's backing (a node name, an inline
+// definition or null) rather than leaving it to the image. A format
+// driver that opens a whole chain from the images' headers gives each
+// level below the top its backing explicitly; those levels count as left
+// to the image when the level above them was.
+bool backing_given(BlockNode *n, int depth)
+{
+    bool given = false;
+    if (const DriverOptions *o = n->options().drv.get()) {
+        o->for_each_child([&](const char *key, const BlockdevRef &ref) {
+            if (std::strcmp(key, "backing") == 0) given = ref.present();
+        });
+    }
+    if (!given || !n->implicit() || n->parents().empty() || depth > 64) return given;
+    BdrvChild *up = n->parents().front();
+    BlockNode *p = up->parent_node();
+    if (!p || !(up->role() & kRoleCow)) return true;
+    return backing_given(p, depth + 1);
+}
+
+// Whether the node's backing is not what its image names: chosen by the
+// user (by node name or inline) under another name than the image
+// records, or left out (backing: null) although the image names one.
+// header: the backing file name the image records.
 bool backing_overridden(BlockNode *n, const std::optional<std::string> &header, int depth)
 {
     BdrvChild *b = n->backing_child();
     if (!b) return header.has_value() && !header->empty();
-    if (b->node()->implicit()) return false;
+    if (!backing_given(n, 0)) return false;
     return !header || *header != qemu_name(b->node(), depth + 1).filename();
 }
 

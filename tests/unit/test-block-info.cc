@@ -276,6 +276,9 @@ const std::vector<Case> &cases()
          {"driver=file,node-name=fb,filename=$D/base.qcow2,read-only=on",
           "driver=qcow2,node-name=b,file=fb,read-only=on", "driver=file,node-name=fm,filename=$D/mid.qcow2",
           "driver=qcow2,node-name=m,file=fm,backing=b"}},
+        {"inline backing options, the rest of the chain from the image",
+         {"driver=qcow2,node-name=q,file.driver=file,file.filename=$D/top.qcow2,backing.driver=qcow2,"
+          "backing.file.driver=file,backing.file.filename=$D/mid.qcow2"}},
         {"backing null",
          {"driver=file,node-name=f,filename=$D/mid.qcow2",
           R"({"driver": "qcow2", "node-name": "q", "file": "f", "backing": null})"}},
