@@ -128,6 +128,8 @@ class BlockNode : public DriverHooks {
     BdrvChild *child(const std::string &name) const;
     BdrvChild *file_child() const;      // the primary (file/image) child, or nullptr
     BdrvChild *backing_child() const;   // the COW child, or nullptr
+    // True if n is this node or a node below it (through any child).
+    bool reaches(const BlockNode *n) const;
     // The node whose data this node filters (filters only), else nullptr.
     virtual BdrvChild *filtered_child() const;
     // A host file descriptor whose bytes are this node's 1:1 (same offsets,
@@ -258,6 +260,16 @@ class BlockNode : public DriverHooks {
     bool drain_busy() const;
 
     // Graph bookkeeping (block/graph.cc); DriverHooks' helpers call these.
+    // The graph-change primitives (graph_move_parent, graph_link_child,
+    // graph_unlink_child, graph_relink_child) change edges only: no
+    // permission refresh, no limits; the caller (BlockGraph) refreshes
+    // both and undoes on failure. They keep drain counts consistent: a
+    // parent is drained as often as the node its edge now points at.
+    void graph_move_parent(BdrvChild *c);     // c (an edge to another node) now points at this node
+    BdrvChild *graph_link_child(BlockNode *child, const std::string &name, ChildRole role);
+    size_t graph_unlink_child(BdrvChild *c);  // out of both lists, not freed; returns its index in children_
+    void graph_relink_child(BdrvChild *c, size_t index);
+    static void shift_parent_drain(BdrvChild *c, int delta);
     Result<BdrvChild *> graph_open_child(const std::string &name, const BlockdevRef &ref, ChildRole role,
                                          bool required);
     Result<BdrvChild *> graph_attach_child(BlockNode *child, const std::string &name, ChildRole role);
@@ -275,6 +287,9 @@ class BlockNode : public DriverHooks {
     bool unmap_ = false;               // discard=unmap
     BlockdevDetectZeroes detect_zeroes_ = BlockdevDetectZeroes::kOff;
     bool force_share_ = false;
+    // Set by BlockGraph::reopen() on a node it turns read-only, for QEMU's
+    // message when a parent still needs to write.
+    bool reopen_dropping_write_ = false;
     std::vector<BdrvChild *> children_;   // owned
     std::vector<BdrvChild *> parents_;    // not owned
     std::atomic<int64_t> total_bytes_{0};
@@ -393,6 +408,61 @@ class BlockGraph {
     // Flushes and closes every node, parents before children.
     void close_all();
 
+    // ---- graph changes (block/graph.cc). Main loop, outside a coroutine
+    // (they drain and may run flushes through run_in_coroutine();
+    // REQUIRES AioContext::current()). Each is all or nothing: on failure
+    // the graph, the permissions and the image locks are as before.
+
+    // blockdev-snapshot: overlay (a node with a backing-capable format and
+    // no backing child, e.g. a qcow2 added with "backing": null) takes
+    // node's place for every parent of node (the exports' backends and
+    // parent nodes), and node becomes overlay's backing child (role COW).
+    // node is drained meanwhile and flushed if writable. Errors, in the
+    // order checked:
+    //   EBUSY "Node 'N' is busy: node is used as backing hd of 'P'"
+    //   EBUSY "The overlay is already in use" (someone reads overlay)
+    //   EINVAL "Filters cannot be used as overlays"
+    //   EINVAL "The overlay already has a backing image"
+    //   EINVAL "The overlay does not support backing images"
+    //   EINVAL "Making 'N' a backing child of 'O' would create a cycle"
+    //   EIO "An IO error has occurred" (the flush of node failed)
+    //   permission conflicts (e.g. "Block node is read-only" when a
+    //   writer moves to a read-only overlay).
+    // QEMU then makes node read-only once the transaction commits: the
+    // caller does that with set_read_only(node, true), ignoring a failure.
+    Status snapshot_overlay(BlockNode *node, BlockNode *overlay);
+    // Undoes a successful snapshot_overlay(node, overlay) that nothing has
+    // changed since (transaction rollback): overlay's backing edge goes,
+    // and every parent of overlay points at node again. Cannot fail.
+    void snapshot_overlay_undo(BlockNode *node, BlockNode *overlay);
+    // Every parent of from, except to itself and nodes below to, points at
+    // to instead (the edges keep their names and roles). Both are drained
+    // meanwhile. Permission conflicts fail with their message.
+    Status replace_node(BlockNode *from, BlockNode *to);
+    // blockdev-reopen: gives each named node the options given, atomically
+    // over all of them (see docs/architecture.md, "Graph changes").
+    // Options left out go back to their defaults. Implicit (inline)
+    // children follow their parent's read-only unless listed themselves.
+    // Errors:
+    //   ENOENT "Failed to find node with node-name='x'"
+    //   EINVAL "Cannot change the option 'KEY'" (driver, force-share,
+    //          cache.direct, a child other than file/backing, or a driver
+    //          option the driver cannot change)
+    //   EINVAL "force-share=on can only be used with read-only images"
+    //   EINVAL "backing is missing for 'x'" (backing left out of a node
+    //          that has one; null detaches it)
+    //   ENOENT "Cannot find device='' nor node-name='x'" (a child reference)
+    //   EINVAL "Making 'C' a backing child of 'N' would create a cycle"
+    //          (or "a file child")
+    //   EPERM "Read-only block node 'x' cannot support read-write users"
+    //         (a parent such as a writable export still needs WRITE)
+    //   EPERM "Block node is read-only" (made writable above a read-only node)
+    //   a driver's own error (e.g. "Could not reopen 'f': ...").
+    Status reopen(const std::vector<BlockdevOptions> &opts);
+    // Reopens node with its current options but read_only (QEMU's
+    // bdrv_reopen_set_read_only); its implicit children follow.
+    Status set_read_only(BlockNode *node, bool read_only);
+
     const DriverRegistry &registry() const { return *registry_; }
 
   private:
@@ -401,10 +471,24 @@ class BlockGraph {
     Result<BlockNode *> open_node(const BlockdevOptions &opts, bool implicit);
     // Recomputes permissions below node after an edge changed; all or nothing.
     Status refresh_perms(BlockNode *node);
+    // The same for several nodes as one transaction.
+    Status refresh_perms(const std::vector<BlockNode *> &nodes);
+    // reopen()'s steps (block/graph.cc).
+    struct ReopenEntry;
+    struct ReopenTxn;
+    Status reopen_plan(const std::vector<BlockdevOptions> &opts, ReopenTxn *t);
+    Status reopen_plan_entry(size_t i, ReopenTxn *t);
+    Status reopen_plan_child(size_t i, const char *key, BlockdevRef &ref, ReopenTxn *t);
+    Status reopen_apply(ReopenTxn *t);
+    void reopen_undo_edges(ReopenTxn *t);
+    void reopen_commit(ReopenTxn *t);
     void destroy_node(BlockNode *n);
     std::string generate_node_name();
 
     const DriverRegistry *registry_;
+    // While a graph change runs: a read-only node with writers is refused
+    // with QEMU's reopen texts rather than the open-time one.
+    bool change_texts_ = false;
     std::vector<std::unique_ptr<BlockNode>> nodes_;
     uint64_t auto_name_seq_ = 0;
 };

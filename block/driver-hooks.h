@@ -151,6 +151,40 @@ class DriverHooks {
     // layout of its own".
     virtual int do_passthrough_fd(bool write, std::string *why);
 
+    // ---------------------------------------------------------------- reopen (blockdev-reopen)
+    // BlockGraph::reopen() changes the options of opened nodes as one
+    // transaction: reopen_prepare on every node concerned (in the order
+    // given, an inline child after its parent), then either reopen_commit
+    // on each (children before parents) or reopen_abort on each prepared
+    // one (reverse order). All three run in the graph's thread, outside a
+    // coroutine (do I/O through run_in_coroutine()), with every node of
+    // the transaction drained.
+    //
+    // reopen_prepare: opts are the node's complete new options (members
+    // left out are at their defaults; child references were resolved by
+    // the generic layer, which also applies read-only, discard,
+    // detect-zeroes and cache.no-flush itself and refuses other generic
+    // changes). read_only_ still holds the old value; opts.read_only the
+    // new one. Check that the driver can switch to opts and take what the
+    // switch needs (a new descriptor) without giving up what the node uses
+    // now: the node must keep working unchanged if reopen_abort follows.
+    // Work that needs the children still in their old state (writing
+    // caches back before the node goes read-only) belongs here. An option
+    // the driver cannot change: an error "Cannot change the option 'KEY'"
+    // (changed_driver_option() finds it). Default: accepts opts when the
+    // driver's own options are unchanged (child references aside).
+    virtual Status reopen_prepare(const BlockdevOptions &opts);
+    // Switches to the options prepared; read_only_ and the children hold
+    // their new state (children were committed first). Must not fail:
+    // what can still go wrong is logged, and the node then refuses writes
+    // rather than risk the image. Default: nothing.
+    virtual void reopen_commit() {}
+    // Drops what reopen_prepare took and undoes what it did, leaving the
+    // node as it was. Also called when reopen_prepare of this node failed,
+    // so it must be safe after a failed or partial prepare. Must not fail.
+    // Default: nothing.
+    virtual void reopen_abort() {}
+
     // ---------------------------------------------------------------- image management
     // Called in a coroutine by BlockNode's public wrappers of the same name
     // (block/block.h), which have drained the node, checked that it is
@@ -202,6 +236,11 @@ class DriverHooks {
     Result<BdrvChild *> attach_child(BlockNode *child, const std::string &name, ChildRole role);
     // Detaches and frees the edge c (a child attached by this node).
     void detach_child(BdrvChild *c);
+    // For reopen_prepare: the first key of the driver's own options whose
+    // value differs between the node's current options and next (child
+    // members aside), ignoring the keys in changeable; nullopt if none.
+    std::optional<std::string> changed_driver_option(const BlockdevOptions &next,
+                                                     const std::vector<std::string> &changeable = {}) const;
     // An error with this message, for open() and the management hooks.
     Error node_error(int err, const std::string &msg) const;
     // Records that data was written (flush generations). The generic write

@@ -131,6 +131,14 @@ class FileNode final : public BlockNode {
     void set_perm(BlockPerm perm, BlockPerm shared) override;
     void abort_perm() override;
 
+    // Reopen: a change of read-only opens the file anew with the other
+    // access mode (prepare) and swaps the descriptors (commit). The lock
+    // descriptor stays: the permission refresh of the reopen takes or
+    // drops the lock bytes of the new permissions on it.
+    Status reopen_prepare(const BlockdevOptions &opts) override;
+    void reopen_commit() override;
+    void reopen_abort() override;
+
   private:
     IoBackend *io() const
     {
@@ -157,6 +165,8 @@ class FileNode final : public BlockNode {
     std::string filename_;
     int fd_ = -1;
     int open_flags_ = 0;
+    int reopen_fd_ = -1;        // prepared by reopen_prepare, -1 if none
+    int reopen_flags_ = 0;
     bool direct_ = false;
     // Page-cache I/O done in the loop thread when nothing else is in flight
     // (choose_inline_io): writes on local filesystems, reads on tmpfs.
@@ -189,6 +199,7 @@ class FileNode final : public BlockNode {
 
 void FileNode::close_fds()
 {
+    reopen_abort();
     if (lock_fd_ >= 0) ::close(lock_fd_);
     if (fd_ >= 0) ::close(fd_);
     lock_fd_ = fd_ = -1;
@@ -856,6 +867,44 @@ void FileNode::abort_perm()
     Error err;
     if (apply_lock_bytes(perm_, ~shared_perm_, true, &err) < 0)
         log_warn("file '%s': %s", filename_.c_str(), err.msg.c_str());
+}
+
+Status FileNode::reopen_prepare(const BlockdevOptions &opts)
+{
+    if (auto k = changed_driver_option(opts)) return node_error(EINVAL, "Cannot change the option '" + *k + "'");
+    reopen_abort();
+    if (opts.read_only == read_only_) return {};
+    const int flags = (open_flags_ & ~O_ACCMODE) | (opts.read_only ? O_RDONLY : O_RDWR);
+    int fd = ::open(filename_.c_str(), flags);
+    if (fd < 0) {
+        int e = errno;
+        return node_error(e == EROFS ? EACCES : e, "Could not reopen '" + filename_ + "': " + strerror(e));
+    }
+    // The same file, not one renamed into its place since the open.
+    struct stat now, old;
+    if (fstat(fd, &now) < 0 || fstat(fd_, &old) < 0 || now.st_dev != old.st_dev || now.st_ino != old.st_ino) {
+        ::close(fd);
+        return node_error(ESTALE, "Could not reopen '" + filename_ + "': the file was replaced");
+    }
+    reopen_fd_ = fd;
+    reopen_flags_ = flags;
+    return {};
+}
+
+void FileNode::reopen_commit()
+{
+    if (reopen_fd_ < 0) return;
+    ::close(fd_);
+    fd_ = reopen_fd_;
+    open_flags_ = reopen_flags_;
+    reopen_fd_ = -1;
+    choose_inline_io();
+}
+
+void FileNode::reopen_abort()
+{
+    if (reopen_fd_ >= 0) ::close(reopen_fd_);
+    reopen_fd_ = -1;
 }
 
 } // namespace

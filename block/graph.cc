@@ -1,6 +1,7 @@
 // The graph: nodes, edges, permissions, opening and teardown.
 #include <algorithm>
 #include <cstdio>
+#include <deque>
 
 #include "block/block-driver.h"
 #include "qapi/block-parse.h"
@@ -210,6 +211,40 @@ void DriverHooks::child_perm(ChildRole role, BlockPerm parent_perm, BlockPerm pa
     *nshared = shared;
 }
 
+std::optional<std::string> DriverHooks::changed_driver_option(const BlockdevOptions &next,
+                                                              const std::vector<std::string> &changeable) const
+{
+    // Both encoded without their children: encode() writes exactly the
+    // members that differ from their defaults, so equal objects mean
+    // equal options.
+    auto encoded = [](const BlockdevOptions &o) {
+        nlohmann::json j = nlohmann::json::object();
+        if (!o.drv) return j;
+        DriverOptionsPtr d(o.drv->clone());
+        d->for_each_child([](const char *, BlockdevRef &ref) { ref = BlockdevRef{}; });
+        d->encode(j);
+        return j;
+    };
+    nlohmann::json now = encoded(self()->options()), want = encoded(next);
+    auto ignored = [&changeable](const std::string &k) {
+        return std::find(changeable.begin(), changeable.end(), k) != changeable.end();
+    };
+    for (auto &[k, v] : want.items()) {
+        if (ignored(k)) continue;
+        if (!now.contains(k) || now[k] != v) return k;
+    }
+    for (auto &[k, v] : now.items()) {
+        if (!ignored(k) && !want.contains(k)) return k;
+    }
+    return std::nullopt;
+}
+
+Status DriverHooks::reopen_prepare(const BlockdevOptions &opts)
+{
+    if (auto k = changed_driver_option(opts)) return make_error(EINVAL, "Cannot change the option '%s'", k->c_str());
+    return {};
+}
+
 Status DriverHooks::check_perm(BlockPerm, BlockPerm) { return {}; }
 void DriverHooks::set_perm(BlockPerm, BlockPerm) {}
 void DriverHooks::abort_perm() {}
@@ -233,6 +268,11 @@ Status BlockNode::update_perms(std::vector<std::pair<BdrvChild *, std::pair<Bloc
     BlockPerm cum = cumulative_perm();
     BlockPerm cum_shared = cumulative_shared();
     if (read_only_ && (cum & (kPermWrite | kPermResize))) {
+        if (reopen_dropping_write_) {
+            return make_error(EPERM, "Read-only block node '%s' cannot support read-write users",
+                              node_name_.c_str());
+        }
+        if (graph_->change_texts_) return make_error(EPERM, "Block node is read-only");
         return make_error(EPERM, "node '%s' is read-only", node_name_.c_str());
     }
     for (BdrvChild *a : parents_) {
@@ -267,11 +307,17 @@ Status BlockNode::update_perms(std::vector<std::pair<BdrvChild *, std::pair<Bloc
     return {};
 }
 
-Status BlockGraph::refresh_perms(BlockNode *node)
+Status BlockGraph::refresh_perms(BlockNode *node) { return refresh_perms(std::vector<BlockNode *>{node}); }
+
+Status BlockGraph::refresh_perms(const std::vector<BlockNode *> &nodes)
 {
     std::vector<std::pair<BdrvChild *, std::pair<BlockPerm, BlockPerm>>> undo;
     std::vector<BlockNode *> checked;
-    Status s = node->update_perms(&undo, &checked);
+    Status s;
+    for (BlockNode *node : nodes) {
+        s = node->update_perms(&undo, &checked);
+        if (!s.ok()) break;
+    }
     std::sort(checked.begin(), checked.end());
     checked.erase(std::unique(checked.begin(), checked.end()), checked.end());
     if (s.ok()) {
@@ -546,6 +592,468 @@ void BlockGraph::close_all()
         for (auto &n : nodes_) (void)n.release();
         nodes_.clear();
     }
+}
+
+// ---------------------------------------------------------------- graph changes: edges
+
+void BlockNode::shift_parent_drain(BdrvChild *c, int delta)
+{
+    for (; delta > 0; delta--) {
+        if (BlockBackend *b = c->parent_backend_) b->quiesce_counter_.fetch_add(1);
+        if (BlockNode *n = c->parent_node_) n->drained_begin_no_poll();
+    }
+    for (; delta < 0; delta++) {
+        if (BlockBackend *b = c->parent_backend_) b->drained_end();
+        if (BlockNode *n = c->parent_node_) n->drained_end();
+    }
+}
+
+void BlockNode::graph_move_parent(BdrvChild *c)
+{
+    BlockNode *from = c->bs_;
+    if (from == this) return;
+    shift_parent_drain(c, quiesce_counter_.load() - from->quiesce_counter_.load());
+    from->parents_.erase(std::find(from->parents_.begin(), from->parents_.end(), c));
+    c->bs_ = this;
+    parents_.push_back(c);
+}
+
+BdrvChild *BlockNode::graph_link_child(BlockNode *child, const std::string &name, ChildRole role)
+{
+    auto *c = new BdrvChild;
+    c->name_ = name;
+    c->bs_ = child;
+    c->parent_node_ = this;
+    c->role_ = role;
+    child_perm(role, cumulative_perm(), cumulative_shared(), &c->perm_, &c->shared_);
+    if (child->force_share_) c->shared_ = kPermAll;
+    graph_relink_child(c, children_.size());
+    return c;
+}
+
+size_t BlockNode::graph_unlink_child(BdrvChild *c)
+{
+    BlockNode *child = c->node();
+    for (int i = child->quiesce_counter_.load(); i > 0; i--) drained_end();
+    auto it = std::find(children_.begin(), children_.end(), c);
+    size_t index = static_cast<size_t>(it - children_.begin());
+    children_.erase(it);
+    child->parents_.erase(std::find(child->parents_.begin(), child->parents_.end(), c));
+    return index;
+}
+
+void BlockNode::graph_relink_child(BdrvChild *c, size_t index)
+{
+    c->bs_->parents_.push_back(c);
+    children_.insert(children_.begin() + static_cast<std::ptrdiff_t>(std::min(index, children_.size())), c);
+    for (int i = c->bs_->quiesce_counter_.load(); i > 0; i--) drained_begin_no_poll();
+}
+
+bool BlockNode::reaches(const BlockNode *n) const
+{
+    if (this == n) return true;
+    for (BdrvChild *c : children_) {
+        if (c->node()->reaches(n)) return true;
+    }
+    return false;
+}
+
+// ---------------------------------------------------------------- graph changes: snapshot, replace
+
+namespace {
+
+// Drains the given nodes (each once) for the lifetime of the guard.
+class DrainGuard {
+  public:
+    explicit DrainGuard(std::vector<BlockNode *> nodes) : nodes_(std::move(nodes))
+    {
+        std::sort(nodes_.begin(), nodes_.end());
+        nodes_.erase(std::unique(nodes_.begin(), nodes_.end()), nodes_.end());
+        for (BlockNode *n : nodes_) n->drained_begin();
+    }
+    ~DrainGuard()
+    {
+        for (BlockNode *n : nodes_) n->drained_end();
+    }
+    DrainGuard(const DrainGuard &) = delete;
+    DrainGuard &operator=(const DrainGuard &) = delete;
+
+  private:
+    std::vector<BlockNode *> nodes_;
+};
+
+// Sets a flag for the lifetime of the guard.
+struct FlagGuard {
+    bool &flag;
+    explicit FlagGuard(bool &f) : flag(f) { flag = true; }
+    ~FlagGuard() { flag = false; }
+};
+
+} // namespace
+
+Status BlockGraph::snapshot_overlay(BlockNode *node, BlockNode *overlay)
+{
+    for (BdrvChild *p : node->parents()) {
+        if (p->parent_node() && (p->role() & kRoleCow)) {
+            return make_error(EBUSY, "Node '%s' is busy: node is used as backing hd of '%s'",
+                              node->node_name().c_str(), p->parent_node()->node_name().c_str());
+        }
+    }
+    if (overlay->cumulative_perm() & kPermConsistentRead) return make_error(EBUSY, "The overlay is already in use");
+    if (overlay->driver()->kind == BlockDriverKind::kFilter) {
+        return make_error(EINVAL, "Filters cannot be used as overlays");
+    }
+    if (overlay->backing_child()) return make_error(EINVAL, "The overlay already has a backing image");
+    if (!(overlay->driver()->caps & kCapBacking)) {
+        return make_error(EINVAL, "The overlay does not support backing images");
+    }
+    if (node->reaches(overlay)) {
+        return make_error(EINVAL, "Making '%s' a backing child of '%s' would create a cycle",
+                          node->node_name().c_str(), overlay->node_name().c_str());
+    }
+    DrainGuard drained({node, overlay});
+    if (!node->read_only()) {
+        int r = run_in_coroutine([node] { return node->co_flush_generic(); });
+        if (r < 0) return make_error(-r, "An IO error has occurred");
+    }
+    FlagGuard texts(change_texts_);
+    const std::vector<BdrvChild *> moved = node->parents();
+    for (BdrvChild *c : moved) overlay->graph_move_parent(c);
+    BdrvChild *b = overlay->graph_link_child(node, "backing", kRoleCow);
+    Status s = refresh_perms({overlay, node});
+    if (!s.ok()) {
+        overlay->graph_unlink_child(b);
+        delete b;
+        for (BdrvChild *c : moved) node->graph_move_parent(c);
+        return s;
+    }
+    overlay->refresh_limits_all();
+    for (BdrvChild *c : moved) {
+        if (c->parent_node()) c->parent_node()->refresh_limits_all();
+    }
+    return {};
+}
+
+void BlockGraph::snapshot_overlay_undo(BlockNode *node, BlockNode *overlay)
+{
+    BdrvChild *b = overlay->backing_child();
+    if (!b || b->node() != node) {
+        log_error("internal: undoing a snapshot: '%s' is not the backing child of '%s'", node->node_name().c_str(),
+                  overlay->node_name().c_str());
+        return;
+    }
+    DrainGuard drained({node, overlay});
+    overlay->graph_unlink_child(b);
+    const std::vector<BdrvChild *> moved = overlay->parents();
+    for (BdrvChild *c : moved) node->graph_move_parent(c);
+    delete b;
+    // Every edge is back where it was, with the permissions it had then:
+    // the check cannot find a conflict that was not there before.
+    Status s = refresh_perms({node, overlay});
+    if (!s.ok()) log_error("undoing a snapshot of '%s': %s", node->node_name().c_str(), s.msg().c_str());
+    overlay->refresh_limits_all();
+    for (BdrvChild *c : moved) {
+        if (c->parent_node()) c->parent_node()->refresh_limits_all();
+    }
+}
+
+Status BlockGraph::replace_node(BlockNode *from, BlockNode *to)
+{
+    if (from == to) return {};
+    DrainGuard drained({from, to});
+    FlagGuard texts(change_texts_);
+    std::vector<BdrvChild *> moved;
+    for (BdrvChild *c : from->parents()) {
+        if (c->parent_node() && to->reaches(c->parent_node())) continue;
+        moved.push_back(c);
+    }
+    for (BdrvChild *c : moved) to->graph_move_parent(c);
+    Status s = refresh_perms({to, from});
+    if (!s.ok()) {
+        for (BdrvChild *c : moved) from->graph_move_parent(c);
+        return s;
+    }
+    for (BdrvChild *c : moved) {
+        if (c->parent_node()) c->parent_node()->refresh_limits_all();
+    }
+    return {};
+}
+
+// ---------------------------------------------------------------- graph changes: reopen
+
+// One node of a reopen: named in the list, or an implicit child following
+// its parent's read-only.
+struct BlockGraph::ReopenEntry {
+    BlockNode *node = nullptr;
+    BlockdevOptions opts;     // the complete new options
+    bool old_ro = false;
+    bool prepared = false;
+};
+
+struct BlockGraph::ReopenTxn {
+    // A child edge that changes: retarget (file/backing to another node),
+    // attach (a backing where there was none), detach (backing null).
+    struct Edge {
+        enum class Kind { kRetarget, kAttach, kDetach } kind;
+        BlockNode *parent = nullptr;
+        std::string name;
+        BdrvChild *edge = nullptr;       // the existing edge; kAttach: the new one once applied
+        BlockNode *target = nullptr;     // kRetarget, kAttach: the new child
+        BlockNode *old_child = nullptr;  // kRetarget, kDetach
+        size_t index = 0;                // kDetach: its place among the parent's children
+    };
+    std::deque<ReopenEntry> entries;   // a deque: references stay valid while it grows
+    std::vector<Edge> edges;
+    bool has(const BlockNode *n) const
+    {
+        return std::any_of(entries.begin(), entries.end(), [n](const ReopenEntry &e) { return e.node == n; });
+    }
+};
+
+namespace {
+
+// nodes ordered so that a node comes before every node below it
+// (parents_first) or after it.
+std::vector<BlockNode *> graph_order(std::vector<BlockNode *> nodes, bool parents_first)
+{
+    std::sort(nodes.begin(), nodes.end());
+    nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
+    std::vector<BlockNode *> out;
+    while (!nodes.empty()) {
+        // A node no other remaining node is below of.
+        for (size_t i = 0; i < nodes.size(); i++) {
+            bool top = std::none_of(nodes.begin(), nodes.end(),
+                                    [&](BlockNode *o) { return o != nodes[i] && o->reaches(nodes[i]); });
+            if (!top) continue;
+            out.push_back(nodes[i]);
+            nodes.erase(nodes.begin() + static_cast<std::ptrdiff_t>(i));
+            break;
+        }
+    }
+    if (!parents_first) std::reverse(out.begin(), out.end());
+    return out;
+}
+
+Error cannot_change(const char *key) { return make_error(EINVAL, "Cannot change the option '%s'", key); }
+
+} // namespace
+
+Status BlockGraph::reopen_plan(const std::vector<BlockdevOptions> &opts, ReopenTxn *t)
+{
+    for (const BlockdevOptions &o : opts) {
+        BlockNode *n = find(o.node_name);
+        if (!n) return make_error(ENOENT, "Failed to find node with node-name='%s'", o.node_name.c_str());
+        auto it = std::find_if(t->entries.begin(), t->entries.end(), [n](const ReopenEntry &e) { return e.node == n; });
+        if (it != t->entries.end()) {
+            it->opts = o;   // named twice: the later options win
+            continue;
+        }
+        t->entries.push_back(ReopenEntry{n, o});
+    }
+    // Implicit children are appended while planning their parents.
+    for (size_t i = 0; i < t->entries.size(); i++) BG_TRY(reopen_plan_entry(i, t));
+    return {};
+}
+
+Status BlockGraph::reopen_plan_entry(size_t i, ReopenTxn *t)
+{
+    ReopenEntry &e = t->entries[i];
+    BlockNode *n = e.node;
+    const BlockdevOptions &cur = n->options();
+    BlockdevOptions &o = e.opts;
+    if (o.driver != n->driver_name()) return cannot_change("driver");
+    if (o.force_share != cur.force_share) return cannot_change("force-share");
+    if (o.cache_direct != cur.cache_direct) return cannot_change("cache.direct");
+    if (o.force_share && !o.read_only) {
+        return make_error(EINVAL, "force-share=on can only be used with read-only images");
+    }
+    if (!o.drv) return make_error(EINVAL, "the options of driver '%s' were not decoded", o.driver.c_str());
+    o.node_name = n->node_name();
+    o.check_repair = cur.check_repair;
+    o.probed = cur.probed;
+    e.old_ro = n->read_only();
+    std::vector<std::pair<std::string, BlockdevRef *>> refs;
+    o.drv->for_each_child([&refs](const char *key, BlockdevRef &ref) { refs.push_back({key, &ref}); });
+    for (auto &[key, ref] : refs) BG_TRY(reopen_plan_child(i, key.c_str(), *ref, t));
+    return {};
+}
+
+Status BlockGraph::reopen_plan_child(size_t i, const char *key, BlockdevRef &ref, ReopenTxn *t)
+{
+    BlockNode *n = t->entries[i].node;
+    const bool new_ro = t->entries[i].opts.read_only;
+    BdrvChild *cur = n->child(key);
+    const bool is_backing = cur ? (cur->role() & kRoleCow) != 0 : std::string(key) == "backing";
+    // An implicit (inline) child follows its parent's read-only, with its
+    // current options or the inline definition given now.
+    auto follow = [&](const BlockdevOptions *def) {
+        BlockNode *c = cur->node();
+        if (!c->implicit() || (cur->role() & kRoleCow) || t->has(c)) return;
+        ReopenEntry ce{c, def ? *def : c->options()};
+        ce.opts.read_only = def ? (def->read_only || new_ro) : new_ro;
+        t->entries.push_back(std::move(ce));
+    };
+    using Edge = ReopenTxn::Edge;
+    switch (ref.kind) {
+    case BlockdevRef::Kind::kNone:
+        if (cur && is_backing) return make_error(EINVAL, "backing is missing for '%s'", n->node_name().c_str());
+        if (cur) follow(nullptr);
+        return {};
+    case BlockdevRef::Kind::kNull:
+        if (!is_backing) return cannot_change(key);
+        if (cur) t->edges.push_back(Edge{Edge::Kind::kDetach, n, key, cur, nullptr, cur->node()});
+        return {};
+    case BlockdevRef::Kind::kReference: {
+        BlockNode *target = find(ref.reference);
+        if (!target) return make_error(ENOENT, "Cannot find device='' nor node-name='%s'", ref.reference.c_str());
+        if (cur && cur->node() == target) {
+            follow(nullptr);
+            return {};
+        }
+        if (!is_backing && (!cur || std::string(key) != "file")) return cannot_change(key);
+        if (target->reaches(n)) {
+            return make_error(EINVAL, "Making '%s' a %s child of '%s' would create a cycle", target->node_name().c_str(),
+                              is_backing ? "backing" : "file", n->node_name().c_str());
+        }
+        if (cur) {
+            t->edges.push_back(Edge{Edge::Kind::kRetarget, n, key, cur, target, cur->node()});
+        } else {
+            t->edges.push_back(Edge{Edge::Kind::kAttach, n, key, nullptr, target, nullptr});
+        }
+        return {};
+    }
+    case BlockdevRef::Kind::kInline:
+        if (!cur || !cur->node()->implicit()) return cannot_change(key);
+        follow(ref.def.get());
+        return {};
+    }
+    return cannot_change(key);
+}
+
+void BlockGraph::reopen_undo_edges(ReopenTxn *t)
+{
+    using Kind = ReopenTxn::Edge::Kind;
+    for (auto it = t->edges.rbegin(); it != t->edges.rend(); ++it) {
+        switch (it->kind) {
+        case Kind::kRetarget: it->old_child->graph_move_parent(it->edge); break;
+        case Kind::kAttach:
+            if (!it->edge) break;
+            it->parent->graph_unlink_child(it->edge);
+            delete it->edge;
+            it->edge = nullptr;
+            break;
+        case Kind::kDetach: it->parent->graph_relink_child(it->edge, it->index); break;
+        }
+    }
+}
+
+// Prepares every node, then puts the new read-only states and edges in
+// place and checks the permissions; on failure everything is put back.
+Status BlockGraph::reopen_apply(ReopenTxn *t)
+{
+    auto abort_prepared = [t] {
+        for (auto it = t->entries.rbegin(); it != t->entries.rend(); ++it) {
+            if (it->prepared) it->node->reopen_abort();
+        }
+    };
+    for (ReopenEntry &e : t->entries) {
+        if (!e.node->read_only()) {
+            BlockNode *n = e.node;
+            int r = run_in_coroutine([n] { return n->co_flush_generic(); });
+            if (r < 0) {
+                abort_prepared();
+                return errno_error(-r, "Error flushing drive");
+            }
+        }
+        e.prepared = true;   // reopen_abort is safe after a failed prepare
+        Status s = e.node->reopen_prepare(e.opts);
+        if (!s.ok()) {
+            abort_prepared();
+            return s;
+        }
+    }
+    std::vector<BlockNode *> roots;
+    for (ReopenEntry &e : t->entries) {
+        e.node->read_only_ = e.opts.read_only;
+        e.node->reopen_dropping_write_ = !e.old_ro && e.opts.read_only;
+        roots.push_back(e.node);
+    }
+    using Kind = ReopenTxn::Edge::Kind;
+    for (ReopenTxn::Edge &ed : t->edges) {
+        switch (ed.kind) {
+        case Kind::kRetarget: ed.target->graph_move_parent(ed.edge); break;
+        case Kind::kAttach: ed.edge = ed.parent->graph_link_child(ed.target, ed.name, kRoleCow); break;
+        case Kind::kDetach: ed.index = ed.parent->graph_unlink_child(ed.edge); break;
+        }
+        for (BlockNode *x : {ed.target, ed.old_child}) {
+            if (x) roots.push_back(x);
+        }
+    }
+    // Parents first: a child is checked against its parents' new needs.
+    Status s = refresh_perms(graph_order(roots, true));
+    for (ReopenEntry &e : t->entries) e.node->reopen_dropping_write_ = false;
+    if (!s.ok()) {
+        reopen_undo_edges(t);
+        for (ReopenEntry &e : t->entries) e.node->read_only_ = e.old_ro;
+        abort_prepared();
+    }
+    return s;
+}
+
+// Commits children before parents, then records the options. Implicit
+// children left without a parent are destroyed by reopen() once the
+// drains are over.
+void BlockGraph::reopen_commit(ReopenTxn *t)
+{
+    std::vector<BlockNode *> nodes;
+    for (ReopenEntry &e : t->entries) nodes.push_back(e.node);
+    for (BlockNode *n : graph_order(nodes, false)) n->reopen_commit();
+    for (ReopenEntry &e : t->entries) {
+        BlockNode *n = e.node;
+        n->opts_ = e.opts;
+        n->no_flush_ = e.opts.cache_no_flush;
+        n->unmap_ = e.opts.discard == BlockdevDiscardOptions::kUnmap;
+        n->detect_zeroes_ = e.opts.detect_zeroes;
+    }
+    for (ReopenTxn::Edge &ed : t->edges) {
+        if (ed.kind == ReopenTxn::Edge::Kind::kDetach) delete ed.edge;
+        ed.parent->refresh_limits_all();
+    }
+}
+
+Status BlockGraph::reopen(const std::vector<BlockdevOptions> &opts)
+{
+    ReopenTxn t;
+    BG_TRY(reopen_plan(opts, &t));
+    {
+        std::vector<BlockNode *> drain;
+        for (ReopenEntry &e : t.entries) drain.push_back(e.node);
+        for (ReopenTxn::Edge &ed : t.edges) {
+            for (BlockNode *x : {ed.target, ed.old_child}) {
+                if (x) drain.push_back(x);
+            }
+        }
+        DrainGuard drained(drain);
+        FlagGuard texts(change_texts_);
+        BG_TRY(reopen_apply(&t));
+        reopen_commit(&t);
+    }
+    std::vector<BlockNode *> orphans;
+    for (ReopenTxn::Edge &ed : t.edges) {
+        BlockNode *old = ed.old_child;
+        if (old && old->implicit() && old->parents().empty()) orphans.push_back(old);
+    }
+    std::sort(orphans.begin(), orphans.end());
+    orphans.erase(std::unique(orphans.begin(), orphans.end()), orphans.end());
+    for (BlockNode *old : orphans) destroy_node(old);
+    return {};
+}
+
+Status BlockGraph::set_read_only(BlockNode *node, bool read_only)
+{
+    BlockdevOptions o = node->dump_options();
+    o.read_only = read_only;
+    return reopen({o});
 }
 
 } // namespace bg

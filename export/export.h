@@ -44,7 +44,8 @@ class BlockExport {
     const std::string &id() const { return id_; }
     const std::string &type() const { return type_; }
     // Stops taking requests, finishes those in flight, flushes, and
-    // releases the outside resource (unmounts). Idempotent. Main thread.
+    // releases the outside resource (unmounts). Idempotent. Main thread;
+    // in a coroutine it yields while waiting, outside one it runs the loop.
     virtual void shutdown() = 0;
     virtual ExportStats stats() const = 0;
     // One human-readable paragraph describing the export and its counters.

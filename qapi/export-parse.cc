@@ -337,6 +337,11 @@ Result<BlockExportOptions> parse_export_arg(const std::string &arg)
     return guarded<BlockExportOptions>("export", [&] { return parse_arg(arg, "type", &export_from_tree); });
 }
 
+Result<IoThreadOptions> object_options_from_tree(const json &tree, bool from_keyval)
+{
+    return guarded<IoThreadOptions>("object", [&] { return object_from_tree(tree, from_keyval); });
+}
+
 Result<IoThreadOptions> parse_object_arg(const std::string &arg)
 {
     return guarded<IoThreadOptions>("object", [&] { return parse_arg(arg, "qom-type", &object_from_tree); });

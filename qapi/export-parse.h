@@ -69,6 +69,8 @@ Result<BlockExportOptions> export_options_from_tree(const nlohmann::json &tree, 
 //   object 'io0': poll-max-ns: 'x' is not a valid integer
 //   object 'io0': poll-max-ns: -1 is out of range (0 to 9223372036854775807)
 Result<IoThreadOptions> parse_object_arg(const std::string &arg);
+// The same for an already parsed tree (object-add's arguments).
+Result<IoThreadOptions> object_options_from_tree(const nlohmann::json &tree, bool from_keyval);
 
 // QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'.
 bool is_valid_qapi_id(const std::string &id);

@@ -10,16 +10,19 @@
 # there is any, else prints a summary and exits 0. Exit 2: usage error.
 #
 # Rules:
-#   util       util/ includes nothing from block/, export/, qapi/, tools/.
-#   block      block/ includes nothing from export/ or tools/.
+#   util       util/ includes nothing from block/, export/, monitor/, qapi/, tools/.
+#   block      block/ includes nothing from export/, monitor/ or tools/.
 #   driver     a driver's file includes, of block/, only its own headers,
 #              the driver-author contract (DRIVER_CONTRACT) and consumer
 #              headers (CONSUMER_HEADERS); in particular no other driver's
 #              header. Every file of block/ but CORE_FILES belongs to a
 #              driver (a subdirectory, or the files of one stem).
-#   consumer   export/ and tools/ include, of block/, only consumer headers
-#              (CONSUMER_HEADERS): never a driver's header nor the
+#   consumer   export/, monitor/ and tools/ include, of block/, only consumer
+#              headers (CONSUMER_HEADERS): never a driver's header nor the
 #              driver-author headers.
+#   monitor    the consumers depend one way: tools/ -> monitor/ -> export/;
+#              export/ includes nothing from monitor/ or tools/, monitor/
+#              nothing from tools/.
 # Only quoted includes are checked ("...", paths from the source root, as
 # the tree writes them); <...> includes are system headers.
 import os
@@ -61,10 +64,10 @@ CONSUMER_HEADERS = [
 ]
 
 # Directories outside block/ that export/ and tools/ may include from.
-CONSUMER_MAY_USE_DIRS = ["qapi/", "util/", "export/", "tools/"]
+CONSUMER_MAY_USE_DIRS = ["qapi/", "util/", "export/", "monitor/", "tools/"]
 
 # Source directories checked, and the extensions of their files.
-CHECKED_DIRS = ["util", "block", "export", "tools"]
+CHECKED_DIRS = ["util", "block", "export", "monitor", "tools"]
 EXTENSIONS = (".h", ".cc")
 
 # ---- the checks ----
@@ -88,9 +91,9 @@ def check_include(path, inc):
     """(rule, message) if path may not include inc, else None."""
     top = path.split("/", 1)[0]
     inc_top = inc.split("/", 1)[0] + "/"
-    if top == "util" and inc_top in ("block/", "export/", "qapi/", "tools/"):
+    if top == "util" and inc_top in ("block/", "export/", "monitor/", "qapi/", "tools/"):
         return "util", "util/ must not include %s (util/ knows nothing of %s)" % (inc, inc_top)
-    if top == "block" and inc_top in ("export/", "tools/"):
+    if top == "block" and inc_top in ("export/", "monitor/", "tools/"):
         return "block", "block/ must not include %s (block/ knows no consumer)" % inc
     if top == "block":
         drv = driver_of(path)
@@ -103,11 +106,14 @@ def check_include(path, inc):
             return None
         return "driver", ("the %s driver must not include %s (%s); a driver includes only its own headers, "
                           "%s and consumer headers" % (drv, inc, describe(inc), ", ".join(DRIVER_CONTRACT)))
-    if top in ("export", "tools"):
+    if (top == "export" and inc_top in ("monitor/", "tools/")) or (top == "monitor" and inc_top == "tools/"):
+        return "monitor", "%s/ must not include %s (consumers depend one way: tools/ -> monitor/ -> export/)" % (
+            top, inc)
+    if top in ("export", "monitor", "tools"):
         if inc in CONSUMER_HEADERS or inc_top in CONSUMER_MAY_USE_DIRS:
             return None
         return "consumer", ("%s/ must not include %s (%s); consumers include only consumer headers (%s), "
-                            "qapi/, util/, export/, tools/" % (top, inc, describe(inc), ", ".join(CONSUMER_HEADERS)))
+                            "qapi/, util/, export/, monitor/, tools/" % (top, inc, describe(inc), ", ".join(CONSUMER_HEADERS)))
     return None
 
 

@@ -16,7 +16,7 @@
 
 #pragma once
 
-#define BG_VERSION "0.1.0"
+#include "util/version.h"
 
 namespace bg {
 

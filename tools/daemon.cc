@@ -21,49 +21,12 @@
 
 #include "qapi/block-parse.h"
 #include "qapi/export-parse.h"
+#include "monitor/qmp.h"
 #include "tools/commands.h"
 #include "util/aio.h"
 #include "util/log.h"
 
 namespace bg {
-
-// ---------------------------------------------------------------- helpers
-
-std::string canonical_mountpoint(const std::string &mountpoint)
-{
-    std::string dir, base;
-    size_t slash = mountpoint.find_last_of('/');
-    if (slash == std::string::npos) {
-        dir = ".";
-        base = mountpoint;
-    } else {
-        dir = slash == 0 ? "/" : mountpoint.substr(0, slash);
-        base = mountpoint.substr(slash + 1);
-    }
-    if (base.empty() || base == "." || base == "..") {
-        // Not a file name: resolve all of it (never one of our FUSE files).
-        char *real = realpath(mountpoint.c_str(), nullptr);
-        if (real) {
-            std::string r = real;
-            free(real);
-            return r;
-        }
-        dir = mountpoint;
-        base.clear();
-    }
-    std::string rdir;
-    if (char *real = realpath(dir.c_str(), nullptr)) {
-        rdir = real;
-        free(real);
-    } else if (dir[0] == '/') {
-        rdir = dir;
-    } else {
-        char cwd[PATH_MAX];
-        rdir = getcwd(cwd, sizeof(cwd)) ? std::string(cwd) + "/" + dir : dir;
-    }
-    if (base.empty()) return rdir;
-    return rdir == "/" ? "/" + base : rdir + "/" + base;
-}
 
 namespace {
 
@@ -200,165 +163,6 @@ gboolean on_stats_signal(gpointer opaque)
 
 } // namespace
 
-// ---------------------------------------------------------------- Daemon
-
-Daemon::Daemon(const DaemonConfig &cfg, GMainLoop *loop)
-    : cfg_(cfg), loop_(loop), graph_(std::make_unique<BlockGraph>())
-{
-    reap_bh_ = AioContext::current()->bh_new(&Daemon::reap_gone, this);
-}
-
-Daemon::~Daemon()
-{
-    teardown();
-    delete reap_bh_;
-}
-
-void Daemon::use_graph(std::unique_ptr<BlockGraph> graph)
-{
-    assert(!graph_used_ && graph);
-    graph_ = std::move(graph);
-    graph_used_ = true;
-}
-
-Status Daemon::add_blockdev(const BlockdevOptions &opts)
-{
-    graph_used_ = true;
-    Result<BlockNode *> n = graph_->add_node(opts);
-    if (!n) return n.error();
-    log_info("blockdev '%s' (%s) opened", n.value()->node_name().c_str(), n.value()->driver_name());
-    return {};
-}
-
-Status Daemon::add_iothread(const IoThreadOptions &opts)
-{
-    for (auto &t : iothreads_) {
-        if (t->id() == opts.id) return make_error(EINVAL, "object id '%s' is used twice", opts.id.c_str());
-    }
-    auto t = IoThread::create(opts.id);
-    if (!t) return t.error();
-    const IoThreadOptions::Poll &poll = opts.poll;
-    t.value()->run_sync(
-        [](void *o) {
-            auto *p = static_cast<const IoThreadOptions::Poll *>(o);
-            AioContext *ctx = AioContext::current();
-            const int64_t max = p->max_ns ? static_cast<int64_t>(*p->max_ns) : ctx->poll_max_ns();
-            ctx->set_poll_params(max, static_cast<int64_t>(p->grow), static_cast<int64_t>(p->shrink));
-        },
-        const_cast<IoThreadOptions::Poll *>(&poll));
-    iothreads_.push_back(std::move(t.value()));
-    return {};
-}
-
-Status Daemon::add_export(const BlockExportOptions &opts)
-{
-    std::string key = canonical_mountpoint(opts.fuse.mountpoint);
-    for (auto &e : exports_) {
-        if (e.id == opts.id) return make_error(EINVAL, "export id '%s' is used twice", opts.id.c_str());
-    }
-    for (auto &e : exports_) {
-        // Checked here: the export itself would stat() the mountpoint, which
-        // we serve ourselves.
-        if (e.mount_key == key) {
-            return make_error(EBUSY, "mountpoint '%s' is used by export '%s' already", opts.fuse.mountpoint.c_str(),
-                              e.id.c_str());
-        }
-    }
-    std::vector<IoThread *> threads;
-    for (const std::string &name : opts.iothreads) {
-        IoThread *found = nullptr;
-        for (auto &t : iothreads_) {
-            if (t->id() == name) found = t.get();
-        }
-        if (!found) {
-            return make_error(ENOENT, "export '%s': iothread '%s' does not exist", opts.id.c_str(), name.c_str());
-        }
-        threads.push_back(found);
-    }
-    auto exp = block_export_create(*graph_, opts, threads, [this](BlockExport *e) { on_export_gone(e); });
-    if (!exp) return exp.error();
-    Entry entry;
-    entry.exp = std::move(exp.value());
-    entry.id = opts.id;
-    entry.mount_key = std::move(key);
-    entry.mountpoint = opts.fuse.mountpoint;
-    exports_.push_back(std::move(entry));
-    return {};
-}
-
-void Daemon::print_stats() const
-{
-    std::string text;
-    for (auto &e : exports_) {
-        if (e.exp) text += e.exp->stats_text();
-    }
-    if (text.empty()) text = "no exports\n";
-    if (text.back() != '\n') text += '\n';
-    ssize_t r = write(STDERR_FILENO, text.data(), text.size());
-    (void)r;
-}
-
-void Daemon::request_stop()
-{
-    stop_requested_ = true;
-    if (g_main_loop_is_running(loop_)) g_main_loop_quit(loop_);
-}
-
-void Daemon::on_export_gone(BlockExport *e)
-{
-    for (auto &entry : exports_) {
-        if (entry.exp.get() == e) entry.gone = true;
-    }
-    // Not here: the export is still on the stack that called us.
-    reap_bh_->schedule();
-}
-
-void Daemon::reap_gone(void *opaque)
-{
-    auto *d = static_cast<Daemon *>(opaque);
-    if (d->tearing_down_) return;   // teardown() finishes every export itself
-    for (size_t i = 0; i < d->exports_.size();) {
-        if (d->exports_[i].gone) {
-            log_info("export '%s' went away", d->exports_[i].id.c_str());
-            d->finish_export(d->exports_[i]);
-            d->exports_.erase(d->exports_.begin() + i);
-        } else {
-            i++;
-        }
-    }
-    if (d->exports_.empty()) {
-        log_info("no exports left, shutting down");
-        d->request_stop();
-    }
-}
-
-void Daemon::finish_export(Entry &e)
-{
-    if (!e.exp) return;
-    e.exp->shutdown();
-    if (cfg_.stats) {
-        std::string text = e.exp->stats_text();
-        if (text.empty() || text.back() != '\n') text += '\n';
-        ssize_t r = write(STDERR_FILENO, text.data(), text.size());
-        (void)r;
-    }
-    e.exp.reset();
-}
-
-void Daemon::teardown()
-{
-    if (tearing_down_) return;
-    tearing_down_ = true;
-    // shutdown() may run the loop (drain); an export going away meanwhile
-    // only marks its entry.
-    for (size_t i = 0; i < exports_.size(); i++) finish_export(exports_[i]);
-    exports_.clear();
-    for (auto &t : iothreads_) t->stop();
-    iothreads_.clear();
-    if (graph_) graph_->close_all();
-    graph_.reset();
-}
-
 // ---------------------------------------------------------------- daemon_run
 
 namespace {
@@ -390,7 +194,7 @@ int serve(const DaemonConfig &cfg, const std::function<Status(Daemon &)> &setup,
         }
         if (st.ok()) st = setup(d);
         if (st.ok() && d.stop_requested()) st = make_error(EINTR, "stopped during start-up");
-        if (st.ok() && d.export_count() == 0) st = make_error(EINVAL, "no exports");
+        if (st.ok() && d.export_count() == 0 && !d.has_monitors()) st = make_error(EINVAL, "no exports");
 
         if (st.ok()) {
             log_info("ready: %zu export%s", d.export_count(), d.export_count() == 1 ? "" : "s");
@@ -495,7 +299,7 @@ const char kDaemonUsage[] =
     "and the log say which is used (docs/fuse-export.md).\n"
     "See docs/daemon.md.\n";
 
-using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions>;
+using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions, ChardevOptions, MonitorOptions>;
 
 int fail(const std::string &msg)
 {
@@ -512,7 +316,7 @@ int cmd_daemon(int argc, char **argv)
     cfg.prog = "blockgraph daemon";
     std::vector<Step> steps;
     int verbose = 0;
-    size_t n_exports = 0;
+    size_t n_exports = 0, n_monitors = 0;
 
     for (int i = 1; i < argc; i++) {
         std::string arg = argv[i];
@@ -534,11 +338,11 @@ int cmd_daemon(int argc, char **argv)
             std::puts("blockgraph daemon version " BG_VERSION);
             return 0;
         }
-        if (name == "--chardev" || name == "--monitor" || name == "--nbd-server" || name == "--trace" ||
-            name == "-T") {
+        if (name == "--nbd-server" || name == "--trace" || name == "-T") {
             return fail("option '" + name + "' is not supported");
         }
-        bool takes_value = name == "--blockdev" || name == "--export" || name == "--object" || name == "--pidfile";
+        bool takes_value = name == "--blockdev" || name == "--export" || name == "--object" || name == "--pidfile" ||
+                           name == "--chardev" || name == "--monitor";
         bool is_flag = name == "--daemonize" || name == "--stats" || name == "--verbose" || name == "-v" ||
                        name == "-vv";
         if (!takes_value && !is_flag) {
@@ -564,6 +368,15 @@ int cmd_daemon(int argc, char **argv)
             if (!o) return fail(o.msg());
             steps.emplace_back(std::move(o.value()));
             n_exports++;
+        } else if (name == "--chardev") {
+            auto o = parse_chardev_arg(value);
+            if (!o) return fail(o.msg());
+            steps.emplace_back(std::move(o.value()));
+        } else if (name == "--monitor") {
+            auto o = parse_monitor_arg(value);
+            if (!o) return fail(o.msg());
+            steps.emplace_back(std::move(o.value()));
+            n_monitors++;
         } else if (name == "--pidfile") {
             if (value.empty()) return fail("option '" + name + "' requires a file name");
             cfg.pidfile = value;
@@ -579,7 +392,7 @@ int cmd_daemon(int argc, char **argv)
     }
     if (verbose >= 2) log_set_level(LogLevel::kDebug);
     else if (verbose == 1) log_set_level(LogLevel::kInfo);
-    if (n_exports == 0) return fail("no --export given (nothing to serve)");
+    if (n_exports == 0 && n_monitors == 0) return fail("no --export or --monitor given (nothing to serve)");
 
     return daemon_run(cfg, [&steps](Daemon &d) -> Status {
         for (const Step &s : steps) {
@@ -587,6 +400,10 @@ int cmd_daemon(int argc, char **argv)
                 BG_TRY(d.add_blockdev(*b));
             } else if (auto *o = std::get_if<IoThreadOptions>(&s)) {
                 BG_TRY(d.add_iothread(*o));
+            } else if (auto *c = std::get_if<ChardevOptions>(&s)) {
+                BG_TRY(d.qmp().add_chardev(*c));
+            } else if (auto *m = std::get_if<MonitorOptions>(&s)) {
+                BG_TRY(d.qmp().add_monitor(*m));
             } else {
                 BG_TRY(d.add_export(std::get<BlockExportOptions>(s)));
             }

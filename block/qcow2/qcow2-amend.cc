@@ -119,7 +119,7 @@ int coroutine_fn Qcow2Node::co_expand_zero_clusters_locked(const ProgressFn &pro
                         }
                     }
                     if (!host) {
-                        if (!backing_ && (e & qcow2::kL2eOffsetMask) == 0) {
+                        if (!backing() && (e & qcow2::kL2eOffsetMask) == 0) {
                             changes.emplace_back(j, 0);
                             continue;
                         }

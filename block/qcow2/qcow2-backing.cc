@@ -250,7 +250,6 @@ Status Qcow2Node::open_backing(const BlockdevOptionsQcow2 &o, const BlockdevOpti
     }
     auto c = open_child("backing", ref, kRoleCow, false);
     if (!c) return c.error().prefixed(name_);
-    backing_ = c.value();
     return {};
 }
 

@@ -548,7 +548,7 @@ Status coroutine_fn Qcow2Node::co_get_info(ImageInfo *info)
     info->dirty_flag = (h_.incompatible_features & qcow2::kIncompatDirty) != 0;
     if (!h_.backing_file.empty()) {
         info->backing_filename = h_.backing_file;
-        if (backing_) info->full_backing_filename = backing_->node()->filename();
+        if (backing()) info->full_backing_filename = backing()->node()->filename();
         if (h_.backing_format) info->backing_format = *h_.backing_format;
     }
     for (const qcow2::Snapshot &sn : snapshots_) info->snapshots.push_back(qcow2::snapshot_info(sn));

@@ -601,7 +601,7 @@ bool Qcow2Node::zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t 
         nbm = kAllZeroBits;
         if (dfile && h_.data_file_raw()) w->raw_zero.push_back({cstart, cs});
     } else {
-        if (!op.full_discard && !v3 && backing_) return true;   // v2 cannot hide the backing file: leave it
+        if (!op.full_discard && !v3 && backing()) return true;   // v2 cannot hide the backing file: leave it
         if (keep_host && owned) {
             ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext || !v3 ? 0 : qcow2::kOflagZero);
             nbm = kAllZeroBits;
@@ -670,7 +670,7 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
         const uint64_t l1_range = 1ULL << (cluster_bits_ + l2_bits_);
         // No L2 table: nothing to free; zeros need an entry only when a
         // backing file could show through.
-        const bool need_entry = backing_ && !full_discard && (zero || v3);
+        const bool need_entry = backing() && !full_discard && (zero || v3);
         if ((l1_index >= l1_.size() || !(l1_[l1_index] & qcow2::kL1eOffsetMask)) && !need_entry) {
             pos = std::min(end, (l1_index + 1) * l1_range);
             continue;
@@ -895,7 +895,7 @@ int coroutine_fn Qcow2Node::co_zero_grown_part(uint64_t old, uint64_t new_size)
         const bool unallocated = m.type == qcow2::SubclusterType::kUnallocatedPlain ||
                                  m.type == qcow2::SubclusterType::kUnallocatedAlloc;
         if (m.type != qcow2::SubclusterType::kZeroPlain && m.type != qcow2::SubclusterType::kZeroAlloc &&
-            !(unallocated && !backing_)) {
+            !(unallocated && !backing())) {
             std::vector<uint8_t> z(m.bytes, 0);
             IOVector v(z.data(), z.size());
             r = do_co_pwritev(static_cast<int64_t>(pos), static_cast<int64_t>(z.size()), v, 0);
@@ -903,8 +903,8 @@ int coroutine_fn Qcow2Node::co_zero_grown_part(uint64_t old, uint64_t new_size)
         }
         pos += m.bytes;
     }
-    if (backing_) {
-        const int64_t blen = backing_->getlength();
+    if (backing()) {
+        const int64_t blen = backing()->getlength();
         const uint64_t from = tail_end;
         if (blen > 0 && static_cast<uint64_t>(blen) > from && from < new_size) {
             const uint64_t to = std::min<uint64_t>(new_size, (static_cast<uint64_t>(blen) + cs - 1) & ~(cs - 1));

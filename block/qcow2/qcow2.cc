@@ -88,18 +88,22 @@ Status Qcow2Node::open(const BlockdevOptions &opts)
     return {};
 }
 
-// A writable open (qcow2.md 2.3): options of the write path; a dirty image
-// (lazy refcounts, not closed cleanly) gets its refcounts rebuilt before
-// anything is written, unless the open is for "img check -r", which repairs
-// and reports them itself; autoclear bits we do not maintain are cleared.
-Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
+// The write path's options (lazy refcounts, discard passing, overlap
+// checks), checked against the image / applied. Neither does I/O.
+Status Qcow2Node::check_write_options(const BlockdevOptionsQcow2 &o) const
 {
     const bool image_lazy = h_.compatible_features & qcow2::kCompatLazyRefcounts;
-    lazy_refcounts_ = o.lazy_refcounts_set ? o.lazy_refcounts : image_lazy;
-    if (lazy_refcounts_ && h_.version < 3) {
+    if ((o.lazy_refcounts_set ? o.lazy_refcounts : image_lazy) && h_.version < 3) {
         return qcow2::herr(EINVAL, name_,
                            "lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level");
     }
+    return {};
+}
+
+void Qcow2Node::set_write_options(const BlockdevOptionsQcow2 &o)
+{
+    const bool image_lazy = h_.compatible_features & qcow2::kCompatLazyRefcounts;
+    lazy_refcounts_ = o.lazy_refcounts_set ? o.lazy_refcounts : image_lazy;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kNever)] = false;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kRequest)] = o.pass_discard_request;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kSnapshot)] = o.pass_discard_snapshot;
@@ -112,6 +116,18 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
     case Qcow2OverlapCheckMode::kAll: overlap_check_ = qcow2::kOlAll; break;
     }
     supported_zero_flags_ = h_.version >= 3 ? kReqMayUnmap : 0;
+}
+
+// A writable open (qcow2.md 2.3), also run when a reopen makes the node
+// writable: options of the write path; a dirty image (lazy refcounts, not
+// closed cleanly) gets its refcounts rebuilt before anything is written,
+// unless the open is for "img check -r", which repairs and reports them
+// itself; autoclear bits we do not maintain are cleared; persistent bitmaps
+// are taken over (marked in use).
+Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
+{
+    BG_TRY(check_write_options(o));
+    set_write_options(o);
     for (qcow2::MetadataCache *c : {l2_cache_.get(), refcount_cache_.get()}) c->set_file(file_);
     l2_cache_->set_events("l2_load", "l2_update");
     refcount_cache_->set_events(nullptr, "refblock_update");
@@ -357,15 +373,15 @@ void Qcow2Node::cache_clean_cb(void *opaque)
 int coroutine_fn Qcow2Node::co_read_backing(uint64_t offset, uint64_t bytes, IOVector &qiov, size_t qoff)
 {
     uint64_t n = 0;
-    if (backing_) {
-        const int64_t blen = backing_->getlength();
+    if (backing()) {
+        const int64_t blen = backing()->getlength();
         if (blen > 0 && offset < static_cast<uint64_t>(blen)) n = std::min(bytes, static_cast<uint64_t>(blen) - offset);
     }
     if (n) {
         IOVector part;
         part.add_slice(qiov, qoff, n);
         file_->debug_event("read_backing_aio");
-        int r = backing_->co_preadv(static_cast<int64_t>(offset), static_cast<int64_t>(n), part);
+        int r = backing()->co_preadv(static_cast<int64_t>(offset), static_cast<int64_t>(n), part);
         if (r < 0) return r;
     }
     if (n < bytes) qiov.memset(qoff + n, 0, bytes - n);
@@ -478,7 +494,7 @@ int coroutine_fn Qcow2Node::do_co_preadv(int64_t offset, int64_t bytes, IOVector
             uint64_t host = 0;
             switch (x.m.type) {
             case SubclusterType::kUnallocatedPlain:
-            case SubclusterType::kUnallocatedAlloc: k = backing_ ? Kind::kBacking : Kind::kZero; break;
+            case SubclusterType::kUnallocatedAlloc: k = backing() ? Kind::kBacking : Kind::kZero; break;
             case SubclusterType::kZeroPlain:
             case SubclusterType::kZeroAlloc: k = Kind::kZero; break;
             case SubclusterType::kNormal:

@@ -19,6 +19,7 @@
 //                      checks, L1 growth, lazy-refcount repair
 //   qcow2.cc           the node: open, options, read path, descriptor
 //   qcow2-snapshot-write.cc  internal snapshots: create, apply, delete, list
+//   qcow2-reopen.cc    reopen hooks: read-only <-> read-write, write options
 //   qcow2-amend.cc     amend: compat, lazy refcounts, refcount width,
 //                      backing/data file names, size
 //
@@ -609,11 +610,27 @@ class Qcow2Node final : public BlockNode {
                                         int64_t *map, BlockNode **file) override;
     int64_t do_getlength() override;
     void refresh_limits(BlockLimits *bl) override;
+    // Reopen (qcow2-reopen.cc): going read-only writes back what a close
+    // writes (caches, persistent bitmaps, the dirty bit cleared) in
+    // prepare, while the file is still writable; going writable does what
+    // a writable open does, in commit, once the file is writable. Changeable
+    // besides read-only: lazy-refcounts, pass-discard-*, overlap-check,
+    // discard-no-unref.
+    Status reopen_prepare(const BlockdevOptions &opts) override;
+    void reopen_commit() override;
+    void reopen_abort() override;
 
   private:
     // qcow2.cc
     Status coroutine_fn co_open_image(const BlockdevOptionsQcow2 &o);
     Status coroutine_fn co_open_writable(const BlockdevOptionsQcow2 &o);
+    Status check_write_options(const BlockdevOptionsQcow2 &o) const;
+    void set_write_options(const BlockdevOptionsQcow2 &o);
+    // Reopen (qcow2-reopen.cc).
+    int coroutine_fn co_reopen_clean(bool store_bitmaps);
+    std::unique_ptr<BlockdevOptionsQcow2> reopen_opts_;   // prepared options
+    bool reopen_was_ro_ = false;
+    bool reopen_stored_bitmaps_ = false;
     Status setup_caches(const BlockdevOptionsQcow2 &o);
     void start_cache_cleaner(uint64_t interval_s);
     static void cache_clean_cb(void *opaque);
@@ -757,7 +774,10 @@ class Qcow2Node final : public BlockNode {
 
     BdrvChild *file_ = nullptr;             // metadata (and data, without a data file)
     BdrvChild *data_file_ = nullptr;        // == file_ without an external data file
-    BdrvChild *backing_ = nullptr;
+    // The COW child, looked up on each use: the graph may attach, replace
+    // or detach it while the node is open (blockdev-snapshot, reopen),
+    // always with the node drained.
+    BdrvChild *backing() const { return backing_child(); }
 
     std::vector<uint64_t> l1_;              // active (or snapshot view) L1 table, host byte order
     std::vector<uint64_t> refcount_table_;  // host byte order

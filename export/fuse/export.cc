@@ -215,7 +215,12 @@ void FuseExport::shutdown()
     // Let every request that was received finish (its reply goes to a
     // descriptor we still hold, its buffers back to a transport that still
     // exists). The timer re-checks requests finishing in other threads.
+    // In a coroutine (a monitor command) the loop runs on meanwhile.
     while (requests_in_flight_.load() > 0) {
+        if (in_coroutine()) {
+            co_sleep_ns(1000 * 1000);
+            continue;
+        }
         Timer t(main_ctx_, [](void *) {}, nullptr);
         t.mod_in(1000 * 1000);
         main_ctx_->iterate(true);

@@ -49,12 +49,13 @@ for fmt in $FORMATS; do
     expect "unknown option" "$P: unknown option '--foo'" -- $BD --export $EXP --foo
     expect "unknown option with a value" "$P: unknown option '--foo'" -- --foo=bar $BD --export $EXP
     expect "--nbd-server" "$P: option '--nbd-server' is not supported" -- $BD --nbd-server addr.type=inet --export $EXP
-    expect "--chardev" "$P: option '--chardev' is not supported" -- --chardev socket,id=c $BD --export $EXP
-    expect "--monitor" "$P: option '--monitor' is not supported" -- --monitor chardev=c $BD --export $EXP
+    expect "--chardev without a way to connect" "$P: chardev 'c': give either path or host and port" -- --chardev socket,id=c $BD --export $EXP
+    expect "--monitor on an unknown chardev" "$P: chardev \"c\" not found" -- --monitor chardev=c $BD --export $EXP
+    expect "--monitor mode=readline" "$P: monitor: Only QMP is supported" -- --monitor chardev=c,mode=readline $BD --export $EXP
     expect "--trace" "$P: option '--trace' is not supported" -- --trace 'fuse*' $BD --export $EXP
     expect "a stray argument" "$P: unexpected argument 'img'" -- $BD --export $EXP img
     expect "a missing value" "$P: option '--export' requires an argument" -- $BD --export
-    expect "no export" "$P: no --export given (nothing to serve)" -- $BD
+    expect "no export" "$P: no --export or --monitor given (nothing to serve)" -- $BD
 
     # Malformed options (before anything is opened).
     expect "malformed --export" "$P: keyval: expected '=' after 'node-name'" -- $BD --export fuse,id=e,node-name
@@ -102,7 +103,7 @@ for fmt in $FORMATS; do
         -- --object iothread,id=io0 $BD --export $EXP,iothread=io9
     expect "iothread defined after the export" "$P: export 'e': iothread 'io0' does not exist" \
         -- $BD --export $EXP,iothread=io0 --object iothread,id=io0
-    expect "duplicate object id" "$P: object id 'io0' is used twice" \
+    expect "duplicate object id" "$P: attempt to add duplicate property 'io0' to object (type 'container')" \
         -- --object iothread,id=io0 --object iothread,id=io0 $BD --export $EXP
 
     # Failing after a first export is mounted: it must be unmounted again.
@@ -110,7 +111,7 @@ for fmt in $FORMATS; do
         -- $BD --export $EXP --export type=fuse,id=e2,node-name=q,mountpoint=mp
     expect "same mountpoint, other spelling" "$P: mountpoint './mp' is used by export 'e' already" \
         -- $BD --export $EXP --export type=fuse,id=e2,node-name=q,mountpoint=./mp
-    expect "duplicate export id" "$P: export id 'e' is used twice" \
+    expect "duplicate export id" "$P: Block export id 'e' is already in use" \
         -- $BD --export $EXP --export type=fuse,id=e,node-name=q,mountpoint=mp2
     expect "second export fails" "$P: export 'e2': mountpoint 'dir' is not a regular file" \
         -- $BD --export $EXP --export type=fuse,id=e2,node-name=q,mountpoint=dir

@@ -51,7 +51,8 @@ clean_fixture() {
     put "$d" block/qcow2/qcow2.cc '#include "block/qcow2/qcow2.h"' '#include "block/image-mgmt.h"'
     put "$d" export/export.h '#pragma once' '#include "block/block.h"' '#include "qapi/block-options.h"'
     put "$d" export/fuse.cc '#include "export/export.h"' '#include "util/aio.h"' '#include <fuse.h>'
-    put "$d" tools/img.h '#pragma once' '#include "block/block.h"'
+    put "$d" monitor/qmp.h '#pragma once' '#include "block/block.h"' '#include "export/export.h"'
+    put "$d" tools/img.h '#pragma once' '#include "block/block.h"' '#include "monitor/qmp.h"'
     put "$d" tools/io.cc '#include "tools/img.h"' '#include "block/copy.h"' '#include "block/block-common.h"' \
         '#include "export/export.h"' '// #include "block/raw-format.h" is not an include'
 }
@@ -103,11 +104,15 @@ expect_violation tools-includes-contract tools/img.h block/block-driver.h consum
 expect_violation export-includes-registry export/fuse.cc block/drivers.h consumer
 expect_violation export-includes-qcow2 export/export.h block/qcow2/qcow2.h consumer
 expect_violation export-includes-hooks export/fuse.cc block/driver-hooks.h consumer
+expect_violation export-includes-monitor export/fuse.cc monitor/qmp.h monitor
+expect_violation monitor-includes-tools monitor/qmp.h tools/img.h monitor
+expect_violation monitor-includes-qcow2 monitor/qmp.h block/qcow2/qcow2.h consumer
+expect_violation block-includes-monitor block/io.cc monitor/qmp.h block
 
 # The real tree, with two bad includes injected: both must be named.
 real=$WORK/real
 mkdir -p "$real"
-(cd "$SRCDIR" && find util block export tools qapi \( -name '*.h' -o -name '*.cc' \) -print0 |
+(cd "$SRCDIR" && find util block export monitor tools qapi \( -name '*.h' -o -name '*.cc' \) -print0 |
     xargs -0 cp --parents -t "$real")
 uhdr=$(cd "$real" && ls util/*.h | head -1)
 tsrc=$(cd "$real" && ls tools/*.cc | head -1)
