@@ -181,8 +181,10 @@ std::string qmp(int fd, std::string &buf, const std::string &cmd)
 }
 
 // qemu-storage-daemon's query-named-block-nodes reply (the text of the
-// "return" value as QSD sent it) for a graph of --blockdev arguments.
-std::string qsd_query(const std::vector<std::string> &blockdevs, bool flat)
+// "return" value as QSD sent it) for a graph of --blockdev arguments,
+// after the QMP commands in before (each must succeed; "$D" as above).
+std::string qsd_query(const std::vector<std::string> &blockdevs, bool flat,
+                      const std::vector<std::string> &before = {})
 {
     std::string sock = tmp_path("qmp.sock");
     unlink(sock.c_str());
@@ -222,6 +224,10 @@ std::string qsd_query(const std::vector<std::string> &blockdevs, bool flat)
     std::string buf;
     read_line(fd, buf);   // greeting
     qmp(fd, buf, R"({"execute": "qmp_capabilities"})");
+    for (const std::string &cmd : before) {
+        std::string r = qmp(fd, buf, subst(cmd));
+        ck_assert_msg(r == R"({"return": {}})", "%s: %s", cmd.c_str(), r.c_str());
+    }
     std::string r = qmp(fd, buf, std::string(R"({"execute": "query-named-block-nodes", "arguments": {"flat": )") +
                                      (flat ? "true" : "false") + "}}");
     close(fd);
@@ -341,6 +347,50 @@ START_TEST(test_same_as_qsd)
         ck_assert_uint_eq(order.size(), ours.size());
         for (size_t i = 0; i < order.size(); i++) ck_assert(block_device_info(order[i], c.flat) == json(ours[i]));
     }
+}
+END_TEST
+
+// After blockdev-snapshot and blockdev-reopen (here BlockGraph's
+// snapshot_overlay and reopen) the reply is still QSD's.
+START_TEST(test_same_as_qsd_after_graph_changes)
+{
+    make_images();
+    must_run("qemu-img create -f qcow2 -b base.qcow2 -F qcow2 ovl.qcow2");
+    must_run("qemu-img create -f qcow2 -b " + tmp_path("base.qcow2") + " -F qcow2 ovl-abs.qcow2");
+    for (const char *ovl : {"ovl.qcow2", "ovl-abs.qcow2"}) {
+        const std::vector<std::string> base = {"driver=qcow2,node-name=b,file.driver=file,file.filename=$D/base.qcow2"};
+        const std::string add = std::string(R"({"driver": "qcow2", "node-name": "o", "backing": null, )") +
+                                R"("file": {"driver": "file", "filename": "$D/)" + ovl + R"("}})";
+        std::string theirs = qsd_query(base, false,
+                                       {R"({"execute": "blockdev-add", "arguments": )" + add + "}",
+                                        R"({"execute": "blockdev-snapshot", "arguments": {"node": "b", "overlay": "o"}})"});
+        Graph g(base);
+        auto o = parse_blockdev_arg(g.graph.registry(), subst(add));
+        ck_assert(o.ok());
+        auto on = g.graph.add_node(o.value());
+        ck_assert(on.ok());
+        BlockNode *b = g.graph.find("b");
+        Status st = g.graph.snapshot_overlay(b, on.value());
+        ck_assert_msg(st.ok(), "%s", st.ok() ? "" : st.error().msg.c_str());
+        (void)g.graph.set_read_only(b, true);
+        std::string ours = qdict_json_string(query_named_block_nodes_ordered(g.graph, false));
+        ck_assert_msg(normalize(ours) == normalize(theirs), "snapshot onto %s:\nQSD:  %s\nours: %s", ovl,
+                      normalize(theirs).c_str(), normalize(ours).c_str());
+    }
+    // Reopened read-only, then its file too.
+    const std::vector<std::string> graph = {"driver=file,node-name=f,filename=$D/base.qcow2",
+                                            "driver=qcow2,node-name=q,file=f"};
+    const std::string reopen = R"({"driver": "qcow2", "node-name": "q", "file": "f", "read-only": true})";
+    std::string theirs =
+        qsd_query(graph, false, {R"({"execute": "blockdev-reopen", "arguments": {"options": [)" + reopen + "]}}"});
+    Graph g(graph);
+    auto o = parse_blockdev_arg(g.graph.registry(), reopen);
+    ck_assert(o.ok());
+    Status st = g.graph.reopen({o.value()});
+    ck_assert_msg(st.ok(), "%s", st.ok() ? "" : st.error().msg.c_str());
+    std::string ours = qdict_json_string(query_named_block_nodes_ordered(g.graph, false));
+    ck_assert_msg(normalize(ours) == normalize(theirs), "reopen:\nQSD:  %s\nours: %s", normalize(theirs).c_str(),
+                  normalize(ours).c_str());
 }
 END_TEST
 
@@ -514,6 +564,7 @@ Suite *block_info_suite()
     tcase_set_timeout(tc, 120);
     tcase_add_checked_fixture(tc, make_tmpdir, remove_tmpdir);
     tcase_add_test(tc, test_same_as_qsd);
+    tcase_add_test(tc, test_same_as_qsd_after_graph_changes);
     tcase_add_test(tc, test_chain_fields_vs_qemu_img);
     tcase_add_test(tc, test_images_vs_qemu_img);
     tcase_add_test(tc, test_json_filenames_open_in_qemu_img);
