@@ -335,15 +335,14 @@ ojson image_info_chain(BlockNode *n, bool flat)
     return j;
 }
 
-// ================================================================
-// The dirty bitmaps of a node. THE LEAD PLUGS THE NODE'S BITMAP LIST IN
-// HERE (BlockNode::dirty_bitmaps(), written elsewhere): until then no
-// node reports any bitmap, so "dirty-bitmaps" is never printed.
-// ================================================================
+// The dirty bitmaps of a node, newest first (BlockNode::dirty_bitmaps()).
 std::vector<DirtyBitmapStatus> node_dirty_bitmaps(BlockNode *n)
 {
-    (void)n;
-    return {};
+    std::vector<DirtyBitmapStatus> out;
+    for (const DirtyBitmapInfo &b : n->dirty_bitmaps()) {
+        out.push_back({b.name, b.count, b.granularity, b.recording, b.busy, b.persistent, b.inconsistent});
+    }
+    return out;
 }
 
 const char *detect_zeroes_name(BlockdevDetectZeroes dz)
