@@ -141,7 +141,8 @@ Status bitmap_merge(Daemon &d, const nlohmann::json &a, Applied *out)
                                   "bitmaps[" + std::to_string(i) + "]."));
             sources.push_back({e["node"].get<std::string>(), e["name"].get<std::string>()});
         } else {
-            return make_error(EINVAL, "Invalid parameter type for 'bitmaps[%zu]', expected: BlockDirtyBitmapOrStr", i);
+            // (QEMU names no member here: its text says 'null'.)
+            return make_error(EINVAL, "Invalid parameter type for 'null', expected: BlockDirtyBitmapOrStr");
         }
     }
     auto backup = std::make_shared<DirtyBitmapData>();
@@ -247,7 +248,7 @@ QmpResult cmd_transaction(QmpCall &call)
             for (const auto &a : actions) {
                 if (a.is_object() && a.contains("type") && a["type"].is_string()) {
                     return qmp_error("Action '" + a["type"].get<std::string>() +
-                                     "' does not support transaction property completion-mode = grouped");
+                                     "' does not support Transaction property completion-mode = grouped");
                 }
             }
         }
@@ -262,7 +263,7 @@ QmpResult cmd_transaction(QmpCall &call)
         if (!st.ok()) return qmp_error(st);
         const Action *act = find_action(a["type"].get<std::string>());
         if (!act) {
-            return qmp_error("Parameter '" + at + ".type' does not accept value '" + a["type"].get<std::string>() + "'");
+            return qmp_error("Parameter 'type' does not accept value '" + a["type"].get<std::string>() + "'");
         }
         static const nlohmann::json empty = nlohmann::json::object();
         st = qmp_check_args(*act->args, false, a.contains("data") ? a["data"] : empty, at + ".data.");
