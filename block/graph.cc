@@ -891,6 +891,14 @@ Status BlockGraph::reopen_plan_child(size_t i, const char *key, BlockdevRef &ref
         if (!c->implicit() || (cur->role() & kRoleCow) || t->has(c)) return;
         ReopenEntry ce{c, def ? *def : c->options()};
         ce.opts.read_only = def ? (def->read_only || new_ro) : new_ro;
+        if (def) {
+            // What an inline child inherits at open (graph_open_child).
+            const BlockdevOptions &po = t->entries[i].opts;
+            if (po.cache_direct) ce.opts.cache_direct = true;
+            if (po.cache_no_flush) ce.opts.cache_no_flush = true;
+            if (po.force_share && ce.opts.read_only) ce.opts.force_share = true;
+            if (ce.opts.discard == BlockdevDiscardOptions::kIgnore) ce.opts.discard = BlockdevDiscardOptions::kUnmap;
+        }
         t->entries.push_back(std::move(ce));
     };
     using Edge = ReopenTxn::Edge;

@@ -398,6 +398,49 @@ START_TEST(test_reopen_atomic)
 }
 END_TEST
 
+// A persistent bitmap: marked in use while the node is writable, stored
+// (not in use) once it is read-only; a reopen that fails after qcow2 stored
+// it for the switch takes it over again.
+START_TEST(test_reopen_bitmaps)
+{
+    auto ctx = AioContext::create();
+    const std::string q = tmp_path("bm.qcow2");
+    must_sh("qemu-img create -f qcow2 " + q + " 1M");
+    must_sh("qemu-img bitmap --add " + q + " bm0");
+    const std::string in_use = "qemu-img info -U --output=json " + q + " | grep -q in-use";
+    BlockGraph g;
+    BlockNode *n = must_add(g, "driver=qcow2,node-name=q,file.driver=file,file.node-name=qf,file.filename=" + q);
+    must_add(g, "driver=null-co,node-name=nul");
+    ck_assert_int_eq(sh(in_use), 0);
+    auto blk = must_backend(n, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(blk.get(), 0, 65536, 0x55), 0);
+    blk.reset();
+    // q prepares (stores the bitmap), the null node refuses: q stays
+    // writable and takes the bitmap over again.
+    expect_error(g.reopen({must_parse("driver=qcow2,node-name=q,file=qf,read-only=on"),
+                           must_parse("driver=null-co,node-name=nul,size=512")}),
+                 "Cannot change the option 'size'");
+    ck_assert(!n->read_only());
+    ck_assert_int_eq(sh(in_use), 0);
+    blk = must_backend(n, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(blk.get(), 131072, 65536, 0x56), 0);
+    blk.reset();
+    ck_assert(reopen1(g, "driver=qcow2,node-name=q,file=qf,read-only=on").ok());
+    ck_assert_int_ne(sh(in_use), 0);
+    must_sh("qemu-img check -U " + q);
+    // Both writes are in the stored bitmap (64 KiB granularity: bits 0 and 2).
+    auto bd = n->bitmap_data("bm0");
+    ck_assert_msg(bd.ok(), "%s", bd.ok() ? "" : bd.error().msg.c_str());
+    ck_assert_int_eq(bd.value().granularity, 65536);
+    ck_assert_int_eq(bd.value().bytes.at(0), 0x05);
+    ck_assert(reopen1(g, "driver=qcow2,node-name=q,file=qf").ok());
+    ck_assert_int_eq(sh(in_use), 0);
+    g.close_all();
+    ck_assert_int_ne(sh(in_use), 0);
+    must_sh("qemu-img check " + q);
+}
+END_TEST
+
 // Child references: the same node (unchanged), backing null (detached),
 // another node (attached), a cycle, an unknown node, backing left out.
 START_TEST(test_reopen_children)
@@ -452,6 +495,7 @@ int main()
     tcase_add_test(tc, test_reopen_other_drivers);
     tcase_add_test(tc, test_reopen_atomic);
     tcase_add_test(tc, test_reopen_children);
+    tcase_add_test(tc, test_reopen_bitmaps);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_FORK);
