@@ -863,7 +863,6 @@ Status BlockGraph::reopen_plan_entry(size_t i, ReopenTxn *t)
     BlockdevOptions &o = e.opts;
     if (o.driver != n->driver_name()) return cannot_change("driver");
     if (o.force_share != cur.force_share) return cannot_change("force-share");
-    if (o.cache_direct != cur.cache_direct) return cannot_change("cache.direct");
     if (o.force_share && !o.read_only) {
         return make_error(EINVAL, "force-share=on can only be used with read-only images");
     }
@@ -890,10 +889,11 @@ Status BlockGraph::reopen_plan_child(size_t i, const char *key, BlockdevRef &ref
         BlockNode *c = cur->node();
         if (!c->implicit() || (cur->role() & kRoleCow) || t->has(c)) return;
         ReopenEntry ce{c, def ? *def : c->options()};
+        const BlockdevOptions &po = t->entries[i].opts;
         ce.opts.read_only = def ? (def->read_only || new_ro) : new_ro;
+        if (!def) ce.opts.cache_direct = po.cache_direct;
         if (def) {
             // What an inline child inherits at open (graph_open_child).
-            const BlockdevOptions &po = t->entries[i].opts;
             if (po.cache_direct) ce.opts.cache_direct = true;
             if (po.cache_no_flush) ce.opts.cache_no_flush = true;
             if (po.force_share && ce.opts.read_only) ce.opts.force_share = true;
@@ -1025,8 +1025,18 @@ void BlockGraph::reopen_commit(ReopenTxn *t)
     }
     for (ReopenTxn::Edge &ed : t->edges) {
         if (ed.kind == ReopenTxn::Edge::Kind::kDetach) delete ed.edge;
-        ed.parent->refresh_limits_all();
     }
+    // Limits may have changed (O_DIRECT alignment, a new child): every node
+    // concerned and everything above it, children first.
+    std::vector<BlockNode *> up;
+    for (ReopenTxn::Edge &ed : t->edges) nodes.push_back(ed.parent);
+    for (size_t k = 0; k < nodes.size(); k++) {
+        up.push_back(nodes[k]);
+        for (BdrvChild *p : nodes[k]->parents()) {
+            if (p->parent_node()) nodes.push_back(p->parent_node());
+        }
+    }
+    for (BlockNode *n : graph_order(up, false)) n->refresh_limits_all();
 }
 
 Status BlockGraph::reopen(const std::vector<BlockdevOptions> &opts)

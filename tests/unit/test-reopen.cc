@@ -384,8 +384,6 @@ START_TEST(test_reopen_atomic)
     // Generic options that cannot change.
     expect_error(reopen1(g, "driver=qcow2,node-name=b,file=bf,read-only=on,force-share=on"),
                  "Cannot change the option 'force-share'");
-    expect_error(reopen1(g, "driver=qcow2,node-name=b,file=bf,cache.direct=on"),
-                 "Cannot change the option 'cache.direct'");
     // Another file node: allowed, but here a writes what b would write.
     ck_assert(!reopen1(g, "driver=qcow2,node-name=b,file=af").ok());
     ck_assert_ptr_eq(nb->file_child()->node(), g.find("bf"));
@@ -438,6 +436,36 @@ START_TEST(test_reopen_bitmaps)
     g.close_all();
     ck_assert_int_ne(sh(in_use), 0);
     must_sh("qemu-img check " + q);
+}
+END_TEST
+
+// cache.direct on and off again: the implicit file child follows, opens
+// the file with O_DIRECT and its alignment reaches the qcow2 node above.
+START_TEST(test_reopen_cache_direct)
+{
+    auto ctx = AioContext::create();
+    const std::string q = tmp_path("direct.qcow2");
+    must_sh("qemu-img create -f qcow2 " + q + " 1M");
+    BlockGraph g;
+    BlockNode *n = must_add(g, "driver=qcow2,node-name=q,file.driver=file,file.node-name=qf,file.filename=" + q);
+    BlockNode *f = g.find("qf");
+    ck_assert_int_eq(f->limits().request_alignment, 1);
+    Status s = reopen1(g, "driver=qcow2,node-name=q,file=qf,cache.direct=on");
+    ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
+    ck_assert(f->options().cache_direct);
+    ck_assert_uint_ge(f->limits().request_alignment, 512);
+    ck_assert_uint_ge(n->limits().min_mem_alignment, f->limits().min_mem_alignment);
+    auto blk = must_backend(n, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(blk.get(), 1000, 3000, 0x3c), 0);
+    ck_assert(reads_pattern(blk.get(), 1000, 3000, 0x3c));
+    blk.reset();
+    s = reopen1(g, "driver=qcow2,node-name=q,file=qf");
+    ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
+    ck_assert(!f->options().cache_direct);
+    ck_assert_int_eq(f->limits().request_alignment, 1);
+    g.close_all();
+    must_sh("qemu-img check " + q);
+    must_sh("qemu-io -r -c 'read -P 0x3c 1000 3000' -c 'read -P 0 0 1000' " + q);
 }
 END_TEST
 
@@ -496,6 +524,7 @@ int main()
     tcase_add_test(tc, test_reopen_atomic);
     tcase_add_test(tc, test_reopen_children);
     tcase_add_test(tc, test_reopen_bitmaps);
+    tcase_add_test(tc, test_reopen_cache_direct);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_FORK);
