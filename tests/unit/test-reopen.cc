@@ -385,7 +385,9 @@ START_TEST(test_reopen_atomic)
     expect_error(reopen1(g, "driver=qcow2,node-name=b,file=bf,read-only=on,force-share=on"),
                  "Cannot change the option 'force-share'");
     // Another file node: allowed, but here a writes what b would write.
-    ck_assert(!reopen1(g, "driver=qcow2,node-name=b,file=af").ok());
+    expect_error(reopen1(g, "driver=qcow2,node-name=b,file=af"),
+                 "Permission conflict on node 'af': permissions 'write, resize' are both required by node 'a' "
+                 "(uses node 'af' as 'file' child) and unshared by node 'b' (uses node 'af' as 'file' child).");
     ck_assert_ptr_eq(nb->file_child()->node(), g.find("bf"));
     blk.reset();
     g.close_all();
