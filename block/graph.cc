@@ -1024,7 +1024,11 @@ void BlockGraph::reopen_commit(ReopenTxn *t)
 {
     std::vector<BlockNode *> nodes;
     for (ReopenEntry &e : t->entries) nodes.push_back(e.node);
-    for (BlockNode *n : graph_order(nodes, false)) n->reopen_commit();
+    for (BlockNode *n : graph_order(nodes, false)) {
+        n->reopen_commit();
+        int r = n->refresh_length();   // e.g. a raw window moved
+        if (r < 0) log_warn("node '%s': cannot get the length after reopening: %s", n->node_name().c_str(), strerror(-r));
+    }
     for (ReopenEntry &e : t->entries) {
         BlockNode *n = e.node;
         n->opts_ = e.opts;

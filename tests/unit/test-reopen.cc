@@ -343,6 +343,35 @@ START_TEST(test_reopen_other_drivers)
 }
 END_TEST
 
+// raw: the window (offset, size) moves; a plain raw cannot become a
+// window (its child's role would change).
+START_TEST(test_reopen_raw_window)
+{
+    auto ctx = AioContext::create();
+    BlockGraph g(&test_registry());
+    BlockNode *m = must_add(g, "driver=test-mem,node-name=m,size=65536");
+    auto wm = must_backend(m, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(wm.get(), 4096, 4096, 0x44), 0);
+    wm.reset();
+    BlockNode *r = must_add(g, "driver=raw,node-name=r,file=m,size=8192");
+    ck_assert_int_eq(r->getlength(), 8192);
+    Status s = reopen1(g, "driver=raw,node-name=r,file=m,offset=4096,size=4096");
+    ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
+    ck_assert_int_eq(r->getlength(), 4096);
+    auto rb = must_backend(r, kPermConsistentRead);
+    ck_assert(reads_pattern(rb.get(), 0, 4096, 0x44));
+    rb.reset();
+    expect_error(reopen1(g, "driver=raw,node-name=r,file=m,offset=65536,size=4096"),
+                 "The sum of offset (65536) and size (4096) has to be smaller or equal to the  actual size of the "
+                 "containing file (65536)");
+    expect_error(reopen1(g, "driver=raw,node-name=r,file=m"), "Cannot change the option 'size'");
+    ck_assert_int_eq(r->getlength(), 4096);
+    BlockNode *plain = must_add(g, "driver=raw,node-name=p,file=m");
+    expect_error(reopen1(g, "driver=raw,node-name=p,file=m,offset=512"), "Cannot change the option 'offset'");
+    ck_assert_int_eq(plain->getlength(), 65536);
+}
+END_TEST
+
 // A writer (an export) on a node being made read-only: QEMU's text, and
 // nothing changes, on any node of the transaction.
 START_TEST(test_reopen_atomic)
@@ -530,6 +559,7 @@ int main()
     tcase_add_test(tc, test_replace_node);
     tcase_add_test(tc, test_reopen_ro_rw);
     tcase_add_test(tc, test_reopen_other_drivers);
+    tcase_add_test(tc, test_reopen_raw_window);
     tcase_add_test(tc, test_reopen_atomic);
     tcase_add_test(tc, test_reopen_children);
     tcase_add_test(tc, test_reopen_bitmaps);
