@@ -531,9 +531,9 @@ class BlockGraph {
     // children follow their parent's read-only unless listed themselves.
     // Errors:
     //   ENOENT "Failed to find node with node-name='x'"
-    //   EINVAL "Cannot change the option 'KEY'" (driver, force-share,
-    //          cache.direct, a child other than file/backing, or a driver
-    //          option the driver cannot change)
+    //   EINVAL "Cannot change the option 'KEY'" (driver, force-share, a
+    //          child other than file/backing, or a driver option the
+    //          driver cannot change)
     //   EINVAL "force-share=on can only be used with read-only images"
     //   EINVAL "backing is missing for 'x'" (backing left out of a node
     //          that has one; null detaches it)

@@ -243,7 +243,10 @@ Found found_driver(BlockNode *n, DirtyBitmapSet &s, const PersistentBitmapInfo &
     f.readonly = n->read_only();
     f.persistent = true;
     auto it = s.driver.find(p.name);
-    const bool recording = it != s.driver.end() && it->second.recording ? *it->second.recording : has_flag(p, "auto");
+    // The view enable/disable set while the node is read-only (not after
+    // it was reopened read-write: the driver's flag counts then).
+    const bool recording = f.readonly && it != s.driver.end() && it->second.recording ? *it->second.recording
+                                                                                      : has_flag(p, "auto");
     f.recording = recording && !f.inconsistent;
     f.busy = it != s.driver.end() && it->second.busy;
     return f;

@@ -131,8 +131,9 @@ class FileNode final : public BlockNode {
     void set_perm(BlockPerm perm, BlockPerm shared) override;
     void abort_perm() override;
 
-    // Reopen: a change of read-only opens the file anew with the other
-    // access mode (prepare) and swaps the descriptors (commit). The lock
+    // Reopen: a change of read-only or cache.direct opens the file anew
+    // with the new flags (prepare; with O_DIRECT its alignment is probed
+    // on the new descriptor) and swaps the descriptors (commit). The lock
     // descriptor stays: the permission refresh of the reopen takes or
     // drops the lock bytes of the new permissions on it.
     Status reopen_prepare(const BlockdevOptions &opts) override;
@@ -167,6 +168,7 @@ class FileNode final : public BlockNode {
     int open_flags_ = 0;
     int reopen_fd_ = -1;        // prepared by reopen_prepare, -1 if none
     int reopen_flags_ = 0;
+    uint32_t reopen_req_align_ = 1, reopen_buf_align_ = 1;   // for reopen_flags_
     bool direct_ = false;
     // Page-cache I/O done in the loop thread when nothing else is in flight
     // (choose_inline_io): writes on local filesystems, reads on tmpfs.
@@ -873,8 +875,9 @@ Status FileNode::reopen_prepare(const BlockdevOptions &opts)
 {
     if (auto k = changed_driver_option(opts)) return node_error(EINVAL, "Cannot change the option '" + *k + "'");
     reopen_abort();
-    if (opts.read_only == read_only_) return {};
-    const int flags = (open_flags_ & ~O_ACCMODE) | (opts.read_only ? O_RDONLY : O_RDWR);
+    const int flags = (open_flags_ & ~(O_ACCMODE | O_DIRECT)) | (opts.read_only ? O_RDONLY : O_RDWR) |
+                      (opts.cache_direct ? O_DIRECT : 0);
+    if (flags == open_flags_) return {};
     int fd = ::open(filename_.c_str(), flags);
     if (fd < 0) {
         int e = errno;
@@ -885,6 +888,24 @@ Status FileNode::reopen_prepare(const BlockdevOptions &opts)
     if (fstat(fd, &now) < 0 || fstat(fd_, &old) < 0 || now.st_dev != old.st_dev || now.st_ino != old.st_ino) {
         ::close(fd);
         return node_error(ESTALE, "Could not reopen '" + filename_ + "': the file was replaced");
+    }
+    reopen_req_align_ = reopen_buf_align_ = 1;
+    if (flags & O_DIRECT) {
+        // probe_alignment() works on fd_ and sets the alignments: let it
+        // probe the new descriptor, then put the node's own values back.
+        const int cur_fd = fd_;
+        const uint32_t cur_req = request_alignment_, cur_buf = buf_align_;
+        fd_ = fd;
+        Status s = probe_alignment();
+        reopen_req_align_ = request_alignment_;
+        reopen_buf_align_ = buf_align_;
+        fd_ = cur_fd;
+        request_alignment_ = cur_req;
+        buf_align_ = cur_buf;
+        if (!s.ok()) {
+            ::close(fd);
+            return s;
+        }
     }
     reopen_fd_ = fd;
     reopen_flags_ = flags;
@@ -898,6 +919,10 @@ void FileNode::reopen_commit()
     fd_ = reopen_fd_;
     open_flags_ = reopen_flags_;
     reopen_fd_ = -1;
+    direct_ = (open_flags_ & O_DIRECT) != 0;
+    request_alignment_ = reopen_req_align_;
+    buf_align_ = reopen_buf_align_;
+    inline_reads_ = inline_writes_ = false;
     choose_inline_io();
 }
 

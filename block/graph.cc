@@ -280,6 +280,15 @@ Status BlockNode::update_perms(std::vector<std::pair<BdrvChild *, std::pair<Bloc
             if (a == b) continue;
             BlockPerm clash = a->perm() & ~b->shared();
             if (!clash) continue;
+            if (graph_->change_texts_) {
+                // QEMU's text for a conflict found by a graph change.
+                auto user = [this](BdrvChild *c) {
+                    return c->parent_desc() + " (uses node '" + node_name_ + "' as '" + c->name() + "' child)";
+                };
+                return make_error(EPERM, "Permission conflict on node '%s': permissions '%s' are both required by %s "
+                                         "and unshared by %s.",
+                                  node_name_.c_str(), perm_names(clash).c_str(), user(a).c_str(), user(b).c_str());
+            }
             int bit = __builtin_ctzll(clash);
             return make_error(EPERM,
                               "%s cannot use node '%s' as '%s': it conflicts with use by %s as '%s', "
@@ -863,7 +872,6 @@ Status BlockGraph::reopen_plan_entry(size_t i, ReopenTxn *t)
     BlockdevOptions &o = e.opts;
     if (o.driver != n->driver_name()) return cannot_change("driver");
     if (o.force_share != cur.force_share) return cannot_change("force-share");
-    if (o.cache_direct != cur.cache_direct) return cannot_change("cache.direct");
     if (o.force_share && !o.read_only) {
         return make_error(EINVAL, "force-share=on can only be used with read-only images");
     }
@@ -890,7 +898,16 @@ Status BlockGraph::reopen_plan_child(size_t i, const char *key, BlockdevRef &ref
         BlockNode *c = cur->node();
         if (!c->implicit() || (cur->role() & kRoleCow) || t->has(c)) return;
         ReopenEntry ce{c, def ? *def : c->options()};
+        const BlockdevOptions &po = t->entries[i].opts;
         ce.opts.read_only = def ? (def->read_only || new_ro) : new_ro;
+        if (!def) ce.opts.cache_direct = po.cache_direct;
+        if (def) {
+            // What an inline child inherits at open (graph_open_child).
+            if (po.cache_direct) ce.opts.cache_direct = true;
+            if (po.cache_no_flush) ce.opts.cache_no_flush = true;
+            if (po.force_share && ce.opts.read_only) ce.opts.force_share = true;
+            if (ce.opts.discard == BlockdevDiscardOptions::kIgnore) ce.opts.discard = BlockdevDiscardOptions::kUnmap;
+        }
         t->entries.push_back(std::move(ce));
     };
     using Edge = ReopenTxn::Edge;
@@ -1007,7 +1024,11 @@ void BlockGraph::reopen_commit(ReopenTxn *t)
 {
     std::vector<BlockNode *> nodes;
     for (ReopenEntry &e : t->entries) nodes.push_back(e.node);
-    for (BlockNode *n : graph_order(nodes, false)) n->reopen_commit();
+    for (BlockNode *n : graph_order(nodes, false)) {
+        n->reopen_commit();
+        int r = n->refresh_length();   // e.g. a raw window moved
+        if (r < 0) log_warn("node '%s': cannot get the length after reopening: %s", n->node_name().c_str(), strerror(-r));
+    }
     for (ReopenEntry &e : t->entries) {
         BlockNode *n = e.node;
         n->opts_ = e.opts;
@@ -1017,8 +1038,18 @@ void BlockGraph::reopen_commit(ReopenTxn *t)
     }
     for (ReopenTxn::Edge &ed : t->edges) {
         if (ed.kind == ReopenTxn::Edge::Kind::kDetach) delete ed.edge;
-        ed.parent->refresh_limits_all();
     }
+    // Limits may have changed (O_DIRECT alignment, a new child): every node
+    // concerned and everything above it, children first.
+    std::vector<BlockNode *> up;
+    for (ReopenTxn::Edge &ed : t->edges) nodes.push_back(ed.parent);
+    for (size_t k = 0; k < nodes.size(); k++) {
+        up.push_back(nodes[k]);
+        for (BdrvChild *p : nodes[k]->parents()) {
+            if (p->parent_node()) nodes.push_back(p->parent_node());
+        }
+    }
+    for (BlockNode *n : graph_order(up, false)) n->refresh_limits_all();
 }
 
 Status BlockGraph::reopen(const std::vector<BlockdevOptions> &opts)

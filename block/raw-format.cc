@@ -73,6 +73,14 @@ Status RawFormatNode::open(const BlockdevOptions &opts)
     supports_fua_ = true;
     supported_zero_flags_ = kReqMayUnmap | kReqFua | kReqNoFallback;
 
+    BG_TRY(check_window(offset, has_size_, size));
+    offset_ = offset;
+    size_ = has_size_ ? size : static_cast<uint64_t>(filtered_->getlength()) - offset;
+    return {};
+}
+
+Status RawFormatNode::check_window(uint64_t offset, bool has_size, uint64_t size) const
+{
     int64_t real_size = filtered_->getlength();
     if (real_size < 0) return node_error(static_cast<int>(-real_size), "Could not get image size");
     if (offset > static_cast<uint64_t>(real_size)) {
@@ -80,7 +88,7 @@ Status RawFormatNode::open(const BlockdevOptions &opts)
                                       ") cannot be greater than size of the containing file (" +
                                       std::to_string(real_size) + ")");
     }
-    if (has_size_ && static_cast<uint64_t>(real_size) - offset < size) {
+    if (has_size && static_cast<uint64_t>(real_size) - offset < size) {
         // QEMU's wording, double space included.
         return node_error(EINVAL, "The sum of offset (" + std::to_string(offset) + ") and size (" +
                                       std::to_string(size) +
@@ -89,12 +97,41 @@ Status RawFormatNode::open(const BlockdevOptions &opts)
     }
     // A size that is not a sector multiple would be rounded up and leak
     // out of the window.
-    if (has_size_ && size % 512 != 0) return node_error(EINVAL, "Specified size is not multiple of 512");
-
-    offset_ = offset;
-    size_ = has_size_ ? size : static_cast<uint64_t>(real_size) - offset;
+    if (has_size && size % 512 != 0) return node_error(EINVAL, "Specified size is not multiple of 512");
     return {};
 }
+
+// Reopen: offset and size may change while the node stays a window (some
+// offset or size given) or stays a plain filter; turning one into the
+// other would change the role of the child edge.
+Status RawFormatNode::reopen_prepare(const BlockdevOptions &opts)
+{
+    const auto *o = opts.as<RawOptions>();
+    if (!o) return node_error(EINVAL, "options are not raw options");
+    if (auto k = changed_driver_option(opts, {"offset", "size"})) {
+        return node_error(EINVAL, "Cannot change the option '" + *k + "'");
+    }
+    const uint64_t offset = o->offset.value_or(0);
+    const bool filter = offset == 0 && !o->size;
+    if (filter != is_filter_) {
+        const char *key = o->size.has_value() != has_size_ ? "size" : "offset";
+        return node_error(EINVAL, std::string("Cannot change the option '") + key + "'");
+    }
+    BG_TRY(check_window(offset, o->size.has_value(), o->size.value_or(0)));
+    reopen_window_ = {offset, o->size};
+    return {};
+}
+
+void RawFormatNode::reopen_commit()
+{
+    if (!reopen_window_) return;
+    offset_ = reopen_window_->first;
+    has_size_ = reopen_window_->second.has_value();
+    size_ = has_size_ ? *reopen_window_->second : static_cast<uint64_t>(filtered_->getlength()) - offset_;
+    reopen_window_.reset();
+}
+
+void RawFormatNode::reopen_abort() { reopen_window_.reset(); }
 
 // Checks [*offset, *offset+bytes) against the window and translates it to
 // the file child. -ENOSPC (writes) / -EINVAL (reads) outside a sized

@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <utility>
 
 #include "block/block-driver.h"
 
@@ -43,8 +45,15 @@ class RawFormatNode : public FilterNode {
     int64_t do_getlength() override;
     void refresh_limits(BlockLimits *bl) override;
     int do_passthrough_fd(bool write, std::string *why) override;
+    Status reopen_prepare(const BlockdevOptions &opts) override;
+    void reopen_commit() override;
+    void reopen_abort() override;
 
   private:
+    // The checks of a window [offset, offset+size) against the file child,
+    // QEMU's texts (size: the file's length minus offset when !has_size).
+    Status check_window(uint64_t offset, bool has_size, uint64_t size) const;
+    std::optional<std::pair<uint64_t, std::optional<uint64_t>>> reopen_window_;   // prepared offset, size
     int adjust_offset(int64_t *offset, int64_t bytes, bool is_write) const;
     int coroutine_fn check_probed_write(int64_t offset, int64_t bytes, const IOVector *qiov, uint8_t *sector0);
 

@@ -33,11 +33,11 @@ BdrvChild *filter_or_cow_child(BlockNode *n)
     return n->backing_child();
 }
 
-// Whether QEMU's bdrv_get_info succeeds on n (then "dirty-flag" is
-// printed): a format or a protocol with storage answers; drivers that pass
-// their child's bytes through (raw, filters) ask that child; a device
-// without storage (null-co) has no answer.
-bool has_block_info(BlockNode *n)
+// The node that answers QEMU's bdrv_get_info for n (cluster-size and
+// dirty-flag come from it): a format or a protocol with storage answers
+// itself; drivers that pass their child's bytes through (raw, filters) ask
+// that child; a device without storage (null-co) has no answer (nullptr).
+BlockNode *block_info_node(BlockNode *n)
 {
     for (int depth = 0; n && depth < 64; depth++) {
         const BlockDriver *d = n->driver();
@@ -46,9 +46,26 @@ bool has_block_info(BlockNode *n)
             n = c ? c->node() : nullptr;
             continue;
         }
-        return (d->caps & kCapPersistent) != 0;
+        return (d->caps & kCapPersistent) ? n : nullptr;
     }
-    return false;
+    return nullptr;
+}
+
+// Host bytes a node occupies as QEMU's QMP counts them: a format node
+// adds up its data, metadata and filtered children (a qcow2 data file
+// included), other nodes answer themselves. Negative errno if a part
+// cannot tell.
+int64_t allocated_size(BlockNode *n, int depth = 0)
+{
+    if (n->driver()->kind != BlockDriverKind::kFormat || depth > 32) return n->allocated_file_size();
+    int64_t sum = 0;
+    for (BdrvChild *c : n->children()) {
+        if ((c->role() & kRoleCow) || !(c->role() & (kRoleData | kRoleMetadata | kRoleFiltered))) continue;
+        int64_t r = allocated_size(c->node(), depth + 1);
+        if (r < 0) return r;
+        sum += r;
+    }
+    return sum;
 }
 
 // ---------------------------------------------------------------- file names
@@ -56,7 +73,9 @@ bool has_block_info(BlockNode *n)
 // The option keys QEMU calls "strong" per driver: options that change what
 // the node's data is, so that its file name alone could not reopen it. A
 // node with one of them set is named "json:{...}". (The generic members and
-// tuning options such as aio, locking or cache sizes are not strong.)
+// tuning options such as aio, locking or cache sizes are not strong.) This
+// is a property of each driver; should another consumer need it, it
+// belongs in the BlockDriver descriptor.
 struct StrongKeys {
     const char *driver;
     std::vector<const char *> keys;
@@ -90,14 +109,48 @@ struct QemuName {
 
 QemuName qemu_name(BlockNode *n, int depth);
 
-// Whether the node's backing child is not the one its image names: given
-// by reference under another name, or left out (backing: null) although
-// the image names one. header: the backing file name the image records.
+// Puts option key = v into o as QEMU keeps a node's options: lists and
+// objects flattened to dotted keys ("inject-error.0.event").
+void put_flat(ojson &o, const std::string &key, const nlohmann::json &v)
+{
+    if (v.is_object()) {
+        for (auto it = v.begin(); it != v.end(); ++it) put_flat(o, key + "." + it.key(), it.value());
+    } else if (v.is_array()) {
+        for (size_t i = 0; i < v.size(); i++) put_flat(o, key + "." + std::to_string(i), v[i]);
+    } else {
+        o[key] = v;
+    }
+}
+
+// Whether the user chose the node's backing (a node name, an inline
+// definition or null) rather than leaving it to the image. A format
+// driver that opens a whole chain from the images' headers gives each
+// level below the top its backing explicitly; those levels count as left
+// to the image when the level above them was.
+bool backing_given(BlockNode *n, int depth)
+{
+    bool given = false;
+    if (const DriverOptions *o = n->options().drv.get()) {
+        o->for_each_child([&](const char *key, const BlockdevRef &ref) {
+            if (std::strcmp(key, "backing") == 0) given = ref.present();
+        });
+    }
+    if (!given || !n->implicit() || n->parents().empty() || depth > 64) return given;
+    BdrvChild *up = n->parents().front();
+    BlockNode *p = up->parent_node();
+    if (!p || !(up->role() & kRoleCow)) return true;
+    return backing_given(p, depth + 1);
+}
+
+// Whether the node's backing is not what its image names: chosen by the
+// user (by node name or inline) under another name than the image
+// records, or left out (backing: null) although the image names one.
+// header: the backing file name the image records.
 bool backing_overridden(BlockNode *n, const std::optional<std::string> &header, int depth)
 {
     BdrvChild *b = n->backing_child();
     if (!b) return header.has_value() && !header->empty();
-    if (b->node()->implicit()) return false;
+    if (!backing_given(n, 0)) return false;
     return !header || *header != qemu_name(b->node(), depth + 1).filename();
 }
 
@@ -115,7 +168,7 @@ QemuName qemu_name(BlockNode *n, int depth)
     bool strong = false;
     for (const char *k : strong_keys(drv->name)) {
         if (!enc.contains(k)) continue;
-        q.full[k] = enc[k];
+        put_flat(q.full, k, enc[k]);
         if (std::strcmp(k, "filename") != 0 && std::strcmp(k, "config") != 0) strong = true;
     }
     if (drv->kind == BlockDriverKind::kProtocol) {
@@ -129,18 +182,13 @@ QemuName qemu_name(BlockNode *n, int depth)
         if (ri) header = ri.value().backing_filename;
     }
     const bool overridden = backing_overridden(n, header, depth);
-    bool other_child = false;
     BdrvChild *primary = n->file_child();
     QemuName primary_name;
     for (BdrvChild *c : n->children()) {
         if ((c->role() & kRoleCow) && !overridden) continue;
         QemuName cn = qemu_name(c->node(), depth + 1);
         q.full[c->name()] = cn.full;
-        if (c == primary) {
-            primary_name = std::move(cn);
-        } else if (!(c->role() & kRoleCow)) {
-            other_child = true;
-        }
+        if (c == primary) primary_name = std::move(cn);
     }
     if (overridden && !n->backing_child()) q.full["backing"] = nullptr;
     if (!primary || primary_name.exact.empty()) return q;
@@ -154,8 +202,9 @@ QemuName qemu_name(BlockNode *n, int depth)
     }
     // A format takes over its file's name when that reopens the same
     // tree: the file is a protocol (or a protocol-like filter), nothing
-    // strong is set and no other child was chosen by the user.
-    if (primary->node()->driver()->kind != BlockDriverKind::kFormat && !strong && !overridden && !other_child) {
+    // strong is set and the backing file is the one the image names. (A
+    // data file, even one given by node name, does not count.)
+    if (primary->node()->driver()->kind != BlockDriverKind::kFormat && !strong && !overridden) {
         q.exact = primary_name.exact;
     }
     return q;
@@ -235,15 +284,18 @@ ojson image_info(BlockNode *n)
     j["filename"] = node_qemu_filename(n);
     j["format"] = n->driver_name();
     Result<ImageInfo> ri = n->get_info();
-    const bool info = ri.ok() && has_block_info(n);
-    if (info) j["dirty-flag"] = ri.value().dirty_flag;
-    int64_t actual = n->allocated_file_size();
+    BlockNode *bn = block_info_node(n);
+    Result<ImageInfo> bi = bn == n || !bn ? ri : bn->get_info();
+    const bool info = bn && bi.ok();
+    if (info) j["dirty-flag"] = bi.value().dirty_flag;
+    int64_t actual = allocated_size(n);
     if (actual >= 0) j["actual-size"] = actual;
     // QEMU keeps lengths in 512-byte sectors: a file's odd tail rounds up.
     j["virtual-size"] = (n->getlength() + 511) & ~int64_t{511};
     if (!ri) return j;
     const ImageInfo &ii = ri.value();
-    if (info && ii.cluster_size && *ii.cluster_size) j["cluster-size"] = *ii.cluster_size;
+    const std::optional<uint64_t> cluster = info ? bi.value().cluster_size : std::nullopt;
+    if (cluster && *cluster) j["cluster-size"] = *cluster;
     if (ii.backing_filename && !ii.backing_filename->empty()) {
         j["backing-filename"] = *ii.backing_filename;
         std::optional<std::string> full = full_backing_filename(n, *ii.backing_filename);
@@ -251,9 +303,11 @@ ojson image_info(BlockNode *n)
         if (full) j["full-backing-filename"] = *full;
         if (ii.backing_format) j["backing-filename-format"] = *ii.backing_format;
     }
-    if (!ii.snapshots.empty()) {
+    // Asked of the node: raw and filters pass the question down.
+    Result<std::vector<SnapshotInfo>> sn = n->snapshot_list();
+    if (sn.ok() && !sn.value().empty()) {
         ojson a = ojson::array();
-        for (const SnapshotInfo &s : ii.snapshots) a.push_back(snapshot_json(s));
+        for (const SnapshotInfo &s : sn.value()) a.push_back(snapshot_json(s));
         j["snapshots"] = std::move(a);
     }
     if (ii.format_specific.kind != InfoValue::Kind::kNone) {
@@ -281,15 +335,14 @@ ojson image_info_chain(BlockNode *n, bool flat)
     return j;
 }
 
-// ================================================================
-// The dirty bitmaps of a node. THE LEAD PLUGS THE NODE'S BITMAP LIST IN
-// HERE (BlockNode::dirty_bitmaps(), written elsewhere): until then no
-// node reports any bitmap, so "dirty-bitmaps" is never printed.
-// ================================================================
+// The dirty bitmaps of a node, newest first (BlockNode::dirty_bitmaps()).
 std::vector<DirtyBitmapStatus> node_dirty_bitmaps(BlockNode *n)
 {
-    (void)n;
-    return {};
+    std::vector<DirtyBitmapStatus> out;
+    for (const DirtyBitmapInfo &b : n->dirty_bitmaps()) {
+        out.push_back({b.name, b.count, b.granularity, b.recording, b.busy, b.persistent, b.inconsistent});
+    }
+    return out;
 }
 
 const char *detect_zeroes_name(BlockdevDetectZeroes dz)

@@ -1,7 +1,7 @@
 // monitor/qmp-block.cc -- the graph commands: blockdev-add, blockdev-del,
 // block_resize, internal snapshots. (Bitmaps, external snapshots, reopen
 // and transactions: qmp-graph.cc.)
-#include <time.h>
+#include <sys/time.h>
 
 #include <cstring>
 
@@ -185,10 +185,13 @@ Status qmp_snapshot_internal_create(BlockNode *node, const std::string &device, 
     }
     SnapshotInfo sn;
     sn.name = name;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    sn.date_sec = static_cast<uint32_t>(ts.tv_sec);
-    sn.date_nsec = static_cast<uint32_t>(ts.tv_nsec);
+    // QEMU's: the wall clock to the microsecond; a daemon has no guest, so
+    // its virtual clock (vm-clock) is that same instant.
+    struct timeval tv;
+    gettimeofday(&tv, nullptr);
+    sn.date_sec = static_cast<uint32_t>(tv.tv_sec);
+    sn.date_nsec = static_cast<uint32_t>(tv.tv_usec) * 1000u;
+    sn.vm_clock_nsec = static_cast<uint64_t>(tv.tv_sec) * 1000000000ULL + sn.date_nsec;
     return node->snapshot_create(&sn);
 }
 

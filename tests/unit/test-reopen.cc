@@ -87,11 +87,16 @@ START_TEST(test_snapshot_overlay)
     must_sh("qemu-img create -f qcow2 " + base + " 4M");
     must_sh("qemu-img create -f qcow2 -b " + base + " -F qcow2 " + ov + " 4M");
     {
-        BlockGraph g;
-        BlockNode *b = must_add(g, "driver=qcow2,node-name=base,file.driver=file,file.filename=" + base);
+        BlockGraph g(&test_registry());
+        // Between base and its file a recorder that delays every write, so
+        // that the writers below are surely in flight at the switch.
+        must_add(g, "driver=file,node-name=bf,filename=" + base);
+        BlockNode *tm = must_add(g, "driver=test-mem,node-name=tm,file=bf");
+        BlockNode *b = must_add(g, "driver=qcow2,node-name=base,file=tm");
         BlockNode *o = must_add(g, "{\"driver\": \"qcow2\", \"node-name\": \"ov\", \"backing\": null, \"file\": {\"driver\": \"file\", \"filename\": \"" + ov + "\"}}");
         auto blk = must_backend(b, kPermConsistentRead | kPermWrite);
         ck_assert_int_eq(pwrite_pattern(blk.get(), 0, 65536, 0xaa), 0);
+        TestNode::from(tm)->set_latency(test_op_bit(TestOp::kWrite), 1000 * 1000);
 
         // Eight writers, each writing 0xbb over its own 64 KiB, in 4 KiB steps.
         int done = 0;
@@ -272,6 +277,8 @@ START_TEST(test_reopen_ro_rw)
         ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
         ck_assert(!n->read_only());
         if (BdrvChild *c = n->file_child()) ck_assert(!c->node()->read_only());
+        // The write lock is taken again: qemu-img may not open the image.
+        if (i == 2) ck_assert_int_ne(sh("qemu-img check " + q), 0);
         auto blk = must_backend(n, kPermConsistentRead | kPermWrite);
         ck_assert_int_eq(pwrite_pattern(blk.get(), 4096, 8192, 0x30 + static_cast<int>(i)), 0);
         blk.reset();
@@ -336,6 +343,35 @@ START_TEST(test_reopen_other_drivers)
 }
 END_TEST
 
+// raw: the window (offset, size) moves; a plain raw cannot become a
+// window (its child's role would change).
+START_TEST(test_reopen_raw_window)
+{
+    auto ctx = AioContext::create();
+    BlockGraph g(&test_registry());
+    BlockNode *m = must_add(g, "driver=test-mem,node-name=m,size=65536");
+    auto wm = must_backend(m, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(wm.get(), 4096, 4096, 0x44), 0);
+    wm.reset();
+    BlockNode *r = must_add(g, "driver=raw,node-name=r,file=m,size=8192");
+    ck_assert_int_eq(r->getlength(), 8192);
+    Status s = reopen1(g, "driver=raw,node-name=r,file=m,offset=4096,size=4096");
+    ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
+    ck_assert_int_eq(r->getlength(), 4096);
+    auto rb = must_backend(r, kPermConsistentRead);
+    ck_assert(reads_pattern(rb.get(), 0, 4096, 0x44));
+    rb.reset();
+    expect_error(reopen1(g, "driver=raw,node-name=r,file=m,offset=65536,size=4096"),
+                 "The sum of offset (65536) and size (4096) has to be smaller or equal to the  actual size of the "
+                 "containing file (65536)");
+    expect_error(reopen1(g, "driver=raw,node-name=r,file=m"), "Cannot change the option 'size'");
+    ck_assert_int_eq(r->getlength(), 4096);
+    BlockNode *plain = must_add(g, "driver=raw,node-name=p,file=m");
+    expect_error(reopen1(g, "driver=raw,node-name=p,file=m,offset=512"), "Cannot change the option 'offset'");
+    ck_assert_int_eq(plain->getlength(), 65536);
+}
+END_TEST
+
 // A writer (an export) on a node being made read-only: QEMU's text, and
 // nothing changes, on any node of the transaction.
 START_TEST(test_reopen_atomic)
@@ -384,10 +420,10 @@ START_TEST(test_reopen_atomic)
     // Generic options that cannot change.
     expect_error(reopen1(g, "driver=qcow2,node-name=b,file=bf,read-only=on,force-share=on"),
                  "Cannot change the option 'force-share'");
-    expect_error(reopen1(g, "driver=qcow2,node-name=b,file=bf,cache.direct=on"),
-                 "Cannot change the option 'cache.direct'");
     // Another file node: allowed, but here a writes what b would write.
-    ck_assert(!reopen1(g, "driver=qcow2,node-name=b,file=af").ok());
+    expect_error(reopen1(g, "driver=qcow2,node-name=b,file=af"),
+                 "Permission conflict on node 'af': permissions 'write, resize' are both required by node 'a' "
+                 "(uses node 'af' as 'file' child) and unshared by node 'b' (uses node 'af' as 'file' child).");
     ck_assert_ptr_eq(nb->file_child()->node(), g.find("bf"));
     blk.reset();
     g.close_all();
@@ -395,6 +431,79 @@ START_TEST(test_reopen_atomic)
     must_sh("qemu-img check " + b);
     must_sh("qemu-io -r -c 'read -P 0x12 0 4k' " + a);
     must_sh("qemu-io -r -c 'read -P 0x21 0 4k' -c 'read -P 0x22 4k 4k' " + b);
+}
+END_TEST
+
+// A persistent bitmap: marked in use while the node is writable, stored
+// (not in use) once it is read-only; a reopen that fails after qcow2 stored
+// it for the switch takes it over again.
+START_TEST(test_reopen_bitmaps)
+{
+    auto ctx = AioContext::create();
+    const std::string q = tmp_path("bm.qcow2");
+    must_sh("qemu-img create -f qcow2 " + q + " 1M");
+    must_sh("qemu-img bitmap --add " + q + " bm0");
+    const std::string in_use = "qemu-img info -U --output=json " + q + " | grep -q in-use";
+    BlockGraph g;
+    BlockNode *n = must_add(g, "driver=qcow2,node-name=q,file.driver=file,file.node-name=qf,file.filename=" + q);
+    must_add(g, "driver=null-co,node-name=nul");
+    ck_assert_int_eq(sh(in_use), 0);
+    auto blk = must_backend(n, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(blk.get(), 0, 65536, 0x55), 0);
+    blk.reset();
+    // q prepares (stores the bitmap), the null node refuses: q stays
+    // writable and takes the bitmap over again.
+    expect_error(g.reopen({must_parse("driver=qcow2,node-name=q,file=qf,read-only=on"),
+                           must_parse("driver=null-co,node-name=nul,size=512")}),
+                 "Cannot change the option 'size'");
+    ck_assert(!n->read_only());
+    ck_assert_int_eq(sh(in_use), 0);
+    blk = must_backend(n, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(blk.get(), 131072, 65536, 0x56), 0);
+    blk.reset();
+    ck_assert(reopen1(g, "driver=qcow2,node-name=q,file=qf,read-only=on").ok());
+    ck_assert_int_ne(sh(in_use), 0);
+    must_sh("qemu-img check -U " + q);
+    // Both writes are in the stored bitmap (64 KiB granularity: bits 0 and 2).
+    auto bd = n->bitmap_data("bm0");
+    ck_assert_msg(bd.ok(), "%s", bd.ok() ? "" : bd.error().msg.c_str());
+    ck_assert_int_eq(bd.value().granularity, 65536);
+    ck_assert_int_eq(bd.value().bytes.at(0), 0x05);
+    ck_assert(reopen1(g, "driver=qcow2,node-name=q,file=qf").ok());
+    ck_assert_int_eq(sh(in_use), 0);
+    g.close_all();
+    ck_assert_int_ne(sh(in_use), 0);
+    must_sh("qemu-img check " + q);
+}
+END_TEST
+
+// cache.direct on and off again: the implicit file child follows, opens
+// the file with O_DIRECT and its alignment reaches the qcow2 node above.
+START_TEST(test_reopen_cache_direct)
+{
+    auto ctx = AioContext::create();
+    const std::string q = tmp_path("direct.qcow2");
+    must_sh("qemu-img create -f qcow2 " + q + " 1M");
+    BlockGraph g;
+    BlockNode *n = must_add(g, "driver=qcow2,node-name=q,file.driver=file,file.node-name=qf,file.filename=" + q);
+    BlockNode *f = g.find("qf");
+    ck_assert_int_eq(f->limits().request_alignment, 1);
+    Status s = reopen1(g, "driver=qcow2,node-name=q,file=qf,cache.direct=on");
+    ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
+    ck_assert(f->options().cache_direct);
+    ck_assert_uint_ge(f->limits().request_alignment, 512);
+    ck_assert_uint_ge(n->limits().min_mem_alignment, f->limits().min_mem_alignment);
+    auto blk = must_backend(n, kPermConsistentRead | kPermWrite);
+    ck_assert_int_eq(pwrite_pattern(blk.get(), 1000, 3000, 0x3c), 0);
+    ck_assert(reads_pattern(blk.get(), 1000, 3000, 0x3c));
+    blk.reset();
+    s = reopen1(g, "driver=qcow2,node-name=q,file=qf");
+    ck_assert_msg(s.ok(), "%s", s.ok() ? "" : s.msg().c_str());
+    ck_assert(!f->options().cache_direct);
+    ck_assert_int_eq(f->limits().request_alignment, 1);
+    g.close_all();
+    must_sh("qemu-img check " + q);
+    must_sh("qemu-io -r -c 'read -P 0x3c 1000 3000' -c 'read -P 0 0 1000' " + q);
 }
 END_TEST
 
@@ -450,8 +559,11 @@ int main()
     tcase_add_test(tc, test_replace_node);
     tcase_add_test(tc, test_reopen_ro_rw);
     tcase_add_test(tc, test_reopen_other_drivers);
+    tcase_add_test(tc, test_reopen_raw_window);
     tcase_add_test(tc, test_reopen_atomic);
     tcase_add_test(tc, test_reopen_children);
+    tcase_add_test(tc, test_reopen_bitmaps);
+    tcase_add_test(tc, test_reopen_cache_direct);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_FORK);
