@@ -184,7 +184,7 @@ def malformed(t, c):
     r = drain(c)
     t.check(len(r) == 2 and err(r[0]) and r[0]["error"]["desc"].startswith("JSON parse error, stray")
             and r[1].get("id") == 8, "0xFF is an error, then the next command runs", r)
-    r = c.execute("query-version", id="alive")
+    r = c.execute("query-version", id="alive", timeout=5)
     t.eq(r.get("id"), "alive", "monitor alive after the parse errors")
 
 
