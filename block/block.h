@@ -523,7 +523,7 @@ class BlockGraph {
     void snapshot_overlay_undo(BlockNode *node, BlockNode *overlay);
     // Every parent of from, except to itself and nodes below to, points at
     // to instead (the edges keep their names and roles). Both are drained
-    // meanwhile. Permission conflicts fail with their message.
+    // meanwhile. Permission conflicts fail with QEMU's texts (below).
     Status replace_node(BlockNode *from, BlockNode *to);
     // blockdev-reopen: gives each named node the options given, atomically
     // over all of them (see docs/architecture.md, "Graph changes").
@@ -543,7 +543,16 @@ class BlockGraph {
     //   EPERM "Read-only block node 'x' cannot support read-write users"
     //         (a parent such as a writable export still needs WRITE)
     //   EPERM "Block node is read-only" (made writable above a read-only node)
-    //   a driver's own error (e.g. "Could not reopen 'f': ...").
+    //   EPERM "Permission conflict on node 'x': permissions 'write, resize'
+    //         are both required by node 'a' (uses node 'x' as 'file' child)
+    //         and unshared by node 'b' (uses node 'x' as 'file' child)."
+    //         (the same text for every graph change here; a backend is
+    //         named by its description, e.g. "export 'e' (uses ... 'root'
+    //         child)")
+    //   EIO etc. "Error flushing drive: ..." (a writable node's flush)
+    //   a driver's own error (file: "Could not reopen '/path': <strerror>";
+    //   raw: open's window checks; qcow2: "Could not reopen qcow2 layer:
+    //   ..." when writing back before read-only fails).
     Status reopen(const std::vector<BlockdevOptions> &opts);
     // Reopens node with its current options but read_only (QEMU's
     // bdrv_reopen_set_read_only); its implicit children follow.

@@ -69,7 +69,7 @@ std::vector<uint8_t> build_bitmap_directory(const std::vector<BitmapEntry> &entr
         p[17] = e.granularity_bits;
         put_be(p + 18, e.name.size(), 2);
         put_be(p + 20, e.extra.size(), 4);
-        std::memcpy(p + 24, e.extra.data(), e.extra.size());
+        if (!e.extra.empty()) std::memcpy(p + 24, e.extra.data(), e.extra.size());   // data() may be null
         std::memcpy(p + 24 + e.extra.size(), e.name.data(), e.name.size());
     }
     return d;
