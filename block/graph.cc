@@ -280,21 +280,13 @@ Status BlockNode::update_perms(std::vector<std::pair<BdrvChild *, std::pair<Bloc
             if (a == b) continue;
             BlockPerm clash = a->perm() & ~b->shared();
             if (!clash) continue;
-            if (graph_->change_texts_) {
-                // QEMU's text for a conflict found by a graph change.
-                auto user = [this](BdrvChild *c) {
-                    return c->parent_desc() + " (uses node '" + node_name_ + "' as '" + c->name() + "' child)";
-                };
-                return make_error(EPERM, "Permission conflict on node '%s': permissions '%s' are both required by %s "
-                                         "and unshared by %s.",
-                                  node_name_.c_str(), perm_names(clash).c_str(), user(a).c_str(), user(b).c_str());
-            }
-            int bit = __builtin_ctzll(clash);
-            return make_error(EPERM,
-                              "%s cannot use node '%s' as '%s': it conflicts with use by %s as '%s', "
-                              "which does not allow '%s'",
-                              a->parent_desc().c_str(), node_name_.c_str(), a->name().c_str(),
-                              b->parent_desc().c_str(), b->name().c_str(), perm_name(bit));
+            // QEMU's text.
+            auto user = [this](BdrvChild *c) {
+                return c->parent_desc() + " (uses node '" + node_name_ + "' as '" + c->name() + "' child)";
+            };
+            return make_error(EPERM, "Permission conflict on node '%s': permissions '%s' are both required by %s "
+                                     "and unshared by %s.",
+                              node_name_.c_str(), perm_names(clash).c_str(), user(a).c_str(), user(b).c_str());
         }
     }
     checked->push_back(this);

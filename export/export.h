@@ -48,6 +48,13 @@ class BlockExport {
     // in a coroutine it yields while waiting, outside one it runs the loop.
     virtual void shutdown() = 0;
     virtual ExportStats stats() const = 0;
+    // True if the outside world may reach the node's host file without
+    // going through the graph (FUSE passthrough): then nothing under the
+    // export's node may be replaced or reopened while the export exists.
+    virtual bool bypasses_graph() const { return false; }
+    // The node the export shows now (a graph change such as
+    // blockdev-snapshot may have moved it); nullptr once shut down.
+    virtual BlockNode *node() const = 0;
     // One human-readable paragraph describing the export and its counters.
     virtual std::string stats_text() const = 0;
 

@@ -222,9 +222,25 @@ std::vector<Daemon::ExportInfo> Daemon::exports() const
     std::vector<ExportInfo> out;
     for (auto &e : exports_) {
         if (!e.exp) continue;
-        out.push_back({e.id, e.exp->type(), e.node_name, e.deleting || e.gone});
+        BlockNode *n = e.exp->node();
+        out.push_back({e.id, e.exp->type(), n ? n->node_name() : e.node_name, e.deleting || e.gone});
     }
     return out;
+}
+
+Status Daemon::check_no_bypass(BlockNode *n) const
+{
+    for (auto &e : exports_) {
+        if (!e.exp || !e.exp->bypasses_graph()) continue;
+        BlockNode *top = e.exp->node();
+        if (top && (top == n || top->reaches(n))) {
+            return make_error(EBUSY,
+                              "Node '%s' is busy: export '%s' uses FUSE passthrough (the kernel writes the host file "
+                              "directly); add it with passthrough=off to change the graph under it",
+                              n->node_name().c_str(), e.id.c_str());
+        }
+    }
+    return {};
 }
 
 QmpServer &Daemon::qmp()

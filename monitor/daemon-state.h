@@ -85,6 +85,10 @@ class Daemon {
         bool shutting_down = false;
     };
     std::vector<ExportInfo> exports() const;
+    // A graph change under node n (blockdev-snapshot, blockdev-reopen) would
+    // be missed by an export whose requests the kernel passes to the host
+    // file directly (FUSE passthrough): EBUSY naming it, else ok.
+    Status check_no_bypass(BlockNode *n) const;
     struct IoThreadInfo {
         std::string id;
         int64_t thread_id = 0;

@@ -10,6 +10,13 @@ namespace {
 
 bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 bool is_structural(unsigned char c) { return c == '{' || c == '}' || c == '[' || c == ']' || c == ',' || c == ':'; }
+// Bytes that may stand outside strings in JSON: white space, structure,
+// quotes, and the characters of numbers and keywords.
+bool is_json_byte(unsigned char c)
+{
+    return is_space(c) || is_structural(c) || c == '"' || c == '\'' || (c >= '0' && c <= '9') ||
+           (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '+' || c == '.';
+}
 
 // Rewrites single-quoted strings as double-quoted ones; everything else is
 // copied. Inside 'x', a '"' becomes \" and \' becomes '.
@@ -63,7 +70,14 @@ std::string parse_reason(const char *what)
         return "expecting value";
     }
     if (w.find("expected ':'") != std::string::npos) return "missing : in object pair";
-    if (w.find("expected string literal") != std::string::npos) return "key is not a string in object";
+    // "{... ,}": the parser wanted another key where QEMU's wanted a value.
+    if (w.find("expected string literal") != std::string::npos) {
+        size_t lr = w.find("last read: '");
+        size_t end = lr == std::string::npos ? lr : w.find("'", lr + 12);
+        const bool at_brace = w.find("unexpected '}'") != std::string::npos ||
+                              (end != std::string::npos && end > lr + 12 && w[end - 1] == '}');
+        return at_brace ? "expecting value" : "key is not a string in object";
+    }
     if (w.find("expected '}'") != std::string::npos || w.find("expected ']'") != std::string::npos) {
         return "expected separator in dict";
     }
@@ -93,7 +107,7 @@ Result<nlohmann::json> qmp_parse_json(const std::string &text)
             return true;
         };
         nlohmann::json j = nlohmann::json::parse(translate_quotes(text), cb);
-        if (!dup.empty()) return make_error(EINVAL, "JSON parse error, duplicate key '%s'", dup.c_str());
+        if (!dup.empty()) return make_error(EINVAL, "JSON parse error, duplicate key");
         return j;
     } catch (const nlohmann::json::parse_error &e) {
         return make_error(EINVAL, "JSON parse error, %s", parse_reason(e.what()).c_str());
@@ -147,8 +161,22 @@ void JsonStreamer::feed(const char *data, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
         const unsigned char c = static_cast<unsigned char>(data[i]);
+        if (skipping_) {
+            // After a lexical error, input is skipped up to a structural
+            // character, which then counts as usual.
+            if (!is_structural(c)) continue;
+            skipping_ = false;
+        }
+        if (quote_ == 0 && !is_json_byte(c)) {
+            // A byte no JSON token has (0x01 and 0xFF, which clients send
+            // to resynchronise, among them): the message so far is dropped.
+            std::string what(1, static_cast<char>(c));
+            fail("JSON parse error, stray '" + what + "'");
+            skipping_ = true;
+            continue;
+        }
         if (!in_value_) {
-            if (is_space(c) || c < 0x20 || c == 0xfe || c == 0xff || c == ',' || c == ':') continue;
+            if (is_space(c) || c == ',' || c == ':') continue;
             if (c == '}' || c == ']') {
                 fail("JSON parse error, expecting value");
                 continue;

@@ -9,16 +9,19 @@
 // string a "b"); they are rewritten to standard JSON before parsing.
 //
 // Errors never stop the stream: a bad message is reported once, its bytes
-// are dropped, and splitting goes on with the next value. Between values,
-// stray control bytes (0x01 is what clients send to resynchronise) are
-// skipped silently. Limits per message: kMaxBytes of text and kMaxDepth of
+// are dropped, and splitting goes on with the next value. A byte that no
+// JSON token contains (outside strings) is reported as stray, the message
+// it was in is dropped, and input is skipped up to the next structural
+// character ({}[],:), as QEMU's lexer does: clients resynchronise by
+// sending 0x01. Limits per message: kMaxBytes of text and kMaxDepth of
 // nesting; a message over either is dropped up to its end (as counted) and
 // reported when that end is reached.
 //
 // Error texts (QEMU's where it has one):
 //   JSON parse error, expecting value            a lone '}' or ']'
 //   JSON parse error, <parser's reason>          malformed JSON
-//   JSON parse error, duplicate key 'k'
+//   JSON parse error, duplicate key
+//   JSON parse error, stray 'c'                 a byte no JSON token has
 //   JSON parse error, invalid keyword 'x'        a bad top-level scalar
 //   JSON token size limit exceeded                over kMaxBytes
 //   JSON nesting depth limit exceeded             deeper than kMaxDepth
@@ -66,6 +69,7 @@ class JsonStreamer {
     char quote_ = 0;           // inside a string: its quote character
     bool escape_ = false;      // the previous byte was a backslash in a string
     bool oversized_ = false;   // over a limit: counting to its end, not storing
+    bool skipping_ = false;    // after a stray byte: skipping to a structural character
     const char *over_what_ = nullptr;
 };
 

@@ -14,7 +14,7 @@ namespace bg {
 
 // ---------------------------------------------------------------- helpers
 
-std::string qmp_option_error(const std::string &msg)
+std::string qmp_option_error(const std::string &msg, const std::string &prefix)
 {
     // Our decoders' and the graph's messages: "blockdev 'q': [path: ]what",
     // likewise "export 'e': ..." and "object 'o': ..." (qapi/).
@@ -27,6 +27,18 @@ std::string qmp_option_error(const std::string &msg)
         }
     }
     if (rest.empty()) return msg;
+    {
+        // A child given by a name no node has.
+        const std::string nn = "no node named '";
+        size_t p = rest.find(nn);
+        if (p != std::string::npos) {
+            size_t e = rest.find('\'', p + nn.size());
+            if (e != std::string::npos) {
+                const std::string name = rest.substr(p + nn.size(), e - p - nn.size());
+                return "Cannot find device='" + name + "' nor node-name='" + name + "'";
+            }
+        }
+    }
     // A dotted key path is followed by ": " and has no blank in it; the
     // message texts themselves start with words.
     std::string path;
@@ -35,7 +47,7 @@ std::string qmp_option_error(const std::string &msg)
         path = rest.substr(0, colon);
         rest = rest.substr(colon + 2);
     }
-    auto full = [&](const std::string &key) { return path.empty() ? key : path + "." + key; };
+    auto full = [&](const std::string &key) { return prefix + (path.empty() ? key : path + "." + key); };
     auto quoted = [&](const std::string &prefix) -> std::string {
         if (rest.rfind(prefix, 0) != 0) return "";
         size_t a = prefix.size();
@@ -57,7 +69,9 @@ std::string qmp_option_error(const std::string &msg)
                  {"expected a boolean", "boolean"}, {"expected an object", "object"},
                  {"expected a list", "array"},   {"expected an array", "array"}};
     for (auto &t : types) {
-        if (rest == t.ours && !path.empty()) return "Invalid parameter type for '" + path + "', expected: " + t.qemu;
+        if (rest == t.ours && !path.empty()) {
+            return "Invalid parameter type for '" + prefix + path + "', expected: " + t.qemu;
+        }
     }
     // Anything else (an open failing, a duplicate name) is QEMU's text
     // already, or ours: without our "blockdev 'q': file: " context, as QEMU
@@ -74,6 +88,14 @@ Result<BlockNode *> qmp_find_node(Daemon &d, const std::string &device, const st
         return make_error(ENOENT, "Cannot find device='%s' nor node-name='%s'", device.c_str(), node_name.c_str());
     }
     return n;
+}
+
+Status qmp_need_root(BlockNode *n)
+{
+    for (BdrvChild *p : n->parents()) {
+        if (p->parent_node()) return make_error(EINVAL, "Need a root block node");
+    }
+    return {};
 }
 
 std::string qmp_str(const nlohmann::json &args, const char *key)
@@ -111,9 +133,12 @@ QmpResult cmd_block_resize(QmpCall &call)
     if (!n) return qmp_error(n.error());
     // A consumer of our own, as QEMU's command uses: it needs the RESIZE
     // permission, shares everything, and goes away with the command.
-    auto blk = BlockBackend::create(n.value(), kPermResize, kPermAll, "block_resize");
+    if (n.value()->read_only()) return qmp_error("Image is read-only");
+    auto blk = BlockBackend::create(n.value(), kPermResize, kPermAll, "an unnamed block device");
     if (!blk) return qmp_error(blk.error());
     int r = blk.value()->co_truncate(size, false, PreallocMode::kOff, 0);
+    if (r == -ENOTSUP) return qmp_error("Image format driver does not support resize");
+    if (r == -EINVAL && size % 512 != 0) return qmp_error("The new size must be a multiple of 512");
     if (r < 0) return qmp_error(std::string("Failed to resize: ") + strerror(-r));
     return qmp_ok();
 }
@@ -138,8 +163,10 @@ QmpResult cmd_snapshot_delete_internal(QmpCall &call)
     if (!n) return qmp_error(n.error());
     if (!id && !name) return qmp_error("Name or id must be provided");
     BlockNode *node = n.value();
+    Status root = qmp_need_root(node);
+    if (!root.ok()) return qmp_error(root);
     auto list = node->snapshot_list();
-    if (!list) return qmp_error(list.error());
+    if (!list) return qmp_error(std::string("Failed to get a snapshot list: ") + strerror(list.err()));
     const SnapshotInfo *found = nullptr;
     for (const SnapshotInfo &sn : list.value()) {
         if ((!id || sn.id == *id) && (!name || sn.name == *name)) {
@@ -168,6 +195,7 @@ QmpResult cmd_snapshot_delete_internal(QmpCall &call)
 Status qmp_snapshot_internal_create(BlockNode *node, const std::string &device, const std::string &name)
 {
     if (name.empty()) return make_error(EINVAL, "Name is empty");
+    BG_TRY(qmp_need_root(node));
     if (node->read_only()) return make_error(EACCES, "Device '%s' is read only", device.c_str());
     auto list = node->snapshot_list();
     if (!list) {
@@ -195,9 +223,31 @@ Status qmp_snapshot_internal_create(BlockNode *node, const std::string &device, 
     return node->snapshot_create(&sn);
 }
 
+// blockdev-add's branches: one per registered driver. Their own members
+// are checked by each driver's decoder and not described here.
+std::vector<QmpVariant> blockdev_variants()
+{
+    std::vector<QmpVariant> out;
+    for (const BlockDriver *d : builtin_drivers().all()) out.push_back({d->name, {}});
+    return out;
+}
+
 void qmp_block_commands(std::vector<QmpCommand> *out)
 {
-    out->push_back({"blockdev-add", {{"driver", "str", false}, {"node-name", "str", true}}, true, "", cmd_blockdev_add});
+    out->push_back({"blockdev-add",
+                    {{"driver", "str", false},
+                     {"node-name", "str", true},
+                     {"discard", "enum:ignore|unmap", true},
+                     {"cache", "object", true},
+                     {"read-only", "bool", true},
+                     {"auto-read-only", "bool", true},
+                     {"force-share", "bool", true},
+                     {"detect-zeroes", "enum:off|on|unmap", true}},
+                    true,
+                    "",
+                    cmd_blockdev_add,
+                    "driver",
+                    blockdev_variants});
     out->push_back({"blockdev-del", {{"node-name", "str", false}}, false, "", cmd_blockdev_del});
     out->push_back({"block_resize", {{"device", "str", true}, {"node-name", "str", true}, {"size", "int", false}}, false,
                     "", cmd_block_resize});

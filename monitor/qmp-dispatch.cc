@@ -136,6 +136,7 @@ class SchemaBuilder {
     {
         if (type == "str" || type == "int" || type == "bool" || type == "number" || type == "any") return type;
         if (type == "object") return "any";
+        if (type == "[object]") return type_name("[any]");
         auto it = named_.find(type);
         if (it != named_.end()) return it->second;
         std::string name;
@@ -162,17 +163,38 @@ class SchemaBuilder {
         return name;
     }
 
-    std::string object_type(const std::vector<QmpMember> &members)
+    // An object type; with tag, a union whose tag member is an enum of the
+    // variants' values and whose branches are the variants.
+    std::string object_type(const std::vector<QmpMember> &members, const char *tag = nullptr,
+                            const std::vector<QmpVariant> &variants = {})
     {
-        if (members.empty() && !empty_.empty()) return empty_;
+        if (members.empty() && !empty_.empty() && !tag) return empty_;
+        std::string tag_type;
+        nlohmann::json vs = nlohmann::json::array();
+        if (tag) {
+            std::string e = "enum:";
+            for (size_t i = 0; i < variants.size(); i++) e += (i ? "|" : "") + variants[i].value;
+            tag_type = type_name(e);
+            for (const QmpVariant &v : variants) vs.push_back({{"case", v.value}, {"type", object_type(v.members)}});
+        }
         nlohmann::json ms = nlohmann::json::array();
         for (const QmpMember &m : members) {
-            nlohmann::json e = {{"name", m.name}, {"type", type_name(m.type)}};
+            bool in_variant = false;   // a branch's member, listed there
+            for (const QmpVariant &v : variants) {
+                for (const QmpMember &vm : v.members) in_variant = in_variant || std::string(vm.name) == m.name;
+            }
+            if (in_variant) continue;
+            nlohmann::json e = {{"name", m.name}, {"type", tag && std::string(m.name) == tag ? tag_type : type_name(m.type)}};
             if (m.optional) e["default"] = nullptr;
             ms.push_back(e);
         }
         std::string name = next_name();
-        out.push_back({{"name", name}, {"meta-type", "object"}, {"members", ms}});
+        nlohmann::json o = {{"name", name}, {"meta-type", "object"}, {"members", ms}};
+        if (tag) {
+            o["tag"] = tag;
+            o["variants"] = vs;
+        }
+        out.push_back(o);
         return name;
     }
 
@@ -197,7 +219,7 @@ nlohmann::json qmp_schema()
 {
     SchemaBuilder b;
     for (const QmpCommand &c : qmp_commands()) {
-        std::string arg = b.object_type(c.args);
+        std::string arg = c.tag ? b.object_type(c.args, c.tag, c.variants()) : b.object_type(c.args);
         std::string ret = b.ret_type(c.ret);
         b.out.push_back({{"name", c.name}, {"meta-type", "command"}, {"arg-type", arg}, {"ret-type", ret}});
     }

@@ -10,14 +10,57 @@ namespace bg {
 
 namespace {
 
+// The text after "what 'x': " in msg if it has that shape, else "".
+std::string after_prefix(const std::string &msg, const std::string &what)
+{
+    if (msg.rfind(what + " '", 0) != 0) return "";
+    size_t q = msg.find("': ", what.size() + 2);
+    return q == std::string::npos ? "" : msg.substr(q + 3);
+}
+
+// Our export messages (shared with --export) in QEMU's words.
+std::string export_error(const std::string &msg)
+{
+    std::string rest = after_prefix(msg, "export");
+    if (rest.rfind("invalid id", 0) == 0) return "Invalid block export id";
+    if (rest.rfind("iothread '", 0) == 0 && rest.find("' does not exist") != std::string::npos) {
+        return "iothread \"" + rest.substr(10, rest.find("' does not exist") - 10) + "\" not found";
+    }
+    if (rest.rfind("mountpoint '", 0) == 0) {
+        size_t q = rest.find("': ", 12);
+        if (q != std::string::npos) return "Failed to stat '" + rest.substr(12, q - 12) + "': " + rest.substr(q + 3);
+    }
+    if (msg.rfind("mountpoint '", 0) == 0 && msg.find("' is used by export") != std::string::npos) {
+        return "There already is a FUSE export on '" + msg.substr(12, msg.find("' is used by export") - 12) + "'";
+    }
+    return qmp_option_error(msg);
+}
+
+// Our --object messages in QEMU's words.
+std::string object_error(const std::string &msg)
+{
+    std::string rest = after_prefix(msg, "object");
+    if (rest.rfind("invalid id", 0) == 0) return "Parameter 'id' expects an identifier";
+    size_t range = rest.find(" is out of range (0 to ");
+    if (range != std::string::npos) {
+        // "poll-max-ns: -1 is out of range (0 to N)"
+        const std::string key = rest.substr(0, rest.find(':'));
+        std::string max = rest.substr(range + 23);
+        if (!max.empty() && max.back() == ')') max.pop_back();
+        return key + " value must be in range [0, " + max + "]";
+    }
+    return qmp_option_error(msg);
+}
+
 QmpResult cmd_block_export_add(QmpCall &call)
 {
     Result<BlockExportOptions> o = export_options_from_tree(call.args, false);
-    if (!o) return qmp_error(qmp_option_error(o.msg()));
+    if (!o) return qmp_error(export_error(o.msg()));
     Result<BlockNode *> n = qmp_find_node(call.daemon, "", o.value().node_name);
     if (!n) return qmp_error(n.error());
+    if (o.value().writable && n.value()->read_only()) return qmp_error("Cannot export read-only node as writable");
     Status st = call.daemon.add_export(o.value());
-    if (!st.ok()) return qmp_error(st);
+    if (!st.ok()) return qmp_error(export_error(st.msg()));
     return qmp_ok();
 }
 
@@ -42,9 +85,9 @@ QmpResult cmd_query_block_exports(QmpCall &call)
 QmpResult cmd_object_add(QmpCall &call)
 {
     const std::string type = call.args["qom-type"].get<std::string>();
-    if (type != "iothread") return qmp_error("Invalid parameter 'qom-type': object type '" + type + "' is not supported");
+    if (type != "iothread") return qmp_error("Parameter 'qom-type' does not accept value '" + type + "'");
     Result<IoThreadOptions> o = object_options_from_tree(call.args, false);
-    if (!o) return qmp_error(qmp_option_error(o.msg()));
+    if (!o) return qmp_error(object_error(o.msg()));
     Status st = call.daemon.add_iothread(o.value());
     if (!st.ok()) return qmp_error(st);
     return qmp_ok();
@@ -67,9 +110,20 @@ QmpResult cmd_query_iothreads(QmpCall &call)
                         {"poll-max-ns", max},
                         {"poll-grow", static_cast<int64_t>(t.opts.poll.grow)},
                         {"poll-shrink", static_cast<int64_t>(t.opts.poll.shrink)},
-                        {"aio-max-batch", 0}});
+                        {"aio-max-batch", static_cast<int64_t>(t.opts.aio_max_batch)}});
     }
     return qmp_ok(list);
+}
+
+// block-export-add's one branch: the FUSE members.
+std::vector<QmpVariant> export_variants()
+{
+    return {{"fuse",
+             {{"mountpoint", "str", false},
+              {"growable", "bool", true},
+              {"allow-other", "enum:on|off|auto", true},
+              {"io-uring", "any", true},
+              {"passthrough", "any", true}}}};
 }
 
 } // namespace
@@ -82,7 +136,7 @@ void qmp_export_commands(std::vector<QmpCommand> *out)
                      {"fixed-iothread", "bool", true}, {"allow-inactive", "bool", true}, {"mountpoint", "str", true},
                      {"growable", "bool", true}, {"allow-other", "enum:on|off|auto", true},
                      {"io-uring", "any", true}, {"passthrough", "any", true}},
-                    false, "", cmd_block_export_add});
+                    false, "", cmd_block_export_add, "type", export_variants});
     out->push_back({"block-export-del", {{"id", "str", false}, {"mode", "enum:safe|hard", true}}, false, "",
                     cmd_block_export_del});
     out->push_back({"query-block-exports", {}, false, "[object]", cmd_query_block_exports});

@@ -34,6 +34,16 @@ Result<BlockNode *> node_arg(Daemon &d, const nlohmann::json &data, const char *
     return qmp_find_node(d, name, name);
 }
 
+// The node of a bitmap command other than add (QEMU's lookup there has
+// its own text).
+Result<BlockNode *> bitmap_node(Daemon &d, const nlohmann::json &data)
+{
+    const std::string name = qmp_str(data, "node");
+    BlockNode *n = d.graph().find(name);
+    if (!n) return make_error(ENOENT, "Node '%s' not found", name.c_str());
+    return n;
+}
+
 // ---------------------------------------------------------------- bitmaps
 
 const std::vector<QmpMember> kBitmapArgs = {{"node", "str", false}, {"name", "str", false}};
@@ -47,13 +57,15 @@ const std::vector<QmpMember> kBitmapMergeArgs = {
 
 Status bitmap_add(Daemon &d, const nlohmann::json &a, Applied *out)
 {
-    BG_TRY_ASSIGN(BlockNode *n, node_arg(d, a, "node"));
     const std::string name = qmp_str(a, "name");
+    if (name.empty()) return make_error(EINVAL, "Bitmap name cannot be empty");
+    BG_TRY_ASSIGN(BlockNode *n, node_arg(d, a, "node"));
     std::optional<uint32_t> gran;
     if (a.contains("granularity")) {
-        const int64_t g = a["granularity"].get<int64_t>();
-        // Out-of-range values fail as QEMU's non-power-of-2 ones do.
-        gran = g < 0 || g > UINT32_MAX ? 3u : static_cast<uint32_t>(g);
+        if (!a["granularity"].is_number_unsigned() || a["granularity"].get<uint64_t>() > UINT32_MAX) {
+            return make_error(EINVAL, "Parameter 'granularity' expects uint32_t");
+        }
+        gran = static_cast<uint32_t>(a["granularity"].get<uint64_t>());
     }
     BG_TRY(n->dirty_bitmap_add(name, gran, a.value("persistent", false), a.value("disabled", false)));
     out->undo = [n, name] { (void)n->dirty_bitmap_remove(name); };
@@ -81,7 +93,7 @@ Result<BitmapCopy> bitmap_copy(BlockNode *n, const std::string &name)
 
 Status bitmap_remove(Daemon &d, const nlohmann::json &a, Applied *out)
 {
-    BG_TRY_ASSIGN(BlockNode *n, node_arg(d, a, "node"));
+    BG_TRY_ASSIGN(BlockNode *n, bitmap_node(d, a));
     const std::string name = qmp_str(a, "name");
     Result<BitmapCopy> copy = bitmap_copy(n, name);
     BG_TRY(n->dirty_bitmap_remove(name));
@@ -98,7 +110,7 @@ Status bitmap_remove(Daemon &d, const nlohmann::json &a, Applied *out)
 
 Status bitmap_clear(Daemon &d, const nlohmann::json &a, Applied *out)
 {
-    BG_TRY_ASSIGN(BlockNode *n, node_arg(d, a, "node"));
+    BG_TRY_ASSIGN(BlockNode *n, bitmap_node(d, a));
     const std::string name = qmp_str(a, "name");
     auto backup = std::make_shared<DirtyBitmapData>();
     BG_TRY(n->dirty_bitmap_clear(name, backup.get()));
@@ -108,7 +120,7 @@ Status bitmap_clear(Daemon &d, const nlohmann::json &a, Applied *out)
 
 Status bitmap_enable_disable(Daemon &d, const nlohmann::json &a, Applied *out, bool enable)
 {
-    BG_TRY_ASSIGN(BlockNode *n, node_arg(d, a, "node"));
+    BG_TRY_ASSIGN(BlockNode *n, bitmap_node(d, a));
     const std::string name = qmp_str(a, "name");
     bool was = false;
     for (const DirtyBitmapInfo &i : n->dirty_bitmaps()) {
@@ -128,7 +140,7 @@ Status bitmap_disable(Daemon &d, const nlohmann::json &a, Applied *out) { return
 
 Status bitmap_merge(Daemon &d, const nlohmann::json &a, Applied *out)
 {
-    BG_TRY_ASSIGN(BlockNode *n, node_arg(d, a, "node"));
+    BG_TRY_ASSIGN(BlockNode *n, bitmap_node(d, a));
     const std::string target = qmp_str(a, "target");
     std::vector<DirtyBitmapSource> sources;
     const nlohmann::json &list = a["bitmaps"];
@@ -160,6 +172,7 @@ Status external_snapshot(Daemon &d, const nlohmann::json &a, Applied *out)
 {
     BG_TRY_ASSIGN(BlockNode *node, node_arg(d, a, "node"));
     BG_TRY_ASSIGN(BlockNode *overlay, node_arg(d, a, "overlay"));
+    BG_TRY(d.check_no_bypass(node));
     BG_TRY(d.graph().snapshot_overlay(node, overlay));
     BlockGraph *g = &d.graph();
     out->undo = [g, node, overlay] { g->snapshot_overlay_undo(node, overlay); };
@@ -310,7 +323,11 @@ QmpResult cmd_blockdev_reopen(QmpCall &call)
             return qmp_error("Invalid parameter type for 'options[" + std::to_string(i) + "]', expected: object");
         }
         Result<BlockdevOptions> o = blockdev_options_from_tree(call.daemon.graph().registry(), list[i], false);
-        if (!o) return qmp_error(qmp_option_error(o.msg()));
+        if (!o) return qmp_error(qmp_option_error(o.msg(), "options[" + std::to_string(i) + "]."));
+        if (BlockNode *n = call.daemon.graph().find(o.value().node_name)) {
+            Status busy = call.daemon.check_no_bypass(n);
+            if (!busy.ok()) return qmp_error(busy);
+        }
         opts.push_back(std::move(o.value()));
     }
     Status st = call.daemon.graph().reopen(opts);

@@ -99,12 +99,22 @@ struct QmpMember {
     bool optional;
 };
 
+// One branch of a union's arguments (introspection only).
+struct QmpVariant {
+    std::string value;              // the tag's value
+    std::vector<QmpMember> members; // the branch's own members
+};
+
 struct QmpCommand {
     const char *name;
     std::vector<QmpMember> args;
     bool extra_args;                // members beyond args allowed (the command checks them)
     const char *ret;                // introspection: "" no value, else a builtin or "object"/"[object]"
     QmpResult (*fn)(QmpCall &call); // runs in a coroutine; may yield
+    // Arguments that are a union (introspection): the tag member, and the
+    // branches (a function: blockdev-add's come from the driver registry).
+    const char *tag = nullptr;
+    std::vector<QmpVariant> (*variants)() = nullptr;
 };
 
 // Every command, in the order query-commands lists them.

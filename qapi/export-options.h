@@ -51,6 +51,7 @@ struct IoThreadOptions {
         uint64_t grow = 0;
         uint64_t shrink = 0;
     } poll;
+    uint64_t aio_max_batch = 0;   // "aio-max-batch": reported by query-iothreads, otherwise unused
 };
 
 } // namespace bg

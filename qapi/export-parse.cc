@@ -281,7 +281,7 @@ Result<IoThreadOptions> object_from_tree(const json &tree, bool from_keyval)
     if (max_ns != UINT64_MAX) o.poll.max_ns = max_ns;
     BG_TRY(d.uinteger(tree, "poll-grow", INT64_MAX, &o.poll.grow));
     BG_TRY(d.uinteger(tree, "poll-shrink", INT64_MAX, &o.poll.shrink));
-    BG_TRY(d.uinteger(tree, "aio-max-batch", INT64_MAX));
+    BG_TRY(d.uinteger(tree, "aio-max-batch", INT64_MAX, &o.aio_max_batch));
     BG_TRY(d.uinteger(tree, "thread-pool-min", INT_MAX));
     BG_TRY(d.uinteger(tree, "thread-pool-max", INT_MAX));
     return o;

@@ -562,16 +562,30 @@ Status coroutine_fn Qcow2Node::co_get_info(ImageInfo *info)
         data.add("lazy-refcounts", InfoValue::of_bool((h_.compatible_features & qcow2::kCompatLazyRefcounts) != 0));
     }
     if (h_.version >= 3) {
-        auto bms = co_persistent_bitmaps();
-        if (bms && !bms.value().empty()) {
+        // What the image holds now, as QEMU reports it: on a writable node
+        // the bitmaps taken over at open show "in-use", and bitmaps added
+        // since are not in the image yet.
+        // (Read here, not with co_read_bitmap_directory(), which keeps the
+        // bytes it read as the directory to restore at close.)
+        std::vector<qcow2::BitmapEntry> stored;
+        if (h_.bitmaps) {
+            std::vector<uint8_t> dir(h_.bitmaps->directory_size);
+            if (file_->co_pread(static_cast<int64_t>(h_.bitmaps->directory_offset), static_cast<int64_t>(dir.size()),
+                                dir.data()) >= 0) {
+                auto d = qcow2::parse_bitmap_directory(dir.data(), dir.size(), h_.bitmaps->nb_bitmaps, name_);
+                if (d) stored = std::move(d.value());
+            }
+        }
+        if (!stored.empty()) {
             InfoValue list = InfoValue::new_list();
-            for (const PersistentBitmapInfo &b : bms.value()) {
+            for (const qcow2::BitmapEntry &e : stored) {
                 InfoValue flags = InfoValue::new_list();
-                for (const std::string &f : b.flags) flags.list.push_back(InfoValue::of_string(f));
+                if (e.flags & qcow2::kBitmapInUse) flags.list.push_back(InfoValue::of_string("in-use"));
+                if (e.flags & qcow2::kBitmapAuto) flags.list.push_back(InfoValue::of_string("auto"));
                 InfoValue d = InfoValue::new_dict();
                 d.add("flags", flags);
-                d.add("name", InfoValue::of_string(b.name));
-                d.add("granularity", InfoValue::of_int(b.granularity));
+                d.add("name", InfoValue::of_string(e.name));
+                d.add("granularity", InfoValue::of_int(e.granularity_bits < 32 ? 1LL << e.granularity_bits : 0));
                 list.list.push_back(d);
             }
             data.add("bitmaps", list);

@@ -405,7 +405,7 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
                             bool writable)
 {
     Header h;
-    if (buf_len < 8 || be32(buf) != kMagic) return herr(EINVAL, image, "not a qcow2 image (bad magic)");
+    if (buf_len < 8 || be32(buf) != kMagic) return herr(EINVAL, image, "Image is not in qcow2 format");
     h.version = be32(buf + 4);
     if (h.version != 2 && h.version != 3) {
         return herr(ENOTSUP, image, "unsupported qcow2 version %" PRIu32, h.version);

@@ -60,8 +60,9 @@ Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, cons
     node_ = graph.find(opts.node_name);
     if (!node_) return make_error(ENOENT, "export '%s': no node named '%s'", id_.c_str(), opts.node_name.c_str());
     BlockPerm perm = kPermConsistentRead | (writable_ ? kPermWrite | kPermResize : 0);
-    // Like QEMU: others may read; a writable export shares no writes.
-    BlockPerm shared = kPermConsistentRead | kPermWriteUnchanged | (writable_ ? 0 : kPermWrite | kPermResize);
+    // Others may read and resize (QMP block_resize on an exported node, as
+    // in QEMU); a writable export shares no writes.
+    BlockPerm shared = kPermConsistentRead | kPermWriteUnchanged | kPermResize | (writable_ ? 0 : kPermWrite);
     auto b = BlockBackend::create(node_, perm, shared, "export '" + id_ + "'");
     if (!b.ok()) return b.error().prefixed("export '" + id_ + "'");
     blk_ = std::move(b.value());

@@ -159,6 +159,8 @@ class FuseExport final : public BlockExport {
     void shutdown() override;
     ExportStats stats() const override;
     std::string stats_text() const override;
+    bool bypasses_graph() const override { return backing_fd_ >= 0; }
+    BlockNode *node() const override { return blk_ ? blk_->node() : nullptr; }
 
     // For the transports.
     bool halted() const { return halted_.load(std::memory_order_relaxed); }

@@ -478,8 +478,8 @@ START_TEST(test_permission_conflicts)
     auto w2 = BlockBackend::create(m, kPermConsistentRead | kPermWrite, kPermAll, "export 'w2'");
     ck_assert(!w2.ok());
     ck_assert_str_eq(w2.msg().c_str(),
-                     "export 'w2' cannot use node 'm' as 'root': it conflicts with use by export 'w' as 'root', "
-                     "which does not allow 'write'");
+                     "Permission conflict on node 'm': permissions 'write' are both required by export 'w2' (uses "
+                     "node 'm' as 'root' child) and unshared by export 'w' (uses node 'm' as 'root' child).");
     // Readers are fine.
     auto r = BlockBackend::create(m, kPermConsistentRead, kPermAll, "reader");
     ck_assert(r.ok());

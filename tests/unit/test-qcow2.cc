@@ -448,9 +448,9 @@ START_TEST(test_header_hostile)
         fn(b);
         return b;
     };
-    ck_assert_msg_eq(reject(mod([](auto &b) { b[3] = 0xfa; })), "disk.qcow2: not a qcow2 image (bad magic)");
+    ck_assert_msg_eq(reject(mod([](auto &b) { b[3] = 0xfa; })), "disk.qcow2: Image is not in qcow2 format");
     ck_assert_msg_eq(reject(std::vector<uint8_t>(base.begin(), base.begin() + 3)),
-                     "disk.qcow2: not a qcow2 image (bad magic)");
+                     "disk.qcow2: Image is not in qcow2 format");
     ck_assert_msg_eq(reject(mod([](auto &b) { put32(b, 4, 1); })), "disk.qcow2: unsupported qcow2 version 1");
     ck_assert_msg_eq(reject(mod([](auto &b) { put32(b, 4, 4); })), "disk.qcow2: unsupported qcow2 version 4");
     ck_assert_msg_eq(reject(std::vector<uint8_t>(base.begin(), base.begin() + 80)),
@@ -1536,9 +1536,9 @@ START_TEST(test_open_errors)
     ck_assert_msg_eq(e.open_error(qcow2_opts(path)),
                      "blockdev 'q': " + path + ": L1 table offset 0x100000 is beyond the end of the file");
     write_file(path, std::vector<uint8_t>(100, 0));
-    ck_assert_msg_eq(e.open_error(qcow2_opts(path)), "blockdev 'q': " + path + ": not a qcow2 image (bad magic)");
+    ck_assert_msg_eq(e.open_error(qcow2_opts(path)), "blockdev 'q': " + path + ": Image is not in qcow2 format");
     write_file(path, {});
-    ck_assert_msg_eq(e.open_error(qcow2_opts(path)), "blockdev 'q': " + path + ": not a qcow2 image (bad magic)");
+    ck_assert_msg_eq(e.open_error(qcow2_opts(path)), "blockdev 'q': " + path + ": Image is not in qcow2 format");
     // A 2 MiB-cluster header in a file shorter than a cluster.
     ImageBuilder ib;
     ib.cluster_bits = 21;
