@@ -32,6 +32,7 @@
 
 #include "block/block-driver.h"
 #include "util/aio.h"
+#include "util/bits.h"
 
 namespace bg {
 
@@ -45,28 +46,6 @@ constexpr uint64_t kMaxBitmapDirectoryBytes = 1024ULL * kMaxPersistentBitmaps;
 uint64_t size_for(int64_t length) { return (static_cast<uint64_t>(std::max<int64_t>(length, 0)) + 511) & ~uint64_t{511}; }
 uint64_t nb_bits_for(uint64_t size, uint32_t granularity) { return (size + granularity - 1) / granularity; }
 bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
-
-// Sets bits [first, last] (inclusive) of b (bit i: bit i % 8 of byte i / 8).
-void set_bits(std::vector<uint8_t> &b, uint64_t first, uint64_t last)
-{
-    while (first <= last && (first & 7)) {
-        b[first >> 3] |= static_cast<uint8_t>(1u << (first & 7));
-        first++;
-    }
-    if (first > last) return;
-    const uint64_t full_end = (last + 1) & ~uint64_t{7};
-    if (full_end > first) {
-        std::memset(b.data() + (first >> 3), 0xff, (full_end - first) >> 3);
-        first = full_end;
-    }
-    for (; first <= last; first++) b[first >> 3] |= static_cast<uint8_t>(1u << (first & 7));
-}
-
-// Zeroes the bits at and past nb_bits in the last byte.
-void clear_tail(std::vector<uint8_t> &b, uint64_t nb_bits)
-{
-    if ((nb_bits & 7) && !b.empty()) b.back() &= static_cast<uint8_t>((1u << (nb_bits & 7)) - 1);
-}
 
 uint64_t count_bits(const std::vector<uint8_t> &b)
 {
@@ -92,7 +71,7 @@ void or_bits(std::vector<uint8_t> &dst, uint32_t dst_gran, uint64_t dst_nb_bits,
     if (src.granularity == dst_gran) {
         const size_t n = std::min(dst.size(), static_cast<size_t>((nb + 7) / 8));
         for (size_t i = 0; i < n; i++) dst[i] |= src.bytes[i];
-        clear_tail(dst, dst_nb_bits);
+        bits_clear_tail(dst, dst_nb_bits);
         return;
     }
     uint64_t i = 0;
@@ -110,7 +89,7 @@ void or_bits(std::vector<uint8_t> &dst, uint32_t dst_gran, uint64_t dst_nb_bits,
         const uint64_t first = i * src.granularity / dst_gran;
         if (first >= dst_nb_bits) return;
         const uint64_t last = std::min(dst_nb_bits - 1, (j * src.granularity - 1) / dst_gran);
-        set_bits(dst, first, last);
+        bits_set_range(dst, first, last);
         i = j;
     }
 }
@@ -133,7 +112,7 @@ struct MemBitmap {
         size = size_for(length);
         nb_bits = nb_bits_for(size, granularity);
         bits.resize((nb_bits + 7) / 8, 0);
-        clear_tail(bits, nb_bits);
+        bits_clear_tail(bits, nb_bits);
     }
 };
 
@@ -340,7 +319,7 @@ void BlockNode::dirty_bitmaps_mark_slow(int64_t offset, int64_t bytes)
         if (!b.enabled || !b.nb_bits) continue;
         const uint64_t first = off >> b.gran_bits;
         if (first >= b.nb_bits) continue;
-        set_bits(b.bits, first, std::min(b.nb_bits - 1, end >> b.gran_bits));
+        bits_set_range(b.bits, first, std::min(b.nb_bits - 1, end >> b.gran_bits));
     }
 }
 
@@ -596,7 +575,7 @@ Status BlockNode::dirty_bitmap_restore(const std::string &name, const DirtyBitma
     MemBitmap *b = bitmaps_->find_mem(name);
     b->bits = bits.bytes;
     b->bits.resize((b->nb_bits + 7) / 8, 0);
-    clear_tail(b->bits, b->nb_bits);
+    bits_clear_tail(b->bits, b->nb_bits);
     return {};
 }
 

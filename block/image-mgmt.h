@@ -138,6 +138,31 @@ struct InfoValue::Member {
     InfoValue second;     // value
 };
 
+// An InfoValue as a JSON value of type Json (nlohmann::json, or
+// nlohmann::ordered_json to keep the dictionaries' member order); kNone
+// is null.
+template <typename Json>
+Json info_value_json(const InfoValue &v)
+{
+    switch (v.kind) {
+    case InfoValue::Kind::kNone: return nullptr;
+    case InfoValue::Kind::kBool: return v.b;
+    case InfoValue::Kind::kInt: return v.i;
+    case InfoValue::Kind::kString: return v.s;
+    case InfoValue::Kind::kList: {
+        Json a = Json::array();
+        for (const InfoValue &e : v.list) a.push_back(info_value_json<Json>(e));
+        return a;
+    }
+    case InfoValue::Kind::kDict: {
+        Json o = Json::object();
+        for (const InfoValue::Member &m : v.dict) o[m.first] = info_value_json<Json>(m.second);
+        return o;
+    }
+    }
+    return nullptr;
+}
+
 // One internal snapshot (QEMU QEMUSnapshotInfo / SnapshotInfo).
 struct SnapshotInfo {
     std::string id;                     // "1", "2", ...; empty at create: the driver picks one

@@ -242,26 +242,6 @@ std::optional<std::string> full_backing_filename(BlockNode *n, const std::string
 
 // ---------------------------------------------------------------- image info
 
-ojson info_value_json(const InfoValue &v)
-{
-    switch (v.kind) {
-    case InfoValue::Kind::kNone: return nullptr;
-    case InfoValue::Kind::kBool: return v.b;
-    case InfoValue::Kind::kInt: return v.i;
-    case InfoValue::Kind::kString: return v.s;
-    case InfoValue::Kind::kList: {
-        ojson a = ojson::array();
-        for (const InfoValue &e : v.list) a.push_back(info_value_json(e));
-        return a;
-    }
-    case InfoValue::Kind::kDict: {
-        ojson o = ojson::object();
-        for (const InfoValue::Member &m : v.dict) o[m.first] = info_value_json(m.second);
-        return o;
-    }
-    }
-    return nullptr;
-}
 
 ojson snapshot_json(const SnapshotInfo &s)
 {
@@ -311,7 +291,7 @@ ojson image_info(BlockNode *n)
         j["snapshots"] = std::move(a);
     }
     if (ii.format_specific.kind != InfoValue::Kind::kNone) {
-        j["format-specific"] = info_value_json(ii.format_specific);
+        j["format-specific"] = info_value_json<ojson>(ii.format_specific);
     }
     return j;
 }

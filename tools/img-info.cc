@@ -17,26 +17,6 @@ namespace {
 
 enum { kOptOutput = 256, kOptBackingChain, kOptImageOpts, kOptSize, kOptObject };
 
-json info_value_to_json(const InfoValue &v)
-{
-    switch (v.kind) {
-    case InfoValue::Kind::kNone: return nullptr;
-    case InfoValue::Kind::kBool: return v.b;
-    case InfoValue::Kind::kInt: return v.i;
-    case InfoValue::Kind::kString: return v.s;
-    case InfoValue::Kind::kList: {
-        json a = json::array();
-        for (const InfoValue &e : v.list) a.push_back(info_value_to_json(e));
-        return a;
-    }
-    case InfoValue::Kind::kDict: {
-        json o = json::object();
-        for (const auto &[k, e] : v.dict) o[k] = info_value_to_json(e);
-        return o;
-    }
-    }
-    return nullptr;
-}
 
 void dump_info_value(int indent, const InfoValue &v);
 
@@ -162,7 +142,7 @@ json image_info(BlockNode *node, const std::string &filename)
             j["snapshots"] = a;
         }
         if (ii.format_specific.kind != InfoValue::Kind::kNone) {
-            j["format-specific"] = info_value_to_json(ii.format_specific);
+            j["format-specific"] = info_value_json<json>(ii.format_specific);
         }
     }
     return j;

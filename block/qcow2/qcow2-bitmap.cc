@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "block/qcow2/qcow2.h"
+#include "util/bits.h"
 #include "util/log.h"
 
 namespace bg {
@@ -88,28 +89,6 @@ bool usable(const qcow2::BitmapEntry &e)
 }
 
 uint64_t nb_bits_for(uint64_t size, uint8_t gbits) { return (size + (1ULL << gbits) - 1) >> gbits; }
-
-// Sets bits [first, last] (inclusive) of b.
-void set_bits(std::vector<uint8_t> &b, uint64_t first, uint64_t last)
-{
-    while (first <= last && (first & 7)) {
-        b[first >> 3] |= static_cast<uint8_t>(1u << (first & 7));
-        first++;
-    }
-    if (first > last) return;
-    const uint64_t full_end = (last + 1) & ~uint64_t{7};
-    if (full_end > first) {
-        std::memset(b.data() + (first >> 3), 0xff, (full_end - first) >> 3);
-        first = full_end;
-    }
-    for (; first <= last; first++) b[first >> 3] |= static_cast<uint8_t>(1u << (first & 7));
-}
-
-// The bits past nb_bits in the last byte are zero (the spec requires it).
-void clear_tail(std::vector<uint8_t> &b, uint64_t nb_bits)
-{
-    if ((nb_bits & 7) && !b.empty()) b.back() &= static_cast<uint8_t>((1u << (nb_bits & 7)) - 1);
-}
 
 bool all_zero(const uint8_t *p, size_t n)
 {
@@ -207,7 +186,7 @@ Result<Qcow2Node::DirtyBitmap> coroutine_fn Qcow2Node::co_read_bitmap(const qcow
             std::memset(b.bits.data() + i * cs, 0xff, n);
         }
     }
-    if (want_bits) clear_tail(b.bits, b.nb_bits);
+    if (want_bits) bits_clear_tail(b.bits, b.nb_bits);
     b.owned = want_bits;
     b.table_known = true;
     return b;
@@ -429,7 +408,7 @@ void Qcow2Node::bitmaps_mark(uint64_t offset, uint64_t bytes)
         if (!b.enabled() || !b.nb_bits) continue;
         const uint64_t first = offset >> b.e.granularity_bits;
         const uint64_t last = std::min(b.nb_bits - 1, (offset + bytes - 1) >> b.e.granularity_bits);
-        if (first <= last) set_bits(b.bits, first, last);
+        if (first <= last) bits_set_range(b.bits, first, last);
     }
     bitmaps_changed_ = true;
 }
@@ -444,7 +423,7 @@ void Qcow2Node::bitmaps_resize(uint64_t new_size)
         if (nb == b.nb_bits) continue;
         b.nb_bits = nb;
         b.bits.resize((b.nb_bits + 7) / 8, 0);
-        clear_tail(b.bits, b.nb_bits);
+        bits_clear_tail(b.bits, b.nb_bits);
         bitmaps_changed_ = true;
     }
 }
@@ -567,7 +546,7 @@ Status coroutine_fn Qcow2Node::co_bitmap_change(const BitmapChange &c)
                 const uint64_t first = start >> it->e.granularity_bits;
                 if (first >= it->nb_bits) break;
                 const uint64_t last = std::min(it->nb_bits - 1, end >> it->e.granularity_bits);
-                set_bits(it->bits, first, last);
+                bits_set_range(it->bits, first, last);
             }
         }
     }
