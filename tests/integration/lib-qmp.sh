@@ -43,4 +43,20 @@ else
     export BLOCKGRAPH
 fi
 
-exec timeout -k 15 "${QMP_BUDGET:-120}" python3 "$here/qmp-$name.py"
+# Every daemon and mount of the script lives under QMP_WORK. qmp.py cleans
+# up itself; this trap also covers a script killed outright (the timeout's
+# SIGKILL, or a kill from outside): its daemons run in sessions of their own
+# and would otherwise keep their FUSE mounts.
+QMP_WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/bg-qmp-$name.XXXXXX")
+export QMP_WORK
+qmp_cleanup() {
+    pkill -KILL -f -- "$QMP_WORK/" 2>/dev/null
+    sleep 0.2
+    awk -v w="$QMP_WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo |
+        while read -r mp; do fusermount3 -u -z "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null; done
+    rm -rf "$QMP_WORK"
+}
+trap qmp_cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+timeout -k 15 "${QMP_BUDGET:-120}" python3 "$here/qmp-$name.py"

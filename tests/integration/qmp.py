@@ -405,7 +405,8 @@ class Test:
         self.checks = 0
         self.failures = 0
         self.daemons = []
-        self.work = tempfile.mkdtemp(prefix=f"bg-{name}.", dir=os.environ.get("TMPDIR", "/var/tmp"))
+        base = os.environ.get("QMP_WORK") or os.environ.get("TMPDIR", "/var/tmp")
+        self.work = tempfile.mkdtemp(prefix=f"bg-{name}.", dir=base)
         self.work = os.path.realpath(self.work)
         os.chdir(self.work)
         global CURRENT_TEST
