@@ -175,6 +175,23 @@ struct SnapshotInfo {
     uint64_t disk_size = 0;             // virtual size when taken (bytes; filled by snapshot_list)
 };
 
+// QEMU's SnapshotInfo JSON object (qemu-img info, QMP), members in QEMU's
+// order when Json keeps order.
+template <typename Json>
+Json snapshot_info_json(const SnapshotInfo &s)
+{
+    Json j = Json::object();
+    j["id"] = s.id;
+    j["name"] = s.name;
+    j["vm-state-size"] = s.vm_state_size;
+    j["date-sec"] = s.date_sec;
+    j["date-nsec"] = s.date_nsec;
+    j["vm-clock-sec"] = s.vm_clock_nsec / 1000000000ULL;
+    j["vm-clock-nsec"] = s.vm_clock_nsec % 1000000000ULL;
+    if (s.icount) j["icount"] = *s.icount;
+    return j;
+}
+
 // What a format driver knows about an image beyond its node's length
 // (QEMU BlockDriverInfo + ImageInfoSpecific + the snapshot list).
 struct ImageInfo {

@@ -243,20 +243,6 @@ std::optional<std::string> full_backing_filename(BlockNode *n, const std::string
 // ---------------------------------------------------------------- image info
 
 
-ojson snapshot_json(const SnapshotInfo &s)
-{
-    ojson j = ojson::object();
-    j["id"] = s.id;
-    j["name"] = s.name;
-    j["vm-state-size"] = s.vm_state_size;
-    j["date-sec"] = s.date_sec;
-    j["date-nsec"] = s.date_nsec;
-    j["vm-clock-sec"] = s.vm_clock_nsec / 1000000000ULL;
-    j["vm-clock-nsec"] = s.vm_clock_nsec % 1000000000ULL;
-    if (s.icount) j["icount"] = *s.icount;
-    return j;
-}
-
 // QEMU's ImageInfo of one node (backing-image added by the caller).
 ojson image_info(BlockNode *n)
 {
@@ -287,7 +273,7 @@ ojson image_info(BlockNode *n)
     Result<std::vector<SnapshotInfo>> sn = n->snapshot_list();
     if (sn.ok() && !sn.value().empty()) {
         ojson a = ojson::array();
-        for (const SnapshotInfo &s : sn.value()) a.push_back(snapshot_json(s));
+        for (const SnapshotInfo &s : sn.value()) a.push_back(snapshot_info_json<ojson>(s));
         j["snapshots"] = std::move(a);
     }
     if (ii.format_specific.kind != InfoValue::Kind::kNone) {

@@ -181,13 +181,7 @@ QmpResult cmd_snapshot_delete_internal(QmpCall &call)
     SnapshotInfo sn = *found;
     Status st = node->snapshot_delete(sn.id, sn.name);
     if (!st.ok()) return qmp_error(st);
-    return qmp_ok({{"id", sn.id},
-                   {"name", sn.name},
-                   {"vm-state-size", sn.vm_state_size},
-                   {"date-sec", sn.date_sec},
-                   {"date-nsec", sn.date_nsec},
-                   {"vm-clock-sec", sn.vm_clock_nsec / 1000000000ULL},
-                   {"vm-clock-nsec", sn.vm_clock_nsec % 1000000000ULL}});
+    return qmp_ok(snapshot_info_json<nlohmann::json>(sn));
 }
 
 } // namespace

@@ -17,7 +17,6 @@ namespace {
 
 enum { kOptOutput = 256, kOptBackingChain, kOptImageOpts, kOptSize, kOptObject };
 
-
 void dump_info_value(int indent, const InfoValue &v);
 
 // QEMU prints a QDict in the order of its hash table: buckets by the tdb
@@ -97,20 +96,6 @@ void print_snapshot_line(const json &sn)
                 size.c_str(), date, clk, icount);
 }
 
-json snapshot_json(const SnapshotInfo &s)
-{
-    json j = json::object();
-    j["id"] = s.id;
-    j["name"] = s.name;
-    j["vm-state-size"] = s.vm_state_size;
-    j["date-sec"] = s.date_sec;
-    j["date-nsec"] = s.date_nsec;
-    j["vm-clock-sec"] = s.vm_clock_nsec / 1000000000ULL;
-    j["vm-clock-nsec"] = s.vm_clock_nsec % 1000000000ULL;
-    if (s.icount) j["icount"] = *s.icount;
-    return j;
-}
-
 BlockNode *skip_filters(BlockNode *n)
 {
     while (n && n->filtered_child()) n = n->filtered_child()->node();
@@ -138,7 +123,7 @@ json image_info(BlockNode *node, const std::string &filename)
         if (ii.backing_format) j["backing-filename-format"] = *ii.backing_format;
         if (!ii.snapshots.empty()) {
             json a = json::array();
-            for (const SnapshotInfo &s : ii.snapshots) a.push_back(snapshot_json(s));
+            for (const SnapshotInfo &s : ii.snapshots) a.push_back(snapshot_info_json<json>(s));
             j["snapshots"] = a;
         }
         if (ii.format_specific.kind != InfoValue::Kind::kNone) {
