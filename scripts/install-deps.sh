@@ -13,6 +13,8 @@ PACKAGES=(
     zlib1g-dev libzstd-dev        # qcow2 compression
     check                         # unit tests
     nlohmann-json3-dev            # QAPI-style JSON options
+    libgnutls28-dev gnutls-bin    # NBD TLS (gnutls-bin: certtool/psktool for the TLS tests)
+    libnbd-bin python3-libnbd nbdkit  # NBD peers that judge the NBD tests
     qemu-utils qemu-system-common # qemu-img judges the integration tests
     fio                           # I/O load in integration tests and benchmarks
     python3                       # test helpers
