@@ -654,6 +654,15 @@ struct BlockDriver {
     // bitmaps (qemu-img convert --bitmaps checks before creating the
     // target). nullptr: never.
     bool (*stores_bitmaps)(const CreateOptions &opts);
+
+    // ---- protocol file names (protocol drivers; optional) ----
+    // The URI schemes / prefixes this driver serves, nullptr-terminated
+    // (e.g. {"nbd", "nbd+unix", nullptr}): a file name whose part before
+    // the first ':' is one of them (and holds no '/') opens with this
+    // driver as {"driver": NAME, "filename": FILENAME}, so the driver's
+    // options decoder must accept "filename" and decode the name itself
+    // (EINVAL naming it when it is malformed). nullptr: plain paths only.
+    const char *const *protocol_prefixes;
 };
 
 // The drivers a graph can instantiate: one explicit list (block/drivers.cc
@@ -693,12 +702,15 @@ void register_builtin_drivers(DriverRegistry *registry);
 // The registry with every built-in driver (built on first use; thread-safe).
 const DriverRegistry &builtin_drivers();
 
-// The protocol driver that serves filename (for plain paths, the default
-// "file" driver); nullptr if the registry has none.
+// The protocol driver that serves filename: the one whose
+// protocol_prefixes hold the name's prefix ("nbd://h/x" -> nbd), else (plain
+// paths, "file:" names, unknown prefixes) the default "file" driver; nullptr
+// if the registry has none.
 const BlockDriver *protocol_driver_for(const DriverRegistry &registry, const std::string &filename);
 // The options tree of a protocol node opening filename, e.g.
-// {"driver": "file", "filename": filename}; for BlockGraph::add_node_json.
-nlohmann::json protocol_node_options(const std::string &filename);
+// {"driver": "file", "filename": filename} or {"driver": "nbd", "filename":
+// "nbd://h/x"}; for BlockGraph::add_node_json.
+nlohmann::json protocol_node_options(const std::string &filename, const DriverRegistry &registry = builtin_drivers());
 // True if drv's format probe claims any data at all (raw): probing picks it
 // only when nothing else recognises the image, so writes that would make
 // the image look like another format must be refused on a probed node, and

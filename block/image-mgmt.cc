@@ -244,7 +244,7 @@ Result<std::pair<std::string, int64_t>> probe_backing(const DriverRegistry &regi
                                                       const std::optional<std::string> &fmt)
 {
     BlockGraph graph(&registry);
-    nlohmann::json fo = protocol_node_options(path);
+    nlohmann::json fo = protocol_node_options(path, registry);
     fo["read-only"] = true;
     fo["force-share"] = true;
     auto file = graph.add_node_json(fo);
@@ -281,13 +281,23 @@ constexpr const char *kDefaultProtocol = "file";
 
 const BlockDriver *protocol_driver_for(const DriverRegistry &registry, const std::string &filename)
 {
-    (void)filename;
+    size_t colon = filename.find(':');
+    if (colon != std::string::npos && colon > 0 && filename.find('/') > colon) {
+        std::string prefix = filename.substr(0, colon);
+        for (const BlockDriver *d : registry.all()) {
+            if (d->kind != BlockDriverKind::kProtocol || !d->protocol_prefixes) continue;
+            for (const char *const *p = d->protocol_prefixes; *p; p++) {
+                if (prefix == *p) return d;
+            }
+        }
+    }
     return registry.find(kDefaultProtocol);
 }
 
-nlohmann::json protocol_node_options(const std::string &filename)
+nlohmann::json protocol_node_options(const std::string &filename, const DriverRegistry &registry)
 {
-    return nlohmann::json{{"driver", kDefaultProtocol}, {"filename", filename}};
+    const BlockDriver *d = protocol_driver_for(registry, filename);
+    return nlohmann::json{{"driver", d ? d->name : kDefaultProtocol}, {"filename", filename}};
 }
 
 Status create_image_file(const std::string &filename, const CreateOptions &opts)

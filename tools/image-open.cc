@@ -220,11 +220,11 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
         from_keyval = false;
     } else if (fmt_drv && fmt_drv->kind == BlockDriverKind::kProtocol) {
         // -f file (or another protocol): the protocol node is the image.
-        tree = fmt_drv == protocol_driver_for(registry, spec.image) ? protocol_node_options(spec.image)
+        tree = fmt_drv == protocol_driver_for(registry, spec.image) ? protocol_node_options(spec.image, registry)
                                                                      : json::object();
     } else {
         tree = json::object();
-        tree["file"] = protocol_node_options(spec.image);
+        tree["file"] = protocol_node_options(spec.image, registry);
     }
     if (fmt_drv) {
         auto it = tree.find("driver");

@@ -111,9 +111,11 @@ nlohmann::json Qcow2Node::implicit_file_options(const std::string &path, bool re
     // (blkdebug above the file must not lend its options to a backing file).
     const BlockNode *proto = file_->node();
     while (proto->filtered_child()) proto = proto->filtered_child()->node();
-    nlohmann::json j = proto->driver() == protocol_driver_for(graph()->registry(), path)
+    // A protocol that decodes its own names (nbd://...) gets the name alone.
+    const BlockDriver *want = protocol_driver_for(graph()->registry(), path);
+    nlohmann::json j = proto->driver() == want && !want->protocol_prefixes
                            ? blockdev_options_to_json(proto->options())
-                           : protocol_node_options(path);
+                           : protocol_node_options(path, graph()->registry());
     j.erase("node-name");
     j.erase("read-only");
     j.erase("force-share");
