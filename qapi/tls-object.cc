@@ -194,7 +194,7 @@ Status object_add_from_keyval(const std::string &spec)
 {
     const std::string type = object_arg_type(spec);
     if (!type.empty() && !is_tls_object_type(type)) {
-        return make_error(ENOTSUP, "object type '%s' is not supported here", type.c_str());
+        return make_error(ENOTSUP, "invalid object type: %s", type.c_str());
     }
     auto o = parse_tls_object_arg(spec);
     if (!o) return o.error();

@@ -52,8 +52,8 @@ Status tls_object_add(const TlsObjectOptions &o);
 Status tls_object_del(const std::string &id);
 
 // --object for the tools without a daemon (img, io, nbd): adds a TLS
-// object; any other type fails with ENOTSUP "object type 'T' is not
-// supported here" (iothreads are the daemon's).
+// object; any other type fails with ENOTSUP "invalid object type: T"
+// (qemu-img's text; iothreads are the daemon's).
 Status object_add_from_keyval(const std::string &spec);
 
 } // namespace bg

@@ -486,7 +486,7 @@ START_TEST(test_object_table)
 
     st = object_add_from_keyval("iothread,id=io0");
     ck_assert_int_eq(st.err(), ENOTSUP);
-    ck_assert_str_eq(st.msg().c_str(), "object type 'iothread' is not supported here");
+    ck_assert_str_eq(st.msg().c_str(), "invalid object type: iothread");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",endpoint=both");
     ck_assert_str_eq(st.msg().c_str(), "object 'e': endpoint: 'both' is not one of: server, client");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",verify-peer=maybe");
