@@ -201,6 +201,13 @@ void exchange(Pair &p, size_t n)
 
 bool contains(const std::string &s, const std::string &part) { return s.find(part) != std::string::npos; }
 
+// Compares two strings (no dangling c_str() of temporaries).
+#define EXPECT_STR(a, b)                                                                  \
+    do {                                                                                  \
+        const std::string a_ = (a), b_ = (b);                                             \
+        ck_assert_msg(a_ == b_, "got '%s', want '%s'", a_.c_str(), b_.c_str());           \
+    } while (0)
+
 } // namespace
 
 // ---------------------------------------------------------------- x509
@@ -264,7 +271,7 @@ START_TEST(test_x509_wrong_ca)
     auto sc = creds(dir("good"), true, false, false), cc = creds(dir("other"), false);
     p.handshake(*sc, *cc);
     ck_assert(!p.cli_st.ok());
-    ck_assert_str_eq(p.cli_st.msg().c_str(), "The certificate hasn't got a known issuer");
+    EXPECT_STR(p.cli_st.msg(), "The certificate hasn't got a known issuer");
     ck_assert(!p.cli->tls_active());
 }
 END_TEST
@@ -281,7 +288,9 @@ START_TEST(test_x509_client_cert_from_other_ca)
     ck_assert(cc.ok());
     p.handshake(*sc, *cc.value());
     ck_assert(!p.srv_st.ok());
-    ck_assert_str_eq(p.srv_st.msg().c_str(), "The certificate hasn't got a known issuer");
+    // The server names its CA in its certificate request: a client whose
+    // certificate another CA signed sends none.
+    EXPECT_STR(p.srv_st.msg(), "Verify failed: No certificate was found.");
 }
 END_TEST
 
@@ -299,7 +308,7 @@ START_TEST(test_x509_verify_peer_needs_client_cert)
     auto sc2 = creds(dir("good"), true, false, false);
     q.handshake(*sc2, *cc);
     ck_assert_msg(q.srv_st.ok() && q.cli_st.ok(), "%s", q.srv_st.ok() ? "client" : q.srv_st.msg().c_str());
-    ck_assert_str_eq(q.srv->tls_peer_identity().c_str(), "");
+    EXPECT_STR(q.srv->tls_peer_identity(), "");
     exchange(q, 100000);
 }
 END_TEST
@@ -311,7 +320,7 @@ START_TEST(test_x509_hostname)
         Pair p;
         p.handshake(*sc, *cc, "otherhost");
         ck_assert(!p.cli_st.ok());
-        ck_assert_str_eq(p.cli_st.msg().c_str(), "Certificate does not match the hostname otherhost");
+        EXPECT_STR(p.cli_st.msg(), "Certificate does not match the hostname otherhost");
     }
     {
         Pair p;   // the certificate carries the address too
@@ -348,13 +357,13 @@ START_TEST(test_x509_authz)
         Pair p;
         p.handshake(*sc, *cc, "localhost", "deny");
         ck_assert(!p.srv_st.ok());
-        ck_assert_str_eq(p.srv_st.msg().c_str(), ("TLS x509 authz check for " + dn + " is denied").c_str());
+        EXPECT_STR(p.srv_st.msg(), ("TLS x509 authz check for " + dn + " is denied"));
     }
     {
         Pair p;
         p.handshake(*sc, *cc, "localhost", "nosuch");
         ck_assert(!p.srv_st.ok());
-        ck_assert_str_eq(p.srv_st.msg().c_str(), "Cannot find QAuthZ object with id nosuch");
+        EXPECT_STR(p.srv_st.msg(), "Cannot find QAuthZ object with id nosuch");
     }
 }
 END_TEST
@@ -371,7 +380,7 @@ START_TEST(test_endpoint_mismatch)
     }));
     ck_assert(run_until(p.ctx.get(), [&] { return done; }));
     ck_assert(!st.ok());
-    ck_assert_str_eq(st.msg().c_str(), "Credentials endpoint doesn't match session");
+    EXPECT_STR(st.msg(), "Credentials endpoint doesn't match session");
 }
 END_TEST
 
@@ -385,7 +394,7 @@ START_TEST(test_psk)
         auto cc = creds(dir("psk"), false, true, true, "alice");
         p.handshake(*sc, *cc);
         ck_assert_msg(p.srv_st.ok() && p.cli_st.ok(), "%s", p.srv_st.ok() ? p.cli_st.msg().c_str() : p.srv_st.msg().c_str());
-        ck_assert_str_eq(p.srv->tls_peer_identity().c_str(), "alice");
+        EXPECT_STR(p.srv->tls_peer_identity(), "alice");
         exchange(p, 1000000);
     }
     {
@@ -393,12 +402,12 @@ START_TEST(test_psk)
         auto cc = creds(dir("psk"), false, true);
         p.handshake(*sc, *cc);
         ck_assert(p.srv_st.ok() && p.cli_st.ok());
-        ck_assert_str_eq(p.srv->tls_peer_identity().c_str(), "qemu");
+        EXPECT_STR(p.srv->tls_peer_identity(), "qemu");
         ck_assert(authz_add({"only-alice", "alice"}).ok());
         Pair q;
         q.handshake(*sc, *cc, "", "only-alice");
         ck_assert(!q.srv_st.ok());
-        ck_assert_str_eq(q.srv_st.msg().c_str(), "TLS PSK authz check for qemu is denied");
+        EXPECT_STR(q.srv_st.msg(), "TLS PSK authz check for qemu is denied");
     }
     {
         Pair p;   // the wrong key
@@ -417,31 +426,26 @@ START_TEST(test_create_errors)
 {
     TlsCredsOptions o;
     o.id = "t";
-    ck_assert_str_eq(create_error(o).c_str(), "Missing 'dir' property value");
+    EXPECT_STR(create_error(o), "Missing 'dir' property value");
     o.dir = "/nonexistent";
-    ck_assert_str_eq(create_error(o).c_str(),
-                     "Unable to access credentials /nonexistent/ca-cert.pem: No such file or directory");
+    EXPECT_STR(create_error(o), "Unable to access credentials /nonexistent/ca-cert.pem: No such file or directory");
     o.dir = dir("nocert");   // a server needs its certificate
-    ck_assert_str_eq(create_error(o).c_str(),
-                     ("Unable to access credentials " + dir("nocert") + "/server-cert.pem: No such file or directory").c_str());
+    EXPECT_STR(create_error(o), ("Unable to access credentials " + dir("nocert") + "/server-cert.pem: No such file or directory"));
     o.dir = dir("mixed");
-    ck_assert_str_eq(create_error(o).c_str(),
-                     ("Our own certificate " + dir("mixed") + "/server-cert.pem failed validation against " +
-                      dir("mixed") + "/ca-cert.pem: The certificate hasn't got a known issuer").c_str());
+    EXPECT_STR(create_error(o), ("Our own certificate " + dir("mixed") + "/server-cert.pem failed validation against " +
+                      dir("mixed") + "/ca-cert.pem: The certificate hasn't got a known issuer"));
     o.server = false;   // a client needs only the CA
     o.dir = dir("nocert");
     ck_assert(TlsCreds::create(o).ok());
 
     o.kind = TlsCredsOptions::Kind::kPsk;
     o.dir = dir("good");
-    ck_assert_str_eq(create_error(o).c_str(),
-                     ("Unable to access credentials " + dir("good") + "/keys.psk: No such file or directory").c_str());
+    EXPECT_STR(create_error(o), ("Unable to access credentials " + dir("good") + "/keys.psk: No such file or directory"));
     o.dir = dir("psk");
     o.username = "bob";
-    ck_assert_str_eq(create_error(o).c_str(),
-                     ("Username bob not found in PSK file " + dir("psk") + "/keys.psk").c_str());
+    EXPECT_STR(create_error(o), ("Username bob not found in PSK file " + dir("psk") + "/keys.psk"));
     o.server = true;
-    ck_assert_str_eq(create_error(o).c_str(), "username should not be set when endpoint=server");
+    EXPECT_STR(create_error(o), "username should not be set when endpoint=server");
     o.kind = TlsCredsOptions::Kind::kX509;
     o.username.clear();
     o.dir = dir("good");
@@ -472,12 +476,12 @@ START_TEST(test_object_table)
     auto c1 = tls_creds_find("c1");
     ck_assert(c1 && !c1->is_server() && !c1->is_psk() && c1->options().verify_peer);
     st = object_add_from_keyval("tls-creds-psk,id=c1,dir=" + dir("psk"));
-    ck_assert_str_eq(st.msg().c_str(), "attempt to add duplicate property 'c1' to object (type 'container')");
+    EXPECT_STR(st.msg(), "attempt to add duplicate property 'c1' to object (type 'container')");
     ck_assert_int_eq(st.err(), EEXIST);
     ck_assert(object_add_from_keyval("qom-type=tls-creds-psk,id=p1,dir=" + dir("psk") + ",endpoint=server").ok());
     ck_assert(tls_creds_find("p1")->is_psk() && tls_creds_find("p1")->is_server());
     ck_assert(object_add_from_keyval("authz-simple,id=a1,identity=CN=x").ok());
-    ck_assert_str_eq(authz_find("a1")->identity.c_str(), "CN=x");
+    EXPECT_STR(authz_find("a1")->identity, "CN=x");
     st = object_add_from_keyval("authz-simple,id=a1,identity=y");
     ck_assert_int_eq(st.err(), EEXIST);
     ck_assert(object_add_from_keyval("{\"qom-type\": \"tls-creds-x509\", \"id\": \"j\", \"dir\": \"" + d +
@@ -486,18 +490,17 @@ START_TEST(test_object_table)
 
     st = object_add_from_keyval("iothread,id=io0");
     ck_assert_int_eq(st.err(), ENOTSUP);
-    ck_assert_str_eq(st.msg().c_str(), "invalid object type: iothread");
+    EXPECT_STR(st.msg(), "invalid object type: iothread");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",endpoint=both");
-    ck_assert_str_eq(st.msg().c_str(), "object 'e': endpoint: 'both' is not one of: server, client");
+    EXPECT_STR(st.msg(), "object 'e': endpoint: 'both' is not one of: server, client");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",verify-peer=maybe");
-    ck_assert_str_eq(st.msg().c_str(),
-                     "object 'e': verify-peer: 'maybe' is not a valid boolean (on, off, true, false, yes, no)");
+    EXPECT_STR(st.msg(), "object 'e': verify-peer: 'maybe' is not a valid boolean (on, off, true, false, yes, no)");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",username=u");
-    ck_assert_str_eq(st.msg().c_str(), "object 'e': unknown key 'username'");
+    EXPECT_STR(st.msg(), "object 'e': unknown key 'username'");
     st = object_add_from_keyval("authz-simple,id=e");
-    ck_assert_str_eq(st.msg().c_str(), "object 'e': missing required key 'identity'");
+    EXPECT_STR(st.msg(), "object 'e': missing required key 'identity'");
     st = object_add_from_keyval("tls-creds-x509,id=e");
-    ck_assert_str_eq(st.msg().c_str(), "Missing 'dir' property value");
+    EXPECT_STR(st.msg(), "Missing 'dir' property value");
     st = object_add_from_keyval("tls-creds-x509,id=1e,dir=" + d);
     ck_assert(!st.ok() && contains(st.msg(), "invalid id"));
     ck_assert(!tls_object_exists("e"));
@@ -508,7 +511,7 @@ START_TEST(test_object_table)
     ck_assert(tls_object_del("a1").ok());
     st = tls_object_del("a1");
     ck_assert_int_eq(st.err(), ENOENT);
-    ck_assert_str_eq(st.msg().c_str(), "object 'a1' not found");
+    EXPECT_STR(st.msg(), "object 'a1' not found");
 }
 END_TEST
 
@@ -578,7 +581,12 @@ START_TEST(test_gnutls_serv_peer)
     ck_assert_msg(fd >= 0, "gnutls-serv does not listen on %s", port.c_str());
     CoSocket s(fd);
     Status st;
-    const auto data = pattern(10000, 9);
+    // gnutls-serv echoes line by line: printable lines.
+    std::vector<uint8_t> data;
+    for (int line = 0; line < 8; line++) {
+        for (int i = 0; i < 700; i++) data.push_back(static_cast<uint8_t>('a' + (i * 7 + line) % 26));
+        data.push_back('\n');
+    }
     std::vector<uint8_t> got(data.size());
     int wr = 1, rd = 1;
     bool done = false;
