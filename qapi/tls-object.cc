@@ -74,7 +74,7 @@ class Reader {
 
     Status endpoint(bool *server) const
     {
-        std::string e = "server";
+        std::string e = "client";
         BG_TRY(str("endpoint", &e, false));
         if (e != "server" && e != "client") return err("endpoint", "'" + e + "' is not one of: server, client");
         *server = e == "server";

@@ -7,6 +7,7 @@
 //   tls-creds-psk,id=ID,dir=DIR[,endpoint=server|client][,username=NAME][,priority=STR]
 //   authz-simple,id=ID,identity=NAME
 //
+// endpoint defaults to client, as in QEMU.
 // Parse errors are EINVAL "object 'ID': [key: ]what", like the iothread
 // object's (qapi/export-parse.h):
 //   object 'a': missing required key 'identity'

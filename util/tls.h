@@ -22,7 +22,7 @@ struct TlsCredsOptions {
     Kind kind = Kind::kX509;
     std::string id;
     std::string dir;               // "dir": where the files are
-    bool server = true;            // "endpoint": server (default) or client
+    bool server = false;           // "endpoint": server or client (default, as QEMU)
     // x509: "verify-peer" (default on): a server demands a client
     // certificate signed by the CA, a client checks the server's chain (and
     // hostname when given). off: no check on either side (as QEMU).

@@ -282,7 +282,6 @@ START_TEST(test_x509_client_cert_from_other_ca)
     auto sc = creds(dir("good"), true);
     TlsCredsOptions o;
     o.dir = dir("other");
-    o.server = false;
     o.verify_peer = false;   // the client does not check; the server does
     auto cc = TlsCreds::create(o);
     ck_assert(cc.ok());
@@ -426,6 +425,8 @@ START_TEST(test_create_errors)
 {
     TlsCredsOptions o;
     o.id = "t";
+    ck_assert(!o.server);   // endpoint=client by default, as in QEMU
+    o.server = true;
     EXPECT_STR(create_error(o), "Missing 'dir' property value");
     o.dir = "/nonexistent";
     EXPECT_STR(create_error(o), "Unable to access credentials /nonexistent/ca-cert.pem: No such file or directory");
@@ -486,8 +487,11 @@ START_TEST(test_object_table)
     ck_assert_int_eq(st.err(), EEXIST);
     ck_assert(object_add_from_keyval("{\"qom-type\": \"tls-creds-x509\", \"id\": \"j\", \"dir\": \"" + d +
                                      "\", \"verify-peer\": false}").ok());
-    ck_assert(!tls_creds_find("j")->options().verify_peer && tls_creds_find("j")->is_server());
+    ck_assert(!tls_creds_find("j")->options().verify_peer && !tls_creds_find("j")->is_server());
 
+    // No endpoint: a client, which needs only the CA certificate.
+    ck_assert(object_add_from_keyval("tls-creds-x509,id=d0,dir=" + dir("nocert")).ok());
+    ck_assert(!tls_creds_find("d0")->is_server());
     st = object_add_from_keyval("iothread,id=io0");
     ck_assert_int_eq(st.err(), ENOTSUP);
     EXPECT_STR(st.msg(), "invalid object type: iothread");
@@ -521,6 +525,7 @@ START_TEST(test_creds_removed_while_in_use)
     Pair p;
     {
         TlsCredsOptions so;
+        so.server = true;
         so.id = "s-inuse";
         so.dir = dir("good");
         auto s = TlsCreds::create(so);
