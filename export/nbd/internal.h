@@ -171,6 +171,7 @@ class NbdConn {
     // ---- transmission (transmit.cc)
     void coroutine_fn transmit();
     int coroutine_fn receive_request(NbdRequest *r);
+    int coroutine_fn co_recv(void *dst, size_t len, bool *eof);
     static void request_entry(void *opaque);
     void coroutine_fn process(NbdRequest *r);
     int coroutine_fn do_read(NbdRequest *r);
@@ -214,7 +215,9 @@ class NbdConn {
     Coroutine *recv_waiting_ = nullptr;   // the receive loop, waiting for a free slot / the end
     NbdRequest *free_list_ = nullptr;
     int pooled_ = 0;
-    std::vector<uint8_t> optbuf_;
+    static constexpr size_t kRecvBufSize = 16384;
+    std::unique_ptr<uint8_t[]> rbuf_{new uint8_t[kRecvBufSize]};
+    size_t rpos_ = 0, rlen_ = 0;
 };
 
 } // namespace bg

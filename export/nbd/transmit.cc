@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
+#include <sys/socket.h>
 
 #include "export/nbd/internal.h"
 #include "util/log.h"
@@ -75,6 +76,31 @@ bool NbdConn::ensure_buf(NbdRequest *r, size_t len)
 
 // ---------------------------------------------------------------- receive
 
+// Headers come through a buffer filled by non-blocking reads of whatever
+// has arrived (a client with many requests in flight sends them back to
+// back: one read takes many); what the buffer lacks is read straight into
+// the destination (a WRITE payload lands in the request's buffer).
+int NbdConn::co_recv(void *dst, size_t len, bool *eof)
+{
+    auto *out = static_cast<uint8_t *>(dst);
+    size_t have = rlen_ - rpos_;
+    if (have == 0 && len < kRecvBufSize / 4 && !sock_->tls_active() && !sock_->is_shutdown()) {
+        rpos_ = rlen_ = 0;
+        ssize_t n = recv(sock_->fd(), rbuf_.get(), kRecvBufSize, MSG_DONTWAIT);
+        if (n > 0) rlen_ = size_t(n);
+        have = rlen_;
+    }
+    size_t take = have < len ? have : len;
+    if (take) {
+        memcpy(out, rbuf_.get() + rpos_, take);
+        rpos_ += take;
+    }
+    if (take == len) return 0;
+    int r = sock_->co_read_full(out + take, len - take, eof);
+    if (eof && take) *eof = false;   // the peer closed in the middle of a message
+    return r;
+}
+
 void NbdConn::transmit()
 {
     for (;;) {
@@ -108,7 +134,7 @@ int NbdConn::receive_request(NbdRequest *r)
     uint8_t h[kExtRequestSize];
     const size_t hsize = extended_ ? kExtRequestSize : kRequestSize;
     bool eof = false;
-    if (sock_->co_read_full(h, hsize, &eof) < 0) return eof ? 0 : -1;
+    if (co_recv(h, hsize, &eof) < 0) return eof ? 0 : -1;
     if (!decode_request(h, &r->hdr, extended_)) {
         log_debug("NBD: invalid request magic");
         return -1;
@@ -131,7 +157,7 @@ int NbdConn::receive_request(NbdRequest *r)
             return -1;
         }
         if (!ensure_buf(r, payload)) return -1;
-        if (payload && sock_->co_read_full(r->buf, payload) < 0) return -1;
+        if (payload && co_recv(r->buf, payload, nullptr) < 0) return -1;
     } else if (extended_ && (q.flags & kCmdFlagPayloadLen)) {
         // Only WRITE carries a payload here: anything else is unreadable.
         return -1;
