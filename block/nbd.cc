@@ -17,7 +17,9 @@
 // (each later request tries one reconnect). Protocol errors are fatal.
 //
 // Threading: the connection belongs to the AioContext the node was opened
-// in; the I/O hooks must run in coroutines of that context's thread.
+// in (the graph's). A request from a coroutine of another thread (an
+// iothread of a multi-queue export) moves to that context for the time of
+// the request and back.
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -249,6 +251,8 @@ Result<std::unique_ptr<DriverOptions>> decode_nbd_options(OptionReader &r, const
     return std::unique_ptr<DriverOptions>(std::move(o));
 }
 
+AioContext *co_move_to(AioContext *ctx);
+
 class NbdNode final : public BlockNode {
   public:
     ~NbdNode() override { drop_connection(); }
@@ -279,6 +283,8 @@ class NbdNode final : public BlockNode {
     // reconnect delay allows, reconnects and runs it again.
     template <typename F>
     int coroutine_fn co_with_retry(F fn);
+    template <typename F>
+    int coroutine_fn co_with_retry_here(F fn);
     // Waits for (or performs) a reconnect after old was lost: 0 when a
     // new connection is up, -EIO when the delay has passed.
     int coroutine_fn co_reconnect(const std::shared_ptr<Conn> &old);
@@ -289,6 +295,7 @@ class NbdNode final : public BlockNode {
     NbdOptions opts_;
     std::shared_ptr<TlsCreds> creds_;
     std::string tls_hostname_;
+    AioContext *ctx_ = nullptr;       // the connection's (the graph's at open)
     std::shared_ptr<Conn> conn_;
     nbd::ExportInfo info_;            // of the first connection
     bool have_ctx_ = false;
@@ -356,6 +363,7 @@ Status NbdNode::open(const BlockdevOptions &opts)
     const auto *o = opts.as<NbdOptions>();
     if (!o) return node_error(EINVAL, "options are not nbd options");
     opts_ = *o;
+    ctx_ = AioContext::current();
     if (!opts_.tls_creds.empty()) {
         creds_ = tls_creds_find(opts_.tls_creds);
         if (!creds_) return node_error(ENOENT, "No TLS credentials with id '" + opts_.tls_creds + "'");
@@ -467,6 +475,15 @@ int NbdNode::co_reconnect(const std::shared_ptr<Conn> &old)
 template <typename F>
 int NbdNode::co_with_retry(F fn)
 {
+    AioContext *from = co_move_to(ctx_);
+    int ret = co_with_retry_here(fn);
+    co_move_to(from);
+    return ret;
+}
+
+template <typename F>
+int NbdNode::co_with_retry_here(F fn)
+{
     for (;;) {
         std::shared_ptr<Conn> c = conn_;
         if (!c) return -EIO;
@@ -555,6 +572,27 @@ int NbdNode::do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, i
     }
     *pnum = static_cast<int64_t>(std::min<uint64_t>(n, static_cast<uint64_t>(bytes)));
     return (f & nbd::kStateHole ? 0 : kStatusData) | (f & nbd::kStateZero ? kStatusZero : 0) | kStatusOffsetValid;
+}
+
+// Moves the calling coroutine to ctx's thread; returns the context it
+// left. The hand-over is scheduled from the current context so that ctx
+// never enters the coroutine before it has yielded. Yields.
+AioContext *co_move_to(AioContext *ctx)
+{
+    AioContext *from = AioContext::current();
+    if (!ctx || ctx == from) return from;
+    struct Hop {
+        AioContext *to;
+        Coroutine *co;
+    } hop{ctx, coroutine_self()};
+    from->schedule_oneshot(
+        [](void *p) {
+            auto *h = static_cast<Hop *>(p);
+            h->to->co_schedule(h->co);
+        },
+        &hop);
+    coroutine_yield();
+    return from;
 }
 
 const char *const kNbdPrefixes[] = {"nbd", "nbd+tcp", "nbd+unix", "nbds", "nbds+tcp", "nbds+unix", nullptr};
