@@ -374,7 +374,7 @@ Status NbdNode::open(const BlockdevOptions &opts)
         if (tls_hostname_.empty() && opts_.server.type == SocketAddress::Type::kInet) tls_hostname_ = opts_.server.host;
     }
     Status st = run_in_coroutine([this] { return co_first_connect(); });
-    if (!st) return node_error(st.err(), "Could not open '" + filename() + "': " + st.msg());
+    if (!st) return st.error();
     info_ = conn_->info();
     for (const auto &c : info_.contexts) {
         have_ctx_ = true;
@@ -463,8 +463,9 @@ int NbdNode::co_reconnect(const std::shared_ptr<Conn> &old)
             log_warn("nbd: reconnect to %s refused: %s", opts_.server.to_string().c_str(), st.msg().c_str());
             c.value()->shutdown();
         }
-        if (clock_ns() + backoff > reconnect_deadline_) break;   // delay over: fail for now
-        co_sleep_ns(backoff);
+        int64_t left = reconnect_deadline_ - clock_ns();
+        if (left <= 0) break;   // delay over: fail for now
+        co_sleep_ns(std::min(backoff, left));
         backoff = std::min<int64_t>(backoff * 2, 2000000000);
     }
     reconnecting_ = false;

@@ -6,7 +6,9 @@
 // never reaches a reused slot), writes header and payload with one writev
 // under send_lock_, and sleeps until the reader completes it.
 //
-// Replies: one reader coroutine reads every header, finds the request by
+// Replies: one reader coroutine reads every header (through a small
+// buffer on plain sockets: one recv often brings several replies; payload
+// remainders of kDirectRead bytes or more bypass it), finds the request by
 // cookie and reads the payload itself: READ data straight into the
 // caller's IOVector at the offset the chunk names (after checking the chunk
 // lies inside the request and overlaps nothing already received), holes
@@ -15,6 +17,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -270,7 +273,7 @@ void NbdClientConnection::reader_loop()
         uint8_t h[kExtChunkHeaderSize];
         bool eof = false;
         size_t first = info_.extended ? kExtChunkHeaderSize : kSimpleReplySize;
-        int ret = sock_->co_read_full(h, first, &eof);
+        int ret = co_recv(h, first, &eof);
         if (ret < 0) {
             if (broken_) return;
             std::string why = ret == -ECONNRESET ? "server closed the connection"
@@ -293,7 +296,7 @@ void NbdClientConnection::reader_loop()
             error = get32(h + 4);
             cookie = get64(h + 8);
         } else if (info_.structured && magic == kStructuredReplyMagic) {
-            ret = sock_->co_read_full(h + kSimpleReplySize, kChunkHeaderSize - kSimpleReplySize);
+            ret = co_recv(h + kSimpleReplySize, kChunkHeaderSize - kSimpleReplySize);
             if (ret < 0) {
                 break_connection(ReqOutcome::kConnLost, std::string("read failed: ") + strerror(-ret));
                 return;
@@ -418,7 +421,7 @@ int NbdClientConnection::read_data_chunk(Request *req, uint64_t length)
         break_connection(ReqOutcome::kProtocol, "server sent an OFFSET_DATA chunk without data");
         return -1;
     }
-    int ret = sock_->co_read_full(b, 8);
+    int ret = co_recv(b, 8);
     if (ret < 0) {
         break_connection(ReqOutcome::kConnLost, std::string("read failed: ") + strerror(-ret));
         return -1;
@@ -439,7 +442,7 @@ int NbdClientConnection::read_hole_chunk(Request *req, uint64_t length)
         break_connection(ReqOutcome::kProtocol, "server sent an OFFSET_HOLE chunk of the wrong length");
         return -1;
     }
-    int ret = sock_->co_read_full(b, 12);
+    int ret = co_recv(b, 12);
     if (ret < 0) {
         break_connection(ReqOutcome::kConnLost, std::string("read failed: ") + strerror(-ret));
         return -1;
@@ -468,7 +471,7 @@ int NbdClientConnection::read_status_chunk(Request *req, uint16_t type, uint64_t
         return -1;
     }
     uint8_t b[8 + 16];
-    int ret = sock_->co_read_full(b, head + esize);
+    int ret = co_recv(b, head + esize);
     if (ret < 0) {
         break_connection(ReqOutcome::kConnLost, std::string("read failed: ") + strerror(-ret));
         return -1;
@@ -498,7 +501,7 @@ int NbdClientConnection::read_error_chunk(Request *req, uint16_t type, uint64_t 
         return -1;
     }
     uint8_t b[kMaxErrorChunk];
-    int ret = sock_->co_read_full(b, length);
+    int ret = co_recv(b, length);
     if (ret < 0) {
         break_connection(ReqOutcome::kConnLost, std::string("read failed: ") + strerror(-ret));
         return -1;
@@ -533,7 +536,7 @@ int NbdClientConnection::read_into_qiov(IOVector &qiov, size_t off, size_t len)
             continue;
         }
         size_t n = iov[i].iov_len - off < len ? iov[i].iov_len - off : len;
-        int ret = sock_->co_read_full(static_cast<uint8_t *>(iov[i].iov_base) + off, n);
+        int ret = co_recv(static_cast<uint8_t *>(iov[i].iov_base) + off, n);
         if (ret < 0) {
             break_connection(ReqOutcome::kConnLost, std::string("read failed: ") + strerror(-ret));
             return -1;
@@ -544,12 +547,49 @@ int NbdClientConnection::read_into_qiov(IOVector &qiov, size_t off, size_t len)
     return 0;
 }
 
+int NbdClientConnection::co_recv(void *dst, size_t len, bool *eof)
+{
+    auto *d = static_cast<uint8_t *>(dst);
+    bool first = true;
+    if (eof) *eof = false;
+    while (len > 0) {
+        if (rpos_ < rend_) {
+            size_t n = std::min(len, rend_ - rpos_);
+            std::memcpy(d, rbuf_.get() + rpos_, n);
+            rpos_ += n;
+            d += n;
+            len -= n;
+            first = false;
+            continue;
+        }
+        rpos_ = rend_ = 0;
+        if (sock_->tls_active() || len >= kDirectRead) return sock_->co_read_full(d, len, first ? eof : nullptr);
+        if (!rbuf_) rbuf_.reset(new uint8_t[kReadBuffer]);
+        ssize_t r = recv(sock_->fd(), rbuf_.get(), kReadBuffer, MSG_DONTWAIT);
+        if (r > 0) {
+            rend_ = static_cast<size_t>(r);
+            continue;
+        }
+        if (r == 0) {
+            if (eof) *eof = first;
+            return sock_->is_shutdown() ? -ESHUTDOWN : -ECONNRESET;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
+        // Nothing there yet: wait for what this call needs, into the buffer.
+        int ret = sock_->co_read_full(rbuf_.get(), len, first ? eof : nullptr);
+        if (ret < 0) return ret;
+        rend_ = len;
+    }
+    return 0;
+}
+
 int NbdClientConnection::discard_bytes(uint64_t len)
 {
     uint8_t scratch[4096];
     while (len > 0) {
         size_t n = len < sizeof(scratch) ? len : sizeof(scratch);
-        int ret = sock_->co_read_full(scratch, n);
+        int ret = co_recv(scratch, n);
         if (ret < 0) {
             break_connection(ReqOutcome::kConnLost, std::string("read failed: ") + strerror(-ret));
             return -1;

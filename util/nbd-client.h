@@ -183,11 +183,20 @@ class NbdClientConnection : public std::enable_shared_from_this<NbdClientConnect
     int coroutine_fn read_error_chunk(Request *req, uint16_t type, uint64_t length);
     int coroutine_fn read_into_qiov(IOVector &qiov, size_t off, size_t len);
     int coroutine_fn discard_bytes(uint64_t len);
+    // Reads exactly len bytes of the reply stream: from rbuf_ first, then
+    // (plain sockets, len < kDirectRead) by refilling rbuf_ with whatever
+    // the socket holds, else straight into dst. As CoSocket::co_read_full.
+    int coroutine_fn co_recv(void *dst, size_t len, bool *eof = nullptr);
     Request *find_request(uint64_t cookie);
     void complete(Request *req);
     void break_connection(ReqOutcome why, const std::string &reason);
 
+    static constexpr size_t kReadBuffer = 32 << 10;
+    static constexpr size_t kDirectRead = 4096;
+
     std::unique_ptr<CoSocket> sock_;
+    std::unique_ptr<uint8_t[]> rbuf_;   // reply bytes read ahead (plain sockets)
+    size_t rpos_ = 0, rend_ = 0;        // unread part of rbuf_
     ExportInfo info_;
     const int max_in_flight_;
     std::vector<Request *> slots_;      // indexed by cookie & 0xffff; nullptr = free

@@ -8,7 +8,8 @@
 #   qnbd_start NAME ARGS...   qemu-nbd -k $WORK/NAME.sock -t -e 8 ARGS in the
 #                             background (log $WORK/NAME.log); waits for the
 #                             socket; returns 1 if it does not appear in 10 s
-#   kit_start NAME ARGS...    nbdkit -f -U $WORK/NAME.sock ARGS, likewise
+#   kit_start NAME ARGS...    nbdkit -f -U $WORK/NAME.sock ARGS, likewise (both
+#                             without fd 3, which tests use to feed io sessions)
 #   srv_stop NAME [SIG]       stops that server (SIGTERM default) and waits
 #   srv_pid NAME              its pid
 #   uri NAME [EXPORT]         nbd+unix:///EXPORT?socket=$WORK/NAME.sock
@@ -73,7 +74,7 @@ qnbd_start() {
     local name=$1
     shift
     rm -f "$WORK/$name.sock"
-    qemu-nbd -k "$WORK/$name.sock" -t -e 8 "$@" >"$WORK/$name.log" 2>&1 &
+    qemu-nbd -k "$WORK/$name.sock" -t -e 8 "$@" >"$WORK/$name.log" 2>&1 3>&- &
     NBD_SRV_PID[$name]=$!
     srv_wait_socket "$name"
 }
@@ -82,7 +83,7 @@ kit_start() {
     local name=$1
     shift
     rm -f "$WORK/$name.sock"
-    nbdkit -f -U "$WORK/$name.sock" "$@" >"$WORK/$name.log" 2>&1 &
+    nbdkit -f -U "$WORK/$name.sock" "$@" >"$WORK/$name.log" 2>&1 3>&- &
     NBD_SRV_PID[$name]=$!
     srv_wait_socket "$name"
 }

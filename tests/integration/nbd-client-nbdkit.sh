@@ -154,7 +154,7 @@ echo "read -P 0x11 0 4k" >&3
 exec 3>&-
 wait $iopid
 ms=$((($(date +%s%N) - start) / 1000000))
-grep -q "read failed: Input/output error" e3.out && [ $ms -ge 700 ] && [ $ms -lt 6000 ] &&
+grep -q "read failed: Input/output error" e3.out && [ $ms -ge 950 ] && [ $ms -lt 6000 ] &&
     ok "(e) reconnect-delay=1 with no server: the request fails after $ms ms" || bad "(e) delay passed: $ms ms: $(cat e3.out)"
 
 # ------------------------------------------------------------------ (f)
