@@ -41,6 +41,8 @@ namespace bg {
 namespace {
 
 constexpr uint64_t kMaxDelaySeconds = 365ULL * 24 * 3600;
+// Reads up to this size carry DF (the size every server must allow).
+constexpr int64_t kDfMaxRead = 64 << 10;
 
 struct NbdOptions : DriverOptionsOf<NbdOptions> {
     bool has_server = false;
@@ -497,11 +499,24 @@ int NbdNode::co_with_retry_here(F fn)
 
 int NbdNode::do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
 {
-    (void)bytes;
     (void)flags;
-    return co_with_retry([&](Conn &c, nbd::ReqOutcome *oc) {
-        return c.co_read(static_cast<uint64_t>(offset), qiov, 0, oc);
+    // Small reads ask for one data chunk (DF): a server then need not look
+    // for holes in the range (QEMU's does, for every read without DF),
+    // and a hole costs few bytes at this size. The spec guarantees DF up
+    // to 64 KiB; a server refusing it (EOVERFLOW) gets the read again
+    // without.
+    uint16_t f = bytes <= kDfMaxRead && has_flag(nbd::kTxSendDf) && (info_.structured || info_.extended)
+                     ? nbd::kCmdFlagDf
+                     : 0;
+    int ret = co_with_retry([&](Conn &c, nbd::ReqOutcome *oc) {
+        return c.co_read(static_cast<uint64_t>(offset), qiov, f, oc);
     });
+    if (ret == -EOVERFLOW && f) {
+        ret = co_with_retry([&](Conn &c, nbd::ReqOutcome *oc) {
+            return c.co_read(static_cast<uint64_t>(offset), qiov, 0, oc);
+        });
+    }
+    return ret;
 }
 
 int NbdNode::do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)

@@ -3,8 +3,12 @@
 //
 // Requests: a coroutine takes a free slot (the cookie is the slot index in
 // its low 16 bits and a generation above, so a late or duplicated reply
-// never reaches a reused slot), writes header and payload with one writev
-// under send_lock_, and sleeps until the reader completes it.
+// never reaches a reused slot), queues its header and payload iovecs in
+// sendq_ and sleeps until the reader completes it. A bottom half starts
+// the flusher coroutine, which writes everything queued with one writev
+// (per kMaxSendIov pieces): requests issued in the same loop iteration go
+// out together. The queued buffers stay valid because their requests wait
+// for replies; a broken connection empties the queue as it fails them.
 //
 // Replies: one reader coroutine reads every header (through a small
 // buffer on plain sockets: one recv often brings several replies; payload
@@ -41,6 +45,7 @@ struct NbdClientConnection::Request {
     uint64_t length = 0;
     uint64_t cookie = 0;
     int slot = -1;
+    uint8_t hdr[kExtRequestSize];   // the encoded header, queued in sendq_
     Coroutine *co = nullptr;
     bool waiting = false;
     bool done = false;
@@ -61,6 +66,7 @@ struct NbdClientConnection::Request {
 NbdClientConnection::NbdClientConnection(std::unique_ptr<CoSocket> sock, const ExportInfo &info, int max_in_flight)
     : sock_(std::move(sock)), info_(info), max_in_flight_(max_in_flight < 1 ? 1 : max_in_flight)
 {
+    flush_bh_.reset(AioContext::current()->bh_new(&NbdClientConnection::flush_bh, this));
     slots_.assign(static_cast<size_t>(max_in_flight_), nullptr);
     for (int i = max_in_flight_ - 1; i >= 0; i--) free_slots_.push_back(i);
 }
@@ -126,6 +132,7 @@ void NbdClientConnection::break_connection(ReqOutcome why, const std::string &re
         complete(req);
     }
     slot_waiters_.restart_all();
+    sendq_.clear();   // their requests have failed: the buffers may go
     sock_->shutdown();
 }
 
@@ -166,7 +173,6 @@ int NbdClientConnection::submit(Request *req, const IOVector *payload)
     };
     if (broken_) return failed();
     if (acquire_slot(req) < 0) return failed();
-    uint8_t hdr[kExtRequestSize];
     nbd::Request wire;
     wire.flags = req->flags;
     wire.type = req->type;
@@ -174,13 +180,10 @@ int NbdClientConnection::submit(Request *req, const IOVector *payload)
     wire.offset = req->offset;
     wire.length = req->length;
     if (info_.extended && payload) wire.flags |= kCmdFlagPayloadLen;
-    size_t n = encode_request(hdr, wire, info_.extended);
-    IOVector v(hdr, n);
-    if (payload) v.concat(*payload);
-    send_lock_.lock();
-    int ret = broken_ ? -ESHUTDOWN : sock_->co_write_full(v.iov(), v.niov());
-    send_lock_.unlock();
-    if (ret < 0 && !broken_) break_connection(ReqOutcome::kConnLost, std::string("send failed: ") + strerror(-ret));
+    size_t n = encode_request(req->hdr, wire, info_.extended);
+    sendq_.push_back({req->hdr, n});
+    if (payload) sendq_.insert(sendq_.end(), payload->iov(), payload->iov() + payload->niov());
+    if (!flushing_) flush_bh_->schedule();
     while (!req->done) {
         req->waiting = true;
         req->co = coroutine_self();
@@ -255,6 +258,35 @@ void NbdClientConnection::co_disconnect()
         send_lock_.unlock();
     }
     shutdown();
+}
+
+void NbdClientConnection::flush_bh(void *opaque)
+{
+    auto *self = static_cast<NbdClientConnection *>(opaque);
+    if (self->flushing_ || self->sendq_.empty() || self->broken_) return;
+    self->flushing_ = true;
+    Coroutine *co = coroutine_create(
+        [](void *p) { static_cast<NbdClientConnection *>(p)->flusher(); }, self);
+    AioContext::current()->co_enter(co);
+}
+
+void NbdClientConnection::flusher()
+{
+    auto ref = shared_from_this();
+    std::vector<struct iovec> batch;
+    while (!sendq_.empty() && !broken_) {
+        batch.clear();
+        batch.swap(sendq_);
+        send_lock_.lock();
+        int ret = 0;
+        for (size_t i = 0; i < batch.size() && ret == 0 && !broken_; i += kMaxSendIov) {
+            size_t n = std::min(batch.size() - i, kMaxSendIov);
+            ret = sock_->co_write_full(batch.data() + i, static_cast<int>(n));
+        }
+        send_lock_.unlock();
+        if (ret < 0 && !broken_) break_connection(ReqOutcome::kConnLost, std::string("send failed: ") + strerror(-ret));
+    }
+    flushing_ = false;
 }
 
 NbdClientConnection::Request *NbdClientConnection::find_request(uint64_t cookie)

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "util/aio.h"
 #include "util/co-socket.h"
 #include "util/coroutine-lock.h"
 #include "util/coroutine.h"
@@ -171,6 +172,8 @@ class NbdClientConnection : public std::enable_shared_from_this<NbdClientConnect
     struct ReadState;
 
     int coroutine_fn submit(Request *req, const IOVector *payload);
+    static void flush_bh(void *opaque);
+    void coroutine_fn flusher();
     int coroutine_fn acquire_slot(Request *req);
     void release_slot(Request *req);
     static void reader_entry(void *opaque);
@@ -203,7 +206,11 @@ class NbdClientConnection : public std::enable_shared_from_this<NbdClientConnect
     std::vector<int> free_slots_;
     uint64_t next_gen_ = 1;
     CoQueue slot_waiters_;
-    CoMutex send_lock_;
+    CoMutex send_lock_;                 // held by whoever writes to the socket
+    static constexpr size_t kMaxSendIov = 512;
+    std::vector<struct iovec> sendq_;   // queued request bytes, in order
+    std::unique_ptr<BottomHalf> flush_bh_;
+    bool flushing_ = false;             // the flusher coroutine is running
     bool broken_ = false;
     ReqOutcome broken_why_ = ReqOutcome::kOk;
     std::string break_reason_;
