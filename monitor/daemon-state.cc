@@ -108,7 +108,7 @@ IoThread *Daemon::find_iothread(const std::string &id) const
 
 Status Daemon::add_iothread(const IoThreadOptions &opts)
 {
-    if (find_iothread(opts.id)) {
+    if (find_iothread(opts.id) || tls_object_exists(opts.id)) {
         return make_error(EEXIST, "attempt to add duplicate property '%s' to object (type 'container')",
                           opts.id.c_str());
     }
@@ -149,6 +149,21 @@ Status Daemon::del_iothread(const std::string &id)
         return {};
     }
     return make_error(ENOENT, "object '%s' not found", id.c_str());
+}
+
+Status Daemon::add_tls_object(const TlsObjectOptions &opts)
+{
+    if (find_iothread(opts.id())) {
+        return make_error(EEXIST, "attempt to add duplicate property '%s' to object (type 'container')",
+                          opts.id().c_str());
+    }
+    return tls_object_add(opts);
+}
+
+Status Daemon::del_object(const std::string &id)
+{
+    if (tls_object_exists(id)) return tls_object_del(id);
+    return del_iothread(id);
 }
 
 std::vector<Daemon::IoThreadInfo> Daemon::iothreads() const

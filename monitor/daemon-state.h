@@ -21,6 +21,7 @@
 #include "export/export.h"
 #include "qapi/block-options.h"
 #include "qapi/export-options.h"
+#include "qapi/tls-object.h"
 #include "util/error.h"
 #include "util/iothread.h"
 
@@ -68,6 +69,14 @@ class Daemon {
     // object-del. Errors: "object 'x' not found", "object 'x' is in use,
     // can not be deleted" (an export serves requests in it).
     Status del_iothread(const std::string &id);
+    // --object tls-creds-x509|tls-creds-psk|authz-simple / object-add: adds
+    // a TLS object (qapi/tls-object.h) to the process-wide table. Errors:
+    // the duplicate-id text above (ids are shared with iothreads),
+    // TlsCreds::create()'s.
+    Status add_tls_object(const TlsObjectOptions &opts);
+    // object-del of any object: a TLS object leaves the table (connections
+    // already using credentials keep them, as in QEMU), else del_iothread().
+    Status del_object(const std::string &id);
     // --export / block-export-add: creates an export. Errors:
     //   "Block export id 'e' is already in use"
     //   "mountpoint 'X' is used by export 'a' already"

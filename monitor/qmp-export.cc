@@ -5,6 +5,7 @@
 #include "monitor/qmp-internal.h"
 #include "monitor/qmp-block.h"
 #include "qapi/export-parse.h"
+#include "qapi/tls-object.h"
 
 namespace bg {
 
@@ -41,6 +42,13 @@ std::string object_error(const std::string &msg)
 {
     std::string rest = after_prefix(msg, "object");
     if (rest.rfind("invalid id", 0) == 0) return "Parameter 'id' expects an identifier";
+    size_t one_of = rest.find("' is not one of: ");
+    if (one_of != std::string::npos && rest.find(": '") != std::string::npos) {
+        // "endpoint: 'foo' is not one of: server, client"
+        size_t colon = rest.find(": '");
+        return "Parameter '" + rest.substr(0, colon) + "' does not accept value '" +
+               rest.substr(colon + 3, one_of - colon - 3) + "'";
+    }
     size_t range = rest.find(" is out of range (0 to ");
     if (range != std::string::npos) {
         // "poll-max-ns: -1 is out of range (0 to N)"
@@ -85,6 +93,13 @@ QmpResult cmd_query_block_exports(QmpCall &call)
 QmpResult cmd_object_add(QmpCall &call)
 {
     const std::string type = call.args["qom-type"].get<std::string>();
+    if (is_tls_object_type(type)) {
+        Result<TlsObjectOptions> t = tls_object_options_from_tree(call.args, false);
+        if (!t) return qmp_error(object_error(t.msg()));
+        Status st = call.daemon.add_tls_object(t.value());
+        if (!st.ok()) return qmp_error(st);
+        return qmp_ok();
+    }
     if (type != "iothread") return qmp_error("Parameter 'qom-type' does not accept value '" + type + "'");
     Result<IoThreadOptions> o = object_options_from_tree(call.args, false);
     if (!o) return qmp_error(object_error(o.msg()));
@@ -95,7 +110,7 @@ QmpResult cmd_object_add(QmpCall &call)
 
 QmpResult cmd_object_del(QmpCall &call)
 {
-    Status st = call.daemon.del_iothread(call.args["id"].get<std::string>());
+    Status st = call.daemon.del_object(call.args["id"].get<std::string>());
     if (!st.ok()) return qmp_error(st);
     return qmp_ok();
 }

@@ -21,6 +21,7 @@
 
 #include "qapi/block-parse.h"
 #include "qapi/export-parse.h"
+#include "qapi/tls-object.h"
 #include "monitor/qmp.h"
 #include "tools/commands.h"
 #include "util/aio.h"
@@ -273,6 +274,10 @@ const char kDaemonUsage[] =
     "                       filename=disk.img) or JSON ({\"driver\":\"file\",...})\n"
     "  --object iothread,id=NAME[,poll-max-ns=N,...]\n"
     "                       start an I/O thread (before the exports naming it)\n"
+    "  --object tls-creds-x509,id=ID,dir=DIR[,endpoint=server|client][,verify-peer=on|off]\n"
+    "  --object tls-creds-psk,id=ID,dir=DIR[,endpoint=server|client][,username=NAME]\n"
+    "  --object authz-simple,id=ID,identity=NAME\n"
+    "                       TLS credentials and a peer check (for tls-creds, tls-authz)\n"
     "  --export [type=]fuse,id=ID,node-name=NODE,mountpoint=FILE[,writable=on]\n"
     "           [,growable=on][,writethrough=on][,allow-other=on|off|auto]\n"
     "           [,iothread=NAME | ,iothread.0=A,iothread.1=B...][,fixed-iothread=on]\n"
@@ -305,7 +310,8 @@ const char kDaemonUsage[] =
     "and the log say which is used (docs/fuse-export.md).\n"
     "See docs/daemon.md.\n";
 
-using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions, ChardevOptions, MonitorOptions>;
+using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions, ChardevOptions, MonitorOptions,
+                          TlsObjectOptions>;
 
 int fail(const std::string &msg)
 {
@@ -365,6 +371,10 @@ int cmd_daemon(int argc, char **argv)
             auto o = parse_blockdev_arg(builtin_drivers(), value);
             if (!o) return fail(o.msg());
             steps.emplace_back(std::move(o.value()));
+        } else if (name == "--object" && is_tls_object_type(object_arg_type(value))) {
+            auto o = parse_tls_object_arg(value);
+            if (!o) return fail(o.msg());
+            steps.emplace_back(std::move(o.value()));
         } else if (name == "--object") {
             auto o = parse_object_arg(value);
             if (!o) return fail(o.msg());
@@ -406,6 +416,8 @@ int cmd_daemon(int argc, char **argv)
                 BG_TRY(d.add_blockdev(*b));
             } else if (auto *o = std::get_if<IoThreadOptions>(&s)) {
                 BG_TRY(d.add_iothread(*o));
+            } else if (auto *t = std::get_if<TlsObjectOptions>(&s)) {
+                BG_TRY(d.add_tls_object(*t));
             } else if (auto *c = std::get_if<ChardevOptions>(&s)) {
                 BG_TRY(d.qmp().add_chardev(*c));
             } else if (auto *m = std::get_if<MonitorOptions>(&s)) {

@@ -12,6 +12,7 @@
 
 #include "qapi/size.h"
 #include "tools/commands.h"
+#include "tools/objects.h"
 #include "util/aio.h"
 
 namespace bg {
@@ -368,6 +369,8 @@ void print_help()
                 "Common options:\n"
                 "  -f fmt          image format (raw, qcow2, ...); probed when absent\n"
                 "  --image-opts    the file name is a node description (keyval or JSON)\n"
+                "  --object tls-creds-x509|tls-creds-psk|authz-simple,id=ID,...\n"
+                "                  TLS credentials for an nbd image's tls-creds (docs/nbd.md)\n"
                 "  -U              force share: open an image another process uses (read-only)\n"
                 "  -t/-T cache     cache mode of the destination/source: none, writeback,\n"
                 "                  writethrough, directsync, unsafe\n"
@@ -402,6 +405,7 @@ int cmd_img(int argc, char **argv)
         if (std::strcmp(c.name, name) == 0) cmd = &c;
     }
     if (!cmd) return usage_error("Command not found: %s", name);
+    if (!take_object_args(&argc, argv, 2, kProg)) return 1;
     for (int i = 2; i < argc; i++) {
         if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
             std::printf("Usage: %s %s\n\n%s\n\nSee '%s --help' for the common options, and docs/img.md.\n", kProg,

@@ -38,6 +38,7 @@
 #include "block/block.h"
 #include "qapi/keyval.h"
 #include "tools/commands.h"
+#include "tools/objects.h"
 #include "tools/image-open.h"
 #include "tools/io-cmd.h"
 #include "util/aio.h"
@@ -315,6 +316,8 @@ const char kUsage[] =
     "                       protected against writes that change its format)\n"
     "      --image-opts     IMAGE is a node description: keyval with the implied\n"
     "                       key 'driver' (raw,file.filename=a.img) or JSON\n"
+    "      --object SPEC    tls-creds-x509|tls-creds-psk|authz-simple,id=ID,...:\n"
+    "                       TLS credentials for an nbd image (docs/nbd.md)\n"
     "  -r, --read-only      open the image read-only\n"
     "  -U, --force-share    share all permissions with other users (needs -r)\n"
     "  -n, --nocache        disable the host cache, short for -t none\n"
@@ -433,6 +436,7 @@ int cmd_io(int argc, char **argv)
 {
     using namespace io;
     IoOptions opts;
+    if (!take_object_args(&argc, argv, 1, kProg)) return 1;
     int status = parse_io_args(argc, argv, &opts);
     if (status >= 0) return status;
 

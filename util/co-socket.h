@@ -86,9 +86,16 @@ class CoSocket {
     // with creds (which must match: endpoint=server for server) and makes
     // every later read and write go through the session. hostname: the
     // name the server's certificate must carry (client, x509; "" skips the
-    // check); psk_username for a PSK client (default "qemu"). Errors carry
-    // GnuTLS's text: "TLS handshake failed: ...". Yields.
-    Status coroutine_fn co_start_tls(const TlsCreds &creds, bool server, const std::string &hostname = "");
+    // check; a PSK client's username is creds' "username"). authz_id: an
+    // authz-simple object the peer's identity must match (server side:
+    // tls-authz; "" none). The handshake waits with the socket's read
+    // deadline. Errors (the connection is then unusable): "TLS handshake
+    // failed: <gnutls>", x509 checks ("The certificate hasn't got a known
+    // issuer", "Verify failed: No certificate was found.", "Certificate
+    // does not match the hostname H"), "Credentials endpoint doesn't match
+    // session", tls_authz_check()'s. Yields.
+    Status coroutine_fn co_start_tls(const TlsCreds &creds, bool server, const std::string &hostname = "",
+                                     const std::string &authz_id = "");
     bool tls_active() const { return tls_ != nullptr; }
     // The peer's certificate distinguished name (x509 with a client
     // certificate) or PSK username; "" if none.

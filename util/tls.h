@@ -22,22 +22,38 @@ struct TlsCredsOptions {
     Kind kind = Kind::kX509;
     std::string id;
     std::string dir;               // "dir": where the files are
-    bool server = true;            // "endpoint": server (default) or client
-    // x509: "verify-peer" (default on: a server demands a client
-    // certificate signed by the CA; a client always checks the server's).
+    bool server = false;           // "endpoint": server or client (default, as QEMU)
+    // x509: "verify-peer" (default on): a server demands a client
+    // certificate signed by the CA, a client checks the server's chain (and
+    // hostname when given). off: no check on either side (as QEMU).
     bool verify_peer = true;
     std::string priority;          // "priority": a GnuTLS priority string ("" = default)
     std::string username;          // psk client: "username" (default "qemu")
 };
 
 // Loaded credentials: x509 from dir/{ca-cert,server-cert,server-key,
-// client-cert,client-key,ca-crl,dh-params}.pem as QEMU names them; psk
-// from dir/keys.psk ("user:hexkey" lines).
-class TlsCreds {
+// client-cert,client-key,ca-crl,dh-params}.pem as QEMU names them (a server
+// needs ca-cert, server-cert and server-key; a client ca-cert, and uses
+// client-cert/client-key when both exist); psk from dir/keys.psk
+// ("user:hexkey" lines; a server looks the client's user up in it per
+// connection, a client takes its username's key at creation).
+//
+// Lifetime: sessions hold a reference (shared_from_this), so removing the
+// object from the table (object-del) while connections use it is safe:
+// they keep the credentials they started with, as in QEMU.
+class TlsCreds : public std::enable_shared_from_this<TlsCreds> {
   public:
-    // Loads and checks the files. Errors name the object and the file:
-    // "tls-creds 'ID': Unable to access credentials DIR/ca-cert.pem: No such
-    // file or directory", "...: Cannot load CA certificate ...: <gnutls>".
+    // Loads and checks the files. Errors are QEMU's texts, without a
+    // prefix (callers add "--object ..." or nothing, as QEMU does):
+    //   Missing 'dir' property value
+    //   Unable to access credentials DIR/ca-cert.pem: No such file or directory
+    //   Cannot load CA cert list P: ..., Unable to import server certificate P: <gnutls>
+    //   The server certificate P has expired / is not yet active
+    //   The certificate P basic constraints do not show a CA
+    //   Our own certificate P failed validation against CA: The certificate hasn't got a known issuer
+    //   Cannot load certificate 'C' & key 'K': <gnutls>
+    //   username should not be set when endpoint=server
+    //   Username U not found in PSK file P
     static Result<std::shared_ptr<TlsCreds>> create(const TlsCredsOptions &opts);
     ~TlsCreds();
     const TlsCredsOptions &options() const { return opts_; }
@@ -50,6 +66,8 @@ class TlsCreds {
 
   private:
     TlsCreds() = default;
+    Status load_x509();
+    Status load_psk();
     TlsCredsOptions opts_;
     void *creds_ = nullptr;   // gnutls_certificate_credentials_t or gnutls_psk_*_credentials_t
     void *dh_ = nullptr;      // gnutls_dh_params_t or nullptr
@@ -73,6 +91,10 @@ const AuthzSimple *authz_find(const std::string &id);
 Status authz_remove(const std::string &id);
 // Every id in either table (for object-add's duplicate check).
 bool tls_object_exists(const std::string &id);
+// Whether the authz object authz_id allows identity (an x509 DN, or a PSK
+// username when psk). Errors: ENOENT "Cannot find QAuthZ object with id
+// ID"; EACCES "TLS x509 authz check for DN is denied" ("TLS PSK ...").
+Status tls_authz_check(const std::string &authz_id, const std::string &identity, bool psk = false);
 
 // ---- GnuTLS session I/O used by CoSocket (util/co-socket.cc) ----
 // One attempt each: bytes moved (> 0), 0 at a clean end (read), or -errno;
