@@ -11,6 +11,7 @@
 //      CONTEXT
 #include <cinttypes>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -78,8 +79,9 @@ Result<std::vector<ListedExport>> fetch_exports(const NbdArgs &a)
 
 } // namespace
 
-int nbd_list_exports_cmd(const NbdArgs &a)
+int nbd_list_exports_cmd(const NbdArgs &a, std::shared_ptr<TlsCreds> creds)
 {
+    (void)creds;
     Result<std::vector<ListedExport>> l = fetch_exports(a);
     if (!l) {
         std::fprintf(stderr, "%s: %s\n", kProg, l.msg().c_str());

@@ -34,8 +34,10 @@
 #include "block/image-mgmt.h"
 #include "tools/commands.h"
 #include "tools/daemon.h"
+#include "qapi/tls-object.h"
 #include "tools/image-open.h"
 #include "util/log.h"
+#include "util/tls.h"
 
 namespace bg {
 
@@ -452,6 +454,32 @@ int run_kernel_device(const NbdArgs &a)
     return 1;
 }
 
+// --object, in order, then the --tls-creds lookup (qemu-nbd's texts).
+// Returns false after printing the error.
+bool add_objects(const NbdArgs &a, std::shared_ptr<TlsCreds> *creds)
+{
+    for (const std::string &spec : a.objects) {
+        Status st = object_add_from_keyval(spec);
+        if (!st.ok()) {
+            error(st.msg());
+            return false;
+        }
+    }
+    if (a.tls_creds.empty()) return true;
+    *creds = tls_creds_find(a.tls_creds);
+    if (!*creds) {
+        error("Failed to get TLS creds: No TLS credentials with id '" + a.tls_creds + "'");
+        return false;
+    }
+    // Listing is the client side of TLS; serving the server side.
+    if ((*creds)->is_server() == a.list) {
+        error(std::string("Failed to get TLS creds: Expected TLS credentials for a ") +
+              (a.list ? "client" : "server") + " endpoint");
+        return false;
+    }
+    return true;
+}
+
 } // namespace
 
 int cmd_nbd(int argc, char **argv)
@@ -461,7 +489,9 @@ int cmd_nbd(int argc, char **argv)
     int status = parse_nbd_args(argc, argv, &a);
     if (status >= 0) return status;
     if (a.verbose) log_set_level(LogLevel::kInfo);
-    if (a.list) return nbd_list_exports_cmd(a);
+    std::shared_ptr<TlsCreds> creds;
+    if (!add_objects(a, &creds)) return 1;
+    if (a.list) return nbd_list_exports_cmd(a, creds);
     if (a.device || a.disconnect) return run_kernel_device(a);
     return nbd_serve(a);
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,8 @@
 #include "tools/image-open.h"
 
 namespace bg {
+
+class TlsCreds;
 
 // The parsed command line. Unset optionals: the option was not given.
 struct NbdArgs {
@@ -69,6 +72,7 @@ int parse_nbd_args(int argc, char **argv, NbdArgs *a);
 int nbd_serve(const NbdArgs &a);
 // -L: prints the exports of the server at a's address as qemu-nbd --list
 // (QEMU 7.2) does (tools/nbd-list.cc). Exit status.
-int nbd_list_exports_cmd(const NbdArgs &a);
+// creds: the --tls-creds object (endpoint=client), or null.
+int nbd_list_exports_cmd(const NbdArgs &a, std::shared_ptr<TlsCreds> creds);
 
 } // namespace bg

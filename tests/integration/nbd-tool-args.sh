@@ -87,6 +87,17 @@ same -k "$WORK/s6" -l nosuch a.qcow2
 same -k "$WORK/s7" -f raw -l sn1 r.raw
 same -k "$WORK/s8" -o 5000000 a.qcow2
 
+echo "== --object and --tls-creds"
+mkdir -p psk
+psktool -u alice -p psk/keys.psk >/dev/null 2>&1 || bad "psktool failed"
+same --object tls-creds-x509,id=t,dir="$WORK/nonexistent",endpoint=server --tls-creds t a.qcow2
+same --tls-creds t a.qcow2
+same --object tls-creds-psk,id=t,dir=psk,endpoint=client --tls-creds t a.qcow2
+same -L --object tls-creds-psk,id=t,dir=psk,endpoint=server --tls-creds t -k "$WORK/none"
+same --object tls-creds-psk,id=t,dir=psk,endpoint=server --tls-creds t --tls-hostname h a.qcow2
+same -L --object tls-creds-psk,id=t,dir=psk,endpoint=client,username=alice --tls-creds t --tls-authz a -k "$WORK/none"
+same -c /dev/nbd0 --object tls-creds-psk,id=t,dir=psk,endpoint=server --tls-creds t a.qcow2
+
 echo "== --help, --version"
 out=$("$BLOCKGRAPH" nbd --help)
 st=$?
