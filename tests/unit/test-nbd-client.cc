@@ -97,7 +97,7 @@ constexpr uint16_t kFlags = kTxHasFlags | kTxSendFlush | kTxSendDf;
 
 // The server side of a handshake: structured replies yes, extended
 // headers no, base:allocation as context 7, GO with block_size.
-void srv_handshake(CoSocket &s, const std::vector<uint8_t> &block_size)
+void srv_handshake(CoSocket &s, const std::vector<uint8_t> &block_size, bool extended = false)
 {
     std::vector<uint8_t> g;
     p64(g, kMagic);
@@ -111,7 +111,7 @@ void srv_handshake(CoSocket &s, const std::vector<uint8_t> &block_size)
     for (;;) {
         uint32_t opt = srv_opt(s, &d);
         if (opt == kOptExtendedHeaders) {
-            srv_rep(s, opt, kRepErrUnsup);
+            srv_rep(s, opt, extended ? kRepAck : kRepErrUnsup);
         } else if (opt == kOptStructuredReply) {
             srv_rep(s, opt, kRepAck);
         } else if (opt == kOptSetMetaContext) {
@@ -130,14 +130,28 @@ void srv_handshake(CoSocket &s, const std::vector<uint8_t> &block_size)
     }
 }
 
-// Reads one compact request header.
-Request srv_req(CoSocket &s)
+// Reads one request header (compact, or extended).
+Request srv_req(CoSocket &s, bool extended = false)
 {
-    uint8_t h[kRequestSize];
-    srv_read(s, h, sizeof(h));
+    uint8_t h[kExtRequestSize];
+    srv_read(s, h, extended ? kExtRequestSize : kRequestSize);
     Request r;
-    ck_assert(decode_request(h, &r, false));
+    ck_assert(decode_request(h, &r, extended));
     return r;
+}
+
+void srv_ext_chunk(CoSocket &s, uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset,
+                   const std::vector<uint8_t> &payload)
+{
+    std::vector<uint8_t> v;
+    p32(v, kExtReplyMagic);
+    p16(v, flags);
+    p16(v, type);
+    p64(v, cookie);
+    p64(v, offset);
+    p64(v, payload.size());
+    v.insert(v.end(), payload.begin(), payload.end());
+    srv_write(s, v);
 }
 
 void srv_chunk(CoSocket &s, uint16_t flags, uint16_t type, uint64_t cookie, const std::vector<uint8_t> &payload)
@@ -175,14 +189,14 @@ struct Pair {
     std::shared_ptr<NbdClientConnection> conn;
     std::unique_ptr<CoSocket> srv;
 
-    Pair()
+    explicit Pair(bool extended = false)
     {
         int fds[2];
         ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
         srv = std::make_unique<CoSocket>(fds[1]);
         auto cli = std::make_unique<CoSocket>(fds[0]);
         bool done = false;
-        ctx->co_enter(coroutine_create_fn([&] { srv_handshake(*srv, info_block_size(1, 4096, kSize)); }));
+        ctx->co_enter(coroutine_create_fn([&] { srv_handshake(*srv, info_block_size(1, 4096, kSize), extended); }));
         ctx->co_enter(coroutine_create_fn([&] {
             ClientConfig cfg;
             cfg.meta_contexts = {kCtxBaseAllocation};
@@ -449,6 +463,55 @@ START_TEST(test_block_status)
 }
 END_TEST
 
+// Extended headers: 32-byte requests (writes with PAYLOAD_LEN), extended
+// chunks for reads, BLOCK_STATUS_EXT, and NONE for other commands.
+START_TEST(test_extended)
+{
+    Pair p(true);
+    ck_assert(p.conn->info().extended);
+    PendingRead rd(p, 4096, 8192);
+    std::vector<uint8_t> wbuf(4096, 0x77);
+    IOVector wq(wbuf.data(), wbuf.size());
+    int wret = 1, sret = 1;
+    Extent ext;
+    ReqOutcome oc;
+    p.ctx->co_enter(coroutine_create_fn([&] { wret = p.conn->co_write(0, wq, kCmdFlagFua, &oc); }));
+    p.ctx->co_enter(coroutine_create_fn([&] { sret = p.conn->co_block_status(0, 1 << 20, 7, &ext, &oc); }));
+    p.ctx->co_enter(coroutine_create_fn([&] {
+        Request r = srv_req(*p.srv, true);
+        ck_assert_uint_eq(r.type, kCmdRead);
+        ck_assert_uint_eq(r.length, 8192);
+        Request w = srv_req(*p.srv, true);
+        ck_assert_uint_eq(w.type, kCmdWrite);
+        ck_assert_uint_eq(w.flags, kCmdFlagFua | kCmdFlagPayloadLen);
+        ck_assert_uint_eq(w.length, 4096);
+        std::vector<uint8_t> payload(4096);
+        srv_read(*p.srv, payload.data(), payload.size());
+        ck_assert_uint_eq(payload[4095], 0x77);
+        Request b = srv_req(*p.srv, true);
+        ck_assert_uint_eq(b.type, kCmdBlockStatus);
+        srv_ext_chunk(*p.srv, kReplyFlagDone, kChunkNone, w.cookie, 0, {});
+        srv_ext_chunk(*p.srv, 0, kChunkOffsetHole, r.cookie, r.offset, hole_chunk(4096, 4096));
+        srv_ext_chunk(*p.srv, kReplyFlagDone, kChunkOffsetData, r.cookie, r.offset, data_chunk(8192, 4096, 0x99));
+        std::vector<uint8_t> st;
+        p32(st, 7);
+        p32(st, 1);
+        p64(st, 65536);
+        p64(st, kStateZero);
+        srv_ext_chunk(*p.srv, kReplyFlagDone, kChunkBlockStatusExt, b.cookie, 0, st);
+    }));
+    ck_assert(run_until(p.ctx.get(), [&] { return rd.ret != 1 && wret != 1 && sret != 1; }));
+    ck_assert_int_eq(wret, 0);
+    ck_assert_int_eq(rd.ret, 0);
+    ck_assert_uint_eq(rd.at(0), 0);
+    ck_assert_uint_eq(rd.at(4096), 0x99);
+    ck_assert_int_eq(sret, 0);
+    ck_assert_uint_eq(ext.length, 65536);
+    ck_assert_uint_eq(ext.flags, kStateZero);
+    ck_assert(rd.guards_intact());
+}
+END_TEST
+
 // LIST, then INFO and LIST_META_CONTEXT per export, then ABORT.
 START_TEST(test_list)
 {
@@ -532,6 +595,7 @@ static Suite *nbd_client_suite()
     tcase_add_test(tc, test_bad_replies);
     tcase_add_test(tc, test_conn_lost);
     tcase_add_test(tc, test_block_status);
+    tcase_add_test(tc, test_extended);
     tcase_add_test(tc, test_list);
     suite_add_tcase(s, tc);
     return s;
