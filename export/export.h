@@ -52,6 +52,12 @@ class BlockExport {
     // going through the graph (FUSE passthrough): then nothing under the
     // export's node may be replaced or reopened while the export exists.
     virtual bool bypasses_graph() const { return false; }
+    // block-export-del mode=safe: an error if deleting now would cut off
+    // clients (NBD: "export 'e' still in use"); ok by default.
+    virtual Status check_safe_delete() const { return {}; }
+    // block-export-del mode=hard: disconnects clients before shutdown()
+    // (NBD); nothing by default.
+    virtual void drop_clients() {}
     // The node the export shows now (a graph change such as
     // blockdev-snapshot may have moved it); nullptr once shut down.
     virtual BlockNode *node() const = 0;

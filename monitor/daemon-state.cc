@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "export/nbd.h"
 #include "monitor/qmp.h"
 #include "util/aio.h"
 #include "util/log.h"
@@ -175,11 +176,13 @@ std::vector<Daemon::IoThreadInfo> Daemon::iothreads() const
 
 Status Daemon::add_export(const BlockExportOptions &opts)
 {
-    std::string key = canonical_mountpoint(opts.fuse.mountpoint);
+    const bool fuse = opts.type == "fuse";
+    std::string key = fuse ? canonical_mountpoint(opts.fuse.mountpoint) : std::string();
     for (auto &e : exports_) {
         if (e.id == opts.id) return make_error(EEXIST, "Block export id '%s' is already in use", opts.id.c_str());
     }
     for (auto &e : exports_) {
+        if (!fuse) break;
         // Checked here: the export itself would stat() the mountpoint, which
         // we serve ourselves.
         if (e.mount_key == key) {
@@ -210,9 +213,10 @@ Status Daemon::add_export(const BlockExportOptions &opts)
 
 Status Daemon::del_export(const std::string &id, bool hard)
 {
-    (void)hard;
     for (auto &e : exports_) {
         if (e.id != id || e.deleting || !e.exp) continue;
+        if (hard) e.exp->drop_clients();
+        else BG_TRY(e.exp->check_safe_delete());
         e.deleting = true;
         log_info("export '%s': deleted by the monitor", id.c_str());
         // shutdown() may yield; the entry stays in the list (marked) until
@@ -230,6 +234,25 @@ Status Daemon::del_export(const std::string &id, bool hard)
         return {};
     }
     return make_error(ENOENT, "Export '%s' is not found", id.c_str());
+}
+
+Status Daemon::nbd_server_start(const NbdServerOptions &opts) { return bg::nbd_server_start(opts); }
+
+bool Daemon::nbd_server_running() const { return bg::nbd_server_running(); }
+
+Status Daemon::nbd_server_stop()
+{
+    if (!bg::nbd_server_running()) return make_error(ENOENT, "NBD server not running");
+    std::vector<std::string> ids;
+    for (auto &e : exports_) {
+        if (e.exp && e.exp->type() == "nbd" && !e.deleting) ids.push_back(e.id);
+    }
+    // Oldest first, as QEMU deletes them.
+    for (size_t i = 0; i < ids.size(); i++) {
+        Status st = del_export(ids[i], true);
+        (void)st;   // gone meanwhile
+    }
+    return bg::nbd_server_stop();
 }
 
 std::vector<Daemon::ExportInfo> Daemon::exports() const
@@ -342,8 +365,15 @@ void Daemon::teardown()
     if (qmp_) qmp_->close_all();
     // shutdown() may run the loop (drain); an export going away meanwhile
     // only marks its entry.
-    for (size_t i = 0; i < exports_.size(); i++) finish_export(exports_[i]);
+    for (size_t i = 0; i < exports_.size(); i++) {
+        if (exports_[i].exp) exports_[i].exp->drop_clients();
+        finish_export(exports_[i]);
+    }
     exports_.clear();
+    if (bg::nbd_server_running()) {
+        Status st = bg::nbd_server_stop();
+        (void)st;
+    }
     for (auto &t : iothreads_) t.thread->stop();
     iothreads_.clear();
     if (graph_) graph_->close_all();

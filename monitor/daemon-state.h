@@ -84,10 +84,19 @@ class Daemon {
     //   and block_export_create()'s (node, mountpoint, FUSE messages).
     Status add_export(const BlockExportOptions &opts);
     // block-export-del: shuts the export down (finishing its requests,
-    // flushing, unmounting) and sends BLOCK_EXPORT_DELETED. hard: QEMU
-    // also drops client connections; a FUSE export has none to wait for,
+    // flushing, unmounting) and sends BLOCK_EXPORT_DELETED. hard: client
+    // connections are dropped first (NBD); safe: an export with clients
+    // is not deleted ("export 'x' still in use"); a FUSE export has none,
     // so both modes do the same. May yield. Error: "Export 'x' is not found".
     Status del_export(const std::string &id, bool hard);
+
+    // --nbd-server / nbd-server-start: export/nbd.h's nbd_server_start().
+    Status nbd_server_start(const NbdServerOptions &opts);
+    // nbd-server-stop: deletes every NBD export (as block-export-del
+    // mode=hard, with BLOCK_EXPORT_DELETED events), then stops the server.
+    // Error: "NBD server not running". May yield.
+    Status nbd_server_stop();
+    bool nbd_server_running() const;
 
     struct ExportInfo {
         std::string id, type, node_name;

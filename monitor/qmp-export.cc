@@ -1,6 +1,7 @@
 // monitor/qmp-export.cc -- exports and objects: block-export-add,
 // block-export-del, query-block-exports, object-add, object-del,
 // query-iothreads. The same Daemon methods serve --export and --object.
+#include "export/nbd.h"
 #include "monitor/daemon-state.h"
 #include "monitor/qmp-internal.h"
 #include "monitor/qmp-block.h"
@@ -72,6 +73,30 @@ QmpResult cmd_block_export_add(QmpCall &call)
     return qmp_ok();
 }
 
+// nbd-server-start: addr as QEMU's SocketAddressLegacy ({"type": "unix",
+// "data": {"path": P}}), what qemu-storage-daemon takes, or flat
+// ({"type": "unix", "path": P}) as --nbd-server has it.
+QmpResult cmd_nbd_server_start(QmpCall &call)
+{
+    Result<NbdServerOptions> o = nbd_server_options_from_tree(call.args, false, true);
+    if (!o) {
+        std::string m = o.msg();
+        if (m.rfind("nbd-server: ", 0) == 0) m = m.substr(12);
+        return qmp_error(m);
+    }
+    if (call.daemon.nbd_server_running()) return qmp_error("NBD server already running");
+    Status st = call.daemon.nbd_server_start(o.value());
+    if (!st.ok()) return qmp_error(st);
+    return qmp_ok();
+}
+
+QmpResult cmd_nbd_server_stop(QmpCall &call)
+{
+    Status st = call.daemon.nbd_server_stop();
+    if (!st.ok()) return qmp_error(st);
+    return qmp_ok();
+}
+
 QmpResult cmd_block_export_del(QmpCall &call)
 {
     const std::string id = call.args["id"].get<std::string>();
@@ -130,7 +155,7 @@ QmpResult cmd_query_iothreads(QmpCall &call)
     return qmp_ok(list);
 }
 
-// block-export-add's one branch: the FUSE members.
+// block-export-add's branches: the FUSE and the NBD members.
 std::vector<QmpVariant> export_variants()
 {
     return {{"fuse",
@@ -138,7 +163,12 @@ std::vector<QmpVariant> export_variants()
               {"growable", "bool", true},
               {"allow-other", "enum:on|off|auto", true},
               {"io-uring", "any", true},
-              {"passthrough", "any", true}}}};
+              {"passthrough", "any", true}}},
+            {"nbd",
+             {{"name", "str", true},
+              {"description", "str", true},
+              {"bitmaps", "[any]", true},
+              {"allocation-depth", "bool", true}}}};
 }
 
 } // namespace
@@ -146,12 +176,18 @@ std::vector<QmpVariant> export_variants()
 void qmp_export_commands(std::vector<QmpCommand> *out)
 {
     out->push_back({"block-export-add",
-                    {{"type", "enum:fuse", false}, {"id", "str", false}, {"node-name", "str", false},
+                    {{"type", "enum:fuse|nbd", false}, {"id", "str", false}, {"node-name", "str", false},
                      {"writable", "bool", true}, {"writethrough", "bool", true}, {"iothread", "any", true},
                      {"fixed-iothread", "bool", true}, {"allow-inactive", "bool", true}, {"mountpoint", "str", true},
                      {"growable", "bool", true}, {"allow-other", "enum:on|off|auto", true},
-                     {"io-uring", "any", true}, {"passthrough", "any", true}},
+                     {"io-uring", "any", true}, {"passthrough", "any", true}, {"name", "str", true},
+                     {"description", "str", true}, {"bitmaps", "[any]", true}, {"allocation-depth", "bool", true}},
                     false, "", cmd_block_export_add, "type", export_variants});
+    out->push_back({"nbd-server-start",
+                    {{"addr", "object", false}, {"tls-creds", "str", true}, {"tls-authz", "str", true},
+                     {"max-connections", "int", true}},
+                    false, "", cmd_nbd_server_start});
+    out->push_back({"nbd-server-stop", {}, false, "", cmd_nbd_server_stop});
     out->push_back({"block-export-del", {{"id", "str", false}, {"mode", "enum:safe|hard", true}}, false, "",
                     cmd_block_export_del});
     out->push_back({"query-block-exports", {}, false, "[object]", cmd_query_block_exports});

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "qapi/block-options.h"
+#include "util/co-socket.h"
 
 namespace bg {
 
@@ -25,8 +26,31 @@ struct BlockExportOptionsFuse {
     OnOffAuto passthrough = OnOffAuto::kAuto;
 };
 
+// type=nbd (QEMU's BlockExportOptionsNbd).
+struct BlockExportOptionsNbd {
+    std::optional<std::string> name;        // the export name; unset: node-name
+    std::string description;                // "" = none
+    // "bitmaps": a name (a bitmap of the exported node) or, as QEMU 7.2
+    // also takes, a {node, name} pair.
+    struct Bitmap {
+        std::string node;                   // "" = the exported node
+        std::string name;
+        bool pair = false;                  // given as {node, name}
+    };
+    std::vector<Bitmap> bitmaps;
+    bool allocation_depth = false;          // "allocation-depth"
+};
+
+// --nbd-server / nbd-server-start (QEMU's NbdServerOptions).
+struct NbdServerOptions {
+    SocketAddress addr;
+    std::string tls_creds;                  // "tls-creds": id of a server tls-creds object
+    std::string tls_authz;                  // "tls-authz": id of an authz object
+    uint32_t max_connections = 0;           // 0 = unlimited
+};
+
 struct BlockExportOptions {
-    std::string type;                       // required: "fuse"
+    std::string type;                       // required: "fuse" or "nbd"
     std::string id;                         // required
     std::string node_name;                  // "node-name", required
     bool writable = false;
@@ -36,6 +60,7 @@ struct BlockExportOptions {
     std::vector<std::string> iothreads;
     bool fixed_iothread = false;            // "fixed-iothread"
     BlockExportOptionsFuse fuse;            // type == "fuse"
+    BlockExportOptionsNbd nbd;              // type == "nbd"
 };
 
 // --object iothread,id=NAME[,poll-max-ns=N,poll-grow=N,poll-shrink=N]

@@ -19,6 +19,8 @@ using KeyList = std::initializer_list<const char *>;
 const KeyList kExportCommonKeys = {"type",     "id",       "node-name",      "writable",
                                    "writethrough", "iothread", "fixed-iothread", "allow-inactive"};
 const KeyList kExportFuseKeys = {"mountpoint", "growable", "allow-other", "io-uring", "passthrough"};
+const KeyList kExportNbdKeys = {"name", "description", "bitmaps", "allocation-depth"};
+const KeyList kNbdServerKeys = {"addr", "tls-creds", "tls-authz", "max-connections"};
 const KeyList kIoThreadKeys = {"qom-type",      "id",           "poll-max-ns",     "poll-grow",
                                "poll-shrink",   "aio-max-batch", "thread-pool-min", "thread-pool-max"};
 
@@ -218,6 +220,49 @@ Status decode_iothreads(const Decoder &d, const json &obj, BlockExportOptions *o
     return Status();
 }
 
+// "bitmaps": a list of names or {node, name} objects.
+Status decode_nbd_bitmaps(const Decoder &d, const json &obj, BlockExportOptionsNbd *o)
+{
+    const json *v = Decoder::find(obj, "bitmaps");
+    if (!v) return Status();
+    if (!v->is_array()) return d.err("bitmaps", "expected a list");
+    for (const json &e : *v) {
+        BlockExportOptionsNbd::Bitmap b;
+        if (e.is_string()) {
+            b.name = e.get<std::string>();
+        } else if (e.is_object()) {
+            for (auto it = e.begin(); it != e.end(); ++it) {
+                if (it.key() != "node" && it.key() != "name") return d.err("bitmaps", "unknown key '" + it.key() + "'");
+            }
+            auto node = d.str(e, "node", true, false);
+            if (!node) return node.error();
+            auto name = d.str(e, "name", true, false);
+            if (!name) return name.error();
+            b.node = std::move(node.value());
+            b.name = std::move(name.value());
+            b.pair = true;
+        } else {
+            return d.err("bitmaps", "expected a string or an object with 'node' and 'name'");
+        }
+        o->bitmaps.push_back(std::move(b));
+    }
+    return Status();
+}
+
+Status decode_nbd_export(const Decoder &d, const json &tree, BlockExportOptionsNbd *o)
+{
+    if (Decoder::find(tree, "name")) {
+        auto name = d.str(tree, "name", false, false);
+        if (!name) return name.error();
+        o->name = std::move(name.value());
+    }
+    auto desc = d.str(tree, "description", false, false);
+    if (!desc) return desc.error();
+    o->description = std::move(desc.value());
+    BG_TRY(decode_nbd_bitmaps(d, tree, o));
+    return d.boolean(tree, "allocation-depth", &o->allocation_depth);
+}
+
 Result<BlockExportOptions> export_from_tree(const json &tree, bool from_keyval)
 {
     Decoder d(prefix_for(tree, "export"), from_keyval);
@@ -227,8 +272,9 @@ Result<BlockExportOptions> export_from_tree(const json &tree, bool from_keyval)
     auto type = d.str(tree, "type", true, false);
     if (!type) return type.error();
     o.type = std::move(type.value());
-    if (o.type != "fuse") return d.err("", "unknown export type '" + o.type + "'");
-    BG_TRY(d.check_keys(tree, kExportCommonKeys, &kExportFuseKeys));
+    if (o.type != "fuse" && o.type != "nbd") return d.err("", "unknown export type '" + o.type + "'");
+    const bool nbd = o.type == "nbd";
+    BG_TRY(d.check_keys(tree, kExportCommonKeys, nbd ? &kExportNbdKeys : &kExportFuseKeys));
 
     auto id = d.str(tree, "id", true, false);
     if (!id) return id.error();
@@ -239,19 +285,23 @@ Result<BlockExportOptions> export_from_tree(const json &tree, bool from_keyval)
     if (!node) return node.error();
     o.node_name = std::move(node.value());
 
-    auto mp = d.str(tree, "mountpoint", true, true);
-    if (!mp) return mp.error();
-    o.fuse.mountpoint = std::move(mp.value());
+    if (nbd) {
+        BG_TRY(decode_nbd_export(d, tree, &o.nbd));
+    } else {
+        auto mp = d.str(tree, "mountpoint", true, true);
+        if (!mp) return mp.error();
+        o.fuse.mountpoint = std::move(mp.value());
+        BG_TRY(d.boolean(tree, "growable", &o.fuse.growable));
+        BG_TRY(d.on_off_auto(tree, "allow-other", &o.fuse.allow_other));
+        BG_TRY(d.on_off_auto(tree, "io-uring", &o.fuse.io_uring));
+        BG_TRY(d.on_off_auto(tree, "passthrough", &o.fuse.passthrough));
+    }
 
     BG_TRY(d.boolean(tree, "writable", &o.writable));
     BG_TRY(d.boolean(tree, "writethrough", &o.writethrough));
     BG_TRY(d.boolean(tree, "fixed-iothread", &o.fixed_iothread));
     bool allow_inactive = false;   // accepted for QSD command lines; every node is active
     BG_TRY(d.boolean(tree, "allow-inactive", &allow_inactive));
-    BG_TRY(d.boolean(tree, "growable", &o.fuse.growable));
-    BG_TRY(d.on_off_auto(tree, "allow-other", &o.fuse.allow_other));
-    BG_TRY(d.on_off_auto(tree, "io-uring", &o.fuse.io_uring));
-    BG_TRY(d.on_off_auto(tree, "passthrough", &o.fuse.passthrough));
 
     bool is_list = false;
     BG_TRY(decode_iothreads(d, tree, &o, &is_list));
@@ -259,6 +309,87 @@ Result<BlockExportOptions> export_from_tree(const json &tree, bool from_keyval)
         return d.err("", "fixed-iothread=on cannot be used with a list of iothreads");
     }
     return o;
+}
+
+// addr: the flat SocketAddress ({type, host, port} / {type, path}), or
+// with legacy, QMP's SocketAddressLegacy ({type, data: {...}}) as well.
+Status decode_socket_address(const Decoder &d, const json &a, bool legacy, SocketAddress *out)
+{
+    if (!a.is_object()) return d.err("addr", "expected an object");
+    auto type = d.str(a, "type", true, false);
+    if (!type) return d.err("", "Parameter 'addr.type' is missing");
+    const json *src = &a;
+    const bool nested = legacy && Decoder::find(a, "data") != nullptr;
+    if (nested) {
+        src = Decoder::find(a, "data");
+        if (!src->is_object()) return d.err("addr.data", "expected an object");
+        for (auto it = a.begin(); it != a.end(); ++it) {
+            if (it.key() != "type" && it.key() != "data") return d.err("", "Parameter 'addr." + it.key() + "' is unexpected");
+        }
+    }
+    const std::string pre = nested ? "addr.data." : "addr.";
+    auto need = [&](const char *key, std::string *dst) -> Status {
+        const json *v = Decoder::find(*src, key);
+        if (!v) return d.err("", "Parameter '" + pre + key + "' is missing");
+        if (!v->is_string()) return d.err("", "Invalid parameter type for '" + pre + key + "', expected: string");
+        *dst = v->get<std::string>();
+        return Status();
+    };
+    auto only = [&](std::initializer_list<const char *> keys) -> Status {
+        for (auto it = src->begin(); it != src->end(); ++it) {
+            bool ok = nested ? false : it.key() == "type";
+            for (const char *k : keys) ok = ok || it.key() == k;
+            // Accepted and ignored: the inet tuning members QEMU has.
+            for (const char *k : {"numeric", "to", "ipv4", "ipv6", "keep-alive", "mptcp", "abstract", "tight"}) {
+                ok = ok || it.key() == k;
+            }
+            if (!ok) return d.err("", "Parameter '" + pre + it.key() + "' is unexpected");
+        }
+        return Status();
+    };
+    if (type.value() == "inet") {
+        out->type = SocketAddress::Type::kInet;
+        BG_TRY(need("host", &out->host));
+        BG_TRY(need("port", &out->port));
+        return only({"host", "port"});
+    }
+    if (type.value() == "unix") {
+        out->type = SocketAddress::Type::kUnix;
+        BG_TRY(need("path", &out->path));
+        return only({"path"});
+    }
+    return d.err("", "Parameter 'addr.type' does not accept value '" + type.value() + "'");
+}
+
+Result<NbdServerOptions> nbd_server_from_tree(const json &tree, bool from_keyval, bool legacy)
+{
+    Decoder d("nbd-server", from_keyval);
+    if (!tree.is_object()) return d.err("", "expected an object");
+    for (auto it = tree.begin(); it != tree.end(); ++it) {
+        if (!in_list(kNbdServerKeys, it.key())) return d.err("", "Parameter '" + it.key() + "' is unexpected");
+    }
+    NbdServerOptions o;
+    const json *a = Decoder::find(tree, "addr");
+    if (!a) return d.err("", "Parameter 'addr' is missing");
+    BG_TRY(decode_socket_address(d, *a, legacy, &o.addr));
+    auto creds = d.str(tree, "tls-creds", false, false);
+    if (!creds) return creds.error();
+    o.tls_creds = std::move(creds.value());
+    auto authz = d.str(tree, "tls-authz", false, false);
+    if (!authz) return authz.error();
+    o.tls_authz = std::move(authz.value());
+    uint64_t maxc = 0;
+    if (!d.uinteger(tree, "max-connections", UINT32_MAX, &maxc).ok()) {
+        return d.err("", from_keyval ? "Parameter 'max-connections' expects integer"
+                                     : "Parameter 'max-connections' expects uint32_t");
+    }
+    o.max_connections = static_cast<uint32_t>(maxc);
+    return o;
+}
+
+Result<NbdServerOptions> nbd_server_from_keyval(const json &tree, bool from_keyval)
+{
+    return nbd_server_from_tree(tree, from_keyval, false);
 }
 
 Result<IoThreadOptions> object_from_tree(const json &tree, bool from_keyval)
@@ -340,6 +471,17 @@ Result<BlockExportOptions> parse_export_arg(const std::string &arg)
 Result<IoThreadOptions> object_options_from_tree(const json &tree, bool from_keyval)
 {
     return guarded<IoThreadOptions>("object", [&] { return object_from_tree(tree, from_keyval); });
+}
+
+Result<NbdServerOptions> nbd_server_options_from_tree(const json &tree, bool from_keyval, bool legacy_addr)
+{
+    return guarded<NbdServerOptions>("nbd-server",
+                                     [&] { return nbd_server_from_tree(tree, from_keyval, legacy_addr); });
+}
+
+Result<NbdServerOptions> parse_nbd_server_arg(const std::string &arg)
+{
+    return guarded<NbdServerOptions>("nbd-server", [&] { return parse_arg(arg, nullptr, &nbd_server_from_keyval); });
 }
 
 Result<IoThreadOptions> parse_object_arg(const std::string &arg)

@@ -21,7 +21,7 @@
 
 namespace bg {
 
-// Parses the argument of --export, QEMU's BlockExportOptions:
+// Parses the argument of --export, QEMU's BlockExportOptions (fuse or nbd):
 //   [type=]fuse,id=ID,node-name=NODE,mountpoint=FILE[,writable=on|off]
 //     [,writethrough=on|off][,growable=on|off][,allow-other=on|off|auto]
 //     [,iothread=NAME | ,iothread.0=NAME,iothread.1=NAME...]
@@ -50,6 +50,11 @@ namespace bg {
 //   export 'e': fixed-iothread=on cannot be used with a list of iothreads
 Result<BlockExportOptions> parse_export_arg(const std::string &arg);
 
+// type=nbd takes, instead of the FUSE members:
+//   [,name=NAME][,description=TEXT][,allocation-depth=on|off]
+//   [,bitmaps.0=NAME,...] (JSON: a list of names or {"node","name"} objects)
+// Messages as above, and "export 'e': bitmaps: expected a list".
+//
 // The same for an already parsed tree (from_keyval: every scalar is a
 // string and converted, as in blockdev_options_from_tree()).
 Result<BlockExportOptions> export_options_from_tree(const nlohmann::json &tree, bool from_keyval);
@@ -71,6 +76,21 @@ Result<BlockExportOptions> export_options_from_tree(const nlohmann::json &tree, 
 Result<IoThreadOptions> parse_object_arg(const std::string &arg);
 // The same for an already parsed tree (object-add's arguments).
 Result<IoThreadOptions> object_options_from_tree(const nlohmann::json &tree, bool from_keyval);
+
+// Parses the argument of --nbd-server (QEMU's NbdServerOptions):
+//   addr.type=inet,addr.host=H,addr.port=P | addr.type=unix,addr.path=P
+//   [,tls-creds=ID][,tls-authz=ID][,max-connections=N]
+// or the JSON object. Messages (QEMU's, after "nbd-server: "):
+//   Parameter 'addr' is missing / Parameter 'addr.path' is missing
+//   Parameter 'foo' is unexpected / Parameter 'addr.foo' is unexpected
+//   Parameter 'addr.type' does not accept value 'vsock'
+//   Parameter 'max-connections' expects integer (keyval) / expects uint32_t (JSON)
+Result<NbdServerOptions> parse_nbd_server_arg(const std::string &arg);
+// The same for a parsed tree (nbd-server-start's arguments). legacy_addr:
+// addr may also be QMP's SocketAddressLegacy ({"type": "unix", "data":
+// {"path": P}}), which is what qemu-storage-daemon's nbd-server-start takes.
+Result<NbdServerOptions> nbd_server_options_from_tree(const nlohmann::json &tree, bool from_keyval,
+                                                      bool legacy_addr);
 
 // QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'.
 bool is_valid_qapi_id(const std::string &id);

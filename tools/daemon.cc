@@ -195,7 +195,9 @@ int serve(const DaemonConfig &cfg, const std::function<Status(Daemon &)> &setup,
         }
         if (st.ok()) st = setup(d);
         if (st.ok() && d.stop_requested()) st = make_error(EINTR, "stopped during start-up");
-        if (st.ok() && d.export_count() == 0 && !d.has_monitors()) st = make_error(EINVAL, "no exports");
+        if (st.ok() && d.export_count() == 0 && !d.has_monitors() && !d.nbd_server_running()) {
+            st = make_error(EINVAL, "no exports");
+        }
 
         if (st.ok()) {
             log_info("ready: %zu export%s", d.export_count(), d.export_count() == 1 ? "" : "s");
@@ -282,6 +284,13 @@ const char kDaemonUsage[] =
     "           [,growable=on][,writethrough=on][,allow-other=on|off|auto]\n"
     "           [,iothread=NAME | ,iothread.0=A,iothread.1=B...][,fixed-iothread=on]\n"
     "                       export a node as a regular file over FUSE (or JSON)\n"
+    "  --nbd-server addr.type=inet,addr.host=H,addr.port=P | addr.type=unix,addr.path=P\n"
+    "           [,tls-creds=ID][,tls-authz=ID][,max-connections=N]\n"
+    "                       start the NBD server (before --export type=nbd;\n"
+    "                       over TCP without tls-creds a warning is printed)\n"
+    "  --export type=nbd,id=ID,node-name=NODE[,name=NAME][,description=TEXT]\n"
+    "           [,writable=on][,bitmaps.0=BITMAP...][,allocation-depth=on]\n"
+    "                       export a node over NBD (docs/nbd.md)\n"
     "  --chardev socket,id=ID,path=PATH,server=on,wait=off | stdio,id=ID\n"
     "                       a QMP endpoint (also host=H,port=P for TCP)\n"
     "  --monitor [chardev=]ID[,pretty=on]\n"
@@ -311,7 +320,7 @@ const char kDaemonUsage[] =
     "See docs/daemon.md.\n";
 
 using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions, ChardevOptions, MonitorOptions,
-                          TlsObjectOptions>;
+                          TlsObjectOptions, NbdServerOptions>;
 
 int fail(const std::string &msg)
 {
@@ -350,11 +359,11 @@ int cmd_daemon(int argc, char **argv)
             std::puts("blockgraph daemon version " BG_VERSION);
             return 0;
         }
-        if (name == "--nbd-server" || name == "--trace" || name == "-T") {
+        if (name == "--trace" || name == "-T") {
             return fail("option '" + name + "' is not supported");
         }
         bool takes_value = name == "--blockdev" || name == "--export" || name == "--object" || name == "--pidfile" ||
-                           name == "--chardev" || name == "--monitor";
+                           name == "--chardev" || name == "--monitor" || name == "--nbd-server";
         bool is_flag = name == "--daemonize" || name == "--stats" || name == "--verbose" || name == "-v" ||
                        name == "-vv";
         if (!takes_value && !is_flag) {
@@ -384,6 +393,11 @@ int cmd_daemon(int argc, char **argv)
             if (!o) return fail(o.msg());
             steps.emplace_back(std::move(o.value()));
             n_exports++;
+        } else if (name == "--nbd-server") {
+            auto o = parse_nbd_server_arg(value);
+            if (!o) return fail(o.msg());
+            steps.emplace_back(std::move(o.value()));
+            n_exports++;   // something to serve, as with qemu-storage-daemon
         } else if (name == "--chardev") {
             auto o = parse_chardev_arg(value);
             if (!o) return fail(o.msg());
@@ -422,6 +436,8 @@ int cmd_daemon(int argc, char **argv)
                 BG_TRY(d.qmp().add_chardev(*c));
             } else if (auto *m = std::get_if<MonitorOptions>(&s)) {
                 BG_TRY(d.qmp().add_monitor(*m));
+            } else if (auto *nbd = std::get_if<NbdServerOptions>(&s)) {
+                BG_TRY(d.nbd_server_start(*nbd));
             } else {
                 BG_TRY(d.add_export(std::get<BlockExportOptions>(s)));
             }
