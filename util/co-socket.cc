@@ -400,15 +400,4 @@ void CoSocket::shutdown()
     if (w) coroutine_wake(w);
 }
 
-// Until util/tls.cc is in the tree: TLS is not available. Its strong
-// definitions replace these.
-__attribute__((weak)) Status CoSocket::co_start_tls(const TlsCreds &, bool, const std::string &)
-{
-    return make_error(ENOTSUP, "TLS is not available in this build");
-}
-__attribute__((weak)) std::string CoSocket::tls_peer_identity() const { return {}; }
-__attribute__((weak)) ssize_t tls_session_read(void *, void *, size_t, bool *) { return -ENOTSUP; }
-__attribute__((weak)) ssize_t tls_session_write(void *, const struct iovec *, int, bool *) { return -ENOTSUP; }
-__attribute__((weak)) void tls_session_free(void *, void *) {}
-
 } // namespace bg
