@@ -24,7 +24,9 @@ namespace bg {
 
 namespace {
 
-const char kDefaultPriority[] = "NORMAL";
+// GnuTLS's defaults without the versions before TLS 1.2, which the NBD
+// protocol forbids.
+const char kDefaultPriority[] = "NORMAL:-VERS-TLS1.1:-VERS-TLS1.0";
 const char kPskPriorityExtra[] = ":+ECDHE-PSK:+DHE-PSK:+PSK";
 // Writes of small iovecs are gathered into one record of at most this size.
 const size_t kGatherMax = 16384;

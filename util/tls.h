@@ -27,7 +27,8 @@ struct TlsCredsOptions {
     // certificate signed by the CA, a client checks the server's chain (and
     // hostname when given). off: no check on either side (as QEMU).
     bool verify_peer = true;
-    std::string priority;          // "priority": a GnuTLS priority string ("" = default)
+    // "priority": a GnuTLS priority string ("": NORMAL without TLS 1.0/1.1)
+    std::string priority;
     std::string username;          // psk client: "username" (default "qemu")
 };
 
