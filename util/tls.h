@@ -93,7 +93,7 @@ Status authz_remove(const std::string &id);
 // Every id in either table (for object-add's duplicate check).
 bool tls_object_exists(const std::string &id);
 // Whether the authz object authz_id allows identity (an x509 DN, or a PSK
-// username when psk). Errors: ENOENT "Cannot find QAuthZ object with id
+// username when psk). Errors: ENOENT "Cannot find QAuthZ object ID
 // ID"; EACCES "TLS x509 authz check for DN is denied" ("TLS PSK ...").
 Status tls_authz_check(const std::string &authz_id, const std::string &identity, bool psk = false);
 

@@ -362,7 +362,7 @@ START_TEST(test_x509_authz)
         Pair p;
         p.handshake(*sc, *cc, "localhost", "nosuch");
         ck_assert(!p.srv_st.ok());
-        EXPECT_STR(p.srv_st.msg(), "Cannot find QAuthZ object with id nosuch");
+        EXPECT_STR(p.srv_st.msg(), "Cannot find QAuthZ object ID nosuch");
     }
 }
 END_TEST
