@@ -106,6 +106,24 @@ refuse "verify-peer: a client certificate of another CA is refused" \
 refuse "qemu-img with tls-hostname=otherhost refuses the server" \
     qemu-img info --object "$QOBJ" --image-opts "$QOPTS,tls-hostname=otherhost"
 check "the server still serves after the failures" nbdinfo "$URI"
+
+# Our own client (the peer that also speaks extended headers); with
+# NBD_TLS_ORACLE=1, qemu-io.
+if [ -n "${NBD_TLS_ORACLE:-}" ]; then OUR_IO=(qemu-io); else OUR_IO=("$BLOCKGRAPH" io); fi
+if "${OUR_IO[@]}" -c quit --image-opts "driver=nbd,server.type=unix,server.path=/nonexistent" 2>&1 |
+    grep -q "unknown driver 'nbd'"; then
+    echo "  (no nbd driver in this build: our client is not tried)"
+else
+    check "our client writes over TLS" "${OUR_IO[@]}" --object "$QOBJ" --image-opts "$QOPTS" -c 'write -P 0x44 2M 1M'
+    check "our client reads it back" "${OUR_IO[@]}" --object "$QOBJ" --image-opts "$QOPTS" \
+        -c 'read -P 0x44 2M 1M' -c 'read -P 0x5a 0 1M'
+    check "and so does libnbd" nbdcopy "$URI" copy3.raw
+    qemu-io -f raw -r -c 'read -P 0x44 2M 1M' copy3.raw >/dev/null 2>&1 && ok "the write is in the image" \
+        || bad "our client's write is not in the image"
+    check "our client restores the pattern" "${OUR_IO[@]}" --object "$QOBJ" --image-opts "$QOPTS" -c 'write -P 0x5a 2M 1M'
+    refuse "our client without tls-creds" "${OUR_IO[@]}" --image-opts "${QOPTS%,tls-creds=c}" -c 'read 0 4k'
+    grep -q "Option 0x7 not permitted before TLS" out && ok "...is told TLS is required" || bad "no TLS: $(cat out)"
+fi
 stop_bg "$SRV_PID"
 
 # ---- verify-peer=off: a client without a certificate is served
