@@ -62,6 +62,23 @@ for _ in $(seq 100); do qemu-nbd -L -b 127.0.0.1 -p "$port" >/dev/null 2>&1 && b
 same_text "TCP -b/-p" "$(qemu-nbd -L -b 127.0.0.1 -p "$port" 2>&1)" "$("$BLOCKGRAPH" nbd -L -b 127.0.0.1 -p "$port" 2>&1)"
 stop "$LAST_PID"
 
+echo "== TLS (PSK)"
+mkdir -p psk
+if psktool -u alice -p psk/keys.psk >/dev/null 2>&1 &&
+    start_qemu_nbd "$S" -t --object tls-creds-psk,id=t,dir="$WORK/psk",endpoint=server --tls-creds t -x tls img.qcow2; then
+    creds=(--object "tls-creds-psk,id=t,dir=$WORK/psk,endpoint=client,username=alice" --tls-creds t)
+    want=$(qemu-nbd -L -k "$S" "${creds[@]}" 2>&1)
+    [[ $want == "exports available: 1"* ]] || bad "qemu-nbd -L over TLS: $want"
+    same_text "over TLS" "$want" "$("$BLOCKGRAPH" nbd -L -k "$S" "${creds[@]}" 2>&1)"
+    out=$("$BLOCKGRAPH" nbd -L -k "$S" 2>&1)
+    st=$?
+    [ $st = 1 ] && [[ $out == *"TLS negotiation required"* ]] && ok "without creds: $out" ||
+        bad "without creds: status $st: $out"
+    stop "$LAST_PID"
+else
+    bad "qemu-nbd with TLS did not start: $(tail -1 "$WORK/server.err")"
+fi
+
 echo "== connection errors"
 want=$(qemu-nbd -L -k "$WORK/nonexistent.sock" 2>&1)
 wst=$?
