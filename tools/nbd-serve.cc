@@ -10,8 +10,6 @@
 // opened, and unlinked at once (so it goes even if the process is killed);
 // the image below it is opened read-only. -l: qcow2's read-only snapshot
 // view (snapshot.id open option) of the snapshot the argument names.
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -50,7 +48,6 @@ const char *detect_zeroes_name(BlockdevDetectZeroes dz)
 
 // What serving needs besides the arguments; lives as long as cmd_nbd.
 struct ServeState {
-    bool listening = false;         // our server bound the socket path
     std::string top_node;           // the node the export shows
 };
 
@@ -210,7 +207,6 @@ Status start_serving(Daemon &d, const NbdArgs &a, ServeState *s)
     so.tls_authz = a.tls_authz.value_or("");
     so.max_connections = static_cast<uint32_t>(a.shared);
     BG_TRY(d.nbd_server_start(so));
-    s->listening = true;
 
     BlockExportOptions e;
     e.type = "nbd";
@@ -264,15 +260,8 @@ int nbd_serve(const NbdArgs &a)
     cfg.daemonize = a.fork;
     cfg.pidfile = a.pid_file;
     ServeState state;
-    cfg.on_exit = [&a, &state] {
-        nbd_server_set_client_hook(nullptr);
-        // qemu-nbd removes its socket at exit; only ours (never one we
-        // failed to bind because it was someone else's).
-        struct stat st;
-        if (state.listening && a.socket_path && lstat(a.socket_path->c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-            unlink(a.socket_path->c_str());
-        }
-    };
+    // The NBD server removes its unix socket when it stops.
+    cfg.on_exit = [] { nbd_server_set_client_hook(nullptr); };
     return daemon_run(cfg, [&a, &state](Daemon &d) -> Status { return setup(d, a, &state); });
 }
 
