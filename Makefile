@@ -306,6 +306,15 @@ bench-img: $(BIN)
 bench-fuse: $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/fuse.sh
 
+# NBD: blockgraph nbd and blockgraph daemon's nbd export vs qemu-nbd and
+# qemu-storage-daemon (fio's nbd engine), and img bench vs qemu-img bench on
+# nbd+unix://, interleaved in one run, medians and ratios: bench/nbd.sh
+# (fio with the nbd engine; ROUNDS, RUNTIME, SIZE, FORMATS, CONFIGS, CACHE).
+.PHONY: bench-nbd
+BENCH_TARGETS += bench-nbd
+bench-nbd: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/nbd.sh
+
 $(BENCH_PROG_TARGETS): bench-%: $(B)/bench/%
 	$(if $(CONFIG_DEBUG)$(CONFIG_ASAN),@echo "  WARNING benchmarking a debug/asan build")
 	$(call msg,BENCH,$<)

@@ -13,6 +13,7 @@ extern const BlockDriver kDriverNullCo;     // block/null.cc
 extern const BlockDriver kDriverNullAio;    // block/null.cc
 extern const BlockDriver kDriverBlkdebug;   // block/blkdebug.cc
 extern const BlockDriver kDriverQcow2;      // block/qcow2/qcow2.cc
+extern const BlockDriver kDriverNbd;        // block/nbd.cc
 
 void register_builtin_drivers(DriverRegistry *registry)
 {
@@ -22,6 +23,7 @@ void register_builtin_drivers(DriverRegistry *registry)
     registry->add(&kDriverNullAio);
     registry->add(&kDriverBlkdebug);
     registry->add(&kDriverQcow2);
+    registry->add(&kDriverNbd);
 }
 
 const DriverRegistry &builtin_drivers()

@@ -35,5 +35,6 @@ int cmd_daemon(int argc, char **argv);     // tools/daemon.cc
 int cmd_mount(int argc, char **argv);      // tools/mount.cc
 int cmd_umount(int argc, char **argv);     // tools/mount.cc
 int cmd_img(int argc, char **argv);        // tools/img.cc
+int cmd_nbd(int argc, char **argv);        // tools/nbd.cc
 
 }  // namespace bg

@@ -27,6 +27,7 @@ constexpr Subcommand kSubcommands[] = {
     {"mount", "Export an image as a file over FUSE", cmd_mount},
     {"umount", "Remove a FUSE export", cmd_umount},
     {"img", "Create, inspect and convert images", cmd_img},
+    {"nbd", "Serve an image over NBD (qemu-nbd), or list a server's exports", cmd_nbd},
 };
 
 const Subcommand *find_subcommand(const char *name) noexcept

@@ -148,6 +148,14 @@ std::string mounted_fstype(const std::string &path)
     return found;
 }
 
+// Whether IMAGE names something a protocol driver other than "file"
+// serves (nbd://host/export): no local file to check or name after.
+bool is_protocol_name(const std::string &image)
+{
+    const BlockDriver *d = protocol_driver_for(builtin_drivers(), image);
+    return d && std::string(d->name) != "file";
+}
+
 // IMAGE with its extension replaced by ".raw" (or ".raw" appended).
 std::string default_mountpoint(const std::string &image)
 {
@@ -265,6 +273,9 @@ int parse_mount_args(int argc, char **argv, MountArgs *out)
     if (pos.empty()) return fail("mount", "missing IMAGE (see 'blockgraph mount --help')");
     if (pos.size() > 2) return fail("mount", "unexpected argument '" + pos[2] + "'");
     a.image = pos[0];
+    if (pos.size() < 2 && is_protocol_name(a.image)) {
+        return fail("mount", "a MOUNTPOINT is needed for '" + a.image + "' (no file name to derive it from)");
+    }
     a.mountpoint = pos.size() > 1 ? pos[1] : default_mountpoint(a.image);
     if (a.image.empty()) return fail("mount", "IMAGE must not be empty");
     if (a.mountpoint.empty()) return fail("mount", "MOUNTPOINT must not be empty");
@@ -279,10 +290,12 @@ int parse_mount_args(int argc, char **argv, MountArgs *out)
 int check_mount_paths(const MountArgs &a)
 {
     struct stat st;
-    if (stat(a.image.c_str(), &st) != 0) {
-        return fail("mount", "image '" + a.image + "': " + strerror(errno));
+    if (!is_protocol_name(a.image)) {   // nbd://... is checked when opened
+        if (stat(a.image.c_str(), &st) != 0) {
+            return fail("mount", "image '" + a.image + "': " + strerror(errno));
+        }
+        if (S_ISDIR(st.st_mode)) return fail("mount", "image '" + a.image + "' is a directory");
     }
-    if (S_ISDIR(st.st_mode)) return fail("mount", "image '" + a.image + "' is a directory");
     const std::string key = canonical_mountpoint(a.mountpoint);
     if (!mounted_fstype(key).empty()) {
         return fail("mount", "mountpoint '" + a.mountpoint + "' is already mounted");

@@ -13,6 +13,7 @@
 #include "tests/conformance/conformance.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <fnmatch.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -281,6 +282,46 @@ void copy_dir_sparse(const std::string &src, const std::string &dst)
     if (rc != 0) die("copying " + src + " failed: " + out);
 }
 
+// Stacks served over the network: a set-up that leaves a file "serve" in
+// the stack's directory declares that the images are reached through a
+// server (NBD). "serve" holds shell commands, run with "sh ./serve" in
+// every copy of the directory before the stack is opened (and in the
+// pristine one while it is read), that start the server in the background
+// and return once it accepts connections, its pid in "serve.pid"
+// (qemu-nbd --fork --pid-file=serve.pid does both). stop_server kills it.
+void start_server(const std::string &dir)
+{
+    if (access((dir + "/serve").c_str(), F_OK) != 0) return;
+    std::string out;
+    int rc = run_cmd("cd " + shell_quote(dir) + " && rm -f serve.pid *.sock && sh ./serve", &out);
+    if (rc != 0) die("starting the server in " + dir + " failed (exit " + std::to_string(rc) + "): " + out);
+}
+
+void stop_server(const std::string &dir)
+{
+    std::ifstream f(dir + "/serve.pid");
+    long pid = 0;
+    if (!(f >> pid) || pid <= 1) return;
+    if (kill(static_cast<pid_t>(pid), SIGTERM) == 0) {
+        for (int i = 0; i < 100 && kill(static_cast<pid_t>(pid), 0) == 0; i++) usleep(20000);
+        kill(static_cast<pid_t>(pid), SIGKILL);
+    }
+    unlink((dir + "/serve.pid").c_str());
+}
+
+// Kills every server still running under dir (cases that died before
+// their Env's destructor leave theirs behind).
+void stop_all_servers(const std::string &dir)
+{
+    std::string out;
+    run_cmd("find " + shell_quote(dir) + " -name serve.pid", &out);
+    std::istringstream in(out);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.size() > 10) stop_server(line.substr(0, line.size() - 10));
+    }
+}
+
 void prepare_stack_dir(const Stack &s, const std::string &dir)
 {
     if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) die("mkdir " + dir + ": " + strerror(errno));
@@ -320,8 +361,10 @@ void prepare_stacks()
         strip_for_qemu(q);
         s.init_raw = base + "/init.raw";
         std::string out;
+        start_server(s.pristine);
         int rc = run_cmd("qemu-img convert -O raw " + shell_quote("json:" + q.dump()) + " " + shell_quote(s.init_raw),
                          &out);
+        stop_server(s.pristine);
         if (rc != 0) die("stack '" + s.base + "': qemu-img convert of the fresh images failed: " + out);
         struct stat st;
         if (stat(s.init_raw.c_str(), &st) != 0) die("stat " + s.init_raw);
@@ -531,6 +574,7 @@ Env::Env(int stack, bool do_open) : s(g_stacks.at(stack))
     std::string out;
     run_cmd("rm -rf " + shell_quote(dir), &out);
     copy_dir_sparse(s.pristine, dir);
+    start_server(dir);
     m.init(s.init_raw, s.size, (s.caps & bg::kCapDropsWrites) != 0);
     aio = bg::AioContext::create();
     if (do_open) open();
@@ -540,6 +584,7 @@ Env::~Env()
 {
     close();
     aio.reset();
+    stop_server(dir);
     std::string out;
     if (!getenv("CONF_KEEP")) run_cmd("rm -rf " + shell_quote(dir), &out);
 }
@@ -998,6 +1043,7 @@ int main(int argc, char **argv)
     printf("\nconformance: %d stacks, %d cases run, %d passed, %d failed, %d skipped\n",
            static_cast<int>(run_stacks.size()), nres, nres - failed, failed, n_skipped);
     srunner_free(sr);
+    stop_all_servers(g_workdir);
     if (!getenv("CONF_KEEP")) {
         std::string out;
         run_cmd("rm -rf " + shell_quote(g_workdir), &out);

@@ -71,6 +71,13 @@ while read -r name caps; do
         for c in py fio stop image; do mark "$name" $c FAIL; done
         continue
     fi
+    # A stack served over the network (docs/conformance.md, "serve").
+    if [ -f "$d/serve" ] && ! sout=$(cd "$d" && sh ./serve 2>&1); then
+        bad "$name: starting its server failed: $sout"
+        for c in py fio stop image; do mark "$name" $c FAIL; done
+        continue
+    fi
+    [ -f "$d/serve.pid" ] && FUSE_BG_PIDS+=("$(cat "$d/serve.pid")")
     mapfile -t lines <<<"$out"
     json=${lines[1]}
     qjson=${lines[2]}
@@ -148,6 +155,15 @@ while read -r name caps; do
         fi
     done
     if [ $img_ok = 1 ]; then mark "$name" image pass; else mark "$name" image FAIL; fi
+    if [ -f "$d/serve.pid" ]; then
+        spid=$(cat "$d/serve.pid")
+        kill "$spid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$spid" 2>/dev/null || true
+        keep=()
+        for p in "${FUSE_BG_PIDS[@]}"; do [ "$p" = "$spid" ] || keep+=("$p"); done
+        FUSE_BG_PIDS=("${keep[@]}")
+    fi
     rm -rf "$d"
 done < <("$CONFORMANCE" --stacks "$STACKS_FILE" --list)
 

@@ -1,0 +1,268 @@
+// tools/nbd-serve.cc -- "blockgraph nbd FILE": the image, the NBD server
+// and its one export, served by the daemon machinery (tools/daemon.h).
+//
+// The graph, bottom to top (each optional layer only with its option):
+//
+//   [file] <- [format, or its snapshot view for -l] <- [qcow2 overlay, -s]
+//          <- [raw with offset, -o]  <- the NBD export
+//
+// -s: the overlay is a qcow2 file created in $TMPDIR (default /var/tmp),
+// opened, and unlinked at once (so it goes even if the process is killed);
+// the image below it is opened read-only. -l: qcow2's read-only snapshot
+// view (snapshot.id open option) of the snapshot the argument names.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "block/block.h"
+#include "block/image-mgmt.h"
+#include "export/nbd.h"
+#include "tools/daemon.h"
+#include "tools/nbd.h"
+#include "util/log.h"
+
+namespace bg {
+
+namespace {
+
+using json = nlohmann::json;
+
+constexpr const char *kProg = "blockgraph nbd";
+
+const char *detect_zeroes_name(BlockdevDetectZeroes dz)
+{
+    switch (dz) {
+    case BlockdevDetectZeroes::kOff: return "off";
+    case BlockdevDetectZeroes::kOn: return "on";
+    case BlockdevDetectZeroes::kUnmap: return "unmap";
+    }
+    return "off";
+}
+
+// What serving needs besides the arguments; lives as long as cmd_nbd.
+struct ServeState {
+    std::string top_node;           // the node the export shows
+};
+
+ImageOpenSpec open_spec(const NbdArgs &a)
+{
+    ImageOpenSpec spec;
+    spec.image = a.filename;
+    spec.image_opts = a.image_opts;
+    if (a.format) spec.format = *a.format;
+    // Under a -s overlay the image itself is only read.
+    spec.read_only = a.read_only || a.snapshot;
+    spec.cache = a.cache;
+    spec.aio = a.aio;
+    spec.discard = a.discard;
+    spec.consumer = kProg;
+    return spec;
+}
+
+// -l: the id of the snapshot the argument names, found as qemu-nbd finds
+// it (snapshot.id and/or snapshot.name: all given must match; ID_OR_NAME:
+// the id first, then the name). Errors: qemu-nbd's texts after
+// "Failed to load snapshot: ".
+Result<std::string> resolve_snapshot(BlockNode *root, const NbdArgs &a)
+{
+    if (std::strcmp(root->driver_name(), "qcow2") != 0) {
+        return make_error(ENOTSUP,
+                          "Block format '%s' used by device '' does not support temporarily loading internal "
+                          "snapshots",
+                          root->driver_name());
+    }
+    Result<std::vector<SnapshotInfo>> l = root->snapshot_list();
+    if (!l) return l.error();
+    const std::vector<SnapshotInfo> &snaps = l.value();
+    if (a.snapshot_id_or_name) {
+        for (const SnapshotInfo &s : snaps) {
+            if (s.id == *a.snapshot_id_or_name) return s.id;
+        }
+        for (const SnapshotInfo &s : snaps) {
+            if (s.name == *a.snapshot_id_or_name) return s.id;
+        }
+    } else if (a.snapshot_id || a.snapshot_name) {
+        for (const SnapshotInfo &s : snaps) {
+            if ((!a.snapshot_id || s.id == *a.snapshot_id) && (!a.snapshot_name || s.name == *a.snapshot_name)) {
+                return s.id;
+            }
+        }
+    }
+    return make_error(ENOENT, "Can't find snapshot");
+}
+
+// Opens the image (with the snapshot view for -l) into d's graph; the
+// name of its top node in *top. Errors are complete messages.
+Status open_base(Daemon &d, const NbdArgs &a, std::string *top)
+{
+    if (a.image_opts && a.format) return make_error(EINVAL, "--image-opts and -f are mutually exclusive");
+    ImageOpenSpec spec = open_spec(a);
+    // --detect-zeroes goes to the top node: this one unless -s or -o add one.
+    json top_extra = json::object();
+    const bool dz = a.detect_zeroes != BlockdevDetectZeroes::kOff;
+    if (dz && !a.snapshot && !a.offset) top_extra["detect-zeroes"] = detect_zeroes_name(a.detect_zeroes);
+    if (!top_extra.empty()) spec.extra_options = top_extra;
+    auto img = open_image(spec);
+    if (!img) return img.error().prefixed("Failed to blk_new_open '" + a.filename + "'");
+    if (img.value()->probed_raw) std::fputs(probed_raw_warning(a.filename).c_str(), stderr);
+    if (a.load_snapshot) {
+        Result<std::string> id = resolve_snapshot(img.value()->root, a);
+        if (!id) return id.error().prefixed("Failed to load snapshot");
+        img.value().reset();
+        spec.extra_options = top_extra;
+        spec.extra_options["snapshot.id"] = id.value();
+        img = open_image(spec);
+        if (!img) return img.error().prefixed("Failed to load snapshot");
+    }
+    *top = img.value()->root->node_name();
+    img.value()->blk.reset();   // the export attaches its own backend
+    d.use_graph(std::move(img.value()->graph));
+    return {};
+}
+
+// -s: a temporary qcow2 overlay over *top (which becomes the overlay).
+Status add_overlay(Daemon &d, const NbdArgs &a, std::string *top)
+{
+    BlockNode *base = d.graph().find(*top);
+    const char *tmpdir = getenv("TMPDIR");
+    std::string path = std::string(tmpdir && *tmpdir ? tmpdir : "/var/tmp") + "/blockgraph-nbd-XXXXXX";
+    int fd = mkstemp(path.data());
+    if (fd < 0) return errno_error(errno, "Could not get temporary filename");
+    close(fd);
+    ImgCreateParams p;
+    p.fmt = "qcow2";
+    p.filename = path;
+    p.opts.opts.emplace_back("size", std::to_string(base->getlength()));
+    Status st = img_create(d.graph().registry(), p);
+    if (!st.ok()) {
+        unlink(path.c_str());
+        return st.error().prefixed("Could not create temporary overlay '" + path + "'");
+    }
+    json tree = {
+        {"driver", "qcow2"},
+        {"node-name", "nbd-overlay"},
+        {"file", {{"driver", "file"}, {"filename", path}, {"cache", {{"no-flush", true}}}}},
+        {"backing", *top},
+    };
+    if (!a.offset && a.detect_zeroes != BlockdevDetectZeroes::kOff) tree["detect-zeroes"] = detect_zeroes_name(a.detect_zeroes);
+    Result<BlockNode *> n = d.graph().add_node_json(tree);
+    unlink(path.c_str());   // the open file stays; nothing is left behind at exit
+    if (!n) return n.error().prefixed("Could not open temporary overlay");
+    *top = n.value()->node_name();
+    return {};
+}
+
+// -o: a raw node showing *top from the offset on.
+Status add_offset(Daemon &d, const NbdArgs &a, std::string *top)
+{
+    BlockNode *base = d.graph().find(*top);
+    int64_t len = base->getlength();
+    if (a.offset > static_cast<uint64_t>(len)) {
+        return make_error(EINVAL, "Offset (%llu) cannot be greater than size of the containing file (%lld)",
+                          static_cast<unsigned long long>(a.offset), static_cast<long long>(len));
+    }
+    json tree = {
+        {"driver", "raw"},
+        {"node-name", "nbd-offset"},
+        {"file", *top},
+        {"offset", a.offset},
+        {"read-only", a.read_only},
+        {"detect-zeroes", detect_zeroes_name(a.detect_zeroes)},
+    };
+    Result<BlockNode *> n = d.graph().add_node_json(tree);
+    if (!n) return n.error();
+    *top = n.value()->node_name();
+    return {};
+}
+
+// Where the server listens: -k, else -b (0.0.0.0) and -p (10809).
+SocketAddress server_address(const NbdArgs &a)
+{
+    SocketAddress addr;
+    if (a.socket_path) {
+        addr.type = SocketAddress::Type::kUnix;
+        addr.path = *a.socket_path;
+    } else {
+        addr.type = SocketAddress::Type::kInet;
+        addr.host = a.bind.value_or("0.0.0.0");
+        addr.port = a.port.value_or("10809");
+    }
+    return addr;
+}
+
+// The NBD server and the export of s->top_node; without -t, a hook that
+// stops the daemon once the last client that reached transmission is gone.
+Status start_serving(Daemon &d, const NbdArgs &a, ServeState *s)
+{
+    NbdServerOptions so;
+    so.addr = server_address(a);
+    so.tls_creds = a.tls_creds;
+    so.tls_authz = a.tls_authz.value_or("");
+    so.max_connections = static_cast<uint32_t>(a.shared);
+    BG_TRY(d.nbd_server_start(so));
+
+    BlockExportOptions e;
+    e.type = "nbd";
+    e.id = "nbd-export";
+    e.node_name = s->top_node;
+    e.writable = !a.read_only;
+    e.writethrough = a.cache.writethrough;
+    e.nbd.name = a.export_name.value_or("");
+    e.nbd.description = a.description.value_or("");
+    // qemu-nbd offers the bitmaps in the reverse order of its -B options.
+    for (auto it = a.bitmaps.rbegin(); it != a.bitmaps.rend(); ++it) {
+        BlockExportOptionsNbd::Bitmap b;
+        b.name = *it;
+        e.nbd.bitmaps.push_back(b);
+    }
+    e.nbd.allocation_depth = a.allocation_depth;
+    Status st = d.add_export(e);
+    // "export 'nbd-export': " means nothing to the user of this command.
+    const std::string prefix = "export '" + e.id + "': ";
+    if (!st.ok() && st.msg().compare(0, prefix.size(), prefix) == 0) {
+        return Error{st.err(), st.msg().substr(prefix.size())};
+    }
+    BG_TRY(st);
+    if (!a.persistent) {
+        nbd_server_set_client_hook([&d](size_t open, bool negotiated) {
+            if (negotiated && open == 0) {
+                log_info("the last client has gone; exiting (no -t)");
+                d.request_stop();
+            }
+        });
+    }
+    return {};
+}
+
+Status setup(Daemon &d, const NbdArgs &a, ServeState *s)
+{
+    std::string top;
+    BG_TRY(open_base(d, a, &top));
+    if (a.snapshot) BG_TRY(add_overlay(d, a, &top));
+    if (a.offset) BG_TRY(add_offset(d, a, &top));
+    s->top_node = top;
+    return start_serving(d, a, s);
+}
+
+} // namespace
+
+int nbd_serve(const NbdArgs &a)
+{
+    DaemonConfig cfg;
+    cfg.prog = kProg;
+    cfg.daemonize = a.fork;
+    cfg.pidfile = a.pid_file;
+    ServeState state;
+    // The NBD server removes its unix socket when it stops.
+    cfg.on_exit = [] { nbd_server_set_client_hook(nullptr); };
+    return daemon_run(cfg, [&a, &state](Daemon &d) -> Status { return setup(d, a, &state); });
+}
+
+} // namespace bg
