@@ -254,6 +254,64 @@ def case_handshake_limit():
     ok("a client silent in the handshake is dropped after %.0f s" % took)
 
 
+def ext_chunk(s):
+    magic, flags, typ, cookie, off, ln = struct.unpack(">IHHQQQ", recv_exact(s, 32))
+    if magic != 0x6E8A278C:
+        fail("extended reply magic %x" % magic)
+    return flags, typ, cookie, off, recv_exact(s, ln)
+
+
+def case_extended_headers():
+    """Extended headers (libnbd 1.14 has none): 64-bit requests and
+    replies, block status in BLOCK_STATUS_EXT chunks."""
+    s = conn()
+    greet(s)
+    option(s, 11)
+    _, typ, _ = reply(s)
+    if typ != 1:
+        fail("EXTENDED_HEADERS: reply %x" % typ)
+    option(s, 8)
+    _, typ, _ = reply(s)
+    if typ != 0x8000000A:
+        fail("STRUCTURED_REPLY after EXTENDED_HEADERS: reply %x (want ERR_EXT_HEADER_REQD)" % typ)
+    q = b"base:allocation"
+    option(s, 10, struct.pack(">I", len(EXPORT)) + EXPORT.encode() + struct.pack(">II", 1, len(q)) + q)
+    _, typ, data = reply(s)
+    if typ != 4 or data[4:] != q:
+        fail("SET_META_CONTEXT: %x %r" % (typ, data))
+    reply(s)
+    go(s, EXPORT)
+    ereq = lambda fl, t, ck, off, ln: struct.pack(">IHHQQQ", 0x21E41C71, fl, t, ck, off, ln)
+    s.sendall(ereq(32, 1, 1, 0, 4096) + b"\x42" * 4096)   # WRITE with PAYLOAD_LEN
+    flags, typ, cookie, off, data = ext_chunk(s)
+    if (flags, typ, cookie, off, data) != (1, 0, 1, 0, b""):
+        fail("extended write: %r" % ((flags, typ, cookie, off, data),))
+    s.sendall(ereq(4, 0, 2, 0, 4096))   # READ, DF
+    flags, typ, cookie, off, data = ext_chunk(s)
+    if flags != 1 or typ != 1 or cookie != 2 or data != struct.pack(">Q", 0) + b"\x42" * 4096:
+        fail("extended read: %r" % ((flags, typ, cookie, off, len(data)),))
+    s.sendall(ereq(0, 7, 3, 0, 1 << 33))   # BLOCK_STATUS with a 64-bit length (past the end: EINVAL)
+    flags, typ, cookie, off, data = ext_chunk(s)
+    if typ != 0x8001 or struct.unpack(">I", data[:4])[0] != 22:
+        fail("64-bit block status past the end: %r" % ((flags, typ, data),))
+    s.sendall(ereq(0, 7, 4, 0, 8192))
+    flags, typ, cookie, off, data = ext_chunk(s)
+    ctx, n = struct.unpack(">II", data[:8])
+    if typ != 6 or flags != 1 or ctx != 0 or n < 1 or len(data) != 8 + 16 * n:
+        fail("BLOCK_STATUS_EXT: %r" % ((flags, typ, ctx, n, len(data)),))
+    length, st = struct.unpack(">QQ", data[8:24])
+    if length < 4096 or st & 1:
+        fail("BLOCK_STATUS_EXT: first extent %d %d (want data)" % (length, st))
+    s.sendall(ereq(0, 0, 5, 0, 512))   # READ without PAYLOAD_LEN
+    flags, typ, cookie, off, data = ext_chunk(s)
+    if cookie != 5 or not flags & 1:
+        fail("extended read: %r" % ((flags, typ, cookie),))
+    s.sendall(ereq(0, 2, 6, 0, 0))
+    if not closed_by_server(s):
+        fail("DISC: not closed")
+    healthy("extended headers: write, DF read, BLOCK_STATUS_EXT, 64-bit length checked")
+
+
 def case_churn():
     for _ in range(50):
         s = conn()
@@ -263,5 +321,6 @@ def case_churn():
 
 for case in (case_garbage, case_truncated, case_huge_option, case_bad_option_magic, case_unknown_option,
              case_unknown_export_name, case_vanish_mid_write, case_oversized_write, case_oversized_read,
-             case_many_in_flight_then_vanish, case_slow_client, case_churn, case_handshake_limit):
+             case_many_in_flight_then_vanish, case_extended_headers, case_slow_client, case_churn,
+             case_handshake_limit):
     case()
