@@ -34,8 +34,12 @@ constexpr uint32_t kNbdCtxBase = 0;
 constexpr uint32_t kNbdCtxDepth = 1;
 constexpr uint32_t kNbdCtxBitmap0 = 2;
 
-// Requests a connection keeps in flight before it stops reading headers.
+// Requests a connection keeps in flight before it stops reading headers,
+// and READ/WRITE bytes (buffers) in flight past which it stops too: a
+// client that never reads its replies holds at most this much (plus one
+// request of up to 32 MiB).
 constexpr int kNbdMaxInFlight = 128;
+constexpr uint64_t kNbdMaxInFlightBytes = 64ULL << 20;
 // A client must finish negotiation within this time.
 constexpr int64_t kNbdHandshakeLimitNs = 10LL * 1000 * 1000 * 1000;
 
@@ -50,7 +54,7 @@ class NbdServer {
     const NbdServerOptions &options() const { return opts_; }
     // The exports by name: process-wide, kept across a stop and a start.
     static NbdExport *find_export(const std::string &name);
-    static const std::map<std::string, NbdExport *> &exports();
+    static const std::vector<std::pair<std::string, NbdExport *>> &exports();
     static Status register_export(const std::string &name, NbdExport *exp);
     static void unregister_export(const std::string &name, NbdExport *exp);
     // Whether clients' tls creds / authz are configured; the creds are looked
@@ -213,6 +217,7 @@ class NbdConn {
     // Transmission state.
     CoMutex send_lock_;
     int in_flight_ = 0;
+    uint64_t in_flight_bytes_ = 0;
     Coroutine *recv_waiting_ = nullptr;   // the receive loop, waiting for a free slot / the end
     NbdRequest *free_list_ = nullptr;
     int pooled_ = 0;

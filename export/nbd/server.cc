@@ -149,34 +149,40 @@ void NbdServer::conn_ended(NbdConn *c)
 }
 
 namespace {
-std::map<std::string, NbdExport *> &export_table()
+// In the order the exports were added (LIST answers in that order, as QEMU).
+std::vector<std::pair<std::string, NbdExport *>> &export_table()
 {
-    static std::map<std::string, NbdExport *> table;
+    static std::vector<std::pair<std::string, NbdExport *>> table;
     return table;
 }
 } // namespace
 
-const std::map<std::string, NbdExport *> &NbdServer::exports() { return export_table(); }
+const std::vector<std::pair<std::string, NbdExport *>> &NbdServer::exports() { return export_table(); }
 
 NbdExport *NbdServer::find_export(const std::string &name)
 {
-    auto it = export_table().find(name);
-    return it == export_table().end() ? nullptr : it->second;
+    for (auto &[n, e] : export_table()) {
+        if (n == name) return e;
+    }
+    return nullptr;
 }
 
 Status NbdServer::register_export(const std::string &name, NbdExport *exp)
 {
-    if (export_table().count(name)) {
-        return make_error(EEXIST, "NBD server already has export named '%s'", name.c_str());
-    }
-    export_table()[name] = exp;
+    if (find_export(name)) return make_error(EEXIST, "NBD server already has export named '%s'", name.c_str());
+    export_table().emplace_back(name, exp);
     return {};
 }
 
 void NbdServer::unregister_export(const std::string &name, NbdExport *exp)
 {
-    auto it = export_table().find(name);
-    if (it != export_table().end() && it->second == exp) export_table().erase(it);
+    auto &t = export_table();
+    for (size_t i = 0; i < t.size(); i++) {
+        if (t[i].first == name && t[i].second == exp) {
+            t.erase(t.begin() + static_cast<long>(i));
+            return;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- public API

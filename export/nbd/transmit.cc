@@ -104,7 +104,7 @@ int NbdConn::co_recv(void *dst, size_t len, bool *eof)
 void NbdConn::transmit()
 {
     for (;;) {
-        while (in_flight_ >= kNbdMaxInFlight && !closing_) {
+        while ((in_flight_ >= kNbdMaxInFlight || in_flight_bytes_ >= kNbdMaxInFlightBytes) && !closing_) {
             recv_waiting_ = coroutine_self();
             coroutine_yield();
             recv_waiting_ = nullptr;
@@ -117,6 +117,7 @@ void NbdConn::transmit()
             break;
         }
         in_flight_++;
+        in_flight_bytes_ += r->hdr.type == kCmdRead || r->hdr.type == kCmdWrite ? r->hdr.length : 0;
         coroutine_enter(coroutine_create(&NbdConn::request_entry, r));
     }
     // DISC, an error or close(): the requests in flight finish first.
@@ -274,8 +275,10 @@ void NbdConn::request_entry(void *opaque)
     auto *r = static_cast<NbdRequest *>(opaque);
     NbdConn *c = r->conn;
     c->process(r);
+    const uint64_t bytes = r->hdr.type == kCmdRead || r->hdr.type == kCmdWrite ? r->hdr.length : 0;
     c->free_request(r);
     c->in_flight_--;
+    c->in_flight_bytes_ -= bytes;
     // Wake the receive loop once; it re-checks what it waits for.
     if (Coroutine *w = c->recv_waiting_) {
         c->recv_waiting_ = nullptr;

@@ -8,7 +8,9 @@
 # must still be served correctly. Prints "ok ..." per case; exits 1 on the
 # first failure.
 #
-# Usage: nbd-server-bad.py SOCKET EXPORT   (EXPORT: a writable export)
+# Usage: nbd-server-bad.py SOCKET EXPORT PID
+#   EXPORT: a writable export; the server also serves "big" (1 GiB); PID:
+#   the server's process, whose memory must stay bounded.
 import socket
 import struct
 import sys
@@ -17,7 +19,7 @@ import time
 
 import nbd
 
-SOCK, EXPORT = sys.argv[1], sys.argv[2]
+SOCK, EXPORT, PID = sys.argv[1], sys.argv[2], int(sys.argv[3])
 URI = "nbd+unix:///%s?socket=%s" % (EXPORT, SOCK)
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -312,6 +314,40 @@ def case_extended_headers():
     healthy("extended headers: write, DF read, BLOCK_STATUS_EXT, 64-bit length checked")
 
 
+def rss_mib():
+    with open("/proc/%d/status" % PID) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def case_replies_never_read():
+    """100 reads of 32 MiB whose replies are never read: the server stops
+    reading requests once 64 MiB are in flight, so its memory stays put."""
+    before = rss_mib()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(15)
+    s.connect(SOCK)
+    greet(s)
+    go(s, "big")
+    s.settimeout(2)
+    sent = 0
+    try:
+        for i in range(100):
+            s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, i, i << 25, 32 << 20))
+            sent += 1
+    except socket.timeout:
+        pass
+    time.sleep(1)
+    grown = rss_mib() - before
+    s.close()
+    if grown > 256:
+        fail("%d reads of 32 MiB not read back: the server grew by %d MiB" % (sent, grown))
+    healthy("100 reads of 32 MiB never read back: the server grew by %d MiB only" % grown)
+
+
 def case_churn():
     for _ in range(50):
         s = conn()
@@ -321,6 +357,7 @@ def case_churn():
 
 for case in (case_garbage, case_truncated, case_huge_option, case_bad_option_magic, case_unknown_option,
              case_unknown_export_name, case_vanish_mid_write, case_oversized_write, case_oversized_read,
-             case_many_in_flight_then_vanish, case_extended_headers, case_slow_client, case_churn,
+             case_many_in_flight_then_vanish, case_extended_headers, case_replies_never_read, case_slow_client,
+             case_churn,
              case_handshake_limit):
     case()

@@ -76,9 +76,10 @@ blockdevs() {   # blockdevs DIR: the nodes of both daemons
     echo --blockdev "driver=qcow2,file=tf,node-name=top,read-only=on"
     echo --blockdev "driver=file,filename=$1/rw.qcow2,node-name=rf"
     echo --blockdev "driver=qcow2,file=rf,node-name=rw"
+    echo --blockdev "driver=null-co,node-name=big,size=1073741824,read-zeroes=on"
 }
 EXPORTS=(--export type=nbd,id=e1,node-name=top,name=ro,description=test-image,allocation-depth=on,bitmaps.0=b0
-         --export type=nbd,id=e2,node-name=rw,writable=on)
+         --export type=nbd,id=e2,node-name=rw,writable=on --export type=nbd,id=e3,node-name=big)
 
 # shellcheck disable=SC2046
 start_ours ours.log $(blockdevs "$WORK/ours") --nbd-server "addr.type=unix,addr.path=$WORK/ours.sock" "${EXPORTS[@]}"
@@ -124,7 +125,7 @@ else
 fi
 
 echo "== bad clients"
-if /usr/bin/python3 "$HERE/nbd-server-bad.py" "$WORK/ours.sock" rw >bad.txt 2>&1; then
+if /usr/bin/python3 "$HERE/nbd-server-bad.py" "$WORK/ours.sock" rw "${PIDS[0]}" >bad.txt 2>&1; then
     ok "nbd-server-bad.py: $(grep -c '^ok' bad.txt) cases"
 else
     bad "nbd-server-bad.py"; sed 's/^/        /' bad.txt | tail -20
