@@ -64,9 +64,10 @@ Status NbdExport::start(BlockGraph &graph, const BlockExportOptions &opts)
     BlockNode *node = graph.find(opts.node_name);
     if (!node) return make_error(ENOENT, "export '%s': no node named '%s'", id_.c_str(), opts.node_name.c_str());
     // An export keeps the size it announced: nobody may resize the node.
+    // Conflict messages name it as QEMU does its export backends.
     BlockPerm perm = kPermConsistentRead | (writable_ ? kPermWrite : 0);
     BlockPerm shared = kPermAll & ~kPermResize;
-    auto b = BlockBackend::create(node, perm, shared, "export '" + id_ + "'");
+    auto b = BlockBackend::create(node, perm, shared, "an unnamed block device");
     if (!b.ok()) return b.error();
     blk_ = std::move(b.value());
     blk_->set_writethrough(opts.writethrough);

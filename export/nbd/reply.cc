@@ -81,7 +81,12 @@ int NbdConn::do_read(NbdRequest *r)
         struct iovec iov[2] = {{h, simple_header(h, q.cookie, 0)}, {r->buf, len}};
         return send_locked(iov, len ? 2 : 1);
     }
-    if (len == 0) return send_reply_done(r);
+    if (len == 0) {
+        // A read must be answered in chunks: just the final NONE.
+        uint8_t h[kExtChunkHeaderSize];
+        struct iovec iov = {h, chunk_header(h, r, kReplyFlagDone, kChunkNone, 0)};
+        return send_locked(&iov, 1);
+    }
     // One header (and offset / hole size) per run, then the data.
     uint8_t hdr[kMaxReadRuns][kExtChunkHeaderSize + 12];
     struct iovec iov[kMaxReadRuns * 2];

@@ -316,6 +316,8 @@ int NbdConn::do_simple_cmd(NbdRequest *r)
     ExportStats &st = exp_->counters();
     int ret = 0;
     const ReqFlags fua = (q.flags & kCmdFlagFua) ? kReqFua : 0;
+    // An empty range has nothing to do.
+    if (q.length == 0 && q.type != kCmdFlush) return send_reply_done(r);
     switch (q.type) {
     case kCmdWrite:
         st.requests[ExportStats::kWrite]++;

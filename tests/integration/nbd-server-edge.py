@@ -73,6 +73,7 @@ def read_cases(uri):
     attempt("unaligned-read", lambda: h.pread(3, 1).hex())
     attempt("block-status-unnegotiated",
             lambda: h.block_status(4096, 0, lambda *a: 0))
+    attempt("read-empty", lambda: len(h.pread(0, 4096)))
     attempt("read-after-errors", lambda: h.pread(4, 0).hex())
     h.shutdown()
 
@@ -127,6 +128,10 @@ def write_cases(uri):
     attempt("zero-past-eof", lambda: h.zero(4096, size))
     attempt("zero-bad-flag", lambda: h.zero(4096, 0, nbd.CMD_FLAG_DF))
     attempt("write-bad-flag", lambda: h.pwrite(b"x", 0, nbd.CMD_FLAG_REQ_ONE))
+    attempt("write-empty", lambda: h.pwrite(b"", 4096))
+    attempt("zero-empty", lambda: h.zero(0, 4096))
+    attempt("trim-empty", lambda: h.trim(0, 4096))
+    attempt("write-fua-empty", lambda: h.pwrite(b"", 4096, nbd.CMD_FLAG_FUA))
     attempt("readback", lambda: (h.pread(4, 0) + h.pread(4, 8192) + h.pread(4, 16384)).hex())
     # A second connection sees the first one's writes (multi-conn).
     h2 = connect(uri)

@@ -5,6 +5,7 @@
 #   tls-creds, bad max-connections); block-export-add type=nbd and its
 #   errors (no server, id in use, name in use, description too long,
 #   missing bitmaps by name and by node/name); query-block-exports;
+#   block_resize of an exported node is refused (the export took RESIZE);
 #   nbdinfo --json on the export; block-export-del mode=safe refused while
 #   a client is connected ("export 'e1' still in use"), mode=hard drops it;
 #   nbd-server-stop deletes the remaining NBD exports (BLOCK_EXPORT_DELETED
@@ -106,6 +107,7 @@ def oracle(t):
         ("block-export-add", {"type": "nbd", "id": "e4", "node-name": "q0", "name": "w", "writable": True}),
         ("block-dirty-bitmap-remove", {"node": "q0", "name": "b0"}),
         ("query-block-exports", {}),
+        ("block_resize", {"node-name": "q0", "size": 8 << 20}),
         lambda c: nbdinfo(sock(c), "q0"),
         lambda c: nbdinfo(sock(c), "b"),
         lambda c: nbdinfo(sock(c), "w"),
