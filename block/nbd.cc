@@ -611,6 +611,37 @@ AioContext *co_move_to(AioContext *ctx)
     return from;
 }
 
+// Image "creation" on an NBD export (qemu-img convert/create with an nbd://
+// target, as QEMU allows for protocols that cannot create images): opens
+// the export, which must already hold at least "size" bytes, and zeroes its
+// first sector so that the old contents are not probed as a format.
+const CreateOptionDesc kNbdCreateOptions[] = {
+    {"size", CreateOptionType::kSize, "Virtual disk size", nullptr},
+};
+
+Status nbd_create_image(const std::string &filename, const CreateOptions &opts)
+{
+    BG_TRY_ASSIGN(uint64_t size, opts.get_size("size", 0));
+    BlockGraph graph;
+    auto node = graph.add_node_json(protocol_node_options(filename));
+    if (!node) {
+        return Error{node.err(), "Protocol driver 'nbd' does not support creating new images, so an existing image "
+                                 "must be selected as the target; however, opening the given target as an existing "
+                                 "image failed: " + node.msg()};
+    }
+    int64_t len = node.value()->getlength();
+    if (len < 0 || static_cast<uint64_t>(len) < size) {
+        return make_error(ENOSPC, "Cannot grow NBD exports: the export holds %lld bytes, %llu are needed",
+                          static_cast<long long>(len), static_cast<unsigned long long>(size));
+    }
+    BG_TRY_ASSIGN(auto blk, BlockBackend::create(node.value(), kPermWrite | kPermConsistentRead, kPermAll, "qemu-img"));
+    int64_t n = std::min<int64_t>(len, 512);
+    BlockBackend *b = blk.get();
+    int r = n > 0 ? run_in_coroutine([&] { return b->co_pwrite_zeroes(0, n, kReqMayUnmap); }) : 0;
+    if (r < 0) return make_error(-r, "Failed to clear the new image's first sector: %s", strerror(-r));
+    return {};
+}
+
 const char *const kNbdPrefixes[] = {"nbd", "nbd+tcp", "nbd+unix", "nbds", "nbds+tcp", "nbds+unix", nullptr};
 
 } // namespace
@@ -623,8 +654,8 @@ extern const BlockDriver kDriverNbd = {
     .decode_options = decode_nbd_options,
     .create = []() -> std::unique_ptr<BlockNode> { return std::make_unique<NbdNode>(); },
     .probe = nullptr,
-    .create_opts = {},
-    .create_image = nullptr,
+    .create_opts = kNbdCreateOptions,
+    .create_image = nbd_create_image,
     .measure = nullptr,
     .stores_bitmaps = nullptr,
     .protocol_prefixes = kNbdPrefixes,

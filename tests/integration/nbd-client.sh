@@ -9,6 +9,8 @@
 #      same URL (block status from base:allocation);
 #  (c) img convert nbd:// -> raw and -> qcow2: qemu-img compare with the
 #      served image; the qcow2 output keeps the source's holes unallocated;
+#      convert into an nbd:// target (no -n) overwrites its old contents,
+#      and a source larger than the export is refused;
 #  (d) qcow2 image served with -f qcow2: map equal to qemu-img's, read
 #      patterns, convert + compare;
 #  (e) TCP: nbd://127.0.0.1:PORT/ex, and the legacy nbd:HOST:PORT:exportname=
@@ -68,6 +70,19 @@ else
     bad "(c) holes not skipped: $alloc bytes allocated"
 fi
 srv_stop a
+# Into an export: "creating" the target opens it (it must be big enough) and
+# every byte is written, zeros included (the old contents are not zero).
+q qemu-img create -q -f raw t.raw 64M
+q qemu-io -f raw -c "write -P 0x99 0 64M" t.raw
+qnbd_start t -f raw t.raw || finish
+expect_rc "(c) convert raw -> nbd:// target without -n" 0 "$B" img convert -f raw -O raw c.raw "$(uri t)"
+same_data "(c) the export holds the source, holes as zeros" c.raw "$(uri t)" raw raw
+q qemu-img create -q -f raw big.raw 65M
+"$B" img convert -f raw -O raw big.raw "$(uri t)" >c.out 2>&1
+rc=$?
+[ $rc != 0 ] && grep -q "Cannot grow NBD exports" c.out && ok "(c) a source larger than the export is refused" ||
+    bad "(c) larger source: exit $rc: $(cat c.out)"
+srv_stop t
 
 # ------------------------------------------------------------------ (d)
 echo "(d) qcow2 over qemu-nbd"
