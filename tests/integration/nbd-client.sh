@@ -18,7 +18,10 @@
 #  (f) errors: unknown export (the server's message), read-only export
 #      (writable open refused with QEMU's text; -r works; a write refused),
 #      malformed names ("No valid URL specified"), nbds:// without
-#      tls-creds, no server listening.
+#      tls-creds, no server listening;
+#  (g) x-dirty-bitmap=qemu:dirty-bitmap:b0 (qemu-nbd -B b0): img map equals
+#      qemu-img map with the same option; a bitmap the server lacks fails
+#      the open, and the handshake ends with ABORT (qemu-nbd logs no error).
 set -u
 . "$(dirname "$0")/lib-nbd-client.sh"
 nbd_need qemu-nbd qemu-io
@@ -153,5 +156,24 @@ rc=$?
 "$B" img info "$(uri none)" >f.out 2>&1
 rc=$?
 [ $rc != 0 ] && grep -q "Failed to connect" f.out && ok "(f) no server: $(head -1 f.out)" || bad "(f) no server: exit $rc: $(cat f.out)"
+
+# ------------------------------------------------------------------ (g)
+echo "(g) x-dirty-bitmap"
+q qemu-img create -q -f qcow2 g.qcow2 16M
+q qemu-io -c "write -P 1 0 1M" g.qcow2
+q qemu-img bitmap --add g.qcow2 b0
+q qemu-io -c "write -P 2 4M 1M" -c "write -P 3 9M 64k" g.qcow2
+qnbd_start g -r -f qcow2 -B b0 g.qcow2 || finish
+O="driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$WORK/g.sock,file.x-dirty-bitmap=qemu:dirty-bitmap:b0"
+"$B" img map --output=json --image-opts "$O" >ours.json 2>ours.err || bad "(g) img map: $(cat ours.err)"
+qemu-img map --output=json --image-opts "$O" >qemu.json 2>&1
+json_same "(g) img map with x-dirty-bitmap equals qemu-img's (dirty areas as data=false)" map ours.json qemu.json
+"$B" img map --output=json --image-opts "${O/b0/nope}" >g.out 2>&1
+rc=$?
+[ $rc != 0 ] && grep -q "requested x-dirty-bitmap qemu:dirty-bitmap:nope not found" g.out &&
+    ok "(g) a bitmap the server lacks is refused" || bad "(g) missing bitmap: exit $rc: $(cat g.out)"
+grep -q "negotiation failed" "$WORK/g.log" && bad "(g) qemu-nbd saw a rude disconnect: $(cat "$WORK/g.log")" ||
+    ok "(g) the refused handshake ended with ABORT"
+srv_stop g
 
 finish
