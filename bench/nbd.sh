@@ -17,7 +17,8 @@
 # ratio of each of ours to the better of qemu-nbd and qsd.
 #
 # Client: `blockgraph img bench` vs `qemu-img bench` (-d 64, 4 KiB, read
-# and write) on nbd+unix:// of one qemu-nbd server (-t -e 0), alternately.
+# and write; the time each reports as "Run completed in") on nbd+unix:// of
+# a fresh qemu-nbd server (-t -e 0) per run, alternately.
 #
 # Environment:
 #   BLOCKGRAPH  the binary (default build/blockgraph next to this script)
@@ -185,11 +186,11 @@ if [ "$IMG_BENCH" = 1 ]; then
                     cmd=(qemu-img)
                     [ $tool = blockgraph ] && cmd=("$BLOCKGRAPH" img)
                     echo "[$(date +%T)] img bench $f $mode round $r/$ROUNDS: $tool" >&2
-                    t0=$(date +%s.%N)
                     if "${cmd[@]}" bench -f raw -c "$IMG_COUNT" -d 64 -s 4k "${wflag[@]}" \
-                        "nbd+unix:///?socket=$SOCK" >"$RUN/img.out" 2>&1; then
-                        t1=$(date +%s.%N)
-                        line="kind=img config=$tool format=$f workload=imgbench-$mode-4k-qd64 seconds=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')"
+                        "nbd+unix:///?socket=$SOCK" >"$RUN/img.out" 2>&1 &&
+                        secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' "$RUN/img.out") &&
+                        [ -n "$secs" ]; then
+                        line="kind=img config=$tool format=$f workload=imgbench-$mode-4k-qd64 seconds=$secs"
                         echo "$line" | tee -a "$LINES" >&2
                     else
                         echo "  img bench failed ($tool $f $mode): $(tail -1 "$RUN/img.out")" >&2
@@ -204,7 +205,7 @@ fi
 
 echo
 echo "## NBD: medians of $ROUNDS interleaved runs ($(nproc) CPUs, kernel $(uname -r), cache=$CACHE)"
-echo "rand* = total IOPS (read+write), seq* = MiB/s; imgbench = requests/s; ratio = ours / the better of theirs"
+echo "rand* = total IOPS (read+write), seq* = MiB/s; ratio = ours / the better of theirs; img bench: seconds per run, ratio = qemu-img time / ours"
 /usr/bin/python3 - "$LINES" <<'EOF'
 import sys, statistics
 rows = {}

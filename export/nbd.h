@@ -30,9 +30,12 @@ bool nbd_server_running();
 Status nbd_server_stop();
 // Connections currently open (negotiating or transmitting).
 size_t nbd_server_client_count();
-// Called in the main loop with the new count whenever a connection ends
-// (qemu-nbd without --persistent exits when it reaches 0). Empty: none.
-void nbd_server_set_client_hook(std::function<void(size_t)> fn);
+// Called in the main loop whenever a connection ends, with the count of
+// connections still open and whether the one that ended had reached
+// transmission (qemu-nbd without --persistent exits when a negotiated
+// client leaves none behind). Empty: none.
+using NbdClientHook = std::function<void(size_t open, bool negotiated)>;
+void nbd_server_set_client_hook(NbdClientHook fn);
 // Serves an already connected socket as one more client (takes fd).
 // REQUIRES nbd_server_running().
 void nbd_server_serve_fd(int fd);

@@ -9,33 +9,26 @@
 //     min block: N / opt block: N / max block: N   (when the server sent them)
 //     available meta contexts: N           (when any)
 //      CONTEXT
+#include <signal.h>
+
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "tools/nbd.h"
-#include "util/nbd-proto.h"
+#include "util/aio.h"
+#include "util/co-socket.h"
+#include "util/nbd-client.h"
+#include "util/tls.h"
 
 namespace bg {
 
 namespace {
 
 constexpr const char *kProg = "blockgraph nbd";
-
-// One export as listed (what OPT_LIST, OPT_INFO and OPT_LIST_META_CONTEXT
-// told about it).
-struct ListedExport {
-    std::string name;
-    std::string description;
-    uint64_t size = 0;
-    uint16_t flags = 0;                 // transmission flags; 0: INFO failed
-    uint32_t min_block = 0;             // 0: no BLOCK_SIZE info
-    uint32_t opt_block = 0;
-    uint32_t max_block = 0;
-    std::vector<std::string> contexts;
-};
 
 // Transmission flag names by bit, as qemu-nbd --list 7.2 prints them
 // (bits it has no name for are not printed).
@@ -44,10 +37,10 @@ constexpr const char *kFlagNames[] = {
     "zeroes",     "df",       "multi", "resize", "cache",      "fast-zero",
 };
 
-void print_exports(const std::vector<ListedExport> &list)
+void print_exports(const std::vector<nbd::ListedExport> &list)
 {
     std::printf("exports available: %zu\n", list.size());
-    for (const ListedExport &e : list) {
+    for (const nbd::ListedExport &e : list) {
         std::printf(" export: '%s'\n", e.name.c_str());
         if (!e.description.empty()) std::printf("  description: %s\n", e.description.c_str());
         if (e.flags & 1) {   // HAS_FLAGS: the INFO answer came
@@ -70,19 +63,53 @@ void print_exports(const std::vector<ListedExport> &list)
     }
 }
 
-// Until the NBD client (util/nbd-client.h) lands: unavailable.
-Result<std::vector<ListedExport>> fetch_exports(const NbdArgs &a)
+// The server's address as qemu-nbd builds it: -k, else -b (0.0.0.0) and
+// -p (10809).
+SocketAddress list_address(const NbdArgs &a)
 {
-    (void)a;
-    return make_error(ENOTSUP, "listing needs the NBD client, which is not available in this build");
+    SocketAddress addr;
+    if (a.socket_path) {
+        addr.type = SocketAddress::Type::kUnix;
+        addr.path = *a.socket_path;
+    } else {
+        addr.type = SocketAddress::Type::kInet;
+        addr.host = a.bind.value_or("0.0.0.0");
+        addr.port = a.port.value_or("10809");
+    }
+    return addr;
+}
+
+// Connects and lists. Errors are complete messages (qemu-nbd's for the
+// connection: "Failed to connect to '/path': No such file or directory").
+Result<std::vector<nbd::ListedExport>> fetch_exports(const NbdArgs &a, std::shared_ptr<TlsCreds> creds)
+{
+    SocketAddress addr = list_address(a);
+    return run_in_coroutine([&]() -> Result<std::vector<nbd::ListedExport>> {
+        Result<int> fd = co_socket_connect(addr);
+        if (!fd) {
+            std::string shown = a.socket_path ? addr.path : addr.host + ":" + addr.port;
+            return make_error(fd.err(), "Failed to connect to '%s': %s", shown.c_str(), std::strerror(fd.err()));
+        }
+        CoSocket sock(fd.value());
+        nbd::ClientConfig cfg;
+        cfg.tls_creds = std::move(creds);
+        // qemu-nbd checks the certificate against --tls-hostname, else
+        // the address it connected to.
+        if (a.tls_hostname) cfg.tls_hostname = *a.tls_hostname;
+        else if (!a.socket_path) cfg.tls_hostname = addr.host;
+        return nbd::co_client_list(sock, cfg);
+    });
 }
 
 } // namespace
 
 int nbd_list_exports_cmd(const NbdArgs &a, std::shared_ptr<TlsCreds> creds)
 {
-    (void)creds;
-    Result<std::vector<ListedExport>> l = fetch_exports(a);
+    signal(SIGPIPE, SIG_IGN);
+    std::unique_ptr<AioContext> ctx = AioContext::create();
+    AioContext::set_current(ctx.get());
+    Result<std::vector<nbd::ListedExport>> l = fetch_exports(a, std::move(creds));
+    AioContext::set_current(nullptr);
     if (!l) {
         std::fprintf(stderr, "%s: %s\n", kProg, l.msg().c_str());
         return 1;

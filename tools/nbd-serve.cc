@@ -10,8 +10,6 @@
 // opened, and unlinked at once (so it goes even if the process is killed);
 // the image below it is opened read-only. -l: qcow2's read-only snapshot
 // view (snapshot.id open option) of the snapshot the argument names.
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,6 +23,7 @@
 
 #include "block/block.h"
 #include "block/image-mgmt.h"
+#include "export/nbd.h"
 #include "tools/daemon.h"
 #include "tools/nbd.h"
 #include "util/log.h"
@@ -49,7 +48,6 @@ const char *detect_zeroes_name(BlockdevDetectZeroes dz)
 
 // What serving needs besides the arguments; lives as long as cmd_nbd.
 struct ServeState {
-    bool listening = false;         // our server bound the socket path
     std::string top_node;           // the node the export shows
 };
 
@@ -184,13 +182,63 @@ Status add_offset(Daemon &d, const NbdArgs &a, std::string *top)
     return {};
 }
 
-// The NBD server and export. Until the server lands: unavailable.
+// Where the server listens: -k, else -b (0.0.0.0) and -p (10809).
+SocketAddress server_address(const NbdArgs &a)
+{
+    SocketAddress addr;
+    if (a.socket_path) {
+        addr.type = SocketAddress::Type::kUnix;
+        addr.path = *a.socket_path;
+    } else {
+        addr.type = SocketAddress::Type::kInet;
+        addr.host = a.bind.value_or("0.0.0.0");
+        addr.port = a.port.value_or("10809");
+    }
+    return addr;
+}
+
+// The NBD server and the export of s->top_node; without -t, a hook that
+// stops the daemon once the last client that reached transmission is gone.
 Status start_serving(Daemon &d, const NbdArgs &a, ServeState *s)
 {
-    (void)d;
-    (void)a;
-    (void)s;
-    return make_error(ENOTSUP, "the NBD server is not available in this build");
+    NbdServerOptions so;
+    so.addr = server_address(a);
+    so.tls_creds = a.tls_creds;
+    so.tls_authz = a.tls_authz.value_or("");
+    so.max_connections = static_cast<uint32_t>(a.shared);
+    BG_TRY(d.nbd_server_start(so));
+
+    BlockExportOptions e;
+    e.type = "nbd";
+    e.id = "nbd-export";
+    e.node_name = s->top_node;
+    e.writable = !a.read_only;
+    e.writethrough = a.cache.writethrough;
+    e.nbd.name = a.export_name.value_or("");
+    e.nbd.description = a.description.value_or("");
+    // qemu-nbd offers the bitmaps in the reverse order of its -B options.
+    for (auto it = a.bitmaps.rbegin(); it != a.bitmaps.rend(); ++it) {
+        BlockExportOptionsNbd::Bitmap b;
+        b.name = *it;
+        e.nbd.bitmaps.push_back(b);
+    }
+    e.nbd.allocation_depth = a.allocation_depth;
+    Status st = d.add_export(e);
+    // "export 'nbd-export': " means nothing to the user of this command.
+    const std::string prefix = "export '" + e.id + "': ";
+    if (!st.ok() && st.msg().compare(0, prefix.size(), prefix) == 0) {
+        return Error{st.err(), st.msg().substr(prefix.size())};
+    }
+    BG_TRY(st);
+    if (!a.persistent) {
+        nbd_server_set_client_hook([&d](size_t open, bool negotiated) {
+            if (negotiated && open == 0) {
+                log_info("the last client has gone; exiting (no -t)");
+                d.request_stop();
+            }
+        });
+    }
+    return {};
 }
 
 Status setup(Daemon &d, const NbdArgs &a, ServeState *s)
@@ -212,14 +260,8 @@ int nbd_serve(const NbdArgs &a)
     cfg.daemonize = a.fork;
     cfg.pidfile = a.pid_file;
     ServeState state;
-    cfg.on_exit = [&a, &state] {
-        // qemu-nbd removes its socket at exit; only ours (never one we
-        // failed to bind because it was someone else's).
-        struct stat st;
-        if (state.listening && a.socket_path && lstat(a.socket_path->c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-            unlink(a.socket_path->c_str());
-        }
-    };
+    // The NBD server removes its unix socket when it stops.
+    cfg.on_exit = [] { nbd_server_set_client_hook(nullptr); };
     return daemon_run(cfg, [&a, &state](Daemon &d) -> Status { return setup(d, a, &state); });
 }
 

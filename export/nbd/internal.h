@@ -60,7 +60,7 @@ class NbdServer {
     // Connections: called by NbdConn as it starts and ends.
     void conn_ended(NbdConn *c);
     size_t conn_count() const { return conns_.size(); }
-    void set_client_hook(std::function<void(size_t)> fn) { client_hook_ = std::move(fn); }
+    void set_client_hook(NbdClientHook fn) { client_hook_ = std::move(fn); }
     // Starts serving an already connected socket (the fuzz target, tests).
     NbdConn *serve_fd(int fd);
 
@@ -76,7 +76,7 @@ class NbdServer {
     bool accepting_ = false;
     std::string unix_path_;   // removed at stop
     std::vector<NbdConn *> conns_;
-    std::function<void(size_t)> client_hook_;
+    NbdClientHook client_hook_;
 };
 
 // One exported node.
@@ -196,6 +196,7 @@ class NbdConn {
     Coroutine *co_ = nullptr;
     bool closing_ = false;
     bool attached_ = false;
+    bool negotiated_ = false;   // reached transmission (for the client hook)
     bool tls_done_ = false;
     bool fixed_ = false;
     bool no_zeroes_ = false;

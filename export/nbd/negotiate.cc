@@ -47,6 +47,7 @@ void NbdConn::run()
     if (r > 0 && exp_ && !closing_) {
         exp_->attach(this);
         attached_ = true;
+        negotiated_ = true;
         transmit();
         exp_->detach(this);
         attached_ = false;

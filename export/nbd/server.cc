@@ -14,7 +14,7 @@ namespace bg {
 
 namespace {
 NbdServer *g_server = nullptr;
-std::function<void(size_t)> g_client_hook;
+NbdClientHook g_client_hook;
 } // namespace
 
 NbdServer *NbdServer::instance() { return g_server; }
@@ -133,15 +133,18 @@ void NbdServer::conn_ended(NbdConn *c)
     update_accepting();
     if (client_hook_) {
         // Not from the connection's own stack: the hook may stop the server.
-        size_t n = conns_.size();
-        auto hook = client_hook_;
+        struct Call {
+            NbdClientHook hook;
+            size_t open;
+            bool negotiated;
+        };
         ctx_->schedule_oneshot(
             [](void *p) {
-                auto *f = static_cast<std::pair<std::function<void(size_t)>, size_t> *>(p);
-                f->first(f->second);
+                auto *f = static_cast<Call *>(p);
+                f->hook(f->open, f->negotiated);
                 delete f;
             },
-            new std::pair<std::function<void(size_t)>, size_t>(hook, n));
+            new Call{client_hook_, conns_.size(), c->negotiated_});
     }
 }
 
@@ -183,7 +186,7 @@ bool nbd_server_running() { return g_server != nullptr; }
 Status nbd_server_stop() { return NbdServer::stop(); }
 size_t nbd_server_client_count() { return g_server ? g_server->conn_count() : 0; }
 
-void nbd_server_set_client_hook(std::function<void(size_t)> fn)
+void nbd_server_set_client_hook(NbdClientHook fn)
 {
     g_client_hook = fn;
     if (g_server) g_server->set_client_hook(std::move(fn));

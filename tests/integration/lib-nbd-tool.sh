@@ -13,7 +13,7 @@
 #   wait_dead PID [N] gone within N tenths of a second (default 100)
 #   wait_socket PATH  a unix socket at PATH within 10 s
 #   free_port         a TCP port free right now
-#   start_bg_nbd SOCK ARGS...   runs "blockgraph nbd -k SOCK ARGS" in the
+#   start_bg_nbd SOCK ARGS...   removes SOCK, runs "blockgraph nbd -k SOCK ARGS" in the
 #                     background, appends its pid to PIDS, sets LAST_PID, and
 #                     waits for the socket (1 if it never came)
 #   start_qemu_nbd SOCK ARGS... the same with qemu-nbd
@@ -57,6 +57,7 @@ free_port() {
 start_bg_nbd() {
     local sock=$1
     shift
+    rm -f "$sock"
     "$BLOCKGRAPH" nbd -k "$sock" "$@" 2>>"$WORK/server.err" &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
@@ -65,6 +66,7 @@ start_bg_nbd() {
 start_qemu_nbd() {
     local sock=$1
     shift
+    rm -f "$sock"
     qemu-nbd -k "$sock" "$@" 2>>"$WORK/server.err" &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
