@@ -278,7 +278,9 @@ class NbdNode final : public BlockNode {
   private:
     using Conn = nbd::NbdClientConnection;
     // Connects and negotiates once; deadline_ns bounds the handshake (0: none).
-    Result<std::shared_ptr<Conn>> coroutine_fn co_connect_once(int64_t deadline_ns);
+    // *connect_failed (if given): the socket could not be connected (as
+    // opposed to a handshake that failed).
+    Result<std::shared_ptr<Conn>> coroutine_fn co_connect_once(int64_t deadline_ns, bool *connect_failed = nullptr);
     // Connects, retrying until open-timeout has passed.
     Status coroutine_fn co_first_connect();
     // Runs fn(conn, &outcome) and, while the connection is lost and the
@@ -318,10 +320,12 @@ std::string NbdNode::filename() const
     return sch + "://" + host + ":" + s.port + (opts_.export_name.empty() ? "" : "/" + opts_.export_name);
 }
 
-Result<std::shared_ptr<nbd::NbdClientConnection>> NbdNode::co_connect_once(int64_t deadline_ns)
+Result<std::shared_ptr<nbd::NbdClientConnection>> NbdNode::co_connect_once(int64_t deadline_ns, bool *connect_failed)
 {
     int64_t timeout = deadline_ns ? std::max<int64_t>(deadline_ns - clock_ns(), 1) : 0;
+    if (connect_failed) *connect_failed = true;
     BG_TRY_ASSIGN(int fd, co_socket_connect(opts_.server, timeout));
+    if (connect_failed) *connect_failed = false;
     auto sock = std::make_unique<CoSocket>(fd);
     nbd::ClientConfig cfg;
     cfg.export_name = opts_.export_name;
@@ -345,17 +349,17 @@ Status NbdNode::co_first_connect()
     int64_t deadline = opts_.open_timeout ? clock_ns() + static_cast<int64_t>(opts_.open_timeout) * 1000000000LL : 0;
     int64_t backoff = 100000000;   // 100 ms
     for (;;) {
-        auto c = co_connect_once(deadline);
+        bool connect_failed = false;
+        auto c = co_connect_once(deadline, &connect_failed);
         if (c) {
             conn_ = std::move(c.value());
             return {};
         }
-        // Only connection failures are worth retrying.
-        int e = c.err();
-        bool transient = e == ECONNREFUSED || e == ENOENT || e == ECONNRESET || e == ETIMEDOUT || e == EPIPE ||
-                         e == EHOSTUNREACH || e == ENETUNREACH || e == EAGAIN;
-        if (!deadline || !transient || clock_ns() + backoff > deadline) return c.error();
-        co_sleep_ns(backoff);
+        // Only a server not (yet) there is worth waiting for; a handshake
+        // the server refused stays refused.
+        int64_t left = deadline - clock_ns();
+        if (!deadline || !connect_failed || left <= 0) return c.error();
+        co_sleep_ns(std::min(backoff, left));
         backoff = std::min<int64_t>(backoff * 2, 1000000000);
     }
 }
