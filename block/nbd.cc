@@ -278,7 +278,9 @@ class NbdNode final : public BlockNode {
   private:
     using Conn = nbd::NbdClientConnection;
     // Connects and negotiates once; deadline_ns bounds the handshake (0: none).
-    Result<std::shared_ptr<Conn>> coroutine_fn co_connect_once(int64_t deadline_ns);
+    // *connect_failed (if given): the socket could not be connected (as
+    // opposed to a handshake that failed).
+    Result<std::shared_ptr<Conn>> coroutine_fn co_connect_once(int64_t deadline_ns, bool *connect_failed = nullptr);
     // Connects, retrying until open-timeout has passed.
     Status coroutine_fn co_first_connect();
     // Runs fn(conn, &outcome) and, while the connection is lost and the
@@ -318,10 +320,12 @@ std::string NbdNode::filename() const
     return sch + "://" + host + ":" + s.port + (opts_.export_name.empty() ? "" : "/" + opts_.export_name);
 }
 
-Result<std::shared_ptr<nbd::NbdClientConnection>> NbdNode::co_connect_once(int64_t deadline_ns)
+Result<std::shared_ptr<nbd::NbdClientConnection>> NbdNode::co_connect_once(int64_t deadline_ns, bool *connect_failed)
 {
     int64_t timeout = deadline_ns ? std::max<int64_t>(deadline_ns - clock_ns(), 1) : 0;
+    if (connect_failed) *connect_failed = true;
     BG_TRY_ASSIGN(int fd, co_socket_connect(opts_.server, timeout));
+    if (connect_failed) *connect_failed = false;
     auto sock = std::make_unique<CoSocket>(fd);
     nbd::ClientConfig cfg;
     cfg.export_name = opts_.export_name;
@@ -345,17 +349,17 @@ Status NbdNode::co_first_connect()
     int64_t deadline = opts_.open_timeout ? clock_ns() + static_cast<int64_t>(opts_.open_timeout) * 1000000000LL : 0;
     int64_t backoff = 100000000;   // 100 ms
     for (;;) {
-        auto c = co_connect_once(deadline);
+        bool connect_failed = false;
+        auto c = co_connect_once(deadline, &connect_failed);
         if (c) {
             conn_ = std::move(c.value());
             return {};
         }
-        // Only connection failures are worth retrying.
-        int e = c.err();
-        bool transient = e == ECONNREFUSED || e == ENOENT || e == ECONNRESET || e == ETIMEDOUT || e == EPIPE ||
-                         e == EHOSTUNREACH || e == ENETUNREACH || e == EAGAIN;
-        if (!deadline || !transient || clock_ns() + backoff > deadline) return c.error();
-        co_sleep_ns(backoff);
+        // Only a server not (yet) there is worth waiting for; a handshake
+        // the server refused stays refused.
+        int64_t left = deadline - clock_ns();
+        if (!deadline || !connect_failed || left <= 0) return c.error();
+        co_sleep_ns(std::min(backoff, left));
         backoff = std::min<int64_t>(backoff * 2, 1000000000);
     }
 }
@@ -611,6 +615,37 @@ AioContext *co_move_to(AioContext *ctx)
     return from;
 }
 
+// Image "creation" on an NBD export (qemu-img convert/create with an nbd://
+// target, as QEMU allows for protocols that cannot create images): opens
+// the export, which must already hold at least "size" bytes, and zeroes its
+// first sector so that the old contents are not probed as a format.
+const CreateOptionDesc kNbdCreateOptions[] = {
+    {"size", CreateOptionType::kSize, "Virtual disk size", nullptr},
+};
+
+Status nbd_create_image(const std::string &filename, const CreateOptions &opts)
+{
+    BG_TRY_ASSIGN(uint64_t size, opts.get_size("size", 0));
+    BlockGraph graph;
+    auto node = graph.add_node_json(protocol_node_options(filename));
+    if (!node) {
+        return Error{node.err(), "Protocol driver 'nbd' does not support creating new images, so an existing image "
+                                 "must be selected as the target; however, opening the given target as an existing "
+                                 "image failed: " + node.msg()};
+    }
+    int64_t len = node.value()->getlength();
+    if (len < 0 || static_cast<uint64_t>(len) < size) {
+        return make_error(ENOSPC, "Cannot grow NBD exports: the export holds %lld bytes, %llu are needed",
+                          static_cast<long long>(len), static_cast<unsigned long long>(size));
+    }
+    BG_TRY_ASSIGN(auto blk, BlockBackend::create(node.value(), kPermWrite | kPermConsistentRead, kPermAll, "qemu-img"));
+    int64_t n = std::min<int64_t>(len, 512);
+    BlockBackend *b = blk.get();
+    int r = n > 0 ? run_in_coroutine([&] { return b->co_pwrite_zeroes(0, n, kReqMayUnmap); }) : 0;
+    if (r < 0) return make_error(-r, "Failed to clear the new image's first sector: %s", strerror(-r));
+    return {};
+}
+
 const char *const kNbdPrefixes[] = {"nbd", "nbd+tcp", "nbd+unix", "nbds", "nbds+tcp", "nbds+unix", nullptr};
 
 } // namespace
@@ -623,8 +658,8 @@ extern const BlockDriver kDriverNbd = {
     .decode_options = decode_nbd_options,
     .create = []() -> std::unique_ptr<BlockNode> { return std::make_unique<NbdNode>(); },
     .probe = nullptr,
-    .create_opts = {},
-    .create_image = nullptr,
+    .create_opts = kNbdCreateOptions,
+    .create_image = nbd_create_image,
     .measure = nullptr,
     .stores_bitmaps = nullptr,
     .protocol_prefixes = kNbdPrefixes,

@@ -378,7 +378,12 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
     co.out_of_order = o.out_of_order;
     co.sparse_size = o.sparse;
     co.compress = o.compress;
-    co.dest_is_zero = o.skip_create ? o.target_is_zero : !o.backing.has_value();
+    // A freshly created image reads as zeros, except where "creating" only
+    // opened an existing target (network protocols such as nbd://): there
+    // the old contents must be overwritten too.
+    const BlockDriver *out_proto = protocol_driver_for(builtin_drivers(), o.out_name);
+    bool created_zero = !(out_proto && out_proto->protocol_prefixes);
+    co.dest_is_zero = o.skip_create ? o.target_is_zero : !o.backing.has_value() && created_zero;
     co.rate_limit = o.rate_limit;
     co.salvage = o.salvage;
     co.salvaged = [](int64_t off, int err) {

@@ -341,6 +341,8 @@ Status check_export_info(const ExportInfo &info)
 
 namespace {
 
+Status co_options(CoSocket &sock, const ClientConfig &cfg, ExportInfo *info);
+
 Result<ExportInfo> co_handshake_body(CoSocket &sock, const ClientConfig &cfg)
 {
     ExportInfo info;
@@ -352,8 +354,33 @@ Result<ExportInfo> co_handshake_body(CoSocket &sock, const ClientConfig &cfg)
         return info;
     }
     if (fixed) {
-        BG_TRY(co_reply_modes(sock, cfg, &info));
+        Status st = co_options(sock, cfg, &info);
+        if (!st) {
+            // Tell the server we are going (QEMU's servers log a read
+            // error otherwise); a lost connection needs no goodbye.
+            if (st.err() != ECONNRESET && st.err() != EPIPE && st.err() != ETIMEDOUT) {
+                (void)co_send_option(sock, kOptAbort, {});
+            }
+            return st.error();
+        }
     }
+    if (!info.go_done) {
+        if (info.extended) return make_error(EPROTO, "server negotiated extended headers but does not support GO");
+        BG_TRY(co_export_name(sock, &info, no_zeroes));
+    }
+    BG_TRY(check_export_info(info));
+    return info;
+}
+
+} // namespace
+
+namespace {
+
+// The options of a fixed-newstyle handshake up to and including GO.
+Status co_options(CoSocket &sock, const ClientConfig &cfg, ExportInfo *ip)
+{
+    ExportInfo &info = *ip;
+    BG_TRY(co_reply_modes(sock, cfg, &info));
     if ((info.structured || info.extended) && !cfg.meta_contexts.empty()) {
         bool unsup = false;
         BG_TRY_ASSIGN(info.contexts, co_meta_contexts(sock, kOptSetMetaContext, info.name, cfg.meta_contexts, &unsup));
@@ -370,16 +397,8 @@ Result<ExportInfo> co_handshake_body(CoSocket &sock, const ClientConfig &cfg)
             if (!found) return make_error(ENOENT, "requested x-dirty-bitmap %s not found", q.c_str());
         }
     }
-    bool go_ok = false;
-    if (fixed) {
-        BG_TRY_ASSIGN(go_ok, co_info_or_go(sock, kOptGo, &info));
-    }
-    if (!go_ok) {
-        if (info.extended) return make_error(EPROTO, "server negotiated extended headers but does not support GO");
-        BG_TRY(co_export_name(sock, &info, no_zeroes));
-    }
-    BG_TRY(check_export_info(info));
-    return info;
+    BG_TRY_ASSIGN(info.go_done, co_info_or_go(sock, kOptGo, &info));
+    return {};
 }
 
 } // namespace

@@ -62,6 +62,7 @@ struct ExportInfo {
     bool structured = false;               // structured replies on
     bool extended = false;                 // extended headers on (implies chunked replies)
     bool oldstyle = false;
+    bool go_done = false;                  // GO succeeded (else EXPORT_NAME or oldstyle)
     // Selected contexts (SET_META_CONTEXT answers): name and id.
     struct Context {
         std::string name;

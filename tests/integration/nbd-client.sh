@@ -9,6 +9,8 @@
 #      same URL (block status from base:allocation);
 #  (c) img convert nbd:// -> raw and -> qcow2: qemu-img compare with the
 #      served image; the qcow2 output keeps the source's holes unallocated;
+#      convert into an nbd:// target (no -n) overwrites its old contents,
+#      and a source larger than the export is refused;
 #  (d) qcow2 image served with -f qcow2: map equal to qemu-img's, read
 #      patterns, convert + compare;
 #  (e) TCP: nbd://127.0.0.1:PORT/ex, and the legacy nbd:HOST:PORT:exportname=
@@ -16,7 +18,10 @@
 #  (f) errors: unknown export (the server's message), read-only export
 #      (writable open refused with QEMU's text; -r works; a write refused),
 #      malformed names ("No valid URL specified"), nbds:// without
-#      tls-creds, no server listening.
+#      tls-creds, no server listening;
+#  (g) x-dirty-bitmap=qemu:dirty-bitmap:b0 (qemu-nbd -B b0): img map equals
+#      qemu-img map with the same option; a bitmap the server lacks fails
+#      the open, and the handshake ends with ABORT (qemu-nbd logs no error).
 set -u
 . "$(dirname "$0")/lib-nbd-client.sh"
 nbd_need qemu-nbd qemu-io
@@ -68,6 +73,19 @@ else
     bad "(c) holes not skipped: $alloc bytes allocated"
 fi
 srv_stop a
+# Into an export: "creating" the target opens it (it must be big enough) and
+# every byte is written, zeros included (the old contents are not zero).
+q qemu-img create -q -f raw t.raw 64M
+q qemu-io -f raw -c "write -P 0x99 0 64M" t.raw
+qnbd_start t -f raw t.raw || finish
+expect_rc "(c) convert raw -> nbd:// target without -n" 0 "$B" img convert -f raw -O raw c.raw "$(uri t)"
+same_data "(c) the export holds the source, holes as zeros" c.raw "$(uri t)" raw raw
+q qemu-img create -q -f raw big.raw 65M
+"$B" img convert -f raw -O raw big.raw "$(uri t)" >c.out 2>&1
+rc=$?
+[ $rc != 0 ] && grep -q "Cannot grow NBD exports" c.out && ok "(c) a source larger than the export is refused" ||
+    bad "(c) larger source: exit $rc: $(cat c.out)"
+srv_stop t
 
 # ------------------------------------------------------------------ (d)
 echo "(d) qcow2 over qemu-nbd"
@@ -138,5 +156,24 @@ rc=$?
 "$B" img info "$(uri none)" >f.out 2>&1
 rc=$?
 [ $rc != 0 ] && grep -q "Failed to connect" f.out && ok "(f) no server: $(head -1 f.out)" || bad "(f) no server: exit $rc: $(cat f.out)"
+
+# ------------------------------------------------------------------ (g)
+echo "(g) x-dirty-bitmap"
+q qemu-img create -q -f qcow2 g.qcow2 16M
+q qemu-io -c "write -P 1 0 1M" g.qcow2
+q qemu-img bitmap --add g.qcow2 b0
+q qemu-io -c "write -P 2 4M 1M" -c "write -P 3 9M 64k" g.qcow2
+qnbd_start g -r -f qcow2 -B b0 g.qcow2 || finish
+O="driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$WORK/g.sock,file.x-dirty-bitmap=qemu:dirty-bitmap:b0"
+"$B" img map --output=json --image-opts "$O" >ours.json 2>ours.err || bad "(g) img map: $(cat ours.err)"
+qemu-img map --output=json --image-opts "$O" >qemu.json 2>&1
+json_same "(g) img map with x-dirty-bitmap equals qemu-img's (dirty areas as data=false)" map ours.json qemu.json
+"$B" img map --output=json --image-opts "${O/b0/nope}" >g.out 2>&1
+rc=$?
+[ $rc != 0 ] && grep -q "requested x-dirty-bitmap qemu:dirty-bitmap:nope not found" g.out &&
+    ok "(g) a bitmap the server lacks is refused" || bad "(g) missing bitmap: exit $rc: $(cat g.out)"
+grep -q "negotiation failed" "$WORK/g.log" && bad "(g) qemu-nbd saw a rude disconnect: $(cat "$WORK/g.log")" ||
+    ok "(g) the refused handshake ended with ABORT"
+srv_stop g
 
 finish

@@ -85,6 +85,11 @@ const DriverCase kDriverCases[] = {
          "pass-discard-other":true,"discard-no-unref":true,"overlap-check":"constant","cache-size":1048576,
          "l2-cache-size":524288,"l2-cache-entry-size":4096,"cache-clean-interval":5,"snapshot.id":"7",
          "snapshot.name":"s"})"},
+    {"nbd",
+     "nbd,server.type=inet,server.host=h,server.port=10809,export=e,tls-creds=t0,tls-hostname=x,"
+     "x-dirty-bitmap=qemu:dirty-bitmap:b,reconnect-delay=5,open-timeout=3",
+     R"({"driver":"nbd","server":{"type":"inet","host":"h","port":"10809"},"export":"e","tls-creds":"t0",
+         "tls-hostname":"x","x-dirty-bitmap":"qemu:dirty-bitmap:b","reconnect-delay":5,"open-timeout":3})"},
     {"test-mem", "test-mem,size=8k,align=512,max-transfer=2k,zero-align=1k,write-zeroes=off,file=n",
      R"({"driver":"test-mem","size":8192,"align":512,"max-transfer":2048,"zero-align":1024,
          "write-zeroes":false,"file":"n"})"},

@@ -784,7 +784,7 @@ class Gen {
         if (dz) in["detect-zeroes"] = c["detect-zeroes"] = dz == 1 ? "on" : "unmap";
         bool direct = coin();
         const bool no_flush = coin();
-        switch (below(depth > 3 ? 3 : 6)) {
+        switch (below(depth > 3 ? 3 : 7)) {
         case 0: {
             in["driver"] = c["driver"] = "file";
             std::string name = text();
@@ -828,6 +828,9 @@ class Gen {
         }
         case 4:
             blkdebug(in, c, depth);
+            break;
+        case 5:
+            nbd(in, c);
             break;
         default:
             qcow2(in, c, depth, ro);
@@ -889,6 +892,20 @@ class Gen {
             in["set-state"].push_back(x);
             c["set-state"].push_back(x);
         }
+    }
+
+    void nbd(json &in, json &c)
+    {
+        in["driver"] = c["driver"] = "nbd";
+        json srv = coin() ? json{{"type", "unix"}, {"path", text()}}
+                          : json{{"type", "inet"}, {"host", text()}, {"port", std::to_string(below(65536))}};
+        in["server"] = c["server"] = srv;
+        if (coin()) in["export"] = c["export"] = coin() ? text() : "";
+        if (coin()) in["tls-creds"] = c["tls-creds"] = text();
+        if (coin()) in["tls-hostname"] = c["tls-hostname"] = text();
+        if (coin()) in["x-dirty-bitmap"] = c["x-dirty-bitmap"] = "qemu:dirty-bitmap:" + text();
+        if (coin()) in["reconnect-delay"] = c["reconnect-delay"] = 1 + below(3600);
+        if (coin()) in["open-timeout"] = c["open-timeout"] = 1 + below(3600);
     }
 
     void qcow2(json &in, json &c, int depth, bool ro)
