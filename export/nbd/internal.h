@@ -57,9 +57,12 @@ class NbdServer {
     static const std::vector<std::pair<std::string, NbdExport *>> &exports();
     static Status register_export(const std::string &name, NbdExport *exp);
     static void unregister_export(const std::string &name, NbdExport *exp);
-    // Whether clients' tls creds / authz are configured; the creds are looked
-    // up at connection time (an object may be deleted and added again).
-    bool tls_required() const { return !opts_.tls_creds.empty(); }
+    // Whether clients must start TLS. The credentials are the ones found at
+    // start() and held until the server stops, as QEMU holds them: deleting
+    // the object (object-del) does not change what connections get. The
+    // tls-authz object is looked up by id at each connection, as in QEMU.
+    bool tls_required() const { return tls_creds_ != nullptr; }
+    const std::shared_ptr<TlsCreds> &tls_creds() const { return tls_creds_; }
 
     // Connections: called by NbdConn as it starts and ends.
     void conn_ended(NbdConn *c);
@@ -75,6 +78,8 @@ class NbdServer {
     void update_accepting();
 
     NbdServerOptions opts_;
+
+    std::shared_ptr<TlsCreds> tls_creds_;   // null without tls-creds
     AioContext *ctx_ = nullptr;
     int listen_fd_ = -1;
     bool accepting_ = false;

@@ -22,8 +22,9 @@ NbdServer *NbdServer::instance() { return g_server; }
 Status NbdServer::start(const NbdServerOptions &opts)
 {
     if (g_server) return make_error(EBUSY, "NBD server already running");
+    std::shared_ptr<TlsCreds> creds;
     if (!opts.tls_creds.empty()) {
-        std::shared_ptr<TlsCreds> creds = tls_creds_find(opts.tls_creds);
+        creds = tls_creds_find(opts.tls_creds);
         if (!creds) return make_error(ENOENT, "No TLS credentials with id '%s'", opts.tls_creds.c_str());
         if (!creds->is_server()) return make_error(EINVAL, "Expecting TLS credentials with a server endpoint");
     }
@@ -39,6 +40,7 @@ Status NbdServer::start(const NbdServerOptions &opts)
     if (!fd) return fd.error();
     auto *s = new NbdServer();
     s->opts_ = opts;
+    s->tls_creds_ = std::move(creds);
     s->ctx_ = AioContext::current();
     s->listen_fd_ = fd.value();
     s->unix_path_ = unix_path;

@@ -162,6 +162,43 @@ wait_port "$P" || bad "server does not listen: $(cat authz-no.log)"
 refuse "authz-simple refuses $DN" nbdinfo "nbds://localhost:$P/ex?tls-certificates=$WORK/x"
 refuse "...and nbdcopy gets no data" nbdcopy "nbds://localhost:$P/ex?tls-certificates=$WORK/x" denied.raw
 [ ! -s denied.raw ] && ok "no data for a refused DN" || bad "a refused DN got data"
+grep -q "TLS x509 authz check for $DN is denied" authz-no.log && ok "the server says why (QEMU's text)" \
+    || bad "no authz message in the server's log: $(cat authz-no.log)"
+stop_bg "$SRV_PID"
+
+# ---- object-del of the credentials while the server runs (QMP): the
+# server keeps the credentials it started with, as QEMU does
+echo "object-del while serving"
+P=$(free_port)
+M=$WORK/qmp.sock
+start_bg objdel "${SERVER[@]}" --object "tls-creds-x509,id=t,dir=$WORK/x,endpoint=server" \
+    --blockdev driver=file,node-name=f,filename="$WORK/img" \
+    --nbd-server "addr.type=inet,addr.host=127.0.0.1,addr.port=$P,tls-creds=t" \
+    --export type=nbd,id=e,node-name=f,name=ex --chardev "socket,id=m,path=$M,server=on,wait=off" --monitor m
+SRV_PID=$LAST_PID
+wait_port "$P" || bad "server does not listen: $(cat objdel.log)"
+cat >objdel.py <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def q(cmd, **a):
+    f.write(json.dumps({"execute": cmd, "arguments": a}) + "\n")
+    f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "event" not in r:
+            return r.get("error", {}).get("desc", "ok")
+q("qmp_capabilities")
+print(q("object-del", id="t"))
+# The same id again, now client credentials: the server must not take them.
+print(q("object-add", **{"qom-type": "tls-creds-x509", "id": "t", "dir": sys.argv[2], "endpoint": "client"}))
+PY
+out=$(/usr/bin/python3 objdel.py "$M" "$WORK/x" 2>&1)
+[ "$out" = "$(printf 'ok\nok')" ] && ok "object-del and object-add of the id in use" || bad "QMP: $out"
+check "the server still serves with its credentials" nbdinfo "nbds://localhost:$P/ex?tls-certificates=$WORK/x"
+refuse "and still without plain clients" nbdinfo "nbd://localhost:$P/ex"
 stop_bg "$SRV_PID"
 
 # ---- PSK
