@@ -90,6 +90,7 @@ same -k "$WORK/s8" -o 5000000 a.qcow2
 echo "== listening errors"
 same -p abc -f raw r.raw
 same -k "$WORK/missing-dir/s" -f raw r.raw
+same --fork -k "$WORK/missing-dir/s" -f raw r.raw
 
 echo "== --object and --tls-creds"
 mkdir -p psk
