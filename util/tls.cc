@@ -24,7 +24,9 @@ namespace bg {
 
 namespace {
 
-const char kDefaultPriority[] = "NORMAL";
+// GnuTLS's defaults without the versions before TLS 1.2, which the NBD
+// protocol forbids.
+const char kDefaultPriority[] = "NORMAL:-VERS-TLS1.1:-VERS-TLS1.0";
 const char kPskPriorityExtra[] = ":+ECDHE-PSK:+DHE-PSK:+PSK";
 // Writes of small iovecs are gathered into one record of at most this size.
 const size_t kGatherMax = 16384;
@@ -377,7 +379,7 @@ bool tls_object_exists(const std::string &id)
 Status tls_authz_check(const std::string &authz_id, const std::string &identity, bool psk)
 {
     const AuthzSimple *a = authz_find(authz_id);
-    if (!a) return make_error(ENOENT, "Cannot find QAuthZ object with id %s", authz_id.c_str());
+    if (!a) return make_error(ENOENT, "Cannot find QAuthZ object ID %s", authz_id.c_str());
     if (a->identity == identity) return {};
     return make_error(EACCES, "TLS %s authz check for %s is denied", psk ? "PSK" : "x509", identity.c_str());
 }

@@ -27,7 +27,8 @@ struct TlsCredsOptions {
     // certificate signed by the CA, a client checks the server's chain (and
     // hostname when given). off: no check on either side (as QEMU).
     bool verify_peer = true;
-    std::string priority;          // "priority": a GnuTLS priority string ("" = default)
+    // "priority": a GnuTLS priority string ("": NORMAL without TLS 1.0/1.1)
+    std::string priority;
     std::string username;          // psk client: "username" (default "qemu")
 };
 
@@ -92,7 +93,7 @@ Status authz_remove(const std::string &id);
 // Every id in either table (for object-add's duplicate check).
 bool tls_object_exists(const std::string &id);
 // Whether the authz object authz_id allows identity (an x509 DN, or a PSK
-// username when psk). Errors: ENOENT "Cannot find QAuthZ object with id
+// username when psk). Errors: ENOENT "Cannot find QAuthZ object ID
 // ID"; EACCES "TLS x509 authz check for DN is denied" ("TLS PSK ...").
 Status tls_authz_check(const std::string &authz_id, const std::string &identity, bool psk = false);
 

@@ -49,11 +49,14 @@ int NbdConn::do_read(NbdRequest *r)
     if (sparse) {
         for (uint64_t pos = 0; pos < len;) {
             int64_t pnum = 0;
-            int ret = blk->co_block_status_above(nullptr, false, int64_t(q.offset + pos), int64_t(len - pos), &pnum,
+            int ret = blk->co_block_status_above(nullptr, true, int64_t(q.offset + pos), int64_t(len - pos), &pnum,
                                                  nullptr, nullptr, nullptr);
             if (ret < 0 || pnum <= 0) pnum = int64_t(len - pos), ret = 0;
             const bool hole = (ret & kStatusZero) != 0;
-            if (nruns > 0 && runs[nruns - 1].hole == hole) {
+            // One chunk per status answer, as QEMU sends them; adjacent
+            // data is merged (one read), and everything past the last
+            // run the table holds is sent as data.
+            if (nruns > 0 && !hole && !runs[nruns - 1].hole) {
                 runs[nruns - 1].len += uint64_t(pnum);
             } else if (nruns == kMaxReadRuns) {
                 runs[nruns - 1].len += uint64_t(pnum);

@@ -21,8 +21,6 @@ namespace {
 // request keeps (bigger ones are freed after use).
 constexpr int kPoolMax = kNbdMaxInFlight;
 constexpr size_t kPooledBufMax = 1 << 20;
-// Extents per block-status chunk (the spec allows 2^20).
-constexpr size_t kMaxExtentsPerChunk = 1 << 16;
 // The largest piece of one trim/zero/cache/block-status call.
 constexpr uint64_t kMaxIoPiece = 1ULL << 30;
 
@@ -252,7 +250,11 @@ void NbdConn::request_entry(void *opaque)
     c->process(r);
     c->free_request(r);
     c->in_flight_--;
-    if (c->recv_waiting_) coroutine_wake(c->recv_waiting_);
+    // Wake the receive loop once; it re-checks what it waits for.
+    if (Coroutine *w = c->recv_waiting_) {
+        c->recv_waiting_ = nullptr;
+        coroutine_wake(w);
+    }
 }
 
 void NbdConn::process(NbdRequest *r)

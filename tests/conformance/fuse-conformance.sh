@@ -157,9 +157,12 @@ while read -r name caps; do
     if [ $img_ok = 1 ]; then mark "$name" image pass; else mark "$name" image FAIL; fi
     if [ -f "$d/serve.pid" ]; then
         spid=$(cat "$d/serve.pid")
-        kill "$spid" 2>/dev/null
+        kill "$spid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$spid" 2>/dev/null
+        kill -9 "$spid" 2>/dev/null || true
+        keep=()
+        for p in "${FUSE_BG_PIDS[@]}"; do [ "$p" = "$spid" ] || keep+=("$p"); done
+        FUSE_BG_PIDS=("${keep[@]}")
     fi
     rm -rf "$d"
 done < <("$CONFORMANCE" --stacks "$STACKS_FILE" --list)

@@ -48,7 +48,7 @@ for fmt in $FORMATS; do
     # Command line.
     expect "unknown option" "$P: unknown option '--foo'" -- $BD --export $EXP --foo
     expect "unknown option with a value" "$P: unknown option '--foo'" -- --foo=bar $BD --export $EXP
-    expect "--nbd-server" "$P: option '--nbd-server' is not supported" -- $BD --nbd-server addr.type=inet --export $EXP
+    expect "--nbd-server without addr.host" "$P: nbd-server: Parameter 'addr.host' is missing" -- $BD --nbd-server addr.type=inet --export $EXP
     expect "--chardev without a way to connect" "$P: chardev 'c': give either path or host and port" -- --chardev socket,id=c $BD --export $EXP
     expect "--monitor on an unknown chardev" "$P: chardev \"c\" not found" -- --monitor chardev=c $BD --export $EXP
     expect "--monitor mode=readline" "$P: monitor: Only QMP is supported" -- --monitor chardev=c,mode=readline $BD --export $EXP
@@ -75,7 +75,7 @@ for fmt in $FORMATS; do
         -- $BD --export $EXP,passthrough=on
     expect "missing mountpoint key" "$P: export 'e': missing required key 'mountpoint'" \
         -- $BD --export fuse,id=e,node-name=q
-    expect "unknown export type" "$P: export 'e': unknown export type 'nbd'" \
+    expect "nbd export without a server" "$P: NBD server not running" \
         -- $BD --export type=nbd,id=e,node-name=q
     expect "unknown export type (JSON)" "$P: export 'e': unknown export type 'vhost-user-blk'" \
         -- $BD --export '{"type": "vhost-user-blk", "id": "e", "node-name": "q"}'

@@ -5,8 +5,8 @@
 #     (written beforehand by qemu-io) and size; a writable one takes
 #     writes (qemu-io reads them after quit); growable; errors (duplicate
 #     id, invalid id, unknown node, mountpoint in use / missing / not
-#     given, unknown type, unexpected member, nbd (QSD: no server running;
-#     ours: not a type, blockgraph has no NBD), unknown iothread);
+#     given, unknown type, unexpected member, nbd without an NBD server
+#     running, unknown iothread);
 #   query-block-exports: exact members;
 #   block-export-del mode=safe (also with a file open on the mount) and
 #     mode=hard: {} then BLOCK_EXPORT_DELETED {id} on every monitor (not
@@ -70,9 +70,7 @@ def exports(t, c, c1, c2, w):
         ({"type": "bogus", "id": "e9", "node-name": "q0"}, "Parameter 'type' does not accept value 'bogus'"),
         ({"type": "fuse", "id": "e9", "node-name": "q0", "mountpoint": f"{w}/mp3", "bogus": True},
          "Parameter 'bogus' is unexpected"),
-        # blockgraph has no NBD (deliberately): nbd is not an export type.
-        ({"type": "nbd", "id": "e9", "node-name": "q0"},
-         "Parameter 'type' does not accept value 'nbd'" if t.ours() else "NBD server not running"),
+        ({"type": "nbd", "id": "e9", "node-name": "q0"}, "NBD server not running"),
         ({"type": "fuse", "id": "e9", "node-name": "q0", "mountpoint": f"{w}/mp3", "iothread": "nope"},
          'iothread "nope" not found'),
     ]

@@ -362,8 +362,31 @@ START_TEST(test_x509_authz)
         Pair p;
         p.handshake(*sc, *cc, "localhost", "nosuch");
         ck_assert(!p.srv_st.ok());
-        EXPECT_STR(p.srv_st.msg(), "Cannot find QAuthZ object with id nosuch");
+        EXPECT_STR(p.srv_st.msg(), "Cannot find QAuthZ object ID nosuch");
     }
+}
+END_TEST
+
+// No TLS before 1.2 by default; a priority string given is used as it is.
+START_TEST(test_priority)
+{
+    auto sc = creds(dir("good"), true);
+    TlsCredsOptions o;
+    o.dir = dir("good");
+    o.priority = "NORMAL:-VERS-ALL:+VERS-TLS1.1";
+    auto old = TlsCreds::create(o);
+    ck_assert(old.ok());
+    Pair p;
+    p.handshake(*sc, *old.value());
+    ck_assert(!p.srv_st.ok() && !p.cli_st.ok());
+    ck_assert_msg(contains(p.cli_st.msg(), "TLS handshake failed: "), "%s", p.cli_st.msg().c_str());
+    o.priority = "NORMAL:-VERS-ALL:+VERS-TLS1.2";
+    auto v12 = TlsCreds::create(o);
+    ck_assert(v12.ok());
+    Pair q;
+    q.handshake(*sc, *v12.value());
+    ck_assert_msg(q.srv_st.ok() && q.cli_st.ok(), "%s", q.srv_st.ok() ? q.cli_st.msg().c_str() : q.srv_st.msg().c_str());
+    exchange(q, 70000);
 }
 END_TEST
 
@@ -628,6 +651,7 @@ static Suite *tls_suite()
     tcase_add_test(tc, test_x509_hostname);
     tcase_add_test(tc, test_x509_authz);
     tcase_add_test(tc, test_endpoint_mismatch);
+    tcase_add_test(tc, test_priority);
     tcase_add_test(tc, test_psk);
     tcase_add_test(tc, test_create_errors);
     tcase_add_test(tc, test_object_table);
