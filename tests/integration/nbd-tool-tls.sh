@@ -37,6 +37,12 @@ if serve "${SRV_X509[@]}" -x ex img.qcow2; then
         -c 'read -P 0x5a 0 64k' 2>&1)
     [[ $out == *"read 65536/65536"* ]] && ok "qemu-io over TLS reads the data" || bad "qemu-io over TLS: $out"
     ours=$("$BLOCKGRAPH" nbd -L -k "$S" "${CLI_X509[@]}" 2>&1)
+    # Without --tls-hostname a unix socket gives no name to check: refused.
+    no_host=(--object "tls-creds-x509,id=tls0,dir=$WORK/x509,endpoint=client" --tls-creds tls0)
+    want=$(qemu-nbd -L -k "$S" "${no_host[@]}" 2>&1)
+    got=$("$BLOCKGRAPH" nbd -L -k "$S" "${no_host[@]}" 2>&1)
+    [ "${want//qemu-nbd/blockgraph nbd}" = "$got" ] && ok "no --tls-hostname: $got" ||
+        bad "no --tls-hostname: $got (want $want)"
     theirs=$(qemu-nbd -L -k "$S" "${CLI_X509[@]}" 2>&1)
     stop_bg "$LAST_PID"
     rm -f "$S"
