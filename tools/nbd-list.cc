@@ -92,11 +92,15 @@ Result<std::vector<nbd::ListedExport>> fetch_exports(const NbdArgs &a, std::shar
         }
         CoSocket sock(fd.value());
         nbd::ClientConfig cfg;
-        cfg.tls_creds = std::move(creds);
         // qemu-nbd checks the certificate against --tls-hostname, else
-        // the address it connected to.
+        // the address it connected to; over a unix socket an x509
+        // certificate cannot be checked without --tls-hostname.
         if (a.tls_hostname) cfg.tls_hostname = *a.tls_hostname;
         else if (!a.socket_path) cfg.tls_hostname = addr.host;
+        if (creds && !creds->is_psk() && cfg.tls_hostname.empty()) {
+            return make_error(EINVAL, "No hostname for certificate validation");
+        }
+        cfg.tls_creds = std::move(creds);
         return nbd::co_client_list(sock, cfg);
     });
 }

@@ -87,6 +87,11 @@ same -k "$WORK/s6" -l nosuch a.qcow2
 same -k "$WORK/s7" -f raw -l sn1 r.raw
 same -k "$WORK/s8" -o 5000000 a.qcow2
 
+echo "== listening errors"
+same -p abc -f raw r.raw
+same -k "$WORK/missing-dir/s" -f raw r.raw
+same --fork -k "$WORK/missing-dir/s" -f raw r.raw
+
 echo "== --object and --tls-creds"
 mkdir -p psk
 psktool -u alice -p psk/keys.psk >/dev/null 2>&1 || bad "psktool failed"

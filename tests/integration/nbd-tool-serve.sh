@@ -51,6 +51,27 @@ for e in 0 2; do
     fi
 done
 
+# -e 1: a second client is not served while the first is connected (it
+# waits in the listen queue, as with qemu-nbd), and is once the first leaves.
+if start_bg_nbd "$S" -t -e 1 -f raw img.raw; then
+    out=$(/usr/bin/python3 - "$(uri "$S")" <<'PY' 2>&1
+import nbd, subprocess, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+r = subprocess.run(["timeout", "2", "nbdinfo", "--size", sys.argv[1]], capture_output=True, text=True)
+print("while-first-open:%d" % r.returncode)
+h.shutdown()
+del h
+r = subprocess.run(["timeout", "10", "nbdinfo", "--size", sys.argv[1]], capture_output=True, text=True)
+print("after-first-left:%d:%s" % (r.returncode, r.stdout.strip()))
+PY
+)
+    expect "-e 1: second client" "while-first-open:124 after-first-left:0:8388608" "$(echo $out)"
+    stop "$LAST_PID"
+else
+    bad "-e 1: server did not start"
+fi
+
 echo "== -r: read-only"
 sum=$(md5sum <img.qcow2)
 if start_bg_nbd "$S" -t -r -f qcow2 img.qcow2; then
