@@ -367,6 +367,37 @@ START_TEST(test_x509_authz)
 }
 END_TEST
 
+// A peer that never answers: the handshake ends at the read deadline; one
+// that goes away: it ends at once.
+START_TEST(test_handshake_deadline)
+{
+    auto sc = creds(dir("good"), true);
+    Pair p;
+    Status st;
+    bool done = false;
+    int64_t start = clock_ns();
+    p.srv->set_read_deadline(start + 200000000LL);
+    coroutine_enter(coroutine_create_fn([&] {
+        st = p.srv->co_start_tls(*sc, true);
+        done = true;
+    }));
+    ck_assert(run_until(p.ctx.get(), [&] { return done; }, 5000000000LL));
+    ck_assert(clock_ns() - start >= 200000000LL);
+    EXPECT_STR(st.msg(), "TLS handshake failed: Connection timed out");
+    ck_assert(!p.srv->tls_active());
+
+    Pair q;
+    done = false;
+    coroutine_enter(coroutine_create_fn([&] {
+        st = q.srv->co_start_tls(*sc, true);
+        done = true;
+    }));
+    q.cli.reset();
+    ck_assert(run_until(q.ctx.get(), [&] { return done; }, 5000000000LL));
+    ck_assert_msg(!st.ok() && contains(st.msg(), "TLS handshake failed: "), "%s", st.ok() ? "ok" : st.msg().c_str());
+}
+END_TEST
+
 // No TLS before 1.2 by default; a priority string given is used as it is.
 START_TEST(test_priority)
 {
@@ -652,6 +683,7 @@ static Suite *tls_suite()
     tcase_add_test(tc, test_x509_authz);
     tcase_add_test(tc, test_endpoint_mismatch);
     tcase_add_test(tc, test_priority);
+    tcase_add_test(tc, test_handshake_deadline);
     tcase_add_test(tc, test_psk);
     tcase_add_test(tc, test_create_errors);
     tcase_add_test(tc, test_object_table);
