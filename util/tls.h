@@ -4,7 +4,9 @@
 // Credentials are plain objects with an id, kept in a process-wide table
 // so that consumers given only an id in their options (the NBD server's
 // tls-creds, the nbd driver's tls-creds) can find them; authz objects
-// (authz-simple) likewise. The table is used from the main thread only.
+// (authz-simple) likewise. The table is used from the main thread only; a
+// TlsCreds is immutable once created and may back sessions of any thread
+// (its last reference may go in any thread).
 #pragma once
 
 #include <sys/uio.h>
