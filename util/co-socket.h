@@ -88,7 +88,8 @@ class CoSocket {
     // name the server's certificate must carry (client, x509; "" skips the
     // check; a PSK client's username is creds' "username"). authz_id: an
     // authz-simple object the peer's identity must match (server side:
-    // tls-authz; "" none). The handshake waits with the socket's read
+    // tls-authz; "" none; looked up in the object table, so only in the
+    // main thread). The handshake waits with the socket's read
     // deadline. Errors (the connection is then unusable): "TLS handshake
     // failed: <gnutls>", x509 checks ("The certificate hasn't got a known
     // issuer", "Verify failed: No certificate was found.", "Certificate
