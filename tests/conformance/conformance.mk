@@ -40,7 +40,7 @@ all: $(CONF_BIN)
 check-conformance: $(CONF_BIN) $(BIN)
 	@rc=0; logdir=$$(mktemp -d "$${TMPDIR:-/tmp}/bg-conf-logs.XXXXXX"); \
 	echo "  CONF    $(CONF_BIN) (block layer API)"; \
-	( timeout $(TEST_TIMEOUT) $(CONF_BIN) --stacks tests/conformance/stacks.txt $(CONF_ARGS) \
+	( BLOCKGRAPH='$(abspath $(BIN))' timeout $(TEST_TIMEOUT) $(CONF_BIN) --stacks tests/conformance/stacks.txt $(CONF_ARGS) \
 	    >"$$logdir/api.log" 2>&1; echo $$? >"$$logdir/api.rc" ) & \
 	if [ "$(CONF_FUSE)" = 1 ]; then \
 	    echo "  CONF    tests/conformance/fuse-conformance.sh (FUSE, through the kernel)"; \

@@ -132,7 +132,7 @@ END_TEST
 
 START_TEST(test_export_errors)
 {
-    bad_export("type=nbd,id=e,node-name=q,mountpoint=m", "export 'e': unknown export type 'nbd'");
+    bad_export("type=nbd,id=e,node-name=q,mountpoint=m", "export 'e': unknown key 'mountpoint'");
     bad_export("vhost-user-blk,id=e", "export 'e': unknown export type 'vhost-user-blk'");
     bad_export("id=e,node-name=q", "export 'e': missing required key 'type'");
     bad_export("", "export: missing required key 'type'");
