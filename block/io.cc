@@ -518,7 +518,6 @@ int BlockNode::co_pwrite_zeroes_generic(int64_t offset, int64_t bytes, ReqFlags 
     if (r < 0) return r;
     if (read_only_) return -EPERM;
     if (bytes == 0) return 0;
-    if (!unmap_) flags &= ~kReqMayUnmap;
     const int64_t align = bl_.request_alignment;
     const int64_t a_off = align_down(offset, align);
     const int64_t a_end = align_up(offset + bytes, align);
@@ -788,6 +787,10 @@ int BdrvChild::co_pwrite(int64_t offset, int64_t bytes, const void *buf, ReqFlag
 int BdrvChild::co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
 {
     if (!may_write(this, flags)) return -EPERM;
+    // discard=ignore on the child drops MAY_UNMAP of a parent node's
+    // request; a consumer's (an export's, a tool's) keeps it, as in QEMU,
+    // where only node-to-node write-zeroes look at the child's unmap policy.
+    if (parent_node_ && !bs_->unmap_) flags &= ~kReqMayUnmap;
     return bs_->co_pwrite_zeroes_generic(offset, bytes, flags | kReqZeroWrite);
 }
 

@@ -72,13 +72,14 @@ ImageOpenSpec open_spec(const NbdArgs &a)
 // "Failed to load snapshot: ".
 Result<std::string> resolve_snapshot(BlockNode *root, const NbdArgs &a)
 {
-    if (std::strcmp(root->driver_name(), "qcow2") != 0) {
+    // A node whose stack keeps no internal snapshots answers ENOTSUP.
+    Result<std::vector<SnapshotInfo>> l = root->snapshot_list();
+    if (!l && l.err() == ENOTSUP) {
         return make_error(ENOTSUP,
                           "Block format '%s' used by device '' does not support temporarily loading internal "
                           "snapshots",
                           root->driver_name());
     }
-    Result<std::vector<SnapshotInfo>> l = root->snapshot_list();
     if (!l) return l.error();
     const std::vector<SnapshotInfo> &snaps = l.value();
     if (a.snapshot_id_or_name) {
