@@ -7,6 +7,7 @@
 #include <set>
 
 #include "block/block.h"
+#include "qapi/block-parse.h"
 
 namespace bg {
 
@@ -309,16 +310,6 @@ std::vector<DirtyBitmapStatus> node_dirty_bitmaps(BlockNode *n)
         out.push_back({b.name, b.count, b.granularity, b.recording, b.busy, b.persistent, b.inconsistent});
     }
     return out;
-}
-
-const char *detect_zeroes_name(BlockdevDetectZeroes dz)
-{
-    switch (dz) {
-    case BlockdevDetectZeroes::kOff: return "off";
-    case BlockdevDetectZeroes::kOn: return "on";
-    case BlockdevDetectZeroes::kUnmap: return "unmap";
-    }
-    return "off";
 }
 
 // QEMU's order of naming: an inline "file" child (opened before its

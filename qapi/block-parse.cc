@@ -522,4 +522,9 @@ Result<BlockdevOptions> parse_json_filename(const BlockdevSchema &schema, const 
     });
 }
 
+const char *detect_zeroes_name(BlockdevDetectZeroes dz)
+{
+    return enum_name(kDetectZeroesNames, dz);
+}
+
 } // namespace bg

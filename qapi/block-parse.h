@@ -88,4 +88,7 @@ bool parse_prealloc_mode(const std::string &name, PreallocMode *out);
 // most 31 characters.
 bool is_valid_node_name(const std::string &name);
 
+// The option value naming dz ("off", "on", "unmap").
+const char *detect_zeroes_name(BlockdevDetectZeroes dz);
+
 } // namespace bg

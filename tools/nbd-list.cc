@@ -63,27 +63,11 @@ void print_exports(const std::vector<nbd::ListedExport> &list)
     }
 }
 
-// The server's address as qemu-nbd builds it: -k, else -b (0.0.0.0) and
-// -p (10809).
-SocketAddress list_address(const NbdArgs &a)
-{
-    SocketAddress addr;
-    if (a.socket_path) {
-        addr.type = SocketAddress::Type::kUnix;
-        addr.path = *a.socket_path;
-    } else {
-        addr.type = SocketAddress::Type::kInet;
-        addr.host = a.bind.value_or("0.0.0.0");
-        addr.port = a.port.value_or("10809");
-    }
-    return addr;
-}
-
 // Connects and lists. Errors are complete messages (qemu-nbd's for the
 // connection: "Failed to connect to '/path': No such file or directory").
 Result<std::vector<nbd::ListedExport>> fetch_exports(const NbdArgs &a, std::shared_ptr<TlsCreds> creds)
 {
-    SocketAddress addr = list_address(a);
+    SocketAddress addr = nbd_address(a);
     return run_in_coroutine([&]() -> Result<std::vector<nbd::ListedExport>> {
         Result<int> fd = co_socket_connect(addr);
         if (!fd) {

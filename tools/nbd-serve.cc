@@ -24,6 +24,7 @@
 #include "block/block.h"
 #include "block/image-mgmt.h"
 #include "export/nbd.h"
+#include "qapi/block-parse.h"
 #include "tools/daemon.h"
 #include "tools/nbd.h"
 #include "util/log.h"
@@ -35,16 +36,6 @@ namespace {
 using json = nlohmann::json;
 
 constexpr const char *kProg = "blockgraph nbd";
-
-const char *detect_zeroes_name(BlockdevDetectZeroes dz)
-{
-    switch (dz) {
-    case BlockdevDetectZeroes::kOff: return "off";
-    case BlockdevDetectZeroes::kOn: return "on";
-    case BlockdevDetectZeroes::kUnmap: return "unmap";
-    }
-    return "off";
-}
 
 // What serving needs besides the arguments; lives as long as cmd_nbd.
 struct ServeState {
@@ -183,27 +174,12 @@ Status add_offset(Daemon &d, const NbdArgs &a, std::string *top)
     return {};
 }
 
-// Where the server listens: -k, else -b (0.0.0.0) and -p (10809).
-SocketAddress server_address(const NbdArgs &a)
-{
-    SocketAddress addr;
-    if (a.socket_path) {
-        addr.type = SocketAddress::Type::kUnix;
-        addr.path = *a.socket_path;
-    } else {
-        addr.type = SocketAddress::Type::kInet;
-        addr.host = a.bind.value_or("0.0.0.0");
-        addr.port = a.port.value_or("10809");
-    }
-    return addr;
-}
-
 // The NBD server and the export of s->top_node; without -t, a hook that
 // stops the daemon once the last client that reached transmission is gone.
 Status start_serving(Daemon &d, const NbdArgs &a, ServeState *s)
 {
     NbdServerOptions so;
-    so.addr = server_address(a);
+    so.addr = nbd_address(a);
     so.tls_creds = a.tls_creds;
     so.tls_authz = a.tls_authz.value_or("");
     so.max_connections = static_cast<uint32_t>(a.shared);

@@ -379,6 +379,20 @@ int check_args(NbdArgs *a, const std::vector<std::string> &pos)
 
 } // namespace
 
+SocketAddress nbd_address(const NbdArgs &a)
+{
+    SocketAddress addr;
+    if (a.socket_path) {
+        addr.type = SocketAddress::Type::kUnix;
+        addr.path = *a.socket_path;
+    } else {
+        addr.type = SocketAddress::Type::kInet;
+        addr.host = a.bind.value_or("0.0.0.0");
+        addr.port = a.port.value_or("10809");
+    }
+    return addr;
+}
+
 int parse_nbd_args(int argc, char **argv, NbdArgs *a)
 {
     static const struct option kLong[] = {

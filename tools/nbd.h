@@ -14,6 +14,7 @@
 
 #include "qapi/block-options.h"
 #include "tools/image-open.h"
+#include "util/co-socket.h"
 
 namespace bg {
 
@@ -67,6 +68,10 @@ struct NbdArgs {
 // Returns -1 to go on, else the exit status (0 after --help/--version, 1
 // after printing the error).
 int parse_nbd_args(int argc, char **argv, NbdArgs *a);
+
+// The server's address as qemu-nbd builds it, for serving and for -L: -k,
+// else -b (0.0.0.0) and -p (10809).
+SocketAddress nbd_address(const NbdArgs &a);
 
 // Serves a.filename until stopped (tools/nbd-serve.cc). Exit status.
 int nbd_serve(const NbdArgs &a);

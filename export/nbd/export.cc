@@ -201,8 +201,14 @@ uint32_t NbdExport::max_block() const
 std::string NbdExport::stats_text() const
 {
     std::ostringstream o;
+    size_t extended = 0, structured = 0;
+    for (const NbdConn *c : clients_) {
+        extended += c->extended_;
+        structured += !c->extended_ && c->structured_;
+    }
     o << "export '" << id_ << "' (nbd, name '" << name_ << "', " << clients_.size() << " client"
-      << (clients_.size() == 1 ? "" : "s") << "):\n";
+      << (clients_.size() == 1 ? "" : "s") << ": " << extended << " with extended headers, " << structured
+      << " with structured replies):\n";
     o << "  requests:";
     for (int k = 0; k < 8; k++) o << " " << ExportStats::kind_name(k) << "=" << stats_.requests[k];
     o << "\n  bytes read=" << stats_.bytes_read << " written=" << stats_.bytes_written << " errors=" << stats_.errors

@@ -49,7 +49,7 @@ Status NbdServer::start(const NbdServerOptions &opts)
     s->update_accepting();
     if (opts.addr.type == SocketAddress::Type::kInet && opts.tls_creds.empty()) {
         log_msg(LogLevel::kWarn,
-                "warning: NBD server listening on %s without TLS (no tls-creds): export names and data travel "
+                "NBD server listening on %s without TLS (no tls-creds): export names and data travel "
                 "unencrypted and anyone who can reach the port can connect",
                 opts.addr.to_string().c_str());
     }
