@@ -14,6 +14,8 @@
 #   srv_pid NAME              its pid
 #   uri NAME [EXPORT]         nbd+unix:///EXPORT?socket=$WORK/NAME.sock
 #   free_port                 a TCP port free right now
+#   seek_extents FILE         the data extents SEEK_DATA/SEEK_HOLE find, "start end" per line
+#   map_extents QEMU-IMG-ARGS the data extents of "qemu-img map --output=json ARGS", merged, same form
 #
 #   NBD_MOUNTS                mountpoints for the trap to unmount
 #
@@ -103,4 +105,38 @@ uri() { echo "nbd+unix:///${2:-}?socket=$WORK/$1.sock"; }
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+seek_extents() {
+    timeout 30 python3 - "$1" <<'PY'
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size, off = os.fstat(fd).st_size, 0
+while off < size:
+    try:
+        start = os.lseek(fd, off, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            break
+        raise
+    end = os.lseek(fd, start, os.SEEK_HOLE)
+    print(start, end)
+    off = end
+PY
+}
+
+map_extents() {
+    qemu-img map --output=json "$@" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    if not e["data"]:
+        continue
+    s, n = e["start"], e["start"] + e["length"]
+    if out and out[-1][1] == s:
+        out[-1][1] = n
+    else:
+        out.append([s, n])
+for s, n in out:
+    print(s, n)'
 }

@@ -85,6 +85,24 @@ json_field() {
     /usr/bin/python3 -c 'import json, sys; v = json.load(sys.stdin)["exports"][0].get(sys.argv[1]); print(json.dumps(v))' "$1"
 }
 
+# Passes DESC if WANT and GOT are the same text, else fails it with a diff.
+same_text() { # DESC WANT GOT
+    if [ "$2" = "$3" ]; then
+        ok "$1 ($(echo "$3" | wc -l) lines)"
+    else
+        bad "$1"
+        diff <(echo "$2") <(echo "$3") | sed 's/^/        /'
+    fi
+}
+
+# The image the listing tests serve: 4 MiB qcow2, bitmaps b0 and b1, 64k of data.
+make_list_image() {
+    qemu-img create -q -f qcow2 img.qcow2 4M
+    qemu-img bitmap --add img.qcow2 b0
+    qemu-img bitmap --add img.qcow2 b1
+    qemu-io -f qcow2 -c 'write -P 1 0 64k' img.qcow2 >/dev/null
+}
+
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do alive "$pid" && kill -TERM "$pid" 2>/dev/null; done

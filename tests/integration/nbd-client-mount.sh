@@ -32,36 +32,8 @@ if [ $rc != 0 ]; then
 fi
 ok "mounted $U at $out"
 
-cat >extents.py <<'PY'
-import errno, os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-size = os.fstat(fd).st_size
-off = 0
-while off < size:
-    try:
-        start = os.lseek(fd, off, os.SEEK_DATA)
-    except OSError as e:
-        if e.errno == errno.ENXIO:
-            break
-        raise
-    end = os.lseek(fd, start, os.SEEK_HOLE)
-    print(start, end)
-    off = end
-PY
-timeout 30 python3 extents.py mp >seek.txt 2>&1
-qemu-img map --output=json -f raw "$U" | python3 -c '
-import json, sys
-out = []
-for e in json.load(sys.stdin):
-    if not e["data"]:
-        continue
-    s, n = e["start"], e["start"] + e["length"]
-    if out and out[-1][1] == s:
-        out[-1][1] = n
-    else:
-        out.append([s, n])
-for s, n in out:
-    print(s, n)' >map.txt
+seek_extents mp >seek.txt 2>&1
+map_extents -f raw "$U" >map.txt
 if cmp -s seek.txt map.txt && [ -s seek.txt ]; then
     ok "(a) SEEK_DATA/SEEK_HOLE on the mount match qemu-img map: $(tr '\n' ' ' <seek.txt)"
 else

@@ -34,35 +34,8 @@ fi
 NBD_MOUNTS+=("$WORK/mp")
 
 # (c) first, while the image holds just the two written ranges.
-cat >extents.py <<'PY'
-import errno, os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-size, off = os.fstat(fd).st_size, 0
-while off < size:
-    try:
-        start = os.lseek(fd, off, os.SEEK_DATA)
-    except OSError as e:
-        if e.errno == errno.ENXIO:
-            break
-        raise
-    end = os.lseek(fd, start, os.SEEK_HOLE)
-    print(start, end)
-    off = end
-PY
-timeout 30 python3 extents.py mp >seek.txt 2>&1
-qemu-img map -U --output=json img.qcow2 | python3 -c '
-import json, sys
-out = []
-for e in json.load(sys.stdin):
-    if not e["data"]:
-        continue
-    s, n = e["start"], e["start"] + e["length"]
-    if out and out[-1][1] == s:
-        out[-1][1] = n
-    else:
-        out.append([s, n])
-for s, n in out:
-    print(s, n)' >map.txt
+seek_extents mp >seek.txt 2>&1
+map_extents -U img.qcow2 >map.txt
 if [ -s map.txt ] && cmp -s seek.txt map.txt; then
     ok "(c) SEEK_DATA/SEEK_HOLE on the mount = qemu-img map ($(wc -l <map.txt) extents)"
 else

@@ -7,19 +7,7 @@ set -u
 . "$(dirname "$0")/lib-nbd-tool.sh"
 
 S=$WORK/s.sock
-qemu-img create -q -f qcow2 img.qcow2 4M
-qemu-img bitmap --add img.qcow2 b0
-qemu-img bitmap --add img.qcow2 b1
-qemu-io -f qcow2 -c 'write -P 1 0 64k' img.qcow2 >/dev/null
-
-same_text() { # DESC WANT GOT
-    if [ "$2" = "$3" ]; then
-        ok "$1 ($(echo "$3" | wc -l) lines)"
-    else
-        bad "$1"
-        diff <(echo "$2") <(echo "$3") | sed 's/^/        /'
-    fi
-}
+make_list_image
 
 echo "== qemu-nbd --list: our server looks like qemu-nbd"
 for args in "-x ex -D hello" "-r" "-e 2 -B b0 -A" "-e 0 -B b1 -B b0 -x multi" "-r -A -D a,description"; do
