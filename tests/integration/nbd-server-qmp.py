@@ -32,6 +32,18 @@ def blockdevs(w):
             "--blockdev", "driver=qcow2,file=f0,node-name=q0"]
 
 
+def recv_exact(s, n):
+    """n bytes from s. A socket with a timeout is non-blocking underneath,
+    where MSG_WAITALL may return short: read until all have come."""
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed after %d of %d bytes" % (len(buf), n))
+        buf += chunk
+    return buf
+
+
 class Holder:
     """A raw NBD client that negotiates (GO) and stays connected."""
 
@@ -42,14 +54,14 @@ class Holder:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(10)
         s.connect(path)
-        s.recv(18, socket.MSG_WAITALL)
+        recv_exact(s, 18)
         s.sendall(struct.pack(">I", 3))
         data = struct.pack(">I", len(name)) + name.encode() + struct.pack(">H", 0)
         s.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(data)) + data)
         while True:
-            _, _, typ, ln = struct.unpack(">QIII", s.recv(20, socket.MSG_WAITALL))
+            _, _, typ, ln = struct.unpack(">QIII", recv_exact(s, 20))
             if ln:
-                s.recv(ln, socket.MSG_WAITALL)
+                recv_exact(s, ln)
             if typ == 1 or typ & 0x80000000:
                 break
         self.s = s
