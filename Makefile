@@ -327,14 +327,26 @@ DESTDIR ?=
 PREFIX ?= /usr/local
 DOCS := README.md $(sort $(wildcard docs/*.md))
 
-.PHONY: install uninstall
+.PHONY: install uninstall install-qemu-links uninstall-qemu-links
 install: $(BIN)
 	$(call msg,INSTALL,$(DESTDIR)$(PREFIX))
 	$(Q)install -d '$(DESTDIR)$(PREFIX)/bin' '$(DESTDIR)$(PREFIX)/share/doc/blockgraph'
 	$(Q)install -m 755 $(BIN) '$(DESTDIR)$(PREFIX)/bin/blockgraph'
 	$(Q)install -m 644 $(DOCS) '$(DESTDIR)$(PREFIX)/share/doc/blockgraph/'
+ifeq ($(CONFIG_QEMU_LINKS),1)
+	$(Q)scripts/qemu-links.sh install '$(DESTDIR)$(PREFIX)/bin'
+endif
 
-uninstall:
+# The drop-in links qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon ->
+# blockgraph (never by default: ./configure --with-qemu-links or this
+# target; an existing file that is not such a link is never replaced).
+install-qemu-links: install
+	$(Q)scripts/qemu-links.sh install '$(DESTDIR)$(PREFIX)/bin'
+
+uninstall-qemu-links:
+	$(Q)scripts/qemu-links.sh uninstall '$(DESTDIR)$(PREFIX)/bin'
+
+uninstall: uninstall-qemu-links
 	$(Q)rm -f '$(DESTDIR)$(PREFIX)/bin/blockgraph'
 	$(Q)rm -rf '$(DESTDIR)$(PREFIX)/share/doc/blockgraph'
 
@@ -370,6 +382,8 @@ help:
 	@echo '  demo               install deps, build, run scripts/demo.sh'
 	@echo '  deps               install missing Debian packages (scripts/install-deps.sh)'
 	@echo '  install/uninstall  to $$(DESTDIR)$$(PREFIX) (PREFIX from configure)'
+	@echo '  install-qemu-links also link qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon'
+	@echo '                     to blockgraph (never over a real QEMU binary)'
 	@echo '  clean / distclean  remove $(B)/ (and config.mk)'
 	@echo 'Variables: V=1 (show commands), BUILD_DIR=dir, WERROR=0, BG_NO_DEPS=1,'
 	@echo '  TEST_TIMEOUT=seconds, TESTS=..., BENCH_ARGS=...'

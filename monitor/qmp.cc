@@ -578,7 +578,8 @@ Status QmpServer::add_chardev(const ChardevOptions &opts)
             c->listen_fd = fd.value();
             if (opts.wait) {
                 // QEMU's server=on,wait=on: start-up waits for the first client.
-                std::fprintf(stderr, "%s: waiting for connection on: %s\n", "blockgraph daemon",
+                std::fprintf(stderr, "%s: waiting for connection on: %s\n",
+                             log_get_program() ? log_get_program() : "blockgraph daemon",
                              opts.path.empty() ? (opts.host + ":" + opts.port).c_str() : opts.path.c_str());
                 int cfd;
                 do {

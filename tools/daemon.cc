@@ -3,6 +3,7 @@
 // --daemonize), and the serving machinery shared with "blockgraph mount"
 // (tools/daemon.h). Users' documentation: docs/daemon.md.
 #include "tools/daemon.h"
+#include "tools/dropin.h"
 
 #include <fcntl.h>
 #include <glib-unix.h>
@@ -324,7 +325,7 @@ using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions, 
 
 int fail(const std::string &msg)
 {
-    std::fprintf(stderr, "blockgraph daemon: %s\n", msg.c_str());
+    std::fprintf(stderr, "%s: %s\n", tool_prog("blockgraph daemon"), msg.c_str());
     return 1;
 }
 
@@ -334,7 +335,7 @@ int cmd_daemon(int argc, char **argv)
 {
     log_init_from_env();
     DaemonConfig cfg;
-    cfg.prog = "blockgraph daemon";
+    cfg.prog = tool_prog("blockgraph daemon");
     std::vector<Step> steps;
     int verbose = 0;
     size_t n_exports = 0, n_monitors = 0;
@@ -356,7 +357,7 @@ int cmd_daemon(int argc, char **argv)
             return 0;
         }
         if (name == "-V" || name == "--version") {
-            std::puts("blockgraph daemon version " BG_VERSION);
+            print_tool_version("blockgraph daemon");
             return 0;
         }
         if (name == "--trace" || name == "-T") {

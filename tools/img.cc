@@ -1,6 +1,7 @@
 // tools/img.cc -- "blockgraph img": dispatcher and the helpers shared by the
 // subcommands in tools/img-*.cc (see tools/img.h and docs/img.md).
 #include "tools/img.h"
+#include "tools/dropin.h"
 
 #include <unistd.h>
 
@@ -390,6 +391,7 @@ void print_help()
 int cmd_img(int argc, char **argv)
 {
     using namespace img;
+    kProg = tool_prog(kProg);
     if (argc < 2) return usage_error("Not enough arguments");
     const char *name = argv[1];
     if (std::strcmp(name, "--help") == 0 || std::strcmp(name, "-h") == 0) {
@@ -397,7 +399,7 @@ int cmd_img(int argc, char **argv)
         return 0;
     }
     if (std::strcmp(name, "--version") == 0 || std::strcmp(name, "-V") == 0) {
-        std::printf("blockgraph img version %s\n", BG_VERSION);
+        print_tool_version("blockgraph img");
         return 0;
     }
     const ImgCommand *cmd = nullptr;

@@ -28,7 +28,9 @@
 namespace bg {
 namespace img {
 
-constexpr const char *kProg = "blockgraph img";
+// The program name that starts messages: "blockgraph img", or "qemu-img" as a
+// drop-in (set by cmd_img() from tools/dropin.h before anything is printed).
+inline const char *kProg = "blockgraph img";
 
 // ---- messages ----
 // "blockgraph img: <msg>\n" on stderr (qemu-img's error_report).

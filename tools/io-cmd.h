@@ -28,7 +28,9 @@
 namespace bg {
 namespace io {
 
-constexpr const char *kProg = "blockgraph io";
+// The program name that starts messages: "blockgraph io", or "qemu-io" as a
+// drop-in (set by cmd_io() from tools/dropin.h before anything is printed).
+inline const char *kProg = "blockgraph io";
 
 // Buffers are offset by this many bytes from an aligned address with -m.
 constexpr size_t kMisalignOffset = 16;

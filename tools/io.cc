@@ -41,6 +41,7 @@
 #include "tools/objects.h"
 #include "tools/image-open.h"
 #include "tools/io-cmd.h"
+#include "tools/dropin.h"
 #include "util/aio.h"
 
 namespace bg {
@@ -327,6 +328,7 @@ const char kUsage[] =
     "  -d, --discard MODE   ignore or unmap (default)\n"
     "  -m, --misalign       misalign I/O buffers by 16 bytes\n"
     "  -h, --help           show this help\n"
+    "  -V, --version        show the version\n"
     "\n"
     "IMAGE may also be a json:{...} pseudo file name. Sizes take k, M, G, T\n"
     "suffixes. Run 'blockgraph io -c help' for the commands; see docs/io.md.\n"
@@ -348,6 +350,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
 {
     static const struct option kLongOpts[] = {
         {"help", no_argument, nullptr, 'h'},
+        {"version", no_argument, nullptr, 'V'},
         {"cmd", required_argument, nullptr, 'c'},
         {"format", required_argument, nullptr, 'f'},
         {"read-only", no_argument, nullptr, 'r'},
@@ -365,9 +368,10 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
     opterr = 0;
     int c;
     // GNU getopt permutes: options may follow the image, as with qemu-io.
-    while ((c = getopt_long(argc, argv, "hc:d:f:rnmi:t:U", kLongOpts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmi:t:U", kLongOpts, nullptr)) != -1) {
         switch (c) {
         case 'h': std::fputs(kUsage, stdout); return 0;
+        case 'V': print_tool_version("blockgraph io"); return 0;
         case 'c': opts->cmds.emplace_back(optarg); continue;
         case 'm': opts->misalign = true; continue;
         case kOptImageOpts: spec.image_opts = true; continue;
@@ -377,18 +381,20 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         if (r < 0) return 1;
         if (r > 0) continue;
         // optopt is set for short options (missing argument or unknown).
+        // getopt's own wording (as qemu-io prints it), then a pointer to the help.
         if (optopt && optopt < 256) {
-            std::fprintf(stderr, "%s: %s option '-%c'; see 'blockgraph io --help'\n", kProg,
-                         std::strchr("cdfit", optopt) ? "missing argument to" : "invalid", optopt);
+            std::fprintf(stderr, "%s: %s -- '%c'\n", kProg,
+                         std::strchr("cdfit", optopt) ? "option requires an argument" : "invalid option", optopt);
         } else {
-            std::fprintf(stderr, "%s: invalid option '%s'; see 'blockgraph io --help'\n", kProg, argv[optind - 1]);
+            std::fprintf(stderr, "%s: unrecognized option '%s'\n", kProg, argv[optind - 1]);
         }
+        std::fprintf(stderr, "Try '%s --help' for more information\n", kProg);
         return 1;
     }
     const int nimages = argc - optind;   // the operands getopt left at the end
     if (nimages > 1) {
-        std::fprintf(stderr, "%s: expected at most one image, got '%s' and '%s'; see 'blockgraph io --help'\n",
-                     kProg, argv[optind], argv[optind + 1]);
+        std::fprintf(stderr, "%s: expected at most one image, got '%s' and '%s'; see '%s --help'\n",
+                     kProg, argv[optind], argv[optind + 1], kProg);
         return 1;
     }
     if (spec.image_opts && !spec.format.empty()) {
@@ -435,6 +441,7 @@ int run_commands(IoShell &shell, const std::vector<std::string> &cmds)
 int cmd_io(int argc, char **argv)
 {
     using namespace io;
+    kProg = tool_prog(kProg);
     IoOptions opts;
     if (!take_object_args(&argc, argv, 1, kProg)) return 1;
     int status = parse_io_args(argc, argv, &opts);

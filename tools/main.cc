@@ -2,6 +2,7 @@
 // subcommands declared in tools/commands.h.
 
 #include "tools/commands.h"
+#include "tools/dropin.h"
 
 #include <cerrno>
 #include <cstdio>
@@ -96,11 +97,24 @@ int dispatch(int argc, char **argv)
     return cmd->fn(argc, argv);
 }
 
+// Run as a drop-in (tools/dropin.h): the subcommand `tool` names with
+// argv[1..] as its arguments.
+int dispatch_dropin(const DropinTool *tool, int argc, char **argv)
+{
+    dropin_select(tool);
+    const Subcommand *cmd = find_subcommand(tool->subcommand);
+    if (cmd == nullptr) return unknown_command(tool->subcommand);
+    char name[32];
+    std::snprintf(name, sizeof(name), "%s", tool->subcommand);
+    argv[0] = name;
+    return cmd->fn(argc, argv);
+}
+
 // Report a failed write to stdout (e.g. "blockgraph --help > /dev/full").
 int finish_stdout(int status) noexcept
 {
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-        std::fprintf(stderr, "blockgraph: error writing to standard output: %s\n",
+        std::fprintf(stderr, "%s: error writing to standard output: %s\n", tool_prog("blockgraph"),
                      std::strerror(errno));
         return status == 0 ? 1 : status;
     }
@@ -153,18 +167,19 @@ int cmd_help(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
+    const bg::DropinTool *dropin = bg::dropin_find(argc > 0 ? argv[0] : nullptr);
+    if (dropin == nullptr && argc < 2) {
         bg::print_usage(stderr);
         return 1;
     }
     int status;
     try {
-        status = bg::dispatch(argc - 1, argv + 1);
+        status = dropin ? bg::dispatch_dropin(dropin, argc, argv) : bg::dispatch(argc - 1, argv + 1);
     } catch (const std::exception &e) {
-        std::fprintf(stderr, "blockgraph: internal error: uncaught exception: %s\n", e.what());
+        std::fprintf(stderr, "%s: internal error: uncaught exception: %s\n", bg::tool_prog("blockgraph"), e.what());
         status = 1;
     } catch (...) {
-        std::fprintf(stderr, "blockgraph: internal error: uncaught exception\n");
+        std::fprintf(stderr, "%s: internal error: uncaught exception\n", bg::tool_prog("blockgraph"));
         status = 1;
     }
     return bg::finish_stdout(status);

@@ -28,7 +28,6 @@ namespace bg {
 
 namespace {
 
-constexpr const char *kProg = "blockgraph nbd";
 
 // Transmission flag names by bit, as qemu-nbd --list 7.2 prints them
 // (bits it has no name for are not printed).
@@ -99,7 +98,7 @@ int nbd_list_exports_cmd(const NbdArgs &a, std::shared_ptr<TlsCreds> creds)
     Result<std::vector<nbd::ListedExport>> l = fetch_exports(a, std::move(creds));
     AioContext::set_current(nullptr);
     if (!l) {
-        std::fprintf(stderr, "%s: %s\n", kProg, l.msg().c_str());
+        std::fprintf(stderr, "%s: %s\n", kNbdProg, l.msg().c_str());
         return 1;
     }
     print_exports(l.value());

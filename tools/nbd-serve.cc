@@ -35,7 +35,6 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char *kProg = "blockgraph nbd";
 
 // What serving needs besides the arguments; lives as long as cmd_nbd.
 struct ServeState {
@@ -53,7 +52,7 @@ ImageOpenSpec open_spec(const NbdArgs &a)
     spec.cache = a.cache;
     spec.aio = a.aio;
     spec.discard = a.discard;
-    spec.consumer = kProg;
+    spec.consumer = kNbdProg;
     return spec;
 }
 
@@ -233,7 +232,7 @@ Status setup(Daemon &d, const NbdArgs &a, ServeState *s)
 int nbd_serve(const NbdArgs &a)
 {
     DaemonConfig cfg;
-    cfg.prog = kProg;
+    cfg.prog = kNbdProg;
     cfg.daemonize = a.fork;
     cfg.pidfile = a.pid_file;
     ServeState state;

@@ -15,6 +15,7 @@
 // Messages are qemu-nbd's, with "blockgraph nbd: " where qemu-nbd prints
 // "qemu-nbd: ". Users' documentation: docs/nbd.md ("blockgraph nbd").
 #include "tools/nbd.h"
+#include "tools/dropin.h"
 
 #include <getopt.h>
 #include <sys/stat.h>
@@ -45,7 +46,6 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char *kProg = "blockgraph nbd";
 constexpr size_t kMaxNbdString = 4096;   // the protocol's limit on names and descriptions
 
 const char kNbdUsage[] =
@@ -129,7 +129,7 @@ enum {
 
 void error(const std::string &msg)
 {
-    std::fprintf(stderr, "%s: %s\n", kProg, msg.c_str());
+    std::fprintf(stderr, "%s: %s\n", kNbdProg, msg.c_str());
 }
 
 // qemu_strtoi/qemu_strtou64 with base 0: the whole string, no overflow.
@@ -304,7 +304,7 @@ int parse_one(int c, const char *arg, NbdArgs *a)
         a->description = arg;
         break;
     case 'v': a->verbose = true; break;
-    case 'V': std::puts("blockgraph nbd version " BG_VERSION); return 0;
+    case 'V': print_tool_version("blockgraph nbd"); return 0;
     case 'h': std::fputs(kNbdUsage, stdout); return 0;
     case kOptObject: a->objects.push_back(arg); break;
     case kOptTlsCreds: a->tls_creds = arg; break;
@@ -319,7 +319,7 @@ int parse_one(int c, const char *arg, NbdArgs *a)
         error("SELinux support not enabled in this binary");
         return 1;
     default:   // '?': getopt has printed what is wrong
-        error(std::string("Try `") + kProg + " --help' for more information.");
+        error(std::string("Try `") + kNbdProg + " --help' for more information.");
         return 1;
     }
     return -1;
@@ -346,7 +346,7 @@ int check_args(NbdArgs *a, const std::vector<std::string> &pos)
         }
     } else if (pos.size() != 1) {
         error("Invalid number of arguments");
-        std::fprintf(stderr, "Try `%s --help' for more information.\n", kProg);
+        std::fprintf(stderr, "Try `%s --help' for more information.\n", kNbdProg);
         return 1;
     } else {
         a->filename = pos[0];
@@ -435,7 +435,7 @@ int parse_nbd_args(int argc, char **argv, NbdArgs *a)
     // getopt prints its own complaints prefixed with argv[0]: make that
     // our program name.
     std::vector<char *> args(argv, argv + argc);
-    std::string prog = kProg;
+    std::string prog = kNbdProg;
     args[0] = prog.data();
     args.push_back(nullptr);
     optind = 0;
@@ -499,6 +499,7 @@ bool add_objects(const NbdArgs &a, std::shared_ptr<TlsCreds> *creds)
 int cmd_nbd(int argc, char **argv)
 {
     log_init_from_env();
+    kNbdProg = tool_prog(kNbdProg);
     NbdArgs a;
     int status = parse_nbd_args(argc, argv, &a);
     if (status >= 0) return status;

@@ -20,6 +20,10 @@ namespace bg {
 
 class TlsCreds;
 
+// The program name that starts messages: "blockgraph nbd", or "qemu-nbd" as
+// a drop-in (set by cmd_nbd() from tools/dropin.h before anything is printed).
+inline const char *kNbdProg = "blockgraph nbd";
+
 // The parsed command line. Unset optionals: the option was not given.
 struct NbdArgs {
     std::string filename;                      // FILE (or the device for -d)

@@ -11,6 +11,7 @@ namespace bg {
 namespace {
 // Process-wide setting, not state: written at start-up, read everywhere.
 std::atomic<int> g_level{static_cast<int>(LogLevel::kWarn)};
+const char *g_program = nullptr;  // see log_set_program()
 
 const char *level_name(LogLevel l)
 {
@@ -50,10 +51,20 @@ void log_init_from_env()
     if (s && log_parse_level(s, &l)) log_set_level(l);
 }
 
+void log_set_program(const char *name) { g_program = name; }
+const char *log_get_program() { return g_program; }
+
 void log_msg(LogLevel level, const char *fmt, ...)
 {
     char buf[1024];
-    int n = snprintf(buf, sizeof(buf), "blockgraph: %s: ", level_name(level));
+    int n;
+    if (g_program == nullptr) {
+        n = snprintf(buf, sizeof(buf), "blockgraph: %s: ", level_name(level));
+    } else if (level == LogLevel::kError) {
+        n = snprintf(buf, sizeof(buf), "%.200s: ", g_program);
+    } else {
+        n = snprintf(buf, sizeof(buf), "%.200s: %s: ", g_program, level_name(level));
+    }
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(buf + n, sizeof(buf) - n - 1, fmt, ap);

@@ -16,6 +16,16 @@ bool log_parse_level(const char *name, LogLevel *out);
 // Reads BLOCKGRAPH_LOG from the environment, if set.
 void log_init_from_env();
 
+// The program name that starts log lines, or nullptr (the default) for
+// "blockgraph: <level>: <msg>". With a name set (a drop-in for a QEMU tool,
+// tools/dropin.h) lines are "<name>: <msg>" for errors and
+// "<name>: <level>: <msg>" otherwise, as QEMU's error_report/warn_report
+// lines are. Call once at start-up, before any thread starts; `name` must
+// outlive the process.
+void log_set_program(const char *name);
+// The name set by log_set_program(), or nullptr.
+const char *log_get_program();
+
 void log_msg(LogLevel level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 bool log_enabled(LogLevel level);

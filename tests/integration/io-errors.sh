@@ -133,9 +133,12 @@ expect_error "--image-opts with -f" "$P: --image-opts and -f are mutually exclus
     --image-opts -f raw -c 'write 0 1' driver=raw,file.filename=img.raw
 expect_error "two images" "$P: expected at most one image, got 'img.raw' and 'other.raw'; see 'blockgraph io --help'" \
     -c 'write 0 1' img.raw other.raw
-expect_error "unknown option" "$P: invalid option '-Z'; see 'blockgraph io --help'" -Z -c 'write 0 1' img.raw
-expect_error "unknown long option" "$P: invalid option '--bogus'; see 'blockgraph io --help'" \
-    --bogus -c 'write 0 1' img.raw
+expect_error "unknown option" "$P: invalid option -- 'Z'
+Try '$P --help' for more information" -Z -c 'write 0 1' img.raw
+expect_error "unknown long option" "$P: unrecognized option '--bogus'
+Try '$P --help' for more information" --bogus -c 'write 0 1' img.raw
+expect_error "missing option argument" "$P: option requires an argument -- 'f'
+Try '$P --help' for more information" img.raw -f
 
 echo "exit status"
 expect_lines "pattern mismatch: exit 1" 1 "Pattern verification failed at offset 0, 512 bytes" -- \
