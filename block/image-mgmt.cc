@@ -379,7 +379,7 @@ Status img_create(const DriverRegistry &registry, const ImgCreateParams &p)
     Status s = drv->create_image(p.filename, opts);
     if (!s && s.err() == EFBIG) {
         return make_error(EFBIG, "The image size is too large for file format '%s'%s", drv->name,
-                          opts.has("cluster_size") ? " (try using a larger cluster size)" : "");
+                          opts.has("cluster_size") || has_desc("cluster_size") ? " (try using a larger cluster size)" : "");
     }
     return s;
 }

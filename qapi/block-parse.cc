@@ -154,10 +154,11 @@ std::string OptionReader::path_of(const std::string &key) const { return sub(pat
 
 Error OptionReader::error(const std::string &key, const std::string &msg) const
 {
-    std::string p = key.empty() ? path_ : path_of(key);
-    std::string m = ctx_->prefix + ": ";
-    if (!p.empty()) m += p + ": ";
-    return Error{EINVAL, m + msg};
+    // The node path is context (Error::prefixed); a key names what the
+    // message is about, so it stays in the QEMU-worded text too.
+    Error e{EINVAL, key.empty() ? msg : path_of(key) + ": " + msg};
+    if (key.empty() && !path_.empty()) e = e.prefixed(path_);
+    return e.prefixed(ctx_->prefix);
 }
 
 const json *OptionReader::take(const char *key)

@@ -110,7 +110,9 @@ Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpe
 Error plain_error(const Error &e)
 {
     static const char kPrefix[] = "blockdev: ";
-    if (e.msg.compare(0, sizeof(kPrefix) - 1, kPrefix) == 0) return Error{e.err, e.msg.substr(sizeof(kPrefix) - 1)};
+    if (e.msg.compare(0, sizeof(kPrefix) - 1, kPrefix) == 0) {
+        return Error{e.err, e.msg.substr(sizeof(kPrefix) - 1), e.qemu_msg};
+    }
     return e;
 }
 

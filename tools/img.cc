@@ -206,8 +206,10 @@ std::string json_pretty(const nlohmann::json &j)
 
 std::string open_error_message(const std::string &name, const Error &e)
 {
-    if (e.msg.find("'" + name + "'") != std::string::npos) return e.msg;
-    return "Could not open '" + name + "': " + e.msg;
+    // qemu-img reports a backing loop from its own walk of the chain, not
+    // as a failure to open the image.
+    if (e.err == ELOOP) return e.qemu_text();
+    return "Could not open '" + name + "': " + e.qemu_text();
 }
 
 std::unique_ptr<OpenImage> open_img(const OpenArgs &a)

@@ -136,9 +136,9 @@ bool IoShell::open_image_spec(const ImageOpenSpec &spec_in)
     Result<std::unique_ptr<OpenImage>> r = open_image(spec);
     if (!r) {
         if (spec.image_opts || spec.image.empty()) {
-            std::fprintf(stderr, "%s: can't open: %s\n", kProg, r.msg().c_str());
+            std::fprintf(stderr, "%s: can't open: %s\n", kProg, r.error().qemu_text().c_str());
         } else {
-            std::fprintf(stderr, "%s: can't open device %s: %s\n", kProg, spec.image.c_str(), r.msg().c_str());
+            std::fprintf(stderr, "%s: can't open device %s: %s\n", kProg, spec.image.c_str(), r.error().qemu_text().c_str());
         }
         return false;
     }

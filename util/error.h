@@ -18,11 +18,29 @@ namespace bg {
 struct Error {
     int err = EINVAL;          // positive errno describing the class of failure
     std::string msg;           // one line, no trailing newline
+    // The message as QEMU words it, without the context prefixed() adds
+    // (the drop-in tools print this one); empty: the same as msg.
+    std::string qemu_msg;
 
-    // Returns a copy with "prefix: " put in front of the message.
+    // Returns a copy with "prefix: " put in front of the message. The
+    // prefix is context (a node or child path) that QEMU's message lacks:
+    // qemu_text() stays what it was.
     Error prefixed(const std::string &prefix) const {
-        return Error{err, prefix + ": " + msg};
+        return Error{err, prefix + ": " + msg, qemu_text()};
     }
+    // Returns a copy whose qemu_text() is "wrapper: " + qemu_text(), for the
+    // wrappers QEMU puts around an inner error ("Could not open backing
+    // file"); msg is unchanged.
+    Error qemu_wrapped(const std::string &wrapper) const {
+        return Error{err, msg, wrapper + ": " + qemu_text()};
+    }
+    // Returns a copy whose qemu_text() is `text` (QEMU words the condition
+    // differently from msg); msg is unchanged.
+    Error with_qemu_text(const std::string &text) const {
+        return Error{err, msg, text};
+    }
+    // The message in QEMU's words (see qemu_msg).
+    const std::string &qemu_text() const { return qemu_msg.empty() ? msg : qemu_msg; }
 };
 
 // printf-style constructor for Error.

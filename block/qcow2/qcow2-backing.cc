@@ -205,7 +205,8 @@ Result<BlockdevRef> Qcow2Node::backing_chain_ref(const BlockdevOptions &opts)
                 std::string chain;
                 for (const auto &t : seen) chain += t.second + " -> ";
                 chain += path;
-                return qcow2::herr(ELOOP, name_, "backing chain loops: %s", chain.c_str());
+                return qcow2::herr(ELOOP, name_, "backing chain loops: %s", chain.c_str())
+                    .with_qemu_text("Backing file '" + path + "' creates an infinite loop.");
             }
         }
         auto fmt = backing_format(path, bname, cur_file, cur.backing_format);
@@ -251,7 +252,7 @@ Status Qcow2Node::open_backing(const BlockdevOptionsQcow2 &o, const BlockdevOpti
         ref = std::move(r.value());
     }
     auto c = open_child("backing", ref, kRoleCow, false);
-    if (!c) return c.error().prefixed(name_);
+    if (!c) return c.error().qemu_wrapped("Could not open backing file").prefixed(name_);
     return {};
 }
 

@@ -50,7 +50,7 @@ Error herr(int err, const std::string &image, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    return Error{err, image + ": " + buf};
+    return Error{err, buf}.prefixed(image);
 }
 
 // Checks that the table [off, off + bytes) of a header field is cluster
@@ -84,18 +84,20 @@ uint64_t size_to_l1(uint64_t size, uint32_t cluster_bits, uint32_t l2_bits)
 std::string describe_features(uint64_t bits, uint8_t type, const std::vector<FeatureName> &names)
 {
     std::string s;
-    for (int bit = 0; bit < 64; bit++) {
-        if (!(bits & (1ULL << bit))) continue;
-        std::string one;
-        for (const FeatureName &f : names) {
-            if (f.type == type && f.bit == bit && !f.name.empty()) {
-                one = f.name;
-                break;
-            }
-        }
-        if (one.empty()) one = std::string("unknown ") + feature_type_name(type) + " feature bit " + std::to_string(bit);
+    // The named bits in the order of the table, which ends at the first
+    // entry without a name; then the rest as one hexadecimal mask.
+    for (const FeatureName &f : names) {
+        if (f.name.empty()) break;
+        if (f.type != type || f.bit >= 64 || !(bits & (1ULL << f.bit))) continue;
         if (!s.empty()) s += ", ";
-        s += one;
+        s += f.name;
+        bits &= ~(1ULL << f.bit);
+    }
+    if (bits != 0) {
+        char rest[96];
+        std::snprintf(rest, sizeof(rest), "Unknown %s feature: %" PRIx64, feature_type_name(type), bits);
+        if (!s.empty()) s += ", ";
+        s += rest;
     }
     return s;
 }
@@ -302,7 +304,7 @@ Status parse_extensions(const uint8_t *p, uint64_t ext_end, uint64_t cs, uint64_
 Status check_features(const Header &h, const std::string &image, bool writable)
 {
     if (uint64_t unknown = h.incompatible_features & ~kIncompatMask) {
-        return herr(ENOTSUP, image, "unsupported qcow2 feature(s): %s",
+        return herr(ENOTSUP, image, "Unsupported qcow2 feature(s): %s",
                     describe_features(unknown, 0, h.feature_names).c_str());
     }
     if ((h.incompatible_features & kIncompatCorrupt) && writable) {

@@ -54,13 +54,7 @@ Status decode_caches(OptionReader &r, BlockdevOptionsQcow2 *q)
     BG_TRY(r.get_size("l2-cache-size", &q->l2_cache_size, INT64_MAX));
     BG_TRY(r.get_size("refcount-cache-size", &q->refcount_cache_size, INT64_MAX));
     BG_TRY(r.get_size("l2-cache-entry-size", &q->l2_cache_entry_size, INT64_MAX));
-    if (q->l2_cache_entry_size) {
-        uint64_t x = *q->l2_cache_entry_size;
-        if ((x & (x - 1)) || x < 512 || x > (2u << 20)) {
-            return r.error("l2-cache-entry-size",
-                           "L2 cache entry size must be a power of two between 512 and the cluster size");
-        }
-    }
+    // l2-cache-entry-size is checked at open, against the cluster size.
     BG_TRY(r.get_uint("cache-clean-interval", &q->cache_clean_interval, UINT_MAX));
     if (q->cache_size) {
         if (q->l2_cache_size && q->refcount_cache_size) {

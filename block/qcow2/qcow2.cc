@@ -295,7 +295,7 @@ Status Qcow2Node::setup_caches(const BlockdevOptionsQcow2 &o)
     const uint64_t entry_size = o.l2_cache_entry_size.value_or(cs);
     if (entry_size < 512 || entry_size > cs || !is_pow2(entry_size)) {
         return qcow2::herr(EINVAL, name_,
-                           "l2-cache-entry-size must be a power of two between 512 and the cluster size (%" PRIu64
+                           "L2 cache entry size must be a power of two between 512 and the cluster size (%" PRIu64
                            ")",
                            cs);
     }

@@ -257,8 +257,10 @@ Status check_table(const std::string &image, const char *what, uint64_t off, uin
 // Number of L1 entries needed to map size bytes (QEMU's size_to_l1).
 uint64_t size_to_l1(uint64_t size, uint32_t cluster_bits, uint32_t l2_bits);
 
-// "Unknown incompatible feature bit N" or the name the image's feature
-// name table gives it, for every bit in bits, comma-separated.
+// The bits of `type` in `bits` as QEMU names them: comma-separated, first
+// the names the image's feature name table gives (in table order, up to its
+// first unnamed entry), then "Unknown incompatible feature: <hex mask>" for
+// the remaining bits, if any.
 std::string describe_features(uint64_t bits, uint8_t type, const std::vector<FeatureName> &names);
 
 // Parses and validates the header in buf (the first cluster of the image,

@@ -63,27 +63,27 @@ expect_error "directory, read-only" "$P: can't open device dir: 'file' driver re
 expect_error "unknown driver (-f foo)" "$P: can't open device img.raw: Unknown driver 'foo'" \
     -f foo -c 'write 0 1' img.raw
 same_as_qemu "unknown driver (-f foo)" -f foo -c 'write 0 1' img.raw
-expect_error "unknown driver (--image-opts)" "$P: can't open: blockdev: unknown driver 'foo'" \
+expect_error "unknown driver (--image-opts)" "$P: can't open: unknown driver 'foo'" \
     --image-opts -c 'write 0 1' driver=foo,file.filename=img.raw
 expect_error "node name used twice (--image-opts JSON)" \
-    "$P: can't open: blockdev 'n0': file.node-name: node name 'n0' is used more than once" \
+    "$P: can't open: file.node-name: node name 'n0' is used more than once" \
     --image-opts -c 'write 0 1' \
     '{"driver":"raw","node-name":"n0","file":{"driver":"file","node-name":"n0","filename":"img.raw"}}'
 expect_error "node name used twice (json:)" \
-    "$P: can't open device json:{\"driver\":\"raw\",\"node-name\":\"n0\",\"file\":{\"driver\":\"file\",\"node-name\":\"n0\",\"filename\":\"img.raw\"}}: blockdev 'n0': file.node-name: node name 'n0' is used more than once" \
+    "$P: can't open device json:{\"driver\":\"raw\",\"node-name\":\"n0\",\"file\":{\"driver\":\"file\",\"node-name\":\"n0\",\"filename\":\"img.raw\"}}: file.node-name: node name 'n0' is used more than once" \
     -c 'write 0 1' 'json:{"driver":"raw","node-name":"n0","file":{"driver":"file","node-name":"n0","filename":"img.raw"}}'
-expect_error "child reference to an unknown node" "$P: can't open: blockdev: file: no node named 'nosuch'" \
+expect_error "child reference to an unknown node" "$P: can't open: file: no node named 'nosuch'" \
     --image-opts -c 'write 0 1' 'driver=raw,file=nosuch'
 expect_error "child reference to an unknown node (json:)" \
-    "$P: can't open device json:{\"driver\":\"raw\",\"file\":\"nosuch\"}: blockdev: file: no node named 'nosuch'" \
+    "$P: can't open device json:{\"driver\":\"raw\",\"file\":\"nosuch\"}: file: no node named 'nosuch'" \
     -c 'write 0 1' 'json:{"driver":"raw","file":"nosuch"}'
 expect_error "raw offset past EOF" \
-    "$P: can't open: blockdev: Offset (2097152) cannot be greater than size of the containing file (1048576)" \
+    "$P: can't open: Offset (2097152) cannot be greater than size of the containing file (1048576)" \
     --image-opts -c 'write 0 1' 'driver=raw,offset=2M,file.driver=file,file.filename=img.raw'
 expect_error "raw offset + size past EOF" \
-    "$P: can't open: blockdev: The sum of offset (512) and size (1048576) has to be smaller or equal to the  actual size of the containing file (1048576)" \
+    "$P: can't open: The sum of offset (512) and size (1048576) has to be smaller or equal to the  actual size of the containing file (1048576)" \
     --image-opts -c 'write 0 1' 'driver=raw,offset=512,size=1M,file.driver=file,file.filename=img.raw'
-expect_error "unknown key" "$P: can't open: blockdev: unknown key 'bogus'" \
+expect_error "unknown key" "$P: can't open: unknown key 'bogus'" \
     --image-opts -c 'write 0 1' 'driver=raw,bogus=1,file.filename=img.raw'
 expect_error "bad JSON in json:" \
     "$P: can't open device json:{\"driver\":\"raw\": JSON: syntax error while parsing object - unexpected end of input; expected '}' at position 15" \

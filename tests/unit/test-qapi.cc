@@ -668,12 +668,6 @@ START_TEST(test_errors_values)
          "blockdev 'd': l2-cache-size may not exceed cache-size"},
         {"qcow2,node-name=d,file=f,cache-size=1M,refcount-cache-size=2M",
          "blockdev 'd': refcount-cache-size may not exceed cache-size"},
-        {"qcow2,node-name=d,file=f,l2-cache-entry-size=1000",
-         "blockdev 'd': l2-cache-entry-size: L2 cache entry size must be a power of two between "
-         "512 and the cluster size"},
-        {"qcow2,node-name=d,file=f,l2-cache-entry-size=256",
-         "blockdev 'd': l2-cache-entry-size: L2 cache entry size must be a power of two between "
-         "512 and the cluster size"},
         {"qcow2,node-name=d,file=f,cache-clean-interval=0x100000000",
          "blockdev 'd': cache-clean-interval: 4294967296 is out of range (0 to 4294967295)"},
         {"qcow2,node-name=d,file=f,snapshot.id=1",

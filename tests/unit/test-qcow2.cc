@@ -412,7 +412,7 @@ START_TEST(test_header_valid)
     ck_assert_uint_eq(h.unknown_header_fields.size(), 112 - 105);
     ck_assert_uint_eq(h.autoclear_features, 1ULL << 20);
     ck_assert_msg_eq(qcow2::describe_features(1ULL << 9 | 1ULL << 10, 0, h.feature_names),
-                     "fancy, unknown incompatible feature bit 10");
+                     "fancy, Unknown incompatible feature: 400");
 
     // Version 2: header ends at 72, refcounts are 16 bits, no features.
     ImageBuilder v2;
@@ -514,8 +514,7 @@ START_TEST(test_header_hostile)
                      "file (393216 bytes)");
     // Features.
     ck_assert_msg_eq(reject(mod([](auto &b) { put64(b, 72, 1ULL << 9 | 1ULL << 63); })),
-                     "disk.qcow2: unsupported qcow2 feature(s): unknown incompatible feature bit 9, unknown "
-                     "incompatible feature bit 63");
+                     "disk.qcow2: Unsupported qcow2 feature(s): Unknown incompatible feature: 8000000000000200");
     ck_assert_msg_eq(reject(mod([](auto &b) { put64(b, 72, qcow2::kIncompatCorrupt); }), true),
                      "disk.qcow2: image is corrupt; open it read-only");
     accept(mod([](auto &b) { put64(b, 72, qcow2::kIncompatCorrupt | qcow2::kIncompatDirty); }), false);
@@ -622,7 +621,7 @@ START_TEST(test_header_feature_names)
     ib.start();
     auto img = ib.finish();
     ck_assert_msg_eq(reject(img),
-                     "disk.qcow2: unsupported qcow2 feature(s): fancy new thing, unknown incompatible feature bit 12");
+                     "disk.qcow2: Unsupported qcow2 feature(s): fancy new thing, Unknown incompatible feature: 1000");
 
     // Through the graph: the message names the node and the file.
     std::string path = tmp_path("feat.qcow2");
@@ -630,7 +629,7 @@ START_TEST(test_header_feature_names)
     Env e;
     ck_assert_msg_eq(e.open_error(qcow2_opts(path)),
                      "blockdev 'q': " + path +
-                         ": unsupported qcow2 feature(s): fancy new thing, unknown incompatible feature bit 12");
+                         ": Unsupported qcow2 feature(s): fancy new thing, Unknown incompatible feature: 1000");
 }
 END_TEST
 
@@ -1400,7 +1399,7 @@ START_TEST(test_cache_options)
     Env e;
     BlockdevOptions o = qcow2_opts(path, true, {{"l2-cache-entry-size", 2 * cs}});
     ck_assert_msg_eq(e.open_error(o), "blockdev 'q': " + path +
-                                    ": l2-cache-entry-size must be a power of two between 512 and the cluster size "
+                                    ": L2 cache entry size must be a power of two between 512 and the cluster size "
                                     "(65536)");
 }
 END_TEST
