@@ -59,8 +59,14 @@ Status check_table(const std::string &image, const char *what, uint64_t off, uin
                    uint64_t file_len)
 {
     if (off & (cluster_size - 1)) {
+        // QEMU's name of the table, for its wording of the same check.
+        const char *qemu_name = std::strcmp(what, "L1 table") == 0         ? "Active L1 table"
+                                : std::strcmp(what, "refcount table") == 0 ? "Reference count table"
+                                : std::strcmp(what, "snapshot table") == 0 ? "Snapshot table"
+                                                                           : what;
         return herr(EINVAL, image, "%s offset 0x%" PRIx64 " is not aligned to the cluster size (%" PRIu64 ")", what,
-                    off, cluster_size);
+                    off, cluster_size)
+            .with_qemu_text(std::string(qemu_name) + " offset invalid");
     }
     if (off < cluster_size) return herr(EINVAL, image, "%s offset 0x%" PRIx64 " overlaps the header", what, off);
     if (off >= file_len) {
@@ -149,7 +155,8 @@ Status parse_fixed_fields(const uint8_t *p, uint64_t cs, Header &h, const std::s
         }
         if (h.header_length > cs) {
             return herr(EINVAL, image, "header_length %" PRIu32 " exceeds the cluster size (%" PRIu64 ")",
-                        h.header_length, cs);
+                        h.header_length, cs)
+                .with_qemu_text("qcow2 header exceeds cluster size");
         }
         if (h.header_length > kCompressionTypeOffset) h.compression_type = p[kCompressionTypeOffset];
         if (h.header_length > kKnownHeaderLength) {
@@ -157,7 +164,8 @@ Status parse_fixed_fields(const uint8_t *p, uint64_t cs, Header &h, const std::s
         }
         if (h.refcount_order > kMaxRefcountOrder) {
             return herr(EINVAL, image, "refcount_order %" PRIu32 " is too large (at most %" PRIu32 ")",
-                        h.refcount_order, kMaxRefcountOrder);
+                        h.refcount_order, kMaxRefcountOrder)
+                .with_qemu_text("Reference count entry width too large; may not exceed 64 bits");
         }
     }
 
@@ -308,7 +316,8 @@ Status check_features(const Header &h, const std::string &image, bool writable)
                     describe_features(unknown, 0, h.feature_names).c_str());
     }
     if ((h.incompatible_features & kIncompatCorrupt) && writable) {
-        return herr(EACCES, image, "image is corrupt; open it read-only");
+        return herr(EACCES, image, "image is corrupt; open it read-only")
+            .with_qemu_text("qcow2: Image is corrupt; cannot be opened read/write");
     }
     // Unknown compatible bits are ignored; unknown autoclear bits are
     // cleared by a writable open. PART 2: clear them (and rewrite the header)
@@ -353,13 +362,15 @@ Status check_tables(const Header &h, uint64_t file_len, const std::string &image
     }
     if (h.l1_size > kMaxL1Bytes / 8) {
         return herr(EFBIG, image, "L1 table is too large (%" PRIu32 " entries, at most %" PRIu64 ")", h.l1_size,
-                    kMaxL1Bytes / 8);
+                    kMaxL1Bytes / 8)
+            .with_qemu_text("Active L1 table too large");
     }
     uint64_t l1_needed = size_to_l1(h.size, h.cluster_bits, h.l2_bits());
     if (l1_needed > h.l1_size) {
         return herr(EINVAL, image,
                     "L1 table is too small for the virtual size (%" PRIu32 " entries, %" PRIu64 " needed)",
-                    h.l1_size, l1_needed);
+                    h.l1_size, l1_needed)
+            .with_qemu_text("L1 table is too small");
     }
     const uint64_t l1_bytes = static_cast<uint64_t>(h.l1_size) * 8;
     if (h.l1_size) BG_TRY(check_table(image, "L1 table", h.l1_table_offset, l1_bytes, cs, file_len));
@@ -420,7 +431,8 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
     h.cluster_bits = be32(buf + 20);
     if (h.cluster_bits < kMinClusterBits || h.cluster_bits > kMaxClusterBits) {
         return herr(EINVAL, image, "cluster_bits %" PRIu32 " is out of range (%" PRIu32 "..%" PRIu32 ")",
-                    h.cluster_bits, kMinClusterBits, kMaxClusterBits);
+                    h.cluster_bits, kMinClusterBits, kMaxClusterBits)
+            .with_qemu_text("Unsupported cluster size: 2^" + std::to_string(h.cluster_bits));
     }
     const uint64_t cs = h.cluster_size();
 

@@ -76,6 +76,27 @@ same "named and unknown bits: qemu-img info" qemu-img info feat.qcow2
 same "named and unknown bits: qemu-io -r" qemu-io -r -c "read 0 512" feat.qcow2
 same "named and unknown bits: qemu-img check" qemu-img check feat.qcow2
 
+echo "== broken qcow2 headers"
+# poke OFFSET FORMAT VALUE: a fresh image with one big-endian header field
+# changed, as hdr.qcow2.
+poke() {
+    cp pristine.qcow2 hdr.qcow2
+    python3 -c 'import struct, sys
+with open("hdr.qcow2", "r+b") as f:
+    f.seek(int(sys.argv[1])); f.write(struct.pack(sys.argv[2], int(sys.argv[3], 0)))' "$@"
+}
+q qemu-img create -f qcow2 pristine.qcow2 1M
+poke 72 '>Q' 2
+same "corrupt bit: qemu-io writable" qemu-io -c "write 0 512" hdr.qcow2
+for field in "20 >I 8 cluster_bits=8" "20 >I 22 cluster_bits=22" "96 >I 7 refcount_order=7" \
+             "36 >I 0x7fffffff huge_l1_size" "40 >Q 0x12345 unaligned_l1_offset" \
+             "48 >Q 0x12345 unaligned_refcount_table_offset" "100 >I 200000 header_length" \
+             "24 >Q 0x7fffffffffffff size_beyond_l1"; do
+    set -- $field
+    poke "$1" "$2" "$3"
+    same "$4: qemu-img info" qemu-img info hdr.qcow2
+done
+
 echo "== backing files"
 q qemu-img create -f qcow2 base.qcow2 1M
 q qemu-img create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
