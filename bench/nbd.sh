@@ -18,7 +18,9 @@
 #
 # Client: `blockgraph img bench` vs `qemu-img bench` (-d 64, 4 KiB, read
 # and write; the time each reports as "Run completed in") on nbd+unix:// of
-# a fresh qemu-nbd server (-t -e 0) per run, alternately.
+# a fresh qemu-nbd server (-t -e 0) per run, alternately; the server serves
+# each image of FORMATS and then ("null") a null-co node with
+# read-zeroes=off, where no disk bounds the rate.
 #
 # Environment:
 #   BLOCKGRAPH  the binary (default build/blockgraph next to this script)
@@ -171,14 +173,22 @@ for f in $FORMATS; do
     done
 done
 
-# The client: img bench through nbd+unix:// on one qemu-nbd per run.
+# The client: img bench through nbd+unix:// on one qemu-nbd per run, serving
+# each image and, as "null", a null-co node that sends data without touching
+# a disk (so the clients' own costs decide, not the server's disk).
 if [ "$IMG_BENCH" = 1 ]; then
-    for f in $FORMATS; do
+    NULL_BYTES=$(numfmt --from=iec "$SIZE")
+    for f in $FORMATS null; do
+        if [ $f = null ]; then
+            served=(--image-opts "driver=null-co,size=$NULL_BYTES,read-zeroes=off")
+        else
+            served=(-f "$f" "${QNBD_CACHE[@]}" "$RUN/img.$f")
+        fi
         for mode in read write; do
             for ((r = 1; r <= ROUNDS; r++)); do
                 for tool in qemu-img blockgraph; do
                     rm -f "$SOCK"
-                    qemu-nbd -t -e 0 -f "$f" "${QNBD_CACHE[@]}" -k "$SOCK" "$RUN/img.$f" 2>"$RUN/server.err" &
+                    qemu-nbd -t -e 0 -k "$SOCK" "${served[@]}" 2>"$RUN/server.err" &
                     SPID=$!
                     wait_socket || { echo "qemu-nbd did not start" >&2; status=1; stop_server; continue; }
                     wflag=()
