@@ -19,18 +19,6 @@ enum { kOptOutput = 256, kOptBackingChain, kOptImageOpts, kOptSize, kOptObject }
 
 void dump_info_value(int indent, const InfoValue &v);
 
-// QEMU prints a QDict in the order of its hash table: buckets by the tdb
-// hash of the key modulo 512, the most recently added entry first within a
-// bucket. The human dump follows that order so it reads the same.
-unsigned qdict_bucket(const std::string &key)
-{
-    uint32_t v = 0x238F13AFu * static_cast<uint32_t>(key.size());
-    for (size_t i = 0; i < key.size(); i++) {
-        v += static_cast<uint32_t>(static_cast<unsigned char>(key[i])) << (i * 5 % 24);
-    }
-    return (1103515243u * v + 12345u) % 512u;
-}
-
 void dump_info_dict(int indent, const InfoValue &v)
 {
     std::vector<size_t> order(v.dict.size());

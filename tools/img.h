@@ -57,8 +57,12 @@ bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out);
 // ---- output format ----
 enum class OutputFormat { kHuman, kJson };
 bool parse_output_format(const char *arg, OutputFormat *out);
-// JSON as QEMU prints it (4-space indent, ": " separators).
+// JSON as QEMU prints it (4-space indent, ": " separators), object keys in
+// the order QEMU's QDict iterates them (see qdict_bucket).
 std::string json_pretty(const nlohmann::json &j);
+// The bucket (0..511) of key in a QEMU QDict: QEMU prints a dictionary in
+// bucket order, the most recently added key first within a bucket.
+unsigned qdict_bucket(const std::string &key);
 
 // ---- opening images ----
 struct OpenArgs {
