@@ -170,14 +170,18 @@ void print_info_human(const InfoEntry &e)
         print_snapshot_header();
         for (const json &sn : j["snapshots"]) print_snapshot_line(sn);
     }
-    if (e.specific.kind == InfoValue::Kind::kDict) {
-        std::printf("Format specific information:\n");
-        const InfoValue *data = e.specific.find("data");
-        if (data) dump_info_value(1, *data);
-    }
+    print_format_specific_human(e.specific);
 }
 
 } // namespace
+
+void print_format_specific_human(const InfoValue &specific)
+{
+    if (specific.kind != InfoValue::Kind::kDict) return;
+    std::printf("Format specific information:\n");
+    const InfoValue *data = specific.find("data");
+    if (data) dump_info_value(1, *data);
+}
 
 void print_image_info_human(const json &info)
 {

@@ -123,6 +123,9 @@ class Progress {
 // names). Fills what the node and its driver can tell.
 nlohmann::json image_info(BlockNode *node, const std::string &filename);
 void print_image_info_human(const nlohmann::json &info);
+// "Format specific information:" and the indented dump, as qemu-img info
+// (and qemu-io's info) print it; nothing when specific is not a dict.
+void print_format_specific_human(const InfoValue &specific);
 
 // Writes the create options of a format for "-o help" / "-o ?".
 int print_create_options_help(const std::string &format);
