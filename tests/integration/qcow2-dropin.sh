@@ -104,6 +104,10 @@ write_zeroes() {
     $IO -c 'write 600k 100k' -c 'write -z -u 612k 8k' -c 'write -z 640k 24k' z.qcow2
     $IO -c 'write -z 601k 2k' z.qcow2
     state z.qcow2
+    # zeros over zeros write no L2 table (an L2 write would fail here)
+    local j='{"driver":"qcow2","file":{"driver":"blkdebug","inject-error":[{"event":"l2_update","errno":5,'
+    j+='"immediately":true,"once":false}],"image":{"driver":"file","filename":"z.qcow2"}}}'
+    $IO -c 'write -z -u 64k 64k' -c 'write -z 192k 64k' -c 'write -z 612k 8k' "json:$j"
     # the last partial cluster of an image
     qemu-img create -f qcow2 e.qcow2 100k >/dev/null
     qemu-io -c 'write -P 1 0 100k' e.qcow2 >/dev/null
