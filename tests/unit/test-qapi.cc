@@ -11,8 +11,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "block/block.h"
 #include "qapi/block-options.h"
 #include "qapi/block-parse.h"
+#include "qapi/json-quotes.h"
 #include "qapi/keyval.h"
 #include "qapi/size.h"
 #include "tests/unit/testdrv.h"
@@ -1013,6 +1015,47 @@ END_TEST
 
 // ---------------------------------------------------------------- json:
 
+START_TEST(test_json_quotes)
+{
+    struct Case {
+        const char *in, *out;
+    } cases[] = {
+        {"", ""},
+        {R"({"a": 1})", R"({"a": 1})"},                       // standard JSON unchanged
+        {R"({'a': 'b'})", R"({"a": "b"})"},
+        {R"(['x"y'])", R"(["x\"y"])"},                         // bare " inside '...'
+        {R"(["x'y"])", R"(["x'y"])"},                          // bare ' inside "..."
+        {R"(['it\'s'])", R"(["it's"])"},                       // \' inside '...'
+        {R"(["it\'s"])", R"(["it's"])"},                       // \' inside "..."
+        {R"(['a\"b'])", R"(["a\"b"])"},                        // \" kept
+        {R"(['a\\'])", R"(["a\\"])"},                          // \\ then the closing quote
+        {R"(['\\\''])", R"(["\\'"])"},
+        {R"(['\n\t\u0041\/'])", R"(["\n\t\u0041\/"])"},        // other escapes copied
+        {R"(['\q'])", R"(["\q"])"},                            // invalid: the parser's to refuse
+        {R"({'k': "v", "k2": 'v2'})", R"({"k": "v", "k2": "v2"})"},
+        {R"(['', ""])", R"(["", ""])"},
+        {"{ 'a' :true,'b':null }", R"({ "a" :true,"b":null })"},
+    };
+    for (const Case &c : cases) {
+        auto r = json_translate_quotes(c.in);
+        ck_assert_msg(r.ok(), "%s: %s", c.in, r.ok() ? "" : r.msg().c_str());
+        ck_assert_str_eq(r.value().c_str(), c.out);
+    }
+    ck_assert_error(json_translate_quotes("{'a"), "JSON: unterminated string starting at position 1");
+    ck_assert_error(json_translate_quotes(R"({"a": "b)"), "JSON: unterminated string starting at position 6");
+    ck_assert_error(json_translate_quotes(R"(['a\')"), "JSON: unterminated string starting at position 1");
+    ck_assert_error(json_translate_quotes(R"(['a\)"), "JSON: unterminated string starting at position 1");
+
+    // Through the object parser: the values, and errors.
+    auto j = parse_json_object(R"({'driver': 'qcow2', 'file': {'driver': 'file', 'filename': 'a"b\'c'}})");
+    ck_assert_result_ok(j);
+    ck_assert_str_eq(j.value()["file"]["filename"].get<std::string>().c_str(), "a\"b'c");
+    ck_assert_error(parse_json_object("{'a': 'b}"), "JSON: unterminated string starting at position 6");
+    ck_assert_error(parse_json_object("{'a': 'b', 'a': 1}"), "JSON: duplicate key 'a'");
+    ck_assert(!parse_json_object(R"({'a': '\q'})").ok());
+}
+END_TEST
+
 START_TEST(test_json_filename)
 {
     auto r = parse_json_filename(schema(), 
@@ -1028,6 +1071,15 @@ START_TEST(test_json_filename)
     // Flattened and nested forms mix, and give what --blockdev gives.
     r = parse_json_filename(schema(), R"(json:{"driver":"blkdebug","image":{"driver":"null-co"},)"
                             R"("image.size":4096,"inject-error.0.event":"read_aio","inject-error.0.errno":28})");
+    ck_assert_result_ok(r);
+    ck_assert_opts_eq(r.value(),
+                      parse_ok("blkdebug,image.driver=null-co,image.size=4k,"
+                               "inject-error.0.event=read_aio,inject-error.0.errno=28"));
+
+    // Single-quoted strings give the same options.
+    r = parse_json_filename(schema(), "json:{'driver': 'blkdebug', 'image': {'driver': 'null-co'}, "
+                                      "'image.size': 4096, 'inject-error.0.event': 'read_aio', "
+                                      "'inject-error.0.errno': 28}");
     ck_assert_result_ok(r);
     ck_assert_opts_eq(r.value(),
                       parse_ok("blkdebug,image.driver=null-co,image.size=4k,"
@@ -1069,6 +1121,7 @@ static Suite *qapi_suite()
 
     tc = tcase_create("json");
     tcase_add_test(tc, test_json_object);
+    tcase_add_test(tc, test_json_quotes);
     tcase_add_test(tc, test_json_unflatten);
     tcase_add_test(tc, test_json_filename);
     suite_add_tcase(s, tc);
