@@ -218,13 +218,16 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
         if (!u) return u.error();
         tree = std::move(u.value());
         from_keyval = false;
-    } else if (fmt_drv && fmt_drv->kind == BlockDriverKind::kProtocol) {
-        // -f file (or another protocol): the protocol node is the image.
-        tree = fmt_drv == protocol_driver_for(registry, spec.image) ? protocol_node_options(spec.image, registry)
-                                                                     : json::object();
     } else {
-        tree = json::object();
-        tree["file"] = protocol_node_options(spec.image, registry);
+        Result<json> node = filename_node_options(spec.image, registry);
+        if (!node) return node.error();
+        if (fmt_drv && fmt_drv->kind == BlockDriverKind::kProtocol) {
+            // -f file (or another protocol): the protocol node is the image.
+            tree = fmt_drv == protocol_driver_for(registry, spec.image) ? std::move(node.value()) : json::object();
+        } else {
+            tree = json::object();
+            tree["file"] = std::move(node.value());
+        }
     }
     if (fmt_drv) {
         auto it = tree.find("driver");

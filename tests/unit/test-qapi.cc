@@ -1100,6 +1100,40 @@ START_TEST(test_json_filename)
 }
 END_TEST
 
+START_TEST(test_filename_forms)
+{
+    // File names as QEMU reads them: the part before a ':' that comes before
+    // any '/' is a protocol prefix.
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"a.qcow2", R"({"driver":"file","filename":"a.qcow2"})"},
+        {"dir/a:b.qcow2", R"({"driver":"file","filename":"dir/a:b.qcow2"})"},
+        {"./image:top.qcow2", R"({"driver":"file","filename":"./image:top.qcow2"})"},
+        {"/abs/x:y", R"({"driver":"file","filename":"/abs/x:y"})"},
+        {"file:dir/a:b.qcow2", R"({"driver":"file","filename":"dir/a:b.qcow2"})"},
+        {"file:image:top.qcow2", R"({"driver":"file","filename":"./image:top.qcow2"})"},
+        {"file:file:x", R"({"driver":"file","filename":"./file:x"})"},
+        {"file:", R"({"driver":"file","filename":""})"},
+        {"nbd+unix:///e?socket=/s", R"({"driver":"nbd","filename":"nbd+unix:///e?socket=/s"})"},
+    };
+    for (const auto &c : cases) {
+        auto r = filename_node_options(c.in);
+        ck_assert_msg(r.ok(), "%s: %s", c.in, r.ok() ? "" : r.msg().c_str());
+        ck_assert_json_eq(r.value(), c.out);
+    }
+    ck_assert_error(filename_node_options("image:top.qcow2"), "Unknown protocol 'image'");
+    ck_assert_error(filename_node_options(":x"), "Unknown protocol ''");
+    ck_assert_error(filename_node_options("null-co:x"), "Unknown protocol 'null-co'");
+    // Names known to be good: an error falls back to the plain file.
+    ck_assert_json_eq(protocol_node_options("image:top.qcow2"), R"({"driver":"file","filename":"image:top.qcow2"})");
+    ck_assert_json_eq(protocol_node_options("file:a:b"), R"({"driver":"file","filename":"./a:b"})");
+    ck_assert_str_eq(protocol_driver_for(schema(), "image:x")->name, "file");
+    ck_assert_str_eq(protocol_driver_for(schema(), "file:nbd:x")->name, "file");
+    ck_assert_str_eq(protocol_driver_for(schema(), "nbd:localhost:10809")->name, "nbd");
+}
+END_TEST
+
 // ---------------------------------------------------------------- suite
 
 static Suite *qapi_suite()
@@ -1124,6 +1158,7 @@ static Suite *qapi_suite()
     tcase_add_test(tc, test_json_quotes);
     tcase_add_test(tc, test_json_unflatten);
     tcase_add_test(tc, test_json_filename);
+    tcase_add_test(tc, test_filename_forms);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("decode");
