@@ -640,8 +640,6 @@ START_TEST(test_errors_values)
         {"raw,node-name=d,file=f,size=1000", "blockdev 'd': size: Specified size is not multiple of 512"},
         {"raw,node-name=d,file.driver=raw,file.file=g,file.size=100",
          "blockdev 'd': file.size: Specified size is not multiple of 512"},
-        {"blkdebug,node-name=d,image=i,config=/etc/blkdebug.conf",
-         "blockdev 'd': config: config files are not supported; use inject-error"},
         {"blkdebug,node-name=d,image=i,align=3", "blockdev 'd': align: 3 is not a power of two"},
         {"blkdebug,node-name=d,image=i,align=2G",
          "blockdev 'd': align: 2147483648 is out of range (0 to 2147483646)"},
@@ -1116,6 +1114,7 @@ START_TEST(test_filename_forms)
         {"file:file:x", R"({"driver":"file","filename":"./file:x"})"},
         {"file:", R"({"driver":"file","filename":""})"},
         {"nbd+unix:///e?socket=/s", R"({"driver":"nbd","filename":"nbd+unix:///e?socket=/s"})"},
+        {"blkdebug::x", R"({"driver":"blkdebug","image":{"driver":"file","filename":"x"}})"},
     };
     for (const auto &c : cases) {
         auto r = filename_node_options(c.in);
@@ -1131,6 +1130,7 @@ START_TEST(test_filename_forms)
     ck_assert_str_eq(protocol_driver_for(schema(), "image:x")->name, "file");
     ck_assert_str_eq(protocol_driver_for(schema(), "file:nbd:x")->name, "file");
     ck_assert_str_eq(protocol_driver_for(schema(), "nbd:localhost:10809")->name, "nbd");
+    ck_assert_str_eq(protocol_driver_for(schema(), "blkdebug:c:x")->name, "blkdebug");
 }
 END_TEST
 
