@@ -68,12 +68,19 @@ void qprintf(const char *fmt, ...)
 
 Result<int64_t> parse_img_size(const std::string &s)
 {
-    Result<uint64_t> r = parse_size(s);
-    if (!r || r.value() > static_cast<uint64_t>(INT64_MAX)) {
-        return make_error(EINVAL, "Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
-                                  "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    uint64_t v = 0;
+    bool hex_suffix = false;
+    const int err = strtosz(s, &v, &hex_suffix);
+    if (hex_suffix) error("warning: Using a multiplier suffix on hex numbers is deprecated: %s", s.c_str());
+    if (err && err != -ERANGE) {
+        return make_error(EINVAL, "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n%s: "
+                                  "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+                          kProg);
     }
-    return static_cast<int64_t>(r.value());
+    if (err || v > static_cast<uint64_t>(INT64_MAX)) {
+        return make_error(ERANGE, "Invalid image size specified. Must be between 0 and %" PRId64 ".", INT64_MAX);
+    }
+    return static_cast<int64_t>(v);
 }
 
 bool parse_rate_limit(const char *arg, uint64_t *out)

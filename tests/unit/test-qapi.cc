@@ -120,7 +120,11 @@ START_TEST(test_size_valid)
         {"1.5M", 1572864}, {"0.5k", 512}, {"1.k", 1024}, {"1.0", 1},
         {"0x10", 16}, {"0XfF", 255}, {"18446744073709551615", UINT64_MAX},
         {"1.0000000000000000000001G", 1ULL << 30},
-        {"0.1k", 102},                  // fraction truncated: 102.4
+        {"0.1k", 102},                  // 102.4: rounded to the nearest byte
+        {"1.00048k", 1024}, {"1.00049k", 1025}, {"1.0009k", 1025},   // 1024.49, 1024.50, 1024.92
+        {"1.9999999999999999999999k", 1024},   // the fraction is 1.0 as a double: QEMU drops it
+        {" 1", 1}, {"\t\n2k", 2048}, {"+1", 1}, {"+0x10", 16}, {"010", 10}, {"0x1b", 27},
+        {"0x1G", 1ULL << 30}, {"1.0b", 1}, {"1.0000000000000000000001b", 1},
     };
     for (const auto &c : cases) {
         auto r = parse_size(c.in);
@@ -130,11 +134,33 @@ START_TEST(test_size_valid)
 }
 END_TEST
 
+START_TEST(test_strtosz_codes)
+{
+    // -EINVAL for malformed text, -ERANGE for a well-formed number that is
+    // too large; a number followed by anything is malformed even if large.
+    struct { const char *in; int rc; bool hex_suffix; } cases[] = {
+        {"16E", -ERANGE, false}, {"18446744073709551616", -ERANGE, false},
+        {"99999999999999999999k", -EINVAL, false}, {"16Ex", -EINVAL, false},
+        {"0x10000000000000000", -ERANGE, false}, {"0xffffffffffffffffk", -ERANGE, true},
+        {"0x1k", 0, true}, {"0x1kx", -EINVAL, true}, {"0x1b", 0, false}, {"1k", 0, false},
+        {"-99", -EINVAL, false}, {"15.99999999E", 0, false},
+    };
+    for (const auto &c : cases) {
+        uint64_t v = 0;
+        bool hex = false;
+        ck_assert_msg(strtosz(c.in, &v, &hex) == c.rc, "%s: got %d", c.in, strtosz(c.in, &v, &hex));
+        ck_assert_msg(hex == c.hex_suffix, "%s: hex_suffix %d", c.in, hex);
+    }
+    uint64_t v = 0;
+    ck_assert_int_eq(strtosz(std::string("1\0k", 3), &v), -EINVAL);
+}
+END_TEST
+
 START_TEST(test_size_invalid)
 {
-    const char *cases[] = {"", "abc", "-1", "-0", "+1", " 1", "1 ", "4k ", "1.5", "1.5B",
-                           "16E", "18446744073709551616", "0x", "0x1G", "0x10000000000000000",
-                           "1KB", "1Q", ".5M", "1..5M", "1e3", "k"};
+    const char *cases[] = {"", "abc", "-1", "-0", " -1", "+-1", "1 ", "4k ", "1.5", "1.5B",
+                           "16E", "18446744073709551616", "0x", "0x10000000000000000", "0x1.5k",
+                           "1KB", "1Q", ".5M", "1..5M", "1e3", "1.0e1k", "1.5e-1k", "k", "1-"};
     for (const char *c : cases) {
         std::string want = std::string("'") + c + "' is not a valid size";
         ck_assert_error(parse_size(c), want.c_str());
@@ -1142,6 +1168,7 @@ static Suite *qapi_suite()
     TCase *tc = tcase_create("size");
     tcase_add_test(tc, test_size_valid);
     tcase_add_test(tc, test_size_invalid);
+    tcase_add_test(tc, test_strtosz_codes);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("keyval");
