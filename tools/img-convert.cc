@@ -119,8 +119,12 @@ int parse_convert_opts(int argc, char **argv, ConvertOptions *o)
             break;
         }
         case 'S': {
-            Result<uint64_t> r = parse_size(optarg);
-            if (!r || r.value() % 512 || r.value() > static_cast<uint64_t>(kMaxSparse)) {
+            Result<int64_t> r = parse_img_number(optarg, "buffer size for sparse output", 0, INT64_MAX);
+            if (!r) {
+                error("%s", r.msg().c_str());
+                return 1;
+            }
+            if (r.value() % 512 || r.value() > kMaxSparse) {
                 error("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to "
                       "16777216. Select 0 to disable sparse detection (fully allocates output).");
                 return 1;

@@ -132,4 +132,18 @@ for n in 1x +1x +99999999999999999999 16E +0x1k '+ 1k' ' 2M' 8E +8E 1.0009k --1k
     img_compare "resize r.raw '$n'" resize -f raw r.raw -- "$n"
 done
 
+# The other numeric options, with qemu-img's message for each name.
+for a in "map --start-offset=1x r.raw" "map --start-offset=99999999999999999999 r.raw" "map --max-length=1x r.raw" \
+    "map --max-length=16E r.raw" "map --max-length=0x1k r.raw" "bench -c 1 -s 3G r.raw" "bench -c 1 -o 1x r.raw" \
+    "bench -c 1 -o 16E r.raw" "bench -c 1 -S 1x r.raw" "bench -c 1 -S 3G r.raw" "measure --size 1x -O raw" \
+    "measure --size 16E -O raw" "convert -S 16E r.raw o.raw" "convert -S 1x r.raw o.raw" \
+    "convert -S 1000 r.raw o.raw" "convert -r 1x r.raw o.raw" "convert -r 16E r.raw o.raw" \
+    "convert -r 0 r.raw o.raw" "commit -r 1x r.raw"; do
+    # shellcheck disable=SC2086
+    img_compare "$a" $a
+done
+in_both "qemu-img create -q -f qcow2 bm.qcow2 1M"
+img_compare "bitmap --add -g 1x" bitmap --add -g 1x bm.qcow2 b1
+img_compare "bitmap --add -g 16E" bitmap --add -g 16E bm.qcow2 b1
+
 finish
