@@ -72,10 +72,12 @@ Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpe
 {
     if (!node.is_object()) return {};
     // A child with a file name but no driver: the protocol that serves the
-    // name (QEMU guesses the protocol from the name too).
+    // name (QEMU guesses the protocol from the name too). A legacy name
+    // syntax (blkdebug:...) is not read in options: that is a plain file.
     auto fname = node.find("filename");
     const BlockDriver *proto =
         fname != node.end() && fname->is_string() ? protocol_driver_for(registry, fname->get<std::string>()) : nullptr;
+    if (proto && proto->parse_filename) proto = registry.find("file");
     if (!node.contains("driver") && proto) node["driver"] = proto->name;
 
     if (!node.contains("read-only")) node["read-only"] = spec.read_only || is_backing;

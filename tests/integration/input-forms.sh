@@ -99,6 +99,9 @@ compare "io -f qcow2 blkdebug:CONFIG:IMAGE" 'read 0 4k' 'read 0 4k'
 OPTS=()
 IMAGE_ARG=
 img_compare "info blkdebug::t.qcow2" info blkdebug::t.qcow2
+in_both "cp t.qcow2 blkdebug::t.qcow2"
+img_compare "a blkdebug: name in options is a plain file name" \
+    info 'json:{"driver":"qcow2","file":{"filename":"blkdebug::t.qcow2"}}'
 n=0
 for conf in 'foo' '[inject-error]\n   ' '[bogus]' '[inject-error]\nfoo = "1"' '[inject-error]\nerrno=5' \
     '[inject-error]\nerrno = "x"' '[inject-error]\nerrno = "99999999999999999999"' \

@@ -1109,6 +1109,10 @@ START_TEST(test_json_filename)
                       parse_ok("blkdebug,image.driver=null-co,image.size=4k,"
                                "inject-error.0.event=read_aio,inject-error.0.errno=28"));
 
+    // So do the daemon's JSON --blockdev arguments.
+    ck_assert_opts_eq(parse_ok("{'driver': 'null-co', 'node-name': 'n', 'size': 4096, 'read-only': true}"),
+                      parse_ok("null-co,node-name=n,size=4k,read-only=on"));
+
     ck_assert_error(parse_json_filename(schema(), R"({"driver":"null-co"})"),
                     "json: filename must start with 'json:'");
     ck_assert_error(parse_json_filename(schema(), "json:{"),
