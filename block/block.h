@@ -716,6 +716,11 @@ const DriverRegistry &builtin_drivers();
 // a driver's protocol_prefixes or its parse_filename hook claim others; a
 // name without a prefix is a path for the default "file" driver.
 
+// True if filename has a protocol prefix (a ':' before any '/'). Such a name
+// is absolute: a backing file name with one is not made relative to the
+// image's directory.
+bool filename_has_protocol(const std::string &filename);
+
 // The driver that serves filename: the one whose protocol_prefixes hold the
 // name's prefix ("nbd://h/x" -> nbd), or whose parse_filename hook and name
 // match it ("blkdebug::x" -> blkdebug), else (plain paths, "file:" names,

@@ -232,6 +232,7 @@ namespace {
 // The directory part of path including the slash, or "" (QEMU path_combine).
 std::string combine_with_dir(const std::string &base, const std::string &name)
 {
+    if (filename_has_protocol(name)) return name;   // absolute to QEMU
     if (name.empty() || name[0] == '/') return name;
     size_t slash = base.rfind('/');
     if (slash == std::string::npos) return name;
@@ -300,6 +301,16 @@ bool claims_prefix(const BlockDriver *d, const std::string &prefix)
     }
     return false;
 }
+
+} // namespace
+
+bool filename_has_protocol(const std::string &filename)
+{
+    std::string prefix;
+    return split_protocol(filename, &prefix);
+}
+
+namespace {
 
 nlohmann::json default_protocol_options(const DriverRegistry &registry, const std::string &path)
 {

@@ -59,6 +59,11 @@ img_compare "create d/image:top.qcow2 -b ./image:base.qcow2" \
     create -f qcow2 -F qcow2 -b ./image:base.qcow2 d/image:top.qcow2
 img_compare "info d/image:top.qcow2: the backing file opens as a file" info d/image:top.qcow2
 img_compare "check file:d/image:top.qcow2" check file:d/image:top.qcow2
+img_compare "convert to file:d/x:y.qcow2" convert -O qcow2 d/a:b.qcow2 file:d/x:y.qcow2
+img_compare "convert to image:z.qcow2: unknown protocol" convert -O qcow2 d/a:b.qcow2 image:z.qcow2
+img_compare "rebase -u -b file:d/x:y.qcow2" rebase -u -F qcow2 -b file:d/x:y.qcow2 d/image:top.qcow2
+img_compare "info: a file: backing name is its own full name" info d/image:top.qcow2
+img_compare "compare d/a:b.qcow2 file:d/x:y.qcow2" compare d/a:b.qcow2 file:d/x:y.qcow2
 COMPARE_IMAGES=0   # until the numbers: the images are compared by the commands
 IMG_FMT=qcow2
 IMAGE_ARG=file:d/a:c.qcow2
