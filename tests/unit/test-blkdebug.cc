@@ -665,25 +665,28 @@ END_TEST
 
 START_TEST(test_blkdebug_validation)
 {
-    // What the decoder checks, at the key's path.
+    // The limits, with QEMU's messages (checked at open).
     Dbg d;
     d.align = 3000;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d), "blockdev 'dbg': align: 3000 is not a power of two");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with align 3000");
+    d.align = 1u << 31;
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with align 2147483648");
     d = {};
     d.align = 4096;
     d.max_transfer = 6144;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d),
-                      "blockdev 'dbg': max-transfer: 6144 is not a multiple of align (4096)");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with max-transfer 6144");
     d = {};
     d.opt_write_zero = 4096;
     d.max_write_zero = 6144;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d),
-                      "blockdev 'dbg': max-write-zero: 6144 is not a multiple of opt-write-zero (4096)");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with max-write-zero 6144");
     d = {};
     d.align = 512;
     d.opt_discard = 100;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d),
-                      "blockdev 'dbg': opt-discard: 100 is not a multiple of align (512)");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with opt-discard 100");
+    d = {};
+    d.max_transfer = 1u << 31;
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with max-transfer 2147483648");
+    // What the decoder checks, at the key's path.
     d = {};
     d.set_state = {{"", 0, 2}};
     expect_open_error(dbg_json(inline_ref(null_opts()), d), "blockdev 'dbg': set-state.0.event: must not be empty");
