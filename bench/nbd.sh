@@ -27,7 +27,9 @@
 #   ROUNDS      runs per configuration (default 3; the table shows medians)
 #   RUNTIME RAMP  fio seconds per run (default 10 / 2)
 #   SIZE        image size (default 1G; filled with data)
-#   FORMATS     default "qcow2 raw"
+#   FORMATS     default "qcow2 raw null" (null: every server serves a null-co
+#               node with read-zeroes=off instead of an image: the protocol
+#               path alone, no disk)
 #   CONFIGS     default "qemu-nbd qsd bg-nbd bg-daemon"
 #   WORKLOADS   default "randrw-4k-qd1 randrw-4k-qd64 seqread-1m-qd8 seqwrite-1m-qd8"
 #   CACHE       none (default) or writeback
@@ -43,7 +45,7 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${RUNTIME:=10}"
 : "${RAMP:=2}"
 : "${SIZE:=1G}"
-: "${FORMATS:=qcow2 raw}"
+: "${FORMATS:=qcow2 raw null}"
 : "${CONFIGS:=qemu-nbd qsd bg-nbd bg-daemon}"
 : "${WORKLOADS:=randrw-4k-qd1 randrw-4k-qd64 seqread-1m-qd8 seqwrite-1m-qd8}"
 : "${CACHE:=none}"
@@ -64,6 +66,7 @@ case $CACHE in
     *) die "CACHE must be none or writeback" ;;
 esac
 
+NULL_BYTES=$(numfmt --from=iec "$SIZE")
 mkdir -p "$WORKDIR"
 RUN=$(mktemp -d "$(realpath "$WORKDIR")/run.XXXXXX")
 LINES=$RUN/results.kv
@@ -101,12 +104,17 @@ start_server() {
     local c=$1 f=$2 img=$RUN/img.$2
     rm -f "$SOCK"
     local qsd_args=(--blockdev "driver=file,node-name=f,filename=$img,$FILE_OPTS"
-        --blockdev "driver=$f,node-name=q,file=f"
-        --nbd-server "addr.type=unix,addr.path=$SOCK"
+        --blockdev "driver=$f,node-name=q,file=f")
+    local nbd_args=(-f "$f" "${QNBD_CACHE[@]}" "$img")
+    if [ "$f" = null ]; then
+        qsd_args=(--blockdev "driver=null-co,node-name=q,size=$NULL_BYTES,read-zeroes=off")
+        nbd_args=(--image-opts "driver=null-co,size=$NULL_BYTES,read-zeroes=off")
+    fi
+    qsd_args+=(--nbd-server "addr.type=unix,addr.path=$SOCK"
         --export "type=nbd,id=e,node-name=q,name=,writable=on")
     case $c in
-        qemu-nbd) qemu-nbd -t -f "$f" "${QNBD_CACHE[@]}" -k "$SOCK" "$img" 2>"$RUN/server.err" & ;;
-        bg-nbd) "$BLOCKGRAPH" nbd -t -f "$f" "${QNBD_CACHE[@]}" -k "$SOCK" "$img" 2>"$RUN/server.err" & ;;
+        qemu-nbd) qemu-nbd -t -k "$SOCK" "${nbd_args[@]}" 2>"$RUN/server.err" & ;;
+        bg-nbd) "$BLOCKGRAPH" nbd -t -k "$SOCK" "${nbd_args[@]}" 2>"$RUN/server.err" & ;;
         qsd) qemu-storage-daemon "${qsd_args[@]}" 2>"$RUN/server.err" & ;;
         bg-daemon) "$BLOCKGRAPH" daemon "${qsd_args[@]}" 2>"$RUN/server.err" & ;;
         *) die "unknown configuration '$c'" ;;
@@ -177,8 +185,7 @@ done
 # each image and, as "null", a null-co node that sends data without touching
 # a disk (so the clients' own costs decide, not the server's disk).
 if [ "$IMG_BENCH" = 1 ]; then
-    NULL_BYTES=$(numfmt --from=iec "$SIZE")
-    for f in $FORMATS null; do
+    for f in ${FORMATS//null/} null; do
         if [ $f = null ]; then
             served=(--image-opts "driver=null-co,size=$NULL_BYTES,read-zeroes=off")
         else
