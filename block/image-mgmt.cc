@@ -42,7 +42,12 @@ Result<uint64_t> CreateOptions::get_size(const std::string &key, uint64_t def) c
     auto v = get(key);
     if (!v) return def;
     auto r = parse_size(*v);
-    if (!r) return make_error(EINVAL, "Parameter '%s' expects a non-negative number below 2^64", key.c_str());
+    if (!r) {
+        Error e = make_error(EINVAL, "Parameter '%s' expects a non-negative number below 2^64", key.c_str());
+        // qemu-img adds the suffix hint on two more lines.
+        return e.with_qemu_text(e.msg + "\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                                        "and exabytes, respectively.");
+    }
     return r.value();
 }
 
@@ -421,7 +426,10 @@ Status img_create(const DriverRegistry &registry, const ImgCreateParams &p)
     if (backing_file && !p.unsafe) {
         const std::string full = combine_with_dir(p.filename, *backing_file);
         auto b = probe_backing(registry, full, backing_fmt);
-        if (!b) return Error{b.err(), b.msg() + "\nCould not open backing image."};
+        if (!b) {
+            return Error{b.err(), b.msg() + "\nCould not open backing image.",
+                         b.error().qemu_text() + "\nCould not open backing image."};
+        }
         if (!backing_fmt) {
             return make_error(EINVAL, "Backing file specified without backing format\nDetected format of %s.",
                               b.value().first.c_str());

@@ -337,9 +337,8 @@ std::unique_ptr<OpenImage> create_and_open_target(const ConvertOptions &o, int64
         p.backing_fmt = o.backing_fmt;
         Status s = bg::img_create(builtin_drivers(), p);
         if (!s) {
-            std::string m = s.msg();
-            std::replace(m.begin(), m.end(), '\n', ' ');
-            error("%s: %s", out_name.c_str(), m.c_str());
+            error("%s: error while converting %s: %s", out_name.c_str(), p.fmt.c_str(),
+                  s.error().qemu_text().c_str());
             return nullptr;
         }
     } else if (o.have_opts) {
@@ -836,6 +835,7 @@ std::unique_ptr<OpenImage> open_new_backing(RebaseOptions *o, BlockNode *top)
     ba.format = o->new_fmt.value_or("");
     ba.force_share = o->force_share;
     ba.cache = o->src_cache;
+    ba.role = "new backing file";
     std::unique_ptr<OpenImage> nb = open_img(ba);
     if (!nb) return nullptr;
     if (!o->new_fmt) o->new_fmt = nb->root->driver_name();

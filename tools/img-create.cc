@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cerrno>
 #include <cstring>
 
 #include "block/block.h"
@@ -113,10 +114,9 @@ int img_create(int argc, char **argv)
     };
     Status s = bg::img_create(builtin_drivers(), p);
     if (!s) {
-        // Multi-line driver messages (backing file hints) stay one error.
-        std::string m = s.msg();
-        std::replace(m.begin(), m.end(), '\n', ' ');
-        error("%s: %s", p.filename.c_str(), m.c_str());
+        // Multi-line messages (backing file hints) print as qemu-img's do:
+        // the later lines without the program name.
+        error("%s: %s", p.filename.c_str(), s.error().qemu_text().c_str());
         return 1;
     }
     return 0;
@@ -388,7 +388,10 @@ int img_snapshot(int argc, char **argv)
     case kApply: {
         Status s = node->snapshot_goto(name);
         if (!s) {
-            error("Could not apply snapshot '%s': %s", name.c_str(), s.msg().c_str());
+            // A snapshot that is not there: the driver's errno, as qemu-img words it.
+            std::string why = s.err() == ENOENT ? std::string("Failed to load snapshot: ") + std::strerror(ENOENT)
+                                                : s.error().qemu_text();
+            error("Could not apply snapshot '%s': %s", name.c_str(), why.c_str());
             return 1;
         }
         return 0;
@@ -398,7 +401,8 @@ int img_snapshot(int argc, char **argv)
         Status s = node->snapshot_delete(name, std::nullopt);
         if (!s && s.err() == ENOENT) s = node->snapshot_delete(std::nullopt, name);
         if (!s) {
-            error("Could not delete snapshot '%s': %s", name.c_str(), s.msg().c_str());
+            error("Could not delete snapshot '%s': %s", name.c_str(),
+                  s.err() == ENOENT ? "snapshot not found" : s.error().qemu_text().c_str());
             return 1;
         }
         return 0;

@@ -284,7 +284,11 @@ std::unique_ptr<OpenImage> open_img(const OpenArgs &a)
     }
     Result<std::unique_ptr<OpenImage>> r = open_image(spec);
     if (!r) {
-        error("%s", open_error_message(a.name, r.error()).c_str());
+        if (a.role.empty() || r.err() == ELOOP) {
+            error("%s", open_error_message(a.name, r.error()).c_str());
+        } else {
+            error("Could not open %s '%s': %s", a.role.c_str(), a.name.c_str(), r.error().qemu_text().c_str());
+        }
         return nullptr;
     }
     if (r.value()->probed_raw && !a.read_only) {

@@ -87,6 +87,9 @@ struct OpenArgs {
     bool no_backing = false;   // open without the backing chain (backing: null)
     std::optional<BlockdevAioOptions> aio;   // -i, for file nodes
     nlohmann::json extra;      // extra top-node options (object) or null
+    // What the image is to the command, for the open error ("new backing
+    // file": "Could not open new backing file 'x': ..."); empty: none.
+    std::string role;
 };
 // Opens an image; on failure prints one line naming the image and the
 // cause and returns nullptr. Prints the probed-raw warning when writable.

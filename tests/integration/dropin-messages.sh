@@ -136,5 +136,17 @@ same "too large" qemu-img create -f qcow2 x.qcow2 1E
 same "extended_l2 with small clusters" qemu-img create -f qcow2 -o cluster_size=2k,extended_l2=on x.qcow2 1M
 same "refcount_bits=3" qemu-img create -f qcow2 -o refcount_bits=3 x.qcow2 1M
 same "refcount_bits=8 with compat=0.10" qemu-img create -f qcow2 -o compat=0.10,refcount_bits=8 x.qcow2 1M
+same "bad size suffix" qemu-img create -f qcow2 x.qcow2 1Q
+same "bad size in -o" qemu-img create -f qcow2 -o size=foobar x.qcow2
+same "bad cluster_size number" qemu-img create -f qcow2 -o cluster_size=foo x.qcow2 1M
+q qemu-img create -f raw plain.raw 1M
+same "backing without its format" qemu-img create -f qcow2 -b plain.raw x.qcow2
+same "backing of the wrong format" qemu-img create -f qcow2 -b plain.raw -F qcow2 x.qcow2
+same "convert: bad cluster_size" qemu-img convert -O qcow2 -o cluster_size=1000 pristine.qcow2 x.qcow2
+
+echo "== snapshots and rebase"
+same "snapshot -d of a missing snapshot" qemu-img snapshot -d nosuch pristine.qcow2
+same "snapshot -a of a missing snapshot" qemu-img snapshot -a nosuch pristine.qcow2
+same "rebase onto a missing file" qemu-img rebase -b missing.qcow2 -F qcow2 pristine.qcow2
 
 finish
