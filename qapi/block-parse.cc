@@ -1,5 +1,6 @@
 #include "qapi/block-parse.h"
 
+#include <algorithm>
 #include <climits>
 #include <new>
 
@@ -130,7 +131,9 @@ Result<BlockdevOptions> OptionDecodeContext::node(const json &obj, const std::st
     BlockdevOptions o;
     BG_TRY(r.require("driver", &o.driver));
     DriverOptionsDecoder decode = schema->options_decoder(o.driver);
-    if (!decode) return r.error("", "unknown driver '" + o.driver + "'");
+    if (!decode) {
+        return r.error("", "unknown driver '" + o.driver + "'").with_qemu_text("Unknown driver '" + o.driver + "'");
+    }
     BG_TRY(decode_generic(r, this, o));
     auto d = decode(r, o);
     if (!d) return d.error();
@@ -172,7 +175,17 @@ const json *OptionReader::take(const char *key)
 Status OptionReader::check_all_known() const
 {
     for (auto it = obj_.begin(); it != obj_.end(); ++it) {
-        if (!known_.count(it.key())) return error("", "unknown key '" + it.key() + "'");
+        if (known_.count(it.key())) continue;
+        Error e = error("", "unknown key '" + it.key() + "'");
+        // QEMU's words name the node's driver, a protocol (a driver that
+        // opens a file name or a connection itself) or a format.
+        auto drv = obj_.find("driver");
+        if (drv == obj_.end() || !drv->is_string()) return e;
+        const std::string d = drv->get<std::string>();
+        static const char *const kProtocols[] = {"file", "host_device", "nbd", "null-co", "null-aio", "blkdebug"};
+        bool protocol = std::find(std::begin(kProtocols), std::end(kProtocols), d) != std::end(kProtocols);
+        return e.with_qemu_text(std::string(protocol ? "Block protocol '" : "Block format '") + d +
+                                (protocol ? "' doesn't" : "' does not") + " support the option '" + it.key() + "'");
     }
     return {};
 }

@@ -490,7 +490,8 @@ Status coroutine_fn Qcow2Node::co_bitmap_change(const BitmapChange &c)
     auto it = std::find_if(bitmaps_.begin(), bitmaps_.end(), [&](const DirtyBitmap &b) { return b.e.name == c.name; });
     if (c.kind == K::kAdd) {
         if (it != bitmaps_.end()) return make_error(EEXIST, "Bitmap already exists: %s", c.name.c_str());
-        if (c.name.empty() || c.name.size() > qcow2::kMaxBitmapNameSize) {
+        if (c.name.empty()) return make_error(EINVAL, "Bitmap name cannot be empty");
+        if (c.name.size() > qcow2::kMaxBitmapNameSize) {
             return make_error(EINVAL, "Bitmap name must be 1 to %u bytes long", qcow2::kMaxBitmapNameSize);
         }
         if (bitmaps_.size() >= qcow2::kMaxBitmaps) {

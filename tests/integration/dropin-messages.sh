@@ -148,5 +148,11 @@ echo "== snapshots and rebase"
 same "snapshot -d of a missing snapshot" qemu-img snapshot -d nosuch pristine.qcow2
 same "snapshot -a of a missing snapshot" qemu-img snapshot -a nosuch pristine.qcow2
 same "rebase onto a missing file" qemu-img rebase -b missing.qcow2 -F qcow2 pristine.qcow2
+same "bitmap --add with an empty name" qemu-img bitmap --add pristine.qcow2 ''
+
+echo "== --image-opts"
+same "unknown format option" qemu-img info --image-opts driver=qcow2,file.filename=pristine.qcow2,bogus=1
+same "unknown protocol option" qemu-img info --image-opts driver=qcow2,file.filename=pristine.qcow2,file.bogus=1
+same "unknown driver" qemu-img info --image-opts driver=foo,file.filename=pristine.qcow2
 
 finish

@@ -63,7 +63,7 @@ expect_error "directory, read-only" "$P: can't open device dir: 'file' driver re
 expect_error "unknown driver (-f foo)" "$P: can't open device img.raw: Unknown driver 'foo'" \
     -f foo -c 'write 0 1' img.raw
 same_as_qemu "unknown driver (-f foo)" -f foo -c 'write 0 1' img.raw
-expect_error "unknown driver (--image-opts)" "$P: can't open: unknown driver 'foo'" \
+expect_error "unknown driver (--image-opts)" "$P: can't open: Unknown driver 'foo'" \
     --image-opts -c 'write 0 1' driver=foo,file.filename=img.raw
 expect_error "node name used twice (--image-opts JSON)" \
     "$P: can't open: file.node-name: node name 'n0' is used more than once" \
@@ -83,7 +83,7 @@ expect_error "raw offset past EOF" \
 expect_error "raw offset + size past EOF" \
     "$P: can't open: The sum of offset (512) and size (1048576) has to be smaller or equal to the  actual size of the containing file (1048576)" \
     --image-opts -c 'write 0 1' 'driver=raw,offset=512,size=1M,file.driver=file,file.filename=img.raw'
-expect_error "unknown key" "$P: can't open: unknown key 'bogus'" \
+expect_error "unknown key" "$P: can't open: Block format 'raw' does not support the option 'bogus'" \
     --image-opts -c 'write 0 1' 'driver=raw,bogus=1,file.filename=img.raw'
 expect_error "bad JSON in json:" \
     "$P: can't open device json:{\"driver\":\"raw\": JSON: syntax error while parsing object - unexpected end of input; expected '}' at position 15" \
