@@ -30,7 +30,9 @@
 #   FORMATS     default "qcow2 raw null" (null: every server serves a null-co
 #               node with read-zeroes=off instead of an image: the protocol
 #               path alone, no disk)
-#   CONFIGS     default "qemu-nbd qsd bg-nbd bg-daemon"
+#   CONFIGS     default "qemu-nbd qsd bg-nbd bg-daemon native" (native: no
+#               server, fio's io_uring engine on the raw image file with the
+#               same job and cache mode: what the device allows)
 #   WORKLOADS   default "randrw-4k-qd1 randrw-4k-qd64 seqread-1m-qd8 seqwrite-1m-qd8"
 #   CACHE       none (default) or writeback
 #   IMG_BENCH   0 skips the client part (default 1); IMG_COUNT requests (200000)
@@ -46,7 +48,7 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${RAMP:=2}"
 : "${SIZE:=1G}"
 : "${FORMATS:=qcow2 raw null}"
-: "${CONFIGS:=qemu-nbd qsd bg-nbd bg-daemon}"
+: "${CONFIGS:=qemu-nbd qsd bg-nbd bg-daemon native}"
 : "${WORKLOADS:=randrw-4k-qd1 randrw-4k-qd64 seqread-1m-qd8 seqwrite-1m-qd8}"
 : "${CACHE:=none}"
 : "${IMG_BENCH:=1}"
@@ -145,9 +147,16 @@ fio_args() {
 # run_fio CONFIG FORMAT WORKLOAD: one result line on stdout.
 run_fio() {
     local c=$1 f=$2 w=$3
-    start_server "$c" "$f" || { stop_server; echo "server $c did not start: $(tail -1 "$RUN/server.err")" >&2; return 1; }
+    local target=(--ioengine=nbd --uri="nbd+unix:///?socket=$SOCK")
+    if [ "$c" = native ]; then
+        # No server: fio on the raw image file itself, the device's ceiling.
+        [ "$f" = null ] && return 2
+        target=(--ioengine=io_uring --filename="$RUN/img.raw" --direct=$([ "$CACHE" = none ] && echo 1 || echo 0))
+    else
+        start_server "$c" "$f" || { stop_server; echo "server $c did not start: $(tail -1 "$RUN/server.err")" >&2; return 1; }
+    fi
     # shellcheck disable=SC2046
-    fio --name=nbd --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK" $(fio_args "$w") --size="$SIZE" \
+    fio --name=nbd "${target[@]}" $(fio_args "$w") --size="$SIZE" \
         --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based=1 --norandommap=1 --randrepeat=0 \
         --output-format=json --output="$RUN/fio.json" >/dev/null 2>"$RUN/fio.err"
     local rc=$?
@@ -170,8 +179,12 @@ for f in $FORMATS; do
         for ((r = 1; r <= ROUNDS; r++)); do
             for c in $CONFIGS; do
                 echo "[$(date +%T)] $f $w round $r/$ROUNDS: $c" >&2
-                if line=$(run_fio "$c" "$f" "$w"); then
+                line=$(run_fio "$c" "$f" "$w")
+                rc=$?
+                if [ $rc = 0 ]; then
                     echo "$line" | tee -a "$LINES" >&2
+                elif [ $rc = 2 ]; then
+                    :   # no such combination (native has no null)
                 else
                     echo "  run failed: $c $f $w" >&2
                     status=1
@@ -250,16 +263,16 @@ def fmt(v):
 def ratio(a, b):
     return "%.2f" % (a / b) if a is not None and b else "-"
 
-cfgs = ["qemu-nbd", "qsd", "bg-nbd", "bg-daemon"]
-print("| format | workload | " + " | ".join(cfgs) + " | bg-nbd/best | bg-daemon/best |")
-print("|---|---|" + "---|" * (len(cfgs) + 2))
+cfgs = ["qemu-nbd", "qsd", "bg-nbd", "bg-daemon", "native"]
+print("| format | workload | " + " | ".join(cfgs) + " | bg-nbd/best | bg-daemon/best | bg-daemon/native |")
+print("|---|---|" + "---|" * (len(cfgs) + 3))
 for (kind, f, w), d in sorted(rows.items()):
     if kind != "fio": continue
     m = {c: med(d, c) for c in cfgs}
     theirs = [m[c] for c in ("qemu-nbd", "qsd") if m[c] is not None]
     best = max(theirs) if theirs else None
-    print("| %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
-          ratio(m["bg-nbd"], best), ratio(m["bg-daemon"], best)))
+    print("| %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
+          ratio(m["bg-nbd"], best), ratio(m["bg-daemon"], best), ratio(m["bg-daemon"], m["native"])))
 img = [(k, d) for k, d in sorted(rows.items()) if k[0] == "img"]
 if img:
     print()
