@@ -89,10 +89,12 @@ Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpe
 {
     if (!node.is_object()) return {};
     // A child with a file name but no driver: the protocol that serves the
-    // name (QEMU guesses the protocol from the name too).
+    // name (QEMU guesses the protocol from the name too). A legacy name
+    // syntax (blkdebug:...) is not read in options: that is a plain file.
     auto fname = node.find("filename");
     const BlockDriver *proto =
         fname != node.end() && fname->is_string() ? protocol_driver_for(registry, fname->get<std::string>()) : nullptr;
+    if (proto && proto->parse_filename) proto = registry.find("file");
     if (!node.contains("driver") && proto) node["driver"] = proto->name;
 
     if (!node.contains("read-only")) node["read-only"] = spec.read_only || is_backing;
@@ -245,13 +247,16 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
         if (!u) return u.error();
         tree = std::move(u.value());
         from_keyval = false;
-    } else if (fmt_drv && fmt_drv->kind == BlockDriverKind::kProtocol) {
-        // -f file (or another protocol): the protocol node is the image.
-        tree = fmt_drv == protocol_driver_for(registry, spec.image) ? protocol_node_options(spec.image, registry)
-                                                                     : json::object();
     } else {
-        tree = json::object();
-        tree["file"] = protocol_node_options(spec.image, registry);
+        Result<json> node = filename_node_options(spec.image, registry);
+        if (!node) return node.error();
+        if (fmt_drv && fmt_drv->kind == BlockDriverKind::kProtocol) {
+            // -f file (or another protocol): the protocol node is the image.
+            tree = fmt_drv == protocol_driver_for(registry, spec.image) ? std::move(node.value()) : json::object();
+        } else {
+            tree = json::object();
+            tree["file"] = std::move(node.value());
+        }
     }
     if (fmt_drv) {
         auto it = tree.find("driver");

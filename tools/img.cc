@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
@@ -66,25 +67,34 @@ void qprintf(const char *fmt, ...)
     va_end(ap);
 }
 
-Result<int64_t> parse_img_size(const std::string &s)
+Result<int64_t> parse_img_number(const std::string &s, const char *name, int64_t min, int64_t max)
 {
-    Result<uint64_t> r = parse_size(s);
-    if (!r || r.value() > static_cast<uint64_t>(INT64_MAX)) {
-        return make_error(EINVAL, "Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
-                                  "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    uint64_t v = 0;
+    bool hex_suffix = false;
+    const int err = strtosz(s, &v, &hex_suffix);
+    if (hex_suffix) error("warning: Using a multiplier suffix on hex numbers is deprecated: %s", s.c_str());
+    if (err && err != -ERANGE) {
+        return make_error(EINVAL, "Invalid %s specified. You may use k, M, G, T, P or E suffixes for\n%s: "
+                                  "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+                          name, kProg);
     }
-    return static_cast<int64_t>(r.value());
+    if (err || v > static_cast<uint64_t>(max) || static_cast<int64_t>(v) < min) {
+        return make_error(ERANGE, "Invalid %s specified. Must be between %" PRId64 " and %" PRId64 ".", name, min,
+                          max);
+    }
+    return static_cast<int64_t>(v);
 }
+
+Result<int64_t> parse_img_size(const std::string &s) { return parse_img_number(s, "image size", 0, INT64_MAX); }
 
 bool parse_rate_limit(const char *arg, uint64_t *out)
 {
-    Result<uint64_t> r = parse_size(arg);
-    if (!r || r.value() == 0 || r.value() > static_cast<uint64_t>(INT64_MAX)) {
-        error("Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, "
-              "gigabytes, terabytes, petabytes and exabytes.");
+    Result<int64_t> r = parse_img_number(arg, "rate limit", 0, INT64_MAX);
+    if (!r) {
+        error("%s", r.msg().c_str());
         return false;
     }
-    *out = r.value();
+    *out = static_cast<uint64_t>(r.value());
     return true;
 }
 
@@ -198,9 +208,44 @@ bool parse_output_format(const char *arg, OutputFormat *out)
     return false;
 }
 
+unsigned qdict_bucket(const std::string &key)
+{
+    uint32_t v = 0x238F13AFu * static_cast<uint32_t>(key.size());
+    for (size_t i = 0; i < key.size(); i++) {
+        v += static_cast<uint32_t>(static_cast<unsigned char>(key[i])) << (i * 5 % 24);
+    }
+    return (1103515243u * v + 12345u) % 512u;
+}
+
+namespace {
+
+// j with every object's keys in QEMU's QDict iteration order (bucket
+// order; keys sharing a bucket in reverse name order, standing in for
+// QEMU's most-recently-inserted first).
+nlohmann::ordered_json qdict_ordered(const nlohmann::json &j)
+{
+    if (j.is_array()) {
+        nlohmann::ordered_json a = nlohmann::ordered_json::array();
+        for (const nlohmann::json &e : j) a.push_back(qdict_ordered(e));
+        return a;
+    }
+    if (!j.is_object()) return nlohmann::ordered_json(j);
+    std::vector<std::string> keys;
+    for (auto it = j.begin(); it != j.end(); ++it) keys.push_back(it.key());
+    std::stable_sort(keys.begin(), keys.end(), [](const std::string &a, const std::string &b) {
+        const unsigned ba = qdict_bucket(a), bb = qdict_bucket(b);
+        return ba != bb ? ba < bb : a > b;
+    });
+    nlohmann::ordered_json o = nlohmann::ordered_json::object();
+    for (const std::string &k : keys) o[k] = qdict_ordered(j[k]);
+    return o;
+}
+
+} // namespace
+
 std::string json_pretty(const nlohmann::json &j)
 {
-    return j.dump(4);
+    return qdict_ordered(j).dump(4);
 }
 
 std::string open_error_message(const std::string &name, const Error &e)

@@ -752,6 +752,9 @@ class Qcow2Node final : public BlockNode {
     // file discards, raw zeros written (after the L2 cache is written).
     int coroutine_fn co_finish_zero_or_discard_locked(const ZeroDiscardWork &w, qcow2::DiscardType type);
     int coroutine_fn co_preallocate_locked(uint64_t offset, uint64_t bytes, PreallocMode mode);
+    // Write-zeroes helpers (lock_ NOT held; they take it): see qcow2-write.cc.
+    bool coroutine_fn co_reads_as_zero(uint64_t offset, uint64_t end);
+    int coroutine_fn co_zero_partial(uint64_t offset, uint64_t end, ReqFlags flags);
     // Truncate's steps. co_shrink_locked: the clusters and L2 tables past
     // new_size freed (-ENOTSUP: preallocation asked for, or snapshots).
     // co_grow_locked: the L1 table grown, preallocation, the data file
@@ -760,6 +763,10 @@ class Qcow2Node final : public BlockNode {
     // old last cluster's tail and what a longer backing file would show
     // are made to read as zeros.
     int coroutine_fn co_shrink_locked(uint64_t new_size, PreallocMode prealloc);
+    // Unlinks the L2 tables of L1 entries first_l1.. (each L1 entry written
+    // and flushed, then its table freed). The tables must map nothing the
+    // caller still needs.
+    int coroutine_fn co_unlink_l2_tables_locked(uint64_t first_l1);
     int coroutine_fn co_grow_locked(uint64_t new_size, PreallocMode prealloc);
     int coroutine_fn co_zero_grown_part(uint64_t old, uint64_t new_size);
     // Data I/O in flight on host clusters (see inflight_host_). inflight_inc
