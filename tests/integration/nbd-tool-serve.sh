@@ -5,7 +5,7 @@
 # written through the export lands in the image (raw and qcow2), but not
 # with -s (temporary overlay, removed at exit) and not with -r (refused);
 # -l shows an internal snapshot; -o an offset; -B/-A add the metadata
-# contexts; without -t the server exits after its last client, with -t it
+# contexts; write-zeroes and trim leave the image as through qemu-nbd; without -t the server exits after its last client, with -t it
 # stays; --fork/--pid-file; TCP with -b/-p.
 set -u
 . "$(dirname "$0")/lib-nbd-tool.sh"
@@ -201,6 +201,35 @@ if [ -n "$pid" ] && alive "$pid"; then
 else
     bad "--pid-file: '$pid' is not a running process: $(cat "$WORK/fork.err")"
 fi
+
+echo "== write-zeroes and trim land in the image as with qemu-nbd (the oracle)"
+# Through each server, with the default --discard (ignore) and with unmap: WRITE_ZEROES with
+# NO_HOLE (qemu-io write -z), without it (write -z -u) and TRIM on data. The
+# image afterwards: its map, the map of its file (qcow2), and the space the
+# file occupies in 256 KiB units (a zeroed-in-place range keeps its blocks
+# although SEEK_HOLE may call it a hole, so the maps alone cannot tell).
+zero_trim_result() { # SERVER(qemu|bg) FMT [SERVER-ARGS...]
+    local srv=$1 fmt=$2
+    shift 2
+    rm -f zt.$fmt
+    qemu-img create -q -f $fmt zt.$fmt 4M
+    qemu-io -f $fmt -c 'write -q -P 0x77 0 3M' zt.$fmt
+    if [ $srv = qemu ]; then start_qemu_nbd "$S" -t -f $fmt "$@" zt.$fmt; else start_bg_nbd "$S" -t -f $fmt "$@" zt.$fmt; fi ||
+        { echo "$srv: server did not start"; return; }
+    qio -c 'write -q -z 256k 256k' -c 'write -q -z -u 1M 256k' -c 'discard -q 2M 256k' "$(uri "$S")"
+    stop "$LAST_PID"
+    qemu-img map --output=json -f $fmt zt.$fmt
+    [ $fmt = qcow2 ] && qemu-img map --output=json -f raw zt.$fmt
+    echo "allocated: $((($(stat -c %b zt.$fmt) * 512 + 131072) / 262144)) x 256 KiB"
+}
+for fmt in raw qcow2; do
+    for d in default unmap; do
+        args=()
+        [ $d = unmap ] && args=(--discard=unmap)
+        same_text "$fmt, discard $d: the image after write -z, write -z -u, discard" \
+            "$(zero_trim_result qemu $fmt "${args[@]}")" "$(zero_trim_result bg $fmt "${args[@]}")"
+    done
+done
 
 echo "== TCP: -b / -p"
 port=$(free_port)
