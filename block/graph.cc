@@ -399,15 +399,15 @@ Result<BdrvChild *> BlockNode::graph_open_child(const std::string &name, const B
         // What QEMU's bdrv_inherited_options() gives an inline child: the
         // parent's read-only (backing children: read-only), force-share and
         // cache modes, and discard=unmap (the top node applies the unmap
-        // policy; lower layers must not drop what it lets through). An
-        // explicit setting on the child cannot be told from the default
-        // here, so inheritance only ever tightens read-only/force-share.
+        // policy; lower layers must not drop what it lets through) unless
+        // the child names its own discard. Inheritance only ever tightens
+        // read-only/force-share.
         BlockdevOptions copts = *ref.def;
         if ((role & kRoleCow) || read_only_) copts.read_only = true;
         if (force_share_ && copts.read_only) copts.force_share = true;
         if (opts_.cache_direct) copts.cache_direct = true;
         if (no_flush_) copts.cache_no_flush = true;
-        if (copts.discard == BlockdevDiscardOptions::kIgnore) copts.discard = BlockdevDiscardOptions::kUnmap;
+        if (!copts.discard_set) copts.discard = BlockdevDiscardOptions::kUnmap;
         auto nr = graph_->open_node(copts, true);
         if (!nr.ok()) return nr.error().prefixed(name);
         auto r = attach_child(nr.value(), name, role);
@@ -898,7 +898,7 @@ Status BlockGraph::reopen_plan_child(size_t i, const char *key, BlockdevRef &ref
             if (po.cache_direct) ce.opts.cache_direct = true;
             if (po.cache_no_flush) ce.opts.cache_no_flush = true;
             if (po.force_share && ce.opts.read_only) ce.opts.force_share = true;
-            if (ce.opts.discard == BlockdevDiscardOptions::kIgnore) ce.opts.discard = BlockdevDiscardOptions::kUnmap;
+            if (!ce.opts.discard_set) ce.opts.discard = BlockdevDiscardOptions::kUnmap;
         }
         t->entries.push_back(std::move(ce));
     };

@@ -95,6 +95,7 @@ struct BlockdevOptions {
     bool auto_read_only = false;                // "auto-read-only"
     bool force_share = false;                   // "force-share" (requires read-only)
     BlockdevDiscardOptions discard = BlockdevDiscardOptions::kIgnore;
+    bool discard_set = false;                   // "discard" was given (an inline child inherits unmap otherwise)
     BlockdevDetectZeroes detect_zeroes = BlockdevDetectZeroes::kOff;  // "detect-zeroes"
     bool cache_direct = false;                  // "cache": {"direct"}  (keyval: cache.direct)
     bool cache_no_flush = false;                // "cache": {"no-flush"}

@@ -113,6 +113,7 @@ Status decode_generic(OptionReader &r, OptionDecodeContext *ctx, BlockdevOptions
     BG_TRY(r.get("auto-read-only", &o.auto_read_only));
     BG_TRY(r.get("force-share", &o.force_share));
     BG_TRY(r.get_enum("discard", &o.discard, kDiscardNames, kDiscardCanonical));
+    o.discard_set = r.has("discard");
     BG_TRY(r.get_enum("detect-zeroes", &o.detect_zeroes, kDetectZeroesNames));
     return r.get_object("cache", [&o](OptionReader &c) -> Status {
         BG_TRY(c.get("direct", &o.cache_direct));
@@ -425,7 +426,7 @@ json blockdev_options_to_json(const BlockdevOptions &o) noexcept
     if (o.read_only) j["read-only"] = true;
     if (o.auto_read_only) j["auto-read-only"] = true;
     if (o.force_share) j["force-share"] = true;
-    if (o.discard != BlockdevDiscardOptions::kIgnore) j["discard"] = enum_name(kDiscardNames, o.discard);
+    if (o.discard_set || o.discard != BlockdevDiscardOptions::kIgnore) j["discard"] = enum_name(kDiscardNames, o.discard);
     if (o.detect_zeroes != BlockdevDetectZeroes::kOff) {
         j["detect-zeroes"] = enum_name(kDetectZeroesNames, o.detect_zeroes);
     }

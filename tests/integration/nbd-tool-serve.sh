@@ -214,7 +214,10 @@ zero_trim_result() { # SERVER(qemu|bg) FMT [SERVER-ARGS...]
     rm -f zt.$fmt
     qemu-img create -q -f $fmt zt.$fmt 4M
     qemu-io -f $fmt -c 'write -q -P 0x77 0 3M' zt.$fmt
-    if [ $srv = qemu ]; then start_qemu_nbd "$S" -t -f $fmt "$@" zt.$fmt; else start_bg_nbd "$S" -t -f $fmt "$@" zt.$fmt; fi ||
+    local spec=(-f $fmt "$@" zt.$fmt)
+    # An inline file child that names its own discard=ignore keeps it.
+    [ "${1:-}" = --image-opts ] && spec=(--image-opts "driver=$fmt,file.driver=file,file.filename=zt.$fmt,file.discard=ignore")
+    if [ $srv = qemu ]; then start_qemu_nbd "$S" -t "${spec[@]}"; else start_bg_nbd "$S" -t "${spec[@]}"; fi ||
         { echo "$srv: server did not start"; return; }
     qio -c 'write -q -z 256k 256k' -c 'write -q -z -u 1M 256k' -c 'discard -q 2M 256k' "$(uri "$S")"
     stop "$LAST_PID"
@@ -223,9 +226,10 @@ zero_trim_result() { # SERVER(qemu|bg) FMT [SERVER-ARGS...]
     echo "allocated: $((($(stat -c %b zt.$fmt) * 512 + 131072) / 262144)) x 256 KiB"
 }
 for fmt in raw qcow2; do
-    for d in default unmap; do
+    for d in default unmap file.discard=ignore; do
         args=()
         [ $d = unmap ] && args=(--discard=unmap)
+        [ $d = file.discard=ignore ] && args=(--image-opts)
         same_text "$fmt, discard $d: the image after write -z, write -z -u, discard" \
             "$(zero_trim_result qemu $fmt "${args[@]}")" "$(zero_trim_result bg $fmt "${args[@]}")"
     done
