@@ -245,6 +245,20 @@ check_text() {
 }
 run_both "5: check output (human, JSON, leaks, corruptions, repairs)" check_text
 
+# A dirty image (lazy refcounts, writer killed), made once by qemu-io:
+# check and info of copies with both tools.
+qemu-img create -f qcow2 -o compat=1.1,lazy_refcounts=on dirty.qcow2 64M >/dev/null
+(qemu-io -c "write -P 0x5a 0 512" -c "sigraise 9" dirty.qcow2; true) >/dev/null 2>&1
+dirty() {
+    local IMG=$1 IO=$2
+    for c in "check" "check --output=json" "info" "check -r leaks" "check -r all" "info"; do
+        cp ../dirty.qcow2 d.qcow2
+        $IMG $c d.qcow2
+        echo "exit $?"
+    done
+}
+run_both "5: check and info of a dirty image" dirty
+
 snapshots() {
     local IMG=$1 IO=$2
     qemu-img create -f qcow2 s.qcow2 1M >/dev/null
