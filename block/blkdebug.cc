@@ -32,11 +32,14 @@
 // come from several threads); lock_ is never held across a yield.
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "block/block-driver.h"
+#include "qapi/config-file.h"
 #include "qapi/option-reader.h"
 
 namespace bg {
@@ -79,7 +82,7 @@ struct BlkdebugSetState {
 // blkdebug's options (QEMU's BlockdevOptionsBlkdebug).
 struct BlkdebugOptions : DriverOptionsOf<BlkdebugOptions> {
     BlockdevRef image;                          // required
-    std::string config;                         // config file (not supported: error if set)
+    std::string config;                         // config file: more rules, read at open
     uint32_t align = 0;                         // request alignment to force; 0 = child's
     uint32_t max_transfer = 0;                  // "max-transfer"
     uint32_t opt_write_zero = 0;                // "opt-write-zero"
@@ -136,8 +139,6 @@ void BlkdebugOptions::encode(nlohmann::json &j) const
     }
 }
 
-constexpr uint64_t kMaxBlkdebugLimit = INT_MAX - 1;   // QEMU: ">= INT_MAX" fails
-
 Status decode_inject_error(OptionReader &r, BlkdebugInjectError *e)
 {
     BG_TRY(r.get("event", &e->event));
@@ -163,42 +164,23 @@ Status decode_set_state(OptionReader &r, BlkdebugSetState *s)
     return r.get_int("new_state", &s->new_state, 0, INT64_MAX);
 }
 
-// The limits: QEMU's blkdebug_open() rules, with align standing in for the
-// child's request alignment (checked again at open).
+// The limits. Their rules (QEMU's blkdebug_open() rules, with QEMU's
+// "Cannot meet constraints with <option> N") are checked at open, against
+// the child's alignment too.
 Status decode_limits(OptionReader &r, BlkdebugOptions *b)
 {
-    uint64_t x = 0;
-    BG_TRY(r.get_size("align", &x, kMaxBlkdebugLimit));
-    if (x && (x & (x - 1))) return r.error("align", std::to_string(x) + " is not a power of two");
-    b->align = static_cast<uint32_t>(x);
-    struct Limit {
-        const char *key;
-        uint32_t *field;
-        const uint32_t *base2;       // must be a multiple of align, or of this one when set and larger
-        const char *base2_key;
+    const std::pair<const char *, uint32_t *> limits[] = {
+        {"align", &b->align},
+        {"max-transfer", &b->max_transfer},
+        {"opt-write-zero", &b->opt_write_zero},
+        {"max-write-zero", &b->max_write_zero},
+        {"opt-discard", &b->opt_discard},
+        {"max-discard", &b->max_discard},
     };
-    const Limit limits[] = {
-        {"max-transfer", &b->max_transfer, nullptr, nullptr},
-        {"opt-write-zero", &b->opt_write_zero, nullptr, nullptr},
-        {"max-write-zero", &b->max_write_zero, &b->opt_write_zero, "opt-write-zero"},
-        {"opt-discard", &b->opt_discard, nullptr, nullptr},
-        {"max-discard", &b->max_discard, &b->opt_discard, "opt-discard"},
-    };
-    for (const Limit &l : limits) {
-        if (!r.has(l.key)) continue;
-        x = 0;
-        BG_TRY(r.get_size(l.key, &x, kMaxBlkdebugLimit));
-        uint32_t base = b->align;
-        const char *base_key = "align";
-        if (l.base2 && *l.base2 > base) {
-            base = *l.base2;
-            base_key = l.base2_key;
-        }
-        if (x && base && x % base) {
-            return r.error(l.key, std::to_string(x) + " is not a multiple of " + base_key + " (" +
-                                      std::to_string(base) + ")");
-        }
-        *l.field = static_cast<uint32_t>(x);
+    for (const auto &[key, field] : limits) {
+        uint64_t x = 0;
+        BG_TRY(r.get_size(key, &x, UINT32_MAX));
+        *field = static_cast<uint32_t>(x);
     }
     return {};
 }
@@ -207,10 +189,7 @@ Result<std::unique_ptr<DriverOptions>> decode_blkdebug_options(OptionReader &r, 
 {
     auto b = std::make_unique<BlkdebugOptions>();
     BG_TRY(r.get_ref("image", &b->image, OptionReader::RefMode::kRequired));
-    if (r.has("config")) {
-        BG_TRY(r.get("config", &b->config));
-        return r.error("config", "config files are not supported; use inject-error");
-    }
+    BG_TRY(r.get("config", &b->config));
     BG_TRY(decode_limits(r, b.get()));
     BG_TRY(r.get_object_list("inject-error", [&b](OptionReader &e) -> Status {
         BlkdebugInjectError rule;
@@ -251,6 +230,139 @@ bool event_valid(const std::string &name)
     return false;
 }
 
+// ---------------------------------------------------------------- config file
+
+constexpr ConfigKeySchema kInjectErrorKeys[] = {
+    {"event", ConfigValueType::kString},   {"state", ConfigValueType::kNumber},
+    {"iotype", ConfigValueType::kString},  {"errno", ConfigValueType::kNumber},
+    {"sector", ConfigValueType::kNumber},  {"once", ConfigValueType::kBool},
+    {"immediately", ConfigValueType::kBool},
+};
+constexpr ConfigKeySchema kSetStateKeys[] = {
+    {"event", ConfigValueType::kString},
+    {"state", ConfigValueType::kNumber},
+    {"new_state", ConfigValueType::kNumber},
+};
+constexpr ConfigGroupSchema kConfigGroups[] = {
+    {"inject-error", kInjectErrorKeys},
+    {"set-state", kSetStateKeys},
+};
+
+struct ConfigRules {
+    std::vector<BlkdebugInjectError> inject_error;
+    std::vector<BlkdebugSetState> set_state;
+};
+
+// A number key of g that must fit [min, max] once read as QEMU stores it
+// (an int for errno and the states, an int64_t for sector).
+Status config_int(const ConfigGroup &g, const char *key, int64_t min, int64_t max, int64_t *out)
+{
+    auto it = g.values.find(key);
+    if (it == g.values.end()) return {};
+    Result<uint64_t> n = parse_config_number(key, it->second);
+    if (!n) return n.error();
+    int64_t v = static_cast<int64_t>(n.value());
+    if (std::strcmp(key, "sector") != 0) v = static_cast<int32_t>(n.value());
+    if (v < min || v > max) {
+        return make_error(EINVAL, "Value '%s' is out of range for parameter '%s'", it->second.c_str(), key);
+    }
+    *out = v;
+    return {};
+}
+
+Status config_bool(const ConfigGroup &g, const char *key, bool *out)
+{
+    auto it = g.values.find(key);
+    if (it == g.values.end()) return {};
+    Result<bool> b = parse_config_bool(key, it->second);
+    if (!b) return b.error();
+    *out = b.value();
+    return {};
+}
+
+// The event of a rule group: required, one of QEMU's names.
+Status config_event(const ConfigGroup &g, std::string *out)
+{
+    auto it = g.values.find("event");
+    if (it == g.values.end()) return make_error(EINVAL, "Missing event name for rule");
+    if (!event_valid(it->second)) return make_error(EINVAL, "invalid parameter value: %s", it->second.c_str());
+    *out = it->second;
+    return {};
+}
+
+// The rules of a blkdebug config file's text (QEMU's format, see
+// qapi/config-file.h): inject-error groups first, then set-state groups,
+// each in file order, as QEMU adds them. Errors: QEMU's messages.
+Result<ConfigRules> parse_config_rules(const std::string &text)
+{
+    Result<std::vector<ConfigGroup>> groups = parse_config_file(text, kConfigGroups);
+    if (!groups) return groups.error();
+    ConfigRules rules;
+    for (const ConfigGroup &g : groups.value()) {
+        if (g.name != "inject-error") continue;
+        BlkdebugInjectError e;
+        BG_TRY(config_event(g, &e.event));
+        BG_TRY(config_int(g, "state", 0, INT32_MAX, &e.state));
+        auto io = g.values.find("iotype");
+        if (io != g.values.end()) {
+            bool found = false;
+            for (const auto &n : kIoTypeNames) {
+                if (io->second == n.name) {
+                    e.iotype = n.value;
+                    found = true;
+                }
+            }
+            if (!found) return make_error(EINVAL, "invalid parameter value: %s", io->second.c_str());
+        }
+        BG_TRY(config_int(g, "errno", 0, 4095, &e.err));
+        BG_TRY(config_int(g, "sector", -1, INT64_MAX, &e.sector));
+        BG_TRY(config_bool(g, "once", &e.once));
+        BG_TRY(config_bool(g, "immediately", &e.immediately));
+        rules.inject_error.push_back(std::move(e));
+    }
+    for (const ConfigGroup &g : groups.value()) {
+        if (g.name != "set-state") continue;
+        BlkdebugSetState st;
+        BG_TRY(config_event(g, &st.event));
+        BG_TRY(config_int(g, "state", 0, INT32_MAX, &st.state));
+        BG_TRY(config_int(g, "new_state", 0, INT32_MAX, &st.new_state));
+        rules.set_state.push_back(std::move(st));
+    }
+    return rules;
+}
+
+// Reads and parses the config file path.
+Result<ConfigRules> read_config_rules(const std::string &path)
+{
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        int err = errno ? errno : EIO;
+        return make_error(err, "Could not read blkdebug config file: %s", std::strerror(err));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) return make_error(EIO, "Could not read blkdebug config file: %s", std::strerror(EIO));
+    return parse_config_rules(text.str());
+}
+
+// "blkdebug:[CONFIG]:IMAGE", QEMU's legacy file name: the config file (if
+// any) and the image, whose own name is read as any file name is.
+Result<nlohmann::json> parse_blkdebug_filename(const std::string &filename, const DriverRegistry &registry)
+{
+    static const std::string kPrefix = "blkdebug:";
+    if (filename.compare(0, kPrefix.size(), kPrefix) != 0) {
+        return make_error(EINVAL, "blkdebug requires both config file and image path");
+    }
+    const size_t colon = filename.find(':', kPrefix.size());
+    if (colon == std::string::npos) return make_error(EINVAL, "blkdebug requires both config file and image path");
+    nlohmann::json j{{"driver", "blkdebug"}};
+    if (colon > kPrefix.size()) j["config"] = filename.substr(kPrefix.size(), colon - kPrefix.size());
+    Result<nlohmann::json> image = filename_node_options(filename.substr(colon + 1), registry);
+    if (!image) return image.error();
+    j["image"] = std::move(image.value());
+    return j;
+}
+
 constexpr uint32_t iotype_bit(BlkdebugIoType t) { return 1u << static_cast<unsigned>(t); }
 
 // QEMU's default when iotype is absent.
@@ -268,6 +380,17 @@ struct InjectRule {
 bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
 
 class BlkdebugNode final : public FilterNode {
+  public:
+    // QEMU's name for a blkdebug node set up by its file name alone (a
+    // config file at most): "blkdebug:CONFIG:IMAGE", IMAGE being the
+    // child's name. With rules or limits in its options: the child's name.
+    std::string filename() const override
+    {
+        std::string child = FilterNode::filename();
+        if (child.empty() || !legacy_name_) return child;
+        return "blkdebug:" + config_ + ":" + child;
+    }
+
   protected:
     Status open(const BlockdevOptions &opts) override;
 
@@ -360,6 +483,8 @@ class BlkdebugNode final : public FilterNode {
     int coroutine_fn rule_check(int64_t offset, int64_t bytes, BlkdebugIoType iotype);
     bool rule_matches(InjectRule &r, uint64_t offset, uint64_t bytes, uint32_t bit, bool check_state);
 
+    std::string config_;                     // the config file's name, as given
+    bool legacy_name_ = false;               // no option but config: named "blkdebug:..."
     uint32_t align_ = 0, max_transfer_ = 0, opt_write_zero_ = 0, max_write_zero_ = 0;
     uint32_t opt_discard_ = 0, max_discard_ = 0;
 
@@ -374,9 +499,17 @@ Status BlkdebugNode::open(const BlockdevOptions &opts)
 {
     const auto *o = opts.as<BlkdebugOptions>();
     if (!o) return node_error(EINVAL, "options are not blkdebug options");
-    if (!o->config.empty()) return node_error(ENOTSUP, "blkdebug config files are not supported; use inject-error and set-state");
+    // Rules from the config file come first, then those of the options.
+    ConfigRules all;
+    if (!o->config.empty()) {
+        Result<ConfigRules> c = read_config_rules(o->config);
+        if (!c) return c.error();
+        all = std::move(c.value());
+    }
+    all.inject_error.insert(all.inject_error.end(), o->inject_error.begin(), o->inject_error.end());
+    all.set_state.insert(all.set_state.end(), o->set_state.begin(), o->set_state.end());
 
-    for (const BlkdebugInjectError &e : o->inject_error) {
+    for (const BlkdebugInjectError &e : all.inject_error) {
         if (!e.event.empty() && !event_valid(e.event)) {
             return node_error(EINVAL, "inject-error: invalid event '" + e.event + "'");
         }
@@ -387,7 +520,7 @@ Status BlkdebugNode::open(const BlockdevOptions &opts)
         if (e.iotype) r.iotype_mask = iotype_bit(*e.iotype);
         rules_.push_back(r);
     }
-    for (const BlkdebugSetState &s : o->set_state) {
+    for (const BlkdebugSetState &s : all.set_state) {
         if (s.event.empty()) return node_error(EINVAL, "Missing event name for rule");
         if (!event_valid(s.event)) return node_error(EINVAL, "set-state: invalid event '" + s.event + "'");
         set_state_.push_back(s);
@@ -414,6 +547,9 @@ Status BlkdebugNode::open(const BlockdevOptions &opts)
     BG_TRY(check(o->max_write_zero, o->opt_write_zero > align ? o->opt_write_zero : align, "max-write-zero"));
     BG_TRY(check(o->opt_discard, align, "opt-discard"));
     BG_TRY(check(o->max_discard, o->opt_discard > align ? o->opt_discard : align, "max-discard"));
+    config_ = o->config;
+    legacy_name_ = o->inject_error.empty() && o->set_state.empty() && !o->align && !o->max_transfer &&
+                   !o->opt_write_zero && !o->max_write_zero && !o->opt_discard && !o->max_discard;
     align_ = o->align;
     max_transfer_ = o->max_transfer;
     opt_write_zero_ = o->opt_write_zero;
@@ -519,11 +655,20 @@ std::unique_ptr<BlockNode> create_blkdebug() { return std::make_unique<BlkdebugN
 } // namespace
 
 extern const BlockDriver kDriverBlkdebug = {
-    "blkdebug", BlockDriverKind::kFilter,
-    kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
+    .name = "blkdebug",
+    .kind = BlockDriverKind::kFilter,
+    .caps = kCapWrite | kCapDiscard | kCapWriteZeroes | kCapResize | kCapShrink | kCapBlockStatus | kCapFlush |
         kCapPersistent | kCapPassthrough | kCapDiscardZeroes,
-    "fault injection and forced request limits for testing (filter; child \"image\")",
-    decode_blkdebug_options, create_blkdebug, nullptr,
+    .summary = "fault injection and forced request limits for testing (filter; child \"image\")",
+    .decode_options = decode_blkdebug_options,
+    .create = create_blkdebug,
+    .probe = nullptr,
+    .create_opts = {},
+    .create_image = nullptr,
+    .measure = nullptr,
+    .stores_bitmaps = nullptr,
+    .protocol_prefixes = nullptr,
+    .parse_filename = parse_blkdebug_filename,
 };
 
 } // namespace bg

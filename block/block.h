@@ -663,6 +663,13 @@ struct BlockDriver {
     // options decoder must accept "filename" and decode the name itself
     // (EINVAL naming it when it is malformed). nullptr: plain paths only.
     const char *const *protocol_prefixes;
+    // A legacy file name syntax "NAME:..." (NAME being this driver's name),
+    // optional: turns such a file name into the node's options tree (e.g.
+    // "blkdebug:CONFIG:IMAGE" -> {"driver": "blkdebug", "config": ...,
+    // "image": {...}}). Errors: EINVAL with QEMU's message for a malformed
+    // name. Pure (no I/O); may call filename_node_options() for the names
+    // it contains.
+    Result<nlohmann::json> (*parse_filename)(const std::string &filename, const DriverRegistry &registry);
 };
 
 // The drivers a graph can instantiate: one explicit list (block/drivers.cc
@@ -702,14 +709,35 @@ void register_builtin_drivers(DriverRegistry *registry);
 // The registry with every built-in driver (built on first use; thread-safe).
 const DriverRegistry &builtin_drivers();
 
-// The protocol driver that serves filename: the one whose
-// protocol_prefixes hold the name's prefix ("nbd://h/x" -> nbd), else (plain
-// paths, "file:" names, unknown prefixes) the default "file" driver; nullptr
-// if the registry has none.
+// File names, as QEMU reads them: a name has a protocol prefix when it holds
+// a ':' before any '/'; the prefix is the part before that ':'. "file:" is
+// the default protocol's own prefix and is stripped ("file:a:b" opens the
+// file "./a:b", "./" being added when the rest would itself look prefixed);
+// a driver's protocol_prefixes or its parse_filename hook claim others; a
+// name without a prefix is a path for the default "file" driver.
+
+// True if filename has a protocol prefix (a ':' before any '/'). Such a name
+// is absolute: a backing file name with one is not made relative to the
+// image's directory.
+bool filename_has_protocol(const std::string &filename);
+
+// The driver that serves filename: the one whose protocol_prefixes hold the
+// name's prefix ("nbd://h/x" -> nbd), or whose parse_filename hook and name
+// match it ("blkdebug::x" -> blkdebug), else (plain paths, "file:" names,
+// unknown prefixes) the default "file" driver; nullptr if the registry has
+// none.
 const BlockDriver *protocol_driver_for(const DriverRegistry &registry, const std::string &filename);
-// The options tree of a protocol node opening filename, e.g.
-// {"driver": "file", "filename": filename} or {"driver": "nbd", "filename":
-// "nbd://h/x"}; for BlockGraph::add_node_json.
+// The options tree of the node that opening filename gives, e.g.
+// {"driver": "file", "filename": "a:b"} for "file:a:b", {"driver": "nbd",
+// "filename": "nbd://h/x"}, or a parse_filename hook's tree; for
+// BlockGraph::add_node_json.
+// Errors (EINVAL): "Unknown protocol 'P'" when no driver claims the prefix
+// P; the parse_filename hook's.
+Result<nlohmann::json> filename_node_options(const std::string &filename,
+                                             const DriverRegistry &registry = builtin_drivers());
+// filename_node_options() for names known to be good (ones an image stores,
+// or that the caller checked): on an error it gives {"driver": "file",
+// "filename": filename}, so that the open reports the file's own error.
 nlohmann::json protocol_node_options(const std::string &filename, const DriverRegistry &registry = builtin_drivers());
 // True if drv's format probe claims any data at all (raw): probing picks it
 // only when nothing else recognises the image, so writes that would make

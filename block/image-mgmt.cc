@@ -232,6 +232,7 @@ namespace {
 // The directory part of path including the slash, or "" (QEMU path_combine).
 std::string combine_with_dir(const std::string &base, const std::string &name)
 {
+    if (filename_has_protocol(name)) return name;   // absolute to QEMU
     if (name.empty() || name[0] == '/') return name;
     size_t slash = base.rfind('/');
     if (slash == std::string::npos) return name;
@@ -244,7 +245,9 @@ Result<std::pair<std::string, int64_t>> probe_backing(const DriverRegistry &regi
                                                       const std::optional<std::string> &fmt)
 {
     BlockGraph graph(&registry);
-    nlohmann::json fo = protocol_node_options(path, registry);
+    Result<nlohmann::json> node = filename_node_options(path, registry);
+    if (!node) return make_error(node.err(), "Could not open '%s': %s", path.c_str(), node.msg().c_str());
+    nlohmann::json fo = std::move(node.value());
     fo["read-only"] = true;
     fo["force-share"] = true;
     auto file = graph.add_node_json(fo);
@@ -275,29 +278,82 @@ Result<std::pair<std::string, int64_t>> probe_backing(const DriverRegistry &regi
 } // namespace
 
 namespace {
+
 // The protocol of plain file names (an option default, as QEMU's).
 constexpr const char *kDefaultProtocol = "file";
+
+// True if filename has a protocol prefix (a ':' before any '/'); *prefix is
+// the part before that ':' (possibly empty).
+bool split_protocol(const std::string &filename, std::string *prefix)
+{
+    size_t stop = filename.find_first_of(":/");
+    if (stop == std::string::npos || filename[stop] != ':') return false;
+    *prefix = filename.substr(0, stop);
+    return true;
+}
+
+bool claims_prefix(const BlockDriver *d, const std::string &prefix)
+{
+    if (d->parse_filename && prefix == d->name) return true;
+    if (d->kind != BlockDriverKind::kProtocol || !d->protocol_prefixes) return false;
+    for (const char *const *p = d->protocol_prefixes; *p; p++) {
+        if (prefix == *p) return true;
+    }
+    return false;
+}
+
+} // namespace
+
+bool filename_has_protocol(const std::string &filename)
+{
+    std::string prefix;
+    return split_protocol(filename, &prefix);
+}
+
+namespace {
+
+nlohmann::json default_protocol_options(const DriverRegistry &registry, const std::string &path)
+{
+    const BlockDriver *d = registry.find(kDefaultProtocol);
+    return nlohmann::json{{"driver", d ? d->name : kDefaultProtocol}, {"filename", path}};
+}
+
 } // namespace
 
 const BlockDriver *protocol_driver_for(const DriverRegistry &registry, const std::string &filename)
 {
-    size_t colon = filename.find(':');
-    if (colon != std::string::npos && colon > 0 && filename.find('/') > colon) {
-        std::string prefix = filename.substr(0, colon);
+    std::string prefix;
+    if (split_protocol(filename, &prefix) && prefix != kDefaultProtocol) {
         for (const BlockDriver *d : registry.all()) {
-            if (d->kind != BlockDriverKind::kProtocol || !d->protocol_prefixes) continue;
-            for (const char *const *p = d->protocol_prefixes; *p; p++) {
-                if (prefix == *p) return d;
-            }
+            if (claims_prefix(d, prefix)) return d;
         }
     }
     return registry.find(kDefaultProtocol);
 }
 
+Result<nlohmann::json> filename_node_options(const std::string &filename, const DriverRegistry &registry)
+{
+    std::string prefix;
+    if (!split_protocol(filename, &prefix)) return default_protocol_options(registry, filename);
+    if (prefix == kDefaultProtocol) {
+        // The rest is a path; "./" keeps a ':' in it from reading as a prefix.
+        std::string path = filename.substr(prefix.size() + 1);
+        std::string inner;
+        if (split_protocol(path, &inner)) path = "./" + path;
+        return default_protocol_options(registry, path);
+    }
+    for (const BlockDriver *d : registry.all()) {
+        if (!claims_prefix(d, prefix)) continue;
+        if (d->parse_filename && prefix == d->name) return d->parse_filename(filename, registry);
+        return nlohmann::json{{"driver", d->name}, {"filename", filename}};
+    }
+    return make_error(EINVAL, "Unknown protocol '%s'", prefix.c_str());
+}
+
 nlohmann::json protocol_node_options(const std::string &filename, const DriverRegistry &registry)
 {
-    const BlockDriver *d = protocol_driver_for(registry, filename);
-    return nlohmann::json{{"driver", d ? d->name : kDefaultProtocol}, {"filename", filename}};
+    Result<nlohmann::json> r = filename_node_options(filename, registry);
+    return r ? std::move(r.value()) : default_protocol_options(registry, filename);
 }
 
 Status create_image_file(const std::string &filename, const CreateOptions &opts)
@@ -305,6 +361,11 @@ Status create_image_file(const std::string &filename, const CreateOptions &opts)
     const BlockDriver *proto = protocol_driver_for(builtin_drivers(), filename);
     if (!proto || !proto->create_image) {
         return make_error(ENOTSUP, "%s: the protocol cannot create image files", filename.c_str());
+    }
+    // The default protocol creates the path its "file:" prefix names.
+    if (std::strcmp(proto->name, kDefaultProtocol) == 0) {
+        const nlohmann::json node = protocol_node_options(filename);
+        return proto->create_image(node["filename"].get<std::string>(), opts);
     }
     return proto->create_image(filename, opts);
 }
@@ -323,6 +384,8 @@ Status img_create(const DriverRegistry &registry, const ImgCreateParams &p)
 {
     const BlockDriver *drv = registry.find(p.fmt);
     if (!drv) return make_error(EINVAL, "Unknown file format '%s'", p.fmt.c_str());
+    Result<nlohmann::json> node = filename_node_options(p.filename, registry);
+    if (!node) return node.error();
     const BlockDriver *proto = protocol_driver_for(registry, p.filename);
     if (!drv->create_image) {
         return make_error(ENOTSUP, "Format driver '%s' does not support image creation", drv->name);

@@ -1,6 +1,8 @@
 // monitor/json-stream.cc -- see json-stream.h.
 #include "monitor/json-stream.h"
 
+#include "qapi/json-quotes.h"
+
 #include <set>
 #include <vector>
 
@@ -16,47 +18,6 @@ bool is_json_byte(unsigned char c)
 {
     return is_space(c) || is_structural(c) || c == '"' || c == '\'' || (c >= '0' && c <= '9') ||
            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '+' || c == '.';
-}
-
-// Rewrites single-quoted strings as double-quoted ones; everything else is
-// copied. Inside 'x', a '"' becomes \" and \' becomes '.
-std::string translate_quotes(const std::string &in)
-{
-    std::string out;
-    out.reserve(in.size());
-    char quote = 0;
-    for (size_t i = 0; i < in.size(); i++) {
-        const char c = in[i];
-        if (!quote) {
-            if (c == '\'') {
-                quote = c;
-                out += '"';
-                continue;
-            }
-            if (c == '"') quote = c;
-            out += c;
-            continue;
-        }
-        if (c == '\\' && i + 1 < in.size()) {
-            const char n = in[++i];
-            if (quote == '\'' && n == '\'') {
-                out += '\'';
-            } else {
-                out += '\\';
-                out += n;
-            }
-            continue;
-        }
-        if (c == quote) {
-            out += '"';
-            quote = 0;
-        } else if (c == '"') {
-            out += "\\\"";   // only reachable inside '...'
-        } else {
-            out += c;
-        }
-    }
-    return out;
 }
 
 // The parser's reason, shortened to the part after "... - " and mapped to
@@ -106,7 +67,10 @@ Result<nlohmann::json> qmp_parse_json(const std::string &text)
             }
             return true;
         };
-        nlohmann::json j = nlohmann::json::parse(translate_quotes(text), cb);
+        // An open string at the end is an incomplete value, as for the parser.
+        Result<std::string> std_text = json_translate_quotes(text);
+        if (!std_text) return make_error(EINVAL, "JSON parse error, premature EOI");
+        nlohmann::json j = nlohmann::json::parse(std_text.value(), cb);
         if (!dup.empty()) return make_error(EINVAL, "JSON parse error, duplicate key");
         return j;
     } catch (const nlohmann::json::parse_error &e) {

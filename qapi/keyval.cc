@@ -1,5 +1,7 @@
 #include "qapi/keyval.h"
 
+#include "qapi/json-quotes.h"
+
 #include <map>
 #include <memory>
 #include <new>
@@ -278,9 +280,11 @@ Result<json> do_parse_json_object(const std::string &s)
         }
         return true;
     };
+    Result<std::string> text = json_translate_quotes(s);
+    if (!text) return text.error();
     json j;
     try {
-        j = json::parse(s, cb, true, false);
+        j = json::parse(text.value(), cb, true, false);
     } catch (const json::parse_error &e) {
         size_t pos = e.byte > 0 ? e.byte - 1 : 0;
         return make_error(EINVAL, "JSON: %s at position %zu", parse_error_text(e.what()).c_str(), pos);

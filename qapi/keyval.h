@@ -46,8 +46,11 @@ namespace bg {
 Result<nlohmann::json> keyval_parse(const std::string &s, const char *implied_key);
 
 // Parses a strict JSON text (RFC 8259: no comments, no trailing commas,
-// valid UTF-8) that must be an object. Duplicate member names are an error.
+// valid UTF-8) that must be an object, in QEMU's dialect: strings may also be
+// single-quoted, and \' is an escape (see qapi/json-quotes.h). Duplicate
+// member names are an error.
 // Errors (EINVAL):
+//   "JSON: unterminated string starting at position N"
 //   "JSON: <what> at position N" (syntax errors)
 //   "JSON: duplicate key 'k'"
 //   "JSON: nesting deeper than 128 levels"

@@ -1,18 +1,14 @@
 #include "qapi/size.h"
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
 namespace bg {
 
 namespace {
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
-
-int hex_value(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
 
 // Multiplier for a unit suffix, 0 if c is not one.
 uint64_t suffix_mul(char c)
@@ -31,58 +27,76 @@ uint64_t suffix_mul(char c)
 
 } // namespace
 
+int strtosz(const std::string &s, uint64_t *out, bool *hex_suffix)
+{
+    if (hex_suffix) *hex_suffix = false;
+    const char *const start = s.c_str();
+    if (std::strlen(start) != s.size()) return -EINVAL;   // an embedded NUL
+
+    // The integer part, decimal (leading blanks and '+' allowed; a '-' is
+    // refused, here or, being no digit nor suffix, anywhere after).
+    errno = 0;
+    char *end = nullptr;
+    uint64_t val = std::strtoull(start, &end, 10);
+    if (end == start) return -EINVAL;
+    if (errno == ERANGE) return *end ? -EINVAL : -ERANGE;
+    if (std::memchr(start, '-', static_cast<size_t>(end - start))) return -EINVAL;
+
+    // The fraction, as a 64-bit binary fixed-point number.
+    uint64_t valf = 0;
+    bool hex = false;
+    if (val == 0 && (*end == 'x' || *end == 'X')) {
+        errno = 0;
+        val = std::strtoull(start, &end, 16);
+        if (errno == ERANGE) return *end ? -EINVAL : -ERANGE;
+        if (*end == '.') return -EINVAL;
+        hex = true;
+    } else if (*end == '.') {
+        if (!is_digit(end[1])) {
+            end++;   // "1.k": no fraction digits
+        } else {
+            char *fend = nullptr;
+            errno = 0;
+            const double fraction = std::strtod(end, &fend);
+            if (fend == end) return -EINVAL;
+            for (const char *p = end; p < fend; p++) {
+                if (*p == 'e' || *p == 'E') return -EINVAL;   // no exponent
+            }
+            end = fend;
+            // An underflow still counts as a (tiny) non-zero fraction.
+            const double scaled = fraction * 0x1p64;
+            valf = errno == ERANGE ? 1 : scaled >= 0x1p64 ? 0 : static_cast<uint64_t>(scaled);
+        }
+    }
+
+    uint64_t mul = suffix_mul(*end);
+    if (mul) {
+        if (hex && hex_suffix) *hex_suffix = true;
+        end++;
+    } else {
+        mul = 1;
+    }
+    uint64_t result = val;
+    if (mul == 1) {
+        if (valf) return -EINVAL;   // a fraction needs a unit above bytes
+    } else {
+        // val * mul + valf * mul / 2^64, rounded half up, in 128 bits.
+        const unsigned __int128 whole = static_cast<unsigned __int128>(val) * mul;
+        const unsigned __int128 part = static_cast<unsigned __int128>(valf) * mul;
+        const unsigned __int128 total = whole + (part >> 64) + ((part >> 63) & 1);
+        if (total >> 64) return *end ? -EINVAL : -ERANGE;
+        result = static_cast<uint64_t>(total);
+    }
+    if (*end) return -EINVAL;
+    *out = result;
+    return 0;
+}
+
 Result<uint64_t> parse_size(const std::string &s)
 {
-    auto bad = [&s]() { return make_error(EINVAL, "'%s' is not a valid size", s.c_str()); };
-    const size_t n = s.size();
-    if (n == 0 || !is_digit(s[0])) return bad();
-
-    uint64_t val = 0;
-    size_t i = 0;
-    if (n >= 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-        if (n == 2) return bad();
-        for (i = 2; i < n; i++) {
-            int d = hex_value(s[i]);
-            if (d < 0 || val > (UINT64_MAX >> 4)) return bad();
-            val = (val << 4) | static_cast<uint64_t>(d);
-        }
-        return val;
-    }
-
-    for (; i < n && is_digit(s[i]); i++) {
-        uint64_t d = static_cast<uint64_t>(s[i] - '0');
-        if (val > (UINT64_MAX - d) / 10) return bad();
-        val = val * 10 + d;
-    }
-
-    // Fraction: keep at most 18 digits (below 2^60, so the product with a
-    // multiplier fits in 128 bits); later digits only need to be digits.
-    unsigned __int128 frac_num = 0;
-    uint64_t frac_den = 1;
-    if (i < n && s[i] == '.') {
-        for (i++; i < n && is_digit(s[i]); i++) {
-            if (frac_den < 1000000000000000000ULL) {
-                frac_num = frac_num * 10 + static_cast<unsigned>(s[i] - '0');
-                frac_den *= 10;
-            }
-        }
-    }
-
-    uint64_t mul = 1;
-    if (i < n) {
-        mul = suffix_mul(s[i]);
-        if (mul == 0) return bad();
-        i++;
-    }
-    if (i != n) return bad();
-
-    if (mul == 1) {
-        if (frac_num != 0) return bad();     // a fraction needs a unit
-        return val;
-    }
-    uint64_t frac_bytes = static_cast<uint64_t>(frac_num * mul / frac_den);
-    if (val > (UINT64_MAX - frac_bytes) / mul) return bad();
-    return val * mul + frac_bytes;
+    uint64_t v = 0;
+    if (strtosz(s, &v) != 0) return make_error(EINVAL, "'%s' is not a valid size", s.c_str());
+    return v;
 }
 
 } // namespace bg

@@ -138,9 +138,9 @@ int parse_bench_opts(int argc, char **argv, Bench *b, BenchArgs *a)
         case 'n': oa.cache = "none"; break;
         case 'i': a->aio = optarg; break;
         case 'o': {
-            Result<int64_t> r = parse_img_size(optarg);
+            Result<int64_t> r = parse_img_number(optarg, "offset", 0, INT64_MAX);
             if (!r) {
-                error("Invalid offset specified");
+                error("%s", r.msg().c_str());
                 return 1;
             }
             b->offset = r.value();
@@ -148,18 +148,19 @@ int parse_bench_opts(int argc, char **argv, Bench *b, BenchArgs *a)
         }
         case 'q': g_quiet = true; break;
         case 's': {
-            Result<int64_t> r = parse_img_size(optarg);
-            if (!r || r.value() <= 0 || r.value() > INT32_MAX) {
-                error("Invalid buffer size specified");
+            Result<int64_t> r = parse_img_number(optarg, "buffer size", 0, INT32_MAX);
+            if (!r || r.value() == 0) {
+                // QEMU takes 0 (requests of no bytes); we refuse it.
+                error("%s", r ? "Invalid buffer size specified" : r.msg().c_str());
                 return 1;
             }
             b->bufsize = r.value();
             break;
         }
         case 'S': {
-            Result<int64_t> r = parse_img_size(optarg);
-            if (!r || r.value() > INT32_MAX) {
-                error("Invalid step size specified");
+            Result<int64_t> r = parse_img_number(optarg, "step_size", 0, INT32_MAX);
+            if (!r) {
+                error("%s", r.msg().c_str());
                 return 1;
             }
             b->step = r.value();

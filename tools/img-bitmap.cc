@@ -57,8 +57,12 @@ int img_bitmap(int argc, char **argv)
         case 'b': src_file = optarg; break;
         case 'F': src_fmt = optarg; break;
         case 'g': {
-            Result<uint64_t> r = parse_size(optarg);
-            if (!r || r.value() == 0 || r.value() > (1ULL << 31)) {
+            Result<int64_t> r = parse_img_number(optarg, "granularity", 0, INT64_MAX);
+            if (!r) {
+                error("%s", r.msg().c_str());
+                return 1;
+            }
+            if (r.value() == 0 || r.value() > (1LL << 31)) {
                 error("Invalid granularity specified");
                 return 1;
             }

@@ -30,7 +30,7 @@ constexpr int64_t kMaxSparse = 16 << 20;
 // Directory of base joined with a relative name (QEMU's path_combine).
 std::string combine_with_dir(const std::string &base, const std::string &name)
 {
-    if (name.empty() || name[0] == '/') return name;
+    if (name.empty() || name[0] == '/' || filename_has_protocol(name)) return name;
     size_t slash = base.rfind('/');
     if (slash == std::string::npos) return name;
     return base.substr(0, slash + 1) + name;
@@ -119,8 +119,12 @@ int parse_convert_opts(int argc, char **argv, ConvertOptions *o)
             break;
         }
         case 'S': {
-            Result<uint64_t> r = parse_size(optarg);
-            if (!r || r.value() % 512 || r.value() > static_cast<uint64_t>(kMaxSparse)) {
+            Result<int64_t> r = parse_img_number(optarg, "buffer size for sparse output", 0, INT64_MAX);
+            if (!r) {
+                error("%s", r.msg().c_str());
+                return 1;
+            }
+            if (r.value() % 512 || r.value() > kMaxSparse) {
                 error("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to "
                       "16777216. Select 0 to disable sparse detection (fully allocates output).");
                 return 1;
@@ -317,6 +321,13 @@ std::unique_ptr<OpenImage> create_and_open_target(const ConvertOptions &o, int64
     const std::string &out_name = o.out_name;
     const bool compress = o.compress;
     if (!o.skip_create) {
+        // The target's protocol first, as qemu-img checks it (no file name
+        // in front of its error).
+        Result<nlohmann::json> proto = filename_node_options(out_name);
+        if (!proto) {
+            error("%s", proto.msg().c_str());
+            return nullptr;
+        }
         ImgCreateParams p;
         p.fmt = o.out_fmt;
         p.filename = out_name;

@@ -231,10 +231,20 @@ int img_resize(int argc, char **argv)
         relative = num[0] == '+' ? 1 : -1;
         num = num.substr(1);
     }
-    Result<uint64_t> n = parse_size(num);
-    if (!n || n.value() > static_cast<uint64_t>(INT64_MAX)) {
-        error("Parameter 'size' expects a non-negative number below 2^63 (optional suffix k, M, G, T, P or E): %s",
-              size_arg.c_str());
+    // QEMU's size option syntax and messages; the value wraps as an int64_t.
+    uint64_t n = 0;
+    bool hex_suffix = false;
+    const int perr = strtosz(num, &n, &hex_suffix);
+    if (hex_suffix) error("warning: Using a multiplier suffix on hex numbers is deprecated: %s", num.c_str());
+    if (perr == -ERANGE) {
+        error("Value '%s' is out of range for parameter 'size'", num.c_str());
+        return 1;
+    }
+    if (perr) {
+        error("Parameter 'size' expects a non-negative number below 2^64");
+        std::fputs("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                   "and exabytes, respectively.\n",
+                   stderr);
         return 1;
     }
     std::unique_ptr<OpenImage> img = open_img(oa);
@@ -244,9 +254,8 @@ int img_resize(int argc, char **argv)
         error("Failed to inquire current image length: %s", std::strerror(static_cast<int>(-current)));
         return 1;
     }
-    int64_t v = static_cast<int64_t>(n.value());
-    int64_t total = relative > 0 ? current + v : relative < 0 ? current - v : v;
-    if (relative > 0 && total < current) total = INT64_MAX;   // overflow
+    const uint64_t cur = static_cast<uint64_t>(current);
+    const int64_t total = static_cast<int64_t>(relative > 0 ? cur + n : relative < 0 ? cur - n : n);
     if (total <= 0) {
         error("New image size must be positive");
         return 1;

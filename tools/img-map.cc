@@ -156,20 +156,18 @@ int img_map(int argc, char **argv)
             if (!parse_output_format(optarg, &ofmt)) return 1;
             break;
         case kOptStartOffset: {
-            Result<int64_t> r = parse_img_size(optarg);
+            Result<int64_t> r = parse_img_number(optarg, "start offset", 0, INT64_MAX);
             if (!r) {
-                error("Invalid start offset specified! You may use k, M, G, T, P or E suffixes for kilobytes, "
-                      "megabytes, gigabytes, terabytes, petabytes and exabytes.");
+                error("%s", r.msg().c_str());
                 return 1;
             }
             start = r.value();
             break;
         }
         case kOptMaxLength: {
-            Result<int64_t> r = parse_img_size(optarg);
+            Result<int64_t> r = parse_img_number(optarg, "max length", 0, INT64_MAX);
             if (!r) {
-                error("Invalid max length specified! You may use k, M, G, T, P or E suffixes for kilobytes, "
-                      "megabytes, gigabytes, terabytes, petabytes and exabytes.");
+                error("%s", r.msg().c_str());
                 return 1;
             }
             max_length = r.value();

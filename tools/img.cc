@@ -67,25 +67,34 @@ void qprintf(const char *fmt, ...)
     va_end(ap);
 }
 
-Result<int64_t> parse_img_size(const std::string &s)
+Result<int64_t> parse_img_number(const std::string &s, const char *name, int64_t min, int64_t max)
 {
-    Result<uint64_t> r = parse_size(s);
-    if (!r || r.value() > static_cast<uint64_t>(INT64_MAX)) {
-        return make_error(EINVAL, "Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
-                                  "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    uint64_t v = 0;
+    bool hex_suffix = false;
+    const int err = strtosz(s, &v, &hex_suffix);
+    if (hex_suffix) error("warning: Using a multiplier suffix on hex numbers is deprecated: %s", s.c_str());
+    if (err && err != -ERANGE) {
+        return make_error(EINVAL, "Invalid %s specified. You may use k, M, G, T, P or E suffixes for\n%s: "
+                                  "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+                          name, kProg);
     }
-    return static_cast<int64_t>(r.value());
+    if (err || v > static_cast<uint64_t>(max) || static_cast<int64_t>(v) < min) {
+        return make_error(ERANGE, "Invalid %s specified. Must be between %" PRId64 " and %" PRId64 ".", name, min,
+                          max);
+    }
+    return static_cast<int64_t>(v);
 }
+
+Result<int64_t> parse_img_size(const std::string &s) { return parse_img_number(s, "image size", 0, INT64_MAX); }
 
 bool parse_rate_limit(const char *arg, uint64_t *out)
 {
-    Result<uint64_t> r = parse_size(arg);
-    if (!r || r.value() == 0 || r.value() > static_cast<uint64_t>(INT64_MAX)) {
-        error("Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, "
-              "gigabytes, terabytes, petabytes and exabytes.");
+    Result<int64_t> r = parse_img_number(arg, "rate limit", 0, INT64_MAX);
+    if (!r) {
+        error("%s", r.msg().c_str());
         return false;
     }
-    *out = r.value();
+    *out = static_cast<uint64_t>(r.value());
     return true;
 }
 

@@ -43,11 +43,20 @@ extern bool g_quiet;
 void qprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // ---- numbers ----
-// qemu-img's size syntax: a number with an optional k/M/G/T/P/E suffix
-// (bytes without). Error: EINVAL with qemu-img's message for "what".
+// A number in QEMU's size syntax (qapi/size.h strtosz: suffixes k/M/G/T/P/E,
+// fractions, hex) within [min, max], as qemu-img reads its numeric options
+// (its cvtnum): a hex number with a suffix prints QEMU's deprecation
+// warning. Errors, qemu-img's texts for the option's name:
+//   EINVAL "Invalid NAME specified. You may use k, M, G, T, P or E suffixes
+//          for\n<prog>: kilobytes, megabytes, gigabytes, terabytes, petabytes
+//          and exabytes." (two lines when printed with error())
+//   ERANGE "Invalid NAME specified. Must be between MIN and MAX."
+Result<int64_t> parse_img_number(const std::string &s, const char *name, int64_t min, int64_t max);
+// parse_img_number(s, "image size", 0, INT64_MAX).
 Result<int64_t> parse_img_size(const std::string &s);
-// -r of convert and commit: bytes per second, at least 1, with the size
-// suffixes. false (after printing qemu-img's message) if bad.
+// -r of convert and commit: bytes per second (0: no limit), with the size
+// syntax. false (after printing qemu-img's message, parse_img_number's for
+// "rate limit") if bad.
 bool parse_rate_limit(const char *arg, uint64_t *out);
 // qemu's size_to_str: "64 MiB", "1.26 MiB", "0 B".
 std::string size_to_str(uint64_t v);

@@ -18,26 +18,18 @@ namespace bg {
 namespace io {
 namespace {
 
-// qemu-io's cvtnum: a byte count with qemu_strtosz syntax, at most INT64_MAX.
-// Returns the value, -EINVAL (not a number) or -ERANGE (too large).
+// qemu-io's cvtnum: a byte count in QEMU's size syntax (qapi/size.h), at
+// most INT64_MAX. Returns the value, -EINVAL (not a number) or -ERANGE (too
+// large). A hex number with a unit suffix gets QEMU's deprecation warning.
 int64_t cvtnum(const char *s)
 {
-    Result<uint64_t> r = parse_size(s);
-    if (!r) {
-        // parse_size folds overflow into EINVAL; qemu_strtosz says ERANGE
-        // for a well-formed number that does not fit.
-        const char *p = s;
-        while (std::isdigit(static_cast<unsigned char>(*p))) p++;
-        if (p != s && *p == '.') {
-            p++;
-            while (std::isdigit(static_cast<unsigned char>(*p))) p++;
-        }
-        if (p != s && *p && std::strchr("bBkKmMgGtTpPeE", *p)) p++;
-        if (p != s && !*p) return -ERANGE;
-        return -EINVAL;
-    }
-    if (r.value() > static_cast<uint64_t>(INT64_MAX)) return -ERANGE;
-    return static_cast<int64_t>(r.value());
+    uint64_t v = 0;
+    bool hex_suffix = false;
+    int err = strtosz(s, &v, &hex_suffix);
+    if (hex_suffix) std::fprintf(stderr, "%s: warning: Using a multiplier suffix on hex numbers is deprecated: %s\n", kProg, s);
+    if (err) return err;
+    if (v > static_cast<uint64_t>(INT64_MAX)) return -ERANGE;
+    return static_cast<int64_t>(v);
 }
 
 void print_cvtnum_err(int64_t rc, const char *arg)

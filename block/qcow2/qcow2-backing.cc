@@ -42,7 +42,7 @@ constexpr size_t kMaxBackingDepth = 256;   // images below the top one
 // relative one against the directory of base (or as is if base has none).
 std::string combine_path(const std::string &base, const std::string &name)
 {
-    if (name.empty() || name[0] == '/') return name;
+    if (name.empty() || name[0] == '/' || filename_has_protocol(name)) return name;
     size_t slash = base.rfind('/');
     if (slash == std::string::npos) return name;
     return base.substr(0, slash + 1) + name;

@@ -585,6 +585,9 @@ Status coroutine_fn Qcow2Node::co_get_info(ImageInfo *info)
     if (!h_.backing_file.empty()) {
         info->backing_filename = h_.backing_file;
         if (backing()) info->full_backing_filename = backing()->node()->filename();
+        // A protocol-prefixed name ("file:b.qcow2") is absolute to QEMU: its
+        // full name is the name itself.
+        if (filename_has_protocol(h_.backing_file)) info->full_backing_filename = h_.backing_file;
         if (h_.backing_format) info->backing_format = *h_.backing_format;
     }
     for (const qcow2::Snapshot &sn : snapshots_) info->snapshots.push_back(qcow2::snapshot_info(sn));

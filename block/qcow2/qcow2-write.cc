@@ -574,7 +574,7 @@ bool Qcow2Node::zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t 
         } else if (host && !dfile) {
             w->frees.push_back({host, cs});
         } else if (dfile && allocated && (op.type == qcow2::DiscardType::kRequest || op.unmap) &&
-                   discard_passthrough_[static_cast<int>(op.type)] && !h_.data_file_raw()) {
+                   passes_discard(op.type) && !h_.data_file_raw()) {
             w->file_discards.push_back({cstart, cs});
         }
     };
@@ -605,7 +605,7 @@ bool Qcow2Node::zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t 
         if (keep_host && owned) {
             ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext || !v3 ? 0 : qcow2::kOflagZero);
             nbm = kAllZeroBits;
-            if (!dfile && discard_passthrough_[static_cast<int>(op.type)]) w->file_discards.push_back({host, cs});
+            if (!dfile && passes_discard(op.type)) w->file_discards.push_back({host, cs});
             if (!v3) ne = old;   // v2: cannot mark zero; only the file discard
         } else {
             free_old();

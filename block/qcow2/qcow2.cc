@@ -106,6 +106,7 @@ void Qcow2Node::set_write_options(const BlockdevOptionsQcow2 &o)
     lazy_refcounts_ = o.lazy_refcounts_set ? o.lazy_refcounts : image_lazy;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kNever)] = false;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kRequest)] = o.pass_discard_request;
+    discard_request_set_ = o.pass_discard_request_set;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kSnapshot)] = o.pass_discard_snapshot;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kOther)] = o.pass_discard_other;
     discard_no_unref_ = o.discard_no_unref;

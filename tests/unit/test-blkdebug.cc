@@ -234,7 +234,8 @@ START_TEST(test_blkdebug_transparent)
     ck_assert_ptr_nonnull(c);
     ck_assert_str_eq(c->name().c_str(), "image");
     ck_assert_int_eq(c->role(), kRoleFiltered | kRolePrimary);
-    ck_assert(e.node->filename() == c->node()->filename());
+    // No rules nor limits: QEMU's "blkdebug:CONFIG:IMAGE" name.
+    ck_assert(e.node->filename() == "blkdebug::" + c->node()->filename());
 
     std::vector<uint8_t> buf(200000);
     ck_assert_int_eq(run_in_coroutine([&] { return e.blk->co_pread(1001, buf.size(), buf.data()); }), 0);
@@ -664,31 +665,35 @@ END_TEST
 
 START_TEST(test_blkdebug_validation)
 {
-    // What the decoder checks, at the key's path.
+    // The limits, with QEMU's messages (checked at open).
     Dbg d;
     d.align = 3000;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d), "blockdev 'dbg': align: 3000 is not a power of two");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with align 3000");
+    d.align = 1u << 31;
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with align 2147483648");
     d = {};
     d.align = 4096;
     d.max_transfer = 6144;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d),
-                      "blockdev 'dbg': max-transfer: 6144 is not a multiple of align (4096)");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with max-transfer 6144");
     d = {};
     d.opt_write_zero = 4096;
     d.max_write_zero = 6144;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d),
-                      "blockdev 'dbg': max-write-zero: 6144 is not a multiple of opt-write-zero (4096)");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with max-write-zero 6144");
     d = {};
     d.align = 512;
     d.opt_discard = 100;
-    expect_open_error(dbg_json(inline_ref(null_opts()), d),
-                      "blockdev 'dbg': opt-discard: 100 is not a multiple of align (512)");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with opt-discard 100");
+    d = {};
+    d.max_transfer = 1u << 31;
+    expect_open_error(dbg_json(inline_ref(null_opts()), d), "Cannot meet constraints with max-transfer 2147483648");
+    // What the decoder checks, at the key's path.
     d = {};
     d.set_state = {{"", 0, 2}};
     expect_open_error(dbg_json(inline_ref(null_opts()), d), "blockdev 'dbg': set-state.0.event: must not be empty");
     d = {};
-    d.config = "/etc/blkdebug.conf";
-    expect_open_error(dbg_json(inline_ref(null_opts()), d), "config");
+    d.config = tmp_path("no-such.conf");
+    expect_open_error(dbg_json(inline_ref(null_opts()), d),
+                      "Could not read blkdebug config file: No such file or directory");
     expect_open_error(dbg_json(BlockdevRef{}), "missing required key 'image'");
     // What only open can check: event names, and the limits against the
     // child's own alignment (a test-mem child with align=4096).
@@ -702,6 +707,145 @@ START_TEST(test_blkdebug_validation)
     d = {};
     d.opt_discard = 512;
     expect_open_error(dbg_json(inline_ref(aligned), d), "Cannot meet constraints with opt-discard 512");
+}
+END_TEST
+
+// ---------------------------------------------------------------- config file
+
+namespace {
+
+std::string write_config(const std::string &name, const std::string &text)
+{
+    std::string path = tmp_path(name);
+    FILE *f = std::fopen(path.c_str(), "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(std::fwrite(text.data(), 1, text.size(), f), text.size());
+    std::fclose(f);
+    return path;
+}
+
+} // namespace
+
+START_TEST(test_blkdebug_config_rules)
+{
+    // read_aio arms the first rule (ENOSPC, once); l2_load moves to state 2,
+    // where the second (EACCES, any I/O, immediately) applies.
+    Dbg d;
+    d.config = write_config("rules.conf",
+                            "# a comment\n"
+                            "\n"
+                            "[inject-error]\n"
+                            "event = \"read_aio\"\n"
+                            "errno = \"28\"\n"
+                            "once = \"on\"\n"
+                            "[inject-error \"second\"]\n"
+                            "  event   =   \"write_aio\"  trailing text is ignored\n"
+                            "state = \"2\"\n"
+                            "iotype = \"write\"\n"
+                            "errno = \"0xd\"\n"
+                            "immediately = \"yes\"\n"
+                            "[set-state]\n"
+                            "event = \"l2_load\"\n"
+                            "new_state = \"2\"\n");
+    Env e;
+    e.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e.read(0, 512), 0);
+    e.event("read_aio");
+    ck_assert_int_eq(e.read(0, 512), -ENOSPC);
+    ck_assert_int_eq(e.read(0, 512), 0);         // once
+    e.event("write_aio");                          // state 1: the rule does not arm
+    ck_assert_int_eq(e.write(0, 512), 0);
+    e.event("l2_load");
+    e.event("write_aio");
+    ck_assert_int_eq(e.write(0, 512), -EACCES);
+    ck_assert_int_eq(e.read(0, 512), 0);         // iotype=write
+
+    // Options' rules come after the file's, and both apply.
+    d.inject_error = {rule(std::string("write"), EROFS)};
+    Env e2;
+    e2.open(dbg_opts(inline_ref(null_opts()), d));
+    ck_assert_int_eq(e2.write(0, 512), -EROFS);
+    ck_assert(e2.node->filename() == "null-co://");   // options: the child's name
+    e2.event("read_aio");
+    ck_assert_int_eq(e2.read(0, 512), -ENOSPC);
+}
+END_TEST
+
+START_TEST(test_blkdebug_config_errors)
+{
+    struct Case {
+        const char *text, *msg;
+    } cases[] = {
+        {"foo\n", "no group defined"},
+        {"[inject-error]\n   \n", "parse error"},
+        {"[bogus]\n", "There is no option group 'bogus'"},
+        {"[inject-error\n", "There is no option group 'inject-error\n'"},
+        {"[]\n", "no group defined"},
+        {"[inject-error]\nfoo = \"1\"\n", "Invalid parameter 'foo'"},
+        {"[inject-error]\nerrno=5\n", "Invalid parameter 'errno=5'"},
+        {"[inject-error]\nonce=\"on\"\n", "Invalid parameter 'once=\"on\"'"},
+        {"[inject-error]\nerrno = \"x\"\n", "Parameter 'errno' expects a number"},
+        {"[inject-error]\nsector = \"1k\"\n", "Parameter 'sector' expects a number"},
+        {"[inject-error]\nerrno = \"99999999999999999999\"\n",
+         "Value '99999999999999999999' is too large for parameter 'errno'"},
+        {"[inject-error]\nonce = \"maybe\"\n", "Parameter 'once' expects 'on' or 'off'"},
+        {"[inject-error]\nerrno = \"5\"\n", "Missing event name for rule"},
+        {"[set-state]\nnew_state = \"5\"\n", "Missing event name for rule"},
+        {"[inject-error]\nevent = \"nope\"\n", "invalid parameter value: nope"},
+        {"[inject-error]\nevent = \"read_aio\"\niotype = \"bogus\"\n", "invalid parameter value: bogus"},
+        {"[set-state]\nevent = \"read_aio\"\nerrno = \"5\"\n", "Invalid parameter 'errno'"},
+        {"[inject-error]\nevent = \"read_aio\"\nerrno = \"5000\"\n",
+         "Value '5000' is out of range for parameter 'errno'"},
+    };
+    int i = 0;
+    for (const Case &c : cases) {
+        Dbg d;
+        d.config = write_config("bad" + std::to_string(i++) + ".conf", c.text);
+        Env e;
+        auto r = e.graph.add_node_json(dbg_json(inline_ref(null_opts()), d));
+        ck_assert_msg(!r.ok(), "accepted: %s", c.text);
+        ck_assert_msg(r.msg() == c.msg || r.msg() == std::string("blockdev 'dbg': ") + c.msg,
+                      "%s: got '%s', want '%s'", c.text, r.msg().c_str(), c.msg);
+    }
+}
+END_TEST
+
+START_TEST(test_blkdebug_legacy_filename)
+{
+    std::string dumped;
+    auto j = filename_node_options("blkdebug:a.conf:dir/x:y.qcow2");
+    ck_assert_msg(j.ok(), "%s", j.ok() ? "" : j.msg().c_str());
+    dumped = j.value().dump();
+    ck_assert_str_eq(dumped.c_str(),
+                     R"({"config":"a.conf","driver":"blkdebug","image":{"driver":"file","filename":"dir/x:y.qcow2"}})");
+    j = filename_node_options("blkdebug::img");
+    ck_assert(j.ok());
+    dumped = j.value().dump();
+    ck_assert_str_eq(dumped.c_str(), R"({"driver":"blkdebug","image":{"driver":"file","filename":"img"}})");
+    // Nesting, and a "file:" image.
+    j = filename_node_options("blkdebug::blkdebug::file:a:b");
+    ck_assert(j.ok());
+    dumped = j.value().dump();
+    ck_assert_str_eq(dumped.c_str(),
+                     R"({"driver":"blkdebug","image":{"driver":"blkdebug","image":{"driver":"file","filename":"./a:b"}}})");
+    ck_assert_ptr_eq(protocol_driver_for(builtin_drivers(), "blkdebug::img"), &kDriverBlkdebug);
+    j = filename_node_options("blkdebug:img");
+    ck_assert(!j.ok());
+    ck_assert_str_eq(j.msg().c_str(), "blkdebug requires both config file and image path");
+    j = filename_node_options("blkdebug::image:x");
+    ck_assert(!j.ok());
+    ck_assert_str_eq(j.msg().c_str(), "Unknown protocol 'image'");
+
+    // Opening one: the config's rule fires on the file below.
+    std::string path = tmp_path("legacy.img");
+    make_file(path, 65536);
+    std::string conf = write_config("legacy.conf", "[inject-error]\nevent = \"none\"\nerrno = \"28\"\nsector = \"8\"\n");
+    j = filename_node_options("blkdebug:" + conf + ":" + path);
+    ck_assert(j.ok());
+    Env e;
+    e.open(must_parse_json(j.value(), builtin_drivers()));
+    ck_assert_int_eq(e.read(0, 4096), 0);
+    ck_assert_int_eq(e.read(4096, 512), -ENOSPC);
 }
 END_TEST
 
@@ -737,6 +881,9 @@ static Suite *blkdebug_suite()
     tcase_add_test(tc, test_blkdebug_align);
     tcase_add_test(tc, test_blkdebug_max_transfer);
     tcase_add_test(tc, test_blkdebug_validation);
+    tcase_add_test(tc, test_blkdebug_config_rules);
+    tcase_add_test(tc, test_blkdebug_config_errors);
+    tcase_add_test(tc, test_blkdebug_legacy_filename);
     tcase_add_test(tc, test_blkdebug_descriptor);
     suite_add_tcase(s, tc);
     return s;

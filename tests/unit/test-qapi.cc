@@ -11,8 +11,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "block/block.h"
 #include "qapi/block-options.h"
 #include "qapi/block-parse.h"
+#include "qapi/json-quotes.h"
 #include "qapi/keyval.h"
 #include "qapi/size.h"
 #include "tests/unit/testdrv.h"
@@ -118,7 +120,11 @@ START_TEST(test_size_valid)
         {"1.5M", 1572864}, {"0.5k", 512}, {"1.k", 1024}, {"1.0", 1},
         {"0x10", 16}, {"0XfF", 255}, {"18446744073709551615", UINT64_MAX},
         {"1.0000000000000000000001G", 1ULL << 30},
-        {"0.1k", 102},                  // fraction truncated: 102.4
+        {"0.1k", 102},                  // 102.4: rounded to the nearest byte
+        {"1.00048k", 1024}, {"1.00049k", 1025}, {"1.0009k", 1025},   // 1024.49, 1024.50, 1024.92
+        {"1.9999999999999999999999k", 1024},   // the fraction is 1.0 as a double: QEMU drops it
+        {" 1", 1}, {"\t\n2k", 2048}, {"+1", 1}, {"+0x10", 16}, {"010", 10}, {"0x1b", 27},
+        {"0x1G", 1ULL << 30}, {"1.0b", 1}, {"1.0000000000000000000001b", 1},
     };
     for (const auto &c : cases) {
         auto r = parse_size(c.in);
@@ -128,11 +134,33 @@ START_TEST(test_size_valid)
 }
 END_TEST
 
+START_TEST(test_strtosz_codes)
+{
+    // -EINVAL for malformed text, -ERANGE for a well-formed number that is
+    // too large; a number followed by anything is malformed even if large.
+    struct { const char *in; int rc; bool hex_suffix; } cases[] = {
+        {"16E", -ERANGE, false}, {"18446744073709551616", -ERANGE, false},
+        {"99999999999999999999k", -EINVAL, false}, {"16Ex", -EINVAL, false},
+        {"0x10000000000000000", -ERANGE, false}, {"0xffffffffffffffffk", -ERANGE, true},
+        {"0x1k", 0, true}, {"0x1kx", -EINVAL, true}, {"0x1b", 0, false}, {"1k", 0, false},
+        {"-99", -EINVAL, false}, {"15.99999999E", 0, false},
+    };
+    for (const auto &c : cases) {
+        uint64_t v = 0;
+        bool hex = false;
+        ck_assert_msg(strtosz(c.in, &v, &hex) == c.rc, "%s: got %d", c.in, strtosz(c.in, &v, &hex));
+        ck_assert_msg(hex == c.hex_suffix, "%s: hex_suffix %d", c.in, hex);
+    }
+    uint64_t v = 0;
+    ck_assert_int_eq(strtosz(std::string("1\0k", 3), &v), -EINVAL);
+}
+END_TEST
+
 START_TEST(test_size_invalid)
 {
-    const char *cases[] = {"", "abc", "-1", "-0", "+1", " 1", "1 ", "4k ", "1.5", "1.5B",
-                           "16E", "18446744073709551616", "0x", "0x1G", "0x10000000000000000",
-                           "1KB", "1Q", ".5M", "1..5M", "1e3", "k"};
+    const char *cases[] = {"", "abc", "-1", "-0", " -1", "+-1", "1 ", "4k ", "1.5", "1.5B",
+                           "16E", "18446744073709551616", "0x", "0x10000000000000000", "0x1.5k",
+                           "1KB", "1Q", ".5M", "1..5M", "1e3", "1.0e1k", "1.5e-1k", "k", "1-"};
     for (const char *c : cases) {
         std::string want = std::string("'") + c + "' is not a valid size";
         ck_assert_error(parse_size(c), want.c_str());
@@ -404,9 +432,12 @@ START_TEST(test_decode_qcow2)
             "cache-size":4194304,"l2-cache-size":1048576,"l2-cache-entry-size":4096,
             "cache-clean-interval":0,"snapshot.id":"1","snapshot.name":"snap"})");
 
-    // Defaults; an explicit lazy-refcounts=off is kept (it overrides the image).
+    // Defaults; an explicit lazy-refcounts=off is kept (it overrides the
+    // image), so is an explicit pass-discard-request (it overrides discard).
     ck_assert_encodes("qcow2,file=f", R"({"driver":"qcow2","file":"f"})");
-    ck_assert_opts_eq(parse_ok("qcow2,file=f,pass-discard-request=on,pass-discard-snapshot=on,"
+    ck_assert_encodes("qcow2,file=f,pass-discard-request=on",
+                      R"({"driver":"qcow2","file":"f","pass-discard-request":true})");
+    ck_assert_opts_eq(parse_ok("qcow2,file=f,pass-discard-snapshot=on,"
                                "pass-discard-other=off,discard-no-unref=off,overlap-check=cached,"
                                "cache-clean-interval=600"),
                       parse_ok("qcow2,file=f"));
@@ -638,17 +669,9 @@ START_TEST(test_errors_values)
         {"raw,node-name=d,file=f,size=1000", "blockdev 'd': size: Specified size is not multiple of 512"},
         {"raw,node-name=d,file.driver=raw,file.file=g,file.size=100",
          "blockdev 'd': file.size: Specified size is not multiple of 512"},
-        {"blkdebug,node-name=d,image=i,config=/etc/blkdebug.conf",
-         "blockdev 'd': config: config files are not supported; use inject-error"},
-        {"blkdebug,node-name=d,image=i,align=3", "blockdev 'd': align: 3 is not a power of two"},
-        {"blkdebug,node-name=d,image=i,align=2G",
-         "blockdev 'd': align: 2147483648 is out of range (0 to 2147483646)"},
-        {"blkdebug,node-name=d,image=i,align=4k,max-transfer=6k",
-         "blockdev 'd': max-transfer: 6144 is not a multiple of align (4096)"},
-        {"blkdebug,node-name=d,image=i,opt-write-zero=8k,max-write-zero=12k,align=4k",
-         "blockdev 'd': max-write-zero: 12288 is not a multiple of opt-write-zero (8192)"},
-        {"blkdebug,node-name=d,image=i,align=512,max-discard=1000",
-         "blockdev 'd': max-discard: 1000 is not a multiple of align (512)"},
+        // blkdebug's limit rules are checked at open (test-blkdebug).
+        {"blkdebug,node-name=d,image=i,align=4G",
+         "blockdev 'd': align: 4294967296 is out of range (0 to 4294967295)"},
         {"blkdebug,node-name=d,image=i,inject-error.0.errno=0",
          "blockdev 'd': inject-error.0.errno: 0 is out of range (1 to 4095)"},
         {"blkdebug,node-name=d,image=i,inject-error.0.errno=4096",
@@ -1013,6 +1036,47 @@ END_TEST
 
 // ---------------------------------------------------------------- json:
 
+START_TEST(test_json_quotes)
+{
+    struct Case {
+        const char *in, *out;
+    } cases[] = {
+        {"", ""},
+        {R"({"a": 1})", R"({"a": 1})"},                       // standard JSON unchanged
+        {R"({'a': 'b'})", R"({"a": "b"})"},
+        {R"(['x"y'])", R"(["x\"y"])"},                         // bare " inside '...'
+        {R"(["x'y"])", R"(["x'y"])"},                          // bare ' inside "..."
+        {R"(['it\'s'])", R"(["it's"])"},                       // \' inside '...'
+        {R"(["it\'s"])", R"(["it's"])"},                       // \' inside "..."
+        {R"(['a\"b'])", R"(["a\"b"])"},                        // \" kept
+        {R"(['a\\'])", R"(["a\\"])"},                          // \\ then the closing quote
+        {R"(['\\\''])", R"(["\\'"])"},
+        {R"(['\n\t\u0041\/'])", R"(["\n\t\u0041\/"])"},        // other escapes copied
+        {R"(['\q'])", R"(["\q"])"},                            // invalid: the parser's to refuse
+        {R"({'k': "v", "k2": 'v2'})", R"({"k": "v", "k2": "v2"})"},
+        {R"(['', ""])", R"(["", ""])"},
+        {"{ 'a' :true,'b':null }", R"({ "a" :true,"b":null })"},
+    };
+    for (const Case &c : cases) {
+        auto r = json_translate_quotes(c.in);
+        ck_assert_msg(r.ok(), "%s: %s", c.in, r.ok() ? "" : r.msg().c_str());
+        ck_assert_str_eq(r.value().c_str(), c.out);
+    }
+    ck_assert_error(json_translate_quotes("{'a"), "JSON: unterminated string starting at position 1");
+    ck_assert_error(json_translate_quotes(R"({"a": "b)"), "JSON: unterminated string starting at position 6");
+    ck_assert_error(json_translate_quotes(R"(['a\')"), "JSON: unterminated string starting at position 1");
+    ck_assert_error(json_translate_quotes(R"(['a\)"), "JSON: unterminated string starting at position 1");
+
+    // Through the object parser: the values, and errors.
+    auto j = parse_json_object(R"({'driver': 'qcow2', 'file': {'driver': 'file', 'filename': 'a"b\'c'}})");
+    ck_assert_result_ok(j);
+    ck_assert_str_eq(j.value()["file"]["filename"].get<std::string>().c_str(), "a\"b'c");
+    ck_assert_error(parse_json_object("{'a': 'b}"), "JSON: unterminated string starting at position 6");
+    ck_assert_error(parse_json_object("{'a': 'b', 'a': 1}"), "JSON: duplicate key 'a'");
+    ck_assert(!parse_json_object(R"({'a': '\q'})").ok());
+}
+END_TEST
+
 START_TEST(test_json_filename)
 {
     auto r = parse_json_filename(schema(), 
@@ -1033,6 +1097,19 @@ START_TEST(test_json_filename)
                       parse_ok("blkdebug,image.driver=null-co,image.size=4k,"
                                "inject-error.0.event=read_aio,inject-error.0.errno=28"));
 
+    // Single-quoted strings give the same options.
+    r = parse_json_filename(schema(), "json:{'driver': 'blkdebug', 'image': {'driver': 'null-co'}, "
+                                      "'image.size': 4096, 'inject-error.0.event': 'read_aio', "
+                                      "'inject-error.0.errno': 28}");
+    ck_assert_result_ok(r);
+    ck_assert_opts_eq(r.value(),
+                      parse_ok("blkdebug,image.driver=null-co,image.size=4k,"
+                               "inject-error.0.event=read_aio,inject-error.0.errno=28"));
+
+    // So do the daemon's JSON --blockdev arguments.
+    ck_assert_opts_eq(parse_ok("{'driver': 'null-co', 'node-name': 'n', 'size': 4096, 'read-only': true}"),
+                      parse_ok("null-co,node-name=n,size=4k,read-only=on"));
+
     ck_assert_error(parse_json_filename(schema(), R"({"driver":"null-co"})"),
                     "json: filename must start with 'json:'");
     ck_assert_error(parse_json_filename(schema(), "json:{"),
@@ -1048,6 +1125,42 @@ START_TEST(test_json_filename)
 }
 END_TEST
 
+START_TEST(test_filename_forms)
+{
+    // File names as QEMU reads them: the part before a ':' that comes before
+    // any '/' is a protocol prefix.
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"a.qcow2", R"({"driver":"file","filename":"a.qcow2"})"},
+        {"dir/a:b.qcow2", R"({"driver":"file","filename":"dir/a:b.qcow2"})"},
+        {"./image:top.qcow2", R"({"driver":"file","filename":"./image:top.qcow2"})"},
+        {"/abs/x:y", R"({"driver":"file","filename":"/abs/x:y"})"},
+        {"file:dir/a:b.qcow2", R"({"driver":"file","filename":"dir/a:b.qcow2"})"},
+        {"file:image:top.qcow2", R"({"driver":"file","filename":"./image:top.qcow2"})"},
+        {"file:file:x", R"({"driver":"file","filename":"./file:x"})"},
+        {"file:", R"({"driver":"file","filename":""})"},
+        {"nbd+unix:///e?socket=/s", R"({"driver":"nbd","filename":"nbd+unix:///e?socket=/s"})"},
+        {"blkdebug::x", R"({"driver":"blkdebug","image":{"driver":"file","filename":"x"}})"},
+    };
+    for (const auto &c : cases) {
+        auto r = filename_node_options(c.in);
+        ck_assert_msg(r.ok(), "%s: %s", c.in, r.ok() ? "" : r.msg().c_str());
+        ck_assert_json_eq(r.value(), c.out);
+    }
+    ck_assert_error(filename_node_options("image:top.qcow2"), "Unknown protocol 'image'");
+    ck_assert_error(filename_node_options(":x"), "Unknown protocol ''");
+    ck_assert_error(filename_node_options("null-co:x"), "Unknown protocol 'null-co'");
+    // Names known to be good: an error falls back to the plain file.
+    ck_assert_json_eq(protocol_node_options("image:top.qcow2"), R"({"driver":"file","filename":"image:top.qcow2"})");
+    ck_assert_json_eq(protocol_node_options("file:a:b"), R"({"driver":"file","filename":"./a:b"})");
+    ck_assert_str_eq(protocol_driver_for(schema(), "image:x")->name, "file");
+    ck_assert_str_eq(protocol_driver_for(schema(), "file:nbd:x")->name, "file");
+    ck_assert_str_eq(protocol_driver_for(schema(), "nbd:localhost:10809")->name, "nbd");
+    ck_assert_str_eq(protocol_driver_for(schema(), "blkdebug:c:x")->name, "blkdebug");
+}
+END_TEST
+
 // ---------------------------------------------------------------- suite
 
 static Suite *qapi_suite()
@@ -1056,6 +1169,7 @@ static Suite *qapi_suite()
     TCase *tc = tcase_create("size");
     tcase_add_test(tc, test_size_valid);
     tcase_add_test(tc, test_size_invalid);
+    tcase_add_test(tc, test_strtosz_codes);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("keyval");
@@ -1069,8 +1183,10 @@ static Suite *qapi_suite()
 
     tc = tcase_create("json");
     tcase_add_test(tc, test_json_object);
+    tcase_add_test(tc, test_json_quotes);
     tcase_add_test(tc, test_json_unflatten);
     tcase_add_test(tc, test_json_filename);
+    tcase_add_test(tc, test_filename_forms);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("decode");
