@@ -199,6 +199,9 @@ compressed() {
     # compressed data spanning host clusters (1k clusters), a refcount
     # that is 0, too low, too high
     qemu-img convert -c -O qcow2 -o cluster_size=1k ../src.raw x.qcow2
+    # our convert -c leaves the same image (the file padded to a sector)
+    $IMG convert -c -O qcow2 -o cluster_size=1k ../src.raw cx.qcow2
+    state cx.qcow2
     for p in "20 0" "21 1" "21 5"; do
         cp x.qcow2 w.qcow2
         rpatch w.qcow2 $p
