@@ -313,6 +313,18 @@ bool read_source_bitmaps(const ConvertOptions &o, const std::vector<std::unique_
     return true;
 }
 
+// After a compressed conversion the image file ends on a 512-byte boundary
+// (compressed clusters are packed byte by byte), as qemu-img leaves it. A
+// failure only leaves the file as it is.
+void pad_compressed_target(BlockNode *root)
+{
+    BdrvChild *f = root ? root->file_child() : nullptr;
+    if (!f) return;
+    const int64_t len = f->getlength();
+    if (len <= 0 || len % 512 == 0) return;
+    run_in_coroutine([&] { return f->co_truncate((len + 511) / 512 * 512, false, PreallocMode::kOff); });
+}
+
 // Creates the target (unless -n) with the sources' total size and opens it,
 // checking that it can take what was asked (compression, bitmaps, size).
 // nullptr after printing the error.
@@ -434,6 +446,7 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
         error("%s", r.msg().c_str());
         return false;
     }
+    if (o.compress) pad_compressed_target(dst->root);
     prog.finish();
     return true;
 }

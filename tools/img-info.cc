@@ -151,7 +151,7 @@ void print_info_human(const InfoEntry &e)
         std::printf("disk size: unavailable\n");
     }
     if (j.contains("cluster-size")) std::printf("cluster_size: %" PRId64 "\n", j["cluster-size"].get<int64_t>());
-    if (j.value("dirty-flag", false)) std::printf("dirty flag: yes\n");
+    if (j.value("dirty-flag", false)) std::printf("cleanly shut down: no\n");
     if (j.contains("backing-filename")) {
         std::string b = j["backing-filename"];
         std::printf("backing file: %s", b.c_str());

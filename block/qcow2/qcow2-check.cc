@@ -568,7 +568,11 @@ Status coroutine_fn Qcow2Node::co_check(CheckResult *res, CheckFix fix)
         r = co_update_incompat_locked(0, qcow2::kIncompatDirty | qcow2::kIncompatCorrupt);
         if (r < 0) res->check_errors++;
     }
-    // Problems found are in *res; the check itself ran.
+    // Problems found are in *res. A check that could not go on (an I/O
+    // error, a refcount structure that needs a rebuild it may not do)
+    // fails as QEMU's does: the caller prints "Check failed: <errno text>"
+    // and no result.
+    if (r < 0) return make_error(-r, "%s", strerror(-r));
     return {};
 }
 

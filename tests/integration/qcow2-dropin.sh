@@ -199,6 +199,9 @@ compressed() {
     # compressed data spanning host clusters (1k clusters), a refcount
     # that is 0, too low, too high
     qemu-img convert -c -O qcow2 -o cluster_size=1k ../src.raw x.qcow2
+    # our convert -c leaves the same image (the file padded to a sector)
+    $IMG convert -c -O qcow2 -o cluster_size=1k ../src.raw cx.qcow2
+    state cx.qcow2
     for p in "20 0" "21 1" "21 5"; do
         cp x.qcow2 w.qcow2
         rpatch w.qcow2 $p
@@ -244,6 +247,20 @@ check_text() {
     $IMG check -q k2.qcow2; echo "exit $?"
 }
 run_both "5: check output (human, JSON, leaks, corruptions, repairs)" check_text
+
+# A dirty image (lazy refcounts, writer killed), made once by qemu-io:
+# check and info of copies with both tools.
+qemu-img create -f qcow2 -o compat=1.1,lazy_refcounts=on dirty.qcow2 64M >/dev/null
+(qemu-io -c "write -P 0x5a 0 512" -c "sigraise 9" dirty.qcow2; true) >/dev/null 2>&1
+dirty() {
+    local IMG=$1 IO=$2
+    for c in "check" "check --output=json" "info" "check -r leaks" "check -r all" "info"; do
+        cp ../dirty.qcow2 d.qcow2
+        $IMG $c d.qcow2
+        echo "exit $?"
+    done
+}
+run_both "5: check and info of a dirty image" dirty
 
 snapshots() {
     local IMG=$1 IO=$2
