@@ -41,9 +41,16 @@ Result<uint64_t> CreateOptions::get_size(const std::string &key, uint64_t def) c
 {
     auto v = get(key);
     if (!v) return def;
-    auto r = parse_size(*v);
-    if (!r) return make_error(EINVAL, "Parameter '%s' expects a non-negative number below 2^64", key.c_str());
-    return r.value();
+    uint64_t n = 0;
+    const int err = strtosz(*v, &n);
+    if (err == -ERANGE) {
+        return make_error(EINVAL, "Value '%s' is out of range for parameter '%s'", v->c_str(), key.c_str());
+    }
+    if (err) {
+        // (QEMU adds two hint lines about the suffixes.)
+        return make_error(EINVAL, "Parameter '%s' expects a non-negative number below 2^64", key.c_str());
+    }
+    return n;
 }
 
 Result<uint64_t> CreateOptions::get_number(const std::string &key, uint64_t def) const

@@ -54,7 +54,9 @@ struct CreateOptions {
 
     // Typed getters. Absent: def. Malformed: EINVAL with QEMU's message
     // ("Parameter 'cluster_size' expects a non-negative number below 2^64"
-    // / "Parameter 'lazy_refcounts' expects 'on' or 'off'").
+    // without QEMU's two hint lines; "Value '16E' is out of range for
+    // parameter 'size'" / "Parameter 'lazy_refcounts' expects 'on' or
+    // 'off'"). Sizes have QEMU's syntax (qapi/size.h strtosz).
     Result<uint64_t> get_size(const std::string &key, uint64_t def) const;
     Result<uint64_t> get_number(const std::string &key, uint64_t def) const;
     Result<bool> get_bool(const std::string &key, bool def) const;

@@ -41,6 +41,16 @@ bool add_options(CreateOptions *opts, const char *arg)
     return true;
 }
 
+// After a size option's "expects a non-negative number below 2^64" error,
+// QEMU's two hint lines (unprefixed).
+void print_size_hint(const std::string &msg)
+{
+    if (msg.find("expects a non-negative number below 2^64") == std::string::npos) return;
+    std::fputs("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+               "and exabytes, respectively.\n",
+               stderr);
+}
+
 } // namespace
 
 int print_create_options_help(const std::string &format)
@@ -104,6 +114,14 @@ int img_create(int argc, char **argv)
             error("%s", sz.msg().c_str());
             return 1;
         }
+        // As qemu-img: a size in -o is checked first, and may not come twice.
+        if (p.opts.has("size")) {
+            Result<uint64_t> o = p.opts.get_size("size", 0);
+            error("%s: %s", p.filename.c_str(),
+                  o ? "The image size must be specified only once" : o.msg().c_str());
+            if (!o) print_size_hint(o.msg());
+            return 1;
+        }
         p.opts.set("size", std::to_string(sz.value()));
     }
     if (optind != argc) return usage_error("Unexpected argument: %s", argv[optind]);
@@ -117,6 +135,7 @@ int img_create(int argc, char **argv)
         std::string m = s.msg();
         std::replace(m.begin(), m.end(), '\n', ' ');
         error("%s: %s", p.filename.c_str(), m.c_str());
+        print_size_hint(m);
         return 1;
     }
     return 0;
@@ -242,9 +261,7 @@ int img_resize(int argc, char **argv)
     }
     if (perr) {
         error("Parameter 'size' expects a non-negative number below 2^64");
-        std::fputs("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                   "and exabytes, respectively.\n",
-                   stderr);
+        print_size_hint("expects a non-negative number below 2^64");
         return 1;
     }
     std::unique_ptr<OpenImage> img = open_img(oa);
