@@ -18,14 +18,18 @@
 #
 # Client: `blockgraph img bench` vs `qemu-img bench` (-d 64, 4 KiB, read
 # and write; the time each reports as "Run completed in") on nbd+unix:// of
-# a fresh qemu-nbd server (-t -e 0) per run, alternately.
+# a fresh qemu-nbd server (-t -e 0) per run, alternately; the server serves
+# each image of FORMATS and then ("null") a null-co node with
+# read-zeroes=off, where no disk bounds the rate.
 #
 # Environment:
 #   BLOCKGRAPH  the binary (default build/blockgraph next to this script)
 #   ROUNDS      runs per configuration (default 3; the table shows medians)
 #   RUNTIME RAMP  fio seconds per run (default 10 / 2)
 #   SIZE        image size (default 1G; filled with data)
-#   FORMATS     default "qcow2 raw"
+#   FORMATS     default "qcow2 raw null" (null: every server serves a null-co
+#               node with read-zeroes=off instead of an image: the protocol
+#               path alone, no disk)
 #   CONFIGS     default "qemu-nbd qsd bg-nbd bg-daemon"
 #   WORKLOADS   default "randrw-4k-qd1 randrw-4k-qd64 seqread-1m-qd8 seqwrite-1m-qd8"
 #   CACHE       none (default) or writeback
@@ -41,7 +45,7 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${RUNTIME:=10}"
 : "${RAMP:=2}"
 : "${SIZE:=1G}"
-: "${FORMATS:=qcow2 raw}"
+: "${FORMATS:=qcow2 raw null}"
 : "${CONFIGS:=qemu-nbd qsd bg-nbd bg-daemon}"
 : "${WORKLOADS:=randrw-4k-qd1 randrw-4k-qd64 seqread-1m-qd8 seqwrite-1m-qd8}"
 : "${CACHE:=none}"
@@ -62,6 +66,7 @@ case $CACHE in
     *) die "CACHE must be none or writeback" ;;
 esac
 
+NULL_BYTES=$(numfmt --from=iec "$SIZE")
 mkdir -p "$WORKDIR"
 RUN=$(mktemp -d "$(realpath "$WORKDIR")/run.XXXXXX")
 LINES=$RUN/results.kv
@@ -99,12 +104,17 @@ start_server() {
     local c=$1 f=$2 img=$RUN/img.$2
     rm -f "$SOCK"
     local qsd_args=(--blockdev "driver=file,node-name=f,filename=$img,$FILE_OPTS"
-        --blockdev "driver=$f,node-name=q,file=f"
-        --nbd-server "addr.type=unix,addr.path=$SOCK"
+        --blockdev "driver=$f,node-name=q,file=f")
+    local nbd_args=(-f "$f" "${QNBD_CACHE[@]}" "$img")
+    if [ "$f" = null ]; then
+        qsd_args=(--blockdev "driver=null-co,node-name=q,size=$NULL_BYTES,read-zeroes=off")
+        nbd_args=(--image-opts "driver=null-co,size=$NULL_BYTES,read-zeroes=off")
+    fi
+    qsd_args+=(--nbd-server "addr.type=unix,addr.path=$SOCK"
         --export "type=nbd,id=e,node-name=q,name=,writable=on")
     case $c in
-        qemu-nbd) qemu-nbd -t -f "$f" "${QNBD_CACHE[@]}" -k "$SOCK" "$img" 2>"$RUN/server.err" & ;;
-        bg-nbd) "$BLOCKGRAPH" nbd -t -f "$f" "${QNBD_CACHE[@]}" -k "$SOCK" "$img" 2>"$RUN/server.err" & ;;
+        qemu-nbd) qemu-nbd -t -k "$SOCK" "${nbd_args[@]}" 2>"$RUN/server.err" & ;;
+        bg-nbd) "$BLOCKGRAPH" nbd -t -k "$SOCK" "${nbd_args[@]}" 2>"$RUN/server.err" & ;;
         qsd) qemu-storage-daemon "${qsd_args[@]}" 2>"$RUN/server.err" & ;;
         bg-daemon) "$BLOCKGRAPH" daemon "${qsd_args[@]}" 2>"$RUN/server.err" & ;;
         *) die "unknown configuration '$c'" ;;
@@ -171,14 +181,21 @@ for f in $FORMATS; do
     done
 done
 
-# The client: img bench through nbd+unix:// on one qemu-nbd per run.
+# The client: img bench through nbd+unix:// on one qemu-nbd per run, serving
+# each image and, as "null", a null-co node that sends data without touching
+# a disk (so the clients' own costs decide, not the server's disk).
 if [ "$IMG_BENCH" = 1 ]; then
-    for f in $FORMATS; do
+    for f in ${FORMATS//null/} null; do
+        if [ $f = null ]; then
+            served=(--image-opts "driver=null-co,size=$NULL_BYTES,read-zeroes=off")
+        else
+            served=(-f "$f" "${QNBD_CACHE[@]}" "$RUN/img.$f")
+        fi
         for mode in read write; do
             for ((r = 1; r <= ROUNDS; r++)); do
                 for tool in qemu-img blockgraph; do
                     rm -f "$SOCK"
-                    qemu-nbd -t -e 0 -f "$f" "${QNBD_CACHE[@]}" -k "$SOCK" "$RUN/img.$f" 2>"$RUN/server.err" &
+                    qemu-nbd -t -e 0 -k "$SOCK" "${served[@]}" 2>"$RUN/server.err" &
                     SPID=$!
                     wait_socket || { echo "qemu-nbd did not start" >&2; status=1; stop_server; continue; }
                     wflag=()

@@ -373,7 +373,7 @@ int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
         }
         return 0;
     }
-    if (opts_.sparse_size == 0) return write_data(c.dst_offset, c.bytes, buf);
+    if (opts_.sparse_size == 0 || !opts_.scan_data_for_zeroes) return write_data(c.dst_offset, c.bytes, buf);
     // Sparse: runs of zero sectors of at least sparse_size bytes are not
     // written as data; shorter ones are part of the surrounding data.
     int64_t pos = 0, data_start = -1;

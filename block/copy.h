@@ -82,6 +82,10 @@ struct CopyOptions {
     // not written as data; 0: sparse detection off, and zero ranges are
     // written as data too (fully allocated destination).
     int64_t sparse_size = 4096;
+    // With sparse_size > 0: false writes data ranges as read, without
+    // looking for zeros in them (zero ranges of the block status are still
+    // zero writes): what QEMU's commit (a mirror job) does.
+    bool scan_data_for_zeroes = true;
     // The destination reads as zeros everywhere before the copy (a freshly
     // created image without backing file): zero ranges need no write.
     bool dest_is_zero = false;

@@ -559,6 +559,10 @@ int BlockNode::co_pdiscard_generic(int64_t offset, int64_t bytes)
                                             bl_.request_alignment);
     int64_t start = align_up(offset, align);
     int64_t end = align_down(offset + bytes, align);
+    // A request reaching an unaligned end of the node passes its partial
+    // last block on (as QEMU does): a driver may discard it (qcow2's
+    // partial last cluster) or refuse it with -ENOTSUP (ignored below).
+    if (end < offset + bytes && end >= offset && offset + bytes == getlength()) end = offset + bytes;
     if (start >= end) {
         // Like QEMU: the dirty bitmaps record the range asked for, also
         // where nothing of it could be discarded.

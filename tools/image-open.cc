@@ -64,11 +64,28 @@ const char *aio_name(BlockdevAioOptions aio)
     return "threads";
 }
 
+// True if the node object names a format driver, or names none (the format
+// is probed then).
+bool is_format_node(const DriverRegistry &registry, const json &node)
+{
+    auto drv = node.find("driver");
+    if (drv == node.end()) return true;
+    if (!drv->is_string()) return false;
+    const BlockDriver *d = registry.find(drv->get<std::string>());
+    return d && d->kind == BlockDriverKind::kFormat;
+}
+
 // Writes the tool-wide switches into a node object and its inline children
 // where the keys are absent. backing: inline backing nodes default to
-// read-only, as QEMU opens them. Returns an error for -U against an explicit
-// force-share=off.
-Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpenSpec &spec, bool is_backing)
+// read-only, as QEMU opens them. discard: the unmap policy this node gets
+// when its object sets none (the tool's -d for the top node). The data
+// children ("file", "data-file") of a format node default to discard=unmap:
+// the format node applies the policy for the whole stack, so write-zeroes
+// that it lets keep MAY_UNMAP reach the file as a hole punch, as in QEMU.
+// Other children (backing, a filter's child) get their parent's policy.
+// Returns an error for -U against an explicit force-share=off.
+Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpenSpec &spec, bool is_backing,
+                      std::optional<BlockdevDiscardOptions> discard)
 {
     if (!node.is_object()) return {};
     // A child with a file name but no driver: the protocol that serves the
@@ -91,9 +108,16 @@ Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpe
         if (!cache.contains("direct")) cache["direct"] = spec.cache.direct;
         if (!cache.contains("no-flush")) cache["no-flush"] = spec.cache.no_flush;
     }
-    if (spec.discard && !node.contains("discard")) {
-        node["discard"] = *spec.discard == BlockdevDiscardOptions::kUnmap ? "unmap" : "ignore";
+    if (discard && !node.contains("discard")) {
+        node["discard"] = *discard == BlockdevDiscardOptions::kUnmap ? "unmap" : "ignore";
     }
+    // The policy children inherit: this node's (explicit or defaulted).
+    std::optional<BlockdevDiscardOptions> own = discard;
+    if (auto d = node.find("discard"); d != node.end() && d->is_string()) {
+        Result<BlockdevDiscardOptions> m = parse_discard_mode(d->get<std::string>());
+        if (m) own = m.value();
+    }
+    const bool format = is_format_node(registry, node);
     auto drv = node.find("driver");
     if (spec.aio && proto && drv != node.end() && drv->is_string() && drv->get<std::string>() == proto->name &&
         !node.contains("aio")) {
@@ -102,7 +126,10 @@ Status apply_defaults(const DriverRegistry &registry, json &node, const ImageOpe
     for (const char *key : kChildKeys) {
         auto it = node.find(key);
         if (it == node.end() || !it->is_object()) continue;
-        BG_TRY(apply_defaults(registry, *it, spec, is_backing || std::strcmp(key, "backing") == 0));
+        const bool backing = std::strcmp(key, "backing") == 0;
+        const bool data = std::strcmp(key, "file") == 0 || std::strcmp(key, "data-file") == 0;
+        BG_TRY(apply_defaults(registry, *it, spec, is_backing || backing,
+                              format && data ? std::optional(BlockdevDiscardOptions::kUnmap) : own));
     }
     return {};
 }
@@ -246,7 +273,7 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
     }
 
     // 2. The tool-wide switches.
-    BG_TRY(apply_defaults(registry, tree, spec, false));
+    BG_TRY(apply_defaults(registry, tree, spec, false, spec.discard));
     if (spec.force_share && tree["read-only"] == false) {
         // QEMU's wording (the option decoder has its own).
         return make_error(EINVAL, "force-share=on can only be used with read-only images");

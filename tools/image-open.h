@@ -70,7 +70,10 @@ struct ImageOpenSpec {
     bool force_share = false;   // -U: share every permission (needs read_only)
     CacheMode cache;            // -t; default writeback, as qemu-img
     std::optional<BlockdevAioOptions> aio;          // --aio, for file nodes; unset: driver default
-    std::optional<BlockdevDiscardOptions> discard;  // -d; unset: driver default (ignore)
+    // -d: the unmap policy of the top node; unset: driver default (ignore).
+    // The data children of format nodes default to unmap whatever this says
+    // (see apply_defaults in image-open.cc); other children inherit it.
+    std::optional<BlockdevDiscardOptions> discard;
 
     // What the backend shares with other users. Unset: CONSISTENT_READ and
     // WRITE_UNCHANGED (QEMU's BDRV_O_NO_SHARE, as qemu-img opens images),

@@ -717,6 +717,7 @@ bool commit_copy(const CommitOptions &o, CommitGraph *g, const std::string &base
     s.name = o.oa.name;
     CopyOptions co;
     co.dest_is_zero = false;
+    co.scan_data_for_zeroes = false;   // QEMU's commit copies allocated data as it is
     co.rate_limit = o.rate_limit;
     int64_t cluster = node_cluster_size(g->base);
     if (cluster > 0) co.alignment = cluster;

@@ -19,18 +19,6 @@ enum { kOptOutput = 256, kOptBackingChain, kOptImageOpts, kOptSize, kOptObject }
 
 void dump_info_value(int indent, const InfoValue &v);
 
-// QEMU prints a QDict in the order of its hash table: buckets by the tdb
-// hash of the key modulo 512, the most recently added entry first within a
-// bucket. The human dump follows that order so it reads the same.
-unsigned qdict_bucket(const std::string &key)
-{
-    uint32_t v = 0x238F13AFu * static_cast<uint32_t>(key.size());
-    for (size_t i = 0; i < key.size(); i++) {
-        v += static_cast<uint32_t>(static_cast<unsigned char>(key[i])) << (i * 5 % 24);
-    }
-    return (1103515243u * v + 12345u) % 512u;
-}
-
 void dump_info_dict(int indent, const InfoValue &v)
 {
     std::vector<size_t> order(v.dict.size());
@@ -182,14 +170,18 @@ void print_info_human(const InfoEntry &e)
         print_snapshot_header();
         for (const json &sn : j["snapshots"]) print_snapshot_line(sn);
     }
-    if (e.specific.kind == InfoValue::Kind::kDict) {
-        std::printf("Format specific information:\n");
-        const InfoValue *data = e.specific.find("data");
-        if (data) dump_info_value(1, *data);
-    }
+    print_format_specific_human(e.specific);
 }
 
 } // namespace
+
+void print_format_specific_human(const InfoValue &specific)
+{
+    if (specific.kind != InfoValue::Kind::kDict) return;
+    std::printf("Format specific information:\n");
+    const InfoValue *data = specific.find("data");
+    if (data) dump_info_value(1, *data);
+}
 
 void print_image_info_human(const json &info)
 {

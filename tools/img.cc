@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
@@ -207,9 +208,44 @@ bool parse_output_format(const char *arg, OutputFormat *out)
     return false;
 }
 
+unsigned qdict_bucket(const std::string &key)
+{
+    uint32_t v = 0x238F13AFu * static_cast<uint32_t>(key.size());
+    for (size_t i = 0; i < key.size(); i++) {
+        v += static_cast<uint32_t>(static_cast<unsigned char>(key[i])) << (i * 5 % 24);
+    }
+    return (1103515243u * v + 12345u) % 512u;
+}
+
+namespace {
+
+// j with every object's keys in QEMU's QDict iteration order (bucket
+// order; keys sharing a bucket in reverse name order, standing in for
+// QEMU's most-recently-inserted first).
+nlohmann::ordered_json qdict_ordered(const nlohmann::json &j)
+{
+    if (j.is_array()) {
+        nlohmann::ordered_json a = nlohmann::ordered_json::array();
+        for (const nlohmann::json &e : j) a.push_back(qdict_ordered(e));
+        return a;
+    }
+    if (!j.is_object()) return nlohmann::ordered_json(j);
+    std::vector<std::string> keys;
+    for (auto it = j.begin(); it != j.end(); ++it) keys.push_back(it.key());
+    std::stable_sort(keys.begin(), keys.end(), [](const std::string &a, const std::string &b) {
+        const unsigned ba = qdict_bucket(a), bb = qdict_bucket(b);
+        return ba != bb ? ba < bb : a > b;
+    });
+    nlohmann::ordered_json o = nlohmann::ordered_json::object();
+    for (const std::string &k : keys) o[k] = qdict_ordered(j[k]);
+    return o;
+}
+
+} // namespace
+
 std::string json_pretty(const nlohmann::json &j)
 {
-    return j.dump(4);
+    return qdict_ordered(j).dump(4);
 }
 
 std::string open_error_message(const std::string &name, const Error &e)

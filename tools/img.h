@@ -66,8 +66,12 @@ bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out);
 // ---- output format ----
 enum class OutputFormat { kHuman, kJson };
 bool parse_output_format(const char *arg, OutputFormat *out);
-// JSON as QEMU prints it (4-space indent, ": " separators).
+// JSON as QEMU prints it (4-space indent, ": " separators), object keys in
+// the order QEMU's QDict iterates them (see qdict_bucket).
 std::string json_pretty(const nlohmann::json &j);
+// The bucket (0..511) of key in a QEMU QDict: QEMU prints a dictionary in
+// bucket order, the most recently added key first within a bucket.
+unsigned qdict_bucket(const std::string &key);
 
 // ---- opening images ----
 struct OpenArgs {
@@ -128,6 +132,9 @@ class Progress {
 // names). Fills what the node and its driver can tell.
 nlohmann::json image_info(BlockNode *node, const std::string &filename);
 void print_image_info_human(const nlohmann::json &info);
+// "Format specific information:" and the indented dump, as qemu-img info
+// (and qemu-io's info) print it; nothing when specific is not a dict.
+void print_format_specific_human(const InfoValue &specific);
 
 // Writes the create options of a format for "-o help" / "-o ?".
 int print_create_options_help(const std::string &format);

@@ -148,6 +148,7 @@ class IoShell {
     int coroutine_fn cmd_flush(int argc, char **argv);
     int coroutine_fn cmd_discard(int argc, char **argv);
     int coroutine_fn cmd_truncate(int argc, char **argv);
+    int coroutine_fn cmd_info(int argc, char **argv);
     int coroutine_fn cmd_length(int argc, char **argv);
     int coroutine_fn cmd_map(int argc, char **argv);
     int coroutine_fn cmd_alloc(int argc, char **argv);

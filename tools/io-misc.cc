@@ -11,6 +11,7 @@
 #include <ctime>
 
 #include "qapi/block-parse.h"
+#include "tools/img.h"
 #include "tools/io-cmd.h"
 
 namespace bg {
@@ -81,6 +82,29 @@ int IoShell::cmd_truncate(int argc, char **argv)
                      std::strerror(-ret));
         return ret;
     }
+    return 0;
+}
+
+// qemu-io's info: format, cluster size, where a VM state would be stored
+// (qcow2: past the last guest byte's L2 range), the format-specific data.
+int IoShell::cmd_info(int, char **)
+{
+    BlockNode *n = img_->root;
+    Result<ImageInfo> ri = n->get_info();
+    uint64_t cs = 0, vm_state = 0;
+    if (ri && ri.value().cluster_size) cs = *ri.value().cluster_size;
+    if (cs && std::strcmp(n->driver_name(), "qcow2") == 0) {
+        const InfoValue *data = ri.value().format_specific.find("data");
+        const InfoValue *ext = data ? data->find("extended-l2") : nullptr;
+        const uint64_t per_l2 = cs / ((ext && ext->kind == InfoValue::Kind::kBool && ext->b) ? 16 : 8);
+        const uint64_t range = cs * per_l2;
+        const int64_t len = n->getlength();
+        if (len > 0) vm_state = (static_cast<uint64_t>(len) + range - 1) / range * range;
+    }
+    std::printf("format name: %s\n", n->driver_name());
+    std::printf("cluster size: %s\n", cvtstr(static_cast<double>(cs)).c_str());
+    std::printf("vm state offset: %s\n", cvtstr(static_cast<double>(vm_state)).c_str());
+    if (ri) img::print_format_specific_human(ri.value().format_specific);
     return 0;
 }
 

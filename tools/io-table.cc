@@ -160,6 +160,7 @@ const Command kCommands[] = {
      "discards a number of bytes at a specified offset", kDiscardHelp},
     {"flush", "f", &IoShell::cmd_flush, 0, 0, 0, 0, nullptr, "flush all in-core file state to disk", nullptr},
     {"help", "?", &IoShell::cmd_help, 0, 1, kCmdGlobal, 0, "[command]", "help for one or all commands", nullptr},
+    {"info", "i", &IoShell::cmd_info, 0, 0, 0, 0, nullptr, "prints information about the current file", nullptr},
     {"length", "l", &IoShell::cmd_length, 0, 0, 0, 0, nullptr, "gets the length of the current file", nullptr},
     {"map", nullptr, &IoShell::cmd_map, 0, 0, 0, 0, "", "prints the allocated areas of a file", nullptr},
     {"open", "o", &IoShell::cmd_open, 1, -1, kCmdNoFileOk, 0,

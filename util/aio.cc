@@ -44,7 +44,7 @@ AioContext::AioContext(GMainContext *gctx) : gctx_(gctx)
     source_ = reinterpret_cast<Source *>(g_source_new(&g_aio_source_funcs, sizeof(Source)));
     source_->ctx = this;
     g_source_set_name(&source_->base, "blockgraph-aio");
-    g_source_set_can_recurse(&source_->base, FALSE);
+    g_source_set_can_recurse(&source_->base, TRUE);   // see dispatch_depth_
     g_source_attach(&source_->base, gctx_);
 }
 
@@ -148,6 +148,10 @@ void AioContext::kick()
 gboolean AioContext::src_prepare(GSource *src, gint *timeout)
 {
     AioContext *ctx = reinterpret_cast<Source *>(src)->ctx;
+    if (ctx->dispatch_depth_ > 0) {
+        *timeout = -1;
+        return FALSE;
+    }
     ctx->run_prepare_hooks();
     if (ctx->bh_pending()) {
         *timeout = 0;
@@ -171,6 +175,7 @@ gboolean AioContext::src_prepare(GSource *src, gint *timeout)
 gboolean AioContext::src_check(GSource *src)
 {
     AioContext *ctx = reinterpret_cast<Source *>(src)->ctx;
+    if (ctx->dispatch_depth_ > 0) return FALSE;
     if (ctx->bh_pending()) return TRUE;
     int64_t dl = ctx->next_timer_deadline();
     if (dl >= 0 && dl <= clock_ns()) return TRUE;
@@ -183,6 +188,8 @@ gboolean AioContext::src_check(GSource *src)
 gboolean AioContext::src_dispatch(GSource *src, GSourceFunc, gpointer)
 {
     AioContext *ctx = reinterpret_cast<Source *>(src)->ctx;
+    if (ctx->dispatch_depth_ > 0) return G_SOURCE_CONTINUE;
+    ctx->dispatch_depth_++;
     AioContext *saved = t_current;
     t_current = ctx;
     ctx->iterations_++;
@@ -192,6 +199,7 @@ gboolean AioContext::src_dispatch(GSource *src, GSourceFunc, gpointer)
     // Submit what the callbacks queued now rather than one wake-up later.
     ctx->run_prepare_hooks();
     t_current = saved;
+    ctx->dispatch_depth_--;
     return G_SOURCE_CONTINUE;
 }
 

@@ -198,6 +198,12 @@ class AioContext {
     uint64_t poll_hits_ = 0, poll_sleeps_ = 0;
     std::list<FdHandler> fd_handlers_;
     bool dispatching_fds_ = false;
+    // Depth of src_dispatch on this thread's stack. The source may recurse
+    // (GLib then leaves its fds in the poll set while it dispatches: a
+    // blocked source's fds are removed and re-added around every dispatch,
+    // two wakeup-fd writes and a spurious wakeup each time), but a nested
+    // iteration run from one of our callbacks dispatches nothing of ours.
+    int dispatch_depth_ = 0;
     std::vector<Coroutine *> ready_;     // co_enter_batched() queue
     std::vector<Coroutine *> ready_run_; // the chain being entered
 

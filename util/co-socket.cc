@@ -220,6 +220,18 @@ void CoSocket::update_handler()
 {
     bool want_read = (read_waiter_ && !read_waiter_wants_write_) || (write_waiter_ && !write_waiter_wants_write_);
     bool want_write = (read_waiter_ && read_waiter_wants_write_) || (write_waiter_ && write_waiter_wants_write_);
+    set_handler(want_read || handler_read_, want_write || handler_write_);
+}
+
+void CoSocket::disarm_idle()
+{
+    bool want_read = (read_waiter_ && !read_waiter_wants_write_) || (write_waiter_ && !write_waiter_wants_write_);
+    bool want_write = (read_waiter_ && read_waiter_wants_write_) || (write_waiter_ && write_waiter_wants_write_);
+    set_handler(want_read, want_write);
+}
+
+void CoSocket::set_handler(bool want_read, bool want_write)
+{
     if (want_read == handler_read_ && want_write == handler_write_) return;
     handler_read_ = want_read;
     handler_write_ = want_write;
@@ -227,6 +239,9 @@ void CoSocket::update_handler()
                          want_write ? &CoSocket::on_writable : nullptr, this);
 }
 
+// Readiness wakes the waiters for it and leaves the handler armed for the
+// next wait; readiness no one waits for disarms it (level-triggered: it
+// would fire again at once).
 void CoSocket::on_readable(void *opaque)
 {
     auto *s = static_cast<CoSocket *>(opaque);
@@ -234,7 +249,7 @@ void CoSocket::on_readable(void *opaque)
     Coroutine *w = s->write_waiter_ && !s->write_waiter_wants_write_ ? s->write_waiter_ : nullptr;
     if (r) s->read_waiter_ = nullptr;
     if (w) s->write_waiter_ = nullptr;
-    s->update_handler();
+    if (!r && !w) s->disarm_idle();
     if (r) coroutine_wake(r);
     if (w) coroutine_wake(w);
 }
@@ -246,7 +261,7 @@ void CoSocket::on_writable(void *opaque)
     Coroutine *w = s->write_waiter_ && s->write_waiter_wants_write_ ? s->write_waiter_ : nullptr;
     if (r) s->read_waiter_ = nullptr;
     if (w) s->write_waiter_ = nullptr;
-    s->update_handler();
+    if (!r && !w) s->disarm_idle();
     if (r) coroutine_wake(r);
     if (w) coroutine_wake(w);
 }
@@ -257,7 +272,7 @@ void CoSocket::on_deadline(void *opaque)
     s->deadline_passed_ = true;
     if (Coroutine *r = s->read_waiter_) {
         s->read_waiter_ = nullptr;
-        s->update_handler();
+        s->disarm_idle();
         coroutine_wake(r);
     }
 }
@@ -395,7 +410,7 @@ void CoSocket::shutdown()
     ::shutdown(fd_, SHUT_RDWR);
     Coroutine *r = read_waiter_, *w = write_waiter_;
     read_waiter_ = write_waiter_ = nullptr;
-    update_handler();
+    disarm_idle();
     if (r) coroutine_wake(r);
     if (w) coroutine_wake(w);
 }

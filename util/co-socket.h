@@ -75,6 +75,12 @@ class CoSocket {
     // no deadline). For handshake time limits and slow peers.
     void set_read_deadline(int64_t deadline_ns);
 
+    // Waits until the socket is readable (a caller doing its own
+    // non-blocking reads of fd() got EAGAIN): 0, or -ESHUTDOWN /
+    // -ETIMEDOUT. Not with TLS active (the session may need to write).
+    // Yields.
+    int coroutine_fn co_wait_readable() { return co_wait(false, true); }
+
     // Stops both directions: waiting and later reads and writes fail with
     // -ESHUTDOWN and the peer sees the connection close. Idempotent; any
     // coroutine of the owning thread, or outside one.
@@ -111,7 +117,13 @@ class CoSocket {
     // Waits until the fd is readable (want_write false) or writable; 0, or
     // -ESHUTDOWN / -ETIMEDOUT. Yields.
     int coroutine_fn co_wait(bool want_write, bool reader);
+    // Makes the fd handler match the waiters. update_handler() arms what a
+    // waiter needs and leaves armed what no one waits for (the next wait
+    // usually wants it again, and every change of a GLib poll set costs
+    // the loop a wakeup); disarm_idle() drops what no one waits for.
     void update_handler();
+    void disarm_idle();
+    void set_handler(bool want_read, bool want_write);
     static void on_readable(void *opaque);
     static void on_writable(void *opaque);
     static void on_deadline(void *opaque);

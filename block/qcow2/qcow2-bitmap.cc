@@ -263,12 +263,18 @@ Status coroutine_fn Qcow2Node::co_load_bitmaps_locked()
 int coroutine_fn Qcow2Node::co_store_bitmaps_locked()
 {
     if (!bitmaps_loaded_) return 0;
-    // A corrupt image gets no new metadata: the bitmaps stay marked in use.
-    if (write_stopped_.load()) return -EIO;
     bool changed;
     {
         std::lock_guard<std::mutex> g(bitmap_lock_);
         changed = bitmaps_changed_;
+    }
+    // A corrupt image gets no new metadata: the bitmaps stay marked in use.
+    // An image without bitmaps has nothing to lose: not an error.
+    if (write_stopped_.load()) {
+        if (changed || !bitmaps_.empty()) return -EIO;
+        std::lock_guard<std::mutex> g(bitmap_lock_);
+        bitmaps_loaded_ = false;
+        return 0;
     }
     const bool any_owned = std::any_of(bitmaps_.begin(), bitmaps_.end(), [](const DirtyBitmap &b) { return b.owned; });
     // Once stored, the bitmaps are no longer ours (a later store, e.g. at
@@ -371,7 +377,8 @@ Status coroutine_fn Qcow2Node::co_inactivate()
     if (read_only_) return {};
     CoMutexGuard g(lock_);
     int r = co_flush_caches_locked();
-    if (r >= 0) r = co_store_bitmaps_locked();
+    if (r < 0) return errno_error(-r, name_ + ": cannot write back metadata");
+    r = co_store_bitmaps_locked();
     if (r < 0) return errno_error(-r, name_ + ": cannot store the persistent dirty bitmaps");
     // Writes from now on could not be recorded: refused.
     inactive_.store(true);

@@ -101,17 +101,18 @@ int Qcow2Node::map_compressed(uint64_t entry, const MapLookup &q, HostMapping *m
     const uint64_t coff = entry & comp_offset_mask_;
     const uint64_t nb_sectors = ((entry >> csize_shift_) & csize_mask_) + 1;
     const uint64_t cbytes = nb_sectors * kSectorSize - (coff & (kSectorSize - 1));
-    // The stream ends inside the file; its last sector may be
-    // partial at the end of the file.
-    const uint64_t file_end = (q.flen + kSectorSize - 1) & ~(kSectorSize - 1);
-    if (coff < cs || coff >= q.flen || cbytes > file_end - coff) {
+    // The stream starts inside the file. The sectors the descriptor names
+    // may run past the file's end (QEMU reads them as zeros, and the
+    // decompressor stops at the stream's end): only the part inside the
+    // file is read.
+    if (coff < cs || coff >= q.flen) {
         return corruption("compressed cluster at host offset 0x%" PRIx64 " (%" PRIu64
                           " bytes) is outside the file (guest offset 0x%" PRIx64 ")",
                           coff, cbytes, q.offset - q.in_cluster);
     }
     m->type = SubclusterType::kCompressed;
     m->comp_offset = coff;
-    m->comp_bytes = cbytes;
+    m->comp_bytes = std::min(cbytes, q.flen - coff);
     m->bytes = std::min(q.want, cs - q.in_cluster);
     return 0;
 }

@@ -86,6 +86,7 @@ Result<std::unique_ptr<DriverOptions>> decode_qcow2_options(OptionReader &r, con
     BG_TRY(r.get_ref("data-file", &q->data_file, OptionReader::RefMode::kOptional));
     q->lazy_refcounts_set = r.has("lazy-refcounts");
     BG_TRY(r.get("lazy-refcounts", &q->lazy_refcounts));
+    q->pass_discard_request_set = r.has("pass-discard-request");
     BG_TRY(r.get("pass-discard-request", &q->pass_discard_request));
     BG_TRY(r.get("pass-discard-snapshot", &q->pass_discard_snapshot));
     BG_TRY(r.get("pass-discard-other", &q->pass_discard_other));
@@ -120,7 +121,7 @@ void BlockdevOptionsQcow2::encode(nlohmann::json &j) const
     auto put_bool = [&j](const char *key, bool value, bool dflt) {
         if (value != dflt) j[key] = value;
     };
-    put_bool("pass-discard-request", pass_discard_request, def.pass_discard_request);
+    if (pass_discard_request_set) j["pass-discard-request"] = pass_discard_request;
     put_bool("pass-discard-snapshot", pass_discard_snapshot, def.pass_discard_snapshot);
     put_bool("pass-discard-other", pass_discard_other, def.pass_discard_other);
     put_bool("discard-no-unref", discard_no_unref, def.discard_no_unref);

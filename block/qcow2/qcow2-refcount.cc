@@ -555,7 +555,7 @@ int coroutine_fn Qcow2Node::co_update_refcount_locked(uint64_t offset, uint64_t 
             // may be reused for data).
             for (uint64_t so = off; so < off + cluster_size_; so += l2_cache_->slice_size()) l2_cache_->discard(so);
             refcount_cache_->discard(off);
-            if (discard_passthrough_[static_cast<int>(type)]) {
+            if (passes_discard(type)) {
                 if (!pending_discards_.empty() && pending_discards_.back().first + pending_discards_.back().second == off) {
                     pending_discards_.back().second += cluster_size_;
                 } else {

@@ -574,7 +574,7 @@ bool Qcow2Node::zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t 
         } else if (host && !dfile) {
             w->frees.push_back({host, cs});
         } else if (dfile && allocated && (op.type == qcow2::DiscardType::kRequest || op.unmap) &&
-                   discard_passthrough_[static_cast<int>(op.type)] && !h_.data_file_raw()) {
+                   passes_discard(op.type) && !h_.data_file_raw()) {
             w->file_discards.push_back({cstart, cs});
         }
     };
@@ -605,7 +605,7 @@ bool Qcow2Node::zero_or_discard_entry_locked(uint8_t *ep, uint64_t cp, uint64_t 
         if (keep_host && owned) {
             ne = (old & (qcow2::kL2eOffsetMask | qcow2::kOflagCopied)) | (ext || !v3 ? 0 : qcow2::kOflagZero);
             nbm = kAllZeroBits;
-            if (!dfile && discard_passthrough_[static_cast<int>(op.type)]) w->file_discards.push_back({host, cs});
+            if (!dfile && passes_discard(op.type)) w->file_discards.push_back({host, cs});
             if (!v3) ne = old;   // v2: cannot mark zero; only the file discard
         } else {
             free_old();
@@ -668,9 +668,10 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
         const uint64_t c0 = pos >> cluster_bits_;
         const uint64_t l1_index = c0 >> l2_bits_;
         const uint64_t l1_range = 1ULL << (cluster_bits_ + l2_bits_);
-        // No L2 table: nothing to free; zeros need an entry only when a
+        // No L2 table: nothing to free. Zeros get zero entries (a table is
+        // allocated, as QEMU does); a discard needs them only when a
         // backing file could show through.
-        const bool need_entry = backing() && !full_discard && (zero || v3);
+        const bool need_entry = !full_discard && (zero || (v3 && backing()));
         if ((l1_index >= l1_.size() || !(l1_[l1_index] & qcow2::kL1eOffsetMask)) && !need_entry) {
             pos = std::min(end, (l1_index + 1) * l1_range);
             continue;
@@ -686,15 +687,32 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
             l2_cache_->release(slice_off);
             continue;   // an allocation started while we loaded the slice
         }
-        uint8_t *s = l2_cache_->mutable_data(slice_off);
+        // Entries are changed on a copy; the slice is dirtied (and later
+        // written) only if one of them really changes (QEMU: a zero write
+        // over clusters that already read as zeros writes no metadata).
+        const uint8_t *cur = nullptr;
+        r = l2_cache_->co_get(file_, slice_off, &cur);   // pinned already: a hit, no yield
+        if (r < 0) {
+            l2_cache_->release(slice_off);
+            return r;
+        }
+        l2_cache_->release(slice_off);
+        uint8_t *s = nullptr;
         ZeroDiscardWork w;
         bool unsupported = false;
         for (uint64_t cp = pos; cp < slice_end;) {
             const uint64_t c = cp >> cluster_bits_;
             const uint64_t ce = std::min(slice_end, (c << cluster_bits_) + cs);
-            if (!zero_or_discard_entry_locked(s + (idx + (c - c0)) * l2_entry_size_, cp, ce, op, &w)) {
+            const size_t eoff = (idx + (c - c0)) * l2_entry_size_;
+            uint8_t e[16];
+            std::memcpy(e, (s ? s : cur) + eoff, l2_entry_size_);
+            if (!zero_or_discard_entry_locked(e, cp, ce, op, &w)) {
                 unsupported = true;
                 break;
+            }
+            if (std::memcmp(e, (s ? s : cur) + eoff, l2_entry_size_) != 0) {
+                if (!s) s = l2_cache_->mutable_data(slice_off);
+                std::memcpy(s + eoff, e, l2_entry_size_);
             }
             cp = ce;
         }
@@ -707,14 +725,77 @@ int coroutine_fn Qcow2Node::co_zero_or_discard_locked(uint64_t offset, uint64_t 
     return 0;
 }
 
-int coroutine_fn Qcow2Node::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
+// Whether guest [offset, end) reads as zeros through the whole chain
+// (QEMU's is_zero: block status only, data is never read).
+bool coroutine_fn Qcow2Node::co_reads_as_zero(uint64_t offset, uint64_t end)
+{
+    while (offset < end) {
+        int64_t pnum = 0;
+        const int ret = co_block_status_above(nullptr, true, static_cast<int64_t>(offset),
+                                              static_cast<int64_t>(end - offset), &pnum, nullptr, nullptr, nullptr);
+        if (ret < 0 || !(ret & kStatusZero) || pnum <= 0) return false;
+        offset += static_cast<uint64_t>(pnum);
+    }
+    return true;
+}
+
+// Zeroes [offset, end), which lies inside one subcluster without covering
+// it (the image end counts as its end): as QEMU does, when the rest of the
+// subcluster reads as zeros and it holds no data, the whole subcluster
+// becomes zero; otherwise zero data is written (-ENOTSUP with
+// kReqNoFallback). Takes lock_.
+int coroutine_fn Qcow2Node::co_zero_partial(uint64_t offset, uint64_t end, ReqFlags flags)
+{
+    const uint64_t sc = 1ULL << subcluster_bits_;
+    const uint64_t s0 = offset & ~(sc - 1);
+    const uint64_t e0 = std::min(s0 + sc, size_);
+    if (co_reads_as_zero(s0, offset) && co_reads_as_zero(end, e0)) {
+        CoMutexGuard g(lock_);
+        qcow2::HostMapping m;
+        int r = co_get_mapping_locked(s0, e0 - s0, &m);
+        if (r < 0) return r;
+        using qcow2::SubclusterType;
+        if (m.bytes >= e0 - s0 && m.type != SubclusterType::kNormal && m.type != SubclusterType::kCompressed) {
+            r = co_zero_or_discard_locked(s0, e0 - s0, true, flags & kReqMayUnmap, false, qcow2::DiscardType::kRequest);
+            if (r != -ENOTSUP) return r;
+        }
+    }
+    if (flags & kReqNoFallback) return -ENOTSUP;
+    std::vector<uint8_t> z(end - offset, 0);
+    IOVector v(z.data(), z.size());
+    return do_co_pwritev(static_cast<int64_t>(offset), static_cast<int64_t>(z.size()), v, 0);
+}
+
+// The generic layer passes whole requests (pwrite_zeroes_alignment 1):
+// partial subclusters at either end go through co_zero_partial, the
+// subclusters between (and a partial last cluster of the image) get zero
+// entries.
+int coroutine_fn Qcow2Node::do_co_pwrite_zeroes(int64_t offset_s, int64_t bytes_s, ReqFlags flags)
 {
     if (write_stopped_.load() || inactive_.load()) return -EIO;
     if (h_.version < 3) return -ENOTSUP;   // no ZERO flag: the generic layer writes zeros
-    bitmaps_mark(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes));
-    CoMutexGuard g(lock_);
-    return co_zero_or_discard_locked(static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes), true,
-                                     flags & kReqMayUnmap, false, qcow2::DiscardType::kRequest);
+    uint64_t offset = static_cast<uint64_t>(offset_s);
+    const uint64_t end = offset + static_cast<uint64_t>(bytes_s);
+    const uint64_t sc = 1ULL << subcluster_bits_;
+    bitmaps_mark(offset, end - offset);
+    int r = 0;
+    if (offset & (sc - 1)) {
+        const uint64_t pe = std::min(end, (offset + sc) & ~(sc - 1));
+        r = co_zero_partial(offset, pe, flags);
+        if (r < 0) return r;
+        offset = pe;
+    }
+    if (offset >= end) return 0;
+    const uint64_t mid_end = end >= size_ ? end : end & ~(sc - 1);
+    if (mid_end > offset) {
+        CoMutexGuard g(lock_);
+        r = co_zero_or_discard_locked(offset, mid_end - offset, true, flags & kReqMayUnmap, false,
+                                      qcow2::DiscardType::kRequest);
+        if (r < 0) return r;
+        offset = mid_end;
+    }
+    if (offset < end) r = co_zero_partial(offset, end, flags);
+    return r;
 }
 
 int coroutine_fn Qcow2Node::do_co_pdiscard(int64_t offset, int64_t bytes)
@@ -840,8 +921,15 @@ int coroutine_fn Qcow2Node::co_shrink_locked(uint64_t new_size, PreallocMode pre
     }
     // L2 tables wholly beyond the new end.
     const uint64_t l1_range = 1ULL << (cluster_bits_ + l2_bits_);
-    const uint64_t first_free_l1 = (new_size + l1_range - 1) / l1_range;
-    for (uint64_t i = first_free_l1; r >= 0 && i < l1_.size(); i++) {
+    if (r >= 0) r = co_unlink_l2_tables_locked((new_size + l1_range - 1) / l1_range);
+    return r;
+}
+
+int coroutine_fn Qcow2Node::co_unlink_l2_tables_locked(uint64_t first_l1)
+{
+    const uint64_t cs = cluster_size_;
+    int r = 0;
+    for (uint64_t i = first_l1; r >= 0 && i < l1_.size(); i++) {
         const uint64_t l2 = l1_[i] & qcow2::kL1eOffsetMask;
         if (!l2) continue;
         r = l2_cache_->co_flush();
@@ -976,7 +1064,13 @@ int coroutine_fn Qcow2Node::do_co_truncate(int64_t offset_s, bool exact, Preallo
 // qemu-img commit's "empty the top image" (QEMU qcow2_make_empty): every
 // cluster becomes unallocated (a full discard, not zero clusters, so the
 // backing file shows through again); clusters a snapshot still holds stay.
-// Then the metadata is written back and the file flushed.
+// Then the metadata is written back and the file flushed. A v3 image with
+// nothing else in it (no snapshots, bitmaps or data file) also loses its
+// L2 tables and the file is cut after its last cluster in use, leaving
+// header, refcount structure and L1 table as QEMU's complete emptying
+// does (QEMU rewrites the image under the dirty bit; here each step keeps
+// the image consistent: pointers written and flushed before the clusters
+// are freed).
 Status coroutine_fn Qcow2Node::co_make_empty()
 {
     if (write_stopped_.load()) return make_error(EIO, "%s: image is corrupt; cannot empty it", filename().c_str());
@@ -985,7 +1079,11 @@ Status coroutine_fn Qcow2Node::co_make_empty()
         CoMutexGuard g(lock_);
         const uint64_t end = (size_ + cluster_size_ - 1) & ~(cluster_size_ - 1);
         r = co_zero_or_discard_locked(0, end, false, true, true, qcow2::DiscardType::kSnapshot);
+        const bool whole = h_.version >= 3 && snapshots_.empty() && !h_.bitmaps && bitmaps_.empty() &&
+                           !h_.has_data_file();
+        if (r == 0 && whole) r = co_unlink_l2_tables_locked(0);
         if (r == 0) r = co_flush_caches_locked();
+        if (r == 0 && whole) co_trim_file_tail_locked();
     }
     if (r == 0) r = file_->co_flush();
     if (r == 0 && data_file_ != file_) r = data_file_->co_flush();

@@ -106,6 +106,7 @@ void Qcow2Node::set_write_options(const BlockdevOptionsQcow2 &o)
     lazy_refcounts_ = o.lazy_refcounts_set ? o.lazy_refcounts : image_lazy;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kNever)] = false;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kRequest)] = o.pass_discard_request;
+    discard_request_set_ = o.pass_discard_request_set;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kSnapshot)] = o.pass_discard_snapshot;
     discard_passthrough_[static_cast<int>(qcow2::DiscardType::kOther)] = o.pass_discard_other;
     discard_no_unref_ = o.discard_no_unref;
@@ -115,7 +116,7 @@ void Qcow2Node::set_write_options(const BlockdevOptionsQcow2 &o)
     case Qcow2OverlapCheckMode::kCached: overlap_check_ = qcow2::kOlCached; break;
     case Qcow2OverlapCheckMode::kAll: overlap_check_ = qcow2::kOlAll; break;
     }
-    supported_zero_flags_ = h_.version >= 3 ? kReqMayUnmap : 0;
+    supported_zero_flags_ = h_.version >= 3 ? kReqMayUnmap | kReqNoFallback : 0;
 }
 
 // A writable open (qcow2.md 2.3), also run when a reopen makes the node
@@ -533,7 +534,9 @@ void Qcow2Node::refresh_limits(BlockLimits *bl)
     bl->request_alignment = 1;
     bl->max_transfer = 0;
     bl->pdiscard_alignment = static_cast<uint32_t>(cluster_size_);
-    bl->pwrite_zeroes_alignment = static_cast<uint32_t>(cluster_size_ >> (cluster_bits_ - subcluster_bits_));
+    // Write-zeroes of any alignment come whole: partial subclusters are
+    // handled by the driver (do_co_pwrite_zeroes), as QEMU's qcow2 does.
+    bl->pwrite_zeroes_alignment = 1;
 }
 
 // ---------------------------------------------------------------- descriptor

@@ -54,7 +54,8 @@ struct BlockdevOptionsQcow2 : DriverOptionsOf<BlockdevOptionsQcow2> {
     BlockdevRef data_file;                      // "data-file"
     bool lazy_refcounts_set = false;            // "lazy-refcounts" given?
     bool lazy_refcounts = false;
-    bool pass_discard_request = true;           // "pass-discard-request" (when discard=unmap)
+    bool pass_discard_request_set = false;      // "pass-discard-request" given?
+    bool pass_discard_request = false;          // "pass-discard-request"; unset: the node's discard=unmap
     bool pass_discard_snapshot = true;          // "pass-discard-snapshot"
     bool pass_discard_other = false;            // "pass-discard-other"
     bool discard_no_unref = false;              // "discard-no-unref"
@@ -626,6 +627,16 @@ class Qcow2Node final : public BlockNode {
     Status coroutine_fn co_open_writable(const BlockdevOptionsQcow2 &o);
     Status check_write_options(const BlockdevOptionsQcow2 &o) const;
     void set_write_options(const BlockdevOptionsQcow2 &o);
+    // Whether clusters freed for a reason of type t are discarded in the
+    // file. pass-discard-request, when not given, follows this node's own
+    // discard=unmap, read at each call (a reopen may change it). lock_ held.
+    bool passes_discard(qcow2::DiscardType t) const
+    {
+        if (t == qcow2::DiscardType::kRequest && !discard_request_set_) {
+            return options().discard == BlockdevDiscardOptions::kUnmap;
+        }
+        return discard_passthrough_[static_cast<int>(t)];
+    }
     // Reopen (qcow2-reopen.cc).
     int coroutine_fn co_reopen_clean(bool store_bitmaps);
     std::unique_ptr<BlockdevOptionsQcow2> reopen_opts_;   // prepared options
@@ -741,6 +752,9 @@ class Qcow2Node final : public BlockNode {
     // file discards, raw zeros written (after the L2 cache is written).
     int coroutine_fn co_finish_zero_or_discard_locked(const ZeroDiscardWork &w, qcow2::DiscardType type);
     int coroutine_fn co_preallocate_locked(uint64_t offset, uint64_t bytes, PreallocMode mode);
+    // Write-zeroes helpers (lock_ NOT held; they take it): see qcow2-write.cc.
+    bool coroutine_fn co_reads_as_zero(uint64_t offset, uint64_t end);
+    int coroutine_fn co_zero_partial(uint64_t offset, uint64_t end, ReqFlags flags);
     // Truncate's steps. co_shrink_locked: the clusters and L2 tables past
     // new_size freed (-ENOTSUP: preallocation asked for, or snapshots).
     // co_grow_locked: the L1 table grown, preallocation, the data file
@@ -749,6 +763,10 @@ class Qcow2Node final : public BlockNode {
     // old last cluster's tail and what a longer backing file would show
     // are made to read as zeros.
     int coroutine_fn co_shrink_locked(uint64_t new_size, PreallocMode prealloc);
+    // Unlinks the L2 tables of L1 entries first_l1.. (each L1 entry written
+    // and flushed, then its table freed). The tables must map nothing the
+    // caller still needs.
+    int coroutine_fn co_unlink_l2_tables_locked(uint64_t first_l1);
     int coroutine_fn co_grow_locked(uint64_t new_size, PreallocMode prealloc);
     int coroutine_fn co_zero_grown_part(uint64_t old, uint64_t new_size);
     // Data I/O in flight on host clusters (see inflight_host_). inflight_inc
@@ -799,6 +817,7 @@ class Qcow2Node final : public BlockNode {
     // Write side (all guarded by lock_ unless said otherwise).
     bool lazy_refcounts_ = false;           // deferred refcount updates (dirty bit while writing)
     bool discard_passthrough_[4] = {};      // per qcow2::DiscardType: discard freed clusters in the file
+    bool discard_request_set_ = false;      // pass-discard-request given (else: follows unmap_)
     bool discard_no_unref_ = false;
     int overlap_check_ = qcow2::kOlCached;  // kOl* bits checked before writes
     bool check_repair_ = false;             // opened by "img check -r" (BlockdevOptions::check_repair)

@@ -40,6 +40,8 @@ constexpr uint32_t kNbdCtxBitmap0 = 2;
 // request of up to 32 MiB).
 constexpr int kNbdMaxInFlight = 128;
 constexpr uint64_t kNbdMaxInFlightBytes = 64ULL << 20;
+// SO_SNDBUF asked for on accepted unix sockets (server.cc).
+constexpr int kNbdUnixSndBuf = 4 << 20;
 // A client must finish negotiation within this time.
 constexpr int64_t kNbdHandshakeLimitNs = 10LL * 1000 * 1000 * 1000;
 

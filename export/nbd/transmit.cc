@@ -84,11 +84,17 @@ int NbdConn::co_recv(void *dst, size_t len, bool *eof)
 {
     auto *out = static_cast<uint8_t *>(dst);
     size_t have = rlen_ - rpos_;
-    if (have == 0 && len < kRecvBufSize / 4 && !sock_->tls_active() && !sock_->is_shutdown()) {
+    while (have == 0 && len < kRecvBufSize / 4 && !sock_->tls_active() && !sock_->is_shutdown()) {
         rpos_ = rlen_ = 0;
         ssize_t n = recv(sock_->fd(), rbuf_.get(), kRecvBufSize, MSG_DONTWAIT);
         if (n > 0) rlen_ = size_t(n);
         have = rlen_;
+        if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+        // Nothing yet: wait here rather than retry through co_read_full.
+        if (errno != EINTR) {
+            int r = sock_->co_wait_readable();
+            if (r < 0) return r;
+        }
     }
     size_t take = have < len ? have : len;
     if (take) {

@@ -432,9 +432,12 @@ START_TEST(test_decode_qcow2)
             "cache-size":4194304,"l2-cache-size":1048576,"l2-cache-entry-size":4096,
             "cache-clean-interval":0,"snapshot.id":"1","snapshot.name":"snap"})");
 
-    // Defaults; an explicit lazy-refcounts=off is kept (it overrides the image).
+    // Defaults; an explicit lazy-refcounts=off is kept (it overrides the
+    // image), so is an explicit pass-discard-request (it overrides discard).
     ck_assert_encodes("qcow2,file=f", R"({"driver":"qcow2","file":"f"})");
-    ck_assert_opts_eq(parse_ok("qcow2,file=f,pass-discard-request=on,pass-discard-snapshot=on,"
+    ck_assert_encodes("qcow2,file=f,pass-discard-request=on",
+                      R"({"driver":"qcow2","file":"f","pass-discard-request":true})");
+    ck_assert_opts_eq(parse_ok("qcow2,file=f,pass-discard-snapshot=on,"
                                "pass-discard-other=off,discard-no-unref=off,overlap-check=cached,"
                                "cache-clean-interval=600"),
                       parse_ok("qcow2,file=f"));

@@ -1209,7 +1209,8 @@ START_TEST(test_read_hostile_entries)
     ib.compressed(3 * cs, std::vector<uint8_t>(3000, 0xaa));          // garbage stream
     ib.set_entry(4 * cs, 100 | (1ULL << 54) | qcow2::kOflagCompressed);   // compressed inside the header
     auto img = ib.finish();
-    // A compressed cluster whose sectors run past the end of the file.
+    // A compressed cluster whose sectors run past the end of the file: the
+    // part inside the file is read (as QEMU does), and is no stream.
     uint64_t file_len = img.size();
     uint64_t tail = file_len - 600;
     uint64_t l2 = get64(img, 2 * cs) & qcow2::kL1eOffsetMask;
@@ -1256,9 +1257,8 @@ START_TEST(test_read_hostile_entries)
             break;
         case 5:
             snprintf(want, sizeof(want),
-                     "compressed cluster at host offset 0x%" PRIx64 " (%" PRIu64
-                     " bytes) is outside the file (guest offset 0x50000)",
-                     tail, 3 * 512 - (tail & 511));
+                     "compressed cluster at host offset 0x%" PRIx64 " (guest offset 0x50000) cannot be decompressed",
+                     tail);
             break;
         }
         ck_assert_msg_eq(q2->corruption_message(), path + ": " + want);
