@@ -37,18 +37,24 @@ void CreateOptions::erase(const std::string &key)
     opts.erase(std::remove_if(opts.begin(), opts.end(), [&](const auto &kv) { return kv.first == key; }), opts.end());
 }
 
+const char kSizeSuffixHint[] = "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                               "and exabytes, respectively.";
+
 Result<uint64_t> CreateOptions::get_size(const std::string &key, uint64_t def) const
 {
     auto v = get(key);
     if (!v) return def;
-    auto r = parse_size(*v);
-    if (!r) {
+    uint64_t n = 0;
+    const int err = strtosz(*v, &n);
+    if (err == -ERANGE) {
+        return make_error(EINVAL, "Value '%s' is out of range for parameter '%s'", v->c_str(), key.c_str());
+    }
+    if (err) {
         Error e = make_error(EINVAL, "Parameter '%s' expects a non-negative number below 2^64", key.c_str());
         // qemu-img adds the suffix hint on two more lines.
-        return e.with_qemu_text(e.msg + "\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                                        "and exabytes, respectively.");
+        return e.with_qemu_text(e.msg + "\n" + kSizeSuffixHint);
     }
-    return r.value();
+    return n;
 }
 
 Result<uint64_t> CreateOptions::get_number(const std::string &key, uint64_t def) const

@@ -42,6 +42,11 @@ struct CreateOptionDesc {
 // key=value strings, in the order given, plus "size" (bytes, decimal or with
 // a suffix) like any other key. Values are not interpreted here; a driver
 // (or validate_create_options) parses them.
+// The two lines qemu-img prints after a size that does not parse
+// ("... expects a non-negative number below 2^64"), without a newline at
+// the end.
+extern const char kSizeSuffixHint[];
+
 struct CreateOptions {
     std::vector<std::pair<std::string, std::string>> opts;
 
@@ -54,7 +59,9 @@ struct CreateOptions {
 
     // Typed getters. Absent: def. Malformed: EINVAL with QEMU's message
     // ("Parameter 'cluster_size' expects a non-negative number below 2^64"
-    // / "Parameter 'lazy_refcounts' expects 'on' or 'off'").
+    // without QEMU's two hint lines; "Value '16E' is out of range for
+    // parameter 'size'" / "Parameter 'lazy_refcounts' expects 'on' or
+    // 'off'"). Sizes have QEMU's syntax (qapi/size.h strtosz).
     Result<uint64_t> get_size(const std::string &key, uint64_t def) const;
     Result<uint64_t> get_number(const std::string &key, uint64_t def) const;
     Result<bool> get_bool(const std::string &key, bool def) const;

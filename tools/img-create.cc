@@ -42,6 +42,7 @@ bool add_options(CreateOptions *opts, const char *arg)
     return true;
 }
 
+
 } // namespace
 
 int print_create_options_help(const std::string &format)
@@ -105,6 +106,13 @@ int img_create(int argc, char **argv)
             error("%s", sz.msg().c_str());
             return 1;
         }
+        // As qemu-img: a size in -o is checked first, and may not come twice.
+        if (p.opts.has("size")) {
+            Result<uint64_t> o = p.opts.get_size("size", 0);
+            error("%s: %s", p.filename.c_str(),
+                  o ? "The image size must be specified only once" : o.error().qemu_text().c_str());
+            return 1;
+        }
         p.opts.set("size", std::to_string(sz.value()));
     }
     if (optind != argc) return usage_error("Unexpected argument: %s", argv[optind]);
@@ -114,8 +122,8 @@ int img_create(int argc, char **argv)
     };
     Status s = bg::img_create(builtin_drivers(), p);
     if (!s) {
-        // Multi-line messages (backing file hints) print as qemu-img's do:
-        // the later lines without the program name.
+        // Multi-line messages (backing file hints, the size suffix hint)
+        // print as qemu-img's do: the later lines without the program name.
         error("%s: %s", p.filename.c_str(), s.error().qemu_text().c_str());
         return 1;
     }
@@ -242,9 +250,7 @@ int img_resize(int argc, char **argv)
     }
     if (perr) {
         error("Parameter 'size' expects a non-negative number below 2^64");
-        std::fputs("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                   "and exabytes, respectively.\n",
-                   stderr);
+        std::fprintf(stderr, "%s\n", kSizeSuffixHint);
         return 1;
     }
     std::unique_ptr<OpenImage> img = open_img(oa);

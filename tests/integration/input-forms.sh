@@ -149,6 +149,12 @@ compare "io write -P 5 ${T}0x100 +1k" "write -P 5 ${T}0x100 +1k"
 for n in 1M ' 1M' '+1M' 1.0009k 0.1k 0x100000 0x1k 1b 1.5b 1x 16E 99999999999999999999 8E 0; do
     img_compare "create -f raw x.raw '$n'" create -f raw x.raw "$n"
 done
+for o in size=1x size=16E size=+1M; do
+    img_compare "create -f qcow2 -o '$o' (and a size argument)" create -f qcow2 -o "$o" o.qcow2 1M
+done
+for o in size=16E size=+1M size=' 2k' size=0x1000 size=1x cluster_size=abc,size=1M; do
+    img_compare "create -f qcow2 -o '$o'" create -f qcow2 -o "$o" o.qcow2
+done
 in_both "qemu-img create -q -f raw r.raw 1M"
 for n in 1x +1x +99999999999999999999 16E +0x1k '+ 1k' ' 2M' 8E +8E 1.0009k --1k -2M; do
     img_compare "resize r.raw '$n'" resize -f raw r.raw -- "$n"
