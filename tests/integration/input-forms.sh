@@ -21,23 +21,11 @@ echo "input-forms: $BLOCKGRAPH against $(qemu-img --version | head -1)"
 # must be equal.
 img_filter() { sed -E -e 's/^qemu-img: /blockgraph img: /'; }
 img_compare() {
-    local desc=$1 ch why=
+    local desc=$1 why
     shift
     (cd "$WORK/q" && qemu-img "$@" >"$WORK/q.out" 2>"$WORK/q.err"; echo $? >"$WORK/q.rc")
     (cd "$WORK/b" && "$BLOCKGRAPH" img "$@" >"$WORK/b.out" 2>"$WORK/b.err"; echo $? >"$WORK/b.rc")
-    for ch in out err; do
-        img_filter <"$WORK/q.$ch" >"$WORK/q.$ch.f"
-        img_filter <"$WORK/b.$ch" >"$WORK/b.$ch.f"
-        if ! cmp -s "$WORK/q.$ch.f" "$WORK/b.$ch.f"; then
-            why="$why
-        std$ch differs from qemu-img's (< qemu-img, > blockgraph img):
-$(diff "$WORK/q.$ch.f" "$WORK/b.$ch.f" | head -20 | sed 's/^/        /')"
-        fi
-    done
-    if [ "$(cat "$WORK/q.rc")" != "$(cat "$WORK/b.rc")" ]; then
-        why="$why
-        exit status $(cat "$WORK/b.rc"), qemu-img's $(cat "$WORK/q.rc")"
-    fi
+    why=$(pair_differences qemu-img img_filter)
     if [ -z "$why" ]; then ok "$desc"; else bad "$desc:$why"; fi
 }
 # in_both CMD...: runs CMD (a shell command) in both directories.

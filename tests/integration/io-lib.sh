@@ -143,28 +143,38 @@ io_run_pair() {
      echo $? >"$WORK/b.rc")
 }
 
-# io_compare_results DESC: one check over both outputs, the exit statuses
-# and (unless COMPARE_IMAGES=0) the images.
-io_compare_results() {
-    local desc=$1 ch why=
+# pair_differences TOOL FILTER: what differs between the runs in $WORK/q
+# (the QEMU TOOL) and $WORK/b (ours): stdout and stderr, each through
+# FILTER (and sorted with COMPARE_SORT=1), and the exit status; one
+# indented paragraph per difference, each starting with a newline; nothing
+# when they agree.
+pair_differences() {
+    local tool=$1 filter=$2 ch
     for ch in out err; do
-        if [ "$COMPARE_SORT" = 1 ]; then
-            io_filter <"$WORK/q.$ch" | LC_ALL=C sort >"$WORK/q.$ch.f"
-            io_filter <"$WORK/b.$ch" | LC_ALL=C sort >"$WORK/b.$ch.f"
+        if [ "${COMPARE_SORT:-0}" = 1 ]; then
+            $filter <"$WORK/q.$ch" | LC_ALL=C sort >"$WORK/q.$ch.f"
+            $filter <"$WORK/b.$ch" | LC_ALL=C sort >"$WORK/b.$ch.f"
         else
-            io_filter <"$WORK/q.$ch" >"$WORK/q.$ch.f"
-            io_filter <"$WORK/b.$ch" >"$WORK/b.$ch.f"
+            $filter <"$WORK/q.$ch" >"$WORK/q.$ch.f"
+            $filter <"$WORK/b.$ch" >"$WORK/b.$ch.f"
         fi
         if ! cmp -s "$WORK/q.$ch.f" "$WORK/b.$ch.f"; then
-            why="$why
-        std$ch differs from qemu-io's (< qemu-io, > blockgraph io):
-$(diff "$WORK/q.$ch.f" "$WORK/b.$ch.f" | head -20 | sed 's/^/        /')"
+            echo
+            echo "        std$ch differs from $tool's (< $tool, > blockgraph ${tool#qemu-}):"
+            diff "$WORK/q.$ch.f" "$WORK/b.$ch.f" | head -20 | sed 's/^/        /'
         fi
     done
     if [ "$(cat "$WORK/q.rc")" != "$(cat "$WORK/b.rc")" ]; then
-        why="$why
-        exit status $(cat "$WORK/b.rc"), qemu-io's $(cat "$WORK/q.rc")"
+        echo
+        echo "        exit status $(cat "$WORK/b.rc"), $tool's $(cat "$WORK/q.rc")"
     fi
+}
+
+# io_compare_results DESC: one check over both outputs, the exit statuses
+# and (unless COMPARE_IMAGES=0) the images.
+io_compare_results() {
+    local desc=$1 why
+    why=$(pair_differences qemu-io io_filter)
     if [ "$COMPARE_IMAGES" = 1 ]; then
         local img
         img=$(images_equal) || why="$why
