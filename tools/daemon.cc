@@ -426,7 +426,23 @@ int cmd_daemon(int argc, char **argv)
     if (n_exports == 0 && n_monitors == 0) return fail("no --export or --monitor given (nothing to serve)");
 
     return daemon_run(cfg, [&steps](Daemon &d) -> Status {
+        // Monitors (and their chardevs) come last, whatever the order on the
+        // command line: opening a node may run the loop, and a monitor that
+        // listened already would serve QMP commands against a half-built
+        // daemon (qemu-storage-daemon serves nothing before its command line
+        // is done).
+        auto is_monitor = [](const Step &s) {
+            return std::holds_alternative<ChardevOptions>(s) || std::holds_alternative<MonitorOptions>(s);
+        };
+        std::vector<const Step *> order;
         for (const Step &s : steps) {
+            if (!is_monitor(s)) order.push_back(&s);
+        }
+        for (const Step &s : steps) {
+            if (is_monitor(s)) order.push_back(&s);
+        }
+        for (const Step *sp : order) {
+            const Step &s = *sp;
             if (auto *b = std::get_if<BlockdevOptions>(&s)) {
                 BG_TRY(d.add_blockdev(*b));
             } else if (auto *o = std::get_if<IoThreadOptions>(&s)) {

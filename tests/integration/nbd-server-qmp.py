@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import Test, oracle_session, run  # noqa: E402
@@ -75,6 +76,20 @@ class Holder:
             return {"closed-by-server": True, "how": type(e).__name__}
 
 
+def export_gone(c, export_id):
+    """Waits (10 s at most) until query-block-exports no longer lists
+    export_id: a hard-deleted export finishes shutting down once its clients
+    are gone, which each daemon does in its own time."""
+    deadline = time.monotonic() + 10
+    while True:
+        exports = c.execute("query-block-exports", {}).get("return", [])
+        if not any(e.get("id") == export_id for e in exports):
+            return {"gone": export_id}
+        if time.monotonic() > deadline:
+            return {"still-listed": export_id}
+        time.sleep(0.05)
+
+
 def nbdinfo(path, name):
     p = run(["nbdinfo", "--json", f"nbd+unix:///{name}?socket={path}"])
     if p.returncode != 0:
@@ -127,6 +142,7 @@ def oracle(t):
         ("block-export-del", {"id": "e1"}),
         ("block-export-del", {"id": "e1", "mode": "hard"}),
         lambda c: holder.closed(),
+        lambda c: export_gone(c, "e1"),
         ("block-export-del", {"id": "e1"}),
         ("query-block-exports", {}),
         ("nbd-server-stop", {}),
