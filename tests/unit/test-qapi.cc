@@ -1064,7 +1064,8 @@ START_TEST(test_json_quotes)
     // Through the object parser: the values, and errors.
     auto j = parse_json_object(R"({'driver': 'qcow2', 'file': {'driver': 'file', 'filename': 'a"b\'c'}})");
     ck_assert_result_ok(j);
-    ck_assert_str_eq(j.value()["file"]["filename"].get<std::string>().c_str(), "a\"b'c");
+    const std::string filename = j.value()["file"]["filename"].get<std::string>();
+    ck_assert_str_eq(filename.c_str(), "a\"b'c");
     ck_assert_error(parse_json_object("{'a': 'b}"), "JSON: unterminated string starting at position 6");
     ck_assert_error(parse_json_object("{'a': 'b', 'a': 1}"), "JSON: duplicate key 'a'");
     ck_assert(!parse_json_object(R"({'a': '\q'})").ok());
