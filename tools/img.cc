@@ -50,7 +50,7 @@ int bad_option(int argc, char **argv, const char *with_arg_opts)
     (void)argc;
     const char *arg = optind > 0 ? argv[optind - 1] : "?";
     if (optopt && optopt < 256) {
-        if (std::strchr(with_arg_opts, optopt)) return usage_error("option requires an argument -- '%c'", optopt);
+        if (std::strchr(with_arg_opts, optopt)) return usage_error("missing argument for option '-%c'", optopt);
         return usage_error("unrecognized option '-%c'", optopt);
     }
     // A long option: known (with optopt set to its value) but missing its
@@ -392,6 +392,10 @@ const ImgCommand kImgCommands[] = {
     {"create", "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]",
      img_create,
      "Creates an image of format -f (default raw) with -o options (-o help\nlists them), optionally on a backing file (-b, with its format -F; -u:\ndo not open it)."},
+    {"dd", "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input "
+           "of=output",
+     img_dd,
+     "Copies input, from skip blocks of bs bytes (default 512) on and cut to\ncount blocks from its start, into a new image of format -O (default\nraw)."},
     {"info", "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename", img_info,
      "Shows the image's format, sizes, cluster size, backing file, snapshots\nand format-specific data; --backing-chain for every image of the chain."},
     {"map", "map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename", img_map,

@@ -159,6 +159,7 @@ int img_rebase(int argc, char **argv);
 int img_amend(int argc, char **argv);
 int img_measure(int argc, char **argv);
 int img_bench(int argc, char **argv);
+int img_dd(int argc, char **argv);
 
 }  // namespace img
 }  // namespace bg

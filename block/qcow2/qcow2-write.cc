@@ -421,7 +421,11 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
             if (in_img < tail) memset(tb.get() + in_img, 0, tail - in_img);
             // Bytes kept: up to the next aligned offset (cow_end is aligned).
             uint64_t keep = tail;
-            if (p.zero_host) {
+            // Kept whole where it would end past the file's end: QEMU's
+            // zero-write of the tail extends the file to the cluster's end.
+            const uint64_t tail_host_end = h_.has_data_file() ? p.cow_end
+                                                              : p.host + (p.cow_end - (p.first_cluster << cluster_bits_));
+            if (p.zero_host && static_cast<int64_t>(tail_host_end) <= data_file_->getlength()) {
                 const uint64_t rel = tstart - p.cow_start;
                 keep = std::min(tail, ((rel + falign - 1) & ~(falign - 1)) - rel);
                 if (!buffer_is_zero(tb.get() + keep, tail - keep)) keep = tail;
