@@ -75,6 +75,8 @@ struct ConvertOptions {
     std::optional<SnapshotSpec> snapshot;
     uint64_t rate_limit = 0;
     bool salvage = false, bitmaps = false, skip_broken = false;
+    bool copy_offload = false;   // -C
+    bool sparse_given = false;   // -S (any value)
     std::optional<std::string> backing, backing_fmt;
     CreateOptions copts;
     bool compress = false, progress = false, skip_create = false, out_of_order = false, image_opts = false,
@@ -130,6 +132,7 @@ int parse_convert_opts(int argc, char **argv, ConvertOptions *o)
                 return 1;
             }
             o->sparse = static_cast<int64_t>(r.value());
+            o->sparse_given = true;
             break;
         }
         case 'p': o->progress = true; break;
@@ -155,7 +158,7 @@ int parse_convert_opts(int argc, char **argv, ConvertOptions *o)
         case kOptSalvage: o->salvage = true; break;
         case kOptBitmaps: o->bitmaps = true; break;
         case kOptSkipBroken: o->skip_broken = true; break;
-        case 'C': error("option -%c is not supported by %s convert", c, kProg); return 1;
+        case 'C': o->copy_offload = true; break;
         case kOptImageOpts: o->image_opts = true; break;
         case kOptTargetImageOpts: o->target_image_opts = true; break;
         case kOptTargetIsZero: o->target_is_zero = true; break;
@@ -171,6 +174,19 @@ int parse_convert_args(int argc, char **argv, ConvertOptions *o)
 {
     int status = parse_convert_opts(argc, argv, o);
     if (status >= 0) return status;
+    // -C: copy offloading copies what the source allocates as it is, so
+    // it excludes what rewrites or inspects the data (qemu-img's checks,
+    // in its order, before any other).
+    if (o->copy_offload) {
+        const char *why = o->compress ? "Cannot enable copy offloading when -c is used"
+                          : o->sparse_given ? "Cannot enable copy offloading when -S is used"
+                          : o->salvage ? "Cannot use copy offloading in salvaging mode"
+                                       : nullptr;
+        if (why) {
+            error("%s", why);
+            return 1;
+        }
+    }
     if (g_quiet) o->progress = false;
     if (o->copts.has("help")) return print_create_options_help(o->out_fmt);
     if (argc - optind < 2) return usage_error("Must specify image file name");
@@ -399,6 +415,9 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
     co.max_workers = static_cast<int>(o.workers);
     co.out_of_order = o.out_of_order;
     co.sparse_size = o.sparse;
+    // -C copies allocated data as it is (no zero detection inside it);
+    // ranges the source reports as zero or unallocated are still skipped.
+    co.scan_data_for_zeroes = !o.copy_offload;
     co.compress = o.compress;
     // A freshly created image reads as zeros, except where "creating" only
     // opened an existing target (network protocols such as nbd://): there

@@ -384,7 +384,7 @@ const ImgCommand kImgCommands[] = {
     {"compare", "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2", img_compare,
      "Compares guest-visible contents. Exit status: 0 identical, 1 different\n(\"Content mismatch at offset N!\"), 2 open error, 3 block status error,\n4 read error. -s: sizes and allocation must match too."},
     {"convert",
-     "convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
+     "convert [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
      "[-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-m num_coroutines] [-W] [-r rate_limit] "
      "[--salvage] [--bitmaps [--skip-broken-bitmaps]] [-U] filename [filename2 [...]] output_filename",
      img_convert,
