@@ -466,6 +466,7 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
         return false;
     }
     if (o.compress) pad_compressed_target(dst->root);
+    prog.update(1.0);
     prog.finish();
     return true;
 }
@@ -801,6 +802,7 @@ int img_commit(int argc, char **argv)
         g.graph.reset();
         if (!empty_commit_top(o.oa)) return 1;
     }
+    prog.update(1.0);
     prog.finish();
     qprintf("Image committed.\n");
     return 0;
@@ -874,7 +876,9 @@ std::unique_ptr<OpenImage> open_new_backing(RebaseOptions *o, BlockNode *top)
     return nb;
 }
 
-bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
+// Safe mode: copies into the image what differs between its old backing
+// chain and nb (nullptr: zeros). false after printing the error.
+bool copy_backing_diff(OpenImage *img, OpenImage *nb, Progress *prog)
 {
     BlockNode *top = img->root;
     BdrvChild *old = top->backing_child();
@@ -903,15 +907,12 @@ bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
     co.sparse_size = 0;
     int64_t cluster = node_cluster_size(top);
     if (cluster > 0) co.alignment = cluster;
-    Progress prog(o.progress);
-    prog.update(0);
-    co.progress = progress_fn(&prog);
+    co.progress = progress_fn(prog);
     Result<CopyStats> r = copy_sync({s}, img->blk.get(), co);
     if (!r) {
         error("%s", r.msg().c_str());
         return false;
     }
-    prog.finish();
     return true;
 }
 
@@ -927,12 +928,14 @@ int img_rebase(int argc, char **argv)
     if (!img) return 1;
     BlockNode *top = img->root;
     std::unique_ptr<OpenImage> nb;   // the new backing file, safe mode
+    Progress prog(o.progress);
+    prog.update(0);
     if (!o.unsafe) {
         if (!o.new_backing->empty()) {
             nb = open_new_backing(&o, top);
             if (!nb) return 1;
         }
-        if (!copy_backing_diff(o, img.get(), nb.get())) return 1;
+        if (!copy_backing_diff(img.get(), nb.get(), &prog)) return 1;
     }
 
     // Record the new backing file in the image.
@@ -944,6 +947,7 @@ int img_rebase(int argc, char **argv)
         error("Could not change the backing file to '%s': %s", o.new_backing->c_str(), s.msg().c_str());
         return 1;
     }
+    prog.update(1.0);
     return flush_backend(img->blk.get(), o.oa.name);
 }
 

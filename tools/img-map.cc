@@ -424,7 +424,8 @@ int coroutine_fn compare_images(Comparison &c)
         qprintf("Warning: Image size mismatch!\n");
         if (int r = compare_tail(c, offset)) return r;
     }
-    c.prog->finish();
+    // (The progress output's newline follows the verdict, as in qemu-img.)
+    c.prog->update(1.0);
     qprintf("Images are identical.\n");
     return 0;
 }

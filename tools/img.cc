@@ -301,8 +301,7 @@ std::unique_ptr<OpenImage> open_img(const OpenArgs &a)
 
 Progress::Progress(bool enabled)
 {
-    active_ = enabled && !g_quiet && isatty(STDOUT_FILENO);
-    start_ns_ = clock_ns();
+    active_ = enabled && !g_quiet;
 }
 
 Progress::~Progress()
@@ -310,45 +309,23 @@ Progress::~Progress()
     finish();
 }
 
-void Progress::draw(double fraction, int64_t bytes_done)
-{
-    int64_t now = clock_ns();
-    double secs = static_cast<double>(now - start_ns_) / 1e9;
-    std::string line;
-    char buf[128];
-    std::snprintf(buf, sizeof(buf), "    (%.2f/100%%)", fraction * 100.0);
-    line = buf;
-    if (bytes_done > 0 && secs > 0.05) {
-        line += "  " + size_to_str(static_cast<uint64_t>(static_cast<double>(bytes_done) / secs)) + "/s";
-    }
-    if (fraction > 0.001 && fraction < 1.0 && secs > 0.2) {
-        int64_t left = static_cast<int64_t>(secs / fraction * (1.0 - fraction) + 0.5);
-        std::snprintf(buf, sizeof(buf), "  %" PRId64 ":%02" PRId64 ":%02" PRId64 " left", left / 3600,
-                      (left / 60) % 60, left % 60);
-        line += buf;
-    }
-    // Clear what a longer previous line left.
-    std::printf("\r%-60s\r%s", "", line.c_str());
-    std::fflush(stdout);
-    last_ns_ = now;
-    last_fraction_ = fraction;
-}
-
 void Progress::update(double fraction, int64_t bytes_done)
 {
-    if (!active_ || finished_ || last_fraction_ >= 1.0) return;
-    if (fraction < 0) fraction = 0;
-    if (fraction > 1) fraction = 1;
-    int64_t now = clock_ns();
-    if (last_fraction_ >= 0 && now - last_ns_ < 100000000 && fraction < 1.0) return;
-    draw(fraction, bytes_done);
+    (void)bytes_done;
+    if (!active_ || finished_) return;
+    // Percentages in float, compared as qemu-img compares them.
+    float current = static_cast<float>(std::clamp(fraction, 0.0, 1.0) * 100.0);
+    if (current > last_print_ + 1.0f || current < last_print_ - 1.0f || current == 0.0f || current == 100.0f) {
+        last_print_ = current;
+        std::printf("    (%3.2f/100%%)\r", static_cast<double>(current));
+        std::fflush(stdout);
+    }
 }
 
 void Progress::finish()
 {
     if (!active_ || finished_) return;
     finished_ = true;
-    if (last_fraction_ < 1.0) draw(1.0, 0);
     std::printf("\n");
     std::fflush(stdout);
 }
@@ -430,7 +407,7 @@ void print_help()
                 "  -U              force share: open an image another process uses (read-only)\n"
                 "  -t/-T cache     cache mode of the destination/source: none, writeback,\n"
                 "                  writethrough, directsync, unsafe\n"
-                "  -p              show progress on a terminal (percent, rate, time left)\n"
+                "  -p              show progress (percent done, as qemu-img)\n"
                 "  -q              quiet: print nothing but errors\n"
                 "  --output=ofmt   human (default) or json\n"
                 "Sizes take k, M, G, T, P, E suffixes (powers of 1024). File names may be\n"

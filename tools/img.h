@@ -111,25 +111,25 @@ std::unique_ptr<OpenImage> open_img_snapshot(OpenArgs a, const SnapshotSpec &s);
 std::string open_error_message(const std::string &name, const Error &e);
 
 // ---- progress (-p) ----
-// A progress line on stdout, shown only when stdout is a terminal and
-// enabled: "    (45.12/100%)  123 MiB/s  0:00:07 left", redrawn at most
-// ten times a second, ended with a newline by finish().
+// qemu-img's progress output on stdout, on a terminal, pipe or file alike:
+// "    (45.12/100%)" and a carriage return, printed at 0%, at 100% and
+// whenever the percentage moved by more than one point since the last
+// print; finish() (or the destructor) ends the output with a newline.
+// Disabled by -q. Not thread-safe: main thread only.
 class Progress {
   public:
     explicit Progress(bool enabled);
     ~Progress();
-    // fraction in [0, 1]; bytes_done for the rate (0: no rate shown).
+    // fraction in [0, 1] (clamped); bytes_done is unused (kept for callers).
     void update(double fraction, int64_t bytes_done = 0);
+    // The final newline (once; nothing when disabled).
     void finish();
     bool active() const { return active_; }
 
   private:
-    void draw(double fraction, int64_t bytes_done);
     bool active_ = false;
     bool finished_ = false;
-    int64_t start_ns_ = 0;
-    int64_t last_ns_ = 0;
-    double last_fraction_ = -1;
+    float last_print_ = 0;
 };
 
 // ---- shared image information ----
