@@ -407,7 +407,10 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
     for (size_t i = 0; i < srcs.size(); i++) {
         CopySource s;
         s.blk = srcs[i]->blk.get();
-        s.top_only = o.backing.has_value();
+        // -B: what the source's own backing chain holds is left to the
+        // target's backing file; a source without one reads zeros there,
+        // which must then be written (as qemu-img does).
+        s.top_only = o.backing.has_value() && srcs[i]->root->backing_child() != nullptr;
         s.name = o.src_names[i];
         sources.push_back(s);
     }
