@@ -424,7 +424,29 @@ int cmd_img(int argc, char **argv)
 {
     using namespace img;
     kProg = tool_prog(kProg);
-    if (argc < 2) return usage_error("Not enough arguments");
+    // Options before the command: -T/--trace SPEC (repeatable), as qemu-img.
+    bool traced = false;
+    while (argc >= 2) {
+        std::string spec;
+        if ((std::strcmp(argv[1], "-T") == 0 || std::strcmp(argv[1], "--trace") == 0)) {
+            if (argc < 3) return usage_error("missing argument for option '%s'", argv[1]);
+            spec = argv[2];
+            argv[2] = argv[0];
+            argc -= 2;
+            argv += 2;
+        } else if (std::strncmp(argv[1], "--trace=", 8) == 0) {
+            spec = argv[1] + 8;
+            argv[1] = argv[0];
+            argc -= 1;
+            argv += 1;
+        } else {
+            break;
+        }
+        traced = true;
+        if (int r = trace_option(spec); r >= 0) return r;
+    }
+    // (qemu-img given only trace options exits quietly.)
+    if (argc < 2) return traced ? 0 : usage_error("Not enough arguments");
     const char *name = argv[1];
     if (std::strcmp(name, "--help") == 0 || std::strcmp(name, "-h") == 0) {
         print_help();
