@@ -186,6 +186,18 @@ int coroutine_fn Qcow2Node::co_close()
     if (read_only_) return 0;
     CoMutexGuard g(lock_);
     closing_ = true;
+    // A fresh cluster's zero tail is not written (qcow2-write.cc), so the
+    // file may end inside its last data cluster. QEMU's files end on a
+    // cluster boundary; ours does too once closed (a hole, no data).
+    if (data_file_ == file_) {
+        const int64_t flen = file_->getlength();
+        const int64_t csize = static_cast<int64_t>(cluster_size_);
+        if (flen > 0 && flen % csize) {
+            int e = file_->co_truncate((flen / csize + 1) * csize, false, PreallocMode::kOff);
+            if (e < 0) log_warn("qcow2: %s: cannot extend the file to its last cluster's end: %s", name_.c_str(),
+                                strerror(-e));
+        }
+    }
     int r = co_flush_caches_locked();
     if (r < 0) {
         log_error("qcow2: %s: cannot write back metadata on close: %s", name_.c_str(), strerror(-r));
