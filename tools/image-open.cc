@@ -307,6 +307,11 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
         img->probed_raw = probe_is_catch_all(d.value());
     }
 
+    // "backing": null (a tool opening an image without its backing chain)
+    // means nothing to a format that has no backing file: only qcow2 has one.
+    auto no_backing = tree.find("backing");
+    if (no_backing != tree.end() && no_backing->is_null() && tree["driver"] != "qcow2") tree.erase(no_backing);
+
     // 4. The top node (told when its format was probed).
     Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair, need_probe);
     if (!root) return plain ? plain_error(root.error()) : root.error();
