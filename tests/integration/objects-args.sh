@@ -139,6 +139,37 @@ same "short key" --object secret,id=k,data=abc --object "secret,id=s,data=$CT,fo
 same "wrong key (padding)" --object secret,id=k,data=12345678901234567890123456789012 \
     --object "secret,id=s,data=$CT,format=base64,keyid=k,iv=$IV"
 
+echo "== secret_keyring (keys added to the user keyring with the keyctl syscalls)"
+# keyctl OP ARGS: add NAME PAYLOAD-FILE (prints the serial, readable by the
+# user) | revoke SERIAL.
+keyctl_py() {
+    python3 - "$@" <<'PY'
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if sys.argv[1] == "add":
+    data = open(sys.argv[3], "rb").read()
+    k = libc.syscall(248, b"user", sys.argv[2].encode(), data, len(data), ctypes.c_int(-4))   # add_key, user keyring
+    if k < 0:
+        sys.exit(1)
+    libc.syscall(250, 5, k, ctypes.c_uint(0x3f3f3f3f))   # KEYCTL_SETPERM: the user may read it
+    print(k)
+else:
+    libc.syscall(250, 3, int(sys.argv[2]))   # KEYCTL_REVOKE
+PY
+}
+printf 'keyring secret' >plain.bin
+if SER=$(keyctl_py add "bg-objects-$$" plain.bin) && CSER=$(keyctl_py add "bg-objects-ct-$$" ct.bin); then
+    same "keyring secret" --object "secret_keyring,id=s,serial=$SER"
+    same "keyring ciphertext" "${K[@]}" --object "secret_keyring,id=s,serial=$CSER,keyid=k,iv=$IV"
+    same "keyring ciphertext, wrong key" --object secret,id=k,data=12345678901234567890123456789012 \
+        --object "secret_keyring,id=s,serial=$CSER,keyid=k,iv=$IV"
+    keyctl_py revoke "$SER"
+    keyctl_py revoke "$CSER"
+    same "revoked key" --object "secret_keyring,id=s,serial=$SER"
+else
+    bad "cannot add a key to the user keyring here (add_key failed)"
+fi
+
 echo "== authz-list as an NBD server's tls-authz (as qemu-nbd)"
 # The client certificate's DN is "O=Test,CN=Test Client" (keyval doubles
 # commas). Each list: the verdict of qemu-nbd and ours for that client.
