@@ -281,6 +281,8 @@ const char kDaemonUsage[] =
     "  --object tls-creds-x509,id=ID,dir=DIR[,endpoint=server|client][,verify-peer=on|off]\n"
     "  --object tls-creds-psk,id=ID,dir=DIR[,endpoint=server|client][,username=NAME]\n"
     "  --object authz-simple,id=ID,identity=NAME\n"
+    "  --object secret|secret_keyring|tls-creds-anon|tls-cipher-suites|authz-list|throttle-group,id=ID,...\n"
+    "                         as qemu-storage-daemon's (--object help, --object TYPE,help)\n"
     "                       TLS credentials and a peer check (for tls-creds, tls-authz)\n"
     "  --export [type=]fuse,id=ID,node-name=NODE,mountpoint=FILE[,writable=on]\n"
     "           [,growable=on][,writethrough=on][,allow-other=on|off|auto]\n"

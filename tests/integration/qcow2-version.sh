@@ -32,8 +32,10 @@ for img in v0.qcow2 v1.qcow2 v4.qcow2 v5.qcow2 v255.qcow2 v1.qcow; do
         [ "$got" = "$want" ] && ok "img $cmd $img: $(echo "$got" | head -1)" || bad "img $cmd $img: '$got', qemu-img '$want'"
     done
     case $img in v1.qcow*) continue;; esac
-    want=$(qemu-io -c 'read 0 512' $img 2>&1 | head -1; echo "status ${PIPESTATUS[0]}")
-    got=$("$BLOCKGRAPH" io -c 'read 0 512' $img 2>&1 | head -1 | sed 's/^blockgraph io: /qemu-io: /'; echo "status ${PIPESTATUS[0]}")
+    # The first line and the status (whole outputs are taken: no SIGPIPE).
+    want=$(out=$(qemu-io -c 'read 0 512' $img 2>&1); st=$?; echo "${out%%$'\n'*}"; echo "status $st")
+    got=$(out=$("$BLOCKGRAPH" io -c 'read 0 512' $img 2>&1); st=$?; out=${out%%$'\n'*}
+          echo "${out/#blockgraph io: /qemu-io: }"; echo "status $st")
     [ "$got" = "$want" ] && ok "io $img: $(echo "$got" | head -1)" || bad "io $img: '$got', qemu-io '$want'"
 done
 # A qcow (version 1) image probed: named, for every command (QEMU opens it).
