@@ -447,6 +447,11 @@ std::string qdict_json_string(const ojson &v)
 
 std::string node_qemu_filename(BlockNode *node) { return qemu_name(node, 0).filename(); }
 
+std::optional<std::string> node_full_backing_filename(BlockNode *node, const std::string &recorded)
+{
+    return full_backing_filename(node, recorded);
+}
+
 ojson dirty_bitmaps_json(const std::vector<DirtyBitmapStatus> &bitmaps)
 {
     ojson a = ojson::array();

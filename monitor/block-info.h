@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,11 @@ std::vector<BlockNode *> named_nodes_in_qemu_order(BlockGraph &graph);
 
 // QEMU's file name of node (BlockDeviceInfo "file"), as described above.
 std::string node_qemu_filename(BlockNode *node);
+// QEMU's full-backing-filename of node, whose header records the backing
+// file name recorded: resolved against the directory of the node's file,
+// without opening anything; nullopt where it cannot be (the node's own name
+// is a json: description).
+std::optional<std::string> node_full_backing_filename(BlockNode *node, const std::string &recorded);
 
 // Compact JSON as QEMU prints it ("{"a": 1, "b": [1, 2]}"): object members
 // in QEMU's dictionary order (by a hash of the key modulo 512; within one

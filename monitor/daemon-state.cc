@@ -11,6 +11,8 @@
 #include <cstring>
 
 #include "export/nbd.h"
+#include "qapi/user-object.h"
+#include "util/user-objects.h"
 #include "monitor/qmp.h"
 #include "util/aio.h"
 #include "util/log.h"
@@ -161,8 +163,18 @@ Status Daemon::add_tls_object(const TlsObjectOptions &opts)
     return tls_object_add(opts);
 }
 
+Status Daemon::add_user_object(const nlohmann::json &tree, bool from_keyval)
+{
+    const std::string id = tree["id"].get<std::string>();
+    if (find_iothread(id)) {
+        return make_error(EEXIST, "attempt to add duplicate property '%s' to object (type 'container')", id.c_str());
+    }
+    return user_object_add_tree(tree, from_keyval);
+}
+
 Status Daemon::del_object(const std::string &id)
 {
+    if (user_object_find(id)) return user_object_del(id);
     if (tls_object_exists(id)) return tls_object_del(id);
     return del_iothread(id);
 }

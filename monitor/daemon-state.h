@@ -74,7 +74,13 @@ class Daemon {
     // the duplicate-id text above (ids are shared with iothreads),
     // TlsCreds::create()'s.
     Status add_tls_object(const TlsObjectOptions &opts);
-    // object-del of any object: a TLS object leaves the table (connections
+    // --object / object-add of qapi/user-object.h's types (secret,
+    // secret_keyring, tls-creds-anon, tls-cipher-suites, authz-list,
+    // throttle-group) from a tree that passed object_check_schema().
+    // Errors: the duplicate-id text above (ids shared with iothreads and
+    // TLS objects), then user_object_add_tree()'s (QEMU's texts).
+    Status add_user_object(const nlohmann::json &tree, bool from_keyval);
+    // object-del of any object: a util/user-objects.h object or a TLS object leaves its table (connections
     // already using credentials keep them, as in QEMU), else del_iothread().
     Status del_object(const std::string &id);
     // --export / block-export-add: creates an export. Errors:

@@ -7,6 +7,7 @@
 #include "monitor/qmp-block.h"
 #include "qapi/export-parse.h"
 #include "qapi/tls-object.h"
+#include "qapi/user-object.h"
 
 namespace bg {
 
@@ -118,6 +119,13 @@ QmpResult cmd_query_block_exports(QmpCall &call)
 QmpResult cmd_object_add(QmpCall &call)
 {
     const std::string type = call.args["qom-type"].get<std::string>();
+    Status schema = object_check_schema(call.args, false);
+    if (!schema.ok()) return qmp_error(schema.msg().substr(0, schema.msg().find('\n')));   // no hint line
+    if (is_user_object_type(type)) {
+        Status st = call.daemon.add_user_object(call.args, false);
+        if (!st.ok()) return qmp_error(st);
+        return qmp_ok();
+    }
     if (is_tls_object_type(type)) {
         Result<TlsObjectOptions> t = tls_object_options_from_tree(call.args, false);
         if (!t) return qmp_error(object_error(t.msg()));
@@ -125,7 +133,7 @@ QmpResult cmd_object_add(QmpCall &call)
         if (!st.ok()) return qmp_error(st);
         return qmp_ok();
     }
-    if (type != "iothread") return qmp_error("Parameter 'qom-type' does not accept value '" + type + "'");
+    if (type != "iothread") return qmp_error("object type '" + type + "' is not supported");
     Result<IoThreadOptions> o = object_options_from_tree(call.args, false);
     if (!o) return qmp_error(object_error(o.msg()));
     Status st = call.daemon.add_iothread(o.value());

@@ -5,6 +5,7 @@
 
 #include "qapi/export-parse.h"
 #include "qapi/keyval.h"
+#include "qapi/user-object.h"
 
 namespace bg {
 
@@ -190,15 +191,37 @@ Status tls_object_del(const std::string &id)
     return authz_remove(id);
 }
 
-Status object_add_from_keyval(const std::string &spec)
+Result<json> parse_object_tree(const std::string &arg, bool *from_keyval)
 {
-    const std::string type = object_arg_type(spec);
-    if (!type.empty() && !is_tls_object_type(type)) {
-        return make_error(ENOTSUP, "invalid object type: %s", type.c_str());
+    return parse_tree(arg, from_keyval);
+}
+
+Status tls_object_add_checked(json tree, bool from_keyval)
+{
+    const std::string type = tree["qom-type"].get<std::string>();
+    // Accepted as QEMU accepts them, without effect here.
+    if (type == "tls-creds-psk") tree.erase("verify-peer");
+    if (type == "tls-creds-x509") tree.erase("sanity-check");
+    if (type == "tls-creds-x509" && tree.contains("passwordid")) {
+        return make_error(ENOTSUP, "object '%s': passwordid (an encrypted private key) is not supported",
+                          tree["id"].get<std::string>().c_str());
     }
-    auto o = parse_tls_object_arg(spec);
+    auto o = tls_object_options_from_tree(tree, from_keyval);
     if (!o) return o.error();
     return tls_object_add(o.value());
+}
+
+Status object_add_from_keyval(const std::string &spec)
+{
+    bool kv = false;
+    auto t = parse_tree(spec, &kv);
+    if (!t) return t.error();
+    BG_TRY(object_check_schema(t.value(), kv));
+    const std::string type = t.value()["qom-type"].get<std::string>();
+    if (type == "iothread") return make_error(ENOTSUP, "invalid object type: %s", type.c_str());
+    if (is_user_object_type(type)) return user_object_add_tree(t.value(), kv);
+    if (!is_tls_object_type(type)) return make_error(ENOTSUP, "object type '%s' is not supported", type.c_str());
+    return tls_object_add_checked(std::move(t.value()), kv);
 }
 
 } // namespace bg

@@ -52,9 +52,21 @@ Status tls_object_add(const TlsObjectOptions &o);
 // found".
 Status tls_object_del(const std::string &id);
 
-// --object for the tools without a daemon (img, io, nbd): adds a TLS
-// object; any other type fails with ENOTSUP "invalid object type: T"
-// (qemu-img's text; iothreads are the daemon's).
+// Parses an --object argument (keyval with qom-type implied, or JSON).
+Result<nlohmann::json> parse_object_tree(const std::string &arg, bool *from_keyval);
+// Adds a TLS object from a tree that passed qapi/user-object.h's
+// object_check_schema(): QEMU's members that have no effect here
+// (tls-creds-psk verify-peer, tls-creds-x509 sanity-check) are dropped;
+// passwordid fails (ENOTSUP); then tls_object_add().
+Status tls_object_add_checked(nlohmann::json tree, bool from_keyval);
+
+// --object for the tools without a daemon (img, io, nbd): checks the
+// argument against QEMU's schema (qapi/user-object.h's messages), then adds
+// a TLS object (tls_object_add_checked()) or one of util/user-objects.h's
+// (user_object_add_tree()). iothread fails with ENOTSUP "invalid object
+// type: iothread" (qemu-img's text; iothreads are the daemon's), the other
+// types QEMU knows (main-loop, thread-context, pr-manager-helper) with
+// ENOTSUP "object type 'T' is not supported".
 Status object_add_from_keyval(const std::string &spec);
 
 } // namespace bg

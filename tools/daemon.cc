@@ -23,6 +23,7 @@
 #include "qapi/block-parse.h"
 #include "qapi/export-parse.h"
 #include "qapi/tls-object.h"
+#include "qapi/user-object.h"
 #include "monitor/qmp.h"
 #include "tools/commands.h"
 #include "util/aio.h"
@@ -280,6 +281,8 @@ const char kDaemonUsage[] =
     "  --object tls-creds-x509,id=ID,dir=DIR[,endpoint=server|client][,verify-peer=on|off]\n"
     "  --object tls-creds-psk,id=ID,dir=DIR[,endpoint=server|client][,username=NAME]\n"
     "  --object authz-simple,id=ID,identity=NAME\n"
+    "  --object secret|secret_keyring|tls-creds-anon|tls-cipher-suites|authz-list|throttle-group,id=ID,...\n"
+    "                         as qemu-storage-daemon's (--object help, --object TYPE,help)\n"
     "                       TLS credentials and a peer check (for tls-creds, tls-authz)\n"
     "  --export [type=]fuse,id=ID,node-name=NODE,mountpoint=FILE[,writable=on]\n"
     "           [,growable=on][,writethrough=on][,allow-other=on|off|auto]\n"
@@ -320,8 +323,45 @@ const char kDaemonUsage[] =
     "and the log say which is used (docs/fuse-export.md).\n"
     "See docs/daemon.md.\n";
 
+// An --object of qapi/user-object.h's types, checked against the schema.
+struct UserObjectArg {
+    nlohmann::json tree;
+    bool from_keyval = true;
+};
+
 using Step = std::variant<BlockdevOptions, IoThreadOptions, BlockExportOptions, ChardevOptions, MonitorOptions,
-                          TlsObjectOptions, NbdServerOptions>;
+                          TlsObjectOptions, NbdServerOptions, UserObjectArg>;
+
+// --object VALUE: "help" texts (printed, exit 0: *exit_now), then QEMU's
+// schema checks; an iothread keeps its own parser.
+Status parse_daemon_object(const std::string &value, std::vector<Step> *steps, bool *exit_now)
+{
+    const std::string help = object_help_text(value, true);
+    if (!help.empty()) {
+        std::fputs(help.c_str(), stdout);
+        *exit_now = true;
+        return {};
+    }
+    bool kv = true;
+    auto t = parse_object_tree(value, &kv);
+    if (!t) return t.error();
+    BG_TRY(object_check_schema(t.value(), kv));
+    const std::string type = t.value()["qom-type"].get<std::string>();
+    if (type == "iothread") {
+        auto o = parse_object_arg(value);
+        if (!o) return o.error();
+        steps->emplace_back(std::move(o.value()));
+    } else if (is_tls_object_type(type)) {
+        auto o = parse_tls_object_arg(value);
+        if (!o) return o.error();
+        steps->emplace_back(std::move(o.value()));
+    } else if (is_user_object_type(type)) {
+        steps->emplace_back(UserObjectArg{std::move(t.value()), kv});
+    } else {
+        return make_error(ENOTSUP, "object type '%s' is not supported", type.c_str());
+    }
+    return {};
+}
 
 int fail(const std::string &msg)
 {
@@ -381,14 +421,11 @@ int cmd_daemon(int argc, char **argv)
             auto o = parse_blockdev_arg(builtin_drivers(), value);
             if (!o) return fail(o.msg());
             steps.emplace_back(std::move(o.value()));
-        } else if (name == "--object" && is_tls_object_type(object_arg_type(value))) {
-            auto o = parse_tls_object_arg(value);
-            if (!o) return fail(o.msg());
-            steps.emplace_back(std::move(o.value()));
         } else if (name == "--object") {
-            auto o = parse_object_arg(value);
-            if (!o) return fail(o.msg());
-            steps.emplace_back(std::move(o.value()));
+            bool exit_now = false;
+            Status st = parse_daemon_object(value, &steps, &exit_now);
+            if (!st.ok()) return fail(st.msg());
+            if (exit_now) return 0;
         } else if (name == "--export") {
             auto o = parse_export_arg(value);
             if (!o) return fail(o.msg());
@@ -449,6 +486,8 @@ int cmd_daemon(int argc, char **argv)
                 BG_TRY(d.add_iothread(*o));
             } else if (auto *t = std::get_if<TlsObjectOptions>(&s)) {
                 BG_TRY(d.add_tls_object(*t));
+            } else if (auto *u = std::get_if<UserObjectArg>(&s)) {
+                BG_TRY(d.add_user_object(u->tree, u->from_keyval));
             } else if (auto *c = std::get_if<ChardevOptions>(&s)) {
                 BG_TRY(d.qmp().add_chardev(*c));
             } else if (auto *m = std::get_if<MonitorOptions>(&s)) {

@@ -208,6 +208,18 @@ OpenImage::~OpenImage()
     graph.reset();
 }
 
+namespace {
+
+// "backing": null (a tool opening an image without its backing chain)
+// means nothing to a format that has no backing file: only qcow2 has one.
+void drop_null_backing(json &tree)
+{
+    auto it = tree.find("backing");
+    if (it != tree.end() && it->is_null() && tree["driver"] != "qcow2") tree.erase(it);
+}
+
+} // namespace
+
 Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
 {
     if (spec.image_opts && !spec.format.empty()) {
@@ -307,6 +319,7 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
         img->probed_raw = probe_is_catch_all(d.value());
     }
 
+    drop_null_backing(tree);
     // 4. The top node (told when its format was probed).
     Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair, need_probe);
     if (!root) return plain ? plain_error(root.error()) : root.error();

@@ -3,8 +3,10 @@
 #include <cinttypes>
 #include <cstring>
 #include <ctime>
+#include <set>
 
 #include "block/block.h"
+#include "monitor/block-info.h"
 #include "tools/img.h"
 #include "util/aio.h"
 
@@ -84,12 +86,6 @@ void print_snapshot_line(const json &sn)
                 size.c_str(), date, clk, icount);
 }
 
-BlockNode *skip_filters(BlockNode *n)
-{
-    while (n && n->filtered_child()) n = n->filtered_child()->node();
-    return n;
-}
-
 } // namespace
 
 json image_info(BlockNode *node, const std::string &filename)
@@ -97,7 +93,8 @@ json image_info(BlockNode *node, const std::string &filename)
     json j = json::object();
     j["filename"] = filename;
     j["format"] = node->driver_name();
-    j["virtual-size"] = node->getlength();
+    // QEMU keeps lengths in 512-byte sectors: a raw file's odd tail rounds up.
+    j["virtual-size"] = (node->getlength() + 511) & ~int64_t{511};
     int64_t actual = node->allocated_file_size();
     if (actual >= 0) j["actual-size"] = actual;
     j["dirty-flag"] = false;
@@ -107,7 +104,11 @@ json image_info(BlockNode *node, const std::string &filename)
         j["dirty-flag"] = ii.dirty_flag;
         if (ii.cluster_size) j["cluster-size"] = *ii.cluster_size;
         if (ii.backing_filename) j["backing-filename"] = *ii.backing_filename;
-        if (ii.full_backing_filename) j["full-backing-filename"] = *ii.full_backing_filename;
+        // Computed from the name (info opens no backing file), as QEMU does.
+        std::optional<std::string> full;
+        if (ii.backing_filename) full = node_full_backing_filename(node, *ii.backing_filename);
+        if (!full) full = ii.full_backing_filename;
+        if (full) j["full-backing-filename"] = *full;
         if (ii.backing_format) j["backing-filename-format"] = *ii.backing_format;
         if (!ii.snapshots.empty()) {
             json a = json::array();
@@ -192,6 +193,48 @@ void print_image_info_human(const json &info)
 
 // ---------------------------------------------------------------- info
 
+namespace {
+
+// info's images, as qemu-img collects them: each opened alone (without its
+// backing file, so a missing or looping backing file does not stop info);
+// with chain, then the image its header names (full-backing-filename, in
+// backing-filename-format or probed), until one has none. A file name seen
+// before fails: "Backing file 'X' creates an infinite loop.". False after
+// printing the error (nothing is printed then, as qemu-img).
+bool collect_chain_info(OpenArgs oa, bool chain, std::vector<InfoEntry> *list)
+{
+    std::set<std::string> seen;
+    oa.no_backing = true;
+    for (;;) {
+        if (!seen.insert(oa.name).second) {
+            error("Backing file '%s' creates an infinite loop.", oa.name.c_str());
+            return false;
+        }
+        std::unique_ptr<OpenImage> img = open_img(oa);
+        if (!img) return false;
+        // QEMU shows the node's file name (a json: or --image-opts
+        // description of a plain file shows that file's name).
+        const std::string name = img->root->filename().empty() ? oa.name : img->root->filename();
+        list->push_back(collect_info(img->root, name));
+        const json &j = list->back().j;
+        if (!chain) return true;
+        if (!j.contains("full-backing-filename")) {
+            if (!j.contains("backing-filename")) return true;
+            error("Could not determine absolute backing filename, but backing filename '%s' present",
+                       j["backing-filename"].get<std::string>().c_str());
+            return false;
+        }
+        OpenArgs next;
+        next.name = j["full-backing-filename"].get<std::string>();
+        next.format = j.value("backing-filename-format", std::string());
+        next.force_share = oa.force_share;
+        next.no_backing = true;
+        oa = next;
+    }
+}
+
+} // namespace
+
 int img_info(int argc, char **argv)
 {
     static const struct option kLong[] = {
@@ -223,23 +266,8 @@ int img_info(int argc, char **argv)
     }
     if (optind != argc - 1) return usage_error("Expecting one image file name");
     oa.name = argv[optind];
-    std::unique_ptr<OpenImage> img = open_img(oa);
-    if (!img) return 1;
-
     std::vector<InfoEntry> list;
-    BlockNode *n = img->root;
-    // QEMU shows the node's file name (a json: or --image-opts description
-    // of a plain file shows that file's name).
-    std::string name = img->root->filename().empty() ? oa.name : img->root->filename();
-    while (n) {
-        list.push_back(collect_info(n, name));
-        if (!chain) break;
-        BlockNode *top = skip_filters(n);
-        BdrvChild *b = top ? top->backing_child() : nullptr;
-        if (!b) break;
-        n = b->node();
-        name = n->filename();
-    }
+    if (!collect_chain_info(oa, chain, &list)) return 1;
     if (ofmt == OutputFormat::kJson) {
         if (chain) {
             json a = json::array();

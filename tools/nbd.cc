@@ -36,6 +36,7 @@
 #include "tools/commands.h"
 #include "tools/daemon.h"
 #include "qapi/tls-object.h"
+#include "qapi/user-object.h"
 #include "tools/image-open.h"
 #include "tools/nbd-kernel.h"
 #include "util/log.h"
@@ -458,6 +459,11 @@ namespace {
 bool add_objects(const NbdArgs &a, std::shared_ptr<TlsCreds> *creds)
 {
     for (const std::string &spec : a.objects) {
+        const std::string help = object_help_text(spec);   // qemu-nbd prints it and exits 0
+        if (!help.empty()) {
+            std::fputs(help.c_str(), stdout);
+            std::exit(0);
+        }
         Status st = object_add_from_keyval(spec);
         if (!st.ok()) {
             error(st.msg());

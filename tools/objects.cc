@@ -1,10 +1,12 @@
 #include "tools/objects.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "qapi/tls-object.h"
+#include "qapi/user-object.h"
 
 namespace bg {
 
@@ -27,6 +29,11 @@ bool take_object_args(int *argc, char **argv, int first, const char *prog)
         } else {
             std::fprintf(stderr, "%s: option '--object' requires an argument\n", prog);
             return false;
+        }
+        const std::string help = object_help_text(spec);
+        if (!help.empty()) {
+            std::fputs(help.c_str(), stdout);
+            std::exit(0);
         }
         Status st = object_add_from_keyval(spec);
         if (!st.ok()) {

@@ -1,6 +1,7 @@
 // tools/objects.h -- --object for the tools without a daemon (img, io,
 // nbd): the TLS objects of qapi/tls-object.h, which the nbd driver and
-// server find by id (tls-creds=, tls-authz=).
+// server find by id (tls-creds=, tls-authz=), and those of
+// qapi/user-object.h (secrets, authz-list, throttle-group, ...).
 #pragma once
 
 namespace bg {
@@ -11,6 +12,8 @@ namespace bg {
 // failure prints "PROG: MSG" on stderr (qemu-img's form: "qemu-img: Unable
 // to access credentials ...", "invalid object type: iothread", "option
 // '--object' requires an argument") and returns false.
+// "--object help" and "--object TYPE,help" print qemu-img's text on stdout
+// and exit the process with status 0, as qemu-img does.
 // Main thread, before any image is opened.
 bool take_object_args(int *argc, char **argv, int first, const char *prog);
 

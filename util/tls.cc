@@ -5,6 +5,7 @@
 // coroutines of the socket's thread; GnuTLS credential handles are
 // read-only once loaded, so sessions of several threads may share them.
 #include "util/tls.h"
+#include "util/user-objects.h"
 
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
@@ -373,14 +374,19 @@ Status authz_remove(const std::string &id)
 
 bool tls_object_exists(const std::string &id)
 {
-    return creds_table().count(id) != 0 || authz_table().count(id) != 0;
+    return creds_table().count(id) != 0 || authz_table().count(id) != 0 || user_object_find(id) != nullptr;
 }
 
 Status tls_authz_check(const std::string &authz_id, const std::string &identity, bool psk)
 {
     const AuthzSimple *a = authz_find(authz_id);
-    if (!a) return make_error(ENOENT, "Cannot find QAuthZ object ID %s", authz_id.c_str());
-    if (a->identity == identity) return {};
+    if (!a) {
+        Result<bool> allow = authz_list_check(authz_id, identity);   // an authz-list?
+        if (!allow) return allow.error();
+        if (allow.value()) return {};
+    } else if (a->identity == identity) {
+        return {};
+    }
     return make_error(EACCES, "TLS %s authz check for %s is denied", psk ? "PSK" : "x509", identity.c_str());
 }
 

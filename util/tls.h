@@ -92,10 +92,12 @@ Status tls_creds_remove(const std::string &id);
 Status authz_add(const AuthzSimple &a);
 const AuthzSimple *authz_find(const std::string &id);
 Status authz_remove(const std::string &id);
-// Every id in either table (for object-add's duplicate check).
+// Every id in either table or in util/user-objects.h's (for object-add's
+// duplicate check).
 bool tls_object_exists(const std::string &id);
-// Whether the authz object authz_id allows identity (an x509 DN, or a PSK
-// username when psk). Errors: ENOENT "Cannot find QAuthZ object ID
+// Whether the authz object authz_id (authz-simple, or an authz-list of
+// util/user-objects.h) allows identity (an x509 DN, or a PSK username when
+// psk). Errors: ENOENT "Cannot find QAuthZ object ID
 // ID"; EACCES "TLS x509 authz check for DN is denied" ("TLS PSK ...").
 Status tls_authz_check(const std::string &authz_id, const std::string &identity, bool psk = false);
 

@@ -122,7 +122,10 @@ int probe(const uint8_t *buf, size_t len)
 {
     if (len < 8 || be32(buf) != kMagic) return 0;
     uint32_t version = be32(buf + 4);
-    return version == 2 || version == 3 ? 100 : 0;
+    // As QEMU's probe: any version from 2 (the open refuses what it does not
+    // know, "Unsupported qcow2 version 4"), and 1 too, the qcow format,
+    // which the open then names.
+    return version >= 1 ? 100 : 0;
 }
 
 namespace {
@@ -421,7 +424,7 @@ Result<Header> parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_le
     if (buf_len < 8 || be32(buf) != kMagic) return herr(EINVAL, image, "Image is not in qcow2 format");
     h.version = be32(buf + 4);
     if (h.version != 2 && h.version != 3) {
-        return herr(ENOTSUP, image, "unsupported qcow2 version %" PRIu32, h.version);
+        return herr(ENOTSUP, image, "Unsupported qcow2 version %" PRIu32, h.version);
     }
     const uint32_t min_len = h.version == 2 ? kV2HeaderLength : kV3MinHeaderLength;
     if (file_len < min_len || buf_len < min_len) {

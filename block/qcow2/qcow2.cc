@@ -78,6 +78,7 @@ Status Qcow2Node::open(const BlockdevOptions &opts)
     name_ = file_->node()->filename();
     if (name_.empty()) name_ = node_name();
     check_repair_ = opts.check_repair;
+    probed_ = opts.probed;
 
     BG_TRY(run_in_coroutine([&] { return co_open_image(*o); }));
     BG_TRY(setup_caches(*o));
@@ -241,6 +242,12 @@ Status coroutine_fn Qcow2Node::co_open_image(const BlockdevOptionsQcow2 &o)
         have = static_cast<size_t>(std::min<uint64_t>(flen, cs_hint));
         int r = file_->co_pread(0, static_cast<int64_t>(have), buf.data());
         if (r < 0) return errno_error(-r, name_ + ": cannot read the qcow2 header");
+    }
+    // The probe takes every version from 1 as QEMU's does (version 1 is the
+    // older qcow format, which QEMU's qcow driver claims; there is none here).
+    if (probed_ && have >= 8 && qcow2::be32(buf.data()) == qcow2::kMagic && qcow2::be32(buf.data() + 4) == 1) {
+        return Error{ENOTSUP, "Unsupported image format 'qcow' (qcow version 1): only qcow2 (versions 2 and 3) "
+                              "is supported"};
     }
     auto hr = qcow2::parse_header(buf.data(), have, flen, name_, !read_only_ && !check_repair_);
     if (!hr) return hr.error();

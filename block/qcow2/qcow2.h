@@ -823,6 +823,7 @@ class Qcow2Node final : public BlockNode {
     bool discard_no_unref_ = false;
     int overlap_check_ = qcow2::kOlCached;  // kOl* bits checked before writes
     bool check_repair_ = false;             // opened by "img check -r" (BlockdevOptions::check_repair)
+    bool probed_ = false;   // the format was probed: a qcow (version 1) image is named as such
     std::atomic<bool> write_stopped_{false};// corrupt: writes fail with -EIO
     uint64_t free_cluster_index_ = 0;       // allocator cursor (clusters below are in use)
     uint64_t free_byte_offset_ = 0;         // compressed allocator: next free byte, 0 = none

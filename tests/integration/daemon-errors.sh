@@ -81,8 +81,10 @@ for fmt in $FORMATS; do
         -- $BD --export '{"type": "vhost-user-blk", "id": "e", "node-name": "q"}'
     expect "malformed JSON" "$P: export 'e': writable: expected a boolean" \
         -- $BD --export '{"type": "fuse", "id": "e", "node-name": "q", "mountpoint": "mp", "writable": "on"}'
-    expect "unsupported object" "$P: object type 'secret' is not supported" \
-        -- --object secret,id=s,data=x $BD --export $EXP
+    expect "unsupported object" "$P: object type 'main-loop' is not supported" \
+        -- --object main-loop,id=m $BD --export $EXP
+    expect "unknown object type" "$P: Parameter 'qom-type' does not accept value 'nope'" \
+        -- --object nope,id=m $BD --export $EXP
     # As QEMU's visitor: a required member missing is reported before keys
     # nobody knows.
     expect "malformed blockdev" "$P: blockdev 'f': missing required key 'filename'" \

@@ -451,8 +451,8 @@ START_TEST(test_header_hostile)
     ck_assert_msg_eq(reject(mod([](auto &b) { b[3] = 0xfa; })), "disk.qcow2: Image is not in qcow2 format");
     ck_assert_msg_eq(reject(std::vector<uint8_t>(base.begin(), base.begin() + 3)),
                      "disk.qcow2: Image is not in qcow2 format");
-    ck_assert_msg_eq(reject(mod([](auto &b) { put32(b, 4, 1); })), "disk.qcow2: unsupported qcow2 version 1");
-    ck_assert_msg_eq(reject(mod([](auto &b) { put32(b, 4, 4); })), "disk.qcow2: unsupported qcow2 version 4");
+    ck_assert_msg_eq(reject(mod([](auto &b) { put32(b, 4, 1); })), "disk.qcow2: Unsupported qcow2 version 1");
+    ck_assert_msg_eq(reject(mod([](auto &b) { put32(b, 4, 4); })), "disk.qcow2: Unsupported qcow2 version 4");
     ck_assert_msg_eq(reject(std::vector<uint8_t>(base.begin(), base.begin() + 80)),
                      "disk.qcow2: file is too short for a qcow2 version 3 header (80 bytes)");
     ck_assert_msg_eq(reject(mod([](auto &b) { put32(b, 20, 8); })), "disk.qcow2: cluster_bits 8 is out of range (9..21)");
@@ -640,7 +640,12 @@ START_TEST(test_probe)
     ck_assert_int_eq(kDriverQcow2.probe(img.data(), 512), 100);
     put32(img, 4, 2);
     ck_assert_int_eq(qcow2::probe(img.data(), 8), 100);
+    // Every version from 1 (the open names what it cannot read); 0 is not qcow2.
     put32(img, 4, 1);
+    ck_assert_int_eq(qcow2::probe(img.data(), img.size()), 100);
+    put32(img, 4, 4);
+    ck_assert_int_eq(qcow2::probe(img.data(), img.size()), 100);
+    put32(img, 4, 0);
     ck_assert_int_eq(qcow2::probe(img.data(), img.size()), 0);
     put32(img, 4, 3);
     ck_assert_int_eq(qcow2::probe(img.data(), 7), 0);

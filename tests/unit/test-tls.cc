@@ -550,17 +550,17 @@ START_TEST(test_object_table)
     ck_assert_int_eq(st.err(), ENOTSUP);
     EXPECT_STR(st.msg(), "invalid object type: iothread");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",endpoint=both");
-    EXPECT_STR(st.msg(), "object 'e': endpoint: 'both' is not one of: server, client");
+    EXPECT_STR(st.msg(), "Parameter 'endpoint' does not accept value 'both'");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",verify-peer=maybe");
-    EXPECT_STR(st.msg(), "object 'e': verify-peer: 'maybe' is not a valid boolean (on, off, true, false, yes, no)");
+    EXPECT_STR(st.msg(), "Parameter 'verify-peer' expects 'on' or 'off'");
     st = object_add_from_keyval("tls-creds-x509,id=e,dir=" + d + ",username=u");
-    EXPECT_STR(st.msg(), "object 'e': unknown key 'username'");
+    EXPECT_STR(st.msg(), "Parameter 'username' is unexpected");
     st = object_add_from_keyval("authz-simple,id=e");
-    EXPECT_STR(st.msg(), "object 'e': missing required key 'identity'");
+    EXPECT_STR(st.msg(), "Parameter 'identity' is missing");
     st = object_add_from_keyval("tls-creds-x509,id=e");
     EXPECT_STR(st.msg(), "Missing 'dir' property value");
     st = object_add_from_keyval("tls-creds-x509,id=1e,dir=" + d);
-    ck_assert(!st.ok() && contains(st.msg(), "invalid id"));
+    ck_assert(!st.ok() && contains(st.msg(), "Parameter 'id' expects an identifier"));
     ck_assert(!tls_object_exists("e"));
 
     ck_assert(tls_object_del("c1").ok());
