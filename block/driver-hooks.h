@@ -67,7 +67,7 @@ class DriverHooks {
 
     // Reads [offset, offset+bytes) into qiov. Must fill every byte (a short
     // read of a protocol is retried or zero-filled by the driver). flags:
-    // kReqSerialising has been handled; others are advisory.
+    // kReqSerialising and kReqCopyOnRead have been handled; others are advisory.
     virtual int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) = 0;
     // Writes qiov to [offset, offset+bytes). flags may hold kReqFua only if
     // supports_fua_ (otherwise the generic layer flushes after the write),
@@ -252,6 +252,8 @@ class DriverHooks {
     bool read_only_ = false;            // set from the options before open(); a driver may set it
     bool supports_fua_ = false;         // do_co_pwritev honours kReqFua itself
     ReqFlags supported_zero_flags_ = 0; // flags do_co_pwrite_zeroes honours (kReqMayUnmap, kReqFua, kReqNoFallback)
+    int64_t copy_granularity_ = 0;      // power of 2: the unit a copy-on-read copies (a format's
+                                        // (sub)cluster); 0 = bl_.request_alignment
 
   private:
     BlockNode *self();

@@ -267,7 +267,7 @@ Status BlockNode::update_perms(std::vector<std::pair<BdrvChild *, std::pair<Bloc
 {
     BlockPerm cum = cumulative_perm();
     BlockPerm cum_shared = cumulative_shared();
-    if (read_only_ && (cum & (kPermWrite | kPermResize))) {
+    if (read_only_ && (cum & (kPermWrite | kPermWriteUnchanged | kPermResize))) {
         if (reopen_dropping_write_) {
             return make_error(EPERM, "Read-only block node '%s' cannot support read-write users",
                               node_name_.c_str());

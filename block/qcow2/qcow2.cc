@@ -241,6 +241,7 @@ Status coroutine_fn Qcow2Node::co_open_image(const BlockdevOptionsQcow2 &o)
     l2_entry_size_ = h_.l2_entry_size();
     sc_per_cluster_ = h_.extended_l2() ? qcow2::kSubclustersPerCluster : 1;
     subcluster_bits_ = h_.extended_l2() ? cluster_bits_ - 5 : cluster_bits_;
+    copy_granularity_ = int64_t{1} << subcluster_bits_;
     csize_shift_ = 62 - (cluster_bits_ - 8);
     csize_mask_ = (1ULL << (cluster_bits_ - 8)) - 1;
     comp_offset_mask_ = (1ULL << csize_shift_) - 1;
