@@ -316,11 +316,18 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
     // without -r is refused as in QEMU's tools, whose backend asks for write
     // access when the image is opened.
     if (!spec.read_only && img->root->read_only()) return make_error(EPERM, "Block node is read-only");
+    BlockNode *top = img->root;
+    if (spec.copy_on_read) {
+        if (spec.read_only) return make_error(EINVAL, "Can't use copy-on-read on read-only device");
+        Result<BlockNode *> cor = open_tree(img->graph.get(), json{{"driver", "copy-on-read"}, {"file", top->node_name()}}, false);
+        if (!cor) return cor.error();
+        top = cor.value();
+    }
     bool ro = spec.read_only;
     BlockPerm perm = kPermConsistentRead | (ro ? 0 : kPermWrite | kPermResize);
     BlockPerm shared = spec.force_share ? kPermAll : (kPermConsistentRead | kPermWriteUnchanged);
     if (spec.shared) shared = *spec.shared;
-    Result<std::unique_ptr<BlockBackend>> blk = BlockBackend::create(img->root, perm, shared, spec.consumer);
+    Result<std::unique_ptr<BlockBackend>> blk = BlockBackend::create(top, perm, shared, spec.consumer);
     if (!blk) return plain ? plain_error(blk.error()) : blk.error();
     img->blk = std::move(blk.value());
     img->blk->set_writethrough(spec.cache.writethrough);
