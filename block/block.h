@@ -181,6 +181,14 @@ class BlockNode : public DriverHooks {
     int coroutine_fn co_block_status_above(BlockNode *base, bool want_zero, int64_t offset, int64_t bytes,
                                            int64_t *pnum, int64_t *map, BlockNode **file, int *depth);
 
+    // The VM state stored with the image (qemu-io read -b / write -b):
+    // reads into / writes from qiov [pos, pos+bytes) of it. 0 or a negative
+    // errno: -ENOTSUP where the format stores none (raw, file: qemu-io
+    // prints "read failed: Operation not supported"), -EPERM for a write
+    // to a read-only node, -EIO for a range that overflows. Filters pass
+    // it to their child. Yields.
+    int coroutine_fn co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov);
+
     // Number of requests this node's driver hooks have served, for stats.
     uint64_t requests_served() const { return requests_served_.load(std::memory_order_relaxed); }
 

@@ -111,6 +111,14 @@ class DriverHooks {
     // same offset in filtered_child(); other nodes DATA|OFFSET_VALID.
     virtual int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
                                                 int64_t *map, BlockNode **file);
+    // Reads (write false) or writes [pos, pos+bytes) of the image's VM
+    // state, an area outside the guest-visible disk (QEMU's load_vmstate /
+    // save_vmstate; qemu-io read -b / write -b). Called by
+    // BlockNode::co_vmstate, which counted it in flight, checked pos and
+    // bytes for overflow only and refused writes to a read-only node; not
+    // serialised with other requests. Default: the primary child's answer
+    // (filters, raw), -ENOTSUP without one.
+    virtual int coroutine_fn do_co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov);
     // The length in bytes, or a negative errno. Not a coroutine: must not
     // yield. Called after open and after truncate; the generic layer caches
     // the value (BlockNode::getlength()).

@@ -724,6 +724,21 @@ int BlockNode::co_truncate_generic(int64_t offset, bool exact, PreallocMode prea
     return 0;
 }
 
+// ---------------------------------------------------------------- VM state
+
+int BlockNode::co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov)
+{
+    int r = check_request(pos, bytes);
+    if (r < 0) return r;
+    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
+    if (write && read_only_) return -EPERM;
+    inc_in_flight();
+    r = do_co_vmstate(write, pos, bytes, qiov);
+    if (write) mark_dirty();
+    dec_in_flight();
+    return r;
+}
+
 // ---------------------------------------------------------------- block status
 
 int BlockNode::co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum, int64_t *map,

@@ -434,6 +434,14 @@ int64_t coroutine_fn Qcow2Node::co_map_read_locked(uint64_t pos, uint64_t end, s
     return static_cast<int64_t>(pos);
 }
 
+int coroutine_fn Qcow2Node::do_co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov)
+{
+    const uint64_t base = qcow2::size_to_l1(size_, cluster_bits_, l2_bits_) << (cluster_bits_ + l2_bits_);
+    if (base > static_cast<uint64_t>(kMaxLength) - static_cast<uint64_t>(pos + bytes)) return -EIO;
+    const int64_t off = static_cast<int64_t>(base) + pos;
+    return write ? do_co_pwritev(off, bytes, qiov, 0) : do_co_preadv(off, bytes, qiov, 0);
+}
+
 // A read takes the metadata lock once (per kReadBatch extents): every
 // extent is looked up, and its host range counted in flight, in one hold;
 // the data I/O then runs without the lock, and the in-flight counts are
