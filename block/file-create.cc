@@ -81,6 +81,9 @@ Status file_create_image(const std::string &filename, const CreateOptions &opts)
     if (size.value() > static_cast<uint64_t>(kMaxLength)) {
         return make_error(EFBIG, "%s: Image size too large", filename.c_str());
     }
+    // The file is made a whole number of 512-byte sectors long, as QEMU's
+    // file protocol does for a size given as a create option.
+    const int64_t file_size = static_cast<int64_t>((size.value() + 511) / 512 * 512);
 
     // Create the file if missing; it is emptied only once the locks say
     // nobody else uses it.
@@ -109,7 +112,7 @@ Status file_create_image(const std::string &filename, const CreateOptions &opts)
         }
     }
     r = run_in_coroutine(
-        [&] { return b->co_truncate(static_cast<int64_t>(size.value()), true, prealloc.value()); });
+        [&] { return b->co_truncate(file_size, true, prealloc.value()); });
     if (r < 0) return make_error(-r, "Could not resize file: %s", strerror(-r));
     r = run_in_coroutine([&] { return b->co_flush(); });
     if (r < 0) return make_error(-r, "Could not flush '%s': %s", filename.c_str(), strerror(-r));

@@ -149,9 +149,9 @@ int parse_bench_opts(int argc, char **argv, Bench *b, BenchArgs *a)
         case 'q': g_quiet = true; break;
         case 's': {
             Result<int64_t> r = parse_img_number(optarg, "buffer size", 0, INT32_MAX);
-            if (!r || r.value() == 0) {
-                // QEMU takes 0 (requests of no bytes); we refuse it.
-                error("%s", r ? "Invalid buffer size specified" : r.msg().c_str());
+            if (!r) {
+                // 0 is taken, as by qemu-img: requests of no bytes.
+                error("%s", r.msg().c_str());
                 return 1;
             }
             b->bufsize = r.value();
@@ -233,7 +233,7 @@ int64_t run_bench(Bench *b)
     int64_t nbufs = std::min(b->depth, b->count);
     std::vector<AlignedBuf> bufs;
     for (int64_t i = 0; i < nbufs; i++) {
-        bufs.push_back(aligned_alloc_buf(4096, static_cast<size_t>(b->bufsize)));
+        bufs.push_back(aligned_alloc_buf(4096, static_cast<size_t>(std::max<int64_t>(b->bufsize, 1))));
         std::memset(bufs.back().get(), b->pattern, static_cast<size_t>(b->bufsize));
     }
     int64_t t0 = clock_ns();

@@ -62,7 +62,8 @@ int img_bitmap(int argc, char **argv)
                 error("%s", r.msg().c_str());
                 return 1;
             }
-            if (r.value() == 0 || r.value() > (1LL << 31)) {
+            // 0: the default, as qemu-img takes it.
+            if (r.value() > (1LL << 31)) {
                 error("Invalid granularity specified");
                 return 1;
             }

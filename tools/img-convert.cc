@@ -75,6 +75,8 @@ struct ConvertOptions {
     std::optional<SnapshotSpec> snapshot;
     uint64_t rate_limit = 0;
     bool salvage = false, bitmaps = false, skip_broken = false;
+    bool copy_offload = false;   // -C
+    bool sparse_given = false;   // -S (any value)
     std::optional<std::string> backing, backing_fmt;
     CreateOptions copts;
     bool compress = false, progress = false, skip_create = false, out_of_order = false, image_opts = false,
@@ -130,6 +132,7 @@ int parse_convert_opts(int argc, char **argv, ConvertOptions *o)
                 return 1;
             }
             o->sparse = static_cast<int64_t>(r.value());
+            o->sparse_given = true;
             break;
         }
         case 'p': o->progress = true; break;
@@ -155,7 +158,7 @@ int parse_convert_opts(int argc, char **argv, ConvertOptions *o)
         case kOptSalvage: o->salvage = true; break;
         case kOptBitmaps: o->bitmaps = true; break;
         case kOptSkipBroken: o->skip_broken = true; break;
-        case 'C': error("option -%c is not supported by %s convert", c, kProg); return 1;
+        case 'C': o->copy_offload = true; break;
         case kOptImageOpts: o->image_opts = true; break;
         case kOptTargetImageOpts: o->target_image_opts = true; break;
         case kOptTargetIsZero: o->target_is_zero = true; break;
@@ -171,6 +174,19 @@ int parse_convert_args(int argc, char **argv, ConvertOptions *o)
 {
     int status = parse_convert_opts(argc, argv, o);
     if (status >= 0) return status;
+    // -C: copy offloading copies what the source allocates as it is, so
+    // it excludes what rewrites or inspects the data (qemu-img's checks,
+    // in its order, before any other).
+    if (o->copy_offload) {
+        const char *why = o->compress ? "Cannot enable copy offloading when -c is used"
+                          : o->sparse_given ? "Cannot enable copy offloading when -S is used"
+                          : o->salvage ? "Cannot use copy offloading in salvaging mode"
+                                       : nullptr;
+        if (why) {
+            error("%s", why);
+            return 1;
+        }
+    }
     if (g_quiet) o->progress = false;
     if (o->copts.has("help")) return print_create_options_help(o->out_fmt);
     if (argc - optind < 2) return usage_error("Must specify image file name");
@@ -391,7 +407,10 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
     for (size_t i = 0; i < srcs.size(); i++) {
         CopySource s;
         s.blk = srcs[i]->blk.get();
-        s.top_only = o.backing.has_value();
+        // -B: what the source's own backing chain holds is left to the
+        // target's backing file; a source without one reads zeros there,
+        // which must then be written (as qemu-img does).
+        s.top_only = o.backing.has_value() && srcs[i]->root->backing_child() != nullptr;
         s.name = o.src_names[i];
         sources.push_back(s);
     }
@@ -399,6 +418,9 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
     co.max_workers = static_cast<int>(o.workers);
     co.out_of_order = o.out_of_order;
     co.sparse_size = o.sparse;
+    // -C copies allocated data as it is (no zero detection inside it);
+    // ranges the source reports as zero or unallocated are still skipped.
+    co.scan_data_for_zeroes = !o.copy_offload;
     co.compress = o.compress;
     // A freshly created image reads as zeros, except where "creating" only
     // opened an existing target (network protocols such as nbd://): there
@@ -447,6 +469,7 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
         return false;
     }
     if (o.compress) pad_compressed_target(dst->root);
+    prog.update(1.0);
     prog.finish();
     return true;
 }
@@ -782,6 +805,7 @@ int img_commit(int argc, char **argv)
         g.graph.reset();
         if (!empty_commit_top(o.oa)) return 1;
     }
+    prog.update(1.0);
     prog.finish();
     qprintf("Image committed.\n");
     return 0;
@@ -855,7 +879,9 @@ std::unique_ptr<OpenImage> open_new_backing(RebaseOptions *o, BlockNode *top)
     return nb;
 }
 
-bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
+// Safe mode: copies into the image what differs between its old backing
+// chain and nb (nullptr: zeros). false after printing the error.
+bool copy_backing_diff(OpenImage *img, OpenImage *nb, Progress *prog)
 {
     BlockNode *top = img->root;
     BdrvChild *old = top->backing_child();
@@ -884,15 +910,12 @@ bool copy_backing_diff(const RebaseOptions &o, OpenImage *img, OpenImage *nb)
     co.sparse_size = 0;
     int64_t cluster = node_cluster_size(top);
     if (cluster > 0) co.alignment = cluster;
-    Progress prog(o.progress);
-    prog.update(0);
-    co.progress = progress_fn(&prog);
+    co.progress = progress_fn(prog);
     Result<CopyStats> r = copy_sync({s}, img->blk.get(), co);
     if (!r) {
         error("%s", r.msg().c_str());
         return false;
     }
-    prog.finish();
     return true;
 }
 
@@ -908,12 +931,14 @@ int img_rebase(int argc, char **argv)
     if (!img) return 1;
     BlockNode *top = img->root;
     std::unique_ptr<OpenImage> nb;   // the new backing file, safe mode
+    Progress prog(o.progress);
+    prog.update(0);
     if (!o.unsafe) {
         if (!o.new_backing->empty()) {
             nb = open_new_backing(&o, top);
             if (!nb) return 1;
         }
-        if (!copy_backing_diff(o, img.get(), nb.get())) return 1;
+        if (!copy_backing_diff(img.get(), nb.get(), &prog)) return 1;
     }
 
     // Record the new backing file in the image.
@@ -925,6 +950,7 @@ int img_rebase(int argc, char **argv)
         error("Could not change the backing file to '%s': %s", o.new_backing->c_str(), s.msg().c_str());
         return 1;
     }
+    prog.update(1.0);
     return flush_backend(img->blk.get(), o.oa.name);
 }
 

@@ -180,9 +180,11 @@ int img_amend(int argc, char **argv)
         return 1;
     }
     Progress prog(progress);
+    prog.update(0);
     Status s = node->amend(opts, force, [&](int64_t done, int64_t total) {
         prog.update(total > 0 ? static_cast<double>(done) / static_cast<double>(total) : 1.0);
     });
+    if (s) prog.update(1.0);
     prog.finish();
     if (!s) {
         error("%s", s.msg().c_str());

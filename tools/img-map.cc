@@ -13,7 +13,7 @@ namespace img {
 
 namespace {
 
-enum { kOptOutput = 256, kOptStartOffset, kOptMaxLength, kOptImageOpts, kOptForceShare };
+enum { kOptOutput = 256, kOptImageOpts, kOptForceShare };
 
 struct MapEntry {
     int64_t start = 0;
@@ -135,8 +135,8 @@ int img_map(int argc, char **argv)
         {"help", no_argument, nullptr, 'h'},
         {"format", required_argument, nullptr, 'f'},
         {"output", required_argument, nullptr, kOptOutput},
-        {"start-offset", required_argument, nullptr, kOptStartOffset},
-        {"max-length", required_argument, nullptr, kOptMaxLength},
+        {"start-offset", required_argument, nullptr, 's'},
+        {"max-length", required_argument, nullptr, 'l'},
         {"image-opts", no_argument, nullptr, kOptImageOpts},
         {"force-share", no_argument, nullptr, 'U'},
         {nullptr, 0, nullptr, 0},
@@ -147,7 +147,7 @@ int img_map(int argc, char **argv)
     optind = 0;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":f:hU", kLong, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:hUs:l:", kLong, nullptr)) != -1) {
         switch (c) {
         case 'f': oa.format = optarg; break;
         case 'U': oa.force_share = true; break;
@@ -155,7 +155,7 @@ int img_map(int argc, char **argv)
         case kOptOutput:
             if (!parse_output_format(optarg, &ofmt)) return 1;
             break;
-        case kOptStartOffset: {
+        case 's': {
             Result<int64_t> r = parse_img_number(optarg, "start offset", 0, INT64_MAX);
             if (!r) {
                 error("%s", r.msg().c_str());
@@ -164,7 +164,7 @@ int img_map(int argc, char **argv)
             start = r.value();
             break;
         }
-        case kOptMaxLength: {
+        case 'l': {
             Result<int64_t> r = parse_img_number(optarg, "max length", 0, INT64_MAX);
             if (!r) {
                 error("%s", r.msg().c_str());
@@ -173,7 +173,7 @@ int img_map(int argc, char **argv)
             max_length = r.value();
             break;
         }
-        default: return bad_option(argc, argv, "f");
+        default: return bad_option(argc, argv, "fsl");
         }
     }
     if (optind != argc - 1) return usage_error("Expecting one image file name");
@@ -424,7 +424,8 @@ int coroutine_fn compare_images(Comparison &c)
         qprintf("Warning: Image size mismatch!\n");
         if (int r = compare_tail(c, offset)) return r;
     }
-    c.prog->finish();
+    // (The progress output's newline follows the verdict, as in qemu-img.)
+    c.prog->update(1.0);
     qprintf("Images are identical.\n");
     return 0;
 }

@@ -50,7 +50,7 @@ int bad_option(int argc, char **argv, const char *with_arg_opts)
     (void)argc;
     const char *arg = optind > 0 ? argv[optind - 1] : "?";
     if (optopt && optopt < 256) {
-        if (std::strchr(with_arg_opts, optopt)) return usage_error("option requires an argument -- '%c'", optopt);
+        if (std::strchr(with_arg_opts, optopt)) return usage_error("missing argument for option '-%c'", optopt);
         return usage_error("unrecognized option '-%c'", optopt);
     }
     // A long option: known (with optopt set to its value) but missing its
@@ -301,8 +301,7 @@ std::unique_ptr<OpenImage> open_img(const OpenArgs &a)
 
 Progress::Progress(bool enabled)
 {
-    active_ = enabled && !g_quiet && isatty(STDOUT_FILENO);
-    start_ns_ = clock_ns();
+    active_ = enabled && !g_quiet;
 }
 
 Progress::~Progress()
@@ -310,45 +309,23 @@ Progress::~Progress()
     finish();
 }
 
-void Progress::draw(double fraction, int64_t bytes_done)
-{
-    int64_t now = clock_ns();
-    double secs = static_cast<double>(now - start_ns_) / 1e9;
-    std::string line;
-    char buf[128];
-    std::snprintf(buf, sizeof(buf), "    (%.2f/100%%)", fraction * 100.0);
-    line = buf;
-    if (bytes_done > 0 && secs > 0.05) {
-        line += "  " + size_to_str(static_cast<uint64_t>(static_cast<double>(bytes_done) / secs)) + "/s";
-    }
-    if (fraction > 0.001 && fraction < 1.0 && secs > 0.2) {
-        int64_t left = static_cast<int64_t>(secs / fraction * (1.0 - fraction) + 0.5);
-        std::snprintf(buf, sizeof(buf), "  %" PRId64 ":%02" PRId64 ":%02" PRId64 " left", left / 3600,
-                      (left / 60) % 60, left % 60);
-        line += buf;
-    }
-    // Clear what a longer previous line left.
-    std::printf("\r%-60s\r%s", "", line.c_str());
-    std::fflush(stdout);
-    last_ns_ = now;
-    last_fraction_ = fraction;
-}
-
 void Progress::update(double fraction, int64_t bytes_done)
 {
-    if (!active_ || finished_ || last_fraction_ >= 1.0) return;
-    if (fraction < 0) fraction = 0;
-    if (fraction > 1) fraction = 1;
-    int64_t now = clock_ns();
-    if (last_fraction_ >= 0 && now - last_ns_ < 100000000 && fraction < 1.0) return;
-    draw(fraction, bytes_done);
+    (void)bytes_done;
+    if (!active_ || finished_) return;
+    // Percentages in float, compared as qemu-img compares them.
+    float current = static_cast<float>(std::clamp(fraction, 0.0, 1.0) * 100.0);
+    if (current > last_print_ + 1.0f || current < last_print_ - 1.0f || current == 0.0f || current == 100.0f) {
+        last_print_ = current;
+        std::printf("    (%3.2f/100%%)\r", static_cast<double>(current));
+        std::fflush(stdout);
+    }
 }
 
 void Progress::finish()
 {
     if (!active_ || finished_) return;
     finished_ = true;
-    if (last_fraction_ < 1.0) draw(1.0, 0);
     std::printf("\n");
     std::fflush(stdout);
 }
@@ -384,7 +361,7 @@ const ImgCommand kImgCommands[] = {
     {"compare", "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2", img_compare,
      "Compares guest-visible contents. Exit status: 0 identical, 1 different\n(\"Content mismatch at offset N!\"), 2 open error, 3 block status error,\n4 read error. -s: sizes and allocation must match too."},
     {"convert",
-     "convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
+     "convert [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file "
      "[-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-m num_coroutines] [-W] [-r rate_limit] "
      "[--salvage] [--bitmaps [--skip-broken-bitmaps]] [-U] filename [filename2 [...]] output_filename",
      img_convert,
@@ -392,6 +369,10 @@ const ImgCommand kImgCommands[] = {
     {"create", "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]",
      img_create,
      "Creates an image of format -f (default raw) with -o options (-o help\nlists them), optionally on a backing file (-b, with its format -F; -u:\ndo not open it)."},
+    {"dd", "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input "
+           "of=output",
+     img_dd,
+     "Copies input, from skip blocks of bs bytes (default 512) on and cut to\ncount blocks from its start, into a new image of format -O (default\nraw)."},
     {"info", "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename", img_info,
      "Shows the image's format, sizes, cluster size, backing file, snapshots\nand format-specific data; --backing-chain for every image of the chain."},
     {"map", "map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename", img_map,
@@ -426,7 +407,7 @@ void print_help()
                 "  -U              force share: open an image another process uses (read-only)\n"
                 "  -t/-T cache     cache mode of the destination/source: none, writeback,\n"
                 "                  writethrough, directsync, unsafe\n"
-                "  -p              show progress on a terminal (percent, rate, time left)\n"
+                "  -p              show progress (percent done, as qemu-img)\n"
                 "  -q              quiet: print nothing but errors\n"
                 "  --output=ofmt   human (default) or json\n"
                 "Sizes take k, M, G, T, P, E suffixes (powers of 1024). File names may be\n"
@@ -443,7 +424,29 @@ int cmd_img(int argc, char **argv)
 {
     using namespace img;
     kProg = tool_prog(kProg);
-    if (argc < 2) return usage_error("Not enough arguments");
+    // Options before the command: -T/--trace SPEC (repeatable), as qemu-img.
+    bool traced = false;
+    while (argc >= 2) {
+        std::string spec;
+        if ((std::strcmp(argv[1], "-T") == 0 || std::strcmp(argv[1], "--trace") == 0)) {
+            if (argc < 3) return usage_error("missing argument for option '%s'", argv[1]);
+            spec = argv[2];
+            argv[2] = argv[0];
+            argc -= 2;
+            argv += 2;
+        } else if (std::strncmp(argv[1], "--trace=", 8) == 0) {
+            spec = argv[1] + 8;
+            argv[1] = argv[0];
+            argc -= 1;
+            argv += 1;
+        } else {
+            break;
+        }
+        traced = true;
+        if (int r = trace_option(spec); r >= 0) return r;
+    }
+    // (qemu-img given only trace options exits quietly.)
+    if (argc < 2) return traced ? 0 : usage_error("Not enough arguments");
     const char *name = argv[1];
     if (std::strcmp(name, "--help") == 0 || std::strcmp(name, "-h") == 0) {
         print_help();

@@ -111,25 +111,25 @@ std::unique_ptr<OpenImage> open_img_snapshot(OpenArgs a, const SnapshotSpec &s);
 std::string open_error_message(const std::string &name, const Error &e);
 
 // ---- progress (-p) ----
-// A progress line on stdout, shown only when stdout is a terminal and
-// enabled: "    (45.12/100%)  123 MiB/s  0:00:07 left", redrawn at most
-// ten times a second, ended with a newline by finish().
+// qemu-img's progress output on stdout, on a terminal, pipe or file alike:
+// "    (45.12/100%)" and a carriage return, printed at 0%, at 100% and
+// whenever the percentage moved by more than one point since the last
+// print; finish() (or the destructor) ends the output with a newline.
+// Disabled by -q. Not thread-safe: main thread only.
 class Progress {
   public:
     explicit Progress(bool enabled);
     ~Progress();
-    // fraction in [0, 1]; bytes_done for the rate (0: no rate shown).
+    // fraction in [0, 1] (clamped); bytes_done is unused (kept for callers).
     void update(double fraction, int64_t bytes_done = 0);
+    // The final newline (once; nothing when disabled).
     void finish();
     bool active() const { return active_; }
 
   private:
-    void draw(double fraction, int64_t bytes_done);
     bool active_ = false;
     bool finished_ = false;
-    int64_t start_ns_ = 0;
-    int64_t last_ns_ = 0;
-    double last_fraction_ = -1;
+    float last_print_ = 0;
 };
 
 // ---- shared image information ----
@@ -143,6 +143,16 @@ void print_format_specific_human(const InfoValue &specific);
 
 // Writes the create options of a format for "-o help" / "-o ?".
 int print_create_options_help(const std::string &format);
+
+// ---- before the command ----
+// -T/--trace SPEC (tools/img-trace.cc): QEMU's trace option syntax
+// ("[enable=]PATTERN[,events=FILE][,file=FILE]", or "help"). There are no
+// trace events: "help" lists none, a pattern without a wildcard warns
+// "trace event 'X' does not exist", events=FILE is read for its patterns
+// ("<prog>:FILE: <error>" if unreadable), file=FILE is created ("Error
+// opening logfile FILE: <error>"), another key is "Invalid parameter 'K'".
+// Returns -1 to go on, or the exit status (0 after "help", 1 after an error).
+int trace_option(const std::string &spec);
 
 // ---- subcommands ----
 int img_create(int argc, char **argv);
@@ -159,6 +169,7 @@ int img_rebase(int argc, char **argv);
 int img_amend(int argc, char **argv);
 int img_measure(int argc, char **argv);
 int img_bench(int argc, char **argv);
+int img_dd(int argc, char **argv);
 
 }  // namespace img
 }  // namespace bg

@@ -6,6 +6,8 @@
 //   [file] <- [format, or its snapshot view for -l] <- [qcow2 overlay, -s]
 //          <- [raw with offset, -o]  <- the NBD export
 //
+// -c: after the export is served, the kernel's NBD client is connected to
+// it (tools/nbd-kernel.h).
 // -s: the overlay is a qcow2 file created in $TMPDIR (default /var/tmp),
 // opened, and unlinked at once (so it goes even if the process is killed);
 // the image below it is opened read-only. -l: qcow2's read-only snapshot
@@ -26,6 +28,7 @@
 #include "export/nbd.h"
 #include "qapi/block-parse.h"
 #include "tools/daemon.h"
+#include "tools/nbd-kernel.h"
 #include "tools/nbd.h"
 #include "util/log.h"
 
@@ -224,21 +227,53 @@ Status setup(Daemon &d, const NbdArgs &a, ServeState *s)
     if (a.snapshot) BG_TRY(add_overlay(d, a, &top));
     if (a.offset) BG_TRY(add_offset(d, a, &top));
     s->top_node = top;
-    return start_serving(d, a, s);
+    BG_TRY(start_serving(d, a, s));
+    if (a.device) BG_TRY(nbd_kernel_connect(*a.device, *a.socket_path, a.export_name.value_or("")));
+    return {};
+}
+
+// -c without -k: the server listens in a private directory of $TMPDIR
+// (default /tmp), removed at exit. Returns the directory ("" on error,
+// after printing it).
+std::string private_socket(NbdArgs *a)
+{
+    const char *tmpdir = getenv("TMPDIR");
+    std::string dir = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/blockgraph-nbd-XXXXXX";
+    if (!mkdtemp(dir.data())) {
+        std::fprintf(stderr, "%s: Could not create a directory for the server's socket in %s: %s\n", kNbdProg,
+                     tmpdir && *tmpdir ? tmpdir : "/tmp", std::strerror(errno));
+        return "";
+    }
+    a->socket_path = dir + "/nbd.sock";
+    return dir;
 }
 
 } // namespace
 
-int nbd_serve(const NbdArgs &a)
+int nbd_serve(const NbdArgs &args)
 {
+    NbdArgs a = args;
+    std::string sock_dir;
+    if (a.device && !a.socket_path) {
+        sock_dir = private_socket(&a);
+        if (sock_dir.empty()) return 1;
+    }
     DaemonConfig cfg;
     cfg.prog = kNbdProg;
-    cfg.daemonize = a.fork;
+    // -c goes to the background once the device is connected, as qemu-nbd
+    // does, unless -v keeps it in the foreground.
+    cfg.daemonize = a.fork || (a.device && !a.verbose);
     cfg.pidfile = a.pid_file;
     ServeState state;
     // The NBD server removes its unix socket when it stops.
-    cfg.on_exit = [] { nbd_server_set_client_hook(nullptr); };
-    return daemon_run(cfg, [&a, &state](Daemon &d) -> Status { return setup(d, a, &state); });
+    cfg.on_exit = [sock_dir] {
+        nbd_server_set_client_hook(nullptr);
+        if (!sock_dir.empty()) rmdir(sock_dir.c_str());
+    };
+    int rc = daemon_run(cfg, [&a, &state](Daemon &d) -> Status { return setup(d, a, &state); });
+    // A daemonized parent returns here too: the directory is the child's.
+    if (rc != 0 && !sock_dir.empty()) rmdir(sock_dir.c_str());
+    return rc;
 }
 
 } // namespace bg

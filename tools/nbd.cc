@@ -2,7 +2,7 @@
 //
 //   blockgraph nbd [OPTIONS] FILE        serve FILE over NBD
 //   blockgraph nbd -L [OPTIONS]          list a server's exports
-//   blockgraph nbd -c DEV / -d DEV       kernel /dev/nbdN (not supported)
+//   blockgraph nbd -c DEV / -d DEV       kernel /dev/nbdN (tools/nbd-kernel.cc)
 //
 // Serving maps the command line onto the daemon machinery (tools/daemon.h):
 // the image is opened as the tools open images (tools/image-open.h), with a
@@ -37,6 +37,7 @@
 #include "tools/daemon.h"
 #include "qapi/tls-object.h"
 #include "tools/image-open.h"
+#include "tools/nbd-kernel.h"
 #include "util/log.h"
 #include "util/tls.h"
 
@@ -86,8 +87,9 @@ const char kNbdUsage[] =
     "                            once the server is running\n"
     "  --pid-file=PATH           store the server's process ID in the given file\n"
     "\n"
-    "Kernel NBD client support (not supported: needs the kernel's nbd module):\n"
-    "  -c, --connect=DEV         connect FILE to the local NBD device DEV\n"
+    "Kernel NBD client support (needs the kernel's nbd module):\n"
+    "  -c, --connect=DEV         connect FILE to the local NBD device DEV (runs in\n"
+    "                            the background unless -v is given)\n"
     "  -d, --disconnect          disconnect the specified device\n"
     "\n"
     "Block device options:\n"
@@ -451,23 +453,6 @@ int parse_nbd_args(int argc, char **argv, NbdArgs *a)
 
 namespace {
 
-// -c / -d: the kernel's NBD client. Without its module there is no device
-// to attach; with it, attaching is not implemented (yet).
-int run_kernel_device(const NbdArgs &a)
-{
-    const std::string dev = a.device ? *a.device : a.filename;
-    struct stat st;
-    bool have_module = stat("/sys/module/nbd", &st) == 0 || stat("/dev/nbd0", &st) == 0;
-    if (!have_module) {
-        error("cannot " + std::string(a.disconnect ? "disconnect " : "connect to ") + dev +
-              ": the kernel's nbd module is not loaded (no /sys/module/nbd; try 'modprobe nbd')");
-        return 1;
-    }
-    error("kernel NBD devices (-c/-d) are not supported by blockgraph nbd; serve with -k or -p and "
-          "attach " + dev + " with nbd-client");
-    return 1;
-}
-
 // --object, in order, then the --tls-creds lookup (qemu-nbd's texts).
 // Returns false after printing the error.
 bool add_objects(const NbdArgs &a, std::shared_ptr<TlsCreds> *creds)
@@ -507,7 +492,7 @@ int cmd_nbd(int argc, char **argv)
     std::shared_ptr<TlsCreds> creds;
     if (!add_objects(a, &creds)) return 1;
     if (a.list) return nbd_list_exports_cmd(a, creds);
-    if (a.device || a.disconnect) return run_kernel_device(a);
+    if (a.disconnect) return nbd_kernel_disconnect(kNbdProg, a.filename);
     return nbd_serve(a);
 }
 

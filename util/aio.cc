@@ -39,7 +39,10 @@ AioContext::AioContext(GMainContext *gctx) : gctx_(gctx)
 {
     g_main_context_ref(gctx_);
     const char *env = getenv("BLOCKGRAPH_POLL_MAX_NS");
-    set_poll_params(env ? atoll(env) : kDefaultPollMaxNs, 0, 0);
+    const char *grow = getenv("BLOCKGRAPH_POLL_GROW");
+    const char *shrink = getenv("BLOCKGRAPH_POLL_SHRINK");
+    set_poll_params(env ? atoll(env) : kDefaultPollMaxNs, grow ? atoll(grow) : 0,
+                    shrink ? atoll(shrink) : kDefaultPollShrink);
     g_main_context_set_poll_func(gctx_, &AioContext::poll_fds);
     source_ = reinterpret_cast<Source *>(g_source_new(&g_aio_source_funcs, sizeof(Source)));
     source_->ctx = this;

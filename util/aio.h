@@ -151,6 +151,9 @@ class AioContext {
     // request cycle without polling is 40-100 us (the wake-up included), so a
     // 32 us window emptied itself and stayed empty (docs/performance.md).
     static constexpr int64_t kDefaultPollMaxNs = 131072;
+    // The default shrink (BLOCKGRAPH_POLL_SHRINK, and BLOCKGRAPH_POLL_GROW
+    // for grow, override them for every context).
+    static constexpr int64_t kDefaultPollShrink = 0;
     void set_poll_params(int64_t max_ns, int64_t grow, int64_t shrink);
     int64_t poll_max_ns() const { return poll_max_ns_; }
 

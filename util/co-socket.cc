@@ -216,17 +216,18 @@ CoSocket::~CoSocket()
     if (fd_ >= 0) close(fd_);
 }
 
-void CoSocket::update_handler()
-{
-    bool want_read = (read_waiter_ && !read_waiter_wants_write_) || (write_waiter_ && !write_waiter_wants_write_);
-    bool want_write = (read_waiter_ && read_waiter_wants_write_) || (write_waiter_ && write_waiter_wants_write_);
-    set_handler(want_read || handler_read_, want_write || handler_write_);
-}
+void CoSocket::update_handler() { match_waiters(true); }
 
-void CoSocket::disarm_idle()
+void CoSocket::disarm_idle() { match_waiters(false); }
+
+void CoSocket::match_waiters(bool keep_armed)
 {
     bool want_read = (read_waiter_ && !read_waiter_wants_write_) || (write_waiter_ && !write_waiter_wants_write_);
     bool want_write = (read_waiter_ && read_waiter_wants_write_) || (write_waiter_ && write_waiter_wants_write_);
+    if (keep_armed) {
+        want_read = want_read || handler_read_;
+        want_write = want_write || handler_write_;
+    }
     set_handler(want_read, want_write);
 }
 

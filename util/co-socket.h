@@ -123,6 +123,7 @@ class CoSocket {
     // the loop a wakeup); disarm_idle() drops what no one waits for.
     void update_handler();
     void disarm_idle();
+    void match_waiters(bool keep_armed);   // both: arm what waiters need; keep_armed: drop nothing
     void set_handler(bool want_read, bool want_write);
     static void on_readable(void *opaque);
     static void on_writable(void *opaque);

@@ -397,6 +397,7 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
         uint64_t wstart = p.cow_start;     // guest offset of the first byte written
         AlignedBuf hb, tb;
         IOVector v;
+        int64_t end_block = -1;   // host offset of a zero block that extends the file, or -1
         if (head) {
             hb = aligned_alloc_buf(memalign, head);
             IOVector hv(hb.get(), head);
@@ -427,12 +428,34 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
                 if (!buffer_is_zero(tb.get() + keep, tail - keep)) keep = tail;
             }
             v.add(tb.get(), keep);
+            // A skipped tail that would end past the file's end: QEMU's
+            // zero-write of it extends the file to the cluster's end. So
+            // does one aligned block of zeros written there, the rest of
+            // the tail staying a hole (too short a rest: written whole).
+            const uint64_t tail_host_end = h_.has_data_file() ? p.cow_end
+                                                              : p.host + (p.cow_end - (p.first_cluster << cluster_bits_));
+            if (keep < tail && static_cast<int64_t>(tail_host_end) > data_file_->getlength()) {
+                if (tail - keep >= 2 * falign && tail_host_end % falign == 0) {
+                    end_block = static_cast<int64_t>(tail_host_end - falign);
+                } else {
+                    v = IOVector();
+                    if (head) v.add(hb.get() + (wstart - p.cow_start), head - (wstart - p.cow_start));
+                    v.concat(data);
+                    v.add(tb.get(), tail);
+                }
+            }
         }
         if (r >= 0) {
             file_->debug_event(v.size() > p.bytes ? "cow_write" : "write_aio");
             const uint64_t hs = h_.has_data_file() ? wstart
                                                    : p.host + (wstart - (p.first_cluster << cluster_bits_));
             r = data_file_->co_pwritev(static_cast<int64_t>(hs), static_cast<int64_t>(v.size()), v);
+        }
+        if (r >= 0 && end_block >= 0) {
+            AlignedBuf zb = aligned_alloc_buf(memalign, falign);
+            std::memset(zb.get(), 0, falign);
+            IOVector zv(zb.get(), falign);
+            r = data_file_->co_pwritev(end_block, static_cast<int64_t>(falign), zv);
         }
         lock_.lock();
         if (r >= 0) {

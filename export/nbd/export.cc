@@ -213,6 +213,11 @@ std::string NbdExport::stats_text() const
     for (int k = 0; k < 8; k++) o << " " << ExportStats::kind_name(k) << "=" << stats_.requests[k];
     o << "\n  bytes read=" << stats_.bytes_read << " written=" << stats_.bytes_written << " errors=" << stats_.errors
       << "\n";
+    // Connections are served in the main loop: how its waits ended.
+    if (AioContext *ctx = AioContext::current()) {
+        o << "  main loop: waits ended while polling=" << ctx->poll_hits() << " slept=" << ctx->poll_sleeps()
+          << "\n";
+    }
     return o.str();
 }
 

@@ -2,7 +2,9 @@
 # tests/integration/nbd-tool-args.sh -- "blockgraph nbd" refuses what
 # qemu-nbd refuses, with qemu-nbd's message (our program name in place of
 # "qemu-nbd") and status 1; --help, --version; -c/-d without the kernel's
-# nbd module give one clear line.
+# nbd module give one clear line; with it, -c attaches the image to a free
+# /dev/nbdN (read and written through the device, judged by qemu-img) and -d
+# detaches it.
 #
 # Every case runs the real qemu-nbd and ours with the same arguments and
 # compares status and stderr. Cases that would make qemu-nbd serve use -k
@@ -121,10 +123,39 @@ out=$("$BLOCKGRAPH" nbd -V)
 [ $? = 0 ] && [[ $out == "blockgraph nbd version "* ]] && ok "-V: $out" || bad "-V: $out"
 
 echo "== -c / -d: the kernel's nbd module"
-if [ -e /sys/module/nbd ] || [ -e /dev/nbd0 ]; then
-    out=$("$BLOCKGRAPH" nbd -c /dev/nbd0 a.qcow2 2>&1)
-    st=$?
-    [ $st = 1 ] && [ "$(echo "$out" | wc -l)" = 1 ] && ok "-c with the module: $out" || bad "-c: status $st: $out"
+# A free device: no client attached (no pid file in sysfs).
+free_nbd() {
+    local d
+    for d in /sys/block/nbd*; do
+        [ -e "$d/pid" ] || { echo "/dev/${d##*/}"; return 0; }
+    done
+    return 1
+}
+if [ -e /sys/module/nbd ] && dev=$(free_nbd) && [ -b "$dev" ]; then
+    # With the module: attach, read and write through the device, detach;
+    # qemu-img judges the image.
+    cp a.qcow2 k.qcow2
+    qemu-io -f qcow2 -c "write -P 0x5a 0 1M" k.qcow2 >/dev/null
+    trap '"$BLOCKGRAPH" nbd -d "$dev" >/dev/null 2>&1' EXIT
+    if out=$(timeout 30 "$BLOCKGRAPH" nbd -f qcow2 --pid-file "$WORK/k.pid" -c "$dev" k.qcow2 2>&1); then
+        ok "-c $dev: returned once connected"
+        qemu-img convert -O raw k.qcow2 want.raw
+        timeout 30 dd if="$dev" of=got.raw bs=1M iflag=direct status=none
+        cmp -s want.raw got.raw && ok "-c: the device reads as the image" || bad "-c: the device differs from the image"
+        head -c 65536 /dev/urandom > chunk
+        timeout 30 dd if=chunk of="$dev" bs=64k seek=3 oflag=direct conv=fsync status=none
+        out=$(timeout 30 "$BLOCKGRAPH" nbd -d "$dev" 2>&1)
+        [ "$out" = "$dev disconnected" ] && ok "-d: $out" || bad "-d: $out"
+        trap - EXIT
+        # The server exits once the kernel has hung up.
+        for _ in $(seq 100); do kill -0 "$(cat k.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
+        qemu-img check -q k.qcow2 && ok "-c: qemu-img check clean after the writes" || bad "-c: qemu-img check failed"
+        qemu-img convert -O raw k.qcow2 after.raw
+        cmp -s <(dd if=after.raw bs=64k skip=3 count=1 status=none) chunk &&
+            ok "-c: the write through the device is in the image" || bad "-c: the written data is not in the image"
+    else
+        bad "-c $dev: $out"
+    fi
 else
     for args in "-c /dev/nbd0 a.qcow2" "-d /dev/nbd0"; do
         out=$("$BLOCKGRAPH" nbd $args 2>&1)
