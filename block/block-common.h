@@ -23,6 +23,7 @@ std::string perm_names(BlockPerm perm);
 
 // ---- request flags ----
 using ReqFlags = uint32_t;
+constexpr ReqFlags kReqCopyOnRead = 0x1;        // read: copy what the node reads from below into it (BdrvChild::co_preadv)
 constexpr ReqFlags kReqZeroWrite = 0x2;        // write-zeroes semantics
 constexpr ReqFlags kReqMayUnmap = 0x4;         // zeroes may be stored as holes
 constexpr ReqFlags kReqFua = 0x10;             // data must be stable when the write completes

@@ -72,6 +72,13 @@ class BdrvChild {
     // I/O on the child node through this edge. The edge must hold the
     // permission the operation needs (write: WRITE, or WRITE_UNCHANGED with
     // kReqWriteUnchanged; truncate: RESIZE); otherwise -EPERM. Yield.
+    // A read with kReqCopyOnRead also copies into the child node what it
+    // reads from below it (ranges its block status calls unallocated,
+    // widened to its copy granularity, the cluster) as writes of unchanged
+    // data (zero ranges as write-zeroes), under a serialising request, so
+    // an overlapping write or copy waits; the flag is ignored where the
+    // edge holds neither WRITE nor WRITE_UNCHANGED or the node is
+    // read-only.
     int coroutine_fn co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags = 0);
     int coroutine_fn co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags = 0);
     int coroutine_fn co_pread(int64_t offset, int64_t bytes, void *buf, ReqFlags flags = 0);
@@ -173,6 +180,14 @@ class BlockNode : public DriverHooks {
     // ZERO (reads as zeros).
     int coroutine_fn co_block_status_above(BlockNode *base, bool want_zero, int64_t offset, int64_t bytes,
                                            int64_t *pnum, int64_t *map, BlockNode **file, int *depth);
+
+    // The VM state stored with the image (qemu-io read -b / write -b):
+    // reads into / writes from qiov [pos, pos+bytes) of it. 0 or a negative
+    // errno: -ENOTSUP where the format stores none (raw, file: qemu-io
+    // prints "read failed: Operation not supported"), -EPERM for a write
+    // to a read-only node, -EIO for a range that overflows. Filters pass
+    // it to their child. Yields.
+    int coroutine_fn co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov);
 
     // Number of requests this node's driver hooks have served, for stats.
     uint64_t requests_served() const { return requests_served_.load(std::memory_order_relaxed); }
@@ -313,6 +328,9 @@ class BlockNode : public DriverHooks {
     int co_aligned_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
     int co_do_zero_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, ReqFlags flags);
     int co_rmw_pwritev(TrackedRequest *req, int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    int co_copy_on_readv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags);
+    int co_copy_range(TrackedRequest *req, int64_t pos, int64_t n, bool allocated, int64_t offset, int64_t bytes,
+                      IOVector &qiov, ReqFlags flags);
     void drained_begin_no_poll();
     void inc_in_flight();
     void dec_in_flight();

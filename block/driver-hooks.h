@@ -67,7 +67,7 @@ class DriverHooks {
 
     // Reads [offset, offset+bytes) into qiov. Must fill every byte (a short
     // read of a protocol is retried or zero-filled by the driver). flags:
-    // kReqSerialising has been handled; others are advisory.
+    // kReqSerialising and kReqCopyOnRead have been handled; others are advisory.
     virtual int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) = 0;
     // Writes qiov to [offset, offset+bytes). flags may hold kReqFua only if
     // supports_fua_ (otherwise the generic layer flushes after the write),
@@ -111,6 +111,14 @@ class DriverHooks {
     // same offset in filtered_child(); other nodes DATA|OFFSET_VALID.
     virtual int coroutine_fn do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
                                                 int64_t *map, BlockNode **file);
+    // Reads (write false) or writes [pos, pos+bytes) of the image's VM
+    // state, an area outside the guest-visible disk (QEMU's load_vmstate /
+    // save_vmstate; qemu-io read -b / write -b). Called by
+    // BlockNode::co_vmstate, which counted it in flight, checked pos and
+    // bytes for overflow only and refused writes to a read-only node; not
+    // serialised with other requests. Default: the primary child's answer
+    // (filters, raw), -ENOTSUP without one.
+    virtual int coroutine_fn do_co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov);
     // The length in bytes, or a negative errno. Not a coroutine: must not
     // yield. Called after open and after truncate; the generic layer caches
     // the value (BlockNode::getlength()).
@@ -252,6 +260,8 @@ class DriverHooks {
     bool read_only_ = false;            // set from the options before open(); a driver may set it
     bool supports_fua_ = false;         // do_co_pwritev honours kReqFua itself
     ReqFlags supported_zero_flags_ = 0; // flags do_co_pwrite_zeroes honours (kReqMayUnmap, kReqFua, kReqNoFallback)
+    int64_t copy_granularity_ = 0;      // power of 2: the unit a copy-on-read copies (a format's
+                                        // (sub)cluster); 0 = bl_.request_alignment
 
   private:
     BlockNode *self();

@@ -14,6 +14,7 @@ extern const BlockDriver kDriverNullAio;    // block/null.cc
 extern const BlockDriver kDriverBlkdebug;   // block/blkdebug.cc
 extern const BlockDriver kDriverQcow2;      // block/qcow2/qcow2.cc
 extern const BlockDriver kDriverNbd;        // block/nbd.cc
+extern const BlockDriver kDriverCopyOnRead; // block/copy-on-read.cc
 
 void register_builtin_drivers(DriverRegistry *registry)
 {
@@ -24,6 +25,7 @@ void register_builtin_drivers(DriverRegistry *registry)
     registry->add(&kDriverBlkdebug);
     registry->add(&kDriverQcow2);
     registry->add(&kDriverNbd);
+    registry->add(&kDriverCopyOnRead);
 }
 
 const DriverRegistry &builtin_drivers()

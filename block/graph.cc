@@ -165,6 +165,12 @@ int DriverHooks::do_co_flush_to_os() { return 0; }
 int DriverHooks::do_co_flush_to_disk() { return 0; }
 int DriverHooks::do_co_truncate(int64_t, bool, PreallocMode, ReqFlags) { return -ENOTSUP; }
 
+int DriverHooks::do_co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov)
+{
+    BdrvChild *c = self()->file_child();
+    return c ? c->node()->co_vmstate(write, pos, bytes, qiov) : -ENOTSUP;
+}
+
 int DriverHooks::do_co_block_status(bool, int64_t offset, int64_t bytes, int64_t *pnum, int64_t *map, BlockNode **file)
 {
     *pnum = bytes;
@@ -267,7 +273,7 @@ Status BlockNode::update_perms(std::vector<std::pair<BdrvChild *, std::pair<Bloc
 {
     BlockPerm cum = cumulative_perm();
     BlockPerm cum_shared = cumulative_shared();
-    if (read_only_ && (cum & (kPermWrite | kPermResize))) {
+    if (read_only_ && (cum & (kPermWrite | kPermWriteUnchanged | kPermResize))) {
         if (reopen_dropping_write_) {
             return make_error(EPERM, "Read-only block node '%s' cannot support read-write users",
                               node_name_.c_str());

@@ -323,6 +323,10 @@ int BdrvChild::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags
     if (r < 0) return r;
     if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
     if (bytes == 0) return 0;
+    if ((flags & kReqCopyOnRead) && !bs->read_only_ && (perm_ & (kPermWrite | kPermWriteUnchanged))) {
+        return bs->co_copy_on_readv(offset, bytes, qiov, flags & ~kReqCopyOnRead);
+    }
+    flags &= ~kReqCopyOnRead;
     const BlockLimits &bl = bs->bl_;
     const int64_t align = bl.request_alignment;
     const int64_t a_off = align_down(offset, align);
@@ -348,6 +352,81 @@ int BdrvChild::co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags
     padded.add_slice(qiov, 0, bytes);
     if (tail) padded.add(tbuf.get(), tail);
     return bs->co_aligned_preadv(&g.req, a_off, a_end - a_off, padded, flags);
+}
+
+// ---------------------------------------------------------------- copy-on-read
+
+namespace {
+constexpr int64_t kCopyBounceMax = 16 << 20;   // bytes copied per step (bounce buffer)
+} // namespace
+
+// Copies [pos, pos+n) (aligned) into this node unless allocated, and hands
+// the part of it inside the caller's [offset, offset+bytes) to qiov.
+int BlockNode::co_copy_range(TrackedRequest *req, int64_t pos, int64_t n, bool allocated, int64_t offset,
+                             int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    const int64_t lo = std::max(pos, offset), hi = std::min(pos + n, offset + bytes);
+    const int64_t align = bl_.request_alignment;
+    if (allocated && hi <= lo) return 0;
+    if (allocated && lo == align_down(lo, align) && hi == align_up(hi, align)) {
+        IOVector part;
+        part.add_slice(qiov, lo - offset, hi - lo);
+        return co_aligned_preadv(req, lo, hi - lo, part, flags);
+    }
+    if (allocated) {
+        pos = align_down(lo, align);
+        n = align_up(hi, align) - pos;
+    }
+    AlignedBuf buf = aligned_alloc_buf(std::max<size_t>(bl_.min_mem_alignment, 64), n);
+    IOVector v(buf.get(), n);
+    int r = co_aligned_preadv(req, pos, n, v, allocated ? flags : 0);
+    if (r < 0) return r;
+    if (!allocated) {
+        // The data read from below, written back unchanged; zeros as
+        // write-zeroes (a format stores a zero cluster).
+        if (v.is_zero(0, n)) {
+            r = co_do_zero_pwritev(req, pos, n, kReqWriteUnchanged);
+        } else {
+            r = co_aligned_pwritev(req, pos, n, v, kReqWriteUnchanged);
+        }
+        if (r < 0) return r;
+    }
+    if (hi > lo) qiov.from_buf(lo - offset, buf.get() + (lo - pos), hi - lo);
+    return 0;
+}
+
+// A read with kReqCopyOnRead (see BdrvChild::co_preadv): one serialising
+// request over the range widened to the copy granularity, so that two
+// copies of the same cluster, or a copy and a write, never interleave
+// (the second sees the first's result). An error of the allocation query
+// fails the read (the metadata it needs could not be read).
+int BlockNode::co_copy_on_readv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags)
+{
+    const int64_t align = bl_.request_alignment;
+    const int64_t gran = std::max<int64_t>(copy_granularity_, align);
+    const int64_t len_end = align_up(std::max<int64_t>(getlength(), 0), align);
+    const int64_t c_off = align_down(offset, gran);
+    const int64_t c_end = std::max(std::min(align_up(offset + bytes, gran), len_end), align_up(offset + bytes, align));
+    TrackedRequestGuard g(this, TrackedRequest::kRead, c_off, c_end - c_off, true);
+    const int64_t max = std::min<int64_t>(kCopyBounceMax, max_rw_bytes(bl_));
+    int64_t pos = c_off;
+    while (pos < c_end) {
+        int64_t pnum = 0;
+        int st = pos < len_end ? co_block_status(false, pos, c_end - pos, &pnum, nullptr, nullptr) : 0;
+        if (st < 0) return st;
+        bool allocated = (st & kStatusAllocated) != 0;
+        if (pnum <= 0) {
+            // Past the end: what is left is read as it is.
+            pnum = c_end - pos;
+            allocated = true;
+        }
+        pnum = std::min(align_up(pnum, align), c_end - pos);
+        if (!allocated) pnum = std::min(pnum, std::max(align_down(max, gran), gran));
+        int r = co_copy_range(&g.req, pos, pnum, allocated, offset, bytes, qiov, flags);
+        if (r < 0) return r;
+        pos += pnum;
+    }
+    return 0;
 }
 
 // ---------------------------------------------------------------- writes
@@ -643,6 +722,21 @@ int BlockNode::co_truncate_generic(int64_t offset, bool exact, PreallocMode prea
     // Like QEMU, the bitmaps cover the length asked for.
     dirty_bitmaps_resize(offset, false);
     return 0;
+}
+
+// ---------------------------------------------------------------- VM state
+
+int BlockNode::co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov)
+{
+    int r = check_request(pos, bytes);
+    if (r < 0) return r;
+    if (static_cast<int64_t>(qiov.size()) < bytes) return -EINVAL;
+    if (write && read_only_) return -EPERM;
+    inc_in_flight();
+    r = do_co_vmstate(write, pos, bytes, qiov);
+    if (write) mark_dirty();
+    dec_in_flight();
+    return r;
 }
 
 // ---------------------------------------------------------------- block status

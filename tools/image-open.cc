@@ -157,6 +157,15 @@ Result<BlockNode *> open_tree(BlockGraph *graph, const json &tree, bool from_key
     return graph->add_node(opts.value());
 }
 
+// The node the backend of img attaches to: the top node, or with -C a
+// copy-on-read filter opened above it.
+Result<BlockNode *> backend_node(OpenImage *img, const ImageOpenSpec &spec)
+{
+    if (!spec.copy_on_read) return img->root;
+    if (spec.read_only) return make_error(EINVAL, "Can't use copy-on-read on read-only device");
+    return open_tree(img->graph.get(), json{{"driver", "copy-on-read"}, {"file", img->root->node_name()}}, false);
+}
+
 } // namespace
 
 Result<CacheMode> parse_cache_mode(const std::string &mode)
@@ -329,11 +338,13 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
     // without -r is refused as in QEMU's tools, whose backend asks for write
     // access when the image is opened.
     if (!spec.read_only && img->root->read_only()) return make_error(EPERM, "Block node is read-only");
+    Result<BlockNode *> top = backend_node(img.get(), spec);
+    if (!top) return top.error();
     bool ro = spec.read_only;
     BlockPerm perm = kPermConsistentRead | (ro ? 0 : kPermWrite | kPermResize);
     BlockPerm shared = spec.force_share ? kPermAll : (kPermConsistentRead | kPermWriteUnchanged);
     if (spec.shared) shared = *spec.shared;
-    Result<std::unique_ptr<BlockBackend>> blk = BlockBackend::create(img->root, perm, shared, spec.consumer);
+    Result<std::unique_ptr<BlockBackend>> blk = BlockBackend::create(top.value(), perm, shared, spec.consumer);
     if (!blk) return plain ? plain_error(blk.error()) : blk.error();
     img->blk = std::move(blk.value());
     img->blk->set_writethrough(spec.cache.writethrough);

@@ -68,6 +68,7 @@ struct ImageOpenSpec {
     bool read_only = false;     // -r: every node read-only, the backend asks no write/resize
     bool check_repair = false;  // img check -r: the top node opens for repair (BlockdevOptions::check_repair)
     bool force_share = false;   // -U: share every permission (needs read_only)
+    bool copy_on_read = false;  // -C: the backend reads through a copy-on-read filter above the top node
     CacheMode cache;            // -t; default writeback, as qemu-img
     std::optional<BlockdevAioOptions> aio;          // --aio, for file nodes; unset: driver default
     // -d: the unmap policy of the top node; unset: driver default (ignore).
@@ -88,7 +89,7 @@ struct ImageOpenSpec {
 // graph (flushing writable nodes). Member order matters: blk goes first.
 struct OpenImage {
     std::unique_ptr<BlockGraph> graph;
-    BlockNode *root = nullptr;              // the node blk is attached to
+    BlockNode *root = nullptr;              // the top node; blk is attached to it (copy_on_read: to the filter above it)
     std::unique_ptr<BlockBackend> blk;
     bool probed_raw = false;                // format guessed as raw (block 0 writes restricted)
     std::string name;                       // spec.image, for messages
@@ -116,6 +117,7 @@ struct OpenImage {
 //   the probe's message ("Could not read image for determining its format: ...")
 //   the permission conflict, e.g. "Failed to get \"write\" lock" (file locking)
 //   EPERM "Block node is read-only" (read-only=on in the description, no -r)
+//   EINVAL "Can't use copy-on-read on read-only device" (copy_on_read with read_only)
 Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec);
 
 // QEMU's three-line warning for a probed raw image, each line ending in '\n'.

@@ -160,7 +160,13 @@ int IoShell::cmd_read(int argc, char **argv)
     auto buf = alloc_buf(static_cast<size_t>(count), 0xab);
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    int ret = bflag ? -ENOTSUP : blk()->co_pread(offset, count, buf->data());
+    int ret;
+    if (bflag) {
+        IOVector v(buf->data(), static_cast<size_t>(count));
+        ret = blk()->node()->co_vmstate(false, offset, count, v);
+    } else {
+        ret = blk()->co_pread(offset, count, buf->data());
+    }
     Elapsed t = elapsed_since(t1);
     if (ret < 0) {
         std::printf("read failed: %s\n", std::strerror(-ret));
@@ -296,7 +302,8 @@ int IoShell::cmd_write(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     int ret;
     if (bflag) {
-        ret = -ENOTSUP;
+        IOVector v(buf->data(), static_cast<size_t>(count));
+        ret = blk()->node()->co_vmstate(true, offset, count, v);
     } else if (zflag) {
         ret = blk()->co_pwrite_zeroes(offset, count, flags);
     } else if (compress) {

@@ -137,6 +137,7 @@ const char kOpenHelp[] =
     " -r, -- open read-only\n"
     " -n, -- disable the host cache, short for -t none\n"
     " -U, -- force shared permissions\n"
+    " -C, -- use copy-on-read\n"
     " -f, -- format of the image (default: probed)\n"
     " -i, -- AIO mode (threads, native or io_uring)\n"
     " -t, -- cache mode (none, writeback, writethrough, directsync, unsafe)\n"
@@ -164,7 +165,7 @@ const Command kCommands[] = {
     {"length", "l", &IoShell::cmd_length, 0, 0, 0, 0, nullptr, "gets the length of the current file", nullptr},
     {"map", nullptr, &IoShell::cmd_map, 0, 0, 0, 0, "", "prints the allocated areas of a file", nullptr},
     {"open", "o", &IoShell::cmd_open, 1, -1, kCmdNoFileOk, 0,
-     "[-rnU] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
+     "[-rnUC] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
      kOpenHelp},
     {"quit", "q", &IoShell::cmd_quit, -1, -1, kCmdGlobal, 0, nullptr, "exit the program", nullptr},
     {"read", "r", &IoShell::cmd_read, 2, -1, 0, 0, "[-abCqv] [-P pattern [-s off] [-l len]] off len",

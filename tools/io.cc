@@ -61,7 +61,7 @@ ImageOpenSpec default_open_spec()
 }
 
 // Applies option c (with argument arg) if it is one the command line and
-// 'open' share: -r, -n, -U, -f, -i, -t, -d. Returns 1 if applied, 0 if c is
+// 'open' share: -r, -n, -U, -C, -f, -i, -t, -d. Returns 1 if applied, 0 if c is
 // none of them, -1 after printing the error for a bad -i/-t/-d value.
 int apply_open_option(int c, const char *arg, ImageOpenSpec *spec)
 {
@@ -72,6 +72,7 @@ int apply_open_option(int c, const char *arg, ImageOpenSpec *spec)
         spec->cache.writethrough = false;
         return 1;
     case 'U': spec->force_share = true; return 1;
+    case 'C': spec->copy_on_read = true; return 1;
     case 'f': spec->format = arg; return 1;
     case 'i': {
         Result<BlockdevAioOptions> a = parse_aio_mode(arg);
@@ -265,7 +266,7 @@ int IoShell::cmd_open(int argc, char **argv)
     ImageOpenSpec spec = default_open_spec();
     nlohmann::json extra = nlohmann::json::object();
     int c;
-    while ((c = getopt(argc, argv, "rnUf:i:t:d:o:")) != -1) {
+    while ((c = getopt(argc, argv, "rnUCf:i:t:d:o:")) != -1) {
         if (c == 'o') {
             if (image_opts_) {
                 std::printf("--image-opts and 'open -o' are mutually exclusive\n");
@@ -361,6 +362,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         {"cache", required_argument, nullptr, 't'},
         {"image-opts", no_argument, nullptr, kOptImageOpts},
         {"force-share", no_argument, nullptr, 'U'},
+        {"copy-on-read", no_argument, nullptr, 'C'},
         {nullptr, 0, nullptr, 0},
     };
     ImageOpenSpec &spec = opts->spec;
@@ -368,7 +370,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
     opterr = 0;
     int c;
     // GNU getopt permutes: options may follow the image, as with qemu-io.
-    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmi:t:U", kLongOpts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmi:t:UC", kLongOpts, nullptr)) != -1) {
         switch (c) {
         case 'h': std::fputs(kUsage, stdout); return 0;
         case 'V': print_tool_version("blockgraph io"); return 0;

@@ -260,6 +260,7 @@ Status coroutine_fn Qcow2Node::co_open_image(const BlockdevOptionsQcow2 &o)
     l2_entry_size_ = h_.l2_entry_size();
     sc_per_cluster_ = h_.extended_l2() ? qcow2::kSubclustersPerCluster : 1;
     subcluster_bits_ = h_.extended_l2() ? cluster_bits_ - 5 : cluster_bits_;
+    copy_granularity_ = int64_t{1} << subcluster_bits_;
     csize_shift_ = 62 - (cluster_bits_ - 8);
     csize_mask_ = (1ULL << (cluster_bits_ - 8)) - 1;
     comp_offset_mask_ = (1ULL << csize_shift_) - 1;
@@ -450,6 +451,14 @@ int64_t coroutine_fn Qcow2Node::co_map_read_locked(uint64_t pos, uint64_t end, s
         pos += x.bytes;
     }
     return static_cast<int64_t>(pos);
+}
+
+int coroutine_fn Qcow2Node::do_co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov)
+{
+    const uint64_t base = qcow2::size_to_l1(size_, cluster_bits_, l2_bits_) << (cluster_bits_ + l2_bits_);
+    if (base > static_cast<uint64_t>(kMaxLength) - static_cast<uint64_t>(pos + bytes)) return -EIO;
+    const int64_t off = static_cast<int64_t>(base) + pos;
+    return write ? do_co_pwritev(off, bytes, qiov, 0) : do_co_preadv(off, bytes, qiov, 0);
 }
 
 // A read takes the metadata lock once (per kReadBatch extents): every

@@ -605,6 +605,10 @@ class Qcow2Node final : public BlockNode {
     void close() override;
     int coroutine_fn do_co_preadv(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
     int coroutine_fn do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFlags flags) override;
+    // The VM state lies past the disk, from the first L1 entry the virtual
+    // size does not need on (QEMU's layout), written and read through the
+    // normal cluster paths (the L1 table grows to cover it).
+    int coroutine_fn do_co_vmstate(bool write, int64_t pos, int64_t bytes, IOVector &qiov) override;
     int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags) override;
     int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override;
     int coroutine_fn do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags) override;

@@ -234,6 +234,10 @@ const char *app_check(const Stack &s)
 {
     return s.has_check ? nullptr : "qemu-img has no check for this stack's formats";
 }
+const char *app_readonly(const Stack &s)
+{
+    return s.readonly_open ? nullptr : "the stack cannot be opened read-only";
+}
 const char *app_events(const Stack &s)
 {
     return s.events ? nullptr : "no format driver above the image file with debug-events";
@@ -1534,7 +1538,7 @@ const std::vector<CaseDef> &all_cases()
         C("status", status_no_want_zero, 0, nullptr),
         C("status", status_eof, 0, nullptr),
         C("flush", flush_idle, 0, nullptr),
-        C("flush", flush_visible, W | kCapPersistent, nullptr),
+        C("flush", flush_visible, W | kCapPersistent, app_readonly),
         C("flush", flush_concurrent, W, nullptr),
         C("trunc", truncate_grow, 0, nullptr),
         C("trunc", truncate_shrink, 0, nullptr),
@@ -1545,10 +1549,10 @@ const std::vector<CaseDef> &all_cases()
         C("conc", conc_read_during_write, W, nullptr),
         C("conc", conc_disjoint, W, nullptr),
         C("conc", conc_zero_write, W, nullptr),
-        C("perm", perm_readonly_node, 0, nullptr),
+        C("perm", perm_readonly_node, 0, app_readonly),
         C("perm", perm_no_write_perm, 0, nullptr),
         C("perm", perm_conflict, W, nullptr),
-        C("perm", perm_lock_other_graph, W | kCapLocking, nullptr),
+        C("perm", perm_lock_other_graph, W | kCapLocking, app_readonly),
         C("fault", fault_read, W, nullptr),
         C("fault", fault_write, W, nullptr),
         C("fault", fault_write_immediately, W, nullptr),

@@ -183,6 +183,10 @@ void parse_stacks(const std::string &path)
             std::string w;
             while (ws >> w) {
                 if (w.size() < 2 || w[0] != '-') die(where + ": capability adjustment '" + w + "' must be -NAME");
+                if (w == "-readonly-open") {
+                    s.readonly_open = false;
+                    continue;
+                }
                 bool found = false;
                 for (const CapName &c : kCapNames) {
                     if (w.substr(1) == c.name) {
@@ -265,6 +269,13 @@ void collect_formats(const json &node, std::vector<json> *out)
 
 void strip_for_qemu(json &node)
 {
+    // A copy-on-read filter needs its child writable, and QEMU's tools read
+    // the pristine images read-only: they read the stack below it (the
+    // same data).
+    while (node.value("driver", "") == "copy-on-read" && node.contains("file") && node["file"].is_object()) {
+        json child = node["file"];
+        node = std::move(child);
+    }
     node.erase("node-name");
     node.erase("discard");
     for (const char *k : kDataChildKeys) {

@@ -61,6 +61,8 @@ struct Stack {
     bool has_backing = false;     // the top image has a backing file
     bool events = false;          // the format node above the metadata leaf fires blkdebug events
     bool data_apart = false;      // ... and reads guest data from another child (qcow2 data-file)
+    bool readonly_open = true;    // the stack opens read-only ("-readonly-open" in stacks.txt: no,
+                                  // e.g. copy-on-read, whose child must be writable)
 };
 
 extern std::vector<Stack> g_stacks;

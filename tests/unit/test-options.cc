@@ -90,6 +90,7 @@ const DriverCase kDriverCases[] = {
      "x-dirty-bitmap=qemu:dirty-bitmap:b,reconnect-delay=5,open-timeout=3",
      R"({"driver":"nbd","server":{"type":"inet","host":"h","port":"10809"},"export":"e","tls-creds":"t0",
          "tls-hostname":"x","x-dirty-bitmap":"qemu:dirty-bitmap:b","reconnect-delay":5,"open-timeout":3})"},
+    {"copy-on-read", "copy-on-read,file=f,bottom=b", R"({"driver":"copy-on-read","file":"f","bottom":"b"})"},
     {"test-mem", "test-mem,size=8k,align=512,max-transfer=2k,zero-align=1k,write-zeroes=off,file=n",
      R"({"driver":"test-mem","size":8192,"align":512,"max-transfer":2048,"zero-align":1024,
          "write-zeroes":false,"file":"n"})"},
