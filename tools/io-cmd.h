@@ -6,7 +6,8 @@
 //   tools/io-format.cc numbers (parse_num) and qemu-io's output formats
 //   tools/io-table.cc  the command table, its help texts, usage(), 'help'
 //   tools/io-rw.cc     I/O buffers, read/readv/write/writev, the aio_* family
-//   tools/io-misc.cc   discard, flush, truncate, length, map, alloc, sleep, quit
+//   tools/io-misc.cc   discard, flush, truncate, length, map, alloc, sleep, quit,
+//                      sigraise, abort
 //
 // Threading model: main thread only (see IoShell).
 #pragma once
@@ -156,6 +157,8 @@ class IoShell {
     int coroutine_fn cmd_alloc(int argc, char **argv);
     int coroutine_fn cmd_sleep(int argc, char **argv);
     int coroutine_fn cmd_quit(int argc, char **argv);
+    int coroutine_fn cmd_sigraise(int argc, char **argv);
+    [[noreturn]] int coroutine_fn cmd_abort(int argc, char **argv);
     // tools/io.cc
     int coroutine_fn cmd_open(int argc, char **argv);
     int coroutine_fn cmd_close(int argc, char **argv);

@@ -1,7 +1,8 @@
 // tools/io-misc.cc -- "blockgraph io": the commands other than data I/O and
-// the session: discard, flush, truncate, length, map, alloc, sleep, quit. See
-// tools/io-cmd.h.
+// the session: discard, flush, truncate, length, map, alloc, sleep, quit,
+// sigraise, abort. See tools/io-cmd.h.
 #include <getopt.h>
+#include <signal.h>
 
 #include <cerrno>
 #include <cinttypes>
@@ -225,6 +226,30 @@ int IoShell::cmd_quit(int, char **)
 {
     quit_ = true;
     return 0;
+}
+
+// Simulates a crash: the process sends itself the signal with nothing of
+// the image flushed or closed (only stdout and stderr are flushed, so that
+// the output so far is seen). A signal that does not end the process (0,
+// an ignored one) returns 0.
+int IoShell::cmd_sigraise(int, char **argv)
+{
+    int64_t sig = 0;
+    if (int r = parse_num(argv[1], &sig)) return r;
+    if (sig > NSIG) {
+        std::printf("signal argument '%s' is too large to be a valid signal\n", argv[1]);
+        return -EINVAL;
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
+    raise(static_cast<int>(sig));
+    return 0;
+}
+
+// Simulates a crash with abort(3): SIGABRT, nothing flushed or closed.
+int IoShell::cmd_abort(int, char **)
+{
+    std::abort();
 }
 
 } // namespace io

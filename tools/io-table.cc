@@ -137,6 +137,7 @@ const char kOpenHelp[] =
     " -r, -- open read-only\n"
     " -n, -- disable the host cache, short for -t none\n"
     " -U, -- force shared permissions\n"
+    " -k, -- native AIO, short for -i native\n"
     " -f, -- format of the image (default: probed)\n"
     " -i, -- AIO mode (threads, native or io_uring)\n"
     " -t, -- cache mode (none, writeback, writethrough, directsync, unsafe)\n"
@@ -144,7 +145,20 @@ const char kOpenHelp[] =
     " -o, -- options for the top node, keyval syntax\n"
     "\n";
 
+const char kSigraiseHelp[] =
+    "\n"
+    " sends the given signal to this process (to simulate a crash)\n"
+    "\n"
+    " Example:\n"
+    " 'sigraise 15' - raises SIGTERM\n"
+    "\n"
+    " The signal number is the only argument; stdout and stderr are flushed\n"
+    " first, the image is neither flushed nor closed.\n"
+    "\n";
+
 const Command kCommands[] = {
+    {"abort", nullptr, &IoShell::cmd_abort, 0, 0, kCmdNoFileOk, 0, nullptr,
+     "simulate a program crash using abort(3)", nullptr},
     {"aio_discard", nullptr, &IoShell::cmd_aio_discard, 2, -1, 0, kPermWrite, "[-Cq] off len",
      "asynchronously discards a number of bytes", kAioDiscardHelp},
     {"aio_flush", nullptr, &IoShell::cmd_aio_flush, 0, 0, 0, 0, nullptr, "completes all outstanding aio requests",
@@ -164,13 +178,15 @@ const Command kCommands[] = {
     {"length", "l", &IoShell::cmd_length, 0, 0, 0, 0, nullptr, "gets the length of the current file", nullptr},
     {"map", nullptr, &IoShell::cmd_map, 0, 0, 0, 0, "", "prints the allocated areas of a file", nullptr},
     {"open", "o", &IoShell::cmd_open, 1, -1, kCmdNoFileOk, 0,
-     "[-rnU] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
+     "[-rnkU] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
      kOpenHelp},
     {"quit", "q", &IoShell::cmd_quit, -1, -1, kCmdGlobal, 0, nullptr, "exit the program", nullptr},
     {"read", "r", &IoShell::cmd_read, 2, -1, 0, 0, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset", kReadHelp},
     {"readv", nullptr, &IoShell::cmd_readv, 2, -1, 0, 0, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", kReadvHelp},
+    {"sigraise", nullptr, &IoShell::cmd_sigraise, 1, 1, kCmdNoFileOk, 0, "signal", "raises a signal",
+     kSigraiseHelp},
     {"sleep", nullptr, &IoShell::cmd_sleep, 1, 1, kCmdNoFileOk, 0, nullptr,
      "waits for the given value in milliseconds", nullptr},
     {"truncate", "t", &IoShell::cmd_truncate, 1, 3, 0, kPermWrite | kPermResize, "[-m prealloc_mode] off",

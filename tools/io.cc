@@ -61,7 +61,7 @@ ImageOpenSpec default_open_spec()
 }
 
 // Applies option c (with argument arg) if it is one the command line and
-// 'open' share: -r, -n, -U, -f, -i, -t, -d. Returns 1 if applied, 0 if c is
+// 'open' share: -r, -n, -U, -f, -k, -i, -t, -d. Returns 1 if applied, 0 if c is
 // none of them, -1 after printing the error for a bad -i/-t/-d value.
 int apply_open_option(int c, const char *arg, ImageOpenSpec *spec)
 {
@@ -73,6 +73,7 @@ int apply_open_option(int c, const char *arg, ImageOpenSpec *spec)
         return 1;
     case 'U': spec->force_share = true; return 1;
     case 'f': spec->format = arg; return 1;
+    case 'k': spec->aio = BlockdevAioOptions::kNative; return 1;
     case 'i': {
         Result<BlockdevAioOptions> a = parse_aio_mode(arg);
         if (!a) {
@@ -265,7 +266,7 @@ int IoShell::cmd_open(int argc, char **argv)
     ImageOpenSpec spec = default_open_spec();
     nlohmann::json extra = nlohmann::json::object();
     int c;
-    while ((c = getopt(argc, argv, "rnUf:i:t:d:o:")) != -1) {
+    while ((c = getopt(argc, argv, "rnUkf:i:t:d:o:")) != -1) {
         if (c == 'o') {
             if (image_opts_) {
                 std::printf("--image-opts and 'open -o' are mutually exclusive\n");
@@ -325,6 +326,7 @@ const char kUsage[] =
     "  -t, --cache MODE     none, writeback, writethrough (default),\n"
     "                       directsync or unsafe\n"
     "  -i, --aio MODE       threads, io_uring (default) or native\n"
+    "  -k, --native-aio     short for -i native\n"
     "  -d, --discard MODE   ignore or unmap (default)\n"
     "  -m, --misalign       misalign I/O buffers by 16 bytes\n"
     "  -h, --help           show this help\n"
@@ -361,6 +363,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         {"cache", required_argument, nullptr, 't'},
         {"image-opts", no_argument, nullptr, kOptImageOpts},
         {"force-share", no_argument, nullptr, 'U'},
+        {"native-aio", no_argument, nullptr, 'k'},
         {nullptr, 0, nullptr, 0},
     };
     ImageOpenSpec &spec = opts->spec;
@@ -368,7 +371,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
     opterr = 0;
     int c;
     // GNU getopt permutes: options may follow the image, as with qemu-io.
-    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmi:t:U", kLongOpts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmki:t:U", kLongOpts, nullptr)) != -1) {
         switch (c) {
         case 'h': std::fputs(kUsage, stdout); return 0;
         case 'V': print_tool_version("blockgraph io"); return 0;
