@@ -41,6 +41,7 @@
 #include "tools/objects.h"
 #include "tools/image-open.h"
 #include "tools/io-cmd.h"
+#include "tools/trace-opt.h"
 #include "tools/dropin.h"
 #include "util/aio.h"
 
@@ -329,6 +330,9 @@ const char kUsage[] =
     "  -k, --native-aio     short for -i native\n"
     "  -d, --discard MODE   ignore or unmap (default)\n"
     "  -m, --misalign       misalign I/O buffers by 16 bytes\n"
+    "  -T, --trace [[enable=]PATTERN][,events=FILE][,file=FILE]\n"
+    "                       accepted as QEMU's tools accept it; there are no\n"
+    "                       trace events to enable (docs/io.md)\n"
     "  -h, --help           show this help\n"
     "  -V, --version        show the version\n"
     "\n"
@@ -364,6 +368,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         {"image-opts", no_argument, nullptr, kOptImageOpts},
         {"force-share", no_argument, nullptr, 'U'},
         {"native-aio", no_argument, nullptr, 'k'},
+        {"trace", required_argument, nullptr, 'T'},
         {nullptr, 0, nullptr, 0},
     };
     ImageOpenSpec &spec = opts->spec;
@@ -371,13 +376,18 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
     opterr = 0;
     int c;
     // GNU getopt permutes: options may follow the image, as with qemu-io.
-    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmki:t:U", kLongOpts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmki:t:T:U", kLongOpts, nullptr)) != -1) {
         switch (c) {
         case 'h': std::fputs(kUsage, stdout); return 0;
         case 'V': print_tool_version("blockgraph io"); return 0;
         case 'c': opts->cmds.emplace_back(optarg); continue;
         case 'm': opts->misalign = true; continue;
         case kOptImageOpts: spec.image_opts = true; continue;
+        case 'T': {
+            int t = parse_trace_option(optarg, kProg);
+            if (t >= 0) return t;
+            continue;
+        }
         default: break;
         }
         int r = apply_open_option(c, optarg, &spec);
@@ -387,7 +397,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         // getopt's own wording (as qemu-io prints it), then a pointer to the help.
         if (optopt && optopt < 256) {
             std::fprintf(stderr, "%s: %s -- '%c'\n", kProg,
-                         std::strchr("cdfit", optopt) ? "option requires an argument" : "invalid option", optopt);
+                         std::strchr("cdfitT", optopt) ? "option requires an argument" : "invalid option", optopt);
         } else {
             std::fprintf(stderr, "%s: unrecognized option '%s'\n", kProg, argv[optind - 1]);
         }
