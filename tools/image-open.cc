@@ -13,9 +13,14 @@
 // "blockdev: file: " path that is noise when the user wrote no options).
 #include "tools/image-open.h"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "block/block.h"
+#include "block/image-mgmt.h"
 #include "qapi/block-parse.h"
 #include "qapi/keyval.h"
 
@@ -208,8 +213,42 @@ OpenImage::~OpenImage()
     graph.reset();
 }
 
-Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
+Result<BlockNode *> add_temp_overlay(BlockGraph &graph, BlockNode *base, const std::string &node_name,
+                                     const json &extra)
 {
+    const char *tmpdir = getenv("TMPDIR");
+    std::string path = std::string(tmpdir && *tmpdir ? tmpdir : "/var/tmp") + "/blockgraph-overlay-XXXXXX";
+    int fd = mkstemp(path.data());
+    if (fd < 0) return errno_error(errno, "Could not get temporary filename");
+    close(fd);
+    ImgCreateParams p;
+    p.fmt = "qcow2";
+    p.filename = path;
+    p.opts.opts.emplace_back("size", std::to_string(base->getlength()));
+    Status st = img_create(graph.registry(), p);
+    if (!st.ok()) {
+        unlink(path.c_str());
+        return st.error().prefixed("Could not create temporary overlay '" + path + "'");
+    }
+    json tree = {
+        {"driver", "qcow2"},
+        {"node-name", node_name},
+        {"file", {{"driver", "file"}, {"filename", path}, {"cache", {{"no-flush", true}}}}},
+        {"backing", base->node_name()},
+    };
+    if (extra.is_object()) merge_into(tree, extra);
+    Result<BlockNode *> n = graph.add_node_json(tree);
+    unlink(path.c_str());   // the open file stays; nothing is left behind at exit
+    if (!n) return n.error().prefixed("Could not open temporary overlay");
+    return n.value();
+}
+
+Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec_in)
+{
+    // -s: the image itself is only read; the overlay added in step 5 takes
+    // the writes (and spec_in.read_only says whether it may).
+    ImageOpenSpec spec = spec_in;
+    if (spec.snapshot) spec.read_only = true;
     if (spec.image_opts && !spec.format.empty()) {
         return make_error(EINVAL, "--image-opts and -f are mutually exclusive");
     }
@@ -311,6 +350,20 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
     Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair, need_probe);
     if (!root) return plain ? plain_error(root.error()) : root.error();
     img->root = root.value();
+    if (spec_in.snapshot) {
+        // The tool-wide switches apply to the overlay and its file as to the
+        // image (the file keeps skipping flushes to disk).
+        json extra = {{"driver", "qcow2"},
+                      {"file", {{"driver", "file"}, {"filename", "-"}, {"cache", {{"no-flush", true}}}}}};
+        BG_TRY(apply_defaults(registry, extra, spec_in, false, spec.discard));
+        extra.erase("driver");
+        extra["file"].erase("filename");
+        Result<BlockNode *> top = add_temp_overlay(*img->graph, img->root, "snapshot-overlay", extra);
+        if (!top) return top.error();
+        img->root = top.value();
+        img->probed_raw = false;   // the image below is not written
+        spec.read_only = spec_in.read_only;
+    }
 
     // 5. The consumer. A description that makes the top node read-only
     // without -r is refused as in QEMU's tools, whose backend asks for write

@@ -135,6 +135,7 @@ const char kOpenHelp[] =
     " 'open -f raw -t none /tmp/data' - opens a raw image read-write, uncached\n"
     "\n"
     " -r, -- open read-only\n"
+    " -s, -- snapshot mode: writes go to a temporary overlay, deleted at close\n"
     " -n, -- disable the host cache, short for -t none\n"
     " -U, -- force shared permissions\n"
     " -k, -- native AIO, short for -i native\n"
@@ -178,7 +179,7 @@ const Command kCommands[] = {
     {"length", "l", &IoShell::cmd_length, 0, 0, 0, 0, nullptr, "gets the length of the current file", nullptr},
     {"map", nullptr, &IoShell::cmd_map, 0, 0, 0, 0, "", "prints the allocated areas of a file", nullptr},
     {"open", "o", &IoShell::cmd_open, 1, -1, kCmdNoFileOk, 0,
-     "[-rnkU] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
+     "[-rsnkU] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
      kOpenHelp},
     {"quit", "q", &IoShell::cmd_quit, -1, -1, kCmdGlobal, 0, nullptr, "exit the program", nullptr},
     {"read", "r", &IoShell::cmd_read, 2, -1, 0, 0, "[-abCqv] [-P pattern [-s off] [-l len]] off len",

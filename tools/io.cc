@@ -62,12 +62,13 @@ ImageOpenSpec default_open_spec()
 }
 
 // Applies option c (with argument arg) if it is one the command line and
-// 'open' share: -r, -n, -U, -f, -k, -i, -t, -d. Returns 1 if applied, 0 if c is
+// 'open' share: -r, -s, -n, -U, -f, -k, -i, -t, -d. Returns 1 if applied, 0 if c is
 // none of them, -1 after printing the error for a bad -i/-t/-d value.
 int apply_open_option(int c, const char *arg, ImageOpenSpec *spec)
 {
     switch (c) {
     case 'r': spec->read_only = true; return 1;
+    case 's': spec->snapshot = true; return 1;
     case 'n':
         spec->cache.direct = true;
         spec->cache.writethrough = false;
@@ -267,7 +268,7 @@ int IoShell::cmd_open(int argc, char **argv)
     ImageOpenSpec spec = default_open_spec();
     nlohmann::json extra = nlohmann::json::object();
     int c;
-    while ((c = getopt(argc, argv, "rnUkf:i:t:d:o:")) != -1) {
+    while ((c = getopt(argc, argv, "rsnUkf:i:t:d:o:")) != -1) {
         if (c == 'o') {
             if (image_opts_) {
                 std::printf("--image-opts and 'open -o' are mutually exclusive\n");
@@ -322,6 +323,7 @@ const char kUsage[] =
     "      --object SPEC    tls-creds-x509|tls-creds-psk|authz-simple,id=ID,...:\n"
     "                       TLS credentials for an nbd image (docs/nbd.md)\n"
     "  -r, --read-only      open the image read-only\n"
+    "  -s, --snapshot       writes go to a temporary overlay, deleted at exit\n"
     "  -U, --force-share    share all permissions with other users (needs -r)\n"
     "  -n, --nocache        disable the host cache, short for -t none\n"
     "  -t, --cache MODE     none, writeback, writethrough (default),\n"
@@ -360,6 +362,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         {"cmd", required_argument, nullptr, 'c'},
         {"format", required_argument, nullptr, 'f'},
         {"read-only", no_argument, nullptr, 'r'},
+        {"snapshot", no_argument, nullptr, 's'},
         {"nocache", no_argument, nullptr, 'n'},
         {"misalign", no_argument, nullptr, 'm'},
         {"aio", required_argument, nullptr, 'i'},
@@ -376,7 +379,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
     opterr = 0;
     int c;
     // GNU getopt permutes: options may follow the image, as with qemu-io.
-    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmki:t:T:U", kLongOpts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVc:d:f:rsnmki:t:T:U", kLongOpts, nullptr)) != -1) {
         switch (c) {
         case 'h': std::fputs(kUsage, stdout); return 0;
         case 'V': print_tool_version("blockgraph io"); return 0;

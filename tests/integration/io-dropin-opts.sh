@@ -1,7 +1,9 @@
 #!/bin/bash
 # tests/integration/io-dropin-opts.sh -- qemu-io command-line options that
-# drop-in scripts use, against the real qemu-io: -T/--trace (accepted and
-# checked as qemu-io does; we have no trace events). Outputs, exit statuses
+# drop-in scripts use, against the real qemu-io: -s/--snapshot and "open -s"
+# (writes go to a temporary overlay: the image is unchanged, no file is left
+# in $TMPDIR, even after a kill); -T/--trace (accepted and checked as
+# qemu-io does; we have no trace events). Outputs, exit statuses
 # and images must match qemu-io's (see io-lib.sh).
 #
 # Needs BLOCKGRAPH, qemu-io and qemu-img (exit 77 without them, unless CI).
@@ -42,5 +44,37 @@ else
     bad "-T help: status $rc, output '$out'"
 fi
 OPTS=()
+
+echo "-s / --snapshot"
+export TMPDIR=$WORK/tmp
+mkdir -p "$TMPDIR"
+tmp_empty() {
+    if [ -z "$(ls -A "$TMPDIR")" ]; then ok "$1: nothing left in \$TMPDIR"; else bad "$1: left $(ls -A "$TMPDIR")"; fi
+}
+for fmt in raw qcow2; do
+    fresh_images $fmt 1M
+    (cd "$WORK/q" && qemu-io -f $fmt -c 'write -P 1 0 64k' -c 'write -P 2 192k 4k' img.$fmt >/dev/null)
+    cp "$WORK/q/img.$fmt" "$WORK/b/img.$fmt"
+    before=$(md5sum <"$WORK/b/img.$fmt")
+    OPTS=(-f $fmt -s)
+    compare "$fmt -s: writes and reads through the overlay, info, map" \
+        'write -P 3 4k 4k' 'read -P 3 4k 4k' 'read -P 1 0 4k' 'read -P 1 8k 56k' 'read -P 2 192k 4k' \
+        'write -z 192k 4k' 'read -P 0 192k 4k' 'info' 'map' 'length' 'discard 0 64k' 'read -P 1 0 4k'
+    OPTS=(-f $fmt --snapshot -r)
+    compare "$fmt --snapshot -r: the overlay is read-only" 'read -P 1 0 4k' 'write 0 4k'
+    OPTS=(-f $fmt -s)
+    compare "$fmt -s, killed" 'write -P 4 0 4k' 'sigraise 9'
+    [ "$(md5sum <"$WORK/b/img.$fmt")" = "$before" ] && ok "$fmt -s: the image is unchanged" ||
+        bad "$fmt -s: the image changed"
+    tmp_empty "$fmt -s"
+done
+OPTS=()
+IMAGE_ARG=none
+compare "open -s, close, open: the writes are gone" \
+    'open -s -o driver=qcow2 img.qcow2' 'write -P 5 0 4k' 'read -P 5 0 4k' 'close' \
+    'open -o driver=qcow2 img.qcow2' 'read -P 1 0 4k' 'close' 'open -s -r -o driver=qcow2 img.qcow2' 'write 0 1'
+IMAGE_ARG=
+tmp_empty "open -s"
+unset TMPDIR
 
 finish
