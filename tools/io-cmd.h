@@ -8,6 +8,7 @@
 //   tools/io-rw.cc     I/O buffers, read/readv/write/writev, the aio_* family
 //   tools/io-misc.cc   discard, flush, truncate, length, map, alloc, sleep, quit,
 //                      sigraise, abort
+//   tools/io-reopen.cc 'reopen'
 //
 // Threading model: main thread only (see IoShell).
 #pragma once
@@ -162,6 +163,8 @@ class IoShell {
     // tools/io.cc
     int coroutine_fn cmd_open(int argc, char **argv);
     int coroutine_fn cmd_close(int argc, char **argv);
+    // tools/io-reopen.cc
+    int coroutine_fn cmd_reopen(int argc, char **argv);
     // tools/io-table.cc
     int coroutine_fn cmd_help(int argc, char **argv);
 

@@ -146,6 +146,18 @@ const char kOpenHelp[] =
     " -o, -- options for the top node, keyval syntax\n"
     "\n";
 
+const char kReopenHelp[] =
+    "\n"
+    " changes the options of the open image\n"
+    "\n"
+    " Example:\n"
+    " 'reopen -o lazy-refcounts=on' - turns lazy refcounts on for a qcow2 image\n"
+    "\n"
+    " -r, -- make the image read-only\n"
+    " -w, -- make the image read-write\n"
+    " -c, -- change the cache mode (none, writeback, writethrough, directsync, unsafe)\n"
+    " -o, -- options of the top node to change, keyval syntax (as for 'open')\n"
+    "\n";
 const char kSigraiseHelp[] =
     "\n"
     " sends the given signal to this process (to simulate a crash)\n"
@@ -186,6 +198,8 @@ const Command kCommands[] = {
      "reads a number of bytes at a specified offset", kReadHelp},
     {"readv", nullptr, &IoShell::cmd_readv, 2, -1, 0, 0, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", kReadvHelp},
+    {"reopen", nullptr, &IoShell::cmd_reopen, 0, -1, 0, 0, "[(-r|-w)] [-c cache] [-o options]",
+     "reopens an image with new options", kReopenHelp},
     {"sigraise", nullptr, &IoShell::cmd_sigraise, 1, 1, kCmdNoFileOk, 0, "signal", "raises a signal",
      kSigraiseHelp},
     {"sleep", nullptr, &IoShell::cmd_sleep, 1, 1, kCmdNoFileOk, 0, nullptr,
