@@ -243,12 +243,31 @@ Result<BlockNode *> add_temp_overlay(BlockGraph &graph, BlockNode *base, const s
     return n.value();
 }
 
+namespace {
+
+// -s: the temporary overlay over img->root becomes the top node. The
+// tool-wide switches of spec apply to it and its file as to the image (the
+// file keeps skipping flushes to disk).
+Status add_snapshot_overlay(OpenImage *img, const ImageOpenSpec &spec)
+{
+    json extra = {{"driver", "qcow2"},
+                  {"file", {{"driver", "file"}, {"filename", "-"}, {"cache", {{"no-flush", true}}}}}};
+    BG_TRY(apply_defaults(img->graph->registry(), extra, spec, false, spec.discard));
+    extra.erase("driver");
+    extra["file"].erase("filename");
+    Result<BlockNode *> top = add_temp_overlay(*img->graph, img->root, "snapshot-overlay", extra);
+    if (!top) return top.error();
+    img->root = top.value();
+    img->probed_raw = false;   // the image below is not written
+    return {};
+}
+
+} // namespace
+
 Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec_in)
 {
-    // -s: the image itself is only read; the overlay added in step 5 takes
-    // the writes (and spec_in.read_only says whether it may).
-    ImageOpenSpec spec = spec_in;
-    if (spec.snapshot) spec.read_only = true;
+    ImageOpenSpec spec = spec_in;   // -s: the image is only read (the overlay takes the writes)
+    spec.read_only = spec.read_only || spec.snapshot;
     if (spec.image_opts && !spec.format.empty()) {
         return make_error(EINVAL, "--image-opts and -f are mutually exclusive");
     }
@@ -350,20 +369,8 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec_in)
     Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair, need_probe);
     if (!root) return plain ? plain_error(root.error()) : root.error();
     img->root = root.value();
-    if (spec_in.snapshot) {
-        // The tool-wide switches apply to the overlay and its file as to the
-        // image (the file keeps skipping flushes to disk).
-        json extra = {{"driver", "qcow2"},
-                      {"file", {{"driver", "file"}, {"filename", "-"}, {"cache", {{"no-flush", true}}}}}};
-        BG_TRY(apply_defaults(registry, extra, spec_in, false, spec.discard));
-        extra.erase("driver");
-        extra["file"].erase("filename");
-        Result<BlockNode *> top = add_temp_overlay(*img->graph, img->root, "snapshot-overlay", extra);
-        if (!top) return top.error();
-        img->root = top.value();
-        img->probed_raw = false;   // the image below is not written
-        spec.read_only = spec_in.read_only;
-    }
+    if (spec_in.snapshot) BG_TRY(add_snapshot_overlay(img.get(), spec_in));
+    spec.read_only = spec_in.read_only;
 
     // 5. The consumer. A description that makes the top node read-only
     // without -r is refused as in QEMU's tools, whose backend asks for write
