@@ -7,7 +7,7 @@
 //   tools/io-table.cc  the command table, its help texts, usage(), 'help'
 //   tools/io-rw.cc     I/O buffers, read/readv/write/writev, the aio_* family
 //   tools/io-misc.cc   discard, flush, truncate, length, map, alloc, sleep, quit,
-//                      sigraise, abort
+//                      sigraise, abort, break, remove_break, resume, wait_break
 //   tools/io-reopen.cc 'reopen'
 //
 // Threading model: main thread only (see IoShell).
@@ -159,6 +159,10 @@ class IoShell {
     int coroutine_fn cmd_sleep(int argc, char **argv);
     int coroutine_fn cmd_quit(int argc, char **argv);
     int coroutine_fn cmd_sigraise(int argc, char **argv);
+    int coroutine_fn cmd_break(int argc, char **argv);
+    int coroutine_fn cmd_remove_break(int argc, char **argv);
+    int coroutine_fn cmd_resume(int argc, char **argv);
+    int coroutine_fn cmd_wait_break(int argc, char **argv);
     [[noreturn]] int coroutine_fn cmd_abort(int argc, char **argv);
     // tools/io.cc
     int coroutine_fn cmd_open(int argc, char **argv);

@@ -1,6 +1,6 @@
 // tools/io-misc.cc -- "blockgraph io": the commands other than data I/O and
 // the session: discard, flush, truncate, length, map, alloc, sleep, quit,
-// sigraise, abort. See tools/io-cmd.h.
+// sigraise, abort, the blkdebug breakpoint commands. See tools/io-cmd.h.
 #include <getopt.h>
 #include <signal.h>
 
@@ -225,6 +225,38 @@ int IoShell::cmd_sleep(int, char **argv)
 int IoShell::cmd_quit(int, char **)
 {
     quit_ = true;
+    return 0;
+}
+
+// blkdebug breakpoints (BlockNode::debug_set_breakpoint and friends, found
+// down the top node's primary children). Errors are printed to stdout, as
+// qemu-io prints them, and fail the command.
+int IoShell::cmd_break(int, char **argv)
+{
+    int r = img_->root->debug_set_breakpoint(argv[1], argv[2]);
+    if (r < 0) std::printf("Could not set breakpoint: %s\n", std::strerror(-r));
+    return r;
+}
+
+int IoShell::cmd_remove_break(int, char **argv)
+{
+    int r = img_->root->debug_remove_breakpoint(argv[1]);
+    if (r < 0) std::printf("Could not remove breakpoint %s: %s\n", argv[1], std::strerror(-r));
+    return r;
+}
+
+int IoShell::cmd_resume(int, char **argv)
+{
+    int r = img_->root->debug_resume_request(argv[1]);
+    if (r < 0) std::printf("Could not resume request: %s\n", std::strerror(-r));
+    return r;
+}
+
+// Lets the loop run (aio requests progress) until a request is suspended at
+// the tag; as in qemu-io, forever if none ever is (e.g. no blkdebug node).
+int IoShell::cmd_wait_break(int, char **argv)
+{
+    while (!img_->root->debug_is_suspended(argv[1])) co_sleep_ns(1000000);
     return 0;
 }
 
