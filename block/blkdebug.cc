@@ -27,10 +27,22 @@
 //  - set-state rules change the state when their event fires while in
 //    their state (0 = any); all rules of one event see the state from
 //    before the event.
+//  - Breakpoints (debug_set_breakpoint, qemu-io's "break EVENT TAG"): the
+//    next request whose coroutine raises EVENT here (in any state) removes
+//    the breakpoint and is suspended: debug_event() prints "blkdebug:
+//    Suspended request 'TAG'" to stdout and yields until resumed
+//    (debug_resume_request: the latest request suspended at TAG;
+//    debug_remove_breakpoint: all of them), which prints "blkdebug:
+//    Resuming request 'TAG'" and enters the request's coroutine. Several
+//    breakpoints on one event suspend the request at each tag at once; it
+//    yields once per tag. Events raised outside a coroutine never suspend.
+//    Breakpoints are set, resumed and queried from the main loop.
 //
 // Threading: the rule state is guarded by lock_ (requests and events may
 // come from several threads); lock_ is never held across a yield.
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -467,8 +479,14 @@ class BlkdebugNode final : public FilterNode {
     void debug_event(const char *event) override
     {
         process_event(event);
+        if (in_coroutine()) suspend_at_breakpoints(event);
         BlockNode::debug_event(event);
     }
+
+    int do_debug_set_breakpoint(const std::string &event, const std::string &tag) override;
+    int do_debug_remove_breakpoint(const std::string &tag) override;
+    int do_debug_resume_request(const std::string &tag) override;
+    bool do_debug_is_suspended(const std::string &tag) override;
 
     // Requests that bypass the node would bypass its rules.
     int do_passthrough_fd(bool write, std::string *why) override
@@ -479,7 +497,19 @@ class BlkdebugNode final : public FilterNode {
     }
 
   private:
+    struct Breakpoint {
+        std::string event;
+        std::string tag;
+    };
+    struct Suspended {
+        std::string tag;
+        Coroutine *co;
+    };
+
     void process_event(const char *event);
+    void coroutine_fn suspend_at_breakpoints(const char *event);
+    // Removes the suspended request at index i and enters its coroutine.
+    void resume_at(size_t i);
     int coroutine_fn rule_check(int64_t offset, int64_t bytes, BlkdebugIoType iotype);
     bool rule_matches(InjectRule &r, uint64_t offset, uint64_t bytes, uint32_t bit, bool check_state);
 
@@ -493,6 +523,8 @@ class BlkdebugNode final : public FilterNode {
     std::vector<BlkdebugSetState> set_state_;
     std::vector<size_t> armed_;              // indices into rules_ armed by the last event
     int64_t state_ = 1;
+    std::vector<Breakpoint> breakpoints_;    // in the order set
+    std::vector<Suspended> suspended_;       // in the order suspended
 };
 
 Status BlkdebugNode::open(const BlockdevOptions &opts)
@@ -582,6 +614,88 @@ void BlkdebugNode::process_event(const char *event)
         new_state = s.new_state;
     }
     state_ = new_state;
+}
+
+void coroutine_fn BlkdebugNode::suspend_at_breakpoints(const char *event)
+{
+    // Every breakpoint on the event fires at once (the latest set first):
+    // the request is suspended at each tag, and yields once per tag.
+    size_t count = 0;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        for (size_t i = breakpoints_.size(); i-- > 0;) {
+            if (breakpoints_[i].event != event) continue;
+            std::printf("blkdebug: Suspended request '%s'\n", breakpoints_[i].tag.c_str());
+            suspended_.push_back({breakpoints_[i].tag, coroutine_self()});
+            breakpoints_.erase(breakpoints_.begin() + static_cast<std::ptrdiff_t>(i));
+            count++;
+        }
+    }
+    while (count-- > 0) coroutine_yield();
+}
+
+int BlkdebugNode::do_debug_set_breakpoint(const std::string &event, const std::string &tag)
+{
+    if (!event_valid(event)) return -ENOENT;
+    std::lock_guard<std::mutex> g(lock_);
+    breakpoints_.push_back({event, tag});
+    return 0;
+}
+
+void BlkdebugNode::resume_at(size_t i)
+{
+    Coroutine *co;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        std::printf("blkdebug: Resuming request '%s'\n", suspended_[i].tag.c_str());
+        co = suspended_[i].co;
+        suspended_.erase(suspended_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    AioContext::current()->co_enter(co);
+}
+
+int BlkdebugNode::do_debug_resume_request(const std::string &tag)
+{
+    size_t i;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        for (i = suspended_.size(); i > 0 && suspended_[i - 1].tag != tag; i--) {
+        }
+        if (i == 0) return -ENOENT;
+    }
+    resume_at(i - 1);
+    return 0;
+}
+
+int BlkdebugNode::do_debug_remove_breakpoint(const std::string &tag)
+{
+    // The requests suspended at the tag are resumed, but only removing a
+    // breakpoint counts as success (as in QEMU).
+    for (;;) {
+        size_t i;
+        {
+            std::lock_guard<std::mutex> g(lock_);
+            for (i = suspended_.size(); i > 0 && suspended_[i - 1].tag != tag; i--) {
+            }
+        }
+        if (i == 0) break;
+        resume_at(i - 1);
+    }
+    std::lock_guard<std::mutex> g(lock_);
+    const size_t before = breakpoints_.size();
+    breakpoints_.erase(std::remove_if(breakpoints_.begin(), breakpoints_.end(),
+                                      [&tag](const Breakpoint &b) { return b.tag == tag; }),
+                       breakpoints_.end());
+    return breakpoints_.size() != before ? 0 : -ENOENT;
+}
+
+bool BlkdebugNode::do_debug_is_suspended(const std::string &tag)
+{
+    std::lock_guard<std::mutex> g(lock_);
+    for (const Suspended &s : suspended_) {
+        if (s.tag == tag) return true;
+    }
+    return false;
 }
 
 // REQUIRES lock_ held.

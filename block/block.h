@@ -147,6 +147,24 @@ class BlockNode : public DriverHooks {
     bool reaches(const BlockNode *n) const;
     // The node whose data this node filters (filters only), else nullptr.
     virtual BdrvChild *filtered_child() const;
+
+    // blkdebug breakpoints (qemu-io's break, remove_break, resume,
+    // wait_break): the first node down the chain of primary children whose
+    // driver has breakpoints answers. Main loop, outside the requests; do
+    // not yield, except that resuming enters the suspended request's
+    // coroutine, which runs until it yields or completes. Return 0 or a
+    // negative errno: -ENOTSUP without such a node; blkdebug's -ENOENT for
+    // an unknown event name or tag.
+    //   debug_set_breakpoint: the next request (of any kind) that raises
+    //     event at that node is suspended and tagged tag (one-shot).
+    //   debug_remove_breakpoint: removes tag's breakpoints and resumes the
+    //     requests suspended at it; -ENOENT if no breakpoint was removed.
+    //   debug_resume_request: resumes one request suspended at tag.
+    //   debug_is_suspended: whether a request is suspended at tag.
+    int debug_set_breakpoint(const std::string &event, const std::string &tag);
+    int debug_remove_breakpoint(const std::string &tag);
+    int debug_resume_request(const std::string &tag);
+    bool debug_is_suspended(const std::string &tag);
     // A host file descriptor whose bytes are this node's 1:1 (same offsets,
     // same length, through the host page cache), for consumers that hand
     // the file to the kernel (FUSE passthrough); for write, one open for

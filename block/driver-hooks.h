@@ -148,8 +148,18 @@ class DriverHooks {
     virtual void abort_perm();
     // A driver event from a parent (blkdebug's "event" rules: QEMU's
     // BlkdebugEvent names such as "l2_update"). May come from any thread;
-    // must not yield. Default: passes it on to every child.
+    // must not yield, except at a blkdebug breakpoint (below). Default:
+    // passes it on to every child.
     virtual void debug_event(const char *event);
+    // Breakpoints (BlockNode::debug_set_breakpoint etc.; same contracts).
+    // Defaults: ask the primary child (file_child()), or -ENOTSUP / false
+    // without one. A driver with breakpoints (blkdebug) suspends a request
+    // in debug_event(), which then yields: only there, and only when
+    // called from a request's coroutine.
+    virtual int do_debug_set_breakpoint(const std::string &event, const std::string &tag);
+    virtual int do_debug_remove_breakpoint(const std::string &tag);
+    virtual int do_debug_resume_request(const std::string &tag);
+    virtual bool do_debug_is_suspended(const std::string &tag);
     // The host file descriptor whose bytes are this node's 1:1, for
     // BlockNode::passthrough_fd() (which has checked detect-zeroes is off
     // here); for write, a descriptor open for writing. Filters ask their

@@ -262,6 +262,38 @@ void DriverHooks::debug_event(const char *event)
 
 void BdrvChild::debug_event(const char *event) { bs_->debug_event(event); }
 
+int DriverHooks::do_debug_set_breakpoint(const std::string &event, const std::string &tag)
+{
+    BdrvChild *c = self()->file_child();
+    return c ? c->node()->debug_set_breakpoint(event, tag) : -ENOTSUP;
+}
+
+int DriverHooks::do_debug_remove_breakpoint(const std::string &tag)
+{
+    BdrvChild *c = self()->file_child();
+    return c ? c->node()->debug_remove_breakpoint(tag) : -ENOTSUP;
+}
+
+int DriverHooks::do_debug_resume_request(const std::string &tag)
+{
+    BdrvChild *c = self()->file_child();
+    return c ? c->node()->debug_resume_request(tag) : -ENOTSUP;
+}
+
+bool DriverHooks::do_debug_is_suspended(const std::string &tag)
+{
+    BdrvChild *c = self()->file_child();
+    return c ? c->node()->debug_is_suspended(tag) : false;
+}
+
+int BlockNode::debug_set_breakpoint(const std::string &event, const std::string &tag)
+{
+    return do_debug_set_breakpoint(event, tag);
+}
+int BlockNode::debug_remove_breakpoint(const std::string &tag) { return do_debug_remove_breakpoint(tag); }
+int BlockNode::debug_resume_request(const std::string &tag) { return do_debug_resume_request(tag); }
+bool BlockNode::debug_is_suspended(const std::string &tag) { return do_debug_is_suspended(tag); }
+
 // ---------------------------------------------------------------- permissions
 
 // Recomputes this node's cumulative permissions from its parents, checks

@@ -1,5 +1,7 @@
 // The raw format driver (QEMU block/raw-format.c): the image is its file
-// child's bytes, optionally a window [offset, offset+size) of them.
+// child's bytes, optionally a window [offset, offset+size) of them. Reads
+// and writes tell the file child "read_aio" / "write_aio" first (blkdebug
+// rules on those events fire for raw images, as in QEMU).
 //
 // Threading: options are immutable after open; probed-raw writes touching
 // sector 0 are serialised by a CoMutex; everything else is stateless.
@@ -181,6 +183,7 @@ int coroutine_fn RawFormatNode::do_co_preadv(int64_t offset, int64_t bytes, IOVe
 {
     int ret = adjust_offset(&offset, bytes, false);
     if (ret) return ret;
+    filtered_->debug_event("read_aio");
     return filtered_->co_preadv(offset, bytes, qiov, flags);
 }
 
@@ -190,6 +193,7 @@ int coroutine_fn RawFormatNode::do_co_pwritev(int64_t offset, int64_t bytes, IOV
     int ret = adjust_offset(&file_offset, bytes, true);
     if (ret) return ret;
     if (!probed_ || offset >= static_cast<int64_t>(kProbeBufSize) || bytes == 0) {
+        filtered_->debug_event("write_aio");
         return filtered_->co_pwritev(file_offset, bytes, qiov, flags);
     }
 
@@ -197,6 +201,7 @@ int coroutine_fn RawFormatNode::do_co_pwritev(int64_t offset, int64_t bytes, IOV
     uint8_t sector0[kProbeBufSize];
     ret = check_probed_write(offset, bytes, &qiov, sector0);
     if (ret < 0) return ret;
+    filtered_->debug_event("write_aio");
     // Write the checked copy: the caller might change its buffer meanwhile.
     size_t head = static_cast<size_t>(
         (offset + bytes < static_cast<int64_t>(kProbeBufSize) ? offset + bytes : kProbeBufSize) - offset);

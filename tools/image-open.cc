@@ -13,9 +13,14 @@
 // "blockdev: file: " path that is noise when the user wrote no options).
 #include "tools/image-open.h"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "block/block.h"
+#include "block/image-mgmt.h"
 #include "qapi/block-parse.h"
 #include "qapi/keyval.h"
 
@@ -217,6 +222,36 @@ OpenImage::~OpenImage()
     graph.reset();
 }
 
+Result<BlockNode *> add_temp_overlay(BlockGraph &graph, BlockNode *base, const std::string &node_name,
+                                     const json &extra)
+{
+    const char *tmpdir = getenv("TMPDIR");
+    std::string path = std::string(tmpdir && *tmpdir ? tmpdir : "/var/tmp") + "/blockgraph-overlay-XXXXXX";
+    int fd = mkstemp(path.data());
+    if (fd < 0) return errno_error(errno, "Could not get temporary filename");
+    close(fd);
+    ImgCreateParams p;
+    p.fmt = "qcow2";
+    p.filename = path;
+    p.opts.opts.emplace_back("size", std::to_string(base->getlength()));
+    Status st = img_create(graph.registry(), p);
+    if (!st.ok()) {
+        unlink(path.c_str());
+        return st.error().prefixed("Could not create temporary overlay '" + path + "'");
+    }
+    json tree = {
+        {"driver", "qcow2"},
+        {"node-name", node_name},
+        {"file", {{"driver", "file"}, {"filename", path}, {"cache", {{"no-flush", true}}}}},
+        {"backing", base->node_name()},
+    };
+    if (extra.is_object()) merge_into(tree, extra);
+    Result<BlockNode *> n = graph.add_node_json(tree);
+    unlink(path.c_str());   // the open file stays; nothing is left behind at exit
+    if (!n) return n.error().prefixed("Could not open temporary overlay");
+    return n.value();
+}
+
 namespace {
 
 // "backing": null (a tool opening an image without its backing chain)
@@ -227,10 +262,29 @@ void drop_null_backing(json &tree)
     if (it != tree.end() && it->is_null() && tree["driver"] != "qcow2") tree.erase(it);
 }
 
+// -s: the temporary overlay over img->root becomes the top node. The
+// tool-wide switches of spec apply to it and its file as to the image (the
+// file keeps skipping flushes to disk).
+Status add_snapshot_overlay(OpenImage *img, const ImageOpenSpec &spec)
+{
+    json extra = {{"driver", "qcow2"},
+                  {"file", {{"driver", "file"}, {"filename", "-"}, {"cache", {{"no-flush", true}}}}}};
+    BG_TRY(apply_defaults(img->graph->registry(), extra, spec, false, spec.discard));
+    extra.erase("driver");
+    extra["file"].erase("filename");
+    Result<BlockNode *> top = add_temp_overlay(*img->graph, img->root, "snapshot-overlay", extra);
+    if (!top) return top.error();
+    img->root = top.value();
+    img->probed_raw = false;   // the image below is not written
+    return {};
+}
+
 } // namespace
 
-Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
+Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec_in)
 {
+    ImageOpenSpec spec = spec_in;   // -s: the image is only read (the overlay takes the writes)
+    spec.read_only = spec.read_only || spec.snapshot;
     if (spec.image_opts && !spec.format.empty()) {
         return make_error(EINVAL, "--image-opts and -f are mutually exclusive");
     }
@@ -333,6 +387,8 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec)
     Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair, need_probe);
     if (!root) return plain ? plain_error(root.error()) : root.error();
     img->root = root.value();
+    if (spec_in.snapshot) BG_TRY(add_snapshot_overlay(img.get(), spec_in));
+    spec.read_only = spec_in.read_only;
 
     // 5. The consumer. A description that makes the top node read-only
     // without -r is refused as in QEMU's tools, whose backend asks for write

@@ -7,7 +7,8 @@
 //
 //     [format node] --file--> [file node]          (or a single node)
 //
-// under a BlockBackend with the permissions of an image tool, applies the
+// (under a temporary qcow2 overlay with snapshot) under a BlockBackend with
+// the permissions of an image tool, applies the
 // tool-wide switches (-r, -U, -t, --aio, -d) to every node the description
 // creates, and probes the format when none is given.
 //
@@ -66,6 +67,11 @@ struct ImageOpenSpec {
     nlohmann::json extra_options;
 
     bool read_only = false;     // -r: every node read-only, the backend asks no write/resize
+    // -s (QEMU's snapshot mode): the image is opened read-only and a
+    // temporary qcow2 overlay (add_temp_overlay) becomes the top node, so
+    // writes go there and the image is never changed; with read_only the
+    // overlay is read-only too.
+    bool snapshot = false;
     bool check_repair = false;  // img check -r: the top node opens for repair (BlockdevOptions::check_repair)
     bool force_share = false;   // -U: share every permission (needs read_only)
     bool copy_on_read = false;  // -C: the backend reads through a copy-on-read filter above the top node
@@ -119,6 +125,19 @@ struct OpenImage {
 //   EPERM "Block node is read-only" (read-only=on in the description, no -r)
 //   EINVAL "Can't use copy-on-read on read-only device" (copy_on_read with read_only)
 Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec);
+
+// Creates a temporary qcow2 image as large as base in $TMPDIR (default
+// /var/tmp), opens it in graph as a qcow2 node named node_name over base (its
+// backing child; its file child skips flushes to disk) with the options in
+// extra (a JSON object, e.g. "read-only", "detect-zeroes") merged in, and
+// unlinks the file at once: the open node keeps it, and nothing is left
+// behind even if the process is killed. Main loop, not in a coroutine.
+// Errors (nothing is left behind):
+//   "Could not get temporary filename: <errno text>"
+//   "Could not create temporary overlay 'PATH': <create error>"
+//   "Could not open temporary overlay: <open error>"
+Result<BlockNode *> add_temp_overlay(BlockGraph &graph, BlockNode *base, const std::string &node_name,
+                                     const nlohmann::json &extra = nlohmann::json::object());
 
 // QEMU's three-line warning for a probed raw image, each line ending in '\n'.
 std::string probed_raw_warning(const std::string &name);

@@ -6,7 +6,9 @@
 //   tools/io-format.cc numbers (parse_num) and qemu-io's output formats
 //   tools/io-table.cc  the command table, its help texts, usage(), 'help'
 //   tools/io-rw.cc     I/O buffers, read/readv/write/writev, the aio_* family
-//   tools/io-misc.cc   discard, flush, truncate, length, map, alloc, sleep, quit
+//   tools/io-misc.cc   discard, flush, truncate, length, map, alloc, sleep, quit,
+//                      sigraise, abort, break, remove_break, resume, wait_break
+//   tools/io-reopen.cc 'reopen'
 //
 // Threading model: main thread only (see IoShell).
 #pragma once
@@ -156,9 +158,17 @@ class IoShell {
     int coroutine_fn cmd_alloc(int argc, char **argv);
     int coroutine_fn cmd_sleep(int argc, char **argv);
     int coroutine_fn cmd_quit(int argc, char **argv);
+    int coroutine_fn cmd_sigraise(int argc, char **argv);
+    int coroutine_fn cmd_break(int argc, char **argv);
+    int coroutine_fn cmd_remove_break(int argc, char **argv);
+    int coroutine_fn cmd_resume(int argc, char **argv);
+    int coroutine_fn cmd_wait_break(int argc, char **argv);
+    [[noreturn]] int coroutine_fn cmd_abort(int argc, char **argv);
     // tools/io.cc
     int coroutine_fn cmd_open(int argc, char **argv);
     int coroutine_fn cmd_close(int argc, char **argv);
+    // tools/io-reopen.cc
+    int coroutine_fn cmd_reopen(int argc, char **argv);
     // tools/io-table.cc
     int coroutine_fn cmd_help(int argc, char **argv);
 

@@ -1,7 +1,8 @@
 // tools/io-misc.cc -- "blockgraph io": the commands other than data I/O and
-// the session: discard, flush, truncate, length, map, alloc, sleep, quit. See
-// tools/io-cmd.h.
+// the session: discard, flush, truncate, length, map, alloc, sleep, quit,
+// sigraise, abort, the blkdebug breakpoint commands. See tools/io-cmd.h.
 #include <getopt.h>
+#include <signal.h>
 
 #include <cerrno>
 #include <cinttypes>
@@ -225,6 +226,62 @@ int IoShell::cmd_quit(int, char **)
 {
     quit_ = true;
     return 0;
+}
+
+// blkdebug breakpoints (BlockNode::debug_set_breakpoint and friends, found
+// down the top node's primary children). Errors are printed to stdout, as
+// qemu-io prints them, and fail the command.
+int IoShell::cmd_break(int, char **argv)
+{
+    int r = img_->root->debug_set_breakpoint(argv[1], argv[2]);
+    if (r < 0) std::printf("Could not set breakpoint: %s\n", std::strerror(-r));
+    return r;
+}
+
+int IoShell::cmd_remove_break(int, char **argv)
+{
+    int r = img_->root->debug_remove_breakpoint(argv[1]);
+    if (r < 0) std::printf("Could not remove breakpoint %s: %s\n", argv[1], std::strerror(-r));
+    return r;
+}
+
+int IoShell::cmd_resume(int, char **argv)
+{
+    int r = img_->root->debug_resume_request(argv[1]);
+    if (r < 0) std::printf("Could not resume request: %s\n", std::strerror(-r));
+    return r;
+}
+
+// Lets the loop run (aio requests progress) until a request is suspended at
+// the tag; as in qemu-io, forever if none ever is (e.g. no blkdebug node).
+int IoShell::cmd_wait_break(int, char **argv)
+{
+    while (!img_->root->debug_is_suspended(argv[1])) co_sleep_ns(1000000);
+    return 0;
+}
+
+// Simulates a crash: the process sends itself the signal with nothing of
+// the image flushed or closed (only stdout and stderr are flushed, so that
+// the output so far is seen). A signal that does not end the process (0,
+// an ignored one) returns 0.
+int IoShell::cmd_sigraise(int, char **argv)
+{
+    int64_t sig = 0;
+    if (int r = parse_num(argv[1], &sig)) return r;
+    if (sig > NSIG) {
+        std::printf("signal argument '%s' is too large to be a valid signal\n", argv[1]);
+        return -EINVAL;
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
+    raise(static_cast<int>(sig));
+    return 0;
+}
+
+// Simulates a crash with abort(3): SIGABRT, nothing flushed or closed.
+int IoShell::cmd_abort(int, char **)
+{
+    std::abort();
 }
 
 } // namespace io

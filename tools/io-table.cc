@@ -135,9 +135,11 @@ const char kOpenHelp[] =
     " 'open -f raw -t none /tmp/data' - opens a raw image read-write, uncached\n"
     "\n"
     " -r, -- open read-only\n"
+    " -s, -- snapshot mode: writes go to a temporary overlay, deleted at close\n"
     " -n, -- disable the host cache, short for -t none\n"
     " -U, -- force shared permissions\n"
     " -C, -- use copy-on-read\n"
+    " -k, -- native AIO, short for -i native\n"
     " -f, -- format of the image (default: probed)\n"
     " -i, -- AIO mode (threads, native or io_uring)\n"
     " -t, -- cache mode (none, writeback, writethrough, directsync, unsafe)\n"
@@ -145,7 +147,32 @@ const char kOpenHelp[] =
     " -o, -- options for the top node, keyval syntax\n"
     "\n";
 
+const char kReopenHelp[] =
+    "\n"
+    " changes the options of the open image\n"
+    "\n"
+    " Example:\n"
+    " 'reopen -o lazy-refcounts=on' - turns lazy refcounts on for a qcow2 image\n"
+    "\n"
+    " -r, -- make the image read-only\n"
+    " -w, -- make the image read-write\n"
+    " -c, -- change the cache mode (none, writeback, writethrough, directsync, unsafe)\n"
+    " -o, -- options of the top node to change, keyval syntax (as for 'open')\n"
+    "\n";
+const char kSigraiseHelp[] =
+    "\n"
+    " sends the given signal to this process (to simulate a crash)\n"
+    "\n"
+    " Example:\n"
+    " 'sigraise 15' - raises SIGTERM\n"
+    "\n"
+    " The signal number is the only argument; stdout and stderr are flushed\n"
+    " first, the image is neither flushed nor closed.\n"
+    "\n";
+
 const Command kCommands[] = {
+    {"abort", nullptr, &IoShell::cmd_abort, 0, 0, kCmdNoFileOk, 0, nullptr,
+     "simulate a program crash using abort(3)", nullptr},
     {"aio_discard", nullptr, &IoShell::cmd_aio_discard, 2, -1, 0, kPermWrite, "[-Cq] off len",
      "asynchronously discards a number of bytes", kAioDiscardHelp},
     {"aio_flush", nullptr, &IoShell::cmd_aio_flush, 0, 0, 0, 0, nullptr, "completes all outstanding aio requests",
@@ -156,6 +183,8 @@ const Command kCommands[] = {
      "asynchronously writes a number of bytes", kAioWriteHelp},
     {"alloc", "a", &IoShell::cmd_alloc, 1, 2, 0, 0, "offset [count]", "checks if offset is allocated in the file",
      nullptr},
+    {"break", nullptr, &IoShell::cmd_break, 2, 2, 0, 0, "event tag",
+     "sets a breakpoint on event and tags the stopped request as tag", nullptr},
     {"close", "c", &IoShell::cmd_close, 0, 0, 0, 0, nullptr, "close the current open file", nullptr},
     {"discard", "d", &IoShell::cmd_discard, 2, -1, 0, kPermWrite, "[-Cq] off len",
      "discards a number of bytes at a specified offset", kDiscardHelp},
@@ -165,17 +194,26 @@ const Command kCommands[] = {
     {"length", "l", &IoShell::cmd_length, 0, 0, 0, 0, nullptr, "gets the length of the current file", nullptr},
     {"map", nullptr, &IoShell::cmd_map, 0, 0, 0, 0, "", "prints the allocated areas of a file", nullptr},
     {"open", "o", &IoShell::cmd_open, 1, -1, kCmdNoFileOk, 0,
-     "[-rnUC] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
+     "[-rsnkUC] [-f fmt] [-i aio] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
      kOpenHelp},
     {"quit", "q", &IoShell::cmd_quit, -1, -1, kCmdGlobal, 0, nullptr, "exit the program", nullptr},
     {"read", "r", &IoShell::cmd_read, 2, -1, 0, 0, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset", kReadHelp},
     {"readv", nullptr, &IoShell::cmd_readv, 2, -1, 0, 0, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", kReadvHelp},
+    {"remove_break", nullptr, &IoShell::cmd_remove_break, 1, 1, 0, 0, "tag", "remove a breakpoint by tag",
+     nullptr},
+    {"reopen", nullptr, &IoShell::cmd_reopen, 0, -1, 0, 0, "[(-r|-w)] [-c cache] [-o options]",
+     "reopens an image with new options", kReopenHelp},
+    {"resume", nullptr, &IoShell::cmd_resume, 1, 1, 0, 0, "tag", "resumes the request tagged as tag", nullptr},
+    {"sigraise", nullptr, &IoShell::cmd_sigraise, 1, 1, kCmdNoFileOk, 0, "signal", "raises a signal",
+     kSigraiseHelp},
     {"sleep", nullptr, &IoShell::cmd_sleep, 1, 1, kCmdNoFileOk, 0, nullptr,
      "waits for the given value in milliseconds", nullptr},
     {"truncate", "t", &IoShell::cmd_truncate, 1, 3, 0, kPermWrite | kPermResize, "[-m prealloc_mode] off",
      "truncates the current file at the given offset", nullptr},
+    {"wait_break", nullptr, &IoShell::cmd_wait_break, 1, 1, 0, 0, "tag", "waits for the suspension of a request",
+     nullptr},
     {"write", "w", &IoShell::cmd_write, 2, -1, 0, kPermWrite, "[-bcCfnquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset", kWriteHelp},
     {"writev", nullptr, &IoShell::cmd_writev, 2, -1, 0, kPermWrite, "[-Cfq] [-P pattern] off len [len..]",

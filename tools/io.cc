@@ -41,6 +41,7 @@
 #include "tools/objects.h"
 #include "tools/image-open.h"
 #include "tools/io-cmd.h"
+#include "tools/trace-opt.h"
 #include "tools/dropin.h"
 #include "util/aio.h"
 
@@ -61,12 +62,13 @@ ImageOpenSpec default_open_spec()
 }
 
 // Applies option c (with argument arg) if it is one the command line and
-// 'open' share: -r, -n, -U, -C, -f, -i, -t, -d. Returns 1 if applied, 0 if c is
+// 'open' share: -r, -s, -n, -U, -C, -f, -k, -i, -t, -d. Returns 1 if applied, 0 if c is
 // none of them, -1 after printing the error for a bad -i/-t/-d value.
 int apply_open_option(int c, const char *arg, ImageOpenSpec *spec)
 {
     switch (c) {
     case 'r': spec->read_only = true; return 1;
+    case 's': spec->snapshot = true; return 1;
     case 'n':
         spec->cache.direct = true;
         spec->cache.writethrough = false;
@@ -74,6 +76,7 @@ int apply_open_option(int c, const char *arg, ImageOpenSpec *spec)
     case 'U': spec->force_share = true; return 1;
     case 'C': spec->copy_on_read = true; return 1;
     case 'f': spec->format = arg; return 1;
+    case 'k': spec->aio = BlockdevAioOptions::kNative; return 1;
     case 'i': {
         Result<BlockdevAioOptions> a = parse_aio_mode(arg);
         if (!a) {
@@ -266,7 +269,7 @@ int IoShell::cmd_open(int argc, char **argv)
     ImageOpenSpec spec = default_open_spec();
     nlohmann::json extra = nlohmann::json::object();
     int c;
-    while ((c = getopt(argc, argv, "rnUCf:i:t:d:o:")) != -1) {
+    while ((c = getopt(argc, argv, "rsnUCkf:i:t:d:o:")) != -1) {
         if (c == 'o') {
             if (image_opts_) {
                 std::printf("--image-opts and 'open -o' are mutually exclusive\n");
@@ -321,13 +324,18 @@ const char kUsage[] =
     "      --object SPEC    tls-creds-x509|tls-creds-psk|authz-simple,id=ID,...:\n"
     "                       TLS credentials for an nbd image (docs/nbd.md)\n"
     "  -r, --read-only      open the image read-only\n"
+    "  -s, --snapshot       writes go to a temporary overlay, deleted at exit\n"
     "  -U, --force-share    share all permissions with other users (needs -r)\n"
     "  -n, --nocache        disable the host cache, short for -t none\n"
     "  -t, --cache MODE     none, writeback, writethrough (default),\n"
     "                       directsync or unsafe\n"
     "  -i, --aio MODE       threads, io_uring (default) or native\n"
+    "  -k, --native-aio     short for -i native\n"
     "  -d, --discard MODE   ignore or unmap (default)\n"
     "  -m, --misalign       misalign I/O buffers by 16 bytes\n"
+    "  -T, --trace [[enable=]PATTERN][,events=FILE][,file=FILE]\n"
+    "                       accepted as QEMU's tools accept it; there are no\n"
+    "                       trace events to enable (docs/io.md)\n"
     "  -h, --help           show this help\n"
     "  -V, --version        show the version\n"
     "\n"
@@ -355,6 +363,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         {"cmd", required_argument, nullptr, 'c'},
         {"format", required_argument, nullptr, 'f'},
         {"read-only", no_argument, nullptr, 'r'},
+        {"snapshot", no_argument, nullptr, 's'},
         {"nocache", no_argument, nullptr, 'n'},
         {"misalign", no_argument, nullptr, 'm'},
         {"aio", required_argument, nullptr, 'i'},
@@ -363,6 +372,8 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         {"image-opts", no_argument, nullptr, kOptImageOpts},
         {"force-share", no_argument, nullptr, 'U'},
         {"copy-on-read", no_argument, nullptr, 'C'},
+        {"native-aio", no_argument, nullptr, 'k'},
+        {"trace", required_argument, nullptr, 'T'},
         {nullptr, 0, nullptr, 0},
     };
     ImageOpenSpec &spec = opts->spec;
@@ -370,13 +381,18 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
     opterr = 0;
     int c;
     // GNU getopt permutes: options may follow the image, as with qemu-io.
-    while ((c = getopt_long(argc, argv, "hVc:d:f:rnmi:t:UC", kLongOpts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVc:d:f:rsnmki:t:T:UC", kLongOpts, nullptr)) != -1) {
         switch (c) {
         case 'h': std::fputs(kUsage, stdout); return 0;
         case 'V': print_tool_version("blockgraph io"); return 0;
         case 'c': opts->cmds.emplace_back(optarg); continue;
         case 'm': opts->misalign = true; continue;
         case kOptImageOpts: spec.image_opts = true; continue;
+        case 'T': {
+            int t = parse_trace_option(optarg, kProg);
+            if (t >= 0) return t;
+            continue;
+        }
         default: break;
         }
         int r = apply_open_option(c, optarg, &spec);
@@ -386,7 +402,7 @@ int parse_io_args(int argc, char **argv, IoOptions *opts)
         // getopt's own wording (as qemu-io prints it), then a pointer to the help.
         if (optopt && optopt < 256) {
             std::fprintf(stderr, "%s: %s -- '%c'\n", kProg,
-                         std::strchr("cdfit", optopt) ? "option requires an argument" : "invalid option", optopt);
+                         std::strchr("cdfitT", optopt) ? "option requires an argument" : "invalid option", optopt);
         } else {
             std::fprintf(stderr, "%s: unrecognized option '%s'\n", kProg, argv[optind - 1]);
         }

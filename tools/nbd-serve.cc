@@ -8,9 +8,8 @@
 //
 // -c: after the export is served, the kernel's NBD client is connected to
 // it (tools/nbd-kernel.h).
-// -s: the overlay is a qcow2 file created in $TMPDIR (default /var/tmp),
-// opened, and unlinked at once (so it goes even if the process is killed);
-// the image below it is opened read-only. -l: qcow2's read-only snapshot
+// -s: the overlay is tools/image-open.h's add_temp_overlay (a qcow2 file in
+// $TMPDIR, unlinked at once); the image below it is opened read-only. -l: qcow2's read-only snapshot
 // view (snapshot.id open option) of the snapshot the argument names.
 #include <unistd.h>
 
@@ -124,31 +123,10 @@ Status open_base(Daemon &d, const NbdArgs &a, std::string *top)
 // -s: a temporary qcow2 overlay over *top (which becomes the overlay).
 Status add_overlay(Daemon &d, const NbdArgs &a, std::string *top)
 {
-    BlockNode *base = d.graph().find(*top);
-    const char *tmpdir = getenv("TMPDIR");
-    std::string path = std::string(tmpdir && *tmpdir ? tmpdir : "/var/tmp") + "/blockgraph-nbd-XXXXXX";
-    int fd = mkstemp(path.data());
-    if (fd < 0) return errno_error(errno, "Could not get temporary filename");
-    close(fd);
-    ImgCreateParams p;
-    p.fmt = "qcow2";
-    p.filename = path;
-    p.opts.opts.emplace_back("size", std::to_string(base->getlength()));
-    Status st = img_create(d.graph().registry(), p);
-    if (!st.ok()) {
-        unlink(path.c_str());
-        return st.error().prefixed("Could not create temporary overlay '" + path + "'");
-    }
-    json tree = {
-        {"driver", "qcow2"},
-        {"node-name", "nbd-overlay"},
-        {"file", {{"driver", "file"}, {"filename", path}, {"cache", {{"no-flush", true}}}}},
-        {"backing", *top},
-    };
-    if (!a.offset && a.detect_zeroes != BlockdevDetectZeroes::kOff) tree["detect-zeroes"] = detect_zeroes_name(a.detect_zeroes);
-    Result<BlockNode *> n = d.graph().add_node_json(tree);
-    unlink(path.c_str());   // the open file stays; nothing is left behind at exit
-    if (!n) return n.error().prefixed("Could not open temporary overlay");
+    json extra = json::object();
+    if (!a.offset && a.detect_zeroes != BlockdevDetectZeroes::kOff) extra["detect-zeroes"] = detect_zeroes_name(a.detect_zeroes);
+    Result<BlockNode *> n = add_temp_overlay(d.graph(), d.graph().find(*top), "nbd-overlay", extra);
+    if (!n) return n.error();
     *top = n.value()->node_name();
     return {};
 }
