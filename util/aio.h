@@ -144,16 +144,21 @@ class AioContext {
     // the loop sleeps it checks its descriptors without sleeping for up to
     // the current window, yielding the CPU between checks to anything
     // runnable. The window starts empty, grows (x grow, 0 = x2, from 4 us)
-    // while sleeps end within max_ns and shrinks (/ shrink, 0 = to empty)
-    // after a longer one. max_ns 0 turns it off. Owning thread. Default:
+    // while sleeps end within max_ns and shrinks (/ shrink, 0 = to empty;
+    // default kDefaultPollShrink) after a longer one. max_ns 0 turns it off. Owning thread. Default:
     // kDefaultPollMaxNs, or BLOCKGRAPH_POLL_MAX_NS from the environment.
     // 128 us, not QEMU's 32 us: on this project's 2-vCPU machine a depth-1
     // request cycle without polling is 40-100 us (the wake-up included), so a
     // 32 us window emptied itself and stayed empty (docs/performance.md).
     static constexpr int64_t kDefaultPollMaxNs = 131072;
-    // The default shrink (BLOCKGRAPH_POLL_SHRINK, and BLOCKGRAPH_POLL_GROW
-    // for grow, override them for every context).
-    static constexpr int64_t kDefaultPollShrink = 0;
+    // The default shrink: a long sleep halves the window instead of
+    // emptying it (QEMU's 0). At depth 1 a few device waits past max_ns
+    // (an O_DIRECT write) emptied it every few requests, and the requests
+    // after each slept through their wake-up: NBD 4k random read/write at
+    // depth 1 went from 1.38x to 1.50-1.69x qemu-nbd's (docs/performance.md).
+    // BLOCKGRAPH_POLL_SHRINK and BLOCKGRAPH_POLL_GROW override shrink and
+    // grow for every context.
+    static constexpr int64_t kDefaultPollShrink = 2;
     void set_poll_params(int64_t max_ns, int64_t grow, int64_t shrink);
     int64_t poll_max_ns() const { return poll_max_ns_; }
 
