@@ -427,6 +427,11 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
                 if (!buffer_is_zero(tb.get() + keep, tail - keep)) keep = tail;
             }
             v.add(tb.get(), keep);
+            // The file's end a QEMU zero-write of the tail would leave
+            // (co_close() extends the file to it).
+            if (keep < tail && !h_.has_data_file()) {
+                skipped_tail_end_ = std::max(skipped_tail_end_, p.host + (p.cow_end - (p.first_cluster << cluster_bits_)));
+            }
         }
         if (r >= 0) {
             file_->debug_event(v.size() > p.bytes ? "cow_write" : "write_aio");

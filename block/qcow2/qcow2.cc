@@ -188,16 +188,14 @@ int coroutine_fn Qcow2Node::co_close()
     CoMutexGuard g(lock_);
     closing_ = true;
     // A fresh cluster's zero tail is not written (qcow2-write.cc), so the
-    // file may end inside its last data cluster. QEMU's files end on a
-    // cluster boundary; ours does too once closed (a hole, no data).
-    if (data_file_ == file_) {
-        const int64_t flen = file_->getlength();
-        const int64_t csize = static_cast<int64_t>(cluster_size_);
-        if (flen > 0 && flen % csize) {
-            int e = file_->co_truncate((flen / csize + 1) * csize, false, PreallocMode::kOff);
-            if (e < 0) log_warn("qcow2: %s: cannot extend the file to its last cluster's end: %s", name_.c_str(),
-                                strerror(-e));
-        }
+    // file may end inside a cluster this open allocated. QEMU's zero-write
+    // of that tail leaves the file at the cluster's end; ours gets there
+    // now (a hole, no data). Only then: a file that ends mid-cluster for
+    // another reason (compressed data) is left as it is.
+    if (skipped_tail_end_ && data_file_ == file_ && static_cast<int64_t>(skipped_tail_end_) > file_->getlength()) {
+        int e = file_->co_truncate(static_cast<int64_t>(skipped_tail_end_), false, PreallocMode::kOff);
+        if (e < 0) log_warn("qcow2: %s: cannot extend the file to its last cluster's end: %s", name_.c_str(),
+                            strerror(-e));
     }
     int r = co_flush_caches_locked();
     if (r < 0) {

@@ -830,6 +830,7 @@ class Qcow2Node final : public BlockNode {
     bool probed_ = false;   // the format was probed: a qcow (version 1) image is named as such
     std::atomic<bool> write_stopped_{false};// corrupt: writes fail with -EIO
     uint64_t free_cluster_index_ = 0;       // allocator cursor (clusters below are in use)
+    uint64_t skipped_tail_end_ = 0;         // host end of the furthest zero tail not written (co_close)
     uint64_t free_byte_offset_ = 0;         // compressed allocator: next free byte, 0 = none
     // Host bytes from here on were never written since open (the file's
     // length at open, raised past every cluster allocated since and past

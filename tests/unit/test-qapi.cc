@@ -801,7 +801,7 @@ class Gen {
         if (dz) in["detect-zeroes"] = c["detect-zeroes"] = dz == 1 ? "on" : "unmap";
         bool direct = coin();
         const bool no_flush = coin();
-        switch (below(depth > 3 ? 3 : 7)) {
+        switch (below(depth > 3 ? 3 : 8)) {
         case 0: {
             in["driver"] = c["driver"] = "file";
             std::string name = text();
@@ -848,6 +848,11 @@ class Gen {
             break;
         case 5:
             nbd(in, c);
+            break;
+        case 6:
+            in["driver"] = c["driver"] = "copy-on-read";
+            ref(in, c, "file", depth, false);
+            if (coin()) in["bottom"] = c["bottom"] = node_name();
             break;
         default:
             qcow2(in, c, depth, ro);
