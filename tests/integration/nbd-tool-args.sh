@@ -136,7 +136,7 @@ if [ -e /sys/module/nbd ] && dev=$(free_nbd) && [ -b "$dev" ]; then
     # qemu-img judges the image.
     cp a.qcow2 k.qcow2
     qemu-io -f qcow2 -c "write -P 0x5a 0 1M" k.qcow2 >/dev/null
-    trap '"$BLOCKGRAPH" nbd -d "$dev" >/dev/null 2>&1' EXIT
+    trap '"$BLOCKGRAPH" nbd -d "$dev" >/dev/null 2>&1; cleanup' EXIT
     if out=$(timeout 30 "$BLOCKGRAPH" nbd -f qcow2 --pid-file "$WORK/k.pid" -c "$dev" k.qcow2 2>&1); then
         ok "-c $dev: returned once connected"
         qemu-img convert -O raw k.qcow2 want.raw
@@ -146,7 +146,7 @@ if [ -e /sys/module/nbd ] && dev=$(free_nbd) && [ -b "$dev" ]; then
         timeout 30 dd if=chunk of="$dev" bs=64k seek=3 oflag=direct conv=fsync status=none
         out=$(timeout 30 "$BLOCKGRAPH" nbd -d "$dev" 2>&1)
         [ "$out" = "$dev disconnected" ] && ok "-d: $out" || bad "-d: $out"
-        trap - EXIT
+        trap cleanup EXIT
         # The server exits once the kernel has hung up.
         for _ in $(seq 100); do kill -0 "$(cat k.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
         qemu-img check -q k.qcow2 && ok "-c: qemu-img check clean after the writes" || bad "-c: qemu-img check failed"
