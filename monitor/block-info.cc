@@ -318,7 +318,7 @@ std::vector<DirtyBitmapStatus> node_dirty_bitmaps(BlockNode *n)
 void naming_order(BlockNode *n, std::set<BlockNode *> &seen, std::vector<BlockNode *> &out)
 {
     if (!seen.insert(n).second) return;
-    auto inline_child = [n](BdrvChild *c) { return c->node()->implicit() && c->node()->parents().front() == c; };
+    auto inline_child = [](BdrvChild *c) { return c->node()->implicit() && c->node()->parents().front() == c; };
     BdrvChild *file = n->child("file");
     if (file && inline_child(file)) naming_order(file->node(), seen, out);
     out.push_back(n);
