@@ -15,6 +15,7 @@
 #include "qapi/size.h"
 #include "tools/commands.h"
 #include "tools/objects.h"
+#include "tools/trace-opt.h"
 #include "util/aio.h"
 
 namespace bg {
@@ -443,7 +444,7 @@ int cmd_img(int argc, char **argv)
             break;
         }
         traced = true;
-        if (int r = trace_option(spec); r >= 0) return r;
+        if (int r = parse_trace_option(spec.c_str(), kProg); r >= 0) return r;
     }
     // (qemu-img given only trace options exits quietly.)
     if (argc < 2) return traced ? 0 : usage_error("Not enough arguments");

@@ -144,16 +144,6 @@ void print_format_specific_human(const InfoValue &specific);
 // Writes the create options of a format for "-o help" / "-o ?".
 int print_create_options_help(const std::string &format);
 
-// ---- before the command ----
-// -T/--trace SPEC (tools/img-trace.cc): QEMU's trace option syntax
-// ("[enable=]PATTERN[,events=FILE][,file=FILE]", or "help"). There are no
-// trace events: "help" lists none, a pattern without a wildcard warns
-// "trace event 'X' does not exist", events=FILE is read for its patterns
-// ("<prog>:FILE: <error>" if unreadable), file=FILE is created ("Error
-// opening logfile FILE: <error>"), another key is "Invalid parameter 'K'".
-// Returns -1 to go on, or the exit status (0 after "help", 1 after an error).
-int trace_option(const std::string &spec);
-
 // ---- subcommands ----
 int img_create(int argc, char **argv);
 int img_info(int argc, char **argv);

@@ -39,6 +39,7 @@
 #include "qapi/user-object.h"
 #include "tools/image-open.h"
 #include "tools/nbd-kernel.h"
+#include "tools/trace-opt.h"
 #include "util/log.h"
 #include "util/tls.h"
 
@@ -83,7 +84,8 @@ const char kNbdUsage[] =
     "                            authorization\n"
     "  --tls-hostname=HOSTNAME   the server's name in its certificate (with -L)\n"
     "  -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
-    "                            accepted and ignored (no trace events)\n"
+    "                            checked as qemu-nbd does; there are no trace\n"
+    "                            events to enable\n"
     "  --fork                    fork off the server process and exit the parent\n"
     "                            once the server is running\n"
     "  --pid-file=PATH           store the server's process ID in the given file\n"
@@ -314,7 +316,11 @@ int parse_one(int c, const char *arg, NbdArgs *a)
     case kOptTlsHostname: a->tls_hostname = arg; break;
     case kOptTlsAuthz: a->tls_authz = arg; break;
     case kOptImageOpts: a->image_opts = true; break;
-    case 'T': break;   // no trace events to enable
+    case 'T': {
+        int t = parse_trace_option(arg, kNbdProg);
+        if (t >= 0) return t;
+        break;
+    }
     case kOptFork: a->fork = true; break;
     case 'L': a->list = true; break;
     case kOptPidFile: a->pid_file = arg; break;

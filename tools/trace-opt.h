@@ -3,10 +3,11 @@
 // QEMU's tools take "-T [[enable=]PATTERN][,events=FILE][,file=FILE]" to
 // enable trace events. blockgraph has no QEMU trace events, so the option
 // is accepted and checked as QEMU checks it, with the same messages, but
-// enables nothing: a pattern matches no event (and, unlike QEMU, an exact
-// name is not reported as unknown), "help" lists no events, events=FILE is
-// read (its lines are patterns like the above), and file=FILE is created
-// empty (truncated), the log no event writes to.
+// enables nothing: a pattern matches no event (an exact name gets QEMU's
+// "trace event 'X' does not exist" warning), "help" lists no events,
+// events=FILE is read (its lines are patterns like the above, warned about
+// with "FILE:LINE:"), and file=FILE is created empty (truncated), the log
+// no event writes to. Used by img, io and nbd alike.
 //
 // Threading model: main thread, while parsing the command line.
 #pragma once
