@@ -255,11 +255,14 @@ Result<BlockNode *> add_temp_overlay(BlockGraph &graph, BlockNode *base, const s
 namespace {
 
 // "backing": null (a tool opening an image without its backing chain)
-// means nothing to a format that has no backing file: only qcow2 has one.
-void drop_null_backing(json &tree)
+// means nothing to a driver that has no backing child (no kCapBacking).
+void drop_null_backing(const DriverRegistry &registry, json &tree)
 {
     auto it = tree.find("backing");
-    if (it != tree.end() && it->is_null() && tree["driver"] != "qcow2") tree.erase(it);
+    auto drv = tree.find("driver");
+    if (it == tree.end() || !it->is_null() || drv == tree.end() || !drv->is_string()) return;
+    const BlockDriver *d = registry.find(drv->get<std::string>());
+    if (d && !(d->caps & kCapBacking)) tree.erase(it);
 }
 
 // -s: the temporary overlay over img->root becomes the top node. The
@@ -382,7 +385,7 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec_in)
         img->probed_raw = probe_is_catch_all(d.value());
     }
 
-    drop_null_backing(tree);
+    drop_null_backing(registry, tree);
     // 4. The top node (told when its format was probed).
     Result<BlockNode *> root = open_tree(img->graph.get(), tree, from_keyval, spec.check_repair, need_probe);
     if (!root) return plain ? plain_error(root.error()) : root.error();
