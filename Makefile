@@ -111,6 +111,11 @@ ALL_OBJS := $(LIB_OBJS) $(MAIN_OBJ) $(TEST_OBJS) $(TESTUTIL_OBJS) $(BENCH_OBJS)
 CHECK_TARGETS := check-unit check-integration check-asan check-fuzz
 CHECK_TARGETS += check-conformance
 CHECK_TARGETS += check-layering
+# Targets whose tests need a Ceph cluster (BG_CEPH_DIR): each runs under
+# scripts/with-ceph.sh, which starts one unless BG_CEPH_DIR is set; "make
+# check" starts ONE for all of its targets when any of them needs it.
+CEPH_CHECK_TARGETS := check-integration check-conformance
+WITH_CEPH := scripts/with-ceph.sh
 # Targets run, one after another, by "make bench".  Add custom bench-* here.
 BENCH_TARGETS := $(BENCH_PROG_TARGETS) bench-fuse
 
@@ -198,15 +203,18 @@ include tests/conformance/conformance.mk
 
 # deps, then all, then every target in CHECK_TARGETS (all of them run; the
 # result fails if any failed).  BG_NO_DEPS=1 skips installing packages.
+# When a target in CEPH_CHECK_TARGETS is among them, the loop runs under
+# scripts/with-ceph.sh: one cluster (BG_CEPH_DIR) for the whole run,
+# stopped and removed at its end, also on failure or Ctrl-C.
 .PHONY: check
 check:
 	$(Q)if [ "$(BG_NO_DEPS)" = 1 ]; then echo "  DEPS    skipped (BG_NO_DEPS=1)"; \
 	    else scripts/install-deps.sh; fi
 	$(Q)$(MAKE) all
-	$(Q)failed=; \
+	$(Q)$(if $(filter $(CEPH_CHECK_TARGETS),$(CHECK_TARGETS)),$(WITH_CEPH)) $(SHELL) -c 'failed=; \
 	for t in $(CHECK_TARGETS); do $(MAKE) $$t || failed="$$failed $$t"; done; \
 	if [ -n "$$failed" ]; then echo "make check: FAILED:$$failed"; exit 1; fi; \
-	echo "make check: passed ($(CHECK_TARGETS))"
+	echo "make check: passed ($(CHECK_TARGETS))"'
 
 # The include layering rules (scripts/check-layering.py: util/ stands
 # alone, block/ knows no consumer, a driver includes no other driver's
@@ -232,8 +240,12 @@ check-unit: $(RUN_TEST_BINS)
 
 # Runs every executable tests/integration/*.sh with BLOCKGRAPH set; exit
 # status 77 means skipped.  The last line is "N passed, N failed[, N skipped]".
-.PHONY: check-integration
+# Under scripts/with-ceph.sh (the rbd tests find the cluster in BG_CEPH_DIR;
+# an outer "make check" passes its own).
+.PHONY: check-integration check-integration-run
 check-integration: $(BIN)
+	$(Q)$(WITH_CEPH) $(MAKE) check-integration-run
+check-integration-run: $(BIN)
 	@pass=0; fail=0; skip=0; failed=; \
 	for t in $(INTEGRATION_SCRIPTS); do \
 	    if [ ! -x "$$t" ]; then echo "  IGNORE  $$t (not executable)"; continue; fi; \

@@ -97,14 +97,29 @@ daemon_pid() {
     printf '%s\n' "$pid"
 }
 
+# Closes every descriptor above 2 of the current (sub)shell: a daemon must
+# not hold its caller's pipes (a capturing caller would never see EOF) or
+# make's jobserver descriptors.
+close_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null || true
+    done
+}
+
 # Starts daemon $1 (mon.a, osd.0, mgr.x) in the background in its own
-# session, stdin from /dev/null, output to DIR/log/NAME.out; records its pid.
+# session, stdin from /dev/null, output to DIR/log/NAME.out, no other
+# inherited descriptor; records its pid.
 spawn() {
     local name=$1 type=${1%%.*} id=${1#*.}
-    # setsid execs in place (the shell's background child is never a process
-    # group leader), so $! is the daemon's pid.
-    setsid "ceph-$type" -f -i "$id" --conf "$CONF" </dev/null \
-        >>"$D/log/$name.out" 2>&1 &
+    # The subshell and setsid exec in place (the shell's background child is
+    # never a process group leader), so $! is the daemon's pid.
+    (
+        close_fds
+        exec setsid "ceph-$type" -f -i "$id" --conf "$CONF" </dev/null \
+            >>"$D/log/$name.out" 2>&1
+    ) &
     echo $! >"$D/run/$name.pid"
 }
 
