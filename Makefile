@@ -37,7 +37,7 @@ endif
 # is newer.  Goals that must work before configure can succeed (check, demo
 # and deps install the packages configure looks for) skip it.
 
-NOCONFIG_GOALS := clean distclean help deps check demo check-layering
+NOCONFIG_GOALS := clean distclean help deps check demo demo-rbd check-layering
 ifneq ($(MAKECMDGOALS),)
 ifeq ($(filter-out $(NOCONFIG_GOALS),$(MAKECMDGOALS)),)
 SKIP_CONFIG := 1
@@ -373,6 +373,15 @@ demo:
 	$(Q)$(MAKE) $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' scripts/demo.sh
 
+# The same on Ceph: a qcow2 image stored in an rbd image of a one-node
+# cluster that the script starts and stops (scripts/demo-rbd.sh).
+.PHONY: demo-rbd
+demo-rbd:
+	$(Q)if [ "$(BG_NO_DEPS)" = 1 ]; then echo "  DEPS    skipped (BG_NO_DEPS=1)"; \
+	    else scripts/install-deps.sh; fi
+	$(Q)$(MAKE) $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' scripts/demo-rbd.sh
+
 .PHONY: clean distclean
 clean:
 	$(call msg,CLEAN,$(B))
@@ -392,6 +401,8 @@ help:
 	@echo '  bench              run $(or $(BENCH_TARGETS),the bench-* targets) one at a time'
 	@echo '  bench-NAME         build and run $(B)/bench/NAME (BENCH_ARGS=...)'
 	@echo '  demo               install deps, build, run scripts/demo.sh'
+	@echo '  demo-rbd           the same with the image on a one-node Ceph cluster'
+	@echo '                     (scripts/demo-rbd.sh)'
 	@echo '  deps               install missing Debian packages (scripts/install-deps.sh)'
 	@echo '  install/uninstall  to $$(DESTDIR)$$(PREFIX) (PREFIX from configure)'
 	@echo '  install-qemu-links also link qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon'
