@@ -327,6 +327,15 @@ BENCH_TARGETS += bench-nbd
 bench-nbd: $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/nbd.sh
 
+# blockgraph's rbd driver vs QEMU's on a one-node Ceph cluster it starts
+# itself: img bench vs qemu-img bench, a FUSE export of an rbd image by our
+# daemon vs qemu-storage-daemon, fio's rbd engine as the ceiling; interleaved,
+# medians and ratios: bench/rbd.sh (root for FUSE; ROUNDS, RUNTIME, SIZE).
+.PHONY: bench-rbd
+BENCH_TARGETS += bench-rbd
+bench-rbd: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/rbd.sh
+
 $(BENCH_PROG_TARGETS): bench-%: $(B)/bench/%
 	$(if $(CONFIG_DEBUG)$(CONFIG_ASAN),@echo "  WARNING benchmarking a debug/asan build")
 	$(call msg,BENCH,$<)
