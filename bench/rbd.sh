@@ -30,7 +30,7 @@
 #   SIZE        rbd image size (default 1G); the memstore OSD gets 3x that
 #   CONFIGS     default "qsd bg fio-rbd"
 #   WORKLOADS   default "randrw-4k-qd1-direct randrw-4k-qd64-direct randrw-4k-qd64"
-#   IMG_BENCH   0 skips part (a) (default 1); IMG_COUNT requests (default 20000)
+#   IMG_BENCH   0 skips part (a) (default 1); IMG_COUNT requests (default 100000)
 #   CLUSTER_OPTS  extra scripts/ceph-cluster.sh start options (e.g. --bluestore)
 #   WORKDIR     scratch directory (default /var/tmp/blockgraph-bench-rbd)
 # Exit status: 0 when every run succeeded, 1 otherwise.
@@ -46,7 +46,7 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${CONFIGS:=qsd bg fio-rbd}"
 : "${WORKLOADS:=randrw-4k-qd1-direct randrw-4k-qd64-direct randrw-4k-qd64}"
 : "${IMG_BENCH:=1}"
-: "${IMG_COUNT:=20000}"
+: "${IMG_COUNT:=100000}"
 : "${CLUSTER_OPTS:=}"
 : "${WORKDIR:=/var/tmp/blockgraph-bench-rbd}"
 
