@@ -404,6 +404,7 @@ help:
 	@echo 'Targets:'
 	@echo '  all (default)      build $(B)/blockgraph, unit tests and benchmarks'
 	@echo '  check              install deps, build, run: $(CHECK_TARGETS)'
+	@echo '                     (under one Ceph cluster: scripts/with-ceph.sh, BG_CEPH_DIR)'
 	@echo '  check-unit         run $(B)/tests/unit/test-* (TESTS="test-x ..." to filter)'
 	@echo '  check-integration  run tests/integration/*.sh with BLOCKGRAPH set'
 	@echo '  check-layering     check #include lines against the layering rules'
