@@ -129,7 +129,7 @@ run_fio() {
         target=(--ioengine=rbd --clientname=admin --pool=rbd --rbdname="$IMAGE")
     else
         start_daemon "$c" || return 1
-        target=(--ioengine=io_uring --filename="$MNT" --direct=$direct)
+        target=(--ioengine=io_uring --filename="$MNT" --direct="$direct")
     fi
     fio --name=job1 "${target[@]}" --numjobs=1 --rw=randrw --bs=4k --iodepth=$qd \
         --size="$BYTES" --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based=1 \
