@@ -506,11 +506,15 @@ ssize_t RbdNode::co_aio(F submit)
     return req.ret;
 }
 
+// librbd calls a resize's progress callback unconditionally (a null one
+// crashes a shrink): this one ignores the progress.
+int no_progress(uint64_t, uint64_t, void *) { return 0; }
+
 int RbdNode::grow_to(int64_t end)
 {
     std::lock_guard<std::mutex> g(resize_lock_);
     if (end <= size_.load()) return 0;
-    int r = rbd_resize2(image_, static_cast<uint64_t>(end), false, nullptr, nullptr);
+    int r = rbd_resize2(image_, static_cast<uint64_t>(end), false, no_progress, nullptr);
     if (r < 0) return r;
     size_ = end;
     return 0;
@@ -576,7 +580,7 @@ int RbdNode::do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, R
     (void)flags;
     if (prealloc != PreallocMode::kOff) return -ENOTSUP;
     std::lock_guard<std::mutex> g(resize_lock_);
-    int r = rbd_resize2(image_, static_cast<uint64_t>(offset), true, nullptr, nullptr);
+    int r = rbd_resize2(image_, static_cast<uint64_t>(offset), true, no_progress, nullptr);
     if (r < 0) return r;
     size_ = offset;
     return 0;
