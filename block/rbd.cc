@@ -488,6 +488,14 @@ Status RbdNode::refresh_size()
     return {};
 }
 
+// A write-type request's result: 0, or the errno the writer sees (a pool
+// over its quota, EDQUOT, is a full disk to a block device's user).
+int write_status(ssize_t r)
+{
+    if (r >= 0) return 0;
+    return r == -EDQUOT ? -ENOSPC : static_cast<int>(r);
+}
+
 template <typename F>
 ssize_t RbdNode::co_aio(F submit)
 {
@@ -506,12 +514,16 @@ ssize_t RbdNode::co_aio(F submit)
     return req.ret;
 }
 
+// librbd calls a resize's progress callback unconditionally (a null one
+// crashes a shrink): this one ignores the progress.
+int no_progress(uint64_t, uint64_t, void *) { return 0; }
+
 int RbdNode::grow_to(int64_t end)
 {
     std::lock_guard<std::mutex> g(resize_lock_);
     if (end <= size_.load()) return 0;
-    int r = rbd_resize2(image_, static_cast<uint64_t>(end), false, nullptr, nullptr);
-    if (r < 0) return r;
+    int r = rbd_resize2(image_, static_cast<uint64_t>(end), false, no_progress, nullptr);
+    if (r < 0) return write_status(r);
     size_ = end;
     return 0;
 }
@@ -538,7 +550,7 @@ int RbdNode::do_co_pwritev(int64_t offset, int64_t bytes, IOVector &qiov, ReqFla
     ssize_t r = co_aio([&](rbd_completion_t c) {
         return rbd_aio_writev(image_, qiov.iov(), qiov.niov(), static_cast<uint64_t>(offset), c);
     });
-    return r < 0 ? static_cast<int>(r) : 0;
+    return write_status(r);
 }
 
 int RbdNode::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
@@ -553,7 +565,7 @@ int RbdNode::do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags)
         return rbd_aio_write_zeroes(image_, static_cast<uint64_t>(offset), static_cast<size_t>(bytes), c, zflags,
                                     0);
     });
-    return r < 0 ? static_cast<int>(r) : 0;
+    return write_status(r);
 }
 
 int RbdNode::do_co_pdiscard(int64_t offset, int64_t bytes)
@@ -561,13 +573,13 @@ int RbdNode::do_co_pdiscard(int64_t offset, int64_t bytes)
     ssize_t r = co_aio([&](rbd_completion_t c) {
         return rbd_aio_discard(image_, static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes), c);
     });
-    return r < 0 ? static_cast<int>(r) : 0;
+    return write_status(r);
 }
 
 int RbdNode::do_co_flush_to_disk()
 {
     ssize_t r = co_aio([&](rbd_completion_t c) { return rbd_aio_flush(image_, c); });
-    return r < 0 ? static_cast<int>(r) : 0;
+    return write_status(r);
 }
 
 int RbdNode::do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, ReqFlags flags)
@@ -576,7 +588,7 @@ int RbdNode::do_co_truncate(int64_t offset, bool exact, PreallocMode prealloc, R
     (void)flags;
     if (prealloc != PreallocMode::kOff) return -ENOTSUP;
     std::lock_guard<std::mutex> g(resize_lock_);
-    int r = rbd_resize2(image_, static_cast<uint64_t>(offset), true, nullptr, nullptr);
+    int r = rbd_resize2(image_, static_cast<uint64_t>(offset), true, no_progress, nullptr);
     if (r < 0) return r;
     size_ = offset;
     return 0;
