@@ -39,8 +39,9 @@
 #                       "qemu-io: ", ...)
 #   one_line DESC ERRFILE WANT
 #                       ERRFILE is exactly one line and contains WANT
-#   osd_pid / mon_pid   pid of osd.0 / mon.a of a cluster of our own
-#   osd_restart         starts osd.0 again (own cluster) and waits until up
+#   cluster CMD ARGS... scripts/ceph-cluster.sh CMD CEPH_DIR ARGS (osd-stop,
+#                       osd-start, mon-stop, mon-start, pid NAME: a cluster
+#                       of our own only)
 set -euo pipefail
 
 RBD_LIB_WITH_FUSE=0
@@ -132,7 +133,7 @@ rbd_cleanup() {
         done
     fi
     if [ -n "$RBD_OWN" ]; then
-        timeout -k 5 60 "$SRC/scripts/ceph-cluster.sh" stop "$CEPH_DIR" >/dev/null 2>&1 ||
+        timeout -k 5 60 "$SRC/scripts/ceph-cluster.sh" stop "$CEPH_DIR" --purge >/dev/null 2>&1 ||
             echo "  (cleanup: scripts/ceph-cluster.sh stop $CEPH_DIR failed)"
     fi
 }
@@ -164,7 +165,7 @@ if [ -n "${RBD_OWN_CLUSTER:-}" ] || [ -z "${BG_CEPH_DIR:-}" ]; then
     RBD_OWN=1
     opt=()
     [ "${RBD_OWN_CLUSTER:-memstore}" = bluestore ] && opt=(--bluestore)
-    if ! timeout -k 5 90 "$SRC/scripts/ceph-cluster.sh" start "${opt[@]}" "$CEPH_DIR" >"$WORK/cluster.log" 2>&1; then
+    if ! timeout -k 5 90 "$SRC/scripts/ceph-cluster.sh" start "$CEPH_DIR" "${opt[@]}" >"$WORK/cluster.log" 2>&1; then
         echo "  FAIL  scripts/ceph-cluster.sh start ${opt[*]} failed:"
         tail -20 "$WORK/cluster.log" | sed 's/^/    /'
         exit 1
@@ -212,7 +213,5 @@ one_line() {
     fi
 }
 
-# Daemons of a cluster of our own (pid files as scripts/ceph-cluster.sh
-# writes them).
-osd_pid() { cat "$CEPH_DIR/run/osd.0.pid"; }
-mon_pid() { cat "$CEPH_DIR/run/mon.a.pid"; }
+# Daemons of a cluster of our own: scripts/ceph-cluster.sh CMD CEPH_DIR ARGS.
+cluster() { timeout -k 5 120 "$SRC/scripts/ceph-cluster.sh" "$1" "$CEPH_DIR" "${@:2}"; }
