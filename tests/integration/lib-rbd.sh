@@ -52,7 +52,7 @@ elif [ -z "${RBD_UNDER_TIMEOUT:-}" ]; then
     exec timeout -k 20 "${RBD_TEST_BUDGET:-120}" bash "$0" "$@"
 fi
 
-SRC=${BG_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+SRC=${BG_SRCDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 case $SRC in /*) ;; *) SRC=$(cd "$SRC" && pwd) ;; esac
 BLOCKGRAPH=${BLOCKGRAPH:-$SRC/build/blockgraph}
 case $BLOCKGRAPH in /*) ;; *) BLOCKGRAPH=$PWD/$BLOCKGRAPH ;; esac
