@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <fnmatch.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -301,9 +302,17 @@ void copy_dir_sparse(const std::string &src, const std::string &dst)
 // pristine one while it is read), that start the server in the background
 // and return once it accepts connections, its pid in "serve.pid"
 // (qemu-nbd --fork --pid-file=serve.pid does both). stop_server kills it.
+//
+// The calling process becomes a child subreaper first: the server forks
+// away from the shell that started it, and its exit must be seen at once.
+// Orphans go to the nearest subreaper, so stop_server reaps the server
+// itself; otherwise the dead server stays a zombie until PID 1 reaps it,
+// which some inits do only every second or two (kill(pid, 0) succeeds on
+// a zombie), and every case on a served stack waited that long.
 void start_server(const std::string &dir)
 {
     if (access((dir + "/serve").c_str(), F_OK) != 0) return;
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     std::string out;
     int rc = run_cmd("cd " + shell_quote(dir) + " && rm -f serve.pid *.sock && sh ./serve", &out);
     if (rc != 0) die("starting the server in " + dir + " failed (exit " + std::to_string(rc) + "): " + out);
@@ -314,9 +323,14 @@ void stop_server(const std::string &dir)
     std::ifstream f(dir + "/serve.pid");
     long pid = 0;
     if (!(f >> pid) || pid <= 1) return;
+    // Our child when start_server made us its subreaper (then reaped here);
+    // otherwise waitpid fails with ECHILD and only kill(pid, 0) tells.
+    auto gone = [pid] {
+        return waitpid(static_cast<pid_t>(pid), nullptr, WNOHANG) == pid || kill(static_cast<pid_t>(pid), 0) != 0;
+    };
     if (kill(static_cast<pid_t>(pid), SIGTERM) == 0) {
-        for (int i = 0; i < 100 && kill(static_cast<pid_t>(pid), 0) == 0; i++) usleep(20000);
-        kill(static_cast<pid_t>(pid), SIGKILL);
+        for (int i = 0; i < 400 && !gone(); i++) usleep(5000);
+        if (kill(static_cast<pid_t>(pid), SIGKILL) == 0) waitpid(static_cast<pid_t>(pid), nullptr, 0);
     }
     unlink((dir + "/serve.pid").c_str());
 }
