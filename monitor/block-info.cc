@@ -34,10 +34,8 @@ BdrvChild *filter_or_cow_child(BlockNode *n)
     return n->backing_child();
 }
 
-// The node that answers QEMU's bdrv_get_info for n (cluster-size and
-// dirty-flag come from it): a format or a protocol with storage answers
-// itself; drivers that pass their child's bytes through (raw, filters) ask
-// that child; a device without storage (null-co) has no answer (nullptr).
+} // namespace
+
 BlockNode *block_info_node(BlockNode *n)
 {
     for (int depth = 0; n && depth < 64; depth++) {
@@ -51,6 +49,8 @@ BlockNode *block_info_node(BlockNode *n)
     }
     return nullptr;
 }
+
+namespace {
 
 // Host bytes a node occupies as QEMU's QMP counts them: a format node
 // adds up its data, metadata and filtered children (a qcow2 data file

@@ -70,6 +70,12 @@ nlohmann::json query_named_block_nodes(BlockGraph &graph, bool flat);
 nlohmann::ordered_json query_named_block_nodes_ordered(BlockGraph &graph, bool flat);
 std::vector<BlockNode *> named_nodes_in_qemu_order(BlockGraph &graph);
 
+// The node that answers QEMU's bdrv_get_info for node (cluster-size and
+// dirty-flag come from it): a format or a protocol with storage answers
+// itself; drivers that pass their child's bytes through (raw, filters) ask
+// that child; a device without storage (null-co) has none (nullptr).
+BlockNode *block_info_node(BlockNode *node);
+
 // QEMU's file name of node (BlockDeviceInfo "file"), as described above.
 std::string node_qemu_filename(BlockNode *node);
 // QEMU's full-backing-filename of node, whose header records the backing

@@ -99,10 +99,17 @@ json image_info(BlockNode *node, const std::string &filename)
     if (actual >= 0) j["actual-size"] = actual;
     j["dirty-flag"] = false;
     Result<ImageInfo> ri = node->get_info();
+    // Cluster size and dirty flag come from the node that answers for the
+    // data (raw over rbd: the rbd image's object size), as in QEMU;
+    // format-specific data only from the node itself.
+    BlockNode *bn = block_info_node(node);
+    Result<ImageInfo> bi = bn == node || !bn ? ri : bn->get_info();
+    if (bn && bi) {
+        j["dirty-flag"] = bi.value().dirty_flag;
+        if (bi.value().cluster_size) j["cluster-size"] = *bi.value().cluster_size;
+    }
     if (ri) {
         const ImageInfo &ii = ri.value();
-        j["dirty-flag"] = ii.dirty_flag;
-        if (ii.cluster_size) j["cluster-size"] = *ii.cluster_size;
         if (ii.backing_filename) j["backing-filename"] = *ii.backing_filename;
         // Computed from the name (info opens no backing file), as QEMU does.
         std::optional<std::string> full;
@@ -110,9 +117,15 @@ json image_info(BlockNode *node, const std::string &filename)
         if (!full) full = ii.full_backing_filename;
         if (full) j["full-backing-filename"] = *full;
         if (ii.backing_format) j["backing-filename-format"] = *ii.backing_format;
-        if (!ii.snapshots.empty()) {
+        // Asked of the node: raw and filters pass the question down.
+        std::vector<SnapshotInfo> snaps = ii.snapshots;
+        if (snaps.empty()) {
+            auto sn = node->snapshot_list();
+            if (sn) snaps = sn.value();
+        }
+        if (!snaps.empty()) {
             json a = json::array();
-            for (const SnapshotInfo &s : ii.snapshots) a.push_back(snapshot_info_json<json>(s));
+            for (const SnapshotInfo &s : snaps) a.push_back(snapshot_info_json<json>(s));
             j["snapshots"] = a;
         }
         if (ii.format_specific.kind != InfoValue::Kind::kNone) {

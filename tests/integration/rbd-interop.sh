@@ -224,9 +224,12 @@ for i in q1 o1; do
     rbdc info --format json "rbd/$(img "$i")" >rbdinfo.json
     bg img info --output=json -f raw "$(r "$i")" >info-ours.json 2>run.out || bad "our img info: $(cat run.out)"
     qimg info --output=json -f raw "$(r "$i")" >info-theirs.json
-    if out=$(python3 - info-ours.json info-theirs.json rbdinfo.json <<'EOF' 2>&1
+    bg img info --output=json -f rbd "$(r "$i")" >info-rbd.json 2>run.out || bad "our img info -f rbd: $(cat run.out)"
+    if out=$(python3 - info-ours.json info-theirs.json rbdinfo.json info-rbd.json <<'EOF' 2>&1
 import json, sys
-ours, theirs, rbd = (json.load(open(f)) for f in sys.argv[1:4])
+ours, theirs, rbd, rbdnode = (json.load(open(f)) for f in sys.argv[1:5])
+# raw on top shows no format-specific data, as with qemu-img.
+assert "format-specific" not in ours and "format-specific" not in theirs, "format-specific data on raw"
 bits = {"layering": 1, "striping": 2, "exclusive-lock": 4, "object-map": 8, "fast-diff": 16,
         "deep-flatten": 32, "journaling": 64, "data-pool": 128, "operations": 256}
 assert ours["virtual-size"] == rbd["size"] == theirs["virtual-size"], \
@@ -244,8 +247,8 @@ def walk(x):
     elif isinstance(x, list):
         for v in x:
             walk(v)
-walk(ours)
-assert found, "no 'features' in our img info"
+walk(rbdnode)
+assert found, "no 'features' in our img info -f rbd"
 f = found[0]["features"]
 want = set(rbd["features"])
 if isinstance(f, int):

@@ -91,6 +91,12 @@ const DriverCase kDriverCases[] = {
      R"({"driver":"nbd","server":{"type":"inet","host":"h","port":"10809"},"export":"e","tls-creds":"t0",
          "tls-hostname":"x","x-dirty-bitmap":"qemu:dirty-bitmap:b","reconnect-delay":5,"open-timeout":3})"},
     {"copy-on-read", "copy-on-read,file=f,bottom=b", R"({"driver":"copy-on-read","file":"f","bottom":"b"})"},
+    {"rbd",
+     "rbd,pool=p,namespace=n,image=i,snapshot=s,conf=/c,user=u,key-secret=k,auth-client-required.0=cephx,"
+     "auth-client-required.1=none,server.0.host=h,server.0.port=6789,server.1.host=::1,server.1.port=3300",
+     R"({"driver":"rbd","pool":"p","namespace":"n","image":"i","snapshot":"s","conf":"/c","user":"u",
+         "key-secret":"k","auth-client-required":["cephx","none"],
+         "server":[{"host":"h","port":"6789"},{"host":"::1","port":"3300"}]})"},
     {"test-mem", "test-mem,size=8k,align=512,max-transfer=2k,zero-align=1k,write-zeroes=off,file=n",
      R"({"driver":"test-mem","size":8192,"align":512,"max-transfer":2048,"zero-align":1024,
          "write-zeroes":false,"file":"n"})"},
