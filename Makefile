@@ -120,6 +120,14 @@ WITH_CEPH := scripts/with-ceph.sh
 BENCH_TARGETS := $(BENCH_PROG_TARGETS) bench-fuse
 
 TEST_TIMEOUT ?= 900
+# Unit test binaries and integration scripts run TEST_JOBS at a time
+# (tests/run-parallel.sh; TEST_JOBS=1: one after another, output streamed).
+TEST_JOBS ?= 2
+# The longest integration scripts, started first so that the parallel run
+# does not end on one of them.
+INTEGRATION_FIRST ?= qcow2-read qcow2-crash nbd-tls-objects qcow2-write nbd-server qmp-live fuse-fio
+INTEGRATION_ORDERED := $(filter $(INTEGRATION_FIRST:%=tests/integration/%.sh),$(INTEGRATION_SCRIPTS)) \
+    $(filter-out $(INTEGRATION_FIRST:%=tests/integration/%.sh),$(INTEGRATION_SCRIPTS))
 BENCH_ARGS ?=
 
 # ---------------------------------------------------------------------------
@@ -225,44 +233,42 @@ check-layering:
 	$(Q)tests/layering/selftest.sh
 	$(Q)scripts/check-layering.py
 
-# Runs every unit test binary (Check in fork mode), then reports.
+# Runs every unit test binary (Check in fork mode), TEST_JOBS at a time
+# (tests/run-parallel.sh), then reports.
 .PHONY: check-unit
 check-unit: $(RUN_TEST_BINS)
-	@pass=0; fail=0; failed=; \
-	for t in $(RUN_TEST_BINS); do \
-	    echo "  TEST    $$t"; \
-	    if CK_FORK=yes timeout $(TEST_TIMEOUT) $$t; then pass=$$((pass + 1)); \
-	    else echo "  FAIL    $$t (exit $$?)"; fail=$$((fail + 1)); failed="$$failed $$t"; fi; \
-	done; \
-	[ -z "$$failed" ] || echo "check-unit: failed:$$failed"; \
-	echo "check-unit: $$pass passed, $$fail failed"; \
-	[ $$fail -eq 0 ]
+	@CK_FORK=yes tests/run-parallel.sh -j $(TEST_JOBS) -t $(TEST_TIMEOUT) -l TEST -n check-unit $(RUN_TEST_BINS)
 
-# Runs every executable tests/integration/*.sh with BLOCKGRAPH set; exit
-# status 77 means skipped.  The last line is "N passed, N failed[, N skipped]".
-# Under scripts/with-ceph.sh (the rbd tests find the cluster in BG_CEPH_DIR;
-# an outer "make check" passes its own).
+# Runs every executable tests/integration/*.sh with BLOCKGRAPH set,
+# TEST_JOBS at a time (the scripts are independent: own temporary
+# directories, ports picked at run time), the INTEGRATION_FIRST ones first;
+# exit status 77 means skipped.  Sourced libraries (lib-*.sh, *-lib.sh) are
+# not executable and are ignored; any other script that is not executable
+# fails the run (it would silently never run).  The last line is
+# "check-integration: N passed, N failed[, N skipped]".  Under
+# scripts/with-ceph.sh (the rbd tests find the cluster in BG_CEPH_DIR; an
+# outer "make check" passes its own).
 .PHONY: check-integration check-integration-run
 check-integration: $(BIN)
 	$(Q)$(WITH_CEPH) $(MAKE) check-integration-run
 check-integration-run: $(BIN)
-	@pass=0; fail=0; skip=0; failed=; \
-	for t in $(INTEGRATION_SCRIPTS); do \
-	    if [ ! -x "$$t" ]; then echo "  IGNORE  $$t (not executable)"; continue; fi; \
-	    echo "  ITEST   $$t"; rc=0; \
-	    BLOCKGRAPH='$(abspath $(BIN))' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))' \
-	        timeout $(TEST_TIMEOUT) ./$$t || rc=$$?; \
-	    case $$rc in \
-	        0) pass=$$((pass + 1)) ;; \
-	        77) echo "  SKIP    $$t"; skip=$$((skip + 1)) ;; \
-	        *) echo "  FAIL    $$t (exit $$rc)"; fail=$$((fail + 1)); failed="$$failed $$t" ;; \
-	    esac; \
+	@rc=0; for t in $(INTEGRATION_SCRIPTS); do [ -x "$$t" ] && continue; \
+	    case $${t##*/} in lib-*|*-lib.sh) echo "  IGNORE  $$t (a sourced library)" ;; \
+	    *) echo "  FAIL    $$t is not executable (chmod +x it, or name a sourced library lib-*.sh)"; rc=1 ;; esac; \
 	done; \
-	[ -z "$$failed" ] || echo "check-integration: failed:$$failed"; \
-	summary="$$pass passed, $$fail failed"; \
-	[ $$skip -eq 0 ] || summary="$$summary, $$skip skipped"; \
-	echo "$$summary"; \
-	[ $$fail -eq 0 ]
+	BLOCKGRAPH='$(abspath $(BIN))' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))' \
+	    tests/run-parallel.sh -j $(TEST_JOBS) -t $(TEST_TIMEOUT) -s -l ITEST -n check-integration \
+	    $$(for t in $(INTEGRATION_ORDERED); do [ -x "$$t" ] && echo "./$$t"; done) || rc=1; \
+	exit $$rc
+
+# make check-crash N=1000: the SIGKILL crash test (tests/integration/
+# qcow2-crash.sh: a qcow2 writer killed under load, then qemu-img check and
+# every fsync'd write verified) with N iterations (default 1000) spread over
+# its variants; "make check" runs it with its default of 25 (5 per variant).
+.PHONY: check-crash
+check-crash: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))' \
+	    BG_CRASH_ITERATIONS='$(or $(N),1000)' tests/integration/qcow2-crash.sh
 
 # The unit tests and the tests that feed blockgraph hostile input, again
 # under ASan+UBSan (build in $(B)/asan); any report aborts the test.  For
@@ -286,14 +292,11 @@ check-asan:
 	    grep -h -E 'ERROR: |runtime error|SUMMARY: ' '$(SAN_REPORTS)'/* | head -20; return 1; fi; }; \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    $(MAKE) SANITIZE=1 BUILD_DIR=$(B)/asan check-unit; \
-	for t in $(ASAN_INTEGRATION); do \
-	    echo "  ITEST   $$t (ASan)"; \
-	    $(SAN_ENV) BLOCKGRAPH='$(abspath $(B))/asan/blockgraph' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))/asan' \
-	        timeout $(TEST_TIMEOUT) ./$$t >'$(B)/asan/'"$${t##*/}.log" 2>&1 || \
-	        { echo "  FAIL    $$t under ASan; tail of $(B)/asan/$${t##*/}.log:"; tail -20 '$(B)/asan/'"$${t##*/}.log"; \
-	          reports; exit 1; }; \
-	    reports || exit 1; \
-	done; \
+	rc=0; $(SAN_ENV) BLOCKGRAPH='$(abspath $(B))/asan/blockgraph' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))/asan' \
+	    tests/run-parallel.sh -j $(TEST_JOBS) -t $(TEST_TIMEOUT) -l ITEST -n 'check-asan (integration)' \
+	    $(ASAN_INTEGRATION:%=./%) || rc=1; \
+	reports || rc=1; \
+	[ $$rc = 0 ]; \
 	echo "check-asan: passed"
 
 # ---------------------------------------------------------------------------
@@ -404,8 +407,10 @@ help:
 	@echo 'Targets:'
 	@echo '  all (default)      build $(B)/blockgraph, unit tests and benchmarks'
 	@echo '  check              install deps, build, run: $(CHECK_TARGETS)'
+	@echo '                     (under one Ceph cluster: scripts/with-ceph.sh, BG_CEPH_DIR)'
 	@echo '  check-unit         run $(B)/tests/unit/test-* (TESTS="test-x ..." to filter)'
 	@echo '  check-integration  run tests/integration/*.sh with BLOCKGRAPH set'
+	@echo '  check-crash        the qcow2 SIGKILL crash test, N=1000 iterations'
 	@echo '  check-layering     check #include lines against the layering rules'
 	@echo '  bench              run $(or $(BENCH_TARGETS),the bench-* targets) one at a time'
 	@echo '  bench-NAME         build and run $(B)/bench/NAME (BENCH_ARGS=...)'
@@ -418,4 +423,4 @@ help:
 	@echo '                     to blockgraph (never over a real QEMU binary)'
 	@echo '  clean / distclean  remove $(B)/ (and config.mk)'
 	@echo 'Variables: V=1 (show commands), BUILD_DIR=dir, WERROR=0, BG_NO_DEPS=1,'
-	@echo '  TEST_TIMEOUT=seconds, TESTS=..., BENCH_ARGS=...'
+	@echo '  TEST_TIMEOUT=seconds, TEST_JOBS=2 (tests at a time), TESTS=..., BENCH_ARGS=...'

@@ -30,9 +30,13 @@
 #   SIZE        rbd image size (default 1G); the memstore OSD gets 3x that
 #   CONFIGS     default "qsd bg fio-rbd"
 #   WORKLOADS   default "randrw-4k-qd1-direct randrw-4k-qd64-direct randrw-4k-qd64"
-#   IMG_BENCH   0 skips part (a) (default 1); IMG_COUNT requests (default 20000)
+#   IMG_BENCH   0 skips part (a) (default 1); IMG_COUNT requests (default 100000)
 #   CLUSTER_OPTS  extra scripts/ceph-cluster.sh start options (e.g. --bluestore)
 #   WORKDIR     scratch directory (default /var/tmp/blockgraph-bench-rbd)
+#   QUIET_WAIT  seconds to wait before each run for the other processes to
+#               leave the CPUs nearly idle (QUIET_MAX, default 0.10 busy);
+#               default 30.  Each result line records "busy=" (the fraction
+#               of all CPUs busy in the 0.5 s before the run).
 # Exit status: 0 when every run succeeded, 1 otherwise.
 set -uo pipefail
 
@@ -46,9 +50,11 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${CONFIGS:=qsd bg fio-rbd}"
 : "${WORKLOADS:=randrw-4k-qd1-direct randrw-4k-qd64-direct randrw-4k-qd64}"
 : "${IMG_BENCH:=1}"
-: "${IMG_COUNT:=20000}"
+: "${IMG_COUNT:=100000}"
 : "${CLUSTER_OPTS:=}"
 : "${WORKDIR:=/var/tmp/blockgraph-bench-rbd}"
+: "${QUIET_WAIT:=30}"
+: "${QUIET_MAX:=0.10}"
 
 die() { echo "bench/rbd.sh: $*" >&2; exit 1; }
 [ -x "$BLOCKGRAPH" ] || die "blockgraph binary '$BLOCKGRAPH' not found (build it, or set BLOCKGRAPH)"
@@ -95,6 +101,28 @@ fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$IMAGE" 
     --rw=write --bs=4M --iodepth=8 --size="$BYTES" --refill_buffers=1 \
     --output=/dev/null || die "filling the image failed"
 
+# busy: fraction of all CPUs busy during 0.5 s (other processes' load).
+busy() {
+    local a b
+    a=$(awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat)
+    sleep 0.5
+    b=$(awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x); split(b, y); t = y[2] - x[2];
+        printf "%.2f\n", (t > 0) ? (y[1] - x[1]) / t : 0 }'
+}
+
+# quiet: waits up to QUIET_WAIT s for busy <= QUIET_MAX; prints the last busy.
+quiet() {
+    local b start=$SECONDS
+    while :; do
+        b=$(busy)
+        awk -v b="$b" -v m="$QUIET_MAX" 'BEGIN { exit !(b <= m) }' && break
+        ((SECONDS - start < QUIET_WAIT)) || break
+        sleep 1
+    done
+    echo "$b"
+}
+
 start_daemon() {
     local c=$1 i
     : >"$MNT"
@@ -129,7 +157,7 @@ run_fio() {
         target=(--ioengine=rbd --clientname=admin --pool=rbd --rbdname="$IMAGE")
     else
         start_daemon "$c" || return 1
-        target=(--ioengine=io_uring --filename="$MNT" --direct=$direct)
+        target=(--ioengine=io_uring --filename="$MNT" --direct="$direct")
     fi
     fio --name=job1 "${target[@]}" --numjobs=1 --rw=randrw --bs=4k --iodepth=$qd \
         --size="$BYTES" --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based=1 \
@@ -158,12 +186,13 @@ if [ "$IMG_BENCH" = 1 ]; then
                 [ $tool = blockgraph ] && cmd=("$BLOCKGRAPH" img)
                 wflag=()
                 [ $mode = write ] && wflag=(-w)
-                echo "[$(date +%T)] img bench $mode round $r/$ROUNDS: $tool" >&2
+                b=$(quiet)
+                echo "[$(date +%T)] img bench $mode round $r/$ROUNDS: $tool (busy $b)" >&2
                 if "${cmd[@]}" bench -f raw -c "$IMG_COUNT" -d 64 -s 4k "${wflag[@]}" "$NAME" \
                     >"$RUN/img.out" 2>&1 &&
                     secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' "$RUN/img.out") &&
                     [ -n "$secs" ]; then
-                    echo "kind=img config=$tool workload=imgbench-$mode-4k-qd64 seconds=$secs" |
+                    echo "kind=img config=$tool workload=imgbench-$mode-4k-qd64 seconds=$secs busy=$b" |
                         tee -a "$LINES" >&2
                 else
                     echo "  img bench failed ($tool $mode): $(tail -1 "$RUN/img.out")" >&2
@@ -178,9 +207,10 @@ fi
 for w in $WORKLOADS; do
     for ((r = 1; r <= ROUNDS; r++)); do
         for c in $CONFIGS; do
-            echo "[$(date +%T)] $w round $r/$ROUNDS: $c" >&2
+            b=$(quiet)
+            echo "[$(date +%T)] $w round $r/$ROUNDS: $c (busy $b)" >&2
             if line=$(run_fio "$c" "$w"); then
-                echo "$line" | tee -a "$LINES" >&2
+                echo "$line busy=$b" | tee -a "$LINES" >&2
             else
                 echo "  run failed: $c $w" >&2
                 status=1
@@ -194,8 +224,10 @@ echo "## Ceph RBD: medians of $ROUNDS interleaved runs ($(nproc) CPUs, kernel $(
 /usr/bin/python3 - "$LINES" <<'EOF'
 import sys, statistics
 rows = {}
+busy = []
 for line in open(sys.argv[1]):
     kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
+    busy.append(float(kv.get("busy", "0")))
     if kv["kind"] == "img":
         v = float(kv["seconds"])
     else:
@@ -209,6 +241,9 @@ def ratio(a, b):
 def fmt(v):
     return "-" if v is None else "%.0f" % v
 
+if busy:
+    print("other load before the runs (fraction of all CPUs busy): median %.2f, max %.2f"
+          % (statistics.median(busy), max(busy)))
 img = [(k, d) for k, d in sorted(rows.items()) if k[0] == "img"]
 if img:
     print()

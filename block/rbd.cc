@@ -21,7 +21,8 @@
 // a librbd thread; the callback there only stores the result, releases the
 // completion and schedules the waiting coroutine in the AioContext it was
 // issued from (that context's own wake-up), so no block-layer code ever
-// runs on a librbd thread. Any number of requests may be in flight.
+// runs on a librbd thread. Any number of requests may be in flight; while
+// one is, its context sleeps instead of polling (foreign_wait_begin).
 //
 // Writes past the end grow the image first (rbd_resize), as QEMU does, so
 // a format (qcow2) on top can allocate past the end. Snapshots are rbd
@@ -510,7 +511,9 @@ ssize_t RbdNode::co_aio(F submit)
         rbd_aio_release(c);
         return r;
     }
+    req.ctx->foreign_wait_begin();
     coroutine_yield();
+    req.ctx->foreign_wait_end();
     return req.ret;
 }
 

@@ -102,9 +102,9 @@ daemon_pid() {
 # make's jobserver descriptors.
 close_fds() {
     local fd
-    for fd in /proc/$BASHPID/fd/*; do
+    for fd in "/proc/$BASHPID/fd/"*; do
         fd=${fd##*/}
-        ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null || true
+        if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
     done
 }
 

@@ -58,12 +58,12 @@ step "Mount it writable as a raw file and write through the mount with dd"
 run "$BLOCKGRAPH" mount --rw -f qcow2 "$img" "$mnt"
 run ls -l "$mnt"
 head -c 4M /dev/urandom >payload
-head -c 64k /dev/urandom >tail
+head -c 64k /dev/urandom >payload2
 truncate -s 1G expected.raw
 run dd if=payload of="$mnt" bs=64k seek=16 conv=notrunc,fsync status=none
-run dd if=tail of="$mnt" bs=64k seek=16000 conv=notrunc,fsync status=none
+run dd if=payload2 of="$mnt" bs=64k seek=16000 conv=notrunc,fsync status=none
 dd if=payload of=expected.raw bs=64k seek=16 conv=notrunc status=none
-dd if=tail of=expected.raw bs=64k seek=16000 conv=notrunc status=none
+dd if=payload2 of=expected.raw bs=64k seek=16000 conv=notrunc status=none
 run cmp "$mnt" expected.raw && echo "read back through the mount: identical"
 run "$BLOCKGRAPH" umount "$mnt"
 

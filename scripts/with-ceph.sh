@@ -18,11 +18,13 @@
 #   BG_CEPH_DIR, so the tests that need one fail on their own) and the exit
 #   status is non-zero even if CMD succeeded.
 # - CMD keeps this script's stdin, stdout and stderr.
+# - BG_CEPH_CLUSTER_SCRIPT replaces scripts/ceph-cluster.sh (for the tests
+#   of this script: any program taking "start DIR" and "stop DIR --purge").
 set -euo pipefail
 
 PROG=${0##*/}
 HERE=$(cd "$(dirname "$0")" && pwd)
-CLUSTER=$HERE/ceph-cluster.sh
+CLUSTER=${BG_CEPH_CLUSTER_SCRIPT:-$HERE/ceph-cluster.sh}
 note() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 
 start_opts=()

@@ -12,7 +12,8 @@
 #                            fail on deliberately broken stacks)
 #
 # Variables: CONF_ARGS (e.g. --filter-stacks 'qcow2*' --filter-cases 'rw_*'),
-# CONF_FUSE=0 skips the FUSE part, CONF_FUSE_STACKS (glob list for the script).
+# CONF_FUSE=0 skips the FUSE part, CONF_FUSE_STACKS (glob list for the script),
+# CONF_JOBS (worker processes of the API run, default 2: --jobs).
 
 CONF_SRCS := $(sort $(wildcard tests/conformance/*.cc))
 CONF_OBJS := $(CONF_SRCS:%.cc=$(B)/%.o)
@@ -20,6 +21,7 @@ CONF_BIN := $(B)/tests/conformance/conformance
 CONF_ARGS ?=
 CONF_FUSE ?= 1
 CONF_FUSE_STACKS ?=
+CONF_JOBS ?= 2
 # The API run covers every stack in one process (about 12 minutes on two
 # vCPUs with the NBD stacks): it gets more than TEST_TIMEOUT.
 CONF_TIMEOUT ?= 1500
@@ -47,7 +49,7 @@ check-conformance: $(CONF_BIN) $(BIN)
 check-conformance-run: $(CONF_BIN) $(BIN)
 	@rc=0; logdir=$$(mktemp -d "$${TMPDIR:-/tmp}/bg-conf-logs.XXXXXX"); \
 	echo "  CONF    $(CONF_BIN) (block layer API)"; \
-	( BLOCKGRAPH='$(abspath $(BIN))' timeout $(CONF_TIMEOUT) $(CONF_BIN) --stacks tests/conformance/stacks.txt $(CONF_ARGS) \
+	( BLOCKGRAPH='$(abspath $(BIN))' timeout $(CONF_TIMEOUT) $(CONF_BIN) --stacks tests/conformance/stacks.txt --jobs $(CONF_JOBS) $(CONF_ARGS) \
 	    >"$$logdir/api.log" 2>&1; echo $$? >"$$logdir/api.rc" ) & \
 	if [ "$(CONF_FUSE)" = 1 ]; then \
 	    echo "  CONF    tests/conformance/fuse-conformance.sh (FUSE, through the kernel)"; \

@@ -169,7 +169,12 @@ while read -r name caps; do
     if [ -f "$d/serve.pid" ]; then
         spid=$(cat "$d/serve.pid")
         kill "$spid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+        # Gone or a zombie: a forked server is an orphan, reaped by PID 1
+        # (sometimes seconds later).
+        for _ in $(seq 100); do
+            [ "$(awk '{ print $3 }' "/proc/$spid/stat" 2>/dev/null || echo Z)" = Z ] && break
+            sleep 0.05
+        done
         kill -9 "$spid" 2>/dev/null || true
         keep=()
         for p in "${FUSE_BG_PIDS[@]}"; do [ "$p" = "$spid" ] || keep+=("$p"); done

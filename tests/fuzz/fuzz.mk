@@ -10,11 +10,13 @@
 # The library is compiled again with clang++ and -fsanitize=address,undefined
 # (plus fuzzer-no-link coverage) into $(B)/fuzz/obj/, separately from the
 # normal build. Variables: FUZZ_CXX (clang++), FUZZ_TIME, FUZZ_ARGS (extra
-# libFuzzer flags, e.g. -jobs=4).
+# libFuzzer flags, e.g. -jobs=4), FUZZ_JOBS (targets run at the same time,
+# default 2).
 
 FUZZ_CXX ?= clang++
 FUZZ_TIME ?= 60
 FUZZ_ARGS ?=
+FUZZ_JOBS ?= 2
 FUZZ_DIR := $(B)/fuzz
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CXXFLAGS := -std=c++20 -O1 -g -pthread -Wall -Wextra -Wno-missing-field-initializers -DBG_ASAN=1 $(FUZZ_SAN)
@@ -40,10 +42,13 @@ fuzz: $(FUZZ_BINS)
 
 # Each target runs on a scratch copy of its seed corpus (new inputs stay out
 # of the source tree), bounded in time, memory and per-input run time.
+# FUZZ_JOBS targets run at the same time (libFuzzer uses one core each, so
+# on two cores two targets get as many executions as one after another);
+# each one's result is printed, in order, when all are done.
 check-fuzz: fuzz
-	@failed=; \
-	for f in $(FUZZ_BINS); do \
-	    name=$${f##*/fuzz-}; seeds=tests/fuzz/corpus-$$name; \
+	@rm -f "$(FUZZ_DIR)"/*.result "$(FUZZ_DIR)"/*.failed; \
+	one() { \
+	    local f=$$1 name=$${1##*/fuzz-} seeds work; seeds=tests/fuzz/corpus-$$name; \
 	    work=$$(mktemp -d "$${TMPDIR:-/tmp}/bg-fuzz-$$name.XXXXXX"); \
 	    [ -d "$$seeds" ] && cp "$$seeds"/* "$$work"/ 2>/dev/null; \
 	    echo "  FUZZ    $$f ($(FUZZ_TIME) s, seeds $$seeds)"; \
@@ -54,9 +59,19 @@ check-fuzz: fuzz
 	    else \
 	        echo "  FAIL    $$f: see $(FUZZ_DIR)/$$name.log and the crash-* / timeout-* files in $(FUZZ_DIR)/"; \
 	        grep -E "ERROR|SUMMARY|runtime error" "$(FUZZ_DIR)/$$name.log" | head -5; \
-	        failed="$$failed $$name"; \
+	        touch "$(FUZZ_DIR)/$$name.failed"; \
 	    fi; \
 	    rm -rf "$$work"; \
+	}; \
+	for f in $(FUZZ_BINS); do \
+	    while [ "$$(jobs -rp | wc -l)" -ge $(FUZZ_JOBS) ]; do wait -n; done; \
+	    one "$$f" >"$(FUZZ_DIR)/$${f##*/fuzz-}.result" 2>&1 & \
+	done; \
+	wait; \
+	failed=; \
+	for f in $(FUZZ_BINS); do \
+	    name=$${f##*/fuzz-}; cat "$(FUZZ_DIR)/$$name.result"; \
+	    [ -e "$(FUZZ_DIR)/$$name.failed" ] && failed="$$failed $$name"; \
 	done; \
 	[ -z "$$failed" ] || { echo "check-fuzz: failed:$$failed"; exit 1; }; \
 	echo "check-fuzz: passed"

@@ -13,13 +13,15 @@
 #   lazy refcounts: the image is dirty; a writable open by blockgraph
 #     repairs it (refcount rebuild), and then qemu-img check exits 0;
 #   every block holds its last durable value (or a later issued one).
-# BG_CRASH_ITERATIONS (default 50) sets the number of iterations.
+# BG_CRASH_ITERATIONS (default 25: 5 per variant) sets the number of
+# iterations, spread round-robin over the variants; "make check-crash
+# N=1000" runs a long campaign. The time budget grows with it (10 s each).
 set -euo pipefail
-export FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-280}
+ITER=${BG_CRASH_ITERATIONS:-25}
+export FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-$((60 + 10 * ITER))}
 WRITER=$(cd "$(dirname "$0")" && pwd)/qcow2-crash-writer.py
 source "$(dirname "$0")/lib-fuse.sh"
 fuse_require_tools python3
-ITER=${BG_CRASH_ITERATIONS:-50}
 BS=4096
 BLOCKS=1024   # 4 MiB of the 8 MiB image
 

@@ -63,8 +63,9 @@ q() {
     fi
 }
 
-# Only the hex dump lines of read -v output.
-hexlines() { grep -E '^[0-9a-f]{8}:  '; }
+# Only the hex dump lines of read -v output (byte-wise matching: several
+# times faster than in a UTF-8 locale on these 400k-line dumps).
+hexlines() { LC_ALL=C grep -E '^[0-9a-f]{8}:  '; }
 
 # compare NAME IMAGE [CONVERT_ARGS] [IMAGE_OPTS]
 #   IMAGE_OPTS empty: blockgraph opens IMAGE with -f qcow2; otherwise with
@@ -88,7 +89,7 @@ compare() {
         [ "$n" -gt "$CHUNK" ] && n=$CHUNK
         "$BLOCKGRAPH" io -r -c "read -v $off $n" "${bg_open[@]}" >"$WORK/bg.out" 2>"$WORK/bg.err"
         local rc=$?
-        if [ $rc -ne 0 ] || ! grep -q "^read $n/$n bytes at offset $off" "$WORK/bg.out"; then
+        if [ $rc -ne 0 ] || ! LC_ALL=C grep -q "^read $n/$n bytes at offset $off" "$WORK/bg.out"; then
             fail "$name: blockgraph read $off+$n failed (exit $rc): $(head -c 600 "$WORK/bg.err") $(grep -v -E '^[0-9a-f]{8}:  ' "$WORK/bg.out" | head -3)"
             ok=0
             break
