@@ -350,6 +350,12 @@ Result<std::unique_ptr<RbdConnection>> rbd_connect(const RbdOptions &o, bool cac
     r = rados_ioctx_create(conn->cluster, o.pool.c_str(), &conn->io);
     if (r < 0) return rbd_error(r, "error opening pool " + o.pool);
     rados_ioctx_set_namespace(conn->io, o.ns.c_str());
+    if (!o.ns.empty()) {
+        bool exists = false;
+        r = rbd_namespace_exists(conn->io, o.ns.c_str(), &exists);
+        if (r < 0) return rbd_error(r, "error checking namespace");
+        if (!exists) return make_error(ENOENT, "namespace '%s' does not exist", o.ns.c_str());
+    }
     return conn;
 }
 
