@@ -356,6 +356,11 @@ Result<std::unique_ptr<RbdConnection>> rbd_connect(const RbdOptions &o, bool cac
         if (r < 0) return rbd_error(r, "error checking namespace");
         if (!exists) return make_error(ENOENT, "namespace '%s' does not exist", o.ns.c_str());
     }
+    // On a full pool, requests that need new space fail with ENOSPC (over
+    // quota: EDQUOT) instead of waiting, without a timeout, until space is
+    // freed (librados' default; rbd_open would wait too, its header watch
+    // is a write); overwrites of stored data still succeed.
+    rados_set_pool_full_try(conn->io);
     return conn;
 }
 
