@@ -350,6 +350,17 @@ Result<std::unique_ptr<RbdConnection>> rbd_connect(const RbdOptions &o, bool cac
     r = rados_ioctx_create(conn->cluster, o.pool.c_str(), &conn->io);
     if (r < 0) return rbd_error(r, "error opening pool " + o.pool);
     rados_ioctx_set_namespace(conn->io, o.ns.c_str());
+    if (!o.ns.empty()) {
+        bool exists = false;
+        r = rbd_namespace_exists(conn->io, o.ns.c_str(), &exists);
+        if (r < 0) return rbd_error(r, "error checking namespace");
+        if (!exists) return make_error(ENOENT, "namespace '%s' does not exist", o.ns.c_str());
+    }
+    // On a full pool, requests that need new space fail with ENOSPC (over
+    // quota: EDQUOT) instead of waiting, without a timeout, until space is
+    // freed (librados' default; rbd_open would wait too, its header watch
+    // is a write); overwrites of stored data still succeed.
+    rados_set_pool_full_try(conn->io);
     return conn;
 }
 
@@ -439,18 +450,25 @@ Status RbdNode::open(const BlockdevOptions &opts)
     const auto *o = opts.as<RbdOptions>();
     if (!o) return node_error(EINVAL, "options are not rbd options");
     opts_ = *o;
-    if (!opts_.snapshot.empty() && !read_only_) {
-        if (!opts.auto_read_only) return node_error(EINVAL, "rbd snapshots are read-only");
+    // A snapshot opened for writing is refused once it is known to exist
+    // (as QEMU: a missing one is "error reading header").
+    bool snap_rw = !opts_.snapshot.empty() && !read_only_;
+    if (snap_rw && opts.auto_read_only) {
         read_only_ = true;
+        snap_rw = false;
     }
     BG_TRY_ASSIGN(conn_, rbd_connect(opts_, opts.cache_direct));
     const char *snap = opts_.snapshot.empty() ? nullptr : opts_.snapshot.c_str();
-    int r = read_only_ ? rbd_open_read_only(conn_->io, opts_.image.c_str(), &image_, snap)
-                       : rbd_open(conn_->io, opts_.image.c_str(), &image_, snap);
+    int r = read_only_ || snap_rw ? rbd_open_read_only(conn_->io, opts_.image.c_str(), &image_, snap)
+                                  : rbd_open(conn_->io, opts_.image.c_str(), &image_, snap);
     if (r < 0) {
         image_ = nullptr;
         conn_.reset();
         return rbd_error(r, "error reading header from " + opts_.image);
+    }
+    if (snap_rw) {
+        close_image();
+        return node_error(EINVAL, "rbd snapshots are read-only");
     }
     rbd_image_info_t info{};
     r = rbd_stat(image_, &info, sizeof info);

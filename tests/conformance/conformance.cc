@@ -250,11 +250,27 @@ bool match_any(const std::string &name, const std::string &globs)
     return false;
 }
 
+// A name unique to the directory, for images that live outside it (rbd
+// images on the cluster): its physical path with every '/' replaced by '_'
+// (what "pwd -P|tr / _" prints in it, so serve/unserve scripts compute the
+// same). The directory must exist.
+std::string dir_id(const std::string &dir)
+{
+    char real[PATH_MAX];
+    std::string id = realpath(dir.c_str(), real) ? real : dir;
+    std::replace(id.begin(), id.end(), '/', '_');
+    return id;
+}
+
+// Replaces @D@ by dir and @ID@ by dir_id(dir).
 std::string substitute_dir(const std::string &tmpl, const std::string &dir)
 {
     std::string s = tmpl;
     // Directory names are ours (no quotes or backslashes), so plain text works in JSON.
     for (size_t p; (p = s.find("@D@")) != std::string::npos;) s.replace(p, 3, dir);
+    if (s.find("@ID@") == std::string::npos) return s;
+    std::string id = dir_id(dir);
+    for (size_t p; (p = s.find("@ID@")) != std::string::npos;) s.replace(p, 4, id);
     return s;
 }
 
@@ -309,6 +325,11 @@ void copy_dir_sparse(const std::string &src, const std::string &dst)
 // itself; otherwise the dead server stays a zombie until PID 1 reaps it,
 // which some inits do only every second or two (kill(pid, 0) succeeds on
 // a zombie), and every case on a served stack waited that long.
+//
+// Images that live outside the directory (rbd: "serve" creates the
+// directory's image on the cluster) are removed by the commands in a file
+// "unserve", which stop_server runs after the kill (errors ignored: it may
+// run twice for a directory).
 void start_server(const std::string &dir)
 {
     if (access((dir + "/serve").c_str(), F_OK) != 0) return;
@@ -322,30 +343,39 @@ void stop_server(const std::string &dir)
 {
     std::ifstream f(dir + "/serve.pid");
     long pid = 0;
-    if (!(f >> pid) || pid <= 1) return;
-    // Our child when start_server made us its subreaper (then reaped here);
-    // otherwise waitpid fails with ECHILD and only kill(pid, 0) tells.
-    auto gone = [pid] {
-        return waitpid(static_cast<pid_t>(pid), nullptr, WNOHANG) == pid || kill(static_cast<pid_t>(pid), 0) != 0;
-    };
-    if (kill(static_cast<pid_t>(pid), SIGTERM) == 0) {
-        for (int i = 0; i < 400 && !gone(); i++) usleep(5000);
-        if (kill(static_cast<pid_t>(pid), SIGKILL) == 0) waitpid(static_cast<pid_t>(pid), nullptr, 0);
+    if ((f >> pid) && pid > 1) {
+        // Our child when start_server made us its subreaper (then reaped here);
+        // otherwise waitpid fails with ECHILD and only kill(pid, 0) tells.
+        auto gone = [pid] {
+            return waitpid(static_cast<pid_t>(pid), nullptr, WNOHANG) == pid || kill(static_cast<pid_t>(pid), 0) != 0;
+        };
+        if (kill(static_cast<pid_t>(pid), SIGTERM) == 0) {
+            for (int i = 0; i < 400 && !gone(); i++) usleep(5000);
+            if (kill(static_cast<pid_t>(pid), SIGKILL) == 0) waitpid(static_cast<pid_t>(pid), nullptr, 0);
+        }
+        unlink((dir + "/serve.pid").c_str());
     }
-    unlink((dir + "/serve.pid").c_str());
+    if (access((dir + "/unserve").c_str(), F_OK) == 0) {
+        std::string out;
+        run_cmd("cd " + shell_quote(dir) + " && sh ./unserve", &out);
+    }
 }
 
-// Kills every server still running under dir (cases that died before
-// their Env's destructor leave theirs behind).
+// Stops every server still running and removes every image still served
+// under dir (cases that died before their Env's destructor leave theirs
+// behind).
 void stop_all_servers(const std::string &dir)
 {
     std::string out;
-    run_cmd("find " + shell_quote(dir) + " -name serve.pid", &out);
+    run_cmd("find " + shell_quote(dir) + " -name serve.pid -o -name unserve", &out);
     std::istringstream in(out);
+    std::set<std::string> dirs;
     std::string line;
     while (std::getline(in, line)) {
-        if (line.size() > 10) stop_server(line.substr(0, line.size() - 10));
+        size_t slash = line.rfind('/');
+        if (slash != std::string::npos && slash > 0) dirs.insert(line.substr(0, slash));
     }
+    for (const std::string &d : dirs) stop_server(d);
 }
 
 void prepare_stack_dir(const Stack &s, const std::string &dir)
@@ -390,8 +420,10 @@ void prepare_stacks()
         start_server(s.pristine);
         int rc = run_cmd("qemu-img convert -O raw " + shell_quote("json:" + q.dump()) + " " + shell_quote(s.init_raw),
                          &out);
-        stop_server(s.pristine);
-        if (rc != 0) die("stack '" + s.base + "': qemu-img convert of the fresh images failed: " + out);
+        if (rc != 0) {
+            stop_server(s.pristine);
+            die("stack '" + s.base + "': qemu-img convert of the fresh images failed: " + out);
+        }
         struct stat st;
         if (stat(s.init_raw.c_str(), &st) != 0) die("stat " + s.init_raw);
         s.size = st.st_size;
@@ -401,10 +433,14 @@ void prepare_stacks()
             strip_for_qemu(f);
             rc = run_cmd("qemu-img check " + shell_quote("json:" + f.dump()), &out);
             if (rc != 63) s.has_check = true;
-            if (rc != 0 && rc != 63) die("stack '" + s.base + "': the fresh image fails qemu-img check: " + out);
+            if (rc != 0 && rc != 63) {
+                stop_server(s.pristine);
+                die("stack '" + s.base + "': the fresh image fails qemu-img check: " + out);
+            }
             rc = run_cmd("qemu-img info --output=json " + shell_quote("json:" + f.dump()), &out);
             if (rc == 0 && out.find("\"backing-filename\"") != std::string::npos) s.has_backing = true;
         }
+        stop_server(s.pristine);
         done[s.base] = &s;
     }
 }
@@ -1079,6 +1115,10 @@ int prepare_one(const std::string &prepare_name, const std::string &prepare_dir)
 
 int main(int argc, char **argv)
 {
+    // The rbd stacks, and the qemu-img / rbd commands run for them, find the
+    // cluster (scripts/with-ceph.sh's BG_CEPH_DIR) through CEPH_CONF.
+    const char *ceph_dir = getenv("BG_CEPH_DIR");
+    if (ceph_dir && *ceph_dir && !getenv("CEPH_CONF")) setenv("CEPH_CONF", (std::string(ceph_dir) + "/ceph.conf").c_str(), 1);
     std::string stacks_file = "tests/conformance/stacks.txt";
     std::string filter_stacks, filter_cases;
     bool list = false;

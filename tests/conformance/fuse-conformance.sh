@@ -24,6 +24,17 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../integration/lib-fuse.sh disable=SC2154  # fuse_checks, fuse_failures
 source "$HERE/../integration/lib-fuse.sh"
 fuse_require_tools fio
+# The rbd stacks find the cluster (scripts/with-ceph.sh's BG_CEPH_DIR).
+if [ -n "${BG_CEPH_DIR:-}" ] && [ -z "${CEPH_CONF:-}" ]; then export CEPH_CONF=$BG_CEPH_DIR/ceph.conf; fi
+# Images that live outside a stack's directory (rbd) are removed by its
+# "unserve" (docs/conformance.md): after each stack, and on every exit path.
+unserve() { if [ -f "$1/unserve" ]; then (cd "$1" && sh ./unserve) || true; fi; }
+fuse_cleanup_hook() {
+    local u
+    for u in "$WORK"/s*/unserve; do
+        if [ -f "$u" ]; then unserve "$(dirname "$u")"; fi
+    done
+}
 CONFORMANCE=${CONFORMANCE:-$HERE/../../build/tests/conformance/conformance}
 [ -x "$CONFORMANCE" ] || { echo "FAIL: CONFORMANCE=$CONFORMANCE is not an executable"; exit 1; }
 STACKS_FILE=$HERE/stacks.txt
@@ -169,6 +180,7 @@ while read -r name caps; do
         for p in "${FUSE_BG_PIDS[@]}"; do [ "$p" = "$spid" ] || keep+=("$p"); done
         FUSE_BG_PIDS=("${keep[@]}")
     fi
+    unserve "$d"
     rm -rf "$d"
 done < <("$CONFORMANCE" --stacks "$STACKS_FILE" --list)
 

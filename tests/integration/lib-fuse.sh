@@ -143,7 +143,7 @@ fuse_cleanup() {
         wait "$tp" 2>/dev/null
     done
     fuse_unmount_all
-    declare -F fuse_cleanup_hook >/dev/null && fuse_cleanup_hook
+    if declare -F fuse_cleanup_hook >/dev/null; then fuse_cleanup_hook || true; fi
     cd /
     rm -rf "$WORK"
     exit "$rc"

@@ -23,7 +23,9 @@ set -euo pipefail
 FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-180}
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lib-fuse.sh"
+# shellcheck disable=SC2034  # both read by lib-rbd.sh
 RBD_OWN_CLUSTER=bluestore
+# shellcheck disable=SC2034
 RBD_NEED_TOOLS="fio fusermount3"
 source "$HERE/lib-rbd.sh"
 fuse_require_tools fio

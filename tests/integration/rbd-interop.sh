@@ -12,8 +12,10 @@
 # - block status: "img map" of a sparse image agrees with qemu-img map and
 #   with "rbd diff --whole-object" (rbd reports whole objects: the data
 #   ranges are the written objects, exactly);
+# - rbd du's used size = the data bytes img map reports;
 # - img resize grow/shrink seen by rbd info; img info vs rbd info (size,
-#   object size also for a 1 MiB-object image, features);
+#   object size = 2^order, also for a 1 MiB-object image, features in rbd
+#   info's order) and qemu-img info (size, cluster size);
 # - img snapshot -c/-l/-a/-d vs rbd snap ls and qemu-img snapshot -l; @snap
 #   opens read the snapshot's data and refuse writes (QEMU's message);
 # - a namespace (rbd namespace create) both ways;
@@ -198,6 +200,13 @@ EOF
 else
     bad "sparse image block status: $out"
 fi
+used=$(rbdc du --format json "rbd/$(img sp)" | python3 -c 'import json, sys; print(json.load(sys.stdin)["images"][0]["used_size"])')
+mapped=$(python3 -c 'import json, sys; print(sum(e["length"] for e in json.load(open(sys.argv[1])) if e["data"]))' map-ours.json)
+if [ "$used" = "$mapped" ]; then
+    ok "rbd du used size = img map's data bytes ($used)"
+else
+    bad "rbd du used size $used, img map data bytes $mapped"
+fi
 if bg img convert -f raw -O raw "$(r sp)" sp.raw 2>run.out &&
     [ "$(du -k sp.raw | cut -f1)" -le 8300 ] && qimg compare -f raw -F raw sp.raw "$(r sp)" >/dev/null; then
     ok "convert skips the holes ($(du -k sp.raw | cut -f1) KiB allocated) and is identical"
@@ -254,8 +263,11 @@ want = set(rbd["features"])
 if isinstance(f, int):
     assert f == sum(bits[n] for n in want), f"features {f}, rbd info {sorted(want)}"
 else:
-    assert set(f) == want, f"features {f}, rbd info {sorted(want)}"
-print(f"size {rbd['size']}, object size {rbd['object_size']}, features {sorted(want)}")
+    assert list(f) == rbd["features"], f"features {f}, rbd info {rbd['features']}"
+osz = found[0].get("object-size")
+assert osz == rbd["object_size"] == 1 << rbd["order"], \
+    f"object-size {osz}, rbd info object_size {rbd['object_size']} order {rbd['order']}"
+print(f"size {rbd['size']}, object size {osz} (order {rbd['order']}), features {rbd['features']}")
 EOF
     ); then
         ok "img info agrees with rbd info and qemu-img info: $out"
