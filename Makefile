@@ -37,7 +37,7 @@ endif
 # is newer.  Goals that must work before configure can succeed (check, demo
 # and deps install the packages configure looks for) skip it.
 
-NOCONFIG_GOALS := clean distclean help deps check demo check-layering
+NOCONFIG_GOALS := clean distclean help deps check demo demo-rbd check-layering
 ifneq ($(MAKECMDGOALS),)
 ifeq ($(filter-out $(NOCONFIG_GOALS),$(MAKECMDGOALS)),)
 SKIP_CONFIG := 1
@@ -111,6 +111,11 @@ ALL_OBJS := $(LIB_OBJS) $(MAIN_OBJ) $(TEST_OBJS) $(TESTUTIL_OBJS) $(BENCH_OBJS)
 CHECK_TARGETS := check-unit check-integration check-asan check-fuzz
 CHECK_TARGETS += check-conformance
 CHECK_TARGETS += check-layering
+# Targets whose tests need a Ceph cluster (BG_CEPH_DIR): each runs under
+# scripts/with-ceph.sh, which starts one unless BG_CEPH_DIR is set; "make
+# check" starts ONE for all of its targets when any of them needs it.
+CEPH_CHECK_TARGETS := check-integration check-conformance
+WITH_CEPH := scripts/with-ceph.sh
 # Targets run, one after another, by "make bench".  Add custom bench-* here.
 BENCH_TARGETS := $(BENCH_PROG_TARGETS) bench-fuse
 
@@ -206,15 +211,18 @@ include tests/conformance/conformance.mk
 
 # deps, then all, then every target in CHECK_TARGETS (all of them run; the
 # result fails if any failed).  BG_NO_DEPS=1 skips installing packages.
+# When a target in CEPH_CHECK_TARGETS is among them, the loop runs under
+# scripts/with-ceph.sh: one cluster (BG_CEPH_DIR) for the whole run,
+# stopped and removed at its end, also on failure or Ctrl-C.
 .PHONY: check
 check:
 	$(Q)if [ "$(BG_NO_DEPS)" = 1 ]; then echo "  DEPS    skipped (BG_NO_DEPS=1)"; \
 	    else scripts/install-deps.sh; fi
 	$(Q)$(MAKE) all
-	$(Q)failed=; \
+	$(Q)$(if $(filter $(CEPH_CHECK_TARGETS),$(CHECK_TARGETS)),$(WITH_CEPH)) $(SHELL) -c 'failed=; \
 	for t in $(CHECK_TARGETS); do $(MAKE) $$t || failed="$$failed $$t"; done; \
 	if [ -n "$$failed" ]; then echo "make check: FAILED:$$failed"; exit 1; fi; \
-	echo "make check: passed ($(CHECK_TARGETS))"
+	echo "make check: passed ($(CHECK_TARGETS))"'
 
 # The include layering rules (scripts/check-layering.py: util/ stands
 # alone, block/ knows no consumer, a driver includes no other driver's
@@ -237,9 +245,13 @@ check-unit: $(RUN_TEST_BINS)
 # exit status 77 means skipped.  Sourced libraries (lib-*.sh, *-lib.sh) are
 # not executable and are ignored; any other script that is not executable
 # fails the run (it would silently never run).  The last line is
-# "check-integration: N passed, N failed[, N skipped]".
-.PHONY: check-integration
+# "check-integration: N passed, N failed[, N skipped]".  Under
+# scripts/with-ceph.sh (the rbd tests find the cluster in BG_CEPH_DIR; an
+# outer "make check" passes its own).
+.PHONY: check-integration check-integration-run
 check-integration: $(BIN)
+	$(Q)$(WITH_CEPH) $(MAKE) check-integration-run
+check-integration-run: $(BIN)
 	@rc=0; for t in $(INTEGRATION_SCRIPTS); do [ -x "$$t" ] && continue; \
 	    case $${t##*/} in lib-*|*-lib.sh) echo "  IGNORE  $$t (a sourced library)" ;; \
 	    *) echo "  FAIL    $$t is not executable (chmod +x it, or name a sourced library lib-*.sh)"; rc=1 ;; esac; \
@@ -326,6 +338,15 @@ BENCH_TARGETS += bench-nbd
 bench-nbd: $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/nbd.sh
 
+# blockgraph's rbd driver vs QEMU's on a one-node Ceph cluster it starts
+# itself: img bench vs qemu-img bench, a FUSE export of an rbd image by our
+# daemon vs qemu-storage-daemon, fio's rbd engine as the ceiling; interleaved,
+# medians and ratios: bench/rbd.sh (root for FUSE; ROUNDS, RUNTIME, SIZE).
+.PHONY: bench-rbd
+BENCH_TARGETS += bench-rbd
+bench-rbd: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/rbd.sh
+
 $(BENCH_PROG_TARGETS): bench-%: $(B)/bench/%
 	$(if $(CONFIG_DEBUG)$(CONFIG_ASAN),@echo "  WARNING benchmarking a debug/asan build")
 	$(call msg,BENCH,$<)
@@ -372,6 +393,15 @@ demo:
 	$(Q)$(MAKE) $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' scripts/demo.sh
 
+# The same on Ceph: a qcow2 image stored in an rbd image of a one-node
+# cluster that the script starts and stops (scripts/demo-rbd.sh).
+.PHONY: demo-rbd
+demo-rbd:
+	$(Q)if [ "$(BG_NO_DEPS)" = 1 ]; then echo "  DEPS    skipped (BG_NO_DEPS=1)"; \
+	    else scripts/install-deps.sh; fi
+	$(Q)$(MAKE) $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' scripts/demo-rbd.sh
+
 .PHONY: clean distclean
 clean:
 	$(call msg,CLEAN,$(B))
@@ -385,6 +415,7 @@ help:
 	@echo 'Targets:'
 	@echo '  all (default)      build $(B)/blockgraph, unit tests and benchmarks'
 	@echo '  check              install deps, build, run: $(CHECK_TARGETS)'
+	@echo '                     (under one Ceph cluster: scripts/with-ceph.sh, BG_CEPH_DIR)'
 	@echo '  check-unit         run $(B)/tests/unit/test-* (TESTS="test-x ..." to filter)'
 	@echo '  check-integration  run tests/integration/*.sh with BLOCKGRAPH set'
 	@echo '  check-crash        the qcow2 SIGKILL crash test, N=1000 iterations'
@@ -392,6 +423,8 @@ help:
 	@echo '  bench              run $(or $(BENCH_TARGETS),the bench-* targets) one at a time'
 	@echo '  bench-NAME         build and run $(B)/bench/NAME (BENCH_ARGS=...)'
 	@echo '  demo               install deps, build, run scripts/demo.sh'
+	@echo '  demo-rbd           the same with the image on a one-node Ceph cluster'
+	@echo '                     (scripts/demo-rbd.sh)'
 	@echo '  deps               install missing Debian packages (scripts/install-deps.sh)'
 	@echo '  install/uninstall  to $$(DESTDIR)$$(PREFIX) (PREFIX from configure)'
 	@echo '  install-qemu-links also link qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon'

@@ -243,6 +243,12 @@ int coroutine_fn RawFormatNode::do_co_truncate(int64_t offset, bool exact, Preal
 }
 
 // RAW: the generic layer asks the file child at *map.
+Status coroutine_fn RawFormatNode::co_get_info(ImageInfo *info)
+{
+    BG_TRY_ASSIGN(*info, filtered_->node()->get_info());
+    return {};
+}
+
 int coroutine_fn RawFormatNode::do_co_block_status(bool want_zero, int64_t offset, int64_t bytes, int64_t *pnum,
                                                    int64_t *map, BlockNode **file)
 {

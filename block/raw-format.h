@@ -48,6 +48,9 @@ class RawFormatNode : public FilterNode {
     Status reopen_prepare(const BlockdevOptions &opts) override;
     void reopen_commit() override;
     void reopen_abort() override;
+    // What the file child knows of itself (QEMU's raw does the same): an
+    // rbd image's object size, features and snapshots; nothing for a file.
+    Status coroutine_fn co_get_info(ImageInfo *info) override;
 
   private:
     // The checks of a window [offset, offset+size) against the file child,

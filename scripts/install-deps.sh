@@ -19,6 +19,13 @@ PACKAGES=(
     fio                           # I/O load in integration tests and benchmarks
     python3                       # test helpers
     clang libclang-rt-14-dev      # fuzz target (libFuzzer runtime)
+    librbd-dev librados-dev       # the rbd block driver (links -lrbd -lrados)
+    ceph-mon ceph-osd             # scripts/ceph-cluster.sh: the one-node test cluster
+    ceph-mgr                      # ceph-cluster.sh --mgr (usage statistics, rbd_support)
+    ceph-common                   # ceph/rbd CLIs, ceph-authtool, monmaptool (cluster setup; judge rbd tests)
+    qemu-block-extra              # QEMU's rbd driver module: qemu-img/qemu-io judge the rbd tests
+    uuid-runtime                  # uuidgen (cluster fsid and OSD uuid)
+    util-linux                    # setsid (cluster daemons run in their own session)
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }

@@ -114,7 +114,9 @@ gint AioContext::poll_fds(GPollFD *fds, guint nfds, gint timeout)
     AioContext *c = t_current;
     GMainContext *mine = g_main_context_get_thread_default();
     if (!mine) mine = g_main_context_default();
-    if (!c || timeout == 0 || c->poll_max_ns_ == 0 || c->gctx_ != mine) return g_poll(fds, nfds, timeout);
+    if (!c || timeout == 0 || c->poll_max_ns_ == 0 || c->foreign_waits_ > 0 || c->gctx_ != mine) {
+        return g_poll(fds, nfds, timeout);
+    }
     const int64_t start = clock_ns();
     if (c->poll_ns_ > 0) {
         const int64_t end = start + c->poll_ns_;

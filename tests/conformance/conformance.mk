@@ -39,10 +39,14 @@ $(CONF_BIN): $(CONF_OBJS) $(LIB) $(FLAGS_LD_FILE)
 
 all: $(CONF_BIN)
 
-.PHONY: check-conformance
+.PHONY: check-conformance check-conformance-run
+# Under scripts/with-ceph.sh (the rbd stacks find the cluster in
+# BG_CEPH_DIR; an outer "make check" passes its own).
+check-conformance: $(CONF_BIN) $(BIN)
+	$(Q)$(WITH_CEPH) $(MAKE) check-conformance-run
 # The two parts run at the same time (both mostly wait for I/O); each
 # writes a log that is printed when both are done.
-check-conformance: $(CONF_BIN) $(BIN)
+check-conformance-run: $(CONF_BIN) $(BIN)
 	@rc=0; logdir=$$(mktemp -d "$${TMPDIR:-/tmp}/bg-conf-logs.XXXXXX"); \
 	echo "  CONF    $(CONF_BIN) (block layer API)"; \
 	( BLOCKGRAPH='$(abspath $(BIN))' timeout $(CONF_TIMEOUT) $(CONF_BIN) --stacks tests/conformance/stacks.txt --jobs $(CONF_JOBS) $(CONF_ARGS) \

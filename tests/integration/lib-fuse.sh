@@ -50,7 +50,8 @@
 # Cleanup: an EXIT/INT/TERM trap kills the pids in FUSE_BG_PIDS (background
 # jobs a test started), stops every daemon still running (SIGTERM, then
 # SIGKILL), unmounts (fusermount3 -u, then -uz) every mountpoint still
-# in mountinfo and removes WORK. The whole file runs under
+# in mountinfo, runs fuse_cleanup_hook if the test (or another library)
+# defined that function, and removes WORK. The whole file runs under
 # "timeout FUSE_TEST_BUDGET" (default 60 s): the script re-executes itself
 # once under timeout, which on expiry signals the script's process group
 # (a command stuck on the mount gets the signal too) and the trap cleans up.
@@ -142,6 +143,7 @@ fuse_cleanup() {
         wait "$tp" 2>/dev/null
     done
     fuse_unmount_all
+    declare -F fuse_cleanup_hook >/dev/null && fuse_cleanup_hook
     cd /
     rm -rf "$WORK"
     exit "$rc"

@@ -801,7 +801,7 @@ class Gen {
         if (dz) in["detect-zeroes"] = c["detect-zeroes"] = dz == 1 ? "on" : "unmap";
         bool direct = coin();
         const bool no_flush = coin();
-        switch (below(depth > 3 ? 3 : 8)) {
+        switch (below(depth > 3 ? 3 : 9)) {
         case 0: {
             in["driver"] = c["driver"] = "file";
             std::string name = text();
@@ -853,6 +853,9 @@ class Gen {
             in["driver"] = c["driver"] = "copy-on-read";
             ref(in, c, "file", depth, false);
             if (coin()) in["bottom"] = c["bottom"] = node_name();
+            break;
+        case 7:
+            rbd(in, c);
             break;
         default:
             qcow2(in, c, depth, ro);
@@ -928,6 +931,23 @@ class Gen {
         if (coin()) in["x-dirty-bitmap"] = c["x-dirty-bitmap"] = "qemu:dirty-bitmap:" + text();
         if (coin()) in["reconnect-delay"] = c["reconnect-delay"] = 1 + below(3600);
         if (coin()) in["open-timeout"] = c["open-timeout"] = 1 + below(3600);
+    }
+
+    void rbd(json &in, json &c)
+    {
+        in["driver"] = c["driver"] = "rbd";
+        in["pool"] = c["pool"] = "p" + text();
+        in["image"] = c["image"] = "i" + text();
+        for (const char *k : {"namespace", "snapshot", "conf", "user", "key-secret"}) {
+            if (coin()) in[k] = c[k] = "v" + text();
+        }
+        if (coin()) in["auth-client-required"] = c["auth-client-required"] = json{"cephx", "none"};
+        if (coin()) {
+            json srv = json::array({{{"host", text()}, {"port", std::to_string(below(65536))}}});
+            in["server"] = c["server"] = srv;
+        }
+        // "=keyvalue-pairs" (what a file name's extra keys become) is left
+        // out: like QEMU's, keyval cannot write a key starting with '='.
     }
 
     void qcow2(json &in, json &c, int depth, bool ro)
@@ -1161,6 +1181,35 @@ START_TEST(test_filename_forms)
 }
 END_TEST
 
+// rbd:POOL[/NAMESPACE]/IMAGE[@SNAP][:KEY=VALUE...], '\\' escaping, as
+// QEMU's rbd driver reads it: decoded into the driver's members.
+START_TEST(test_rbd_filename)
+{
+    struct {
+        const char *name, *out;
+    } cases[] = {
+        {"rbd:p/i", R"({"driver":"rbd","pool":"p","image":"i"})"},
+        {"rbd:p/ns/i@s", R"({"driver":"rbd","pool":"p","namespace":"ns","image":"i","snapshot":"s"})"},
+        {R"(rbd:p\/q/i\:j\@k:conf=/etc/c\:x:id=u)", R"({"driver":"rbd","pool":"p/q","image":"i:j@k","conf":"/etc/c:x","user":"u"})"},
+        {"rbd:p/i:rbd_cache=false:mon_host=h",
+         R"({"driver":"rbd","pool":"p","image":"i","=keyvalue-pairs":"[\"rbd_cache\",\"false\",\"mon_host\",\"h\"]"})"},
+    };
+    for (const auto &c : cases) {
+        auto tree = filename_node_options(c.name);
+        ck_assert_result_ok(tree);
+        auto o = blockdev_options_from_tree(schema(), tree.value(), false);
+        ck_assert_msg(o.ok(), "%s: %s", c.name, o.ok() ? "" : o.msg().c_str());
+        ck_assert_json_eq(blockdev_options_to_json(o.value()), c.out);
+    }
+    auto bad = [](const char *name) {
+        return blockdev_options_from_tree(schema(), filename_node_options(name).value(), false);
+    };
+    ck_assert_error(bad("rbd:p"), "Pool name is required");
+    ck_assert_error(bad("rbd:p/i:conf"), "conf option conf has no value");
+    ck_assert_error(bad("rbd:p/"), "blockdev: image: Image name is required");
+}
+END_TEST
+
 // ---------------------------------------------------------------- suite
 
 static Suite *qapi_suite()
@@ -1187,6 +1236,7 @@ static Suite *qapi_suite()
     tcase_add_test(tc, test_json_unflatten);
     tcase_add_test(tc, test_json_filename);
     tcase_add_test(tc, test_filename_forms);
+    tcase_add_test(tc, test_rbd_filename);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("decode");
