@@ -125,7 +125,7 @@ TEST_TIMEOUT ?= 900
 TEST_JOBS ?= 2
 # The longest integration scripts, started first so that the parallel run
 # does not end on one of them.
-INTEGRATION_FIRST ?= qcow2-read qcow2-crash nbd-tls-objects qcow2-write nbd-server qmp-live fuse-fio
+INTEGRATION_FIRST ?= rbd-faults qcow2-read qcow2-write qcow2-crash img-inspect fuse-fio fuse-uring nbd-server qmp-live
 INTEGRATION_ORDERED := $(filter $(INTEGRATION_FIRST:%=tests/integration/%.sh),$(INTEGRATION_SCRIPTS)) \
     $(filter-out $(INTEGRATION_FIRST:%=tests/integration/%.sh),$(INTEGRATION_SCRIPTS))
 BENCH_ARGS ?=
