@@ -125,7 +125,7 @@ TEST_TIMEOUT ?= 900
 TEST_JOBS ?= 2
 # The longest integration scripts, started first so that the parallel run
 # does not end on one of them.
-INTEGRATION_FIRST ?= rbd-faults qcow2-read qcow2-crash img-inspect nbd-tls-objects qcow2-write nbd-server qmp-live fuse-fio
+INTEGRATION_FIRST ?= rbd-faults qcow2-read qcow2-crash img-inspect qcow2-check qcow2-write input-forms qcow2-amend objects-args
 INTEGRATION_ORDERED := $(filter $(INTEGRATION_FIRST:%=tests/integration/%.sh),$(INTEGRATION_SCRIPTS)) \
     $(filter-out $(INTEGRATION_FIRST:%=tests/integration/%.sh),$(INTEGRATION_SCRIPTS))
 BENCH_ARGS ?=
@@ -278,6 +278,9 @@ check-crash: $(BIN)
 # for the unit tests: the log file would take the descriptor numbers that
 # test-io expects to stay closed.)
 ASAN_INTEGRATION ?= tests/integration/qcow2-read.sh tests/integration/io-errors.sh tests/integration/qcow2-write-errors.sh
+# With TEST_JOBS > 1 the unit tests and these scripts run at the same time,
+# each part TEST_JOBS / 2 at a time (the unit tests' output is printed after).
+ASAN_UNIT_JOBS = $(if $(filter 1,$(TEST_JOBS)),1,$(shell echo $$(( $(TEST_JOBS) / 2 ))))
 SAN_REPORTS = $(abspath $(B))/asan/reports
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$(SAN_REPORTS)/asan \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_REPORTS)/ubsan
@@ -290,11 +293,16 @@ check-asan:
 	reports() { if grep -l -E 'ERROR: |runtime error|SUMMARY: ' '$(SAN_REPORTS)'/* 2>/dev/null; then \
 	    echo "  FAIL    sanitizer reports in $(SAN_REPORTS):"; \
 	    grep -h -E 'ERROR: |runtime error|SUMMARY: ' '$(SAN_REPORTS)'/* | head -20; return 1; fi; }; \
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	    $(MAKE) SANITIZE=1 BUILD_DIR=$(B)/asan check-unit; \
-	rc=0; $(SAN_ENV) BLOCKGRAPH='$(abspath $(B))/asan/blockgraph' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))/asan' \
-	    tests/run-parallel.sh -j $(TEST_JOBS) -t $(TEST_TIMEOUT) -l ITEST -n 'check-asan (integration)' \
-	    $(ASAN_INTEGRATION:%=./%) || rc=1; \
+	$(MAKE) SANITIZE=1 BUILD_DIR=$(B)/asan $(TEST_BINS:$(B)/%=$(B)/asan/%); \
+	unit() { ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    $(MAKE) SANITIZE=1 BUILD_DIR=$(B)/asan check-unit TEST_JOBS=$(ASAN_UNIT_JOBS); }; \
+	integ() { $(SAN_ENV) BLOCKGRAPH='$(abspath $(B))/asan/blockgraph' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))/asan' \
+	    tests/run-parallel.sh -j $(ASAN_UNIT_JOBS) -t $(TEST_TIMEOUT) -l ITEST -n 'check-asan (integration)' \
+	    $(ASAN_INTEGRATION:%=./%); }; \
+	rc=0; \
+	if [ $(TEST_JOBS) = 1 ]; then unit || rc=1; integ || rc=1; \
+	else ulog='$(B)/asan/check-unit.log'; { unit >"$$ulog" 2>&1; echo $$? >"$$ulog.rc"; } & \
+	    integ || rc=1; wait; cat "$$ulog"; [ "$$(cat "$$ulog.rc")" = 0 ] || rc=1; fi; \
 	reports || rc=1; \
 	[ $$rc = 0 ]; \
 	echo "check-asan: passed"
