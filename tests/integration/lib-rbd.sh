@@ -118,6 +118,8 @@ cephc() { timeout -k 5 60 ceph --connect-timeout 10 "$@"; }
 rbd_cleanup() {
     local img ns
     set +e
+    # A test's own clean-up first (servers holding images open).
+    if declare -F rbd_cleanup_extra >/dev/null; then rbd_cleanup_extra; fi
     if [ -n "$CEPH_DIR" ] && [ -f "$CEPH_DIR/ceph.conf" ] && [ -z "$RBD_OWN" ]; then
         for ns in $(rbdc namespace ls rbd 2>/dev/null | grep "^$RBD_PFX"); do
             for img in $(rbdc ls rbd --namespace "$ns" 2>/dev/null); do

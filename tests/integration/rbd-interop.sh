@@ -21,7 +21,10 @@
 # - a namespace (rbd namespace create) both ways;
 # - the option forms: JSON with key-secret (a base64 secret object) and
 #   server.0.host/port and no conf at all, JSON with conf, --image-opts,
-#   the file name's conf=/id= and mon_host=/key= keys.
+#   the file name's conf=/id= and mon_host=/key= keys;
+# - the exclusive lock: our nbd server holds it (rbd lock ls), qemu-io
+#   writes meanwhile (librbd hands the lock over), our server writes again:
+#   all three writes are stored.
 set -euo pipefail
 RBD_TEST_BUDGET=${RBD_TEST_BUDGET:-150}
 source "$(dirname "$0")/lib-rbd.sh"
@@ -352,6 +355,21 @@ io_ok "our io: file name with mon_host= (escaped colon) and key=" noconf bg io -
 run "our img info: file name with mon_host= and key=" noconf bg img info -f raw "$(r q1):mon_host=$H\\:$P:key=$KEY"
 io_ok "our io: JSON file name form with an rbd: filename" bg io -r "${READS[@]}" \
     "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"rbd\",\"filename\":\"$(r q1)\"}}"
+
+echo "exclusive lock: handed over between writers, as with QEMU"
+run "our img create $(img lk)" bg img create -q -f raw "$(r lk)" 16M
+LKSOCK=$WORK/lk.sock
+rbd_cleanup_extra() { [ -f "$WORK/lk.pid" ] && kill "$(cat "$WORK/lk.pid")" 2>/dev/null; rm -f "$WORK/lk.pid"; }
+run "our nbd server on $(img lk)" bg nbd --fork --pid-file="$WORK/lk.pid" -k "$LKSOCK" -t -f raw "$(r lk)"
+LKURL="nbd+unix:///?socket=$LKSOCK"
+io_ok "0x41 written through our server" qio -f raw -c 'write -P 0x41 0 1M' -c flush "$LKURL"
+locks=$(rbdc lock ls --format json "rbd/$(img lk)" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))')
+if [ "$locks" = 1 ]; then ok "rbd lock ls: our server holds the exclusive lock"; else bad "rbd lock ls: $locks locks"; fi
+io_ok "qemu-io writes 0x42 while our server has the image open" qio -f raw -c 'write -P 0x42 4M 1M' -c flush "$(r lk)"
+io_ok "0x43 written through our server after that" qio -f raw -c 'write -P 0x43 8M 1M' -c flush "$LKURL"
+rbd_cleanup_extra
+io_ok "all three writes stored (qemu-io)" qio -f raw -r -c 'read -P 0x41 0 1M' -c 'read -P 0x42 4M 1M' \
+    -c 'read -P 0x43 8M 1M' -c 'read -P 0 1M 3M' "$(r lk)"
 
 # Every image of this run is removed on exit; check that it works here.
 finish
