@@ -3,6 +3,7 @@
 // --daemonize), and the serving machinery shared with "blockgraph mount"
 // (tools/daemon.h). Users' documentation: docs/daemon.md.
 #include "tools/daemon.h"
+#include "tools/image-open.h"
 #include "tools/dropin.h"
 
 #include <fcntl.h>
@@ -394,6 +395,7 @@ int cmd_daemon(int argc, char **argv)
         }
         if (name == "-h" || name == "--help") {
             std::fputs(kDaemonUsage, stdout);
+            std::printf("Drivers (--blockdev driver=NAME; docs/drivers.md): %s\n", driver_names_sorted().c_str());
             return 0;
         }
         if (name == "-V" || name == "--version") {

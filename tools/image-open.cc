@@ -15,6 +15,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -408,6 +409,16 @@ Result<std::unique_ptr<OpenImage>> open_image(const ImageOpenSpec &spec_in)
     img->blk = std::move(blk.value());
     img->blk->set_writethrough(spec.cache.writethrough);
     return img;
+}
+
+std::string driver_names_sorted()
+{
+    std::vector<std::string> names;
+    for (const BlockDriver *d : builtin_drivers().all()) names.push_back(d->name);
+    std::sort(names.begin(), names.end());
+    std::string out;
+    for (const std::string &n : names) out += (out.empty() ? "" : " ") + n;
+    return out;
 }
 
 } // namespace bg

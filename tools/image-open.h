@@ -41,6 +41,10 @@ struct CacheMode {
     bool writethrough = false;  // the backend flushes after every write
 };
 
+// The names of the built-in drivers, sorted and space-separated (what
+// qemu-img's --help lists as "Supported formats:").
+std::string driver_names_sorted();
+
 // Parses "none"/"off", "writeback", "writethrough", "directsync", "unsafe".
 // Error: EINVAL "Invalid cache option: <mode>".
 Result<CacheMode> parse_cache_mode(const std::string &mode);

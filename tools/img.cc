@@ -413,8 +413,9 @@ void print_help()
                 "  --output=ofmt   human (default) or json\n"
                 "Sizes take k, M, G, T, P, E suffixes (powers of 1024). File names may be\n"
                 "json:{...} pseudo file names.\n"
-                "Run '%s <command> --help' for one command's synopsis.\n",
-                kProg);
+                "Run '%s <command> --help' for one command's synopsis.\n"
+                "Supported formats: %s\n",
+                kProg, driver_names_sorted().c_str());
 }
 
 } // namespace
