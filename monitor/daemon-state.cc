@@ -62,6 +62,8 @@ Daemon::Daemon(const DaemonConfig &cfg, GMainLoop *loop)
     : cfg_(cfg), loop_(loop), graph_(std::make_unique<BlockGraph>())
 {
     reap_bh_ = AioContext::current()->bh_new(&Daemon::reap_gone, this);
+    jobs_ = std::make_unique<JobManager>(
+        [this](const std::string &name, const nlohmann::json &data) { emit_event(name, data); });
 }
 
 Daemon::~Daemon()
@@ -375,6 +377,9 @@ void Daemon::teardown()
     tearing_down_ = true;
     // The monitors first: no command may start while the graph goes away.
     if (qmp_) qmp_->close_all();
+    // Jobs next, as QEMU's quit: each is cancelled (its filters leave the
+    // graph, its images stay consistent) before the exports go.
+    if (jobs_) jobs_->cancel_all_sync();
     // shutdown() may run the loop (drain); an export going away meanwhile
     // only marks its entry.
     for (size_t i = 0; i < exports_.size(); i++) {

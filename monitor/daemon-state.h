@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "block/block.h"
+#include "block/job.h"
 #include "export/export.h"
 #include "qapi/block-options.h"
 #include "qapi/export-options.h"
@@ -122,6 +123,9 @@ class Daemon {
 
     size_t export_count() const { return exports_.size(); }
 
+    // The block jobs (block/job.h); their events go to the monitors.
+    JobManager &jobs() { return *jobs_; }
+
     // The monitors (created on first use; closed by teardown()).
     QmpServer &qmp();
     bool has_monitors() const;
@@ -163,6 +167,7 @@ class Daemon {
     bool graph_used_ = false;
     std::vector<Thread> iothreads_;
     std::unique_ptr<QmpServer> qmp_;
+    std::unique_ptr<JobManager> jobs_;
     std::vector<Entry> exports_;
     BottomHalf *reap_bh_ = nullptr;    // runs reap_gone()
     bool stop_requested_ = false;
