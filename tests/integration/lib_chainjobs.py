@@ -21,7 +21,7 @@ class Chain:
     [10M, 12M) and [2M, 3M)), qcow2, absolute backing names. ref: the raw
     guest data of the whole chain, midref: of mid's chain (mid over base)."""
 
-    def __init__(self, w, name, mid_full=False, size=SIZE):
+    def __init__(self, w, name, mid_full=False, size=SIZE, top_data=True):
         self.w, self.name, self.size = w, name, size
         p = f"{w}/{name}"
         self.base, self.mid, self.top = f"{p}-base.qcow2", f"{p}-mid.qcow2", f"{p}-top.qcow2"
@@ -33,7 +33,8 @@ class Chain:
             run(["qemu-io", "-c", f"write -P 0x22 0 {size}", self.mid], check=True)
         else:
             run(["qemu-io", "-c", "write -P 0x22 4M 16M", self.mid], check=True)
-        run(["qemu-io", "-c", "write -P 0x33 10M 2M", "-c", "write -P 0x33 2M 1M", self.top], check=True)
+        if top_data:
+            run(["qemu-io", "-c", "write -P 0x33 10M 2M", "-c", "write -P 0x33 2M 1M", self.top], check=True)
         self.ref, self.midref = f"{p}-ref.raw", f"{p}-midref.raw"
         run(["qemu-img", "convert", "-O", "raw", self.top, self.ref], check=True)
         run(["qemu-img", "convert", "-O", "raw", self.mid, self.midref], check=True)
