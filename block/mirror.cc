@@ -734,9 +734,9 @@ Result<Job *> blockdev_mirror_start(JobManager &mgr, BlockGraph &graph, const Mi
     if (opts.buf_size < 0) return make_error(EINVAL, "Parameter 'buf-size' expects a positive value");
     BG_TRY_ASSIGN(BlockNode *source, lookup(graph, opts.device));
     BG_TRY_ASSIGN(BlockNode *target, lookup(graph, opts.target));
-    BG_TRY(mgr.check_new_id(opts.common.id));
     BG_TRY(mgr.check_node_free(source));
     BG_TRY(mgr.check_node_free(target));
+    BG_TRY(mgr.check_new_id(opts.common.id));
     if (source == target) return make_error(EINVAL, "Can't mirror node into itself");
     if (source->reaches(target) || target->reaches(source)) {
         return make_error(EINVAL, "Can't mirror node into itself");
@@ -783,10 +783,10 @@ Result<Job *> blockdev_mirror_start(JobManager &mgr, BlockGraph &graph, const Mi
 Result<Job *> mirror_active_commit_start(JobManager &mgr, BlockGraph &graph, const CommitJobOptions &opts,
                                          BlockNode *top, BlockNode *base)
 {
-    BG_TRY(mgr.check_new_id(opts.common.id));
     if (top == base) return make_error(EINVAL, "cannot commit an image into itself");
     BG_TRY(mgr.check_node_free(top));
     BG_TRY(mgr.check_node_free(base));
+    BG_TRY(mgr.check_new_id(opts.common.id));
     auto job = std::make_unique<MirrorJob>(mgr, opts.common, graph, true);
     job->source_ = top;
     job->target_ = base;

@@ -52,6 +52,12 @@ QmpResult cmd_blockdev_mirror(QmpCall &call)
 
     Result<BlockNode *> dev = qmp_find_node(call.daemon, o.device, o.device);
     if (!dev) return qmp_error(dev.error());
+    // The device must be a root (QEMU's qmp_get_root_bs), the target any node.
+    // (A node a job works on has the job as a parent in QEMU: not a root.)
+    Status root = call.daemon.jobs().check_node_free(dev.value()).ok()
+                      ? qmp_need_root(dev.value())
+                      : Status(make_error(EINVAL, "Need a root block node"));
+    if (!root.ok()) return qmp_error(root);
     Result<BlockNode *> tgt = qmp_find_node(call.daemon, o.target, o.target);
     if (!tgt) return qmp_error(tgt.error());
     Status st = call.daemon.check_no_bypass(dev.value());
