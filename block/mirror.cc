@@ -517,6 +517,7 @@ int coroutine_fn MirrorJob::run()
             continue;
         }
         // In sync.
+        if (write_blocking()) actively_synced_ = true;
         if (!is_ready()) {
             int f = target_blk_->co_flush();
             if (f < 0) {
