@@ -187,6 +187,10 @@ class MirrorTopNode final : public FilterNode {
     int coroutine_fn do_co_pwrite_zeroes(int64_t offset, int64_t bytes, ReqFlags flags) override;
     int coroutine_fn do_co_pdiscard(int64_t offset, int64_t bytes) override;
 
+    // The job copies a source of a fixed length (QEMU's job unshares
+    // RESIZE on it).
+    int coroutine_fn do_co_truncate(int64_t, bool, PreallocMode, ReqFlags) override { return -EPERM; }
+
     // The kernel writing the host file would bypass the bitmap.
     int do_passthrough_fd(bool write, std::string *why) override
     {

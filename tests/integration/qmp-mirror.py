@@ -94,6 +94,42 @@ def fio_result(t, proc, path, desc):
             f"rc {proc.returncode} errors {errs} written {w} {out[-800:] if out else ''}")
 
 
+def start_daemon(t):
+    """A daemon with an NBD server on a Unix socket (d.nbd_sock)."""
+    sock = f"{t.work}/nbd-{len(t.daemons)}.sock"
+    d = t.daemon(["--nbd-server", f"addr.type=unix,addr.path={sock}"])
+    d.nbd_sock = sock
+    return d
+
+
+def export_file(t, d, c, node, name):
+    """A writable file whose bytes are NODE's: a FUSE export; against QSD
+    an NBD export on an nbdfuse mount instead (QSD's writable FUSE export
+    takes RESIZE, which QEMU's mirror job does not share: blockdev-mirror
+    then fails with a permission conflict)."""
+    if not t.is_qsd:
+        mp = f"{t.work}/{name}"
+        open(mp, "w").close()
+        t.ret(c.cmd("block-export-add", type="fuse", id="e0", node_name=node, mountpoint=mp, writable=True),
+              f"FUSE export of {node}")
+        return mp
+    t.ret(c.cmd("block-export-add", type="nbd", id="e0", node_name=node, name="e0", writable=True),
+          f"NBD export of {node}")
+    mnt = f"{t.work}/{name}.d"
+    os.mkdir(mnt)
+    subprocess.Popen(["nbdfuse", mnt, f"nbd+unix:///e0?socket={d.nbd_sock}"], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    path = f"{mnt}/nbd"
+    if not wait_for(lambda: os.path.exists(path), 10):
+        raise Exception("nbdfuse did not mount the export")
+    return path
+
+
+def unexport(path):
+    if path.endswith("/nbd"):
+        subprocess.run(["fusermount3", "-u", os.path.dirname(path)], capture_output=True, timeout=10)
+
+
 def make_source(t, name, size=SIZE, fill=48 * M):
     path = f"{t.work}/{name}.qcow2"
     qimg("create", "-q", "-f", "qcow2", path, str(size))
@@ -183,15 +219,12 @@ def fuse(t):
     src = make_source(t, "fs")
     tgt = f"{w}/ft.qcow2"
     qimg("create", "-q", "-f", "qcow2", tgt, str(SIZE))
-    mp = f"{w}/fmp"
-    open(mp, "w").close()
-    d = t.daemon([])
+    d = start_daemon(t)
     c = d.connect()
     add_qcow2(t, c, "src", src)
     add_qcow2(t, c, "tgt", tgt)
-    t.ret(c.cmd("block-export-add", type="fuse", id="e0", node_name="src", mountpoint=mp, writable=True),
-          "FUSE export of src")
-    fio = subprocess.Popen(fio_cmd(t, mp, 8, direct=not t.is_qsd), stdout=subprocess.PIPE,
+    mp = export_file(t, d, c, "src", "fmp")
+    fio = subprocess.Popen(fio_cmd(t, mp, 8, direct=True), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=w)
     time.sleep(0.5)
     c.events.clear()
@@ -228,6 +261,7 @@ def fuse(t):
         f.write(b"\xc3" * M)
         f.flush()
         os.fsync(f.fileno())
+    unexport(mp)
     t.stop(d)
     check_img(t, src, "qemu-img check source")
     check_img(t, tgt, "qemu-img check target")
@@ -298,15 +332,12 @@ def soft_cancel(t):
     src = make_source(t, "cs")
     tgt = f"{w}/ct.qcow2"
     qimg("create", "-q", "-f", "qcow2", tgt, str(SIZE))
-    mp = f"{w}/cmp"
-    open(mp, "w").close()
-    d = t.daemon([])
+    d = start_daemon(t)
     c = d.connect()
     add_qcow2(t, c, "src", src)
     add_qcow2(t, c, "tgt", tgt)
-    t.ret(c.cmd("block-export-add", type="fuse", id="e0", node_name="src", mountpoint=mp, writable=True),
-          "FUSE export")
-    fio = subprocess.Popen(fio_cmd(t, mp, 4, direct=not t.is_qsd), stdout=subprocess.PIPE,
+    mp = export_file(t, d, c, "src", "cmp")
+    fio = subprocess.Popen(fio_cmd(t, mp, 4, direct=True), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=w)
     c.events.clear()
     t.ret(c.cmd("blockdev-mirror", job_id="m2", device="src", target="tgt", sync="full"), "blockdev-mirror")
@@ -320,6 +351,7 @@ def soft_cancel(t):
          "status sequence")
     exp = c.cmd("query-block-exports")["return"]
     t.check(exp and exp[0]["node-name"] == "src", "no switch: the export serves src", exp)
+    unexport(mp)
     t.stop(d)
     compare(t, src, tgt, "qemu-img compare: target == source at the cancel")
 
@@ -406,16 +438,13 @@ def write_blocking(t):
     qimg("create", "-q", "-f", "qcow2", tgt, str(SIZE))
     tgt2 = f"{w}/wt2.qcow2"
     qimg("create", "-q", "-f", "qcow2", tgt2, str(SIZE))
-    mp = f"{w}/wmp"
-    open(mp, "w").close()
-    d = t.daemon([])
+    d = start_daemon(t)
     c = d.connect()
     add_qcow2(t, c, "src", src)
     add_qcow2(t, c, "tgt", tgt)
     add_qcow2(t, c, "tgt2", tgt2)
-    t.ret(c.cmd("block-export-add", type="fuse", id="e0", node_name="src", mountpoint=mp, writable=True),
-          "FUSE export")
-    fio = subprocess.Popen(fio_cmd(t, mp, 5, direct=not t.is_qsd), stdout=subprocess.PIPE,
+    mp = export_file(t, d, c, "src", "wmp")
+    fio = subprocess.Popen(fio_cmd(t, mp, 5, direct=True), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=w)
     t.ret(c.cmd("blockdev-mirror", job_id="m5", device="src", target="tgt", sync="full",
                 copy_mode="write-blocking"), "blockdev-mirror copy-mode=write-blocking")
@@ -443,6 +472,7 @@ def write_blocking(t):
     t.eq(j.get("actively-synced"), True, "actively synced after the change")
     t.ret(c.cmd("job-complete", id="m6"), "job-complete")
     job_ended(c, "m6")
+    unexport(mp)
     t.stop(d)
     qio("-f", "qcow2", "-c", f"write -P 0x77 {2 * M} 256k", tgt)
     compare(t, src, tgt, "write-blocking: target == source at the soft cancel (+ the later write)")
@@ -503,14 +533,11 @@ def kill9(t):
     src = make_source(t, "ks")
     tgt = f"{w}/kt.qcow2"
     qimg("create", "-q", "-f", "qcow2", tgt, str(SIZE))
-    mp = f"{w}/kmp"
-    open(mp, "w").close()
-    d = t.daemon([])
+    d = start_daemon(t)
     c = d.connect()
     add_qcow2(t, c, "src", src)
     add_qcow2(t, c, "tgt", tgt)
-    t.ret(c.cmd("block-export-add", type="fuse", id="e0", node_name="src", mountpoint=mp, writable=True),
-          "FUSE export")
+    mp = export_file(t, d, c, "src", "kmp")
     with open(mp, "r+b") as f:
         f.seek(50 * M)
         f.write(b"\x99" * M)
@@ -523,7 +550,8 @@ def kill9(t):
     t.check(j and not j[0]["ready"], "mirror still running", j)
     os.killpg(d.proc.pid, signal.SIGKILL)
     d.wait(10)
-    subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, timeout=10)
+    subprocess.run(["fusermount3", "-u", "-z", os.path.dirname(mp) if mp.endswith("/nbd") else mp],
+                   capture_output=True, timeout=10)
     check_img(t, src, "qemu-img check source after kill -9")
     r = qio("-f", "qcow2", "-c", f"read -P 0x5a 0 {24 * M}", "-c", f"read -P 0x99 {50 * M} {M}", src, check=False)
     t.check(r.returncode == 0 and "failed" not in r.stdout, "the source still holds its data", r.stdout[-300:])
@@ -545,17 +573,12 @@ def active_commit(t):
     top = f"{w}/at.qcow2"
     qimg("create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
     qio("-f", "qcow2", "-c", f"write -P 0x33 {40 * M} {2 * M}", top)
-    ref = f"{w}/aref.qcow2"
-    qimg("convert", "-O", "qcow2", top, ref)
-    mp = f"{w}/amp"
-    open(mp, "w").close()
-    d = t.daemon([])
+    d = start_daemon(t)
     c = d.connect()
     t.ret(c.cmd("blockdev-add", driver="qcow2", node_name="top", file={"driver": "file", "filename": top}),
           "add the chain top -> mid -> base")
-    t.ret(c.cmd("block-export-add", type="fuse", id="e0", node_name="top", mountpoint=mp, writable=True),
-          "FUSE export of top")
-    fio = subprocess.Popen(fio_cmd(t, mp, 4, size=16 * M, direct=not t.is_qsd,
+    mp = export_file(t, d, c, "top", "amp")
+    fio = subprocess.Popen(fio_cmd(t, mp, 4, size=16 * M, direct=True,
                                    extra=[f"--offset={16 * M}"]),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=w)
     time.sleep(0.3)
@@ -565,6 +588,7 @@ def active_commit(t):
         t.ok("block-commit is not in this build (h-commit not merged): active commit skipped")
         fio.kill()
         fio.wait()
+        unexport(mp)
         t.stop(d)
         return
     t.ret(r, "block-commit of the active layer")
@@ -583,6 +607,7 @@ def active_commit(t):
         f.write(b"\x44" * M)
         f.flush()
         os.fsync(f.fileno())
+    unexport(mp)
     t.stop(d)
     check_img(t, base, "qemu-img check base")
     r = qimg("info", "--output=json", base)
