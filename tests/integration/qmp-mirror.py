@@ -240,8 +240,9 @@ def fuse(t):
     t.check(fio.poll() is None, "READY while fio still writes", ready)
     t.ret(c.cmd("block-job-set-speed", device="m0", speed=64 * M), "set-speed after READY")
     jobs = c.cmd("query-block-jobs")["return"]
-    t.check(jobs and jobs[0]["ready"] and jobs[0]["status"] == "ready" and jobs[0].get("actively-synced") is False,
-            "query-block-jobs: ready, actively-synced false (background)", jobs)
+    t.check(jobs and jobs[0]["ready"] and jobs[0]["status"] == "ready", "query-block-jobs: ready", jobs)
+    if t.ours():   # actively-synced is QEMU 8.2's
+        t.eq(jobs[0].get("actively-synced"), False, "actively-synced false (background)")
     fio_result(t, fio, mp, "fio --verify=crc32c through the mirror: no error")
     t.ret(c.cmd("job-complete", id="m0"), "job-complete")
     wait_ev(c, "BLOCK_JOB_COMPLETED")
@@ -450,11 +451,16 @@ def write_blocking(t):
                 copy_mode="write-blocking"), "blockdev-mirror copy-mode=write-blocking")
     wait_ev(c, "BLOCK_JOB_READY", timeout=30)
     j = c.cmd("query-block-jobs")["return"][0]
-    t.check(j.get("actively-synced") is True, "actively-synced after READY", j)
+    if t.ours():   # QEMU 8.2
+        t.check(j.get("actively-synced") is True, "actively-synced after READY", j)
     fio_result(t, fio, mp, "fio --verify in write-blocking mode: no error")
     t.ret(c.cmd("block-job-cancel", device="m5"), "soft cancel")
     job_ended(c, "m5")
-    # background -> write-blocking through block-job-change
+    # background -> write-blocking through block-job-change (QEMU 8.2)
+    if t.is_qsd:
+        unexport(mp)
+        t.stop(d)
+        return
     c.events.clear()
     t.ret(c.cmd("blockdev-mirror", job_id="m6", device="src", target="tgt2", sync="full"), "blockdev-mirror")
     wait_ev(c, "BLOCK_JOB_READY", timeout=30)
