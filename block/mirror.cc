@@ -322,18 +322,17 @@ class MirrorJob final : public Job {
     bool soft_cancel() override { return true; }
     Status do_change(const nlohmann::json &opts) override
     {
-        if (opts.contains("copy-mode")) {
-            const std::string m = opts["copy-mode"].is_string() ? opts["copy-mode"].get<std::string>() : "";
-            if (m == "write-blocking") {
-                copy_mode_ = MirrorCopyMode::kWriteBlocking;
-            } else if (m == "background") {
-                if (write_blocking()) {
-                    return make_error(EINVAL, "Change to copy mode 'background' is not allowed");
-                }
-            } else {
-                return make_error(EINVAL, "Parameter 'copy-mode' does not accept value '%s'", m.c_str());
-            }
+        if (!opts.contains("copy-mode")) return {};
+        const std::string m = opts["copy-mode"].is_string() ? opts["copy-mode"].get<std::string>() : "";
+        if (m != "write-blocking" && m != "background") {
+            return make_error(EINVAL, "Parameter 'copy-mode' does not accept value '%s'", m.c_str());
         }
+        // QEMU 8.2's texts: only background -> write-blocking.
+        if (m != "write-blocking") return make_error(EINVAL, "Change to copy mode '%s' is not implemented", m.c_str());
+        if (write_blocking()) {
+            return make_error(EINVAL, "Expected current copy mode 'background', got 'write-blocking'");
+        }
+        copy_mode_ = MirrorCopyMode::kWriteBlocking;
         return {};
     }
     void query_extra(nlohmann::json &j) const override

@@ -370,7 +370,13 @@ def force_cancel(t):
     c.events.clear()
     t.ret(c.cmd("blockdev-mirror", job_id="m3", device="src", target="tgt", sync="full", speed=8 * M),
           "blockdev-mirror at 8 MiB/s")
+    # The speed limit: progress over 2 s of data within 10 % of 8 MiB/s.
     time.sleep(0.3)
+    t0, o0 = time.monotonic(), c.cmd("query-block-jobs")["return"][0]["offset"]
+    time.sleep(2.0)
+    t1, o1 = time.monotonic(), c.cmd("query-block-jobs")["return"][0]["offset"]
+    rate = (o1 - o0) / (t1 - t0)
+    t.check(abs(rate - 8 * M) <= 0.1 * 8 * M, f"speed 8 MiB/s: {rate / M:.2f} MiB/s measured", rate)
     t.ret(c.cmd("job-pause", id="m3"), "job-pause")
     wait_ev(c, "JOB_STATUS_CHANGE", lambda e: e["data"]["status"] == "paused")
     j = c.cmd("query-block-jobs")["return"][0]
@@ -468,6 +474,10 @@ def write_blocking(t):
     t.eq(j.get("actively-synced"), False, "background: not actively synced")
     t.ret(c.cmd("block-job-change", id="m6", type="mirror", copy_mode="write-blocking"),
           "block-job-change copy-mode=write-blocking")
+    t.error(c.cmd("block-job-change", id="m6", type="mirror", copy_mode="write-blocking"), "change again",
+            "Expected current copy mode 'background', got 'write-blocking'")
+    t.error(c.cmd("block-job-change", id="m6", type="mirror", copy_mode="background"), "change back",
+            "Change to copy mode 'background' is not implemented")
     with open(mp, "r+b") as f:
         f.seek(2 * M)
         f.write(b"\x77" * (256 * 1024))
