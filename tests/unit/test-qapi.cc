@@ -801,7 +801,7 @@ class Gen {
         if (dz) in["detect-zeroes"] = c["detect-zeroes"] = dz == 1 ? "on" : "unmap";
         bool direct = coin();
         const bool no_flush = coin();
-        switch (below(depth > 3 ? 3 : 9)) {
+        switch (below(depth > 3 ? 3 : 10)) {
         case 0: {
             in["driver"] = c["driver"] = "file";
             std::string name = text();
@@ -856,6 +856,10 @@ class Gen {
             break;
         case 7:
             rbd(in, c);
+            break;
+        case 8:
+            in["driver"] = c["driver"] = "mirror_top";
+            ref(in, c, "file", depth, false);
             break;
         default:
             qcow2(in, c, depth, ro);
