@@ -801,7 +801,7 @@ class Gen {
         if (dz) in["detect-zeroes"] = c["detect-zeroes"] = dz == 1 ? "on" : "unmap";
         bool direct = coin();
         const bool no_flush = coin();
-        switch (below(depth > 3 ? 3 : 10)) {
+        switch (below(depth > 3 ? 3 : 11)) {
         case 0: {
             in["driver"] = c["driver"] = "file";
             std::string name = text();
@@ -858,6 +858,10 @@ class Gen {
             rbd(in, c);
             break;
         case 8:
+            in["driver"] = c["driver"] = "mirror_top";
+            ref(in, c, "file", depth, false);
+            break;
+        case 9:
             in["driver"] = c["driver"] = "commit_top";
             ref(in, c, "backing", depth, false);
             break;
