@@ -20,7 +20,8 @@
 #     export: READY, job-complete, the export then serves base, which holds
 #     the chain's data;
 #   - kill -9 of the daemon mid-commit: qemu-img check without errors
-#     (leaks allowed), the chain's guest data intact.
+#     (leaks allowed), the chain's guest data intact; quit mid-commit: exit
+#     0, images clean, the chain unchanged.
 import os
 import signal
 import sys
@@ -234,6 +235,19 @@ def kill9(t, w):
     compare(t, ch.mid, ch.midref, "after kill -9: mid's chain data is intact")
 
 
+def quit_running(t, w):
+    ch = Chain(w, "q")
+    d = t.daemon([])
+    c = d.qmp()
+    ch.add(t, c)
+    t.ret(c.cmd("block-commit", job_id="qc", device="q-top", top_node="q-mid", speed=4 * M), "commit to quit")
+    t.check(wait_progress(c, "qc", 1), "the job makes progress")
+    t.stop(d, "quit with the commit running: exit 0")
+    ch.check_images(t, "after quit")
+    compare(t, ch.top, ch.ref, "after quit: the chain's guest data is intact")
+    t.eq(ch.backing(ch.top), ch.mid, "after quit: top's header still names mid")
+
+
 def main():
     with Test("qmp-commit", budget=110) as t:
         w = t.work
@@ -259,6 +273,8 @@ def main():
             on_error_check(t, ch, p)
         t.section("kill -9 in the middle")
         kill9(t, w)
+        t.section("quit in the middle")
+        quit_running(t, w)
         for m in os.listdir(w):
             if m.endswith("-mp"):
                 t.check(not mounted(f"{w}/{m}"), f"{m} unmounted")
