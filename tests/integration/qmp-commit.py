@@ -97,6 +97,8 @@ def cancel(t, c, w):
     ch.add(t, c)
     t.ret(c.cmd("block-commit", job_id="cc", device="c-top", top_node="c-mid", speed=2 * M), "slow commit")
     t.check(wait_progress(c, "cc", 1), "the job makes progress")
+    t.error(c.cmd("block-commit", job_id="c2", device="c-top", top_node="c-mid"), "a second commit of the device",
+            "Need a root block node")
     t.ret(c.cmd("job-cancel", id="cc"), "job-cancel")
     ev = wait_event(c, "BLOCK_JOB_CANCELLED", "cc")
     t.check(0 < ev["data"]["offset"] < ev["data"]["len"], "cancelled in the middle", ev["data"])
