@@ -74,6 +74,8 @@ def under_fio(t, c, w):
     n = node_info(c)
     t.check(n.get("ctop", {}).get("drv") == "commit_top", "the commit_top filter shows while the job runs",
             sorted(n))
+    t.eq(n.get("ctop", {}).get("file"), ch.mid, "the filter's file name is mid's")
+    t.eq(n.get("f-top", {}).get("backing_file"), ch.mid, "top's backing_file while the job runs: mid's name")
     ev = wait_event(c, "BLOCK_JOB_COMPLETED", "fc", 30)
     t.check("error" not in ev["data"], "the commit completed", ev)
     finish_fio(t, fio, mp, "commit under fio")
