@@ -82,8 +82,12 @@ Status file_create_image(const std::string &filename, const CreateOptions &opts)
         return make_error(EFBIG, "%s: Image size too large", filename.c_str());
     }
     // The file is made a whole number of 512-byte sectors long, as QEMU's
-    // file protocol does for a size given as a create option.
-    const int64_t file_size = static_cast<int64_t>((size.value() + 511) / 512 * 512);
+    // file protocol does for a size given as a create option; blockdev-create
+    // (block/create-job.cc) passes the internal key "x-exact-size" (which
+    // qemu-img's -o refuses as unknown), since QEMU keeps its size as is.
+    auto exact = opts.get_bool("x-exact-size", false);
+    if (!exact) return exact.error();
+    const int64_t file_size = static_cast<int64_t>(exact.value() ? size.value() : (size.value() + 511) / 512 * 512);
 
     // Create the file if missing; it is emptied only once the locks say
     // nobody else uses it.
