@@ -134,6 +134,7 @@ QmpResult qmp_dispatch(QmpServer &server, const std::string &name, const nlohman
 void qmp_control_commands(std::vector<QmpCommand> *out);
 void qmp_block_commands(std::vector<QmpCommand> *out);
 void qmp_export_commands(std::vector<QmpCommand> *out);
+void qmp_job_commands(std::vector<QmpCommand> *out);
 void qmp_create_commands(std::vector<QmpCommand> *out);   // qmp-create.cc: blockdev-create
 
 // The introspection data (query-qmp-schema) of the command table.
