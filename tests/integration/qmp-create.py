@@ -120,7 +120,7 @@ CASES = [
      ["-u", "-b", "base.qcow2", "-F", "qcow2"], 64 * M, True),
     ("zstd", {"compression-type": "zstd"}, ["-o", "compression_type=zstd"], 64 * M, True),
     ("big", {}, [], 3 * G, True),
-    ("metadata", {"preallocation": "metadata"}, ["-o", "preallocation=metadata"], 16 * M, False),
+    ("metadata", {"preallocation": "metadata"}, ["-o", "preallocation=metadata"], 16 * M, True),
     ("falloc", {"preallocation": "falloc"}, ["-o", "preallocation=falloc"], 4 * M, False),
     ("full", {"preallocation": "full", "cluster-size": 8192}, ["-o", "preallocation=full,cluster_size=8192"],
      4 * M, False),
