@@ -15,6 +15,9 @@
 #     for preallocated data, the same bytes;
 #   the images work: blockdev-add qcow2 over one, a FUSE export of it
 #     takes writes, reads them back; qemu-io reads them after quit;
+#   a qcow2 onto an inline file node (gone after the job);
+#   job-cancel of a running create job: it finishes, then concludes with
+#     'Operation canceled' (as QEMU: creation cannot be interrupted);
 #   a file's exact size (1000 bytes: QEMU rounds only qemu-img's sizes);
 #   a qcow2 onto a longer file leaves its length;
 #   errors with QSD's texts: the command's (schema: raw's branch, unknown
@@ -186,6 +189,15 @@ def flow(t, s, ref):
     t.eq(os.path.getsize(s.path("long.qcow2")), 10 * M, "the file keeps its length")
     t.eq(run(["qemu-img", "check", "-U", s.path("long.qcow2")]).returncode, 0, "qemu-img check: clean")
 
+    t.section("an inline file node (opened for the job only)")
+    s.job({"driver": "file", "filename": "inline.qcow2", "size": 0}, "file inline.qcow2")
+    before = sorted(n["node-name"] for n in c.cmd("query-named-block-nodes")["return"])
+    s.job({"driver": "qcow2", "file": {"driver": "file", "filename": "inline.qcow2"}, "size": 32 * M},
+          "qcow2 onto an inline file node")
+    t.eq(sorted(n["node-name"] for n in c.cmd("query-named-block-nodes")["return"]), before,
+         "the inline node is gone after the job")
+    t.eq(info_view(s.path("inline.qcow2"))["virtual-size"], 32 * M, "a 32 MiB qcow2 image")
+
     t.section("blockdev-create qcow2 onto file nodes, each option")
     run(["qemu-img", "create", "-q", "-f", "qcow2", s.path("base.qcow2"), "64M"], check=True)
     done = make_cases(s)
@@ -337,6 +349,21 @@ def running(t, s):
                 "Job 'r1' in state 'running' cannot accept command verb 'dismiss'")
     statuses(c, "r1", "concluded")
     t.ret(c.cmd("job-dismiss", id="r1"), "job-dismiss once concluded", {})
+
+    t.section("job-cancel of a running create job: it finishes, then concludes as cancelled")
+    c.events.clear()
+    r = c.cmd("blockdev-create", job_id="r2",
+              options={"driver": "qcow2", "file": "f-run", "size": 256 * M, "preallocation": "full"})
+    t.ret(r, "blockdev-create again onto the same node", {})
+    t.ret(c.cmd("job-cancel", id="r2"), "job-cancel", {})
+    t.eq(statuses(c, "r2", "concluded"), ["created", "running", "aborting", "concluded"],
+         "events: created, running, aborting, concluded")
+    t.eq(query_job(c, "r2"), {"id": "r2", "type": "create", "status": "concluded", "current-progress": 1,
+                              "total-progress": 1, "error": "Operation canceled"}, "query-jobs: 'Operation canceled'")
+    t.ret(c.cmd("job-dismiss", id="r2"), "job-dismiss", {})
+    p = run(["qemu-img", "check", "-U", s.path("run.qcow2")])
+    t.check(p.returncode == 0, "qemu-img check: the image is complete and clean", p.stdout + p.stderr)
+    t.eq(info_view(s.path("run.qcow2"))["virtual-size"], 256 * M, "its virtual size")
 
 
 def interrupted(t, kind, how):
