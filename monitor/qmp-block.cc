@@ -131,8 +131,11 @@ QmpResult cmd_block_resize(QmpCall &call)
     if (size < 0) return qmp_error("Parameter 'size' expects a >0 size");
     Result<BlockNode *> n = qmp_find_node(call.daemon, device, node_name);
     if (!n) return qmp_error(n.error());
-    Status free = call.daemon.jobs().check_node_free(n.value());
-    if (!free.ok()) return qmp_error(free);
+    // QEMU's op blocker text here names no device ("Device '(null)' is in
+    // use"); we name the node.
+    if (!call.daemon.jobs().check_node_free(n.value()).ok()) {
+        return qmp_error("Device '" + n.value()->node_name() + "' is in use");
+    }
     // A consumer of our own, as QEMU's command uses: it needs the RESIZE
     // permission, shares everything, and goes away with the command.
     if (n.value()->read_only()) return qmp_error("Image is read-only");
