@@ -191,7 +191,12 @@ class CreateJob final : public Job {
         drop_inline_nodes();
         progress_add(1);
         if (!s) {
-            set_error(s.error().qemu_text());
+            // QEMU keeps the image-lock hint out of the error itself (it
+            // is a hint for the command line): so does the job's error.
+            std::string msg = s.error().qemu_text();
+            const size_t hint = msg.find(": Is another process using the image [");
+            if (hint != std::string::npos) msg.resize(hint);
+            set_error(msg);
             return s.err() > 0 ? -s.err() : -EIO;
         }
         return 0;

@@ -27,7 +27,8 @@
 #     with lazy refcounts, backing format without file, data-file-raw
 #     without data-file, preallocation with a backing file, a file in a
 #     missing directory, preallocation=metadata of a file, extent size
-#     hint too large): created, running, aborting, concluded, and the
+#     hint too large, a node whose parent does not share write, a file
+#     locked by a node): created, running, aborting, concluded, and the
 #     error in query-jobs; job-dismiss of a running job is refused;
 #   Ours only: quit and SIGTERM while a create job writes a preallocated
 #     image: exit 0, the image complete and clean (qemu-img check)
@@ -327,6 +328,15 @@ def errors(t, s):
     ]
     for opts, text in jobs:
         s.job(opts, json.dumps(opts), error=text)
+    # A node in use (f-io, under q-io since io()): the new image's writer
+    # conflicts with the qcow2 node over it; the file under a node is locked.
+    s.job(dict(q, file="f-io"), "qcow2 onto a node a qcow2 node uses",
+          error="Permission conflict on node 'f-io': permissions 'write, resize' are both required by an unnamed "
+                "block device (uses node 'f-io' as 'root' child) and unshared by node 'q-io' (uses node 'f-io' "
+                "as 'file' child).")
+    s.job({"driver": "file", "filename": "io.qcow2", "size": 0}, "file over an image in use",
+          error='Failed to get "write" lock')
+
     if t.ours():
         s.job(dict(q, encrypt={"format": "luks", "key-secret": "s"}), "encrypt (ours: refused)",
               error="qcow2 encryption is not supported by blockgraph; create the image unencrypted "
