@@ -20,6 +20,7 @@
 // Threading model: main loop; run() in the job's coroutine.
 #include <cerrno>
 #include <cinttypes>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -279,6 +280,11 @@ class CreateJob final : public Job {
         if (o.contains("backing-fmt")) opts.set("backing_fmt", o["backing-fmt"].get<std::string>());
         put_bool("data-file-raw", "data_file_raw");
 
+        // QEMU finds a size it cannot hold when it resizes the new image.
+        if (size > static_cast<uint64_t>(kMaxLength)) {
+            return make_error(EFBIG, "Could not resize image: offset(%" PRIu64 ") exceeds maximum(%" PRId64 ")", size,
+                              kMaxLength);
+        }
         BG_TRY_ASSIGN(BlockNode *file, open_ref(o["file"]));
         BlockNode *data = nullptr;
         if (o.contains("data-file")) {
@@ -286,7 +292,12 @@ class CreateJob final : public Job {
             // The header records the data file by its node's file name.
             opts.set("data_file", data->filename());
         }
-        return drv_->create_on_node(file, data, opts);
+        Status s = drv_->create_on_node(file, data, opts);
+        if (!s && s.err() == EFBIG) {
+            // Tables beyond the format's limits: QEMU's text from growing them.
+            return make_error(EFBIG, "Could not resize image: Failed to grow the L1 table: File too large");
+        }
+        return s;
     }
 
     BlockGraph &graph_;

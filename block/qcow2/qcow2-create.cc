@@ -415,6 +415,9 @@ Status create_on_node(BlockNode *file, BlockNode *data_file, const CreateOptions
     if (!pr) return pr.error();
     const CreateParams c = pr.value();
     if (c.data_file && !data_file) return make_error(EINVAL, "data-file requires a node");
+    if (file->read_only() || (data_file && data_file->read_only())) {
+        return make_error(EPERM, "Block node is read-only");
+    }
     // The new image's writer: QEMU's blockdev-create needs WRITE and
     // RESIZE and shares everything (an anonymous backend in QEMU, hence
     // the name in permission conflicts).

@@ -28,7 +28,8 @@
 #     without data-file, preallocation with a backing file, a file in a
 #     missing directory, preallocation=metadata of a file, extent size
 #     hint too large, a node whose parent does not share write, a file
-#     locked by a node): created, running, aborting, concluded, and the
+#     locked by a node, a read-only node, a size beyond the L1 table's
+#     limit, an inline node that does not open): created, running, aborting, concluded, and the
 #     error in query-jobs; job-dismiss of a running job is refused;
 #   Ours only: quit and SIGTERM while a create job writes a preallocated
 #     image: exit 0, the image complete and clean (qemu-img check)
@@ -326,6 +327,14 @@ def errors(t, s):
         ({"driver": "file", "filename": "h.raw", "size": M, "extent-size-hint": 1 << 40},
          "Extent size hint is too large"),
     ]
+    open(s.path("ro.img"), "w").close()
+    t.ret(c.cmd("blockdev-add", driver="file", filename="ro.img", node_name="f-ro", read_only=True),
+          "blockdev-add a read-only file node")
+    jobs += [
+        (dict(q, file="f-ro"), "Block node is read-only"),
+        (dict(q, file={"driver": "file", "filename": "nonex.img"}),
+         "Could not open 'nonex.img': No such file or directory"),
+    ]
     for opts, text in jobs:
         s.job(opts, json.dumps(opts), error=text)
     # A node in use (f-io, under q-io since io()): the new image's writer
@@ -342,6 +351,9 @@ def errors(t, s):
               error="qcow2 encryption is not supported by blockgraph; create the image unencrypted "
                     "(and encrypt the storage below it)")
     t.eq(os.path.getsize(s.path("e.qcow2")), 0, "the failed jobs wrote nothing onto f-e")
+    # QEMU finds these after it wrote a first header onto f-e.
+    s.job(dict(q, **{"data-file": "f-ro"}), "read-only data file", error="Block node is read-only")
+    s.job(dict(q, size=1 << 62), "size 2^62", error="Could not resize image: Failed to grow the L1 table: File too large")
 
 
 def running(t, s):
