@@ -180,7 +180,6 @@ class CreateJob final : public Job {
     {
         progress_set_total(1);
     }
-    ~CreateJob() override { drop_inline_nodes(); }
 
     const char *type() const override { return "create"; }
     bool is_block_job() const override { return false; }
@@ -303,7 +302,7 @@ class CreateJob final : public Job {
     BlockGraph &graph_;
     const BlockDriver *drv_;
     nlohmann::json options_;
-    std::vector<std::string> inline_nodes_;   // opened for the job, closed after it
+    std::vector<std::string> inline_nodes_;   // opened by run(), closed before it returns
 };
 
 } // namespace
