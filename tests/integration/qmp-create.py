@@ -326,6 +326,7 @@ def errors(t, s):
          "Unsupported preallocation mode: metadata"),
         ({"driver": "file", "filename": "h.raw", "size": M, "extent-size-hint": 1 << 40},
          "Extent size hint is too large"),
+        ({"driver": "file", "filename": "neg.raw", "size": -1}, "Could not resize file: Invalid argument"),
     ]
     open(s.path("ro.img"), "w").close()
     t.ret(c.cmd("blockdev-add", driver="file", filename="ro.img", node_name="f-ro", read_only=True),
@@ -350,6 +351,7 @@ def errors(t, s):
         s.job(dict(q, encrypt={"format": "luks", "key-secret": "s"}), "encrypt (ours: refused)",
               error="qcow2 encryption is not supported by blockgraph; create the image unencrypted "
                     "(and encrypt the storage below it)")
+    t.eq(os.path.getsize(s.path("neg.raw")), 0, "size -1 (2^64 - 1): the file is made, empty")
     t.eq(os.path.getsize(s.path("e.qcow2")), 0, "the failed jobs wrote nothing onto f-e")
     # QEMU finds these after it wrote a first header onto f-e.
     s.job(dict(q, **{"data-file": "f-ro"}), "read-only data file", error="Block node is read-only")
