@@ -20,6 +20,7 @@
 // Threading model: main loop; run() in the job's coroutine.
 #include <cerrno>
 #include <cinttypes>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -179,7 +180,6 @@ class CreateJob final : public Job {
     {
         progress_set_total(1);
     }
-    ~CreateJob() override { drop_inline_nodes(); }
 
     const char *type() const override { return "create"; }
     bool is_block_job() const override { return false; }
@@ -191,7 +191,12 @@ class CreateJob final : public Job {
         drop_inline_nodes();
         progress_add(1);
         if (!s) {
-            set_error(s.error().qemu_text());
+            // QEMU keeps the image-lock hint out of the error itself (it
+            // is a hint for the command line): so does the job's error.
+            std::string msg = s.error().qemu_text();
+            const size_t hint = msg.find(": Is another process using the image [");
+            if (hint != std::string::npos) msg.resize(hint);
+            set_error(msg);
             return s.err() > 0 ? -s.err() : -EIO;
         }
         return 0;
@@ -274,6 +279,11 @@ class CreateJob final : public Job {
         if (o.contains("backing-fmt")) opts.set("backing_fmt", o["backing-fmt"].get<std::string>());
         put_bool("data-file-raw", "data_file_raw");
 
+        // QEMU finds a size it cannot hold when it resizes the new image.
+        if (size > static_cast<uint64_t>(kMaxLength)) {
+            return make_error(EFBIG, "Could not resize image: offset(%" PRIu64 ") exceeds maximum(%" PRId64 ")", size,
+                              kMaxLength);
+        }
         BG_TRY_ASSIGN(BlockNode *file, open_ref(o["file"]));
         BlockNode *data = nullptr;
         if (o.contains("data-file")) {
@@ -281,13 +291,18 @@ class CreateJob final : public Job {
             // The header records the data file by its node's file name.
             opts.set("data_file", data->filename());
         }
-        return drv_->create_on_node(file, data, opts);
+        Status s = drv_->create_on_node(file, data, opts);
+        if (!s && s.err() == EFBIG) {
+            // Tables beyond the format's limits: QEMU's text from growing them.
+            return make_error(EFBIG, "Could not resize image: Failed to grow the L1 table: File too large");
+        }
+        return s;
     }
 
     BlockGraph &graph_;
     const BlockDriver *drv_;
     nlohmann::json options_;
-    std::vector<std::string> inline_nodes_;   // opened for the job, closed after it
+    std::vector<std::string> inline_nodes_;   // opened by run(), closed before it returns
 };
 
 } // namespace

@@ -415,14 +415,18 @@ Status create_on_node(BlockNode *file, BlockNode *data_file, const CreateOptions
     if (!pr) return pr.error();
     const CreateParams c = pr.value();
     if (c.data_file && !data_file) return make_error(EINVAL, "data-file requires a node");
+    if (file->read_only() || (data_file && data_file->read_only())) {
+        return make_error(EPERM, "Block node is read-only");
+    }
     // The new image's writer: QEMU's blockdev-create needs WRITE and
-    // RESIZE and shares everything.
+    // RESIZE and shares everything (an anonymous backend in QEMU, hence
+    // the name in permission conflicts).
     const BlockPerm perm = kPermWrite | kPermResize | kPermConsistentRead;
-    auto blk = BlockBackend::create(file, perm, kPermAll, "blockdev-create");
+    auto blk = BlockBackend::create(file, perm, kPermAll, "an unnamed block device");
     if (!blk) return blk.error();
     std::unique_ptr<BlockBackend> dblk;
     if (c.data_file) {
-        auto d = BlockBackend::create(data_file, perm, kPermAll, "blockdev-create");
+        auto d = BlockBackend::create(data_file, perm, kPermAll, "an unnamed block device");
         if (!d) return d.error();
         dblk = std::move(d.value());
     }

@@ -27,7 +27,9 @@
 #     with lazy refcounts, backing format without file, data-file-raw
 #     without data-file, preallocation with a backing file, a file in a
 #     missing directory, preallocation=metadata of a file, extent size
-#     hint too large): created, running, aborting, concluded, and the
+#     hint too large, a node whose parent does not share write, a file
+#     locked by a node, a read-only node, a size beyond the L1 table's
+#     limit, an inline node that does not open): created, running, aborting, concluded, and the
 #     error in query-jobs; job-dismiss of a running job is refused;
 #   Ours only: quit and SIGTERM while a create job writes a preallocated
 #     image: exit 0, the image complete and clean (qemu-img check)
@@ -324,14 +326,36 @@ def errors(t, s):
          "Unsupported preallocation mode: metadata"),
         ({"driver": "file", "filename": "h.raw", "size": M, "extent-size-hint": 1 << 40},
          "Extent size hint is too large"),
+        ({"driver": "file", "filename": "neg.raw", "size": -1}, "Could not resize file: Invalid argument"),
+    ]
+    open(s.path("ro.img"), "w").close()
+    t.ret(c.cmd("blockdev-add", driver="file", filename="ro.img", node_name="f-ro", read_only=True),
+          "blockdev-add a read-only file node")
+    jobs += [
+        (dict(q, file="f-ro"), "Block node is read-only"),
+        (dict(q, file={"driver": "file", "filename": "nonex.img"}),
+         "Could not open 'nonex.img': No such file or directory"),
     ]
     for opts, text in jobs:
         s.job(opts, json.dumps(opts), error=text)
+    # A node in use (f-io, under q-io since io()): the new image's writer
+    # conflicts with the qcow2 node over it; the file under a node is locked.
+    s.job(dict(q, file="f-io"), "qcow2 onto a node a qcow2 node uses",
+          error="Permission conflict on node 'f-io': permissions 'write, resize' are both required by an unnamed "
+                "block device (uses node 'f-io' as 'root' child) and unshared by node 'q-io' (uses node 'f-io' "
+                "as 'file' child).")
+    s.job({"driver": "file", "filename": "io.qcow2", "size": 0}, "file over an image in use",
+          error='Failed to get "write" lock')
+
     if t.ours():
         s.job(dict(q, encrypt={"format": "luks", "key-secret": "s"}), "encrypt (ours: refused)",
               error="qcow2 encryption is not supported by blockgraph; create the image unencrypted "
                     "(and encrypt the storage below it)")
+    t.eq(os.path.getsize(s.path("neg.raw")), 0, "size -1 (2^64 - 1): the file is made, empty")
     t.eq(os.path.getsize(s.path("e.qcow2")), 0, "the failed jobs wrote nothing onto f-e")
+    # QEMU finds these after it wrote a first header onto f-e.
+    s.job(dict(q, **{"data-file": "f-ro"}), "read-only data file", error="Block node is read-only")
+    s.job(dict(q, size=1 << 62), "size 2^62", error="Could not resize image: Failed to grow the L1 table: File too large")
 
 
 def running(t, s):
