@@ -28,7 +28,8 @@
 //   3. run() returns 0 (success) or a negative errno (failure; the message
 //      is set_error()'s, else strerror). A cancelled job's run() should
 //      return -ECANCELED soon after is_cancelled() turns true.
-//   4. The framework, in the main loop outside any coroutine: success ->
+//   4. The framework, in the main loop, in a coroutine of its own (not the
+//      job's: graph changes drain, which needs the loop running): success ->
 //      waiting; once every job of the transaction is waiting -> pending
 //      (and, unless auto-finalize is off, at once) finalize: prepare() of
 //      each (any failure aborts the whole transaction), then commit() and
@@ -152,7 +153,8 @@ class Job {
     // ---- what a job type implements
     // The work. Runs in the job's coroutine in the main loop.
     virtual int coroutine_fn run() = 0;
-    // Finalization hooks, main loop, outside coroutines, in this order:
+    // Finalization hooks, main loop, outside the job's coroutine (in one of
+    // their own, or a QMP command's), in this order:
     // prepare() (success only; a failure aborts the transaction), then
     // commit() on success or abort() on failure/cancel, then clean().
     virtual Status prepare() { return {}; }
@@ -220,7 +222,7 @@ class Job {
     static void timer_cb(void *opaque);
     static void co_entry(void *opaque);
     static void completed_bh(void *opaque);
-    void on_run_done();                 // main loop, outside the coroutine
+    void on_run_done();                 // main loop, in a coroutine other than the job's
     void finalize_one(bool success);    // commit|abort, clean, event, conclude
     void send_block_event(const char *name, bool with_error);
 
