@@ -540,6 +540,37 @@ def target_errors(t):
             t.check(r.returncode == 0, "stop: the target is complete after the retry", r.stdout + r.stderr)
 
 
+def source_errors(t):
+    t.section("on-source-error=stop with an injected read error")
+    w = t.work
+    src = make_source(t, "ss", fill=8 * M)
+    raw = f"{w}/st.raw"
+    qimg("create", "-q", "-f", "raw", raw, str(SIZE))
+    d = t.daemon([])
+    c = d.connect()
+    t.ret(c.cmd("blockdev-add", driver="qcow2", node_name="src",
+                file={"driver": "blkdebug", "image": {"driver": "file", "filename": src},
+                      "inject-error": [{"event": "read_aio", "iotype": "read", "errno": 5, "once": True}]}),
+          "source over blkdebug (one data read fails)")
+    t.ret(c.cmd("blockdev-add", driver="raw", node_name="tgt", file={"driver": "file", "filename": raw}),
+          "raw target")
+    c.events.clear()
+    t.ret(c.cmd("blockdev-mirror", job_id="m9", device="src", target="tgt", sync="full", on_source_error="stop"),
+          "blockdev-mirror on-source-error=stop")
+    e = wait_ev(c, "BLOCK_JOB_ERROR")["data"]
+    t.eq(e, {"device": "m9", "operation": "read", "action": "stop"}, "BLOCK_JOB_ERROR read/stop")
+    wait_ev(c, "JOB_STATUS_CHANGE", lambda x: x["data"]["status"] == "paused")
+    t.ret(c.cmd("job-resume", id="m9"), "job-resume")
+    wait_ev(c, "BLOCK_JOB_READY")
+    t.ret(c.cmd("job-complete", id="m9"), "job-complete")
+    job_ended(c, "m9")
+    t.eq(statuses(c, "m9"), ["created", "running", "paused", "running", "ready", "waiting", "pending",
+                             "concluded", "null"], "statuses")
+    t.stop(d)
+    r = qimg("compare", "-f", "qcow2", "-F", "raw", src, raw, check=False)
+    t.check(r.returncode == 0, "the target is complete after the retry", r.stdout + r.stderr)
+
+
 # ---------------------------------------------------------------- kill -9
 
 def kill9(t):
@@ -632,10 +663,37 @@ def active_commit(t):
     t.check(r.returncode == 0 and "failed" not in r.stdout, "base holds top's, mid's and the later data",
             r.stdout[-300:])
 
+    t.section("active commit: soft cancel after READY")
+    b2 = f"{w}/ab2.qcow2"
+    qimg("create", "-q", "-f", "qcow2", b2, "32M")
+    t2 = f"{w}/at2.qcow2"
+    qimg("create", "-q", "-f", "qcow2", "-b", b2, "-F", "qcow2", t2)
+    qio("-f", "qcow2", "-c", f"write -P 0x55 {4 * M} {2 * M}", t2)
+    d = t.daemon([])
+    c = d.connect()
+    t.ret(c.cmd("blockdev-add", driver="qcow2", node_name="top2", file={"driver": "file", "filename": t2},
+                backing={"driver": "qcow2", "node-name": "base2", "read-only": True,
+                         "file": {"driver": "file", "filename": b2}}), "add top2 -> base2 (read-only)")
+    c.events.clear()
+    t.ret(c.cmd("block-commit", job_id="c1", device="top2"), "block-commit")
+    wait_ev(c, "BLOCK_JOB_READY")
+    t.eq(nodes(c)["base2"]["ro"], False, "base reopened read-write for the job")
+    t.ret(c.cmd("block-job-cancel", device="c1"), "block-job-cancel (soft)")
+    job_ended(c, "c1")
+    evs = [e["event"] for e in c.events if e["event"].startswith("BLOCK_JOB_")]
+    t.eq(evs, ["BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"], "READY then COMPLETED")
+    ns = nodes(c)
+    t.eq(ns["base2"]["ro"], False, "base stays read-write (QEMU reopens it read-only only on failure)")
+    t.check(not any(n["drv"] == "mirror_top" for n in ns.values()), "the filter is gone", sorted(ns))
+    t.stop(d)
+    r = qio("-f", "qcow2", "-c", f"read -P 0x55 {4 * M} {2 * M}", b2, check=False)
+    t.check(r.returncode == 0 and "failed" not in r.stdout, "base holds the committed data", r.stdout[-300:])
+
 
 SECTIONS = {
     "errors": errors, "fuse": fuse, "nbd": nbd, "soft-cancel": soft_cancel, "force-cancel": force_cancel,
-    "sync-top": sync_top, "write-blocking": write_blocking, "target-errors": target_errors, "kill9": kill9,
+    "sync-top": sync_top, "write-blocking": write_blocking, "target-errors": target_errors,
+    "source-errors": source_errors, "kill9": kill9,
     "active-commit": active_commit,
 }
 
