@@ -223,7 +223,7 @@ def fuse(t):
     add_qcow2(t, c, "src", src)
     add_qcow2(t, c, "tgt", tgt)
     mp = export_file(t, d, c, "src", "fmp")
-    fio = subprocess.Popen(fio_cmd(t, mp, 8, direct=True), stdout=subprocess.PIPE,
+    fio = subprocess.Popen(fio_cmd(t, mp, 10, direct=True), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=w)
     time.sleep(0.5)
     c.events.clear()
@@ -298,14 +298,14 @@ def nbd(t):
     try:
         if not t.check(wait_for(lambda: os.path.exists(path), 10), "nbdfuse mounted the export"):
             return
-        fio = subprocess.Popen(fio_cmd(t, path, 9, direct=True), stdout=subprocess.PIPE,
+        fio = subprocess.Popen(fio_cmd(t, path, 10, direct=True), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=w)
         time.sleep(0.5)
         t.ret(c.cmd("blockdev-mirror", job_id="m1", device="src", target="tgt", sync="full"),
               "blockdev-mirror")
         wait_ev(c, "BLOCK_JOB_READY", timeout=30)
         t.check(fio.poll() is None, "READY while fio still writes")
-        time.sleep(1.5)
+        time.sleep(1.0)
         t.check(fio.poll() is None, "fio still writes at job-complete")
         t.ret(c.cmd("job-complete", id="m1"), "job-complete under load")
         done = wait_ev(c, "BLOCK_JOB_COMPLETED")["data"]
@@ -482,7 +482,7 @@ def write_blocking(t):
         f.write(b"\x77" * (256 * 1024))
         f.flush()
         os.fsync(f.fileno())
-    time.sleep(0.3)
+    wait_for(lambda: c.cmd("query-block-jobs")["return"][0].get("actively-synced"), 5)
     j = c.cmd("query-block-jobs")["return"][0]
     t.eq(j.get("actively-synced"), True, "actively synced after the change")
     t.ret(c.cmd("job-complete", id="m6"), "job-complete")
