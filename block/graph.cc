@@ -807,7 +807,10 @@ Status BlockGraph::replace_node(BlockNode *from, BlockNode *to)
         moved.push_back(c);
     }
     for (BdrvChild *c : moved) to->graph_move_parent(c);
-    Status s = refresh_perms({to, from});
+    // from first: the edges it gave up relax what it needs of its own
+    // children -- when from is a filter above to, that is an edge into to,
+    // whose stale permissions would otherwise clash with the moved ones.
+    Status s = refresh_perms({from, to});
     if (!s.ok()) {
         for (BdrvChild *c : moved) from->graph_move_parent(c);
         return s;
