@@ -89,7 +89,7 @@ class CommitJob final : public Job {
     const char *type() const override { return "commit"; }
 
     // Builds the graph side; on failure undoes it.
-    Status setup(BlockNode *top, BlockNode *base, const std::string &filter_name);
+    Status setup(BlockNode *device, BlockNode *top, BlockNode *base, const std::string &filter_name);
 
   protected:
     int coroutine_fn run() override;
@@ -110,7 +110,7 @@ class CommitJob final : public Job {
     std::unique_ptr<BlockBackend> top_blk_, base_blk_;
 };
 
-Status CommitJob::setup(BlockNode *top, BlockNode *base, const std::string &filter_name)
+Status CommitJob::setup(BlockNode *device, BlockNode *top, BlockNode *base, const std::string &filter_name)
 {
     top_ = top;
     base_ = base;
@@ -147,6 +147,7 @@ Status CommitJob::setup(BlockNode *top, BlockNode *base, const std::string &filt
         clean();
         return s;
     }
+    block_node(device);
     block_node(filter);
     for (BlockNode *n = top; n && n != base; n = chain_next(n)) block_node(n);
     block_node(base);
@@ -296,8 +297,8 @@ Result<Job *> block_commit_start(JobManager &mgr, BlockGraph &graph, const Commi
     // The device first (libvirt tells DeviceNotFound apart).
     BlockNode *bs = graph.find(opts.device);
     if (!bs) return make_error(ENODEV, "Device '%s' not found", opts.device.c_str());
-    if (!is_root(bs)) return make_error(EINVAL, "Need a root block node");
-    BG_TRY(mgr.check_node_free(bs));
+    // A node a job works on is not a root for QEMU (the job is a parent).
+    if (!is_root(bs) || !mgr.check_node_free(bs).ok()) return make_error(EINVAL, "Need a root block node");
 
     BlockNode *top = bs;
     if (!opts.top_node.empty() && !opts.top.empty()) {
@@ -346,7 +347,7 @@ Result<Job *> block_commit_start(JobManager &mgr, BlockGraph &graph, const Commi
     BG_TRY(mgr.check_new_id(opts.common.id));
     if (opts.common.speed < 0) return make_error(EINVAL, "Parameter 'speed' expects a non-negative value");
     auto job = std::make_unique<CommitJob>(mgr, graph, opts);
-    BG_TRY(job->setup(top, base, opts.filter_node_name));
+    BG_TRY(job->setup(bs, top, base, opts.filter_node_name));
     Job *j = mgr.add(std::move(job));
     j->start();
     return j;

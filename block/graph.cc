@@ -807,10 +807,12 @@ Status BlockGraph::replace_node(BlockNode *from, BlockNode *to)
         moved.push_back(c);
     }
     for (BdrvChild *c : moved) to->graph_move_parent(c);
-    // from first: the edges it gave up relax what it needs of its own
-    // children -- when from is a filter above to, that is an edge into to,
-    // whose stale permissions would otherwise clash with the moved ones.
-    Status s = refresh_perms({from, to});
+    // Parents first: when from is above to (a filter going away), from's
+    // edges down to to must lose what from's former parents needed before
+    // to is checked against its new parents.
+    const std::vector<BlockNode *> order =
+        from->reaches(to) ? std::vector<BlockNode *>{from, to} : std::vector<BlockNode *>{to, from};
+    Status s = refresh_perms(order);
     if (!s.ok()) {
         for (BdrvChild *c : moved) from->graph_move_parent(c);
         return s;

@@ -598,6 +598,10 @@ Status MirrorJob::prepare()
 {
     BlockNode *src = source_;
     src->drained_begin();
+    // The job's writer of the target goes before the graph changes (as
+    // QEMU's mirror_exit_common): once the filter is gone, the chain above
+    // an active commit's base no longer shares WRITE on it.
+    target_blk_.reset();
     remove_filter();
     Status st;
     if (should_complete_ && !cancel_requested()) {
@@ -620,6 +624,7 @@ void MirrorJob::abort()
     if (filter_) {
         BlockNode *src = source_;
         src->drained_begin();
+        target_blk_.reset();
         remove_filter();
         src->drained_end();
     }

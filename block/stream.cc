@@ -186,7 +186,10 @@ void StreamJob::clean()
     if (filter) {
         Status s = graph_.replace_node(filter, target_);
         if (!s.ok()) log_warn("stream job '%s': cannot drop its filter: %s", id().c_str(), s.msg().c_str());
-        if (filter->parents().empty()) (void)graph_.remove_node(filter->node_name());
+        Status r = filter->parents().empty() ? graph_.remove_node(filter->node_name())
+                                             : make_error(EBUSY, "still in use by %s",
+                                                          filter->parents().front()->parent_desc().c_str());
+        if (!r.ok()) log_warn("stream job '%s': cannot remove its filter: %s", id().c_str(), r.msg().c_str());
         filter_name_.clear();
     }
     if (target_was_ro_) {

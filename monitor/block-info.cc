@@ -195,8 +195,15 @@ QemuName qemu_name(BlockNode *n, int depth)
     if (!primary || primary_name.exact.empty()) return q;
 
     if (drv->kind == BlockDriverKind::kFilter) {
-        // A debugging filter names itself "<driver>:<config>:<image>".
         if (strong) return q;
+        // A filter without a file name syntax of its own (copy-on-read,
+        // commit_top, mirror_top) has its child's name (QEMU's generic
+        // rule for a node without strong options).
+        if (!drv->parse_filename) {
+            q.exact = primary_name.exact;
+            return q;
+        }
+        // A debugging filter names itself "<driver>:<config>:<image>".
         std::string config = enc.contains("config") ? enc["config"].get<std::string>() : "";
         q.exact = std::string(drv->name) + ":" + config + ":" + primary_name.exact;
         return q;

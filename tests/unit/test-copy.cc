@@ -1,11 +1,13 @@
 // Unit tests for block/copy.cc (the copy engine behind img convert, commit
 // and rebase): content, sparseness, several sources, ordering modes,
 // destinations that do not read as zeros, diff-against copies, worker
-// threads, errors naming the offset and the file, and option checks.
+// threads, errors naming the offset and the file, option checks, and the
+// block jobs' hooks (before_chunk, on_error, read_only).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -84,10 +86,11 @@ BlockdevOptions raw_over(const BlockdevOptions &child)
 }
 
 // blkdebug over child failing every request of iotype ("read", "write")
-// at sector with EIO.
-BlockdevOptions blkdebug_over(const BlockdevOptions &child, const char *iotype, int64_t sector)
+// at sector with EIO (once: only the first).
+BlockdevOptions blkdebug_over(const BlockdevOptions &child, const char *iotype, int64_t sector, bool once = false)
 {
     nlohmann::json e = {{"iotype", iotype}, {"errno", EIO}, {"sector", sector}};
+    if (once) e["once"] = true;
     return must_parse_json({{"driver", "blkdebug"}, {"image", blockdev_options_to_json(child)}, {"inject-error", nlohmann::json::array({e})}},
                            builtin_drivers());
 }
@@ -360,6 +363,121 @@ START_TEST(test_copy_options)
 }
 END_TEST
 
+// The jobs' hooks: before_chunk sees each chunk's data bytes and stops
+// the copy with its errno; on_error retries or skips a chunk; one worker
+// runs in the caller's coroutine.
+START_TEST(test_copy_hooks)
+{
+    Env e;
+    const std::string s = tmp_path("sh"), d = tmp_path("dh");
+    make_file(s, 8 * kMiB, {{0, 8 * kMiB}}, 3);
+    make_file(d, 8 * kMiB, {});
+    BlockBackend *sb = e.open_raw(s, kPermConsistentRead), *db = e.open_raw(d);
+    const std::vector<uint8_t> want = file_bytes(s);
+
+    // Cancelled before the third chunk: two chunks copied.
+    CopyOptions o;
+    o.max_workers = 1;
+    o.chunk_size = kMiB;
+    int calls = 0;
+    int64_t data = 0;
+    Coroutine *caller = nullptr;
+    bool same_co = true;
+    o.before_chunk = [&](int64_t n) {
+        if (calls == 0) caller = coroutine_self();
+        same_co = same_co && coroutine_self() == caller;
+        data += n;
+        return ++calls == 3 ? -ECANCELED : 0;
+    };
+    auto r = run_in_coroutine([&] {
+        Coroutine *me = coroutine_self();
+        auto res = co_copy({src_of(sb, "sh")}, db, o);
+        same_co = same_co && me == caller;
+        return res;
+    });
+    ck_assert(!r.ok());
+    ck_assert_int_eq(r.err(), ECANCELED);
+    ck_assert(same_co);
+    ck_assert_int_eq(data, 3 * kMiB);
+    flush(db);
+    std::vector<uint8_t> got = file_bytes(d);
+    ck_assert(std::equal(want.begin(), want.begin() + 2 * kMiB, got.begin()));
+    ck_assert(std::all_of(got.begin() + 2 * kMiB, got.end(), [](uint8_t b) { return b == 0; }));
+
+    // A write error once, retried: the copy completes.
+    const std::string d2 = tmp_path("dh2");
+    make_file(d2, 8 * kMiB, {});
+    BlockBackend *db2 = e.open(blkdebug_over(raw_over(file_opts(d2)), "write", (5 * kMiB) / 512, true));
+    CopyOptions o2;
+    o2.max_workers = 1;
+    o2.chunk_size = kMiB;
+    std::vector<CopyIoError> errs;
+    int retries = 0;
+    o2.before_chunk = [&](int64_t n) {
+        if (n == 0 && !errs.empty()) retries++;
+        return 0;
+    };
+    o2.on_error = [&](const CopyIoError &ce) {
+        errs.push_back(ce);
+        return CopyErrorAction::kRetry;
+    };
+    ck_assert(copy_sync({src_of(sb, "sh")}, db2, o2).ok());
+    ck_assert_int_eq(errs.size(), 1);
+    ck_assert(!errs[0].is_read);
+    ck_assert_int_eq(errs[0].err, EIO);
+    ck_assert_int_eq(errs[0].offset, 5 * kMiB);
+    ck_assert_str_eq(errs[0].msg.c_str(), "error while writing at byte 5242880: Input/output error");
+    ck_assert_int_eq(retries, 1);
+    flush(db2);
+    ck_assert(file_bytes(d2) == want);
+
+    // A read error that persists, skipped: that chunk stays as it was.
+    const std::string d3 = tmp_path("dh3");
+    make_file(d3, 8 * kMiB, {});
+    BlockBackend *sb3 = e.open(blkdebug_over(raw_over(file_opts(s)), "read", (6 * kMiB) / 512), kPermConsistentRead);
+    BlockBackend *db3 = e.open_raw(d3);
+    CopyOptions o3;
+    o3.max_workers = 1;
+    o3.chunk_size = kMiB;
+    int skipped = 0;
+    o3.on_error = [&](const CopyIoError &ce) {
+        ck_assert(ce.is_read);
+        skipped++;
+        return CopyErrorAction::kSkip;
+    };
+    CopyProgress last;
+    o3.progress = [&](const CopyProgress &p) { last = p; };
+    ck_assert(copy_sync({src_of(sb3, "sh")}, db3, o3).ok());
+    ck_assert_int_eq(skipped, 1);
+    ck_assert_int_eq(last.done, 8 * kMiB);
+    flush(db3);
+    got = file_bytes(d3);
+    ck_assert(std::equal(want.begin(), want.begin() + 6 * kMiB, got.begin()));
+    ck_assert(std::all_of(got.begin() + 6 * kMiB, got.begin() + 7 * kMiB, [](uint8_t b) { return b == 0; }));
+    ck_assert(std::equal(want.begin() + 7 * kMiB, want.end(), got.begin() + 7 * kMiB));
+}
+END_TEST
+
+// read_only: the data is read, nothing is written (no destination).
+START_TEST(test_copy_read_only)
+{
+    Env e;
+    const std::string s = tmp_path("sr");
+    make_file(s, 4 * kMiB, {{kMiB, kMiB}});
+    BlockBackend *sb = e.open_raw(s, kPermConsistentRead);
+    CopyOptions o;
+    o.read_only = true;
+    o.max_workers = 1;
+    auto r = copy_sync({src_of(sb, "sr")}, nullptr, o);
+    ck_assert_msg(r.ok(), "%s", r.ok() ? "" : r.msg().c_str());
+    ck_assert_int_eq(r.value().bytes_written, 0);
+    ck_assert_int_eq(r.value().bytes_zeroed, 0);
+    ck_assert_int_ge(r.value().bytes_read, kMiB);
+    o.read_only = false;
+    ck_assert_int_eq(copy_sync({src_of(sb, "sr")}, nullptr, o).err(), EINVAL);
+}
+END_TEST
+
 START_TEST(test_compare_sectors)
 {
     std::vector<uint8_t> a(4096, 1), b(4096, 1);
@@ -391,6 +509,8 @@ Suite *copy_suite()
     tcase_add_test(tc, test_copy_read_error);
     tcase_add_test(tc, test_copy_write_error);
     tcase_add_test(tc, test_copy_options);
+    tcase_add_test(tc, test_copy_hooks);
+    tcase_add_test(tc, test_copy_read_only);
     tcase_add_test(tc, test_compare_sectors);
     suite_add_tcase(s, tc);
     return s;
