@@ -293,7 +293,7 @@ Status Job::change(const nlohmann::json &opts)
 
 Status Job::do_change(const nlohmann::json &)
 {
-    return make_error(EINVAL, "Job type %s does not support changing options", type());
+    return make_error(EINVAL, "Job type does not support change");
 }
 
 // ---- running

@@ -134,8 +134,8 @@ class Job {
     // Bytes per second, 0 = unlimited; negative: "Parameter 'speed'
     // expects a non-negative value".
     Status set_speed(int64_t speed);
-    // block-job-change (mirror's copy-mode). Default: "Job type X does not
-    // support changing options" -- job types override do_change().
+    // block-job-change (mirror's copy-mode). Default: "Job type does not
+    // support change" -- job types override do_change().
     Status change(const nlohmann::json &opts);
 
     // Starts run() in a coroutine: created -> running. Called once, by the

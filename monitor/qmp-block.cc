@@ -131,6 +131,11 @@ QmpResult cmd_block_resize(QmpCall &call)
     if (size < 0) return qmp_error("Parameter 'size' expects a >0 size");
     Result<BlockNode *> n = qmp_find_node(call.daemon, device, node_name);
     if (!n) return qmp_error(n.error());
+    // QEMU's op blocker text here names no device ("Device '(null)' is in
+    // use"); we name the node.
+    if (!call.daemon.jobs().check_node_free(n.value()).ok()) {
+        return qmp_error("Device '" + n.value()->node_name() + "' is in use");
+    }
     // A consumer of our own, as QEMU's command uses: it needs the RESIZE
     // permission, shares everything, and goes away with the command.
     if (n.value()->read_only()) return qmp_error("Image is read-only");
@@ -148,7 +153,8 @@ QmpResult cmd_snapshot_internal(QmpCall &call)
     const std::string device = qmp_str(call.args, "device"), name = qmp_str(call.args, "name");
     Result<BlockNode *> n = qmp_find_node(call.daemon, device, device);
     if (!n) return qmp_error(n.error());
-    Status st = qmp_snapshot_internal_create(n.value(), device, name);
+    Status st = call.daemon.jobs().check_node_free(n.value());
+    if (st.ok()) st = qmp_snapshot_internal_create(n.value(), device, name);
     if (!st.ok()) return qmp_error(st);
     return qmp_ok();
 }
@@ -163,6 +169,8 @@ QmpResult cmd_snapshot_delete_internal(QmpCall &call)
     if (!n) return qmp_error(n.error());
     if (!id && !name) return qmp_error("Name or id must be provided");
     BlockNode *node = n.value();
+    Status free = call.daemon.jobs().check_node_free(node);
+    if (!free.ok()) return qmp_error(free);
     Status root = qmp_need_root(node);
     if (!root.ok()) return qmp_error(root);
     auto list = node->snapshot_list();

@@ -13,6 +13,7 @@ const std::vector<QmpCommand> &qmp_commands()
         qmp_control_commands(&t);
         qmp_block_commands(&t);
         qmp_export_commands(&t);
+        qmp_job_commands(&t);
         qmp_backup_commands(&t);
         return t;
     }();

@@ -34,7 +34,9 @@ using ActionFn = Status (*)(Daemon &d, const nlohmann::json &data, Applied *out)
 Result<BlockNode *> node_arg(Daemon &d, const nlohmann::json &data, const char *key)
 {
     const std::string name = qmp_str(data, key);
-    return qmp_find_node(d, name, name);
+    BG_TRY_ASSIGN(BlockNode *n, qmp_find_node(d, name, name));
+    BG_TRY(d.jobs().check_node_free(n));   // a job's node stays where the job put it
+    return n;
 }
 
 // The node of a bitmap command other than add (QEMU's lookup there has
@@ -190,6 +192,7 @@ Status internal_snapshot(Daemon &d, const nlohmann::json &a, Applied *out)
 {
     const std::string device = qmp_str(a, "device"), name = qmp_str(a, "name");
     BG_TRY_ASSIGN(BlockNode *n, qmp_find_node(d, device, device));
+    BG_TRY(d.jobs().check_node_free(n));
     BG_TRY(qmp_snapshot_internal_create(n, device, name));
     out->undo = [n, name] { (void)n->snapshot_delete(std::nullopt, name); };
     return {};

@@ -137,6 +137,7 @@ QmpResult qmp_dispatch(QmpServer &server, const std::string &name, const nlohman
 void qmp_control_commands(std::vector<QmpCommand> *out);
 void qmp_block_commands(std::vector<QmpCommand> *out);
 void qmp_export_commands(std::vector<QmpCommand> *out);
+void qmp_job_commands(std::vector<QmpCommand> *out);
 void qmp_backup_commands(std::vector<QmpCommand> *out);
 
 // blockdev-backup (qmp-backup.cc): its arguments, and the job they start,
