@@ -63,6 +63,22 @@ class BackupJob final : public Job {
   protected:
     int coroutine_fn run() override
     {
+        int r = copy_all();
+        // The filter goes now, in the job's coroutine: removing it drains
+        // and flushes, which the finalization hooks (run from a bottom
+        // half, where a nested loop dispatches nothing of ours) cannot.
+        detach_filter();
+        return r;
+    }
+
+    int coroutine_fn copy_all()
+    {
+        // QEMU's backup pauses once right after it starts (a drained
+        // section of its setup): JOB_STATUS_CHANGE paused, then running.
+        if (pause().ok()) {
+            AioContext::current()->schedule_oneshot([](void *j) { (void)static_cast<Job *>(j)->resume(); }, this);
+            pause_point();
+        }
         if (opts_.sync == BackupSync::kNone) {
             // Copy-on-write only: the filter does the work until cancel.
             while (!is_cancelled()) {
@@ -118,16 +134,44 @@ class BackupJob final : public Job {
     void clean() override
     {
         if (!filter_) return;
-        if (bcs_) bcs_->on_progress = nullptr;
+        if (in_coroutine()) {
+            detach_filter();   // a transaction's rollback (QMP coroutine)
+            return;
+        }
+        // Not from here (see run()): in a coroutine of its own.
+        BlockGraph *g = &graph_;
+        BlockNode *filter = filter_, *source = source_;
+        bcs_->on_progress = nullptr;
         bcs_ = nullptr;
-        // The filter's parents go back to the source, then the filter goes.
-        Status st = graph_.replace_node(filter_, source_);
-        if (st.ok()) st = graph_.remove_node(filter_->node_name());
-        (void)st;
         filter_ = nullptr;
+        AioContext::current()->co_schedule(
+            coroutine_create_fn([g, filter, source] { remove_filter(*g, filter, source); }));
     }
 
   private:
+    static void remove_filter(BlockGraph &g, BlockNode *filter, BlockNode *source)
+    {
+        // The filter's parents go back to the source, then the filter goes.
+        Status st = g.replace_node(filter, source);
+        if (st.ok()) st = g.remove_node(filter->node_name());
+        (void)st;
+    }
+
+    // Keeps what the bitmap handling needs of the copy set, then removes
+    // the filter (which owns it).
+    void detach_filter()
+    {
+        if (!filter_) return;
+        cluster_ = bcs_->cluster_size();
+        length_ = bcs_->length();
+        left_.resize(static_cast<size_t>(bcs_->nb_clusters()));
+        for (int64_t c = 0; c < bcs_->nb_clusters(); c++) left_[static_cast<size_t>(c)] = bcs_->is_dirty(c);
+        bcs_->on_progress = nullptr;
+        bcs_ = nullptr;
+        remove_filter(graph_, filter_, source_);
+        filter_ = nullptr;
+    }
+
     void coroutine_fn wait_workers()
     {
         waiter_ = coroutine_self();
@@ -165,18 +209,19 @@ class BackupJob final : public Job {
         Result<DirtyBitmapData> cur = source_->dirty_bitmap_get(opts_.bitmap);
         if (!cur) return;
         DirtyBitmapData bits = std::move(cur.value());
-        if (mode == BitmapSyncMode::kAlways && bcs_) {
+        if (mode == BitmapSyncMode::kAlways && cluster_ > 0) {
             // Only the taken bits whose clusters were not copied.
             DirtyBitmapData left = frozen_;
             const uint64_t g = left.granularity;
-            const int64_t cs = bcs_->cluster_size();
+            const int64_t cs = cluster_;
+            const int64_t nb = static_cast<int64_t>(left_.size());
             for (uint64_t i = 0; i < left.nb_bits; i++) {
                 if (!(left.bytes[i / 8] & (1u << (i % 8)))) continue;
                 const int64_t start = static_cast<int64_t>(i * g);
-                const int64_t end = std::min(bcs_->length(), static_cast<int64_t>((i + 1) * g));
+                const int64_t end = std::min(length_, static_cast<int64_t>((i + 1) * g));
                 bool still = false;
-                for (int64_t c = start / cs; c * cs < end && c < bcs_->nb_clusters(); c++) {
-                    if (bcs_->is_dirty(c)) still = true;
+                for (int64_t c = start / cs; c * cs < end && c < nb; c++) {
+                    if (left_[static_cast<size_t>(c)]) still = true;
                 }
                 if (!still) left.bytes[i / 8] &= static_cast<uint8_t>(~(1u << (i % 8)));
             }
@@ -195,6 +240,9 @@ class BackupJob final : public Job {
     bool bitmap_cleared_;
     DirtyBitmapData frozen_;
     bool bitmap_done_ = false;
+    // The copy set as the filter left it (detach_filter()).
+    int64_t cluster_ = 0, length_ = 0;
+    std::vector<bool> left_;
     int active_ = 0;
     Coroutine *waiter_ = nullptr;
     int err_ = 0;

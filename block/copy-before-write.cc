@@ -164,9 +164,13 @@ int coroutine_fn BlockCopyState::copy_run(int64_t c, int64_t count, bool *is_rea
                     i += whole;
                     continue;
                 }
+            } else if (pnum < bytes) {
+                // Only the clusters the allocated run touches.
+                n = std::min(n, (pnum + cluster_ - 1) / cluster_);
+                bytes = std::min(n * cluster_, length_ - off);
             }
         }
-        if (!compress) {
+        {
             int64_t pnum = 0;
             int st = src->co_block_status(true, off, bytes, &pnum, nullptr, nullptr);
             if (st >= 0 && (st & kStatusZero) && pnum >= bytes) {

@@ -807,7 +807,10 @@ Status BlockGraph::replace_node(BlockNode *from, BlockNode *to)
         moved.push_back(c);
     }
     for (BdrvChild *c : moved) to->graph_move_parent(c);
-    Status s = refresh_perms({to, from});
+    // from first: it lost parents, so what it needs of its children (to,
+    // when from is a filter above to) is released before to's new parents
+    // are checked.
+    Status s = refresh_perms({from, to});
     if (!s.ok()) {
         for (BdrvChild *c : moved) from->graph_move_parent(c);
         return s;

@@ -274,17 +274,10 @@ QmpResult cmd_transaction(QmpCall &call)
         const nlohmann::json &p = call.args["properties"];
         Status st = qmp_check_args({{"completion-mode", "enum:individual|grouped", true}}, false, p, "properties.");
         if (!st.ok()) return qmp_error(st);
-        if (p.value("completion-mode", std::string("individual")) == "grouped") {
-            // Only backup jobs support it: they then share one JobTxn.
-            for (const auto &a : actions) {
-                if (a.is_object() && a.contains("type") && a["type"].is_string() &&
-                    a["type"].get<std::string>() != "blockdev-backup") {
-                    return qmp_error("Action '" + a["type"].get<std::string>() +
-                                     "' does not support Transaction property completion-mode = grouped");
-                }
-            }
-            group = std::make_shared<JobTxn>();
-        }
+        // Only backup jobs support grouped: they then share one JobTxn.
+        // Other actions refuse it when their turn comes (as QEMU's
+        // prepare steps, so that the actions before are rolled back).
+        if (p.value("completion-mode", std::string("individual")) == "grouped") group = std::make_shared<JobTxn>();
     }
     // Every action checked before any is applied.
     std::vector<const Action *> plan;
@@ -315,6 +308,11 @@ QmpResult cmd_transaction(QmpCall &call)
         static const nlohmann::json empty = nlohmann::json::object();
         Applied applied;
         applied.group = group;
+        if (group && std::string(plan[i]->type) != "blockdev-backup") {
+            failed = make_error(EINVAL, "Action '%s' does not support Transaction property completion-mode = grouped",
+                                plan[i]->type);
+            break;
+        }
         failed = plan[i]->fn(call.daemon, actions[i].contains("data") ? actions[i]["data"] : empty, &applied);
         if (!failed.ok()) break;
         done.push_back(std::move(applied));
