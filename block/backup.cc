@@ -276,7 +276,6 @@ Result<Job *> blockdev_backup_start(JobManager &mgr, BlockGraph &graph, const Ba
                                     const std::shared_ptr<JobTxn> &txn, bool start)
 {
     BackupJobOptions o = opts_in;
-    BG_TRY(mgr.check_new_id(o.common.id));
     BlockNode *source = graph.find(o.device);
     if (!source) {
         return make_error(ENOENT, "Cannot find device='%s' nor node-name='%s'", o.device.c_str(), o.device.c_str());
@@ -329,6 +328,7 @@ Result<Job *> blockdev_backup_start(JobManager &mgr, BlockGraph &graph, const Ba
             return make_error(ENOTSUP, "Compression is not supported for this drive %s", "");
         }
     }
+    // (Only other jobs block a source: a backup blocks its filter.)
     BG_TRY(mgr.check_node_free(source));
     BG_TRY(mgr.check_node_free(target));
     if (o.max_workers < 1) return make_error(EINVAL, "max-workers must be between 1 and %d", INT32_MAX);
@@ -339,6 +339,8 @@ Result<Job *> blockdev_backup_start(JobManager &mgr, BlockGraph &graph, const Ba
     if (source->getlength() != target->getlength()) {
         return make_error(EINVAL, "Source and target image have different sizes");
     }
+    // (QEMU checks the job id last, when it creates the job.)
+    BG_TRY(mgr.check_new_id(o.common.id));
     if (o.sync == BackupSync::kTop && !source->backing_child()) o.sync = BackupSync::kFull;
 
     // The filter, above the source for every parent of it.
@@ -403,7 +405,9 @@ Result<Job *> blockdev_backup_start(JobManager &mgr, BlockGraph &graph, const Ba
     source->drained_end();
 
     auto job = std::make_unique<BackupJob>(mgr, graph, o, source, filter, bcs, cleared, std::move(frozen));
-    job->block_node(source);
+    // As QEMU: the filter and the target are the job's; the source may
+    // be backed up again meanwhile (a second filter goes above it).
+    job->block_node(filter);
     job->block_node(target);
     Job *j = mgr.add(std::move(job), txn);
     if (start) j->start();
