@@ -144,8 +144,7 @@ class BackupJob final : public Job {
         bcs_->on_progress = nullptr;
         bcs_ = nullptr;
         filter_ = nullptr;
-        AioContext::current()->co_schedule(
-            coroutine_create_fn([g, filter, source] { remove_filter(*g, filter, source); }));
+        coroutine_enter(coroutine_create_fn([g, filter, source] { remove_filter(*g, filter, source); }));
     }
 
   private:
@@ -197,39 +196,53 @@ class BackupJob final : public Job {
         coroutine_enter(co);
     }
 
-    // The bitmap at the end of the job (see the file comment).
+    // The bitmap at the end of the job (see the file comment). Called from
+    // a bottom half: a persistent bitmap's change may drain, so the work
+    // runs in a coroutine of its own (done at once unless it must wait).
     void finish_bitmap(bool success)
     {
         if (opts_.bitmap.empty() || bitmap_done_) return;
         bitmap_done_ = true;
-        (void)source_->dirty_bitmap_set_busy(opts_.bitmap, false);
-        if (!bitmap_cleared_) return;   // never: the bitmap was left as it was
+        struct Work {
+            BlockNode *source;
+            std::string name;
+            bool restore;
+            DirtyBitmapData add;   // ORed into the bitmap when restore
+        };
+        auto w = std::make_shared<Work>(Work{source_, opts_.bitmap, false, {}});
         const BitmapSyncMode mode = opts_.bitmap_mode.value_or(BitmapSyncMode::kOnSuccess);
-        if (success && mode != BitmapSyncMode::kNever) return;
-        Result<DirtyBitmapData> cur = source_->dirty_bitmap_get(opts_.bitmap);
-        if (!cur) return;
-        DirtyBitmapData bits = std::move(cur.value());
-        if (mode == BitmapSyncMode::kAlways && cluster_ > 0) {
-            // Only the taken bits whose clusters were not copied.
-            DirtyBitmapData left = frozen_;
-            const uint64_t g = left.granularity;
-            const int64_t cs = cluster_;
-            const int64_t nb = static_cast<int64_t>(left_.size());
-            for (uint64_t i = 0; i < left.nb_bits; i++) {
-                if (!(left.bytes[i / 8] & (1u << (i % 8)))) continue;
-                const int64_t start = static_cast<int64_t>(i * g);
-                const int64_t end = std::min(length_, static_cast<int64_t>((i + 1) * g));
-                bool still = false;
-                for (int64_t c = start / cs; c * cs < end && c < nb; c++) {
-                    if (left_[static_cast<size_t>(c)]) still = true;
+        if (bitmap_cleared_ && !(success && mode != BitmapSyncMode::kNever)) {
+            w->restore = true;
+            w->add = frozen_;
+            if (mode == BitmapSyncMode::kAlways && cluster_ > 0) {
+                // Only the taken bits whose clusters were not copied.
+                DirtyBitmapData &left = w->add;
+                const uint64_t g = left.granularity;
+                const int64_t cs = cluster_;
+                const int64_t nb = static_cast<int64_t>(left_.size());
+                for (uint64_t i = 0; i < left.nb_bits; i++) {
+                    if (!(left.bytes[i / 8] & (1u << (i % 8)))) continue;
+                    const int64_t start = static_cast<int64_t>(i * g);
+                    const int64_t end = std::min(length_, static_cast<int64_t>((i + 1) * g));
+                    bool still = false;
+                    for (int64_t c = start / cs; c * cs < end && c < nb; c++) {
+                        if (left_[static_cast<size_t>(c)]) still = true;
+                    }
+                    if (!still) left.bytes[i / 8] &= static_cast<uint8_t>(~(1u << (i % 8)));
                 }
-                if (!still) left.bytes[i / 8] &= static_cast<uint8_t>(~(1u << (i % 8)));
             }
-            bits_or(bits, left);
-        } else {
-            bits_or(bits, frozen_);
         }
-        (void)source_->dirty_bitmap_restore(opts_.bitmap, bits);
+        auto fn = [w] {
+            (void)w->source->dirty_bitmap_set_busy(w->name, false);
+            if (!w->restore) return;
+            Result<DirtyBitmapData> cur = w->source->dirty_bitmap_get(w->name);
+            if (!cur) return;
+            DirtyBitmapData bits = std::move(cur.value());
+            bits_or(bits, w->add);
+            (void)w->source->dirty_bitmap_restore(w->name, bits);
+        };
+        if (in_coroutine()) fn();
+        else coroutine_enter(coroutine_create_fn(fn));
     }
 
     BlockGraph &graph_;

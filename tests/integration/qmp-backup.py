@@ -27,6 +27,9 @@
 #   txn         transaction: grouped completion (one fails, both fail),
 #               a bitmap action refused in grouped mode, rollback
 #   kill        kill -9 mid-backup: source intact, qemu-img check clean
+#   speed       the measured rate of a speed-limited backup is within 10 %
+#   filter      copy-before-write added by blockdev-add above an exported
+#               node (fleecing without a job); on-cbw-error
 #   args        argument errors, events, the filter in query-named-block-nodes
 import json
 import os
@@ -645,10 +648,98 @@ def args(t):
          "args: the target is the source")
 
 
+# ---------------------------------------------------------------- speed
+
+def speed(t):
+    w = t.work
+    size = 24 * M
+    random_image(w, "ssrc", size)
+    img(f"{w}/s-tgt.qcow2", size)
+    d = t.daemon([])
+    c = d.connect()
+    add_qcow2(c, t, w, "q0", "ssrc.qcow2")
+    add_qcow2(c, t, w, "t0", "s-tgt.qcow2")
+    limit = 8 * M
+    t0 = time.monotonic()
+    t.ret(c.cmd("blockdev-backup", job_id="j0", device="q0", target="t0", sync="full", speed=limit),
+          "speed: backup at 8 MiB/s")
+    ev = wait_end(c, "j0")
+    dt = time.monotonic() - t0
+    rate = ev["data"]["len"] / dt
+    t.check(abs(rate - limit) <= limit * 0.10, "speed: measured rate within 10 % of the limit",
+            f"{rate / M:.2f} MiB/s in {dt:.2f} s")
+    settle(c, "j0")
+    t.stop(d)
+    t.eq(compare(f"{w}/ssrc.raw", f"{w}/s-tgt.qcow2", "raw", "qcow2"), (0, "Images are identical."),
+         "speed: the target is the source")
+
+
+# ---------------------------------------------------------------- the filter alone
+
+def filter_alone(t):
+    w = t.work
+    size = 4 * M
+    random_image(w, "fsrc", size)
+    for n in ("f-tgt", "f-bad", "f-bad2"):
+        img(f"{w}/{n}.qcow2", size)
+    d = t.daemon([])
+    c = d.connect()
+    add_qcow2(c, t, w, "q0", "fsrc.qcow2")
+    add_qcow2(c, t, w, "t0", "f-tgt.qcow2")
+    t.ret(c.cmd("blockdev-add", driver="copy-before-write", node_name="cbw", file="q0", target="t0"),
+          "filter: blockdev-add copy-before-write")
+    mp = fuse_export(c, t, w, "cbw")
+    with open(f"{w}/pat", "wb") as f:
+        f.write(b"\x42" * (128 * K))
+    t.eq(dd(f"{w}/pat", mp, M + 4 * K, 100 * K).returncode, 0, "filter: a write through the filter")
+    t.eq(dd(f"{w}/pat", mp, M + 8 * K, 4 * K).returncode, 0, "filter: a second write to the same cluster")
+    for pol, node, ok in (("break-guest-write", "bad", False), ("break-snapshot", "bad2", True)):
+        t.ret(c.cmd("blockdev-add", driver="file", node_name=f"{node}-f", filename=f"{w}/f-{node}.qcow2"), "add")
+        t.ret(c.cmd("blockdev-add", driver="qcow2", node_name=node,
+                    file={"driver": "blkdebug", "image": f"{node}-f",
+                          "inject-error": [{"event": "write_aio", "errno": 5}]}), f"filter: failing target {node}")
+    # A second filter over a copy of the source, per policy.
+    for pol, node, ok in (("break-guest-write", "bad", False), ("break-snapshot", "bad2", True)):
+        run(["qemu-img", "convert", "-O", "qcow2", f"{w}/fsrc.raw", f"{w}/fsrc-{node}.qcow2"], check=True)
+        add_qcow2(c, t, w, f"s-{node}", f"fsrc-{node}.qcow2")
+        t.ret(c.cmd("blockdev-add", driver="copy-before-write", node_name=f"cbw-{node}", file=f"s-{node}",
+                    target=node, on_cbw_error=pol), f"filter: on-cbw-error={pol}")
+        mpx = fuse_export(c, t, w, f"cbw-{node}", name=f"e-{node}")
+        # The answer to the write itself (O_DIRECT); closing may still
+        # report the failing target's flush.
+        got = direct_write(mpx, 0, b"\x42" * (4 * K))
+        t.eq(got == "", ok, f"filter: {pol}: the guest write " + ("succeeds" if ok else "fails") + f" {got}")
+    t.stop(d)
+    run(["qemu-img", "convert", "-O", "raw", f"{w}/f-tgt.qcow2", f"{w}/f-tgt.raw"], check=True)
+    with open(f"{w}/fsrc.raw", "rb") as f:
+        ref = f.read()
+    with open(f"{w}/f-tgt.raw", "rb") as f:
+        got = f.read()
+    t.check(got[M:M + 2 * CL] == ref[M:M + 2 * CL], "filter: the target holds the old data of the clusters written")
+    t.check(got[:M] == bytes(M) and got[M + 2 * CL:] == bytes(size - M - 2 * CL), "filter: and nothing else")
+    t.eq(compare(f"{w}/fsrc.raw", f"{w}/fsrc-bad.qcow2", "raw", "qcow2"), (0, "Images are identical."),
+         "filter: break-guest-write: the source is unchanged")
+    rc, _ = compare(f"{w}/fsrc.raw", f"{w}/fsrc-bad2.qcow2", "raw", "qcow2")
+    t.eq(rc, 1, "filter: break-snapshot: the write reached the source")
+
+
+def direct_write(path, off, data):
+    """pwrite() with O_DIRECT in a child process: "" or the error."""
+    code = ("import mmap, os, sys\n"
+            "b = mmap.mmap(-1, len(sys.argv[3]) // 2); b.write(bytes.fromhex(sys.argv[3]))\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DIRECT)\n"
+            "try:\n    os.pwrite(fd, b, int(sys.argv[2]))\nexcept OSError as e:\n    print(e.strerror); sys.exit(0)\n"
+            "try:\n    os.close(fd)\nexcept OSError:\n    pass\n")
+    p = subprocess.run([sys.executable, "-c", code, path, str(off), data.hex()], capture_output=True, text=True,
+                       timeout=30)
+    return (p.stdout + p.stderr).strip()
+
+
 def main():
-    with Test("qmp-backup", budget=170) as t:
+    with Test("qmp-backup", budget=110) as t:
         only = os.environ.get("BACKUP_ONLY", "")
-        for fn in (args, full_fuse, full_nbd, top, bitmaps_section, none, compress, errors, txn, kill):
+        for fn in (args, full_fuse, full_nbd, top, bitmaps_section, none, compress, errors, txn, kill, speed,
+                   filter_alone):
             if only and fn.__name__ not in only.split(","):
                 continue
             t.section(fn.__name__)
