@@ -289,6 +289,10 @@ def bitmaps_section(t):
                 file={"driver": "blkdebug", "image": "t-fail-f",
                       "inject-error": [{"event": "write_aio", "errno": 5}]}), "add t-fail (blkdebug)")
     t.ret(c.cmd("block-dirty-bitmap-add", node="q0", name="b0", granularity=CL), "bitmap b0")
+    t.ret(c.cmd("block-dirty-bitmap-add", node="q0", name="pb", granularity=CL, persistent=True),
+          "persistent bitmap pb")
+    img(f"{w}/b-pers.qcow2", size)
+    add_qcow2(c, t, w, "t-pers", "b-pers.qcow2")
     mp = fuse_export(c, t, w, "q0")
     regions = [(1 * M, 128 * K), (5 * M, 64 * K), (9 * M, 192 * K)]
     with open(f"{w}/pat", "wb") as f:
@@ -343,7 +347,23 @@ def bitmaps_section(t):
     t.eq(ln, before, "bitmaps: always: len is the bitmap's count")
     t.check(0 < off < ln, "bitmaps: always: cancelled part-way", (off, ln))
     t.eq(after, ln - off, "bitmaps: always + cancel: b0 holds what was not copied")
+    # A persistent bitmap (stored in the qcow2 source) under fio.
+    pcount = bitmap_count(c, "q0", "pb")
+    t.check(pcount and pcount >= 8 * M, "bitmaps: pb counts every write", pcount)
+    t.ret(c.cmd("blockdev-backup", job_id="j5", device="q0", target="t-pers", sync="incremental", bitmap="pb",
+                speed=8 * M), "bitmaps: incremental with the persistent bitmap")
+    fio = start_fio(t, w, [f"--filename={mp}"], 2, 4 * M)
+    ev = wait_end(c, "j5")
+    t.check("error" not in ev["data"], "bitmaps: persistent incremental completes", ev)
+    finish_fio(t, w, fio, "bitmaps: persistent")
+    settle(c, "j5")
+    pc = bitmap_count(c, "q0", "pb")
+    t.check(pc is not None and 0 < pc <= 4 * M, "bitmaps: pb now holds only fio's writes", pc)
     t.stop(d)
+    p = run(["qemu-img", "info", "--output=json", f"{w}/bsrc.qcow2"])
+    bms = json.loads(p.stdout).get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    t.eq([(b["name"], b["flags"]) for b in bms], [("pb", ["auto"])], "bitmaps: pb stored in the image, consistent")
+    check_img(t, f"{w}/bsrc.qcow2", "bitmaps: source")
     # The incremental target holds exactly the dirty regions.
     t.eq(own_data(f"{w}/b-inc.qcow2"), regions, "bitmaps: the incremental target holds the dirty clusters")
     with open(f"{w}/b-inc.raw", "wb"):
@@ -643,9 +663,23 @@ def args(t):
         del seq[4:6]
     t.eq(seq, ["created", "running", "paused", "running", "waiting", "pending", "concluded", "null"],
          "args: JOB_STATUS_CHANGE sequence")
+    # Two backups of one node at once (QEMU stacks a second filter).
+    t.ret(c.cmd("blockdev-backup", job_id="s0", device="q0", target="t0", sync="full", speed=2 * M),
+          "args: first backup of q0")
+    t.ret(c.cmd("blockdev-backup", job_id="s1", device="q0", target="t1", sync="full"),
+          "args: second backup of q0 meanwhile")
+    e1 = wait_end(c, "s1")
+    t.ret(c.cmd("block-job-set-speed", device="s0", speed=0), "args: s0 unlimited")
+    e0 = wait_end(c, "s0")
+    t.check("error" not in e0["data"] and "error" not in e1["data"], "args: both complete", (e0, e1))
+    settle(c, "s0")
+    settle(c, "s1")
+    t.eq([n for n, i in nodes(c).items() if i["drv"] == "copy-before-write"], [], "args: both filters gone")
     t.stop(d)
     t.eq(compare(f"{w}/asrc.raw", f"{w}/a-tgt.qcow2", "raw", "qcow2"), (0, "Images are identical."),
          "args: the target is the source")
+    t.eq(compare(f"{w}/asrc.raw", f"{w}/a-tgt2.qcow2", "raw", "qcow2"), (0, "Images are identical."),
+         "args: the second target too")
 
 
 # ---------------------------------------------------------------- speed
