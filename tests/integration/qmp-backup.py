@@ -27,6 +27,7 @@
 #   txn         transaction: grouped completion (one fails, both fail),
 #               a bitmap action refused in grouped mode, rollback
 #   kill        kill -9 mid-backup: source intact, qemu-img check clean
+#   quit_running quit and SIGTERM with a backup running: exit 0, images clean
 #   speed       the measured rate of a speed-limited backup is within 10 %
 #   filter      copy-before-write added by blockdev-add above an exported
 #               node (fleecing without a job); on-cbw-error
@@ -682,6 +683,32 @@ def args(t):
          "args: the second target too")
 
 
+def quit_running(t):
+    """quit and SIGTERM with a backup running: cancelled cleanly."""
+    w = t.work
+    size = 8 * M
+    random_image(w, "usrc", size)
+    for how in ("quit", "sigterm"):
+        img(f"{w}/u-{how}.qcow2", size)
+        d = t.daemon([])
+        c = d.connect()
+        add_qcow2(c, t, w, "q0", "usrc.qcow2")
+        add_qcow2(c, t, w, "t0", f"u-{how}.qcow2")
+        mp = fuse_export(c, t, w, "q0")
+        t.ret(c.cmd("blockdev-backup", job_id="j0", device="q0", target="t0", sync="full", speed=M),
+              f"{how}: slow backup")
+        t.eq(dd(f"{w}/usrc.raw", mp, 0, M).returncode, 0, f"{how}: a write during the backup")
+        if how == "quit":
+            t.stop(d, "quit: the daemon exits 0 with the job running")
+        else:
+            d.proc.send_signal(signal.SIGTERM)
+            t.eq(d.wait(20), 0, "sigterm: the daemon exits 0 with the job running")
+        check_img(t, f"{w}/usrc.qcow2", f"{how}: source")
+        check_img(t, f"{w}/u-{how}.qcow2", f"{how}: target")
+        t.eq(compare(f"{w}/usrc.raw", f"{w}/usrc.qcow2", "raw", "qcow2"), (0, "Images are identical."),
+             f"{how}: the source is intact")
+
+
 # ---------------------------------------------------------------- speed
 
 def speed(t):
@@ -772,8 +799,8 @@ def direct_write(path, off, data):
 def main():
     with Test("qmp-backup", budget=110) as t:
         only = os.environ.get("BACKUP_ONLY", "")
-        for fn in (args, full_fuse, full_nbd, top, bitmaps_section, none, compress, errors, txn, kill, speed,
-                   filter_alone):
+        for fn in (args, full_fuse, full_nbd, top, bitmaps_section, none, compress, errors, txn, kill,
+                   quit_running, speed, filter_alone):
             if only and fn.__name__ not in only.split(","):
                 continue
             t.section(fn.__name__)
