@@ -706,6 +706,16 @@ struct BlockDriver {
     // name. Pure (no I/O); may call filename_node_options() for the names
     // it contains.
     Result<nlohmann::json> (*parse_filename)(const std::string &filename, const DriverRegistry &registry);
+
+    // ---- blockdev-create of a format (optional) ----
+    // Formats an open node as a new image (QEMU's bdrv_co_create with
+    // BlockdevCreateOptions): file holds the image, data_file (nullptr:
+    // none) its external data. opts has create_image's keys ("size" set;
+    // "data_file" names data_file as the header records it); the same
+    // checks and messages as create_image. The nodes stay open and keep
+    // their lengths' new values. Runs in a coroutine (the create job's).
+    // nullptr: the format cannot be created on a node.
+    Status (*create_on_node)(BlockNode *file, BlockNode *data_file, const CreateOptions &opts);
 };
 
 // The drivers a graph can instantiate: one explicit list (block/drivers.cc

@@ -56,12 +56,17 @@ class CopyRun {
     void coroutine_fn worker();
     bool coroutine_fn plan(Chunk *c);
     int coroutine_fn plan_status(size_t i, int64_t soff, int64_t max, ChunkKind *kind, int64_t *n);
-    int coroutine_fn read_source(const Chunk &c, uint8_t *buf);
+    int coroutine_fn read_source(const Chunk &c, uint8_t *buf, Error *e);
     int coroutine_fn salvage_source(const Chunk &c, int64_t in, uint8_t *buf);
-    int coroutine_fn read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf);
-    int coroutine_fn write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp);
-    int coroutine_fn write_data(int64_t offset, int64_t bytes, uint8_t *buf);
-    int coroutine_fn write_zero_range(int64_t offset, int64_t bytes);
+    int coroutine_fn read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf, Error *e);
+    int coroutine_fn write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp, Error *e);
+    int coroutine_fn write_data(int64_t offset, int64_t bytes, uint8_t *buf, Error *e);
+    int coroutine_fn write_zero_range(int64_t offset, int64_t bytes, Error *e);
+    // An I/O error of chunk c: the on_error hook's decision, else kFail.
+    // kFail also fails the copy with e.
+    CopyErrorAction coroutine_fn io_error(const Chunk &c, bool is_read, int ret, Error e);
+    // before_chunk; false (after failing the copy) when it says stop.
+    bool coroutine_fn pre_chunk(int64_t data_bytes);
     void fail(Error e);
 
     const std::vector<CopySource> &srcs_;
@@ -131,7 +136,10 @@ Status CopyRun::setup()
         blk_len_.push_back(bl);
         total_ += l;
     }
-    if (dst_->getlength() < total_) {
+    if (opts_.read_only) {
+        if (opts_.compress || diffing()) return make_error(EINVAL, "a read-only copy cannot compress or compare");
+    } else if (!dst_ || dst_->getlength() < total_) {
+        if (!dst_) return make_error(EINVAL, "no destination");
         return make_error(EINVAL, "destination too short: %lld bytes for %lld bytes of data",
                           static_cast<long long>(dst_->getlength()), static_cast<long long>(total_));
     }
@@ -157,7 +165,7 @@ int CopyRun::plan_status(size_t i, int64_t soff, int64_t max, ChunkKind *kind, i
     int64_t want = std::min(max, blk_len_[i] - soff);
     int64_t pnum = 0;
     ChunkKind k;
-    if (opts_.sparse_size == 0 && !s.top_only && !s.base) {
+    if (opts_.sparse_size == 0 && !s.top_only && !s.base && !s.allocated_only) {
         // No scanning: every byte is written as data.
         k = ChunkKind::kData;
         pnum = want;
@@ -173,7 +181,7 @@ int CopyRun::plan_status(size_t i, int64_t soff, int64_t max, ChunkKind *kind, i
         if (pnum <= 0) {
             k = ChunkKind::kZero;
             pnum = want;
-        } else if ((s.top_only || s.base) && !(ret & kStatusAllocated)) {
+        } else if ((s.top_only || s.base || s.allocated_only) && !(ret & kStatusAllocated)) {
             k = ChunkKind::kSkip;
         } else if (ret & kStatusZero) {
             k = ChunkKind::kZero;
@@ -222,7 +230,7 @@ bool CopyRun::plan(Chunk *c)
             if (r & kStatusAllocated) kind = ChunkKind::kSkip;
         }
     }
-    if (diffing() && kind == ChunkKind::kZero) kind = ChunkKind::kData;
+    if ((diffing() || opts_.read_only) && kind == ChunkKind::kZero) kind = ChunkKind::kData;
     if (kind == ChunkKind::kData) n = std::min(n, chunk_size_);
 
     int64_t end = next_offset_ + n;
@@ -246,16 +254,16 @@ bool CopyRun::plan(Chunk *c)
     return true;
 }
 
-int CopyRun::read_source(const Chunk &c, uint8_t *buf)
+int CopyRun::read_source(const Chunk &c, uint8_t *buf, Error *e)
 {
     const CopySource &s = srcs_[c.src];
     int64_t in = std::max<int64_t>(0, std::min(c.bytes, blk_len_[c.src] - c.src_offset));
     if (in > 0) {
-        int ret = s.blk->co_pread(c.src_offset, in, buf);
+        int ret = s.blk->co_pread(c.src_offset, in, buf, s.read_flags);
         if (ret < 0 && opts_.salvage) ret = salvage_source(c, in, buf);
         if (ret < 0) {
-            fail(make_error(-ret, "error while reading at byte %lld of '%s': %s",
-                            static_cast<long long>(c.src_offset), s.name.c_str(), std::strerror(-ret)));
+            *e = make_error(-ret, "error while reading at byte %lld of '%s': %s", static_cast<long long>(c.src_offset),
+                            s.name.c_str(), std::strerror(-ret));
             return ret;
         }
         std::lock_guard<std::mutex> g(mu_);
@@ -271,7 +279,7 @@ int CopyRun::salvage_source(const Chunk &c, int64_t in, uint8_t *buf)
     const CopySource &s = srcs_[c.src];
     for (int64_t pos = 0; pos < in; pos += kSector) {
         const int64_t n = std::min(kSector, in - pos);
-        int ret = s.blk->co_pread(c.src_offset + pos, n, buf + pos);
+        int ret = s.blk->co_pread(c.src_offset + pos, n, buf + pos, s.read_flags);
         if (ret >= 0) continue;
         std::memset(buf + pos, 0, static_cast<size_t>(n));
         std::lock_guard<std::mutex> g(mu_);
@@ -281,7 +289,7 @@ int CopyRun::salvage_source(const Chunk &c, int64_t in, uint8_t *buf)
     return 0;
 }
 
-int CopyRun::read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf)
+int CopyRun::read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf, Error *e)
 {
     BlockBackend *b = opts_.diff_against;
     if (!b) {
@@ -293,8 +301,8 @@ int CopyRun::read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf)
     if (in > 0) {
         int ret = b->co_pread(offset, in, buf);
         if (ret < 0) {
-            fail(make_error(-ret, "error while reading at byte %lld of '%s': %s", static_cast<long long>(offset),
-                            b->node() ? b->node()->filename().c_str() : "", std::strerror(-ret)));
+            *e = make_error(-ret, "error while reading at byte %lld of '%s': %s", static_cast<long long>(offset),
+                            b->node() ? b->node()->filename().c_str() : "", std::strerror(-ret));
             return ret;
         }
     }
@@ -302,12 +310,12 @@ int CopyRun::read_diff_base(int64_t offset, int64_t bytes, uint8_t *buf)
     return 0;
 }
 
-int CopyRun::write_data(int64_t offset, int64_t bytes, uint8_t *buf)
+int CopyRun::write_data(int64_t offset, int64_t bytes, uint8_t *buf, Error *e)
 {
     int ret = dst_->co_pwrite(offset, bytes, buf, opts_.compress ? kReqWriteCompressed : 0);
     if (ret < 0) {
-        fail(make_error(-ret, "error while writing at byte %lld: %s", static_cast<long long>(offset),
-                        std::strerror(-ret)));
+        *e = make_error(-ret, "error while writing at byte %lld: %s", static_cast<long long>(offset),
+                        std::strerror(-ret));
         return ret;
     }
     std::lock_guard<std::mutex> g(mu_);
@@ -315,7 +323,7 @@ int CopyRun::write_data(int64_t offset, int64_t bytes, uint8_t *buf)
     return 0;
 }
 
-int CopyRun::write_zero_range(int64_t offset, int64_t bytes)
+int CopyRun::write_zero_range(int64_t offset, int64_t bytes, Error *e)
 {
     if (opts_.dest_is_zero) {
         std::lock_guard<std::mutex> g(mu_);
@@ -324,8 +332,8 @@ int CopyRun::write_zero_range(int64_t offset, int64_t bytes)
     }
     int ret = dst_->co_pwrite_zeroes(offset, bytes, kReqMayUnmap);
     if (ret < 0) {
-        fail(make_error(-ret, "error while writing at byte %lld: %s", static_cast<long long>(offset),
-                        std::strerror(-ret)));
+        *e = make_error(-ret, "error while writing at byte %lld: %s", static_cast<long long>(offset),
+                        std::strerror(-ret));
         return ret;
     }
     std::lock_guard<std::mutex> g(mu_);
@@ -333,7 +341,7 @@ int CopyRun::write_zero_range(int64_t offset, int64_t bytes)
     return 0;
 }
 
-int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
+int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp, Error *e)
 {
     switch (c.kind) {
     case ChunkKind::kSkip: {
@@ -342,10 +350,12 @@ int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
         return 0;
     }
     case ChunkKind::kZero:
-        return write_zero_range(c.dst_offset, c.bytes);
+        if (opts_.read_only) return 0;
+        return write_zero_range(c.dst_offset, c.bytes, e);
     case ChunkKind::kData:
         break;
     }
+    if (opts_.read_only) return 0;
     if (cmp) {
         // Only what differs from the comparison backend.
         int64_t pos = 0;
@@ -356,7 +366,7 @@ int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
                 std::lock_guard<std::mutex> g(mu_);
                 stats_.bytes_skipped += run;
             } else {
-                int ret = write_data(c.dst_offset + pos, run, buf + pos);
+                int ret = write_data(c.dst_offset + pos, run, buf + pos, e);
                 if (ret < 0) return ret;
             }
             pos += run;
@@ -367,13 +377,13 @@ int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
         for (int64_t pos = 0; pos < c.bytes; pos += align_) {
             int64_t len = std::min(align_, c.bytes - pos);
             int ret = buffer_is_zero(buf + pos, static_cast<size_t>(len))
-                          ? write_zero_range(c.dst_offset + pos, len)
-                          : write_data(c.dst_offset + pos, len, buf + pos);
+                          ? write_zero_range(c.dst_offset + pos, len, e)
+                          : write_data(c.dst_offset + pos, len, buf + pos, e);
             if (ret < 0) return ret;
         }
         return 0;
     }
-    if (opts_.sparse_size == 0 || !opts_.scan_data_for_zeroes) return write_data(c.dst_offset, c.bytes, buf);
+    if (opts_.sparse_size == 0 || !opts_.scan_data_for_zeroes) return write_data(c.dst_offset, c.bytes, buf, e);
     // Sparse: runs of zero sectors of at least sparse_size bytes are not
     // written as data; shorter ones are part of the surrounding data.
     int64_t pos = 0, data_start = -1;
@@ -386,11 +396,11 @@ int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
         }
         if (zlen >= opts_.sparse_size || (zlen > 0 && pos + zlen == c.bytes && data_start < 0)) {
             if (data_start >= 0) {
-                int ret = write_data(c.dst_offset + data_start, pos - data_start, buf + data_start);
+                int ret = write_data(c.dst_offset + data_start, pos - data_start, buf + data_start, e);
                 if (ret < 0) return ret;
                 data_start = -1;
             }
-            int ret = write_zero_range(c.dst_offset + pos, zlen);
+            int ret = write_zero_range(c.dst_offset + pos, zlen, e);
             if (ret < 0) return ret;
             pos += zlen;
             continue;
@@ -398,8 +408,27 @@ int CopyRun::write_chunk(const Chunk &c, uint8_t *buf, uint8_t *cmp)
         if (data_start < 0) data_start = pos;
         pos += zlen > 0 ? zlen : std::min(kSector, c.bytes - pos);
     }
-    if (data_start >= 0) return write_data(c.dst_offset + data_start, c.bytes - data_start, buf + data_start);
+    if (data_start >= 0) return write_data(c.dst_offset + data_start, c.bytes - data_start, buf + data_start, e);
     return 0;
+}
+
+CopyErrorAction CopyRun::io_error(const Chunk &c, bool is_read, int ret, Error e)
+{
+    CopyErrorAction a = CopyErrorAction::kFail;
+    if (opts_.on_error && !failed_.load()) {
+        a = opts_.on_error(CopyIoError{c.dst_offset, c.bytes, is_read, -ret, e.msg});
+    }
+    if (a == CopyErrorAction::kFail) fail(std::move(e));
+    return a;
+}
+
+bool CopyRun::pre_chunk(int64_t data_bytes)
+{
+    if (!opts_.before_chunk) return true;
+    int r = opts_.before_chunk(data_bytes);
+    if (r >= 0) return !failed_.load();
+    fail(make_error(-r, "%s", std::strerror(-r)));
+    return false;
 }
 
 void CopyRun::worker()
@@ -407,33 +436,60 @@ void CopyRun::worker()
     AlignedBuf buf, cmp;
     Chunk c;
     while (plan(&c)) {
-        if (c.kind == ChunkKind::kData) {
-            if (limit_.enabled()) {
+        // Read (data chunks), retried as the error hook says.
+        bool skip = false;
+        for (int attempt = 0;; attempt++) {
+            if (!pre_chunk(attempt == 0 && c.kind == ChunkKind::kData ? c.bytes : 0)) return;
+            if (c.kind != ChunkKind::kData) break;
+            if (limit_.enabled() && attempt == 0) {
                 const int64_t wait = limit_.account(static_cast<uint64_t>(c.bytes), clock_ns());
                 if (wait > 0) co_sleep_ns(wait);
-                if (failed_.load()) break;
+                if (failed_.load()) return;
             }
             if (!buf) buf = aligned_alloc_buf(4096, static_cast<size_t>(chunk_size_));
-            if (read_source(c, buf.get()) < 0) break;
-            if (diffing()) {
+            Error e;
+            int ret = read_source(c, buf.get(), &e);
+            if (ret >= 0 && diffing()) {
                 if (!cmp) cmp = aligned_alloc_buf(4096, static_cast<size_t>(chunk_size_));
-                if (read_diff_base(c.dst_offset, c.bytes, cmp.get()) < 0) break;
+                ret = read_diff_base(c.dst_offset, c.bytes, cmp.get(), &e);
+            }
+            if (ret >= 0) break;
+            CopyErrorAction a = io_error(c, true, ret, std::move(e));
+            if (a == CopyErrorAction::kFail) return;
+            if (a == CopyErrorAction::kSkip) {
+                skip = true;
+                break;
             }
         }
         if (ordered_) {
             write_lock_.lock();
             while (!failed_.load() && write_seq_ != c.seq) write_queue_.wait(&write_lock_);
             write_lock_.unlock();
-            if (failed_.load()) break;
+            if (failed_.load()) return;
         }
-        int ret = write_chunk(c, buf.get(), diffing() ? cmp.get() : nullptr);
+        bool ok = true;
+        while (!skip) {
+            Error e;
+            int ret = write_chunk(c, buf.get(), diffing() ? cmp.get() : nullptr, &e);
+            if (ret >= 0) break;
+            CopyErrorAction a = io_error(c, false, ret, std::move(e));
+            if (a == CopyErrorAction::kFail) {
+                ok = false;
+                break;
+            }
+            if (a == CopyErrorAction::kSkip) break;
+            if (!pre_chunk(0)) {
+                ok = false;
+                break;
+            }
+        }
         if (ordered_) {
             write_lock_.lock();
             write_seq_++;
             write_lock_.unlock();
             write_queue_.restart_all();
         }
-        if (ret < 0) break;
+        if (!ok) return;
         std::lock_guard<std::mutex> g(mu_);
         progress_.done += c.bytes;
         if (opts_.progress) opts_.progress(progress_);
@@ -453,13 +509,21 @@ void CopyRun::run()
     AioContext *home = AioContext::current();
     const int n = opts_.max_workers;
     ordered_ = !opts_.out_of_order && !opts_.compress;
-    waiter_ = coroutine_self();
-    running_.store(n);
-    for (int i = 0; i < n; i++) {
-        AioContext *ctx = opts_.contexts.empty() ? home : opts_.contexts[static_cast<size_t>(i) % opts_.contexts.size()];
-        ctx->co_schedule(coroutine_create(&CopyRun::worker_entry, this));
+    if (n == 1 && opts_.contexts.empty()) {
+        // One worker: the caller's coroutine is the worker (the hooks then
+        // run in it).
+        ordered_ = false;
+        worker();
+    } else {
+        waiter_ = coroutine_self();
+        running_.store(n);
+        for (int i = 0; i < n; i++) {
+            AioContext *ctx =
+                opts_.contexts.empty() ? home : opts_.contexts[static_cast<size_t>(i) % opts_.contexts.size()];
+            ctx->co_schedule(coroutine_create(&CopyRun::worker_entry, this));
+        }
+        coroutine_yield();
     }
-    coroutine_yield();
     std::lock_guard<std::mutex> g(mu_);
     if (!failed_.load() && opts_.progress && progress_.done != total_) {
         progress_.done = total_;

@@ -6,7 +6,8 @@
 // `blockgraph img convert` (sources concatenated into a new image),
 // `img commit` (an overlay's allocated data into its base), `img rebase`
 // (the data an overlay loses when its backing file changes) and, later,
-// mirror, backup and stream. It knows backends and nodes, never a tool.
+// the block jobs (commit, stream). It knows backends and nodes, never a
+// tool.
 //
 // How a copy runs. The destination range [0, total) is cut into chunks in
 // order. Planning a chunk asks the source for block status (through its
@@ -52,6 +53,11 @@ struct CopySource {
     // Only the top layer's allocation counts: ranges it does not allocate
     // are skipped (their data comes from the destination's backing file).
     bool top_only = false;
+    // With base == nullptr: ranges that no layer of the chain allocates are
+    // skipped too (streaming a whole chain copies only allocated data).
+    bool allocated_only = false;
+    // Flags of the data reads (kReqCopyOnRead...).
+    ReqFlags read_flags = 0;
     // Bytes of this source in the destination; -1: the backend's length.
     // Past the backend's end the source reads as zeros.
     int64_t length = -1;
@@ -62,6 +68,21 @@ struct CopySource {
 struct CopyProgress {
     int64_t done = 0;    // bytes of the destination range handled
     int64_t total = 0;   // bytes in the destination range
+};
+
+// What a copy does after an I/O error of a chunk (CopyOptions::on_error).
+enum class CopyErrorAction {
+    kFail,    // the copy fails with its message
+    kRetry,   // the chunk is tried again (before_chunk is called first)
+    kSkip,    // the chunk is left as it is and the copy goes on
+};
+
+struct CopyIoError {
+    int64_t offset = 0;    // destination offset of the chunk
+    int64_t bytes = 0;
+    bool is_read = false;  // a source (or comparison) read, else a write
+    int err = 0;           // positive errno
+    std::string msg;       // the message a failure would report
 };
 
 struct CopyOptions {
@@ -117,6 +138,23 @@ struct CopyOptions {
     // Called after each chunk (and at the end), serialised, from whichever
     // thread completed the chunk.
     std::function<void(const CopyProgress &)> progress;
+
+    // ---- for the block jobs (block/commit.cc, block/stream.cc). The hooks
+    // run in the worker coroutines; with max_workers 1 and no contexts the
+    // one worker is the caller's coroutine itself, so the hooks may call
+    // helpers that must run there (a job's pause points).
+    // Called before each chunk is issued, with the bytes it will read as
+    // data (0 for zero and skipped ranges, and for a retry); may yield (a
+    // pause point, a speed limit). A negative errno stops the copy with
+    // that error (-ECANCELED: "Operation canceled").
+    std::function<int(int64_t data_bytes)> before_chunk;
+    // Decides what an I/O error of a chunk leads to; may yield (a job
+    // stopped on error waits here for its resume). Unset: kFail.
+    std::function<CopyErrorAction(const CopyIoError &)> on_error;
+    // Data chunks are read only, never written: the reads do the work
+    // (through a copy-on-read filter with CopySource::read_flags). dst may
+    // then be nullptr; zero ranges are read like data.
+    bool read_only = false;
 };
 
 constexpr int kCopyMaxWorkers = 16;
@@ -130,7 +168,7 @@ struct CopyStats {
 };
 
 // Copies the concatenated sources into dst from offset 0. dst must be at
-// least as long as the sources together. Yields; runs the workers as
+// least as long as the sources together (unless read_only). Yields; runs the workers as
 // coroutines of the current AioContext and returns when all are done.
 // Errors (nothing more is started after the first; requests in flight
 // finish):

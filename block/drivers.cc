@@ -17,6 +17,7 @@ extern const BlockDriver kDriverNbd;        // block/nbd.cc
 extern const BlockDriver kDriverCopyOnRead; // block/copy-on-read.cc
 extern const BlockDriver kDriverCopyBeforeWrite; // block/copy-before-write.cc
 extern const BlockDriver kDriverRbd;        // block/rbd.cc
+extern const BlockDriver kDriverCommitTop;  // block/commit.cc
 
 void register_builtin_drivers(DriverRegistry *registry)
 {
@@ -30,6 +31,7 @@ void register_builtin_drivers(DriverRegistry *registry)
     registry->add(&kDriverCopyOnRead);
     registry->add(&kDriverCopyBeforeWrite);
     registry->add(&kDriverRbd);
+    registry->add(&kDriverCommitTop);
 }
 
 const DriverRegistry &builtin_drivers()

@@ -78,12 +78,17 @@ Status file_create_image(const std::string &filename, const CreateOptions &opts)
     if (!nocow) return nocow.error();
     auto hint = opts.get_size("extent_size_hint", 1 << 20);
     if (!hint) return hint.error();
-    if (size.value() > static_cast<uint64_t>(kMaxLength)) {
-        return make_error(EFBIG, "%s: Image size too large", filename.c_str());
-    }
     // The file is made a whole number of 512-byte sectors long, as QEMU's
-    // file protocol does for a size given as a create option.
-    const int64_t file_size = static_cast<int64_t>((size.value() + 511) / 512 * 512);
+    // file protocol does for a size given as a create option; blockdev-create
+    // (block/create-job.cc) passes the internal key "x-exact-size" (which
+    // qemu-img's -o refuses as unknown), since QEMU keeps its size as is.
+    auto exact = opts.get_bool("x-exact-size", false);
+    if (!exact) return exact.error();
+    // Too large: qemu-img refuses before making the file; blockdev-create
+    // (as QEMU's) empties the file first, then fails to resize it.
+    const bool too_large = size.value() > static_cast<uint64_t>(kMaxLength);
+    if (too_large && !exact.value()) return make_error(EFBIG, "%s: Image size too large", filename.c_str());
+    const int64_t file_size = static_cast<int64_t>(exact.value() ? size.value() : (size.value() + 511) / 512 * 512);
 
     // Create the file if missing; it is emptied only once the locks say
     // nobody else uses it.
@@ -110,6 +115,12 @@ Status file_create_image(const std::string &filename, const CreateOptions &opts)
             apply_file_hints(hfd, filename, nocow.value(), opts.has("extent_size_hint"), hint.value());
             ::close(hfd);
         }
+    }
+    if (too_large) {
+        // What ftruncate(2) says: beyond the largest file, or a negative
+        // length (a size of 2^63 and more).
+        const int e = size.value() > static_cast<uint64_t>(INT64_MAX) ? EINVAL : EFBIG;
+        return make_error(e, "Could not resize file: %s", strerror(e));
     }
     r = run_in_coroutine(
         [&] { return b->co_truncate(file_size, true, prealloc.value()); });

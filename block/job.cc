@@ -318,7 +318,15 @@ void Job::co_entry(void *opaque)
     AioContext::current()->schedule_oneshot(&Job::completed_bh, j);
 }
 
-void Job::completed_bh(void *opaque) { static_cast<Job *>(opaque)->on_run_done(); }
+void Job::completed_bh(void *opaque)
+{
+    // Finalization changes the graph, which drains nodes and waits for
+    // their requests: that needs the loop, which a bottom half cannot run
+    // (the loop does not dispatch itself recursively), so it runs in a
+    // coroutine of its own (not the job's).
+    AioContext::current()->co_enter(
+        coroutine_create([](void *o) { static_cast<Job *>(o)->on_run_done(); }, opaque));
+}
 
 void Job::enter()
 {

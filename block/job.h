@@ -206,6 +206,9 @@ class Job {
     // busy: block device is in use by block job: TYPE"); released when the
     // job is destroyed.
     void block_node(BlockNode *n);
+    // Releases every node block_node() blocked (a job whose graph change
+    // removed some of them does this in clean()).
+    void unblock_nodes() { blocked_.clear(); }
     JobManager &manager() { return mgr_; }
 
   private:

@@ -14,6 +14,8 @@ const std::vector<QmpCommand> &qmp_commands()
         qmp_block_commands(&t);
         qmp_export_commands(&t);
         qmp_job_commands(&t);
+        qmp_create_commands(&t);
+        qmp_commit_commands(&t);
         qmp_backup_commands(&t);
         return t;
     }();

@@ -138,6 +138,8 @@ void qmp_control_commands(std::vector<QmpCommand> *out);
 void qmp_block_commands(std::vector<QmpCommand> *out);
 void qmp_export_commands(std::vector<QmpCommand> *out);
 void qmp_job_commands(std::vector<QmpCommand> *out);
+void qmp_create_commands(std::vector<QmpCommand> *out);   // qmp-create.cc: blockdev-create
+void qmp_commit_commands(std::vector<QmpCommand> *out);   // qmp-commit.cc: block-commit, block-stream
 void qmp_backup_commands(std::vector<QmpCommand> *out);
 
 // blockdev-backup (qmp-backup.cc): its arguments, and the job they start,

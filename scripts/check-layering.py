@@ -75,6 +75,9 @@ CONSUMER_HEADERS = [
 # job by job.
 JOB_USES = {
     "backup": ["copy-before-write"],
+    # block/job-chain.h: the backing-chain helpers commit and stream share.
+    "commit": ["job-chain"],
+    "stream": ["job-chain"],
 }
 
 # Directories outside block/ that export/ and tools/ may include from.

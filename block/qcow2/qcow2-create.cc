@@ -406,6 +406,34 @@ Status create_image(const std::string &filename, const CreateOptions &opts)
 }
 
 namespace {
+Status write_new_image(BlockBackend *blk, BlockBackend *dblk, const CreateParams &c, const std::string &name);
+}
+
+Status create_on_node(BlockNode *file, BlockNode *data_file, const CreateOptions &opts)
+{
+    auto pr = parse_create_params(opts);
+    if (!pr) return pr.error();
+    const CreateParams c = pr.value();
+    if (c.data_file && !data_file) return make_error(EINVAL, "data-file requires a node");
+    if (file->read_only() || (data_file && data_file->read_only())) {
+        return make_error(EPERM, "Block node is read-only");
+    }
+    // The new image's writer: QEMU's blockdev-create needs WRITE and
+    // RESIZE and shares everything (an anonymous backend in QEMU, hence
+    // the name in permission conflicts).
+    const BlockPerm perm = kPermWrite | kPermResize | kPermConsistentRead;
+    auto blk = BlockBackend::create(file, perm, kPermAll, "an unnamed block device");
+    if (!blk) return blk.error();
+    std::unique_ptr<BlockBackend> dblk;
+    if (c.data_file) {
+        auto d = BlockBackend::create(data_file, perm, kPermAll, "an unnamed block device");
+        if (!d) return d.error();
+        dblk = std::move(d.value());
+    }
+    return write_new_image(blk.value().get(), dblk.get(), c, file->node_name());
+}
+
+namespace {
 
 // Where a new image's structures go: header cluster, refcount table,
 // refcount blocks, L1 table, then (preallocation) L2 tables interleaved
@@ -540,16 +568,62 @@ Header new_image_header(const CreateParams &c, const Layout &L)
     return h;
 }
 
+// Formats blk's node as the new image c (dblk: its data file, or
+// nullptr): the layout's final length first (falloc/full: allocated on the
+// host; otherwise sparse), the refcounts and tables inside it, the data
+// file's length, then, once all that is on disk, the header that makes it
+// an image. name: the image's name in messages. Both creation paths (a
+// file name, an open node) end here.
+Status write_new_image(BlockBackend *blk, BlockBackend *dblk, const CreateParams &c, const std::string &name)
+{
+    auto lr = plan_layout(c);
+    if (!lr) return lr.error();
+    const Layout L = lr.value();
+    const uint64_t cs = L.cs;
+    Writer w(blk);
+    PreallocMode fmode = PreallocMode::kOff;
+    if ((c.prealloc == PreallocMode::kFalloc || c.prealloc == PreallocMode::kFull) && !c.data_file) fmode = c.prealloc;
+    // Only ever grown: like QEMU, a new image on a longer node (an
+    // existing file) leaves the bytes past its structures in place.
+    int r = 0;
+    const int64_t len = blk->getlength();
+    if (len < 0) return make_error(static_cast<int>(-len), "%s: could not get the length: %s", name.c_str(), strerror(static_cast<int>(-len)));
+    if (static_cast<uint64_t>(len) < L.file_end) {
+        r = run_in_coroutine([&] { return blk->co_truncate(static_cast<int64_t>(L.file_end), true, fmode); });
+    }
+    if (r < 0) return make_error(-r, "%s: could not preallocate: %s", name.c_str(), strerror(-r));
+
+    BG_TRY(write_refcounts(w, L, c, name));
+    BG_TRY(write_tables(w, L, c, name));
+    // The data file holds the guest data 1:1: as long as the disk.
+    if (dblk) {
+        PreallocMode m = c.prealloc == PreallocMode::kMetadata ? PreallocMode::kOff : c.prealloc;
+        r = run_in_coroutine([&] { return dblk->co_truncate(static_cast<int64_t>(c.size), true, m); });
+        if (r < 0) return make_error(-r, "%s: could not resize the data file: %s", c.data_file->c_str(), strerror(-r));
+        r = run_in_coroutine([&] { return dblk->co_flush(); });
+        if (r < 0) return make_error(-r, "%s: could not flush the data file: %s", c.data_file->c_str(), strerror(-r));
+    }
+    // Everything else is on disk before the header makes it an image.
+    r = run_in_coroutine([&] { return blk->co_flush(); });
+    if (r < 0) return make_error(-r, "%s: could not flush: %s", name.c_str(), strerror(-r));
+
+    auto hb = build_header_cluster(new_image_header(c, L), name);
+    if (!hb) return hb.error();
+    r = w.pwrite(0, hb.value().data(), cs);
+    if (r < 0) return io_error(r, name, "header");
+    r = run_in_coroutine([&] { return blk->co_flush(); });
+    if (r < 0) return make_error(-r, "%s: could not flush: %s", name.c_str(), strerror(-r));
+    return {};
+}
+
 Status do_create_image(const std::string &filename, const CreateOptions &opts, bool *created)
 {
     auto pr = parse_create_params(opts);
     if (!pr) return pr.error();
     const CreateParams c = pr.value();
+    // Size checks before any file is made.
     auto lr = plan_layout(c);
     if (!lr) return lr.error();
-    const Layout L = lr.value();
-    const uint64_t cs = L.cs;
-    const uint64_t file_end = L.file_end;
 
     // The image file (and data file) through the protocol driver (the file
     // protocol takes the image locks and applies nocow / extent_size_hint).
@@ -563,41 +637,13 @@ Status do_create_image(const std::string &filename, const CreateOptions &opts, b
     if (c.data_file) BG_TRY(create_image_file(*c.data_file, proto));
     auto fr = open_file_rw(filename);
     if (!fr) return fr.error();
-    BlockBackend *blk = fr.value().blk.get();
-    Writer w(blk);
-    // The file gets its final length first (falloc/full: allocated on the
-    // host; otherwise sparse); the structures are then written inside it.
-    PreallocMode fmode = PreallocMode::kOff;
-    if ((c.prealloc == PreallocMode::kFalloc || c.prealloc == PreallocMode::kFull) && !c.data_file) fmode = c.prealloc;
-    int r = run_in_coroutine([&] { return blk->co_truncate(static_cast<int64_t>(file_end), true, fmode); });
-    if (r < 0) return make_error(-r, "%s: could not preallocate: %s", filename.c_str(), strerror(-r));
-
-    BG_TRY(write_refcounts(w, L, c, filename));
-    BG_TRY(write_tables(w, L, c, filename));
-    // The data file holds the guest data 1:1: as long as the disk.
+    OpenFile df;
     if (c.data_file) {
-        auto df = open_file_rw(*c.data_file);
-        if (!df) return df.error();
-        BlockBackend *dblk = df.value().blk.get();
-        PreallocMode m = c.prealloc == PreallocMode::kMetadata ? PreallocMode::kOff : c.prealloc;
-        r = run_in_coroutine([&] { return dblk->co_truncate(static_cast<int64_t>(c.size), true, m); });
-        if (r < 0) return make_error(-r, "%s: could not resize the data file: %s", c.data_file->c_str(), strerror(-r));
-        r = run_in_coroutine([&] { return dblk->co_flush(); });
-        if (r < 0) return make_error(-r, "%s: could not flush the data file: %s", c.data_file->c_str(), strerror(-r));
+        auto d = open_file_rw(*c.data_file);
+        if (!d) return d.error();
+        df = std::move(d.value());
     }
-    // Everything else is on disk before the header makes it an image.
-    r = run_in_coroutine([&] { return blk->co_flush(); });
-    if (r < 0) return make_error(-r, "%s: could not flush: %s", filename.c_str(), strerror(-r));
-
-    auto hb = build_header_cluster(new_image_header(c, L), filename);
-    if (!hb) return hb.error();
-    // Only the bytes up to the end of what the header uses, like QEMU
-    // (the rest of cluster 0 is already zero or a hole).
-    r = w.pwrite(0, hb.value().data(), cs);
-    if (r < 0) return io_error(r, filename, "header");
-    r = run_in_coroutine([&] { return blk->co_flush(); });
-    if (r < 0) return make_error(-r, "%s: could not flush: %s", filename.c_str(), strerror(-r));
-    return {};
+    return write_new_image(fr.value().blk.get(), df.blk.get(), c, filename);
 }
 
 } // namespace

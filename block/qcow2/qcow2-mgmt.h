@@ -47,6 +47,8 @@ uint64_t calc_prealloc_size(uint64_t total_size, uint64_t cluster_size, uint32_t
 SnapshotInfo snapshot_info(const Snapshot &sn);
 // The descriptor's create_image and measure.
 Status create_image(const std::string &filename, const CreateOptions &opts);
+// The descriptor's create_on_node (blockdev-create onto open nodes).
+Status create_on_node(BlockNode *file, BlockNode *data_file, const CreateOptions &opts);
 Result<MeasureInfo> measure(const CreateOptions &opts, BlockNode *src);
 
 } // namespace qcow2

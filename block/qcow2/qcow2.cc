@@ -585,6 +585,7 @@ extern const BlockDriver kDriverQcow2 = {
     "QEMU copy-on-write image, version 2 and 3",
     decode_qcow2_options, create_qcow2, qcow2::probe,
     qcow2::kCreateOptions, qcow2::create_image, qcow2::measure, qcow2_stores_bitmaps,
+    nullptr, nullptr, qcow2::create_on_node,
 };
 
 } // namespace bg

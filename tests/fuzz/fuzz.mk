@@ -5,7 +5,11 @@
 #   make fuzz         builds $(B)/fuzz/fuzz-<name> for every tests/fuzz/fuzz-<name>.cc
 #   make check-fuzz   runs each for FUZZ_TIME seconds (default 60) on a copy of
 #                     its seed corpus tests/fuzz/corpus-<name>/ ; fails on a crash,
-#                     a leak, an ASan/UBSan report or a timeout
+#                     a leak, an ASan/UBSan report or a timeout; prints each
+#                     target's executions and coverage (libFuzzer's last
+#                     status line: cov = edges, ft = features, corp = inputs)
+#   make fuzz-long HOURS=N   the same with N hours per target (FUZZ_JOBS at a
+#                     time), for long campaigns (docs/reliability.md)
 #
 # The library is compiled again with clang++ and -fsanitize=address,undefined
 # (plus fuzzer-no-link coverage) into $(B)/fuzz/obj/, separately from the
@@ -37,8 +41,12 @@ $(FUZZ_BINS): $(FUZZ_DIR)/%: tests/fuzz/%.cc $(FUZZ_LIB_OBJS)
 
 -include $(FUZZ_LIB_OBJS:.o=.d) $(FUZZ_BINS:=.d)
 
-.PHONY: fuzz check-fuzz
+.PHONY: fuzz check-fuzz fuzz-long
 fuzz: $(FUZZ_BINS)
+
+HOURS ?= 1
+fuzz-long:
+	$(Q)$(MAKE) --no-print-directory check-fuzz FUZZ_TIME=$$(( $(HOURS) * 3600 ))
 
 # Each target runs on a scratch copy of its seed corpus (new inputs stay out
 # of the source tree), bounded in time, memory and per-input run time.
@@ -55,7 +63,8 @@ check-fuzz: fuzz
 	    if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	        $$f -max_total_time=$(FUZZ_TIME) -timeout=20 -rss_limit_mb=2560 -max_len=2097152 \
 	            -artifact_prefix="$(FUZZ_DIR)/" $(FUZZ_ARGS) "$$work" >"$(FUZZ_DIR)/$$name.log" 2>&1; then \
-	        tail -n 1 "$(FUZZ_DIR)/$$name.log" | sed 's/^/          /'; \
+	        { grep -E '^#[0-9]+' "$(FUZZ_DIR)/$$name.log" | tail -n 1; tail -n 1 "$(FUZZ_DIR)/$$name.log"; } | \
+	            sed 's/^/          /'; \
 	    else \
 	        echo "  FAIL    $$f: see $(FUZZ_DIR)/$$name.log and the crash-* / timeout-* files in $(FUZZ_DIR)/"; \
 	        grep -E "ERROR|SUMMARY|runtime error" "$(FUZZ_DIR)/$$name.log" | head -5; \

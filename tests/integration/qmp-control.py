@@ -26,7 +26,7 @@ COMMANDS = [
     "block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
     "block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
     "transaction", "block-export-add", "block-export-del", "query-block-exports",
-    "object-add", "object-del",
+    "object-add", "object-del", "blockdev-create",
 ]
 OURS_ONLY = ["query-iothreads"]
 

@@ -91,6 +91,7 @@ const DriverCase kDriverCases[] = {
      R"({"driver":"nbd","server":{"type":"inet","host":"h","port":"10809"},"export":"e","tls-creds":"t0",
          "tls-hostname":"x","x-dirty-bitmap":"qemu:dirty-bitmap:b","reconnect-delay":5,"open-timeout":3})"},
     {"copy-on-read", "copy-on-read,file=f,bottom=b", R"({"driver":"copy-on-read","file":"f","bottom":"b"})"},
+    {"commit_top", "commit_top,backing=f", R"({"driver":"commit_top","backing":"f"})"},
     {"copy-before-write",
      "copy-before-write,file=f,target=t,bitmap.node=n,bitmap.name=b,on-cbw-error=break-snapshot,cbw-timeout=5,"
      "min-cluster-size=131072",

@@ -849,11 +849,18 @@ class Gen {
         case 5:
             nbd(in, c);
             break;
-        case 6:
-            in["driver"] = c["driver"] = "copy-on-read";
-            ref(in, c, "file", depth, false);
-            if (coin()) in["bottom"] = c["bottom"] = node_name();
+        case 6: {
+            // The jobs' own filters, whose only option is their child
+            // (commit_top's is "backing", as QEMU's), and copy-on-read
+            // with its bottom.
+            static const char *const filters[] = {"copy-on-read", "commit_top", "mirror_top"};
+            const char *f = filters[below(3)];
+            if (!builtin_drivers().find(f)) f = filters[0];
+            in["driver"] = c["driver"] = f;
+            ref(in, c, f == filters[1] ? "backing" : "file", depth, false);
+            if (f == filters[0] && coin()) in["bottom"] = c["bottom"] = node_name();
             break;
+        }
         case 7:
             rbd(in, c);
             break;
