@@ -15,9 +15,13 @@
 #               target equals the source at that moment
 #   force-cancel, pause/resume (status sequences), sync=top over a
 #               backing chain, copy-mode=write-blocking (also switched by
-#               block-job-change), on-target-error report/stop with
-#               blkdebug's injected errors, kill -9 mid-mirror, active
-#               commit (block-commit of the active layer, where available)
+#               block-job-change), on-target-error report/stop and
+#               on-source-error=stop with blkdebug's injected errors, the
+#               speed limit (within 10 %), kill -9 mid-mirror, active commit
+#               (block-commit of the active layer: complete under fio, and a
+#               soft cancel). The status sequences are QEMU's: the script
+#               passes against qemu-storage-daemon 7.2 too (8.2's
+#               actively-synced and block-job-change only against ours).
 import json
 import os
 import signal
