@@ -173,7 +173,13 @@ int coroutine_fn BlockCopyState::copy_run(int64_t c, int64_t count, bool *is_rea
         {
             int64_t pnum = 0;
             int st = src->co_block_status(true, off, bytes, &pnum, nullptr, nullptr);
-            if (st >= 0 && (st & kStatusZero) && pnum >= bytes) {
+            if (st < 0) {
+                // QEMU copies such a range as data; we report the error:
+                // an I/O error below the source reaches the writer.
+                *is_read = true;
+                return st;
+            }
+            if ((st & kStatusZero) && pnum >= bytes) {
                 int r = target_->co_pwrite_zeroes(off, bytes, kReqMayUnmap);
                 if (r < 0) {
                     *is_read = false;
@@ -329,7 +335,7 @@ class CbwNode final : public FilterNode {
         return filtered_->co_pdiscard(offset, bytes);
     }
 
-    int coroutine_fn do_co_truncate(int64_t, bool, PreallocMode, ReqFlags) override { return -EPERM; }
+    int coroutine_fn do_co_truncate(int64_t, bool, PreallocMode, ReqFlags) override { return -ENOTSUP; }
 
     // A writer of the host file would bypass the copy.
     int do_passthrough_fd(bool write, std::string *why) override
