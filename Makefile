@@ -277,7 +277,8 @@ check-crash: $(BIN)
 # compare with qemu-io's); an error report there fails the run too.  (Not
 # for the unit tests: the log file would take the descriptor numbers that
 # test-io expects to stay closed.)
-ASAN_INTEGRATION ?= tests/integration/qcow2-read.sh tests/integration/io-errors.sh tests/integration/qcow2-write-errors.sh
+ASAN_INTEGRATION ?= tests/integration/qcow2-read.sh tests/integration/io-errors.sh tests/integration/qcow2-write-errors.sh \
+    tests/integration/qmp-jobs.sh tests/integration/qmp-jobs-stop.sh
 # With TEST_JOBS > 1 the unit tests and these scripts run at the same time,
 # each part TEST_JOBS / 2 at a time (the unit tests' output is printed after).
 ASAN_UNIT_JOBS = $(if $(filter 1,$(TEST_JOBS)),1,$(shell echo $$(( $(TEST_JOBS) / 2 ))))
