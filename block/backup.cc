@@ -50,7 +50,8 @@ class BackupJob final : public Job {
   public:
     BackupJob(JobManager &mgr, BlockGraph &graph, const BackupJobOptions &o, BlockNode *source, BlockNode *filter,
               BlockCopyState *bcs, bool bitmap_cleared, DirtyBitmapData frozen)
-        : Job(mgr, o.common), graph_(graph), opts_(o), source_(source), filter_(filter), bcs_(bcs),
+        : Job(mgr, o.common), graph_(graph), opts_(o), source_(source), target_(bcs->target()->node()),
+          filter_(filter), bcs_(bcs),
           bitmap_cleared_(bitmap_cleared), frozen_(std::move(frozen))
     {
         progress_set_total(o.sync == BackupSync::kNone ? 0 : bcs->dirty_bytes());
@@ -144,6 +145,7 @@ class BackupJob final : public Job {
         bcs_->on_progress = nullptr;
         bcs_ = nullptr;
         filter_ = nullptr;
+        unblock_nodes();
         coroutine_enter(coroutine_create_fn([g, filter, source] { remove_filter(*g, filter, source); }));
     }
 
@@ -169,6 +171,9 @@ class BackupJob final : public Job {
         bcs_ = nullptr;
         remove_filter(graph_, filter_, source_);
         filter_ = nullptr;
+        // The filter is gone: only the target stays the job's.
+        unblock_nodes();
+        block_node(target_);
     }
 
     void coroutine_fn wait_workers()
@@ -248,6 +253,7 @@ class BackupJob final : public Job {
     BlockGraph &graph_;
     BackupJobOptions opts_;
     BlockNode *source_;
+    BlockNode *target_;
     BlockNode *filter_;
     BlockCopyState *bcs_;
     bool bitmap_cleared_;
