@@ -349,12 +349,12 @@ bench-rbd: $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/rbd.sh
 
 # Block jobs (mirror, stream, commit, backup) against qemu-storage-daemon,
-# interleaved, medians and ratios: bench/jobs.py (RUNS, BENCH_DIR, BENCH_SIZE
-# in MiB).
+# interleaved, medians and ratios: bench/jobs.py (RUNS, BENCH_DIR,
+# JOBS_MIB: MiB of data, default 1024).
 .PHONY: bench-jobs
 BENCH_TARGETS += bench-jobs
 bench-jobs: $(BIN)
-	$(Q)bench/jobs.py '$(abspath $(BIN))' $(or $(BENCH_SIZE),1024)
+	$(Q)bench/jobs.py '$(abspath $(BIN))' $(or $(JOBS_MIB),1024)
 
 $(BENCH_PROG_TARGETS): bench-%: $(B)/bench/%
 	$(if $(CONFIG_DEBUG)$(CONFIG_ASAN),@echo "  WARNING benchmarking a debug/asan build")
