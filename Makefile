@@ -277,7 +277,8 @@ check-crash: $(BIN)
 # compare with qemu-io's); an error report there fails the run too.  (Not
 # for the unit tests: the log file would take the descriptor numbers that
 # test-io expects to stay closed.)
-ASAN_INTEGRATION ?= tests/integration/qcow2-read.sh tests/integration/io-errors.sh tests/integration/qcow2-write-errors.sh
+ASAN_INTEGRATION ?= tests/integration/qcow2-read.sh tests/integration/io-errors.sh tests/integration/qcow2-write-errors.sh \
+    tests/integration/qmp-jobs.sh tests/integration/qmp-jobs-stop.sh
 # With TEST_JOBS > 1 the unit tests and these scripts run at the same time,
 # each part TEST_JOBS / 2 at a time (the unit tests' output is printed after).
 ASAN_UNIT_JOBS = $(if $(filter 1,$(TEST_JOBS)),1,$(shell echo $$(( $(TEST_JOBS) / 2 ))))
@@ -346,6 +347,14 @@ bench-nbd: $(BIN)
 BENCH_TARGETS += bench-rbd
 bench-rbd: $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/rbd.sh
+
+# Block jobs (mirror, stream, commit, backup) against qemu-storage-daemon,
+# interleaved, medians and ratios: bench/jobs.py (RUNS, BENCH_DIR,
+# JOBS_MIB: MiB of data, default 1024).
+.PHONY: bench-jobs
+BENCH_TARGETS += bench-jobs
+bench-jobs: $(BIN)
+	$(Q)bench/jobs.py '$(abspath $(BIN))' $(or $(JOBS_MIB),1024)
 
 $(BENCH_PROG_TARGETS): bench-%: $(B)/bench/%
 	$(if $(CONFIG_DEBUG)$(CONFIG_ASAN),@echo "  WARNING benchmarking a debug/asan build")

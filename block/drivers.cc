@@ -15,6 +15,7 @@ extern const BlockDriver kDriverBlkdebug;   // block/blkdebug.cc
 extern const BlockDriver kDriverQcow2;      // block/qcow2/qcow2.cc
 extern const BlockDriver kDriverNbd;        // block/nbd.cc
 extern const BlockDriver kDriverCopyOnRead; // block/copy-on-read.cc
+extern const BlockDriver kDriverCopyBeforeWrite; // block/copy-before-write.cc
 extern const BlockDriver kDriverRbd;        // block/rbd.cc
 extern const BlockDriver kDriverMirrorTop;  // block/mirror.cc (internal: only the mirror job opens one)
 extern const BlockDriver kDriverCommitTop;  // block/commit.cc
@@ -29,6 +30,7 @@ void register_builtin_drivers(DriverRegistry *registry)
     registry->add(&kDriverQcow2);
     registry->add(&kDriverNbd);
     registry->add(&kDriverCopyOnRead);
+    registry->add(&kDriverCopyBeforeWrite);
     registry->add(&kDriverRbd);
     registry->add(&kDriverMirrorTop);
     registry->add(&kDriverCommitTop);

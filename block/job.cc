@@ -508,10 +508,12 @@ void Job::early_fail()
     cancelled_ = force_cancel_ = true;
     ret_ = -ECANCELED;
     completed_ = true;
+    transition(JobStatus::kAborting);
     abort();
     clean();
     auto &v = txn_->jobs;
     v.erase(std::remove(v.begin(), v.end(), this), v.end());
+    transition(JobStatus::kConcluded);
     transition(JobStatus::kNull);
     mgr_.destroy(this);
 }

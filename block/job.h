@@ -143,8 +143,8 @@ class Job {
     // start function or the transaction that created the job.
     void start();
     // A created job that is never started (a transaction rolled back):
-    // created -> null, destroyed without events other than the status
-    // change, abort() and clean() run.
+    // created -> aborting -> concluded -> null (as QEMU), destroyed without
+    // events other than the status changes; abort() and clean() run.
     void early_fail();
 
   protected:

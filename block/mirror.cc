@@ -613,9 +613,8 @@ Status MirrorJob::prepare()
             target_blk_.reset();
             st = graph_.replace_node(rep, target_);
         }
-    } else if (is_commit_) {
-        restore_base_ro();
     }
+    // (A soft cancel of an active commit leaves base read-write, as QEMU.)
     src->drained_end();
     return st;
 }

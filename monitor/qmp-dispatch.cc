@@ -17,6 +17,7 @@ const std::vector<QmpCommand> &qmp_commands()
         qmp_mirror_commands(&t);
         qmp_create_commands(&t);
         qmp_commit_commands(&t);
+        qmp_backup_commands(&t);
         return t;
     }();
     return table;

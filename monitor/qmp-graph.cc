@@ -10,6 +10,7 @@
 // that either every action took effect or none did.
 #include <functional>
 
+#include "block/job.h"
 #include "monitor/block-info.h"
 #include "monitor/daemon-state.h"
 #include "monitor/qmp-block.h"
@@ -24,6 +25,8 @@ namespace {
 struct Applied {
     std::function<void()> undo;
     std::function<void()> commit;
+    // In: the jobs' transaction when completion-mode is grouped (else null).
+    std::shared_ptr<JobTxn> group;
 };
 
 using ActionFn = Status (*)(Daemon &d, const nlohmann::json &data, Applied *out);
@@ -195,6 +198,16 @@ Status internal_snapshot(Daemon &d, const nlohmann::json &a, Applied *out)
     return {};
 }
 
+// A backup job, created unstarted: started once every action succeeded,
+// dropped (early_fail) on rollback.
+Status backup_action(Daemon &d, const nlohmann::json &a, Applied *out)
+{
+    BG_TRY_ASSIGN(Job *j, qmp_backup_create(d, a, out->group, false));
+    out->undo = [j] { j->early_fail(); };
+    out->commit = [j] { j->start(); };
+    return {};
+}
+
 Status abort_action(Daemon &, const nlohmann::json &, Applied *)
 {
     return make_error(ECANCELED, "Transaction aborted using Abort action");
@@ -218,6 +231,7 @@ const Action kActions[] = {
     {"block-dirty-bitmap-enable", &kBitmapArgs, bitmap_enable},
     {"block-dirty-bitmap-disable", &kBitmapArgs, bitmap_disable},
     {"block-dirty-bitmap-merge", &kBitmapMergeArgs, bitmap_merge},
+    {"blockdev-backup", &qmp_backup_args(), backup_action},
     {"blockdev-snapshot", &kSnapshotArgs, external_snapshot},
     {"blockdev-snapshot-internal-sync", &kInternalSnapshotArgs, internal_snapshot},
 };
@@ -255,19 +269,15 @@ void named_nodes(Daemon &d, const nlohmann::json &data, std::vector<BlockNode *>
 QmpResult cmd_transaction(QmpCall &call)
 {
     const nlohmann::json &actions = call.args["actions"];
+    std::shared_ptr<JobTxn> group;
     if (call.args.contains("properties")) {
         const nlohmann::json &p = call.args["properties"];
         Status st = qmp_check_args({{"completion-mode", "enum:individual|grouped", true}}, false, p, "properties.");
         if (!st.ok()) return qmp_error(st);
-        if (p.value("completion-mode", std::string("individual")) == "grouped") {
-            // Only backup jobs support it; none of our actions is one.
-            for (const auto &a : actions) {
-                if (a.is_object() && a.contains("type") && a["type"].is_string()) {
-                    return qmp_error("Action '" + a["type"].get<std::string>() +
-                                     "' does not support Transaction property completion-mode = grouped");
-                }
-            }
-        }
+        // Only backup jobs support grouped: they then share one JobTxn.
+        // Other actions refuse it when their turn comes (as QEMU's
+        // prepare steps, so that the actions before are rolled back).
+        if (p.value("completion-mode", std::string("individual")) == "grouped") group = std::make_shared<JobTxn>();
     }
     // Every action checked before any is applied.
     std::vector<const Action *> plan;
@@ -297,6 +307,12 @@ QmpResult cmd_transaction(QmpCall &call)
     for (size_t i = 0; i < plan.size(); i++) {
         static const nlohmann::json empty = nlohmann::json::object();
         Applied applied;
+        applied.group = group;
+        if (group && std::string(plan[i]->type) != "blockdev-backup") {
+            failed = make_error(EINVAL, "Action '%s' does not support Transaction property completion-mode = grouped",
+                                plan[i]->type);
+            break;
+        }
         failed = plan[i]->fn(call.daemon, actions[i].contains("data") ? actions[i]["data"] : empty, &applied);
         if (!failed.ok()) break;
         done.push_back(std::move(applied));

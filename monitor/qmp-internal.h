@@ -3,6 +3,7 @@
 #pragma once
 
 #include <deque>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,8 @@
 namespace bg {
 
 struct Coroutine;
+class Job;
+struct JobTxn;
 
 // A listening chardev with its monitor: where sessions come from.
 struct QmpListener {
@@ -138,6 +141,14 @@ void qmp_job_commands(std::vector<QmpCommand> *out);
 void qmp_mirror_commands(std::vector<QmpCommand> *out);
 void qmp_create_commands(std::vector<QmpCommand> *out);   // qmp-create.cc: blockdev-create
 void qmp_commit_commands(std::vector<QmpCommand> *out);   // qmp-commit.cc: block-commit, block-stream
+void qmp_backup_commands(std::vector<QmpCommand> *out);
+
+// blockdev-backup (qmp-backup.cc): its arguments, and the job they start,
+// for the command and the transaction action (start false: left created
+// in txn, for the transaction to start or early_fail()).
+const std::vector<QmpMember> &qmp_backup_args();
+Result<Job *> qmp_backup_create(Daemon &d, const nlohmann::json &args, const std::shared_ptr<JobTxn> &txn,
+                                bool start);
 
 // The introspection data (query-qmp-schema) of the command table.
 nlohmann::json qmp_schema();

@@ -287,10 +287,11 @@ void collect_formats(const json &node, std::vector<json> *out)
 
 void strip_for_qemu(json &node)
 {
-    // A copy-on-read filter needs its child writable, and QEMU's tools read
-    // the pristine images read-only: they read the stack below it (the
-    // same data).
-    while (node.value("driver", "") == "copy-on-read" && node.contains("file") && node["file"].is_object()) {
+    // A copy-on-read filter needs its child writable, a copy-before-write
+    // filter its target, and QEMU's tools read the pristine images
+    // read-only: they read the stack below it (the same data).
+    for (std::string d; ((d = node.value("driver", "")) == "copy-on-read" || d == "copy-before-write") &&
+                        node.contains("file") && node["file"].is_object();) {
         json child = node["file"];
         node = std::move(child);
     }

@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qmp import QMPError, Test, err, run, wait_for  # noqa: E402
+from qmp import Test, err, run, wait_for  # noqa: E402
 
 M = 1 << 20
 SIZE = 32 * M
@@ -60,21 +60,8 @@ def names(c, job):
 
 def wait_ev(c, name, pred, timeout=20.0):
     """Waits for an event NAME matching PRED, keeping every event in
-    c.events (Client.wait_event would remove it)."""
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while True:
-        for e in c.events[seen:]:
-            if e.get("event") == name and pred(e):
-                return e
-        seen = len(c.events)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise QMPError(f"no {name} event within {timeout} s")
-        m = c.recv(left)
-        if "event" not in m:
-            raise QMPError(f"unexpected reply {m}")
-        c.events.append(m)
+    c.events (names() reads them afterwards)."""
+    return c.wait_event(name, timeout, pred, keep=True)
 
 
 def wait_status(c, job, status, timeout=20.0):

@@ -176,14 +176,14 @@ class Client:
         if r != {"return": {}}:
             raise QMPError(f"{self.name}: qmp_capabilities: {r}")
 
-    def wait_event(self, name, timeout=10.0, pred=None):
-        """Returns (and removes) the first event NAME (matching PRED) seen
-        so far or arriving within TIMEOUT."""
+    def wait_event(self, name, timeout=10.0, pred=None, keep=False):
+        """Returns (and removes, unless KEEP) the first event NAME (matching
+        PRED) seen so far or arriving within TIMEOUT."""
         deadline = time.monotonic() + timeout
         while True:
             for i, e in enumerate(self.events):
                 if e.get("event") == name and (pred is None or pred(e)):
-                    return self.events.pop(i)
+                    return e if keep else self.events.pop(i)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise QMPError(f"{self.name}: no {name} event within {timeout} s")

@@ -91,8 +91,14 @@ const DriverCase kDriverCases[] = {
      R"({"driver":"nbd","server":{"type":"inet","host":"h","port":"10809"},"export":"e","tls-creds":"t0",
          "tls-hostname":"x","x-dirty-bitmap":"qemu:dirty-bitmap:b","reconnect-delay":5,"open-timeout":3})"},
     {"copy-on-read", "copy-on-read,file=f,bottom=b", R"({"driver":"copy-on-read","file":"f","bottom":"b"})"},
-    {"commit_top", "commit_top,backing=f", R"({"driver":"commit_top","backing":"f"})"},
+    {"commit_top", "commit_top,backing=b", R"({"driver":"commit_top","backing":"b"})"},
     {"mirror_top", "mirror_top,file=f", R"({"driver":"mirror_top","file":"f"})"},
+    {"commit_top", "commit_top,backing=f", R"({"driver":"commit_top","backing":"f"})"},
+    {"copy-before-write",
+     "copy-before-write,file=f,target=t,bitmap.node=n,bitmap.name=b,on-cbw-error=break-snapshot,cbw-timeout=5,"
+     "min-cluster-size=131072",
+     R"({"driver":"copy-before-write","file":"f","target":"t","bitmap":{"node":"n","name":"b"},
+         "on-cbw-error":"break-snapshot","cbw-timeout":5,"min-cluster-size":131072})"},
     {"rbd",
      "rbd,pool=p,namespace=n,image=i,snapshot=s,conf=/c,user=u,key-secret=k,auth-client-required.0=cephx,"
      "auth-client-required.1=none,server.0.host=h,server.0.port=6789,server.1.host=::1,server.1.port=3300",

@@ -801,7 +801,7 @@ class Gen {
         if (dz) in["detect-zeroes"] = c["detect-zeroes"] = dz == 1 ? "on" : "unmap";
         bool direct = coin();
         const bool no_flush = coin();
-        switch (below(depth > 3 ? 3 : 9)) {
+        switch (below(depth > 3 ? 3 : 10)) {
         case 0: {
             in["driver"] = c["driver"] = "file";
             std::string name = text();
@@ -863,6 +863,15 @@ class Gen {
         }
         case 7:
             rbd(in, c);
+            break;
+        case 8:
+            in["driver"] = c["driver"] = "copy-before-write";
+            ref(in, c, "file", depth, false);
+            ref(in, c, "target", depth, false);
+            if (coin()) in["bitmap"] = c["bitmap"] = {{"node", node_name()}, {"name", text()}};
+            if (coin()) in["on-cbw-error"] = c["on-cbw-error"] = "break-snapshot";
+            if (coin()) in["cbw-timeout"] = c["cbw-timeout"] = 1 + below(UINT32_MAX - 1);
+            if (coin()) in["min-cluster-size"] = c["min-cluster-size"] = uint64_t(512) << below(20);
             break;
         default:
             qcow2(in, c, depth, ro);
