@@ -171,10 +171,7 @@ int CommitJob::run()
     co.max_workers = 1;   // the hooks run in this coroutine
     co.chunk_size = kCommitChunk;
     co.scan_data_for_zeroes = false;   // allocated data is copied as it is
-    co.before_chunk = [this](int64_t n) {
-        rate_limit(n);
-        return is_cancelled() ? -ECANCELED : 0;
-    };
+    follow_copy(co);
     co.on_error = [this](const CopyIoError &e) {
         switch (error_action(on_error_, e.is_read, e.err)) {
         case BlockErrorAction::kReport: return CopyErrorAction::kFail;
@@ -182,11 +179,6 @@ int CommitJob::run()
         case BlockErrorAction::kStop: pause_point(); return CopyErrorAction::kRetry;
         }
         return CopyErrorAction::kFail;
-    };
-    int64_t seen = 0;
-    co.progress = [this, &seen](const CopyProgress &p) {
-        progress_add(p.done - seen);
-        seen = p.done;
     };
     Result<CopyStats> r = co_copy({src}, base_blk_.get(), co);
     if (is_cancelled()) return -ECANCELED;

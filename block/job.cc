@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "block/block.h"
+#include "block/copy.h"
 
 namespace bg {
 
@@ -417,6 +418,19 @@ BlockErrorAction Job::error_action(BlockdevOnError policy, bool is_read, int err
         io_status_ = e == ENOSPC ? "nospace" : "failed";
     }
     return a;
+}
+
+void Job::follow_copy(CopyOptions &co)
+{
+    co.before_chunk = [this](int64_t n) {
+        rate_limit(n);
+        return is_cancelled() ? -ECANCELED : 0;
+    };
+    auto seen = std::make_shared<int64_t>(0);
+    co.progress = [this, seen](const CopyProgress &p) {
+        progress_add(p.done - *seen);
+        *seen = p.done;
+    };
 }
 
 void Job::block_node(BlockNode *n)

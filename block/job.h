@@ -61,6 +61,7 @@ namespace bg {
 
 class BlockNode;
 class JobManager;
+struct CopyOptions;
 struct JobTxn;
 
 enum class JobStatus { kUndefined, kCreated, kRunning, kPaused, kReady, kStandby, kWaiting, kPending, kAborting,
@@ -202,6 +203,12 @@ class Job {
     // (go on / retry), kStop (the job is now user-paused with io-status
     // failed/nospace; the caller calls pause_point() and then retries).
     BlockErrorAction error_action(BlockdevOnError policy, bool is_read, int err);
+    // For a run() that copies with the copy engine (block/copy.h): sets
+    // co.before_chunk (the speed limit and a pause point before each
+    // chunk; a cancel stops the copy with -ECANCELED) and co.progress (the
+    // job's progress follows the copy's). Needs co.max_workers 1 (the
+    // hooks then run in the job's coroutine).
+    void follow_copy(CopyOptions &co);
     // The message run()'s failure reports (else strerror of its errno).
     void set_error(const std::string &msg) { error_ = msg; }
     // Nodes the job works on: another job may not use them ("Node 'X' is

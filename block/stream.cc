@@ -118,10 +118,7 @@ int StreamJob::run()
     co.sparse_size = 0;
     co.read_only = true;   // the filter's copy-on-read does the writes
     co.skip_allocated_in = unfiltered;
-    co.before_chunk = [this](int64_t n) {
-        rate_limit(n);
-        return is_cancelled() ? -ECANCELED : 0;
-    };
+    follow_copy(co);
     int error = 0;
     co.on_error = [this, &error](const CopyIoError &e) {
         // QEMU's stream reports every error as a read error.
@@ -133,11 +130,6 @@ int StreamJob::run()
         case BlockErrorAction::kStop: pause_point(); return CopyErrorAction::kRetry;
         }
         return CopyErrorAction::kFail;
-    };
-    int64_t seen = 0;
-    co.progress = [this, &seen](const CopyProgress &p) {
-        progress_add(p.done - seen);
-        seen = p.done;
     };
     Result<CopyStats> r = co_copy({src}, nullptr, co);
     if (is_cancelled()) return -ECANCELED;
