@@ -34,11 +34,7 @@ const std::vector<QmpMember> &qmp_backup_args()
 Result<Job *> qmp_backup_create(Daemon &d, const nlohmann::json &a, const std::shared_ptr<JobTxn> &txn, bool start)
 {
     BackupJobOptions o;
-    o.common.id = qmp_str(a, "job-id");
-    o.common.auto_finalize = a.value("auto-finalize", true);
-    o.common.auto_dismiss = a.value("auto-dismiss", true);
-    o.common.speed = a.value("speed", int64_t(0));
-    if (o.common.speed < 0) return make_error(EINVAL, "Parameter 'speed' expects a non-negative value");
+    BG_TRY_ASSIGN(o.common, qmp_job_common(a));
     o.device = qmp_str(a, "device");
     o.target = qmp_str(a, "target");
     const std::string sync = qmp_str(a, "sync");
@@ -55,8 +51,8 @@ Result<Job *> qmp_backup_create(Daemon &d, const nlohmann::json &a, const std::s
                                         : BitmapSyncMode::kOnSuccess;
     }
     o.compress = a.value("compress", false);
-    if (a.contains("on-source-error")) parse_on_error(a["on-source-error"].get<std::string>(), &o.on_source_error);
-    if (a.contains("on-target-error")) parse_on_error(a["on-target-error"].get<std::string>(), &o.on_target_error);
+    o.on_source_error = qmp_on_error(a, "on-source-error");
+    o.on_target_error = qmp_on_error(a, "on-target-error");
     o.filter_node_name = qmp_str(a, "filter-node-name");
     o.discard_source = a.value("discard-source", false);
     if (a.contains("x-perf")) {

@@ -14,27 +14,13 @@ namespace {
 
 const char *const kOnError = "enum:report|ignore|enospc|stop|auto";
 
-// The members every job command shares.
-void common_args(const nlohmann::json &a, JobCommonOptions *c)
-{
-    c->id = qmp_str(a, "job-id");
-    c->speed = a.value("speed", int64_t{0});
-    c->auto_finalize = a.value("auto-finalize", true);
-    c->auto_dismiss = a.value("auto-dismiss", true);
-}
-
-BlockdevOnError on_error_arg(const nlohmann::json &a)
-{
-    BlockdevOnError e = BlockdevOnError::kReport;
-    if (a.contains("on-error")) (void)parse_on_error(a["on-error"].get<std::string>(), &e);
-    return e;
-}
-
 QmpResult cmd_block_commit(QmpCall &call)
 {
     const nlohmann::json &a = call.args;
     CommitJobOptions o;
-    common_args(a, &o.common);
+    Result<JobCommonOptions> common = qmp_job_common(a);
+    if (!common) return qmp_error(common.error());
+    o.common = common.value();
     o.device = qmp_str(a, "device");
     o.top_node = qmp_str(a, "top-node");
     o.base_node = qmp_str(a, "base-node");
@@ -42,7 +28,7 @@ QmpResult cmd_block_commit(QmpCall &call)
     o.base = qmp_str(a, "base");
     if (a.contains("backing-file")) o.backing_file = a["backing-file"].get<std::string>();
     o.backing_mask_protocol = a.value("backing-mask-protocol", false);
-    o.on_error = on_error_arg(a);
+    o.on_error = qmp_on_error(a, "on-error");
     o.filter_node_name = qmp_str(a, "filter-node-name");
     // The node the filter goes above must not be bypassed by an export.
     if (BlockNode *dev = call.daemon.graph().find(o.device)) {
@@ -61,14 +47,16 @@ QmpResult cmd_block_stream(QmpCall &call)
 {
     const nlohmann::json &a = call.args;
     StreamJobOptions o;
-    common_args(a, &o.common);
+    Result<JobCommonOptions> common = qmp_job_common(a);
+    if (!common) return qmp_error(common.error());
+    o.common = common.value();
     o.device = qmp_str(a, "device");
     o.base = qmp_str(a, "base");
     o.base_node = qmp_str(a, "base-node");
     o.bottom = qmp_str(a, "bottom");
     if (a.contains("backing-file")) o.backing_file = a["backing-file"].get<std::string>();
     o.backing_mask_protocol = a.value("backing-mask-protocol", false);
-    o.on_error = on_error_arg(a);
+    o.on_error = qmp_on_error(a, "on-error");
     o.filter_node_name = qmp_str(a, "filter-node-name");
     if (BlockNode *dev = call.daemon.graph().find(o.device)) {
         Status st = call.daemon.check_no_bypass(dev);

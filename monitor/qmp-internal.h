@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "block/job.h"
 #include "monitor/json-stream.h"
 #include "monitor/qmp.h"
 #include "util/coroutine.h"
@@ -138,6 +139,13 @@ void qmp_control_commands(std::vector<QmpCommand> *out);
 void qmp_block_commands(std::vector<QmpCommand> *out);
 void qmp_export_commands(std::vector<QmpCommand> *out);
 void qmp_job_commands(std::vector<QmpCommand> *out);
+// The members every job-starting command shares (qmp-job.cc): job-id,
+// speed, auto-finalize, auto-dismiss. Error: "Parameter 'speed' expects a
+// non-negative value".
+Result<JobCommonOptions> qmp_job_common(const nlohmann::json &args);
+// An on-error / on-source-error / on-target-error member (the command
+// table's enum checked its value); absent: report.
+BlockdevOnError qmp_on_error(const nlohmann::json &args, const char *key);
 void qmp_mirror_commands(std::vector<QmpCommand> *out);
 void qmp_create_commands(std::vector<QmpCommand> *out);   // qmp-create.cc: blockdev-create
 void qmp_commit_commands(std::vector<QmpCommand> *out);   // qmp-commit.cc: block-commit, block-stream

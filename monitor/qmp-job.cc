@@ -118,6 +118,24 @@ constexpr char kId[] = "id";
 
 } // namespace
 
+Result<JobCommonOptions> qmp_job_common(const nlohmann::json &a)
+{
+    JobCommonOptions c;
+    c.id = a.value("job-id", std::string());
+    c.speed = a.value("speed", int64_t{0});
+    if (c.speed < 0) return make_error(EINVAL, "Parameter 'speed' expects a non-negative value");
+    c.auto_finalize = a.value("auto-finalize", true);
+    c.auto_dismiss = a.value("auto-dismiss", true);
+    return c;
+}
+
+BlockdevOnError qmp_on_error(const nlohmann::json &a, const char *key)
+{
+    BlockdevOnError e = BlockdevOnError::kReport;
+    if (a.contains(key)) (void)parse_on_error(a[key].get<std::string>(), &e);
+    return e;
+}
+
 void qmp_job_commands(std::vector<QmpCommand> *out)
 {
     const std::vector<QmpMember> id = {{"id", "str", false}};

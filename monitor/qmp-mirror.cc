@@ -31,23 +31,21 @@ QmpResult cmd_blockdev_mirror(QmpCall &call)
 {
     const nlohmann::json &a = call.args;
     MirrorJobOptions o;
-    o.common.id = qmp_str(a, "job-id");
+    Result<JobCommonOptions> common = qmp_job_common(a);
+    if (!common) return qmp_error(common.error());
+    o.common = common.value();
     o.device = qmp_str(a, "device");
     o.target = qmp_str(a, "target");
     o.replaces = qmp_str(a, "replaces");
     const std::string sync = qmp_str(a, "sync");
     if (sync == "incremental" || sync == "bitmap") return qmp_error("Sync mode '" + sync + "' not supported");
     o.sync = sync == "top" ? MirrorSync::kTop : sync == "none" ? MirrorSync::kNone : MirrorSync::kFull;
-    if (a.contains("speed")) o.common.speed = a["speed"].get<int64_t>();
-    if (o.common.speed < 0) return qmp_error("Parameter 'speed' expects a non-negative value");
     if (a.contains("granularity")) o.granularity = a["granularity"].get<int64_t>();
     if (a.contains("buf-size")) o.buf_size = a["buf-size"].get<int64_t>();
-    if (a.contains("on-source-error")) (void)parse_on_error(qmp_str(a, "on-source-error"), &o.on_source_error);
-    if (a.contains("on-target-error")) (void)parse_on_error(qmp_str(a, "on-target-error"), &o.on_target_error);
+    o.on_source_error = qmp_on_error(a, "on-source-error");
+    o.on_target_error = qmp_on_error(a, "on-target-error");
     o.filter_node_name = qmp_str(a, "filter-node-name");
     if (qmp_str(a, "copy-mode") == "write-blocking") o.copy_mode = MirrorCopyMode::kWriteBlocking;
-    if (a.contains("auto-finalize")) o.common.auto_finalize = a["auto-finalize"].get<bool>();
-    if (a.contains("auto-dismiss")) o.common.auto_dismiss = a["auto-dismiss"].get<bool>();
     if (a.contains("unmap")) o.unmap = a["unmap"].get<bool>();
 
     Result<BlockNode *> dev = qmp_find_node(call.daemon, o.device, o.device);
