@@ -394,6 +394,7 @@ def run_case(t, c):
     if ck.returncode not in (0, 3):
         print(ck.stdout[:800] + ck.stderr[:400])
     t.eq(corrupt, want["corrupt"], f"{name}: corrupt bit")
+    t.eq(info.get("virtual-size"), len(expected), f"{name}: virtual size")
     if c["at_close"]:
         t.eq(obs["bitmaps"], want["bitmaps"], f"{name}: bitmaps in the image")
     if ck.returncode in (0, 3):
