@@ -320,31 +320,43 @@ int coroutine_fn Qcow2Node::co_grow_refcount_table_locked(uint64_t min_entries)
             set_refcount_entry(blocks[it - need.begin()].get(), c & ((1ULL << block_bits) - 1), h_.refcount_order, 1);
         }
         // Area clusters in ranges that already have a block: through the cache.
+        std::vector<uint64_t> counted;
+        // Until the header is switched nothing refers to the area: a failure
+        // before that takes these refcounts back (else they would leak; QEMU
+        // places the area in ranges without blocks and leaks nothing).
+        auto undo = [&](int err) {
+            for (uint64_t c : counted) co_set_refcount_locked(c, 0);
+            return err;
+        };
         for (uint64_t c = start; c < start + used; c++) {
             const uint64_t rt = c >> block_bits;
             if (std::find(need.begin(), need.end(), rt) != need.end()) continue;
             int r = co_set_refcount_locked(c, 1);
-            if (r < 0) return r;
+            if (r < 0) return undo(r);
+            counted.push_back(c);
         }
         // Write: blocks, table; flush (with the refcount cache).
         file_->debug_event("refblock_alloc_write_blocks");
         for (size_t i = 0; i < nb_blocks; i++) {
             const uint64_t off = (start + tbl_clusters + i) << cluster_bits_;
             int r = file_->co_pwrite(static_cast<int64_t>(off), static_cast<int64_t>(cluster_size_), blocks[i].get());
-            if (r < 0) return r;
+            if (r < 0) return undo(r);
         }
         file_->debug_event("refblock_alloc_write_table");
         std::vector<uint8_t> raw(new_entries * 8);
         for (uint64_t i = 0; i < new_entries; i++) put_be(raw.data() + i * 8, table[i], 8);
         int r = file_->co_pwrite(static_cast<int64_t>(tbl_off), static_cast<int64_t>(raw.size()), raw.data());
-        if (r < 0) return r;
+        if (r < 0) return undo(r);
         r = refcount_cache_->co_flush_and_sync();
-        if (r < 0) return r;
+        if (r < 0) return undo(r);
         // Switch the header (refcount_table_offset and _clusters: bytes 48..59).
         file_->debug_event("refblock_alloc_switch_table");
         uint8_t hdr[12];
         put_be(hdr, tbl_off, 8);
         put_be(hdr + 8, tbl_clusters, 4);
+        // From here on a failure keeps the area's refcounts: the header may
+        // have reached the disk even though the write reported an error,
+        // and then the new table and blocks are in use (a leak is the price).
         r = file_->co_pwrite(48, 12, hdr);
         if (r < 0) return r;
         r = file_->co_flush();

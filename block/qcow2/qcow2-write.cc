@@ -395,6 +395,7 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
         const uint64_t tail = p.cow_end - (p.offset + p.bytes);
         const uint64_t falign = std::max<uint64_t>(data_file_->node()->limits().request_alignment, 1);
         uint64_t wstart = p.cow_start;     // guest offset of the first byte written
+        bool zero_skipped = false;         // a zero COW part is left to the file
         AlignedBuf hb, tb;
         IOVector v;
         if (head) {
@@ -429,11 +430,16 @@ int coroutine_fn Qcow2Node::do_co_pwritev(int64_t offset_s, int64_t bytes_s, IOV
             v.add(tb.get(), keep);
             // The file's end a QEMU zero-write of the tail would leave
             // (co_close() extends the file to it).
+            if (keep < tail) zero_skipped = true;
             if (keep < tail && !h_.has_data_file()) {
                 skipped_tail_end_ = std::max(skipped_tail_end_, p.host + (p.cow_end - (p.first_cluster << cluster_bits_)));
             }
         }
         if (r >= 0) {
+            // Where QEMU zero-writes the new clusters before the data
+            // (handle_alloc_space), its event: a rule armed by it fails the
+            // allocating write, as in QEMU.
+            if (zero_skipped || wstart > p.cow_start) file_->debug_event("cluster_alloc_space");
             file_->debug_event(v.size() > p.bytes ? "cow_write" : "write_aio");
             const uint64_t hs = h_.has_data_file() ? wstart
                                                    : p.host + (wstart - (p.first_cluster << cluster_bits_));

@@ -132,7 +132,7 @@ Status coroutine_fn Qcow2Node::co_open_writable(const BlockdevOptionsQcow2 &o)
     set_write_options(o);
     for (qcow2::MetadataCache *c : {l2_cache_.get(), refcount_cache_.get()}) c->set_file(file_);
     l2_cache_->set_events("l2_load", "l2_update");
-    refcount_cache_->set_events(nullptr, "refblock_update");
+    refcount_cache_->set_events(nullptr, "refblock_update_part");
     // Overlap checks of cache write-backs (the hooks run with lock_ held).
     l2_cache_->set_write_hook([this](uint64_t off, size_t len) {
         // An external data file: its data reaches the disk before the L2

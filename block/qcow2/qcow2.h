@@ -360,7 +360,7 @@ class MetadataCache {
     // Event names passed to file->debug_event() before each read of a
     // missing slice ("l2_load"; none for refcount blocks: QEMU fires
     // refblock_load on every refcount update instead) and before each
-    // write-back ("l2_update", "refblock_update").
+    // write-back ("l2_update", "refblock_update_part").
     void set_events(const char *load, const char *write)
     {
         load_event_ = load;

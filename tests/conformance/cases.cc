@@ -1341,7 +1341,7 @@ END_TEST
 START_TEST(meta_l2_update) { meta_write_case(_i, "l2_update", fresh_off(g_stacks[_i]), 4096); }
 END_TEST
 
-START_TEST(meta_refblock_update) { meta_write_case(_i, "refblock_update", fresh_off(g_stacks[_i]), 4096); }
+START_TEST(meta_refblock_update) { meta_write_case(_i, "refblock_update_part", fresh_off(g_stacks[_i]), 4096); }
 END_TEST
 
 START_TEST(meta_cluster_alloc) { meta_write_case(_i, "cluster_alloc", fresh_off(g_stacks[_i]), 4096); }

@@ -203,7 +203,7 @@ q qemu-img snapshot -c S e0.qcow2
 q qemu-io -c "write -z 512k 64k" e0.qcow2
 raw_of e0.qcow2 refe2.raw
 injected=0
-for ev in l2_update refblock_update refblock_alloc cluster_alloc cluster_free flush_to_disk pwritev pwritev_zero; do
+for ev in l2_update refblock_update_part refblock_alloc cluster_alloc cluster_free flush_to_disk pwritev pwritev_zero; do
     for o in compat=0.10 refcount_bits=8 refcount_bits=1; do
         cp e0.qcow2 e.qcow2
         opts="{\"driver\":\"qcow2\",\"file\":{\"driver\":\"blkdebug\",\"image\":{\"driver\":\"file\",\"filename\":\"e.qcow2\"},"

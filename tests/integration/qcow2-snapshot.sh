@@ -193,7 +193,7 @@ q qemu-img snapshot -c one e0.qcow2
 q qemu-io -c "write -P 3 0 512k" e0.qcow2
 raw_of e0.qcow2 refE2.raw
 injected=0
-for ev in l1_update l2_update refblock_update refblock_alloc cluster_alloc cluster_free flush_to_os flush_to_disk pwritev; do
+for ev in l1_update l2_update refblock_update_part refblock_alloc cluster_alloc cluster_free flush_to_os flush_to_disk pwritev; do
     for op in "-c two" "-a one" "-d one"; do
         cp e0.qcow2 e.qcow2
         opts="{\"driver\":\"qcow2\",\"file\":{\"driver\":\"blkdebug\",\"image\":{\"driver\":\"file\",\"filename\":\"e.qcow2\"},"
