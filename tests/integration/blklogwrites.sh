@@ -23,6 +23,8 @@
 #     entries are unchanged, and the replay gives the final image.
 #  3. Each option error gives QEMU's message (compared with qemu-io's), a
 #     non-zero exit, and leaves the image and the log unchanged.
+#     A write the child failed is not logged; a failed log write fails its
+#     request and every later write (which no longer reaches the image).
 #  4. A qcow2 image exported by "blockgraph daemon" over FUSE (qcow2 ->
 #     blklogwrites(file, log)) written by fio (randwrite, iodepth 32,
 #     O_DIRECT, verify) in the main loop and with two iothreads: replaying
@@ -212,6 +214,32 @@ for e in "${ERRS[@]}"; do
         bad "$o ($log): ours \"$bmsg\" (exit $brc), QEMU's \"$qmsg\" (exit $qrc), changed: $([ "$before" = "$after" ] && echo no || echo yes)"
     fi
 done
+
+# ---------------------------------------------------------------- 3b. failures
+# A write the child fails (blkdebug EIO on the file below) is not logged;
+# the others are. A failed log write fails its request; later writes fail
+# without reaching the image; the log still reads up to the hole.
+truncate -s 1M fail.raw
+: >fail.log
+bgio -t writeback --image-opts "driver=blklogwrites,file.driver=blkdebug,file.image.driver=file,file.image.filename=fail.raw,file.inject-error.0.event=pwritev,file.inject-error.0.errno=5,file.inject-error.0.sector=128,log.driver=file,log.filename=fail.log" \
+    -c 'write -P 1 0 4k' -c 'write -P 2 64k 4k' -c 'write -P 3 8k 4k' -c flush >fail.out 2>&1 || true
+if grep -q 'write failed: Input/output error' fail.out && [ "$(norm fail.log 2>/dev/null | cut -d' ' -f1-3 | tr '\n' ,)" = "write 0 4096,write 8192 4096,flush," ]; then
+    ok "a write the child failed is not logged, the others are"
+else
+    bad "child failure: $(tr '\n' ' ' <fail.out); log: $(norm fail.log 2>&1 | tr '\n' ,)"
+fi
+rm -f fail.raw
+truncate -s 1M fail.raw
+: >fail.log
+# The second entry's header lies in log sector 10 (super block, entry 0 with 8 sectors of data).
+bgio -t writeback --image-opts "driver=blklogwrites,file.driver=file,file.filename=fail.raw,log.driver=blkdebug,log.image.driver=file,log.image.filename=fail.log,log.inject-error.0.event=pwritev,log.inject-error.0.errno=5,log.inject-error.0.sector=10" \
+    -c 'write -P 1 0 4k' -c 'write -P 2 8k 4k' -c 'write -P 3 16k 4k' -c flush >fail.out 2>&1 || true
+if [ "$(grep -c 'Input/output error' fail.out)" -ge 3 ] && qemu-io -f raw -c 'read -q -P 2 8k 4k' -c 'read -q -P 0 16k 4k' fail.raw >/dev/null 2>&1 \
+    && [ "$(norm fail.log 2>&1 | tr '\n' ,)" = "sectorsize 512 nr_entries 1 entries 1,write 0 4096 $(head -c 4096 fail.raw | sha1sum | cut -d' ' -f1)," ]; then
+    ok "a failed log write fails its request and every later one (the image unchanged by them); the log reads up to the hole"
+else
+    bad "log failure: $(tr '\n' ' ' <fail.out); log: $(norm fail.log 2>&1 | tr '\n' ,)"
+fi
 
 # ---------------------------------------------------------------- 4. qcow2 over FUSE, fio at depth 32
 ENGINE=io_uring
