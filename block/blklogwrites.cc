@@ -147,11 +147,12 @@ class LogWritesNode final : public FilterNode {
         bl_.request_alignment = static_cast<uint32_t>(std::max<uint64_t>(bl_.request_alignment, ss));
 
         // Whatever the child holds past the log's end (all of it for a
-        // fresh log) must not read as entries of ours.
+        // fresh log) must not read as entries of ours. A child that cannot
+        // shrink (a block device) keeps its old tail, as with QEMU.
         const int64_t end = o->log_append ? static_cast<int64_t>(cur_sector_ * ss) : 0;
         if (!read_only_ && (log_->getlength() > end)) {
             int r = run_in_coroutine([this, end] { return log_->co_truncate(end, true, PreallocMode::kOff); });
-            if (r < 0) return errno_error(-r, "Could not cut the log to its end");
+            if (r < 0 && r != -ENOTSUP && r != -EINVAL) return errno_error(-r, "Could not cut the log to its end");
         }
         return {};
     }

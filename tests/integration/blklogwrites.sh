@@ -33,7 +33,7 @@
 #  5. QMP: blockdev-add of the filter (children inline, log-sector-size
 #     4096) and query-named-block-nodes answer as qemu-storage-daemon's.
 set -euo pipefail
-export FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-110}
+export FUSE_TEST_BUDGET=${FUSE_TEST_BUDGET:-240}
 SRCDIR=$(cd "$(dirname "$0")/../.." && pwd)
 source "$(dirname "$0")/lib-fuse.sh"
 fuse_require_tools qemu-io qemu-storage-daemon fio cmp md5sum
@@ -266,7 +266,7 @@ for c in "${CONFIGS[@]}"; do
         bad "$d: the daemon did not start"
         continue
     fi
-    if tio fio --name=v --filename=mp --size=12M --offset_increment=16M --numjobs=2 --rw=randwrite \
+    if tio fio --name=v --filename=mp --size=8M --offset_increment=16M --numjobs=2 --rw=randwrite \
         --bsrange=4k-64k --iodepth=32 --ioengine=$ENGINE --direct=1 --verify=crc32c --verify_fatal=1 \
         --verify_state_save=0 --group_reporting >fio.log 2>&1; then
         ok "$d: fio randwrite iodepth=32 + verify through the mount"
