@@ -41,7 +41,8 @@
 // not logged (the format has no entry for it). Once a log write failed
 // the log has a hole; every later write, zero, discard or flush then fails
 // with EIO without reaching the child, so the log stays a faithful record
-// of what reached the child up to the hole.
+// of what reached the child up to the hole (the super block, rewritten at
+// close, counts the entries before it).
 //
 // Threading: I/O hooks may run in coroutines of several threads. Log space
 // and the entry count are taken under mutex_, which is never held across
@@ -146,11 +147,12 @@ class LogWritesNode final : public FilterNode {
         bl_.request_alignment = static_cast<uint32_t>(std::max<uint64_t>(bl_.request_alignment, ss));
 
         // Whatever the child holds past the log's end (all of it for a
-        // fresh log) must not read as entries of ours.
+        // fresh log) must not read as entries of ours. A child that cannot
+        // shrink (a block device) keeps its old tail, as with QEMU.
         const int64_t end = o->log_append ? static_cast<int64_t>(cur_sector_ * ss) : 0;
         if (!read_only_ && (log_->getlength() > end)) {
             int r = run_in_coroutine([this, end] { return log_->co_truncate(end, true, PreallocMode::kOff); });
-            if (r < 0) return errno_error(-r, "Could not cut the log to its end");
+            if (r < 0 && r != -ENOTSUP && r != -EINVAL) return errno_error(-r, "Could not cut the log to its end");
         }
         return {};
     }
@@ -158,9 +160,10 @@ class LogWritesNode final : public FilterNode {
     void close() override
     {
         // The generic layer flushed the node (which wrote the super block)
-        // unless flushes are off (cache.no-flush): then write it now, so
-        // that log-append finds every entry.
-        if (read_only_ || broken_ || super_written_ == nr_entries_) return;
+        // unless flushes are off (cache.no-flush) or the log broke: then
+        // write it now, so that readers and log-append find every entry
+        // (up to the hole of a broken log). Best effort: close cannot fail.
+        if (read_only_ || super_written_ == std::min(nr_entries_, hole_)) return;
         run_in_coroutine([this] { return co_update_super(); });
     }
 
@@ -301,6 +304,7 @@ class LogWritesNode final : public FilterNode {
         {
             std::lock_guard<std::mutex> g(mutex_);
             in_flight_.erase(index);
+            if (r < 0) hole_ = std::min(hole_, index);
         }
         if (r < 0) {
             broken_ = true;
@@ -311,14 +315,15 @@ class LogWritesNode final : public FilterNode {
     }
 
     // Rewrites the super block with the number of entries whose log
-    // writes all completed, then flushes the log child.
+    // writes all completed (none failed before them), then flushes the
+    // log child.
     int coroutine_fn co_update_super()
     {
         CoMutexGuard g(super_lock_);
         uint64_t done;
         {
             std::lock_guard<std::mutex> lg(mutex_);
-            done = in_flight_.empty() ? nr_entries_ : *in_flight_.begin();
+            done = std::min(in_flight_.empty() ? nr_entries_ : *in_flight_.begin(), hole_);
         }
         const uint64_t ss = sector_size_;
         AlignedBuf sb = aligned_alloc_buf(std::max<size_t>(log_->node()->limits().min_mem_alignment, 64), ss);
@@ -341,10 +346,11 @@ class LogWritesNode final : public FilterNode {
     BdrvChild *log_ = nullptr;
     uint64_t sector_size_ = 0;       // bytes, power of 2 in [32, 16 MiB)
     uint64_t update_interval_ = kDefaultUpdateInterval;   // entries, > 0
-    std::mutex mutex_;               // guards the three below; never held across a yield
+    std::mutex mutex_;               // guards the four below; never held across a yield
     uint64_t cur_sector_ = 1;        // the log sector the next entry starts at
     uint64_t nr_entries_ = 0;        // entries allocated (the next entry's index)
     std::set<uint64_t> in_flight_;   // indices of entries whose log writes have not completed
+    uint64_t hole_ = UINT64_MAX;     // index of the first entry whose log write failed
     CoMutex super_lock_;             // serialises super block rewrites
     uint64_t super_written_ = 0;     // nr_entries the super block on the log holds (under super_lock_)
     std::atomic<bool> broken_{false};   // a log write failed: refuse further writes

@@ -227,7 +227,14 @@ bool collect_chain_info(OpenArgs oa, bool chain, std::vector<InfoEntry> *list)
         if (!img) return false;
         // QEMU shows the node's file name (a json: or --image-opts
         // description of a plain file shows that file's name).
-        const std::string name = img->root->filename().empty() ? oa.name : img->root->filename();
+        // A blklogwrites filter in the tree is named by its options (its
+        // log child is part of what it is), as QEMU does.
+        bool logwrites = false;
+        for (BlockNode *n = img->root; n && !logwrites; n = n->file_child() ? n->file_child()->node() : nullptr) {
+            logwrites = std::strcmp(n->driver_name(), "blklogwrites") == 0;
+        }
+        const std::string name = logwrites ? node_qemu_filename(img->root)
+                                 : img->root->filename().empty() ? oa.name : img->root->filename();
         list->push_back(collect_info(img->root, name));
         const json &j = list->back().j;
         if (!chain) return true;

@@ -7,12 +7,13 @@ This is the format the blklogwrites filter writes (ours and QEMU's):
                   sectorsize u32 (little-endian), rest of the sector zero
   sector 1...     entries, one after another; each is one sector holding
                   sector u64, nr_sectors u64, flags u64, data_len u64, then
-                  (unless the entry is a discard, a flush or a mark without
-                  data) nr_sectors sectors of the data written.
+                  (unless the entry is a discard) nr_sectors sectors of the
+                  data written (none for flushes and marks: nr_sectors 0).
 
 Sectors are of the log's own sector size (the super block's sectorsize).
-Flags: FLUSH 1, FUA 2, DISCARD 4, MARK 8 (a mark carries data_len bytes of
-text in the sectors after it).  The super block's nr_entries may lag the
+Flags: FLUSH 1, FUA 2, DISCARD 4, MARK 8 (a mark keeps data_len bytes of
+text inside its own entry sector, right after the 32-byte header, as the
+kernel's log_one_block() writes it; it has no data sectors).  The super block's nr_entries may lag the
 log (it is rewritten at flushes and every log-super-update-interval
 entries), so read_log() walks on past it while entries stay well formed.
 
@@ -88,10 +89,12 @@ class Entry:
 
     def data(self, log):
         """The entry's data (bytes) read from the open log file object."""
-        if self.is_discard or self.is_mark and not self.data_len:
+        if self.is_mark:
+            n = min(self.data_len, self.sectorsize - ENTRY.size)
+            return os.pread(log.fileno(), n, self.data_pos - self.sectorsize + ENTRY.size)
+        if self.is_discard:
             return b""
-        n = self.data_len if self.is_mark else self.length
-        return os.pread(log.fileno(), n, self.data_pos)
+        return os.pread(log.fileno(), self.length, self.data_pos)
 
     def __repr__(self):
         return "%d %s off=%d len=%d" % (self.index, self.kind(), self.offset, self.length)
@@ -115,7 +118,7 @@ def read_log(path):
         pos = ss
         while pos + ENTRY.size <= size:
             sector, nr, flags, dlen = ENTRY.unpack(os.pread(f.fileno(), ENTRY.size, pos))
-            bad = flags & ~FLAG_MASK or (flags & MARK and dlen > nr * ss + ss) \
+            bad = flags & ~FLAG_MASK or (flags & MARK and dlen > ss - ENTRY.size) \
                 or sector > (1 << 63) // ss or nr > size // ss
             if bad or (flags == 0 and nr == 0 and sector == 0):
                 if len(entries) < nr_super:
@@ -123,8 +126,6 @@ def read_log(path):
                 break
             data_pos = pos + ss
             nsect = 0 if flags & DISCARD else nr
-            if flags & MARK:
-                nsect = (dlen + ss - 1) // ss
             if data_pos + nsect * ss > size:
                 if len(entries) < nr_super:
                     raise LogError("%s: entry %d runs past the end of the log" % (path, len(entries)))

@@ -801,7 +801,7 @@ class Gen {
         if (dz) in["detect-zeroes"] = c["detect-zeroes"] = dz == 1 ? "on" : "unmap";
         bool direct = coin();
         const bool no_flush = coin();
-        switch (below(depth > 3 ? 3 : 10)) {
+        switch (below(depth > 3 ? 3 : 11)) {
         case 0: {
             in["driver"] = c["driver"] = "file";
             std::string name = text();
@@ -872,6 +872,14 @@ class Gen {
             if (coin()) in["on-cbw-error"] = c["on-cbw-error"] = "break-snapshot";
             if (coin()) in["cbw-timeout"] = c["cbw-timeout"] = 1 + below(UINT32_MAX - 1);
             if (coin()) in["min-cluster-size"] = c["min-cluster-size"] = uint64_t(512) << below(20);
+            break;
+        case 9:
+            in["driver"] = c["driver"] = "blklogwrites";
+            ref(in, c, "file", depth, false);
+            ref(in, c, "log", depth, false);
+            if (coin()) in["log-sector-size"] = c["log-sector-size"] = uint64_t(1) << below(24);
+            if (coin()) in["log-append"] = c["log-append"] = true;
+            if (coin()) in["log-super-update-interval"] = c["log-super-update-interval"] = 1 + below(1 << 20);
             break;
         default:
             qcow2(in, c, depth, ro);
