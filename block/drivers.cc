@@ -19,6 +19,7 @@ extern const BlockDriver kDriverCopyBeforeWrite; // block/copy-before-write.cc
 extern const BlockDriver kDriverRbd;        // block/rbd.cc
 extern const BlockDriver kDriverMirrorTop;  // block/mirror.cc (internal: only the mirror job opens one)
 extern const BlockDriver kDriverCommitTop;  // block/commit.cc
+extern const BlockDriver kDriverBlkLogWrites; // block/blklogwrites.cc
 
 void register_builtin_drivers(DriverRegistry *registry)
 {
@@ -34,6 +35,7 @@ void register_builtin_drivers(DriverRegistry *registry)
     registry->add(&kDriverRbd);
     registry->add(&kDriverMirrorTop);
     registry->add(&kDriverCommitTop);
+    registry->add(&kDriverBlkLogWrites);
 }
 
 const DriverRegistry &builtin_drivers()

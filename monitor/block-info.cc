@@ -91,6 +91,7 @@ const std::vector<const char *> &strong_keys(const char *driver)
         {"raw", {"offset", "size"}},
         {"blkdebug", {"config", "align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard",
                       "max-discard", "inject-error", "set-state"}},
+        {"blklogwrites", {"log-append", "log-sector-size"}},
     };
     static const std::vector<const char *> kNone;
     for (const StrongKeys &s : kTable) {
@@ -196,6 +197,9 @@ QemuName qemu_name(BlockNode *n, int depth)
 
     if (drv->kind == BlockDriverKind::kFilter) {
         if (strong) return q;
+        // blklogwrites has no file name of its own and its log child is
+        // part of what it is: QEMU names it by its options.
+        if (std::strcmp(drv->name, "blklogwrites") == 0) return q;
         // A filter without a file name syntax of its own (copy-on-read,
         // commit_top, mirror_top) has its child's name (QEMU's generic
         // rule for a node without strong options).

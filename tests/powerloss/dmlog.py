@@ -182,3 +182,6 @@ if __name__ == "__main__":
     except LogError as e:
         sys.stderr.write("dmlog: %s\n" % e)
         sys.exit(1)
+    except OSError as e:
+        sys.stderr.write("dmlog: %s: %s\n" % (e.filename, e.strerror))
+        sys.exit(1)
