@@ -345,6 +345,9 @@ class Writer:
         # blockgraph's FUSE export makes punch-hole a write-zeroes with
         # unmap (it reads back zeroes); qemu-storage-daemon's is a discard,
         # which qcow2 may ignore for partial clusters: zero-range only there.
+        # (Through blklogwrites, blockgraph refuses write-zeroes with unmap,
+        # so punch-hole fails with EOPNOTSUPP there too: --punch enables
+        # it where the graph supports it.)
         self.punch = punch
         self.errors = []
 
@@ -510,7 +513,7 @@ class Workload:
 
     def writer(self, mp, s):
         return Writer(mp, self.ledger, [lp for lp, _ in s.logs], self.h.seed + len(self.sessions),
-                      self.threads, punch=self.h.args.daemon == "blockgraph")
+                      self.threads, punch=self.h.args.punch and self.h.args.daemon == "blockgraph")
 
     def record(self, run_dir):
         """Runs the workload: default one session of writer operations."""
@@ -529,6 +532,10 @@ class Workload:
     # -- per-state extras --------------------------------------------------
     def state_checks(self, sdir, state, rng):
         return []
+
+    def check_exit_ok(self, state, rc, out):
+        """True to accept a qemu-img check exit status other than 0/3."""
+        return False
 
     def final_checks(self, sdir, session):
         return []
@@ -649,17 +656,23 @@ class Snapshots(Workload):
         s = self.begin_session(run_dir)
         d, mp = self.start(run_dir, s)
         self.snaps = {}    # name -> (L at create, L at delete or None, values)
+        self.ops_windows = []   # (log length before, L after) of each snapshot command
         try:
             w = self.writer(mp, s)
             for i in range(5):
                 w.run(self.ops() // 5)
                 name = "s%d" % i
+                before = w.lengths()
                 d.cmd("blockdev-snapshot-internal-sync", device="q", name=name)
                 self.snaps[name] = [w.lengths(), None, self.ledger.snapshot_values()]
+                self.ops_windows.append((before[0], self.snaps[name][0]))
                 if i >= 2:
                     old = "s%d" % (i - 2)
+                    before = w.lengths()
+                    self.snaps[old].append(before)
                     d.cmd("blockdev-snapshot-delete-internal-sync", device="q", name=old)
                     self.snaps[old][1] = w.lengths()
+                    self.ops_windows.append((before[0], self.snaps[old][1]))
             d.stop()
         finally:
             d.kill()
@@ -669,16 +682,39 @@ class Snapshots(Workload):
         fails = []
         info = json.loads(run(["qemu-img", "info", "--output=json", "-U", "img.qcow2"]).stdout or "{}")
         have = {sn["name"] for sn in info.get("snapshots", [])}
-        for name, (Lc, Ld, values) in self.snaps.items():
+        for name, (Lc, Ld, values, *started) in self.snaps.items():
             created = state.reached(Lc)
             deleted = Ld is not None and state.reached(Ld)
+            # Once its deletion started, the snapshot may be gone.
+            deleting = bool(started) and state.max_pos >= started[0][0]
             if deleted and name in have:
                 fails.append("snapshot %s is listed after its deletion was acknowledged" % name)
-            elif created and not deleted and name not in have:
+            elif created and not deleting and name not in have:
                 fails.append("snapshot %s is missing after its creation was acknowledged" % name)
             elif name in have and rng.random() < self.h.args.snapshot_sample:
                 fails += self.check_snapshot(name, values)
         return fails
+
+    def check_exit_ok(self, state, rc, out):
+        """Creating or deleting an internal snapshot changes refcounts and
+        the OFLAG_COPIED flags of every L2/L1 entry, which no ordering makes
+        atomic (QEMU's qcow2 alike): a crash inside the command may leave
+        flags that disagree with refcounts ("ERROR OFLAG_COPIED"), which
+        qemu-img check counts as errors and -r all repairs; refcounts are
+        never too low.  The last flag updates may stay in the cache after
+        the command returned (QEMU's too), so the window ends at the first
+        flush after the reply.  Accepted there, and only that: the image
+        must then check clean after qemu-img check -r all."""
+        if rc != 2 or not any(state.max_pos >= lo and state.barrier_pos < first_flush_after(state.ctx_flushes, L[0])
+                               for lo, L in self.ops_windows):
+            return False
+        errs = [l for l in out.splitlines() if l.startswith("ERROR")]
+        if not errs or not all(l.startswith("ERROR OFLAG_COPIED") for l in errs):
+            return False
+        r = run(["qemu-img", "check", "-r", "all", "-f", "qcow2", "img.qcow2"])
+        r2 = run(["qemu-img", "check", "-f", "qcow2", "img.qcow2"])
+        self.h.copied_repaired.value += 1
+        return r2.returncode == 0
 
     def check_snapshot(self, name, values):
         r = run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", "-l", "snapshot.name=" + name,
@@ -733,7 +769,15 @@ class Bitmaps(Workload):
             return []
         b0 = self.bitmaps().get("b0")
         if b0 is not None and "in-use" not in b0.get("flags", []):
-            return ["bitmap b0 is not flagged in use although the second run's writes are in the image"]
+            # Stored again (consistent) by the clean stop: only once every
+            # guest write of the run is in the image.
+            full = {}
+            for sess, L, done in self.ledger.syncs:
+                for b, i in done:
+                    full[b] = max(full.get(b, -1), i)
+            fails = verify_guest(state.raw, self.ledger, full, self.ledger.nblocks)
+            return ["bitmap b0 is stored as consistent before all of the run's writes are in the image: " + f
+                    for f in fails[:1]]
         return []
 
     def final_checks(self, sdir, session):
@@ -843,6 +887,14 @@ class State:
         if L is None:
             return True
         return dp_pos(self.ctx_flushes, L[0]) <= self.barrier_pos
+
+
+def first_flush_after(flush_pos, L):
+    """The header position of the first FLUSH entry at or after L."""
+    for p in flush_pos:
+        if p >= L:
+            return p
+    return 1 << 62
 
 
 def dp_pos(flush_pos, L):
@@ -987,6 +1039,8 @@ class Checker:
         for desc, extra, tear in states:
             st = State(si, bpos, is_final=(desc == "final"))
             st.ctx_flushes = flush_pos
+            last = extra[-1] if extra else start - 1
+            st.max_pos = entries[last].data_pos - entries[last].sectorsize if last >= 0 else -1
             if desc == "final":
                 st.barrier_pos = 1 << 62
             secondary = self.secondary_entries(si, st)
@@ -1039,22 +1093,29 @@ class Checker:
         # refcounts image: QEMU's repair on open leaves leaks too); not
         # after the clean stop.
         ok_rc = (0,) if st.is_final else (0, 3)
-        if r.returncode not in ok_rc:
-            fails.append("qemu-img check exit %d: %s" % (r.returncode, " | ".join(
-                l for l in (r.stdout + r.stderr).splitlines() if l.strip())[:400]))
+        if r.returncode not in ok_rc and not (not st.is_final and self.wl.check_exit_ok(st, r.returncode, r.stdout)):
+            if getattr(self.wl, "ops_windows", None):
+                fails.append("(state max_pos %d barrier %d; command windows %s)" % (
+                    st.max_pos, st.barrier_pos, [(lo, L[0], first_flush_after(st.ctx_flushes, L[0]))
+                                                 for lo, L in self.wl.ops_windows]))
+            lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+            errs = [l for l in lines if l.startswith(("ERROR", "Leaked"))]
+            fails.append("qemu-img check exit %d: %s%s" % (r.returncode, " | ".join(lines[:2])[:200],
+                         " | " + " | ".join(errs[:4]) if errs else ""))
         if self.bg:
             r = run([self.bg, "io", "-r", "-f", "qcow2", "-c", "read 0 512", img], env=env)
             if r.returncode or "error" in r.stdout.lower():
                 fails.append("blockgraph io -r: exit %d: %s" % (r.returncode, (r.stderr + r.stdout).strip()[:300]))
-        r = run(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 512", img])
-        if r.returncode or "error" in r.stdout.lower() or r.stderr.strip():
+        r = run(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 512", img]) \
+            if st.is_final or self.rng.random() < self.args.qemu_io_sample else None
+        if r is not None and (r.returncode or "error" in r.stdout.lower() or r.stderr.strip()):
             fails.append("qemu-io -r: exit %d: %s" % (r.returncode, (r.stderr + r.stdout).strip()[:300]))
         if not self.wl.fio:
             r = run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", img, "guest.raw"])
             if r.returncode:
                 fails.append("qemu-img convert: " + r.stderr.strip()[:300])
             else:
-                raw = RawImage("guest.raw")
+                raw = st.raw = RawImage("guest.raw")
                 os.unlink("guest.raw")
                 fails += verify_guest(raw, self.wl.ledger, self.durable_map(si, st), self.wl.ledger.nblocks)
         fails += self.wl.state_checks(sdir, st, self.rng)
@@ -1130,6 +1191,7 @@ class Harness:
         if args.misorder:
             self.daemon_env["BLOCKGRAPH_TEST_QCOW2_MISORDER"] = args.misorder
         self.repairs = multiprocessing.get_context("fork").Value("i", 0)
+        self.copied_repaired = multiprocessing.get_context("fork").Value("i", 0)
 
     def run_workload(self, cls, top):
         self.wdir = os.path.join(top, cls.name)
@@ -1191,6 +1253,11 @@ def main():
     ap.add_argument("--repair-sample", type=float, default=0.05,
                     help="share of states also repaired with qemu-img check -r leaks (default 0.05)")
     ap.add_argument("--snapshot-sample", type=float, default=0.2)
+    ap.add_argument("--punch", action="store_true",
+                    help="discard-zero also punches holes (blockgraph only; blklogwrites refuses them today)")
+    ap.add_argument("--qemu-io-sample", type=float, default=0.25,
+                    help="share of states also opened with qemu-io (every state is opened by QEMU's "
+                         "block layer anyway: qemu-img check and convert); default 0.25")
     ap.add_argument("--seed", type=int, default=int(os.environ.get("BG_POWERLOSS_SEED", "1")))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--details", type=int, default=3)
@@ -1244,8 +1311,10 @@ def main():
         os.chdir("/")
         if not os.environ.get("BG_POWERLOSS_KEEP"):
             shutil.rmtree(top, ignore_errors=True)
-    print("total: %d workloads, %d barriers, %d crash states, %d bad, %d repaired with -r leaks, %.0f s%s" % (
-        len(names), tot_flush, tot_states, tot_bad, h.repairs.value, time.monotonic() - t0,
+    print("total: %d workloads, %d barriers, %d crash states, %d bad, %d repaired with -r leaks, "
+          "%d inside a snapshot command repaired with -r all, %.0f s%s" % (
+              len(names), tot_flush, tot_states, tot_bad, h.repairs.value, h.copied_repaired.value,
+              time.monotonic() - t0,
         "; FAILED to run: " + ", ".join(failed) if failed else ""), flush=True)
     if failed:
         return 1
