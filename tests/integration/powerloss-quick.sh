@@ -19,12 +19,12 @@ BLOCKGRAPH=${BLOCKGRAPH:-$here/../../build/blockgraph}
 export BLOCKGRAPH
 H=$here/../powerloss/powerloss.py
 rc=0
-timeout -k 10 70 python3 "$H" --workloads rewrite,alloc-random,discard-zero --ops 25 \
+timeout -k 10 90 python3 "$H" --workloads rewrite,alloc-random,discard-zero --ops 20 \
     --states-per-flush 1 --jobs 1 --seed "${BG_POWERLOSS_SEED:-1}"
 r=$?
 [ $r = 77 ] && exit 77
 [ $r = 0 ] || rc=1
-timeout -k 10 40 python3 "$H" --workloads alloc-seq --ops 20 --states-per-flush 1 --jobs 1 \
+timeout -k 10 45 python3 "$H" --workloads alloc-seq --ops 16 --states-per-flush 1 --jobs 1 \
     --misorder l2-before-refcount --expect-bad --details 1
 r=$?
 if [ $r = 0 ]; then

@@ -1093,7 +1093,7 @@ class Checker:
         # refcounts image: QEMU's repair on open leaves leaks too); not
         # after the clean stop.
         ok_rc = (0,) if st.is_final else (0, 3)
-        if r.returncode not in ok_rc and not (not st.is_final and self.wl.check_exit_ok(st, r.returncode, r.stdout)):
+        if r.returncode not in ok_rc and not (not st.is_final and self.wl.check_exit_ok(st, r.returncode, r.stdout + r.stderr)):
             if getattr(self.wl, "ops_windows", None):
                 fails.append("(state max_pos %d barrier %d; command windows %s)" % (
                     st.max_pos, st.barrier_pos, [(lo, L[0], first_flush_after(st.ctx_flushes, L[0]))
