@@ -574,7 +574,7 @@ class AllocRandom(Workload):
 
 class Discard(Workload):
     name = "discard-zero"
-    __doc__ = "writes mixed with fallocate punch-hole and zero-range through the mount"
+    __doc__ = "writes mixed with fallocate zero-range (and punch-hole with --punch) through the mount"
 
     def writer_opts(self):
         return {"zero_rate": 0.25}
@@ -602,7 +602,7 @@ class Backing(Workload):
 class DataFile(Workload):
     name = "data-file"
     data_file = True
-    __doc__ = "an external data file with its own blklogwrites (see --help of the workload for the model)"
+    __doc__ = "an external data file with its own blklogwrites (the model: docs/reliability.md)"
 
     # Two logs have no common order.  The data file's writes go to fixed
     # places (guest offset = data file offset), so no metadata state
