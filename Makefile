@@ -270,6 +270,20 @@ check-crash: $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' BG_SRCDIR='$(SRCDIR)' BG_BUILD_DIR='$(abspath $(B))' \
 	    BG_CRASH_ITERATIONS='$(or $(N),1000)' tests/integration/qcow2-crash.sh
 
+# make check-powerloss: the power-loss replay campaign (tests/powerloss/
+# powerloss.py, docs/reliability.md): every workload recorded through
+# blklogwrites, replayed to every flush point and STATES_PER_FLUSH random
+# crash states between flushes, each checked with qemu-img check, the
+# opens and the fsync-acknowledged data. N: writer operations per thread
+# and run (default 150); POWERLOSS_WORKLOADS (default all);
+# POWERLOSS_DAEMON=qsd runs QEMU's qcow2 through the same harness.
+# "make check" runs the fast subset (tests/integration/powerloss-quick.sh).
+.PHONY: check-powerloss
+check-powerloss: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' tests/powerloss/powerloss.py --ops '$(or $(N),150)' \
+	    --states-per-flush '$(or $(STATES_PER_FLUSH),4)' --workloads '$(or $(POWERLOSS_WORKLOADS),all)' \
+	    --daemon '$(or $(POWERLOSS_DAEMON),blockgraph)' --jobs '$(TEST_JOBS)'
+
 # The unit tests and the tests that feed blockgraph hostile input, again
 # under ASan+UBSan (build in $(B)/asan); any report aborts the test.  For
 # the integration tests sanitizer output goes to $(B)/asan/reports/ (ASan's
@@ -428,6 +442,7 @@ help:
 	@echo '  check-unit         run $(B)/tests/unit/test-* (TESTS="test-x ..." to filter)'
 	@echo '  check-integration  run tests/integration/*.sh with BLOCKGRAPH set'
 	@echo '  check-crash        the qcow2 SIGKILL crash test, N=1000 iterations'
+	@echo '  check-powerloss    the power-loss replay campaign (N, STATES_PER_FLUSH)'
 	@echo '  check-layering     check #include lines against the layering rules'
 	@echo '  bench              run $(or $(BENCH_TARGETS),the bench-* targets) one at a time'
 	@echo '  bench-NAME         build and run $(B)/bench/NAME (BENCH_ARGS=...)'

@@ -391,6 +391,12 @@ class MetadataCache {
     int coroutine_fn co_set_dependency(MetadataCache *dep);
     // Before any dirty entry of this cache is written, the file is flushed.
     void depends_on_flush() { depends_on_flush_ = true; }
+    // TEST ONLY (BLOCKGRAPH_TEST_QCOW2_MISORDER=l2-before-refcount, read
+    // once at open in qcow2.cc): co_set_dependency() becomes a no-op, so
+    // this cache's entries may reach the disk before the other cache's.
+    // Breaks crash consistency on purpose: the power-loss harness
+    // (tests/powerloss/) must catch it.
+    void test_ignore_dependencies() { test_ignore_deps_ = true; }
     bool dirty() const;
     // Frees the memory of entries not used since the previous call and not
     // pinned or dirty (cache-clean-interval). Returns how many were freed.
@@ -429,6 +435,7 @@ class MetadataCache {
     const char *write_event_ = nullptr;
     MetadataCache *depends_ = nullptr;
     bool depends_on_flush_ = false;
+    bool test_ignore_deps_ = false;
     std::vector<Entry> entries_;
     std::unordered_map<uint64_t, size_t> index_;   // offset -> entry index (valid entries)
     uint64_t lru_clock_ = 0;
