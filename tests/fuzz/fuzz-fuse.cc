@@ -40,6 +40,8 @@
 // Build and run: make fuzz / make check-fuzz (tests/fuzz/fuzz.mk).
 // tests/fuzz/make-corpus-fuse.py writes the seed corpus.
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <linux/falloc.h>
 #include <unistd.h>
 
@@ -250,20 +252,40 @@ void FakeTransport::check_all_replied() const
     }
 }
 
+const std::string &env_image();
+const std::string &env_dir();
+
 struct Env {
     std::unique_ptr<AioContext> ctx;
     std::string dir, image;
     std::vector<char> pristine;   // the qcow2 image's bytes
     Env()
     {
+        // The export logs refused requests (an old INIT, a size the node
+        // refuses) as errors: expected here, by the thousand.
         log_set_level(LogLevel::kError);
         ctx = AioContext::create(g_main_context_default());
         AioContext::set_current(ctx.get());
-        char tmpl[] = "/tmp/bg-fuzz-fuse.XXXXXX";
-        if (!mkdtemp(tmpl)) abort();
+        // A growable export grows the image as asked: FALLOCATE mode 0 past
+        // the end preallocates, and a fuzzed length can be a terabyte. No
+        // file of this process may pass 256 MiB (writes beyond fail with
+        // EFBIG instead of SIGXFSZ); the image stays far below that
+        // otherwise, and libFuzzer's own files are at most -max_len.
+        struct rlimit rl = {256 << 20, 256 << 20};
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0) abort();
+        signal(SIGXFSZ, SIG_IGN);
+        // In memory where there is /dev/shm: the image is rewritten and
+        // flushed for every input.
+        std::string base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+        std::string tmpl = base + "/bg-fuzz-fuse.XXXXXX";
+        if (!mkdtemp(tmpl.data())) abort();
         dir = tmpl;
         image = dir + "/img.qcow2";
         make_image();
+        std::atexit([] {
+            unlink(env_image().c_str());
+            rmdir(env_dir().c_str());
+        });
     }
     // A 1 MiB qcow2 image (64 KiB clusters) with data at 0 and 512 KiB and
     // a zero cluster at 256 KiB, made through our own driver.
@@ -295,11 +317,16 @@ struct Env {
     }
 };
 
+Env *g_env = nullptr;   // lives for the process; its files go at exit
+
 Env &env()
 {
-    static Env *e = new Env();   // lives for the process (libFuzzer never exits cleanly)
-    return *e;
+    if (!g_env) g_env = new Env();
+    return *g_env;
 }
+
+const std::string &env_image() { return g_env->image; }
+const std::string &env_dir() { return g_env->dir; }
 
 // An INIT as a 7.31 kernel sends it: the request bytes of one record.
 std::vector<uint8_t> valid_init()
