@@ -164,6 +164,13 @@ def seeds():
                            write(0, b"a" * 64, size=64))
     yield "big-write", seq(q | RING, write(0, bytes(128 << 10)), read(0, 1 << 20), read(0, (1 << 20) + 1))
     yield "writethrough", seq(q | WRITETHROUGH, write(4096, data), fsync(), read(4096, 4096))
+    # Regressions: offsets and lengths past INT64_MAX overflowed the signed
+    # end computed in READ, WRITE and FALLOCATE (UBSan).
+    big = 1 << 63
+    yield "regress-range-read", seq(w, read(big, 4096), read(big - 1, 4096))
+    yield "regress-range-write", seq(w | GROWABLE, write(big - 8, b"x" * 16), write(big, b"x" * 16))
+    yield "regress-range-fallocate", seq(w | GROWABLE, fallocate(big - 8, 1 << 62, 0),
+                                         fallocate(1 << 62, big - 1, ZERO_RANGE), fallocate(big, 4096, PUNCH_HOLE | KEEP_SIZE))
 
 
 def main():
