@@ -42,6 +42,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <linux/falloc.h>
 #include <unistd.h>
 
@@ -252,9 +253,6 @@ void FakeTransport::check_all_replied() const
     }
 }
 
-const std::string &env_image();
-const std::string &env_dir();
-
 struct Env {
     std::unique_ptr<AioContext> ctx;
     std::string dir, image;
@@ -282,10 +280,10 @@ struct Env {
         dir = tmpl;
         image = dir + "/img.qcow2";
         make_image();
-        std::atexit([] {
-            unlink(env_image().c_str());
-            rmdir(env_dir().c_str());
-        });
+        // Nothing stays on disk between inputs (libFuzzer may end the
+        // process without running exit handlers).
+        unlink(image.c_str());
+        rmdir(dir.c_str());
     }
     // A 1 MiB qcow2 image (64 KiB clusters) with data at 0 and 512 KiB and
     // a zero cluster at 256 KiB, made through our own driver.
@@ -317,16 +315,11 @@ struct Env {
     }
 };
 
-Env *g_env = nullptr;   // lives for the process; its files go at exit
-
 Env &env()
 {
-    if (!g_env) g_env = new Env();
-    return *g_env;
+    static Env *e = new Env();   // lives for the process (libFuzzer never exits cleanly)
+    return *e;
 }
-
-const std::string &env_image() { return g_env->image; }
-const std::string &env_dir() { return g_env->dir; }
 
 // An INIT as a 7.31 kernel sends it: the request bytes of one record.
 std::vector<uint8_t> valid_init()
@@ -370,6 +363,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     BlockGraph graph;
     nlohmann::json node;
     if (cfg & 16) {
+        mkdir(e.dir.c_str(), 0700);
         int fd = open(e.image.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
         if (fd < 0 || write(fd, e.pristine.data(), e.pristine.size()) != static_cast<ssize_t>(e.pristine.size()))
             abort();
@@ -418,5 +412,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     x.value()->shutdown();
     x.value().reset();
     graph.close_all();
+    if (cfg & 16) {
+        unlink(e.image.c_str());
+        rmdir(e.dir.c_str());
+    }
     return 0;
 }
