@@ -50,6 +50,7 @@ class CopyRun {
     const Error &error() const { return error_; }
 
   private:
+    std::string dst_name() const { return dst_->node() ? dst_->node()->filename() : ""; }
     // Writes only what differs from a diff base (a backend, or zeros).
     bool diffing() const { return opts_.diff_against || opts_.diff_against_zeros; }
     static void worker_entry(void *opaque);
@@ -314,8 +315,8 @@ int CopyRun::write_data(int64_t offset, int64_t bytes, uint8_t *buf, Error *e)
 {
     int ret = dst_->co_pwrite(offset, bytes, buf, opts_.compress ? kReqWriteCompressed : 0);
     if (ret < 0) {
-        *e = make_error(-ret, "error while writing at byte %lld: %s", static_cast<long long>(offset),
-                        std::strerror(-ret));
+        *e = make_error(-ret, "error while writing at byte %lld of '%s': %s", static_cast<long long>(offset),
+                        dst_name().c_str(), std::strerror(-ret));
         return ret;
     }
     std::lock_guard<std::mutex> g(mu_);
@@ -332,8 +333,8 @@ int CopyRun::write_zero_range(int64_t offset, int64_t bytes, Error *e)
     }
     int ret = dst_->co_pwrite_zeroes(offset, bytes, kReqMayUnmap);
     if (ret < 0) {
-        *e = make_error(-ret, "error while writing at byte %lld: %s", static_cast<long long>(offset),
-                        std::strerror(-ret));
+        *e = make_error(-ret, "error while writing at byte %lld of '%s': %s", static_cast<long long>(offset),
+                        dst_name().c_str(), std::strerror(-ret));
         return ret;
     }
     std::lock_guard<std::mutex> g(mu_);

@@ -174,7 +174,8 @@ struct CopyStats {
 // finish):
 //   "error while reading block status at byte N of 'NAME': <strerror>"
 //   "error while reading at byte N of 'NAME': <strerror>"
-//   "error while writing at byte N: <strerror>"
+//   "error while writing at byte N of 'NAME': <strerror>" (NAME: the
+//   destination node's file name)
 //   EINVAL for bad options (workers, sizes) or a destination too short.
 Result<CopyStats> coroutine_fn co_copy(const std::vector<CopySource> &sources, BlockBackend *dst,
                                        const CopyOptions &opts);

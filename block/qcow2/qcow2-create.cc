@@ -381,9 +381,13 @@ Result<OpenFile> open_file_rw(const std::string &path)
     return f;
 }
 
+// The message names the file; qemu-img and convert put the file name in
+// front of the QEMU text themselves ("Could not write refcount table: ...",
+// as QEMU says).
 Status io_error(int r, const std::string &path, const char *what)
 {
-    return make_error(-r, "%s: could not write the %s: %s", path.c_str(), what, strerror(-r));
+    return make_error(-r, "%s: could not write the %s: %s", path.c_str(), what, strerror(-r))
+        .with_qemu_text(std::string("Could not write ") + what + ": " + strerror(-r));
 }
 
 } // namespace

@@ -49,6 +49,25 @@ void FuseQueue::publish_counters()
 
 Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, const std::vector<IoThread *> &iothreads)
 {
+    Status s = open_node(graph, opts);
+    if (!s.ok()) return s;
+    s = check_mountpoint();
+    if (s.ok()) s = choose_passthrough(opts);
+    if (s.ok()) s = choose_uring(opts.fuse.io_uring);
+    if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
+    s = mount_as(opts.fuse.allow_other);
+    if (s.ok()) s = make_queues(iothreads);
+    if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
+    for (auto &q : queues_) attach(q.get());
+    log_info("export '%s': node '%s' mounted at %s (%s, %zu queue%s)", id_.c_str(), node_->node_name().c_str(),
+             mountpoint_.c_str(), writable_ ? "writable" : "read-only", queues_.size(), queues_.size() > 1 ? "s" : "");
+    return {};
+}
+
+// What every export needs before its transports: the options, the node,
+// its backend and the file attributes.
+Status FuseExport::open_node(BlockGraph &graph, const BlockExportOptions &opts)
+{
     id_ = opts.id;
     type_ = "fuse";
     mountpoint_ = opts.fuse.mountpoint;
@@ -67,21 +86,9 @@ Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, cons
     if (!b.ok()) return b.error().prefixed("export '" + id_ + "'");
     blk_ = std::move(b.value());
     blk_->set_writethrough(opts.writethrough);
-
-    Status s = check_mountpoint();
-    if (s.ok()) s = choose_passthrough(opts);
-    if (s.ok()) s = choose_uring(opts.fuse.io_uring);
-    if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
     mode_ = S_IFREG | S_IRUSR | (writable_ ? S_IWUSR : 0);
     uid_ = getuid();
     gid_ = getgid();
-
-    s = mount_as(opts.fuse.allow_other);
-    if (s.ok()) s = make_queues(iothreads);
-    if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
-    for (auto &q : queues_) attach(q.get());
-    log_info("export '%s': node '%s' mounted at %s (%s, %zu queue%s)", id_.c_str(), node_->node_name().c_str(),
-             mountpoint_.c_str(), writable_ ? "writable" : "read-only", queues_.size(), queues_.size() > 1 ? "s" : "");
     return {};
 }
 
@@ -349,6 +356,27 @@ std::string FuseExport::stats_text() const
 }
 
 // ---------------------------------------------------------------- creation
+
+Result<std::unique_ptr<FuseExport>> FuseExport::create_unmounted(BlockGraph &graph, const BlockExportOptions &opts,
+                                                               const TransportFactory &make_transport)
+{
+    std::unique_ptr<FuseExport> exp(new FuseExport);
+    Status s = exp->open_node(graph, opts);
+    if (!s.ok()) {
+        exp->shutdown();
+        return s.error();
+    }
+    exp->passthrough_why_ = "not mounted";
+    exp->uring_why_ = "not mounted";
+    exp->allow_other_ = opts.fuse.allow_other == OnOffAuto::kOn;
+    auto q = std::make_unique<FuseQueue>();
+    q->exp = exp.get();
+    q->ctx = exp->main_ctx_;
+    q->dev = make_transport(q.get());
+    exp->queues_.push_back(std::move(q));
+    exp->attach(exp->queues_.back().get());
+    return exp;
+}
 
 Result<std::unique_ptr<BlockExport>> fuse_export_create(BlockGraph &graph, const BlockExportOptions &opts,
                                                         const std::vector<IoThread *> &iothreads,

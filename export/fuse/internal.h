@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -154,6 +155,14 @@ struct FuseQueue {
 
 class FuseExport final : public BlockExport {
   public:
+    using TransportFactory = std::function<std::unique_ptr<FuseTransport>(FuseQueue *)>;
+    // An export of opts.node_name that mounts nothing: one queue in the
+    // current thread whose only transport is make_transport's (no
+    // passthrough, no ring). For tests that play the kernel
+    // (tests/fuzz/fuzz-fuse.cc); production exports come from
+    // fuse_export_create().
+    static Result<std::unique_ptr<FuseExport>> create_unmounted(BlockGraph &graph, const BlockExportOptions &opts,
+                                                                const TransportFactory &make_transport);
     ~FuseExport() override;
     Status start(BlockGraph &graph, const BlockExportOptions &opts, const std::vector<IoThread *> &iothreads);
     void shutdown() override;
@@ -179,6 +188,7 @@ class FuseExport final : public BlockExport {
     void unmount();
     int session_fd() const;
     // export.cc
+    Status open_node(BlockGraph &graph, const BlockExportOptions &opts);
     Status make_queues(const std::vector<IoThread *> &iothreads);
     void attach(FuseQueue *q);
     void detach(FuseQueue *q);

@@ -320,13 +320,28 @@ int FuseExport::handle_statfs(Reply *rep)
 
 // ---------------------------------------------------------------- data
 
+// A range [offset, offset + length) of the request's unsigned 64-bit fields
+// as a file can have it: 0, -EINVAL for an offset or length past INT64_MAX
+// (negative as off_t), -EFBIG for an end past it, as write(2) and
+// fallocate(2) say. The kernel never sends these (it stops at its maximum
+// file size), but nothing after this check may compute a signed end that
+// overflows.
+static int check_range(uint64_t offset, uint64_t length)
+{
+    constexpr uint64_t kMax = static_cast<uint64_t>(INT64_MAX);
+    if (offset > kMax || length > kMax) return -EINVAL;
+    if (length > kMax - offset) return -EFBIG;
+    return 0;
+}
+
 int FuseExport::handle_read(FuseRequest *req, Reply *rep)
 {
     fuse_read_in in;
     if (!req->arg(&in) || in.size > kFuseMaxWrite) return -EINVAL;
     int64_t len = blk_->getlength();
+    // Compared unsigned: an offset past INT64_MAX is past EOF too.
+    if (len <= 0 || in.offset >= static_cast<uint64_t>(len) || in.size == 0) return 0;
     int64_t off = static_cast<int64_t>(in.offset);
-    if (off >= len || in.size == 0) return 0;
     int64_t n = std::min<int64_t>(in.size, len - off);   // short read at EOF
     // The request's payload buffer is free for READ (its arguments are
     // elsewhere), so it holds the data: no allocation.
@@ -354,6 +369,7 @@ int FuseExport::handle_write(FuseRequest *req, Reply *rep)
     if (!req->arg(&in)) return -EINVAL;
     if (!writable_) return -EACCES;
     if (req->payload_len < in.size) return -EINVAL;
+    if (int r = check_range(in.offset, in.size)) return r;
     // The data arrived at the start of the payload buffer, which this
     // request owns until it replies.
     const uint8_t *data = req->payload.get();
@@ -393,6 +409,7 @@ int FuseExport::handle_fallocate(FuseRequest *req)
     fuse_fallocate_in in;
     if (!req->arg(&in)) return -EINVAL;
     if (!writable_) return -EACCES;
+    if (int r = check_range(in.offset, in.length)) return r;
     refresh_length_if_passthrough();
     int64_t off = static_cast<int64_t>(in.offset);
     int64_t length = static_cast<int64_t>(in.length);

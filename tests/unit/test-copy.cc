@@ -334,7 +334,9 @@ START_TEST(test_copy_write_error)
         auto r = copy_sync({src_of(sb, "sw")}, db, o);
         ck_assert(!r.ok());
         ck_assert_int_eq(r.err(), EIO);
-        ck_assert_str_eq(r.msg().c_str(), "error while writing at byte 2097152: Input/output error");
+        // Named by the destination's file name.
+        const std::string want = "error while writing at byte 2097152 of '" + d + "': Input/output error";
+        ck_assert_str_eq(r.msg().c_str(), want.c_str());
     }
 }
 END_TEST
@@ -426,7 +428,8 @@ START_TEST(test_copy_hooks)
     ck_assert(!errs[0].is_read);
     ck_assert_int_eq(errs[0].err, EIO);
     ck_assert_int_eq(errs[0].offset, 5 * kMiB);
-    ck_assert_str_eq(errs[0].msg.c_str(), "error while writing at byte 5242880: Input/output error");
+    const std::string want_msg = "error while writing at byte 5242880 of '" + d2 + "': Input/output error";
+    ck_assert_str_eq(errs[0].msg.c_str(), want_msg.c_str());
     ck_assert_int_eq(retries, 1);
     flush(db2);
     ck_assert(file_bytes(d2) == want);
