@@ -345,9 +345,9 @@ class Writer:
         # blockgraph's FUSE export makes punch-hole a write-zeroes with
         # unmap (it reads back zeroes); qemu-storage-daemon's is a discard,
         # which qcow2 may ignore for partial clusters: zero-range only there.
-        # (Through blklogwrites, blockgraph refuses write-zeroes with unmap,
-        # so punch-hole fails with EOPNOTSUPP there too: --punch enables
-        # it where the graph supports it.)
+        # blockgraph's qcow2 cannot zero less than a cluster without writing
+        # data, so a 4 KiB punch-hole fails with EOPNOTSUPP (the writer's
+        # blocks are smaller than a cluster): --punch turns punch-hole on.
         self.punch = punch
         self.errors = []
 
@@ -1254,7 +1254,7 @@ def main():
                     help="share of states also repaired with qemu-img check -r leaks (default 0.05)")
     ap.add_argument("--snapshot-sample", type=float, default=0.2)
     ap.add_argument("--punch", action="store_true",
-                    help="discard-zero also punches holes (blockgraph only; blklogwrites refuses them today)")
+                    help="discard-zero also punches holes (blockgraph only; qcow2 refuses those smaller than a cluster with EOPNOTSUPP)")
     ap.add_argument("--qemu-io-sample", type=float, default=0.25,
                     help="share of states also opened with qemu-io (every state is opened by QEMU's "
                          "block layer anyway: qemu-img check and convert); default 0.25")
