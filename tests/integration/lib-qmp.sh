@@ -27,9 +27,12 @@ qmp_missing() {
     exit 77
 }
 
-for t in python3 qemu-img qemu-io timeout; do
+for t in python3 qemu-img qemu-io timeout ${QMP_NEEDS_FUSE:+fusermount3}; do
     command -v "$t" >/dev/null || qmp_missing "$t is not installed"
 done
+if [ -n "${QMP_NEEDS_FUSE:-}" ] && ! { [ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ]; }; then
+    qmp_missing "/dev/fuse is not accessible"
+fi
 export QMP_TARGET=${QMP_TARGET:-blockgraph}
 if [ "$QMP_TARGET" = qsd ]; then
     command -v qemu-storage-daemon >/dev/null || qmp_missing "qemu-storage-daemon is not installed"
@@ -59,4 +62,4 @@ qmp_cleanup() {
 trap qmp_cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-timeout -k 15 "${QMP_BUDGET:-120}" python3 "$here/qmp-$name.py"
+timeout -k 15 "${QMP_BUDGET:-120}" python3 "$here/${2:-qmp-$name.py}"

@@ -34,50 +34,5 @@
 # cases; EIO_BUDGET is the time budget in seconds (default 150; the run
 # takes about 40 s on an idle machine, 100 s on a loaded 2-core one). Exit 0 pass, 1 fail, 77 skip (a tool is missing; with CI set that
 # is a failure).
-set -u
-here=$(cd "$(dirname "$0")" && pwd)
-
-missing() {
-    if [ -n "${CI:-}" ]; then
-        echo "FAIL: $* (CI is set: the test must not skip)"
-        exit 1
-    fi
-    echo "SKIP: $*"
-    exit 77
-}
-for t in python3 qemu-img qemu-io timeout fusermount3; do
-    command -v "$t" >/dev/null || missing "$t is not installed"
-done
-[ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ] || missing "/dev/fuse is not accessible"
-export QMP_TARGET=${QMP_TARGET:-blockgraph}
-if [ "$QMP_TARGET" = qsd ]; then
-    command -v qemu-storage-daemon >/dev/null || missing "qemu-storage-daemon is not installed"
-else
-    BLOCKGRAPH=${BLOCKGRAPH:-$here/../../build/blockgraph}
-    if [ ! -x "$BLOCKGRAPH" ]; then
-        echo "FAIL: BLOCKGRAPH=$BLOCKGRAPH is not an executable"
-        exit 1
-    fi
-    BLOCKGRAPH=$(cd "$(dirname "$BLOCKGRAPH")" && pwd -P)/$(basename "$BLOCKGRAPH")
-    export BLOCKGRAPH
-fi
-
-# Every daemon and mount lives under QMP_WORK; the Python side cleans up
-# itself, this trap covers a script killed outright (the daemons run in
-# sessions of their own; their pids are in QMP_WORK/daemon.pids).
-QMP_WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/bg-qcow2-eio.XXXXXX")
-export QMP_WORK
-cleanup() {
-    local pid
-    if [ -f "$QMP_WORK/daemon.pids" ]; then
-        while read -r pid; do kill -KILL "$pid" 2>/dev/null; done <"$QMP_WORK/daemon.pids"
-        sleep 0.2
-    fi
-    awk -v w="$QMP_WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo |
-        while read -r mp; do fusermount3 -u -z "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null; done
-    rm -rf "$QMP_WORK"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-timeout -k 15 "${EIO_BUDGET:-150}" python3 "$here/qcow2-eio-events.py"
+QMP_BUDGET=${EIO_BUDGET:-150} QMP_NEEDS_FUSE=1
+. "$(dirname "$0")/lib-qmp.sh" qcow2-eio qcow2-eio-events.py
