@@ -255,8 +255,6 @@ class Run:
                  "--export", f"type=fuse,id=exp0,node-name=fmt0,mountpoint={self.mnt},writable=on"]
         open(self.mnt, "a").close()
         self.d = self.t.daemon(args)
-        with open(os.path.join(os.environ.get("QMP_WORK", self.t.work), "daemon.pids"), "a") as f:
-            f.write(f"{self.d.proc.pid}\n")
         self.q = self.d.qmp()
         if not qmp.wait_for(lambda: qmp.mounted(self.mnt), 10, 0.01):
             raise QMPError(f"no mount: {self.d.stderr()}")
