@@ -647,7 +647,7 @@ constexpr DriverCaps kCapPassthrough = 1 << 11; // data is the primary child's b
                                                 // stack's capabilities are this driver's AND its child's
 constexpr DriverCaps kCapDropsWrites = 1 << 12; // writes succeed but are not stored; reads return zeros (null-co)
 constexpr DriverCaps kCapDebugEvents = 1 << 13; // fires QEMU's blkdebug events (l1_update, l2_update,
-                                                // refblock_update, ...) to its file child on metadata paths
+                                                // refblock_update_part, ...) to its file child on metadata paths
 constexpr DriverCaps kCapLocking = 1 << 14;     // image locks: other graphs/processes see conflicts
 
 // A driver's descriptor: a constant each driver defines in its own source
