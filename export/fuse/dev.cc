@@ -84,6 +84,7 @@ void DevTransport::read_requests()
         if (!read_one()) break;
     }
     q_->publish_counters();
+    q_->batch_done();
 }
 
 // Reads and delivers one request. False when there is nothing more to read
@@ -113,6 +114,7 @@ bool DevTransport::read_one()
     req->args[1] = req->payload.get();
     req->args_len[1] = req->payload_len = len > kFuseHeaderArea ? len - kFuseHeaderArea : 0;
     q_->fuse_reads.fetch_add(1, std::memory_order_relaxed);
+    q_->received(*req);
     q_->deliver(req);
     return true;
 }

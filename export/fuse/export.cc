@@ -45,6 +45,34 @@ void FuseQueue::publish_counters()
     sleeps.store(ctx->poll_sleeps(), std::memory_order_relaxed);
 }
 
+static int64_t coarse_now_ns()
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+void FuseQueue::received(const FuseRequest &req)
+{
+    if (!exp->burst_q_) return;
+    uint32_t op = req.in().opcode;
+    uint64_t bytes = 0;
+    if (op == FUSE_WRITE) {
+        bytes = req.payload_len;
+    } else if (op == FUSE_READ) {
+        fuse_read_in in;
+        if (req.arg(&in)) bytes = in.size;
+    }
+    if (bytes < FuseExport::kBurstMinBytes) return;
+    exp->burst_last_ns_.store(coarse_now_ns(), std::memory_order_relaxed);
+    if (!exp->burst_active_.load(std::memory_order_relaxed)) exp->burst_wake();
+}
+
+void FuseQueue::batch_done()
+{
+    if (this == exp->burst_q_) exp->burst_park_if_idle(this);
+}
+
 // ---------------------------------------------------------------- set-up
 
 Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, const std::vector<IoThread *> &iothreads)
@@ -58,9 +86,13 @@ Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, cons
     s = mount_as(opts.fuse.allow_other);
     if (s.ok()) s = make_queues(iothreads);
     if (!s.ok()) return s.error().prefixed("export '" + id_ + "'");
-    for (auto &q : queues_) attach(q.get());
+    for (auto &q : queues_) {
+        if (q.get() == burst_q_) q->attached = true;   // reads only while woken (burst_wake)
+        else attach(q.get());
+    }
     log_info("export '%s': node '%s' mounted at %s (%s, %zu queue%s)", id_.c_str(), node_->node_name().c_str(),
-             mountpoint_.c_str(), writable_ ? "writable" : "read-only", queues_.size(), queues_.size() > 1 ? "s" : "");
+             mountpoint_.c_str(), writable_ ? "writable" : "read-only", queues_.size() - (burst_q_ ? 1 : 0),
+             queues_.size() - (burst_q_ ? 1 : 0) > 1 ? "s" : "");
     return {};
 }
 
@@ -92,6 +124,22 @@ Status FuseExport::open_node(BlockGraph &graph, const BlockExportOptions &opts)
     return {};
 }
 
+// A clone of the session's /dev/fuse descriptor (FUSE_DEV_IOC_CLONE): a
+// reader of the same requests with its own processing queue.
+static Result<int> clone_fuse_fd(int master)
+{
+    int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return errno_error(errno, "/dev/fuse");
+    uint32_t src = static_cast<uint32_t>(master);
+    if (ioctl(fd, FUSE_DEV_IOC_CLONE, &src) != 0) {
+        int e = errno;
+        close(fd);
+        return errno_error(e, "cloning the /dev/fuse descriptor");
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
 // One queue on the session's descriptor in the main loop, or one per
 // iothread, each on its own clone of it (FUSE_DEV_IOC_CLONE). The kernel
 // ring queues (when wanted) are spread round-robin over the queues.
@@ -111,25 +159,74 @@ Status FuseExport::make_queues(const std::vector<IoThread *> &iothreads)
     };
     if (iothreads.empty()) add(master, false, main_ctx_, nullptr);
     for (IoThread *t : iothreads) {
-        int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-        if (fd < 0) return errno_error(errno, "/dev/fuse");
-        uint32_t src = static_cast<uint32_t>(master);
-        if (ioctl(fd, FUSE_DEV_IOC_CLONE, &src) != 0) {
-            int e = errno;
-            close(fd);
-            return errno_error(e, "cloning the /dev/fuse descriptor");
-        }
-        add(fd, true, t->ctx(), t);
+        auto fd = clone_fuse_fd(master);
+        if (!fd.ok()) return fd.error();
+        add(fd.value(), true, t->ctx(), t);
     }
     if (uring_why_.empty()) {
         for (unsigned qid = 0; qid < uring_queues_; qid++)
             queues_[qid % queues_.size()]->ring_qids.push_back(static_cast<uint16_t>(qid));
+    }
+    if (iothreads.empty() && !uring_why_.empty()) {
+        Status s = make_burst_queue(master);
+        if (!s.ok()) return s;
     }
     for (auto &q : queues_) {
         q->dev = fuse_dev_transport(q.get());
         if (!q->ring_qids.empty()) q->ring = fuse_ring_transport(q.get());
     }
     return {};
+}
+
+// The burst queue (see internal.h): one more thread and a clone of the
+// descriptor, when the machine has more than one CPU, unless
+// BLOCKGRAPH_FUSE_BURST=0.
+Status FuseExport::make_burst_queue(int master)
+{
+    const char *env = getenv("BLOCKGRAPH_FUSE_BURST");
+    if ((env && strcmp(env, "0") == 0) || get_nprocs() < 2) return {};
+    auto t = IoThread::create("export-" + id_ + "-burst");
+    if (!t.ok()) return t.error();
+    auto fd = clone_fuse_fd(master);
+    if (!fd.ok()) return fd.error();
+    burst_thread_ = std::move(t.value());
+    auto q = std::make_unique<FuseQueue>();
+    q->exp = this;
+    q->fd = fd.value();
+    q->owns_fd = true;
+    q->ctx = burst_thread_->ctx();
+    q->thread = burst_thread_.get();
+    burst_q_ = q.get();
+    queues_.push_back(std::move(q));
+    return {};
+}
+
+// A big request arrived (any thread): the burst queue starts reading, in its
+// thread. Counted in flight so that shutdown waits for the start.
+void FuseExport::burst_wake()
+{
+    if (burst_active_.exchange(true) || halted()) return;
+    requests_in_flight_.fetch_add(1);
+    burst_q_->ctx->schedule_oneshot(&FuseExport::burst_start, this);
+}
+
+void FuseExport::burst_start(void *opaque)
+{
+    auto *x = static_cast<FuseExport *>(opaque);
+    if (!x->halted()) {
+        x->burst_q_->dev->start();
+        x->burst_starts_.fetch_add(1, std::memory_order_relaxed);
+    }
+    x->requests_in_flight_.fetch_sub(1);   // the last touch of the export
+}
+
+// In the burst queue's thread, after a batch: park when idle. A big request
+// that comes in between wakes it again.
+void FuseExport::burst_park_if_idle(FuseQueue *q)
+{
+    if (coarse_now_ns() - burst_last_ns_.load(std::memory_order_relaxed) < kBurstIdleNs) return;
+    q->dev->stop();
+    burst_active_.store(false);
 }
 
 // Runs fn(q) in q's thread and waits for it.
@@ -255,6 +352,7 @@ void FuseExport::shutdown()
     }
     unmount();
     blk_.reset();
+    burst_thread_.reset();
     log_info("export '%s': unmounted %s", id_.c_str(), mountpoint_.c_str());
 }
 
@@ -331,8 +429,9 @@ std::string FuseExport::stats_text() const
     for (int k = 0; k < 8; k++) total += s.requests[k];
     uint64_t rw = s.requests[ExportStats::kRead] + s.requests[ExportStats::kWrite];
     std::ostringstream o;
-    o << "export '" << id_ << "' (fuse, " << mountpoint_ << ", " << queues_.size() << " queue"
-      << (queues_.size() > 1 ? "s" : "") << ", transport "
+    size_t nq = queues_.size() - (burst_q_ ? 1 : 0);   // the burst queue is shown on its own line
+    o << "export '" << id_ << "' (fuse, " << mountpoint_ << ", " << nq << " queue" << (nq > 1 ? "s" : "")
+      << (burst_q_ ? " + burst" : "") << ", transport "
       << (s.ring_fetches ? "io_uring" : "/dev/fuse read/writev") << (passthrough_used_ ? ", passthrough" : "")
       << "):\n";
     o << "  requests:";
@@ -350,6 +449,11 @@ std::string FuseExport::stats_text() const
                  static_cast<double>(s.coroutine_switches) / static_cast<double>(total ? total : 1),
                  static_cast<double>(s.io_enters + s.ring_enters) / static_cast<double>(rw));
         o << buf;
+    }
+    if (burst_q_) {
+        o << "  burst queue: woken " << burst_starts_.load(std::memory_order_relaxed) << " times, "
+          << burst_q_->fuse_reads.load(std::memory_order_relaxed) << " requests read, "
+          << (burst_active_.load() ? "reading" : "parked") << "\n";
     }
     o << transport_text() << passthrough_text();
     return o.str();

@@ -34,6 +34,7 @@
 #include "util/aio.h"
 #include "util/coroutine-lock.h"
 #include "util/io.h"
+#include "util/iothread.h"
 
 namespace bg {
 
@@ -151,6 +152,12 @@ struct FuseQueue {
     void deliver(FuseRequest *req);
     // Publishes the thread's counters for stats(); after each wake-up.
     void publish_counters();
+    // The /dev/fuse transport read req (any queue): a big READ or WRITE
+    // wakes the burst queue (FuseExport::burst_*).
+    void received(const FuseRequest &req);
+    // After a wake-up's batch of reads: the burst queue parks itself when
+    // no big request came for a while.
+    void batch_done();
 };
 
 class FuseExport final : public BlockExport {
@@ -196,6 +203,10 @@ class FuseExport final : public BlockExport {
     void start_rings();
     Status choose_uring(OnOffAuto want);
     std::string transport_text() const;
+    Status make_burst_queue(int master);
+    void burst_wake();
+    void burst_park_if_idle(FuseQueue *q);
+    static void burst_start(void *opaque);
     // passthrough.cc
     Status choose_passthrough(const BlockExportOptions &opts);
     int passthrough_backing_id(FuseQueue *q);
@@ -275,6 +286,23 @@ class FuseExport final : public BlockExport {
     std::string uring_why_;
     std::atomic<bool> uring_on_{false};
     unsigned uring_queues_ = 0;     // kernel ring queues (possible CPUs)
+
+    // The burst queue (docs/fuse-export.md, "Serving threads"): without
+    // iothreads, requests are served in the main loop, one thread, which
+    // alone copies every byte the kernel hands over on /dev/fuse. While big
+    // READs and WRITEs arrive (sequential copies), a second thread of the
+    // export reads requests too, on its own clone of the descriptor, so
+    // that those copies run on two CPUs; it stops reading (parks) once no
+    // big request came for kBurstIdleNs, so small random requests are
+    // served by the main loop alone (a second reader costs them latency).
+    // burst_q_ is in queues_; its transport starts only while active.
+    static constexpr uint32_t kBurstMinBytes = 256 * 1024;
+    static constexpr int64_t kBurstIdleNs = 100 * 1000 * 1000;
+    std::unique_ptr<IoThread> burst_thread_;
+    FuseQueue *burst_q_ = nullptr;
+    std::atomic<bool> burst_active_{false};
+    std::atomic<int64_t> burst_last_ns_{0};   // CLOCK_MONOTONIC_COARSE of the last big request
+    std::atomic<uint64_t> burst_starts_{0};
 };
 
 } // namespace bg

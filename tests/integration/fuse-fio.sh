@@ -9,7 +9,10 @@
 # sharing sectors) on a file node with cache.direct=on, so that the block
 # layer's read-modify-write must serialise them, in the main loop and with
 # two iothreads, and a growable export of an empty image that a sequential
-# fio writer (iodepth 64, two iothreads) grows to 16 MiB,
+# fio writer (iodepth 64, two iothreads) grows to 16 MiB, and 1 MiB writes
+# in the main loop (iodepth 16: the burst queue, a second reader of
+# /dev/fuse, must serve some of them, and 4 KiB ones none; and a SIGTERM
+# while it reads must stop the daemon cleanly),
 # fio writes random blocks (randwrite, --verify=crc32c, several jobs on
 # disjoint regions) through the mount and reads them back verifying every
 # block (--verify_fatal). Then the daemon gets SIGTERM (exit 0, unmounted,
@@ -37,6 +40,7 @@ JOB_SIZE=$((24 << 20))
 CONFIGS=(
     "main-direct|||--direct=1 --ioengine=$ENGINE --iodepth=64 --bs=4k --numjobs=2"
     "main-buffered|||--direct=0 --ioengine=$ENGINE --iodepth=64 --bsrange=1k-2m --numjobs=2"
+    "main-1m|||--direct=1 --ioengine=$ENGINE --iodepth=16 --bs=1m --numjobs=2"
     "1thread-direct|,iothread=t0||--direct=1 --ioengine=$ENGINE --iodepth=64 --bsrange=4k-64k --numjobs=2"
     "2threads-direct|,iothread.0=t0,iothread.1=t1||--direct=1 --ioengine=$ENGINE --iodepth=64 --bs=4k --numjobs=4"
     "2threads-buffered|,iothread.0=t0,iothread.1=t1||--direct=0 --ioengine=$ENGINE --iodepth=64 --bsrange=512-1m --numjobs=4"
@@ -85,6 +89,21 @@ for fmt in $FUSE_FORMATS; do
         else
             bad "$d: --stats does not show $queues queue(s): $(head -1 d.err)"
         fi
+        # The burst queue (a second reader while big requests arrive) is
+        # there without iothreads; it reads only for big requests.
+        burst=$(grep -oE "burst queue: woken [0-9]+ times, [0-9]+ requests read" d.err || true)
+        case $name in
+            main-1m)
+                if [[ $burst =~ woken\ ([0-9]+)\ times,\ ([0-9]+)\ requests ]] && [ "${BASH_REMATCH[1]}" -ge 1 ] &&
+                    [ "${BASH_REMATCH[2]}" -ge 1 ]; then
+                    ok "$d: the burst queue served some of the 1 MiB writes ($burst)"
+                else
+                    bad "$d: the burst queue did not serve 1 MiB writes: ${burst:-no burst line}"
+                fi ;;
+            main-direct)
+                check "$d: 4 KiB requests leave the burst queue parked ($burst)" \
+                    [ "$burst" = "burst queue: woken 0 times, 0 requests read" ] ;;
+        esac
         img_check "$d" img "$fmt"
         target=img
         if [ "$fmt" != raw ]; then
@@ -99,6 +118,26 @@ for fmt in $FUSE_FORMATS; do
             grep -iE 'verify|err|bad' fio-verify.log | head -10 | sed 's/^/    /'
         fi
     done
+
+    # SIGTERM while the burst queue is reading: the daemon stops within
+    # the harness's 20 s, unmounts, and the image stays consistent.
+    d="$fmt burst-sigterm"
+    echo "$d"
+    rm -f img mp
+    fuse_image "$fmt" img $SIZE
+    touch mp
+    fuse_blockdevs "$fmt" img
+    if fuse_start s "${BLOCKDEVS[@]}" --export type=fuse,id=e,node-name=fmt0,mountpoint=mp,writable=on; then
+        timeout -k 5 40 fio --name=s --filename=mp --size=$JOB_SIZE --rw=write --bs=1m --iodepth=16 --direct=1 \
+            --ioengine=$ENGINE --time_based=1 --runtime=20 >fio.log 2>&1 &
+        fio_pid=$!
+        sleep 2
+        fuse_stop_check s "$d"
+        wait $fio_pid || true
+        img_check "$d" img "$fmt"
+    else
+        bad "$d: daemon did not start"
+    fi
 
     # Growable, from empty: a sequential writer extends the image request by
     # request (iodepth 64, two iothreads).
