@@ -44,6 +44,7 @@ class RingTransport final : public FuseTransport {
   private:
     static void on_readable(void *opaque) { static_cast<RingTransport *>(opaque)->reap(); }
     static void on_prepare(void *opaque) { static_cast<RingTransport *>(opaque)->flush(); }
+    static bool on_poll(void *opaque) { return io_uring_cq_ready(&static_cast<RingTransport *>(opaque)->ring_) != 0; }
     void prep(RingEntry *e, uint32_t cmd);
     void flush();
     void reap();
@@ -80,7 +81,7 @@ void RingTransport::start()
             entries_.push_back(std::move(e));
         }
     }
-    q_->ctx->set_fd_handler(ring_.ring_fd, &RingTransport::on_readable, nullptr, this);
+    q_->ctx->set_fd_handler(ring_.ring_fd, &RingTransport::on_readable, nullptr, this, &RingTransport::on_poll);
     q_->ctx->add_prepare_hook(&RingTransport::on_prepare, this);
     flush();
     log_info("export '%s': FUSE-over-io_uring: %zu kernel queue(s) x %u entries registered in this thread",
