@@ -121,6 +121,11 @@ gint AioContext::poll_fds(GPollFD *fds, guint nfds, gint timeout)
     if (c->poll_ns_ > 0) {
         const int64_t end = start + c->poll_ns_;
         do {
+            // Work found in memory: src_check() sees it too.
+            if (c->io_poll_ready()) {
+                c->poll_hits_++;
+                return 0;
+            }
             gint r = g_poll(fds, nfds, 0);
             if (r != 0) {
                 if (r > 0) c->poll_hits_++;
@@ -158,7 +163,7 @@ gboolean AioContext::src_prepare(GSource *src, gint *timeout)
         return FALSE;
     }
     ctx->run_prepare_hooks();
-    if (ctx->bh_pending()) {
+    if (ctx->bh_pending() || ctx->io_poll_ready()) {
         *timeout = 0;
         return TRUE;
     }
@@ -181,7 +186,7 @@ gboolean AioContext::src_check(GSource *src)
 {
     AioContext *ctx = reinterpret_cast<Source *>(src)->ctx;
     if (ctx->dispatch_depth_ > 0) return FALSE;
-    if (ctx->bh_pending()) return TRUE;
+    if (ctx->bh_pending() || ctx->io_poll_ready()) return TRUE;
     int64_t dl = ctx->next_timer_deadline();
     if (dl >= 0 && dl <= clock_ns()) return TRUE;
     for (auto &h : ctx->fd_handlers_) {
@@ -222,11 +227,13 @@ void AioContext::run_prepare_hooks()
 
 // ---------------------------------------------------------------- fd handlers
 
-void AioContext::set_fd_handler(int fd, AioCallback read_cb, AioCallback write_cb, void *opaque)
+void AioContext::set_fd_handler(int fd, AioCallback read_cb, AioCallback write_cb, void *opaque,
+                                AioPollFn io_poll)
 {
     for (auto it = fd_handlers_.begin(); it != fd_handlers_.end(); ++it) {
         if (it->deleted || it->fd != fd) continue;
         g_source_remove_unix_fd(&source_->base, it->tag);
+        if (it->io_poll) io_poll_handlers_--;
         if (dispatching_fds_) it->deleted = true;   // erased after the dispatch loop
         else fd_handlers_.erase(it);
         break;
@@ -235,7 +242,18 @@ void AioContext::set_fd_handler(int fd, AioCallback read_cb, AioCallback write_c
     GIOCondition cond = static_cast<GIOCondition>((read_cb ? (G_IO_IN | G_IO_HUP | G_IO_ERR) : 0) |
                                                   (write_cb ? (G_IO_OUT | G_IO_ERR) : 0));
     gpointer tag = g_source_add_unix_fd(&source_->base, fd, cond);
-    fd_handlers_.push_back(FdHandler{fd, read_cb, write_cb, opaque, tag, false});
+    if (!read_cb) io_poll = nullptr;
+    if (io_poll) io_poll_handlers_++;
+    fd_handlers_.push_back(FdHandler{fd, read_cb, write_cb, opaque, io_poll, tag, false});
+}
+
+bool AioContext::io_poll_ready()
+{
+    if (!io_poll_handlers_) return false;
+    for (auto &h : fd_handlers_) {
+        if (!h.deleted && h.io_poll && h.io_poll(h.opaque)) return true;
+    }
+    return false;
 }
 
 void AioContext::run_fd_handlers()
@@ -244,8 +262,9 @@ void AioContext::run_fd_handlers()
     for (auto &h : fd_handlers_) {
         if (h.deleted) continue;
         GIOCondition rev = g_source_query_unix_fd(&source_->base, h.tag);
-        if (!rev) continue;
-        if (h.read_cb && (rev & (G_IO_IN | G_IO_HUP | G_IO_ERR))) h.read_cb(h.opaque);
+        bool polled = h.io_poll && h.io_poll(h.opaque);
+        if (!rev && !polled) continue;
+        if (h.read_cb && (polled || (rev & (G_IO_IN | G_IO_HUP | G_IO_ERR)))) h.read_cb(h.opaque);
         if (!h.deleted && h.write_cb && (rev & (G_IO_OUT | G_IO_ERR))) h.write_cb(h.opaque);
     }
     dispatching_fds_ = false;

@@ -34,6 +34,9 @@ class AioContext;
 class IoBackend;
 
 using AioCallback = void (*)(void *opaque);
+// Says, without a system call, whether a handler has work (an io_uring's
+// completion queue in memory).
+using AioPollFn = bool (*)(void *opaque);
 
 // Monotonic clock in nanoseconds.
 int64_t clock_ns();
@@ -108,8 +111,13 @@ class AioContext {
 
     // ---- fd handlers ----
     // Calls read_cb / write_cb when fd is readable / writable. Passing both
-    // null removes the handler. One handler per fd.
-    void set_fd_handler(int fd, AioCallback read_cb, AioCallback write_cb, void *opaque);
+    // null removes the handler. One handler per fd. io_poll (optional, with
+    // read_cb) tells from memory that read_cb has work: it is asked before
+    // the loop would poll the descriptors and at each turn of the polling
+    // window, and read_cb runs whenever it says so, without the descriptor
+    // having been polled (QEMU's io_poll).
+    void set_fd_handler(int fd, AioCallback read_cb, AioCallback write_cb, void *opaque,
+                        AioPollFn io_poll = nullptr);
 
     // ---- bottom halves ----
     BottomHalf *bh_new(AioCallback cb, void *opaque);  // freed with delete
@@ -182,6 +190,7 @@ class AioContext {
         int fd;
         AioCallback read_cb, write_cb;
         void *opaque;
+        AioPollFn io_poll;
         gpointer tag;
         bool deleted;
     };
@@ -203,6 +212,7 @@ class AioContext {
     void run_fd_handlers();
     void run_ready();
     void run_prepare_hooks();
+    bool io_poll_ready();
     int64_t next_timer_deadline();
     void kick();
     static gint poll_fds(GPollFD *fds, guint nfds, gint timeout);
@@ -214,6 +224,7 @@ class AioContext {
     uint64_t poll_hits_ = 0, poll_sleeps_ = 0;
     int foreign_waits_ = 0;        // foreign_wait_begin() minus end()
     std::list<FdHandler> fd_handlers_;
+    unsigned io_poll_handlers_ = 0;      // handlers with an io_poll
     bool dispatching_fds_ = false;
     // Depth of src_dispatch on this thread's stack. The source may recurse
     // (GLib then leaves its fds in the poll set while it dispatches: a

@@ -43,6 +43,7 @@ class UringBackend final : public IoBackendOf<UringBackend> {
     void finish(IoRequest *req);
     static void on_readable(void *opaque) { static_cast<UringBackend *>(opaque)->reap(); }
     static void on_prepare(void *opaque) { static_cast<UringBackend *>(opaque)->flush(); }
+    static bool on_poll(void *opaque) { return io_uring_cq_ready(&static_cast<UringBackend *>(opaque)->ring_) != 0; }
 
     AioContext *ctx_;
     struct io_uring ring_;
@@ -64,7 +65,7 @@ Status UringBackend::init(unsigned entries)
     ring_ok_ = true;
     // The kernel may round entries up; never keep more in flight than the SQ holds.
     entries_ = *ring_.sq.kring_entries;
-    ctx_->set_fd_handler(ring_.ring_fd, &UringBackend::on_readable, nullptr, this);
+    ctx_->set_fd_handler(ring_.ring_fd, &UringBackend::on_readable, nullptr, this, &UringBackend::on_poll);
     ctx_->add_prepare_hook(&UringBackend::on_prepare, this);
     return {};
 }

@@ -516,6 +516,83 @@ START_TEST(test_fd_handler_polling)
 }
 END_TEST
 
+// io_poll: work a handler reports from memory is served without its
+// descriptor being readable, before the loop would sleep and while it polls;
+// a removed handler's io_poll is no longer asked.
+namespace {
+struct MemProbe {
+    std::atomic<bool> work{false};
+    std::atomic<int> calls{0};
+    static bool poll(void *opaque) { return static_cast<MemProbe *>(opaque)->work.load(); }
+    static void on_read(void *opaque)
+    {
+        auto *m = static_cast<MemProbe *>(opaque);
+        m->calls++;
+        m->work = false;
+    }
+};
+} // namespace
+
+START_TEST(test_fd_handler_io_poll)
+{
+    auto ctx = AioContext::create();
+    ctx->set_poll_params(1000 * kMs, 1000000, 0);   // the second growth fills the window
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);   // written only if the loop missed the work
+    MemProbe m;
+    ctx->set_fd_handler(p[0], &MemProbe::on_read, nullptr, &m, &MemProbe::poll);
+    drain(ctx.get());
+    ck_assert_int_eq(m.calls, 0);
+
+    // Work already there: a blocking iteration does not sleep.
+    m.work = true;
+    const uint64_t sleeps0 = ctx->poll_sleeps();
+    int64_t t0 = clock_ns();
+    ctx->iterate(true);
+    ck_assert_int_eq(m.calls, 1);
+    ck_assert_uint_eq(ctx->poll_sleeps(), sleeps0);
+    ck_assert_int_lt(clock_ns() - t0, 500 * kMs);
+
+    // Grow the window with two short sleeps (bottom halves from another
+    // thread), then work that appears while the loop polls ends the wait
+    // as a poll hit, not a sleep. Were it missed, the loop would sleep
+    // until the pipe is written, and the handler would run more than once.
+    std::atomic<int> bh_runs{0};
+    BottomHalf *bh = ctx->bh_new([](void *o) { (*static_cast<std::atomic<int> *>(o))++; }, &bh_runs);
+    for (int i = 1; i <= 2; i++) {
+        std::thread kicker([&] {
+            g_usleep(2000);
+            bh->schedule();
+        });
+        while (bh_runs < i) ctx->iterate(true);
+        kicker.join();
+    }
+    delete bh;
+    const uint64_t hits1 = ctx->poll_hits(), sleeps1 = ctx->poll_sleeps();
+    std::thread setter([&] {
+        g_usleep(2000);
+        m.work = true;
+        int64_t give_up = clock_ns() + 3000 * kMs;
+        while (m.calls < 2 && clock_ns() < give_up) g_usleep(1000);
+        if (m.calls < 2) write_str(p[1], "x");
+    });
+    int64_t deadline = clock_ns() + 5000 * kMs;
+    while (m.calls < 2 && clock_ns() < deadline) ctx->iterate(true);
+    setter.join();
+    ck_assert_int_eq(m.calls, 2);
+    ck_assert_uint_eq(ctx->poll_hits(), hits1 + 1);
+    ck_assert_uint_eq(ctx->poll_sleeps(), sleeps1);
+
+    // Removed: its io_poll is not asked any more.
+    ctx->set_fd_handler(p[0], nullptr, nullptr, nullptr);
+    m.work = true;
+    for (int i = 0; i < 20; i++) ctx->iterate(false);
+    ck_assert_int_eq(m.calls, 2);
+    close(p[0]);
+    close(p[1]);
+}
+END_TEST
+
 // A handler that removes itself is not called again, though the fd stays
 // readable (level-triggered); removing another fd's handler from a callback
 // in the same dispatch round is also safe and takes effect at once.
@@ -941,6 +1018,7 @@ static Suite *aio_suite()
     tcase_add_test(tc, test_fd_handler_remove_from_callback);
     tcase_add_test(tc, test_fd_handler_write_and_replace);
     tcase_add_test(tc, test_fd_handler_polling);
+    tcase_add_test(tc, test_fd_handler_io_poll);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("coroutine");
