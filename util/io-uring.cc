@@ -63,8 +63,8 @@ Status UringBackend::init(unsigned entries)
     // ext4/xfs/btrfs goes there) interrupts the loop thread with an IPI to
     // post it; with COOP_TASKRUN it is posted at the thread's next system
     // call instead (the loop makes one per FUSE request, and a sleeping
-    // loop is still woken). Depth 64 on a disk filesystem gains 1.2-1.4x
-    // (docs/performance.md). Kernels before 5.19 refuse the flag.
+    // loop is still woken; docs/performance.md has the measurements).
+    // Kernels before 5.19 refuse the flag.
     int r = uring_init(&ring_, entries_, IORING_SETUP_COOP_TASKRUN);
     if (r == -EINVAL) r = uring_init(&ring_, entries_, 0);
     if (r < 0) return errno_error(-r, "io_uring_queue_init");
