@@ -18,6 +18,11 @@
 #   native    fio on the image file itself, no FUSE (raw formats only)
 #   bg-base   like bg, with the binary BASELINE (an older build, for
 #             before/after comparisons of a change in one interleaved run)
+#   bg-null   the ceiling of every format: the bg daemon with the same
+#             --export line, its --blockdev lines replaced by one null-co
+#             node of the image's size (read-zeroes=on: reads return data,
+#             writes are dropped); only our transport, nothing behind it.
+#             The table shows each configuration's share of it (x/null).
 # and, when `blockgraph img bench` exists, `qemu-img bench` against it
 # (../shared/bench/qemu_img_bench.sh, depth 64, 4k, io_uring, cache none).
 #
@@ -29,7 +34,7 @@
 #   RUNTIME RAMP fio seconds per run (default 10 / 2)
 #   WORKLOADS    harness workload names (default: the issue 9 set)
 #   FORMATS      default "qcow2 qcow2-filled raw-filled"
-#   CONFIGS      default "qsd bg bg-pt native"
+#   CONFIGS      default "qsd bg bg-null bg-uring bg-pt native"
 #   IMG_BENCH    0 skips the img bench part (default 1)
 #   MEMORY       0 skips the memory part (default 1): daemon RSS with one 1 TiB
 #                sparse qcow2 export under fio randrw 4k qd64 (direct, over the
@@ -49,7 +54,7 @@ SRC=$(cd "$HERE/.." && pwd)
 : "${RAMP:=2}"
 : "${WORKLOADS:=randrw-4k-qd1 randrw-4k-qd1-direct randrw-4k-qd64 randrw-4k-qd64-direct seqread-1m-qd16-direct seqwrite-1m-qd16-direct}"
 : "${FORMATS:=qcow2 qcow2-filled raw-filled}"
-: "${CONFIGS:=qsd bg bg-uring bg-pt native}"
+: "${CONFIGS:=qsd bg bg-null bg-uring bg-pt native}"
 : "${IMG_BENCH:=1}"
 : "${MEMORY:=1}"
 : "${WORKDIR:=/var/tmp/blockgraph-bench}"
@@ -73,6 +78,7 @@ LINES=$OUT/fuse-$STAMP.kv
 BG_WRAP=$WORKDIR/bg
 PT_WRAP=$WORKDIR/bg-pt
 BASE_WRAP=$WORKDIR/bg-base
+NULL_WRAP=$WORKDIR/bg-null
 printf '#!/bin/sh\nexec %s daemon --stats "$@"\n' "$BLOCKGRAPH" >"$BG_WRAP"
 if [ -n "${BASELINE:-}" ]; then
     printf '#!/bin/sh\nexec %s daemon --stats "$@"\n' "$(realpath "$BASELINE")" >"$BASE_WRAP"
@@ -88,7 +94,21 @@ for a in "\$@"; do
 done
 exec $BLOCKGRAPH daemon --stats "\${args[@]}"
 EOF
-chmod +x "$BG_WRAP" "$PT_WRAP"
+NULL_SIZE=$(numfmt --from=iec "${SIZE:-1G}") || die "cannot parse SIZE '${SIZE:-1G}'"
+cat >"$NULL_WRAP" <<EOF
+#!/bin/bash
+# blockgraph daemon serving a null-co node named q instead of the image's
+# nodes; the --export line and every other argument are kept as given
+args=(--blockdev driver=null-co,node-name=q,size=$NULL_SIZE,read-zeroes=on)
+skip=0
+for a in "\$@"; do
+    if [ \$skip = 1 ]; then skip=0; continue; fi
+    case \$a in --blockdev) skip=1; continue ;; --blockdev=*) continue ;; esac
+    args+=("\$a")
+done
+exec $BLOCKGRAPH daemon --stats "\${args[@]}"
+EOF
+chmod +x "$BG_WRAP" "$PT_WRAP" "$NULL_WRAP"
 
 URING_PARAM=/sys/module/fuse/parameters/enable_uring
 URING_SAVED=$(cat "$URING_PARAM" 2>/dev/null || echo)
@@ -118,6 +138,7 @@ run_config() { # CONFIG FORMAT WORKLOAD -> result line on stdout
             WORKLOADS=$w LABEL=bg-uring "$HARNESS/fuse_fio.sh" "$BG_WRAP" "$f" || rc=$?
             restore
             return $rc ;;
+        bg-null) BLOCKGRAPH_FUSE_URING=0 WORKLOADS=$w LABEL=bg-null "$HARNESS/fuse_fio.sh" "$NULL_WRAP" "$f" ;;
         bg-pt) BLOCKGRAPH_FUSE_URING=0 WORKLOADS=$w LABEL=bg-pt "$HARNESS/fuse_fio.sh" "$PT_WRAP" "$f" ;;
         native) WORKLOADS=$w LABEL=native "$HARNESS/native_fio.sh" "$f" ;;
         *) die "unknown configuration '$c'" ;;
@@ -167,9 +188,9 @@ for line in open(sys.argv[1]):
     except (KeyError, ValueError):
         continue
     rows.setdefault((kv["format"], w), {}).setdefault(kv["daemon"], []).append(v)
-cfgs = ["qsd", "bg", "bg-base", "bg-uring", "bg-pt", "native"]
-print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg/bg-base | bg-uring/qsd | bg-pt/native | bg/native |")
-print("|---|---|" + "---|" * (len(cfgs) + 5))
+cfgs = ["qsd", "bg", "bg-null", "bg-base", "bg-uring", "bg-pt", "native"]
+print("| format | workload | " + " | ".join(cfgs) + " | bg/qsd | bg/null | bg/bg-base | bg-uring/qsd | bg-uring/null | bg-pt/native | bg/native |")
+print("|---|---|" + "---|" * (len(cfgs) + 7))
 def med(d, c):
     return statistics.median(d[c]) if c in d else None
 def fmt(v):
@@ -179,8 +200,9 @@ def ratio(a, b):
     return "%.2f" % (a / b) if a is not None and b else "-"
 for (f, w), d in sorted(rows.items()):
     m = {c: med(d, c) for c in cfgs}
-    print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
-          ratio(m["bg"], m["qsd"]), ratio(m["bg"], m["bg-base"]), ratio(m["bg-uring"], m["qsd"]),
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (f, w, " | ".join(fmt(m[c]) for c in cfgs),
+          ratio(m["bg"], m["qsd"]), ratio(m["bg"], m["bg-null"]), ratio(m["bg"], m["bg-base"]),
+          ratio(m["bg-uring"], m["qsd"]), ratio(m["bg-uring"], m["bg-null"]),
           ratio(m["bg-pt"], m["native"]), ratio(m["bg"], m["native"])))
 EOF
 echo "raw result lines: $LINES"
