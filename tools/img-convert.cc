@@ -442,19 +442,14 @@ bool copy_convert_data(const ConvertOptions &o, const std::vector<std::unique_pt
         }
         co.chunk_size = cluster;
     }
-    // The workers run in iothreads, so that the CPU work of the copy runs
-    // on every core: compression inside the format driver's write, and the
-    // page-cache copies of the reads, which the kernel does in the thread
-    // that submits them (io_uring serves page-cache hits inline). With -c,
-    // at least one thread per core and as many as workers (like a thread
-    // pool with one job per request, so a loaded machine does not starve
-    // us); otherwise one per core, at most one per worker.
+    // Compression is CPU work done inside the format driver's write: each
+    // worker runs in an iothread of its own, so that every core compresses
+    // (at least one thread per core; as many as workers, like a thread pool
+    // with one job per request, so a loaded machine does not starve us).
     std::vector<std::unique_ptr<IoThread>> iothreads;
-    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-    const unsigned nthreads = o.compress ? std::max(cores, static_cast<unsigned>(o.workers))
-                                         : std::min(cores, static_cast<unsigned>(o.workers));
-    if (o.compress || nthreads > 1) {
-        for (unsigned i = 0; i < nthreads; i++) {
+    if (o.compress) {
+        unsigned n = std::max({1u, std::thread::hardware_concurrency(), static_cast<unsigned>(o.workers)});
+        for (unsigned i = 0; i < n; i++) {
             Result<std::unique_ptr<IoThread>> t = IoThread::create("convert-" + std::to_string(i));
             if (!t) {
                 error("%s", t.msg().c_str());
