@@ -337,6 +337,16 @@ BENCH_TARGETS += bench-img
 bench-img: $(BIN)
 	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/img.sh
 
+# Filling a mounted image: dd, a 1 GiB copy and qemu-img convert -n onto a
+# fresh qcow2 FUSE mount, blockgraph daemon vs qemu-storage-daemon alternately,
+# detect-zeroes off/on, medians and ratios, results checked by qemu-img
+# compare; with HARNESS set also fio seqwrite-1m-qd16-direct with
+# cache.direct=on: bench/fill.sh (root; RUNS, BENCH_DIR, CASES, HARNESS).
+.PHONY: bench-fill
+BENCH_TARGETS += bench-fill
+bench-fill: $(BIN)
+	$(Q)BLOCKGRAPH='$(abspath $(BIN))' bench/fill.sh
+
 # FUSE export vs qemu-storage-daemon (and qemu-img bench), interleaved in one
 # run, table of medians and ratios: bench/fuse.sh (root, fio, qemu-storage-daemon;
 # knobs such as ROUNDS, RUNTIME, FORMATS, WORKLOADS are passed on).
