@@ -167,7 +167,10 @@ int FuseExport::handle_init(FuseRequest *req, Reply *rep)
         return -EPROTO;
     }
     proto_minor_ = out->minor;
-    uint32_t want = FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_BIG_WRITES | FUSE_MAX_PAGES;
+    // ATOMIC_O_TRUNC: O_TRUNC comes with OPEN (which ignores it, as
+    // qemu-storage-daemon through libfuse does) instead of a SETATTR to size
+    // 0, so `cp IMAGE MOUNTPOINT` overwrites the disk rather than shrinking it.
+    uint32_t want = FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_ATOMIC_O_TRUNC;
     out->flags = in.flags & want;
     out->max_readahead = in.max_readahead;
     out->max_background = UINT16_MAX;

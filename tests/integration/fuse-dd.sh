@@ -15,7 +15,9 @@
 #    against the reference, qemu-img check, virtual size unchanged;
 #  - mounted over the image file itself (as iotest 308 does): the file shows
 #    the image's data, writes read back, and after SIGTERM the image file is
-#    back and qemu-img compare agrees.
+#    back and qemu-img compare agrees;
+#  - cp of a whole disk onto the mount (O_TRUNC, like ': >mp') keeps the
+#    size and writes the data, as with qemu-storage-daemon.
 set -euo pipefail
 source "$(dirname "$0")/lib-fuse.sh"
 fuse_require_tools
@@ -118,6 +120,24 @@ for fmt in $FUSE_FORMATS; do
         img_compare "$fmt over itself: image" img "$fmt" ref
     else
         bad "$fmt: mounting over the image file failed"
+    fi
+
+    # cp and a shell's ">" open the mount with O_TRUNC: like
+    # qemu-storage-daemon, the export keeps its size, so cp overwrites the
+    # disk (a SETATTR to size 0 would have shrunk it and failed the copy).
+    fuse_blockdevs "$fmt" img
+    head -c $SIZE /dev/urandom >whole
+    if fuse_start c "${BLOCKDEVS[@]}" --export type=fuse,id=e,node-name=fmt0,mountpoint=mp,writable=on; then
+        check "$fmt: cp of a whole disk onto the mount" tio cp whole mp
+        check "$fmt: size kept after cp (O_TRUNC)" [ "$(stat -c %s mp)" = $SIZE ]
+        check "$fmt: the mount holds what cp wrote" cmp mp whole
+        tio bash -c ': >mp'
+        check "$fmt: size kept after ': >mp'" [ "$(stat -c %s mp)" = $SIZE ]
+        fuse_stop_check c "$fmt cp"
+        img_compare "$fmt cp: image" img "$fmt" whole
+        img_check "$fmt cp" img "$fmt"
+    else
+        bad "$fmt: daemon for cp did not start"
     fi
 done
 finish
