@@ -12,10 +12,6 @@
 #   dd        dd if=/dev/zero of=MNT bs=4M count=256 conv=notrunc,fsync
 #   cp-rand   a 1 GiB file of random data copied onto MNT, then sync MNT
 #   cp-zero   a 1 GiB file of zeros (written as data) copied, then sync MNT
-#             (copied by "cat SRC 1<>MNT": the same 128 KiB read/write loop
-#             as cp, without cp's O_TRUNC: blockgraph shrinks the exported
-#             image to 0 bytes on O_TRUNC and the copy then fails with
-#             ENOSPC, while QSD 7.2 keeps the size)
 #   convert   qemu-img convert -n -O raw -f qcow2 src.qcow2 MNT (src: 1 GiB
 #             of random data, text, zero blocks written as data, and holes)
 # dd and cp run with detect-zeroes off and on (the option on the qcow2 node
@@ -123,8 +119,8 @@ fill() {
     t0=$(date +%s.%N)
     case $1 in
         dd) dd if=/dev/zero of=mnt bs=4M count=256 conv=notrunc,fsync status=none || rc=1 ;;
-        cp-rand) { cat rand.bin 1<>mnt && sync mnt; } || rc=1 ;;
-        cp-zero) { cat zero.bin 1<>mnt && sync mnt; } || rc=1 ;;
+        cp-rand) { cp rand.bin mnt && sync mnt; } || rc=1 ;;
+        cp-zero) { cp zero.bin mnt && sync mnt; } || rc=1 ;;
         convert) qemu-img convert -n -O raw -f qcow2 src.qcow2 mnt || rc=1 ;;
     esac
     t1=$(date +%s.%N)
