@@ -128,7 +128,12 @@ inline bool io_request_advance(IoRequest *req, int64_t res)
 // Sets up ring with entries SQEs (flags: extra IORING_SETUP_* bits) and a
 // completion queue twice as large, so that the completions of everything in
 // flight never overflow; where the kernel refuses to size the CQ, with its
-// default size. Returns 0 or a negative errno.
+// default size. With IORING_SETUP_COOP_TASKRUN where the kernel has it
+// (5.19): a completion the kernel finishes elsewhere (a worker thread's
+// buffered write, a FUSE request) is posted at the owner thread's next
+// system call instead of interrupting it with an IPI while it polls in user
+// space; a sleeping owner is still woken (docs/performance.md has the
+// measurements). Returns 0 or a negative errno.
 int uring_init(struct io_uring *ring, unsigned entries, unsigned flags);
 // Hands every prepared SQE to the kernel, retrying EINTR. Returns the number
 // of io_uring_enter calls made (0: nothing was prepared). EAGAIN and EBUSY

@@ -60,14 +60,7 @@ Status UringBackend::init(unsigned entries)
     const char *dis = getenv("BLOCKGRAPH_DISABLE_IO_URING");
     if (dis && strcmp(dis, "1") == 0) return make_error(ENOSYS, "io_uring disabled by BLOCKGRAPH_DISABLE_IO_URING");
     entries_ = entries ? entries : kDefaultEntries;
-    // A completion from the kernel's worker thread (every buffered write on
-    // ext4/xfs/btrfs goes there) interrupts the loop thread with an IPI to
-    // post it; with COOP_TASKRUN it is posted at the thread's next system
-    // call instead (the loop makes one per FUSE request, and a sleeping
-    // loop is still woken; docs/performance.md has the measurements).
-    // Kernels before 5.19 refuse the flag.
-    int r = uring_init(&ring_, entries_, IORING_SETUP_COOP_TASKRUN);
-    if (r == -EINVAL) r = uring_init(&ring_, entries_, 0);
+    int r = uring_init(&ring_, entries_, 0);
     if (r < 0) return errno_error(-r, "io_uring_queue_init");
     ring_ok_ = true;
     // The kernel may round entries up; never keep more in flight than the SQ holds.
@@ -205,15 +198,17 @@ int64_t UringBackend::co_run(IoRequest *req) noexcept
 
 int uring_init(struct io_uring *ring, unsigned entries, unsigned flags)
 {
-    struct io_uring_params p;
-    memset(&p, 0, sizeof(p));
-    p.flags = flags | IORING_SETUP_CQSIZE;
-    p.cq_entries = entries * 2;
-    int r = io_uring_queue_init_params(entries, ring, &p);
-    if (r < 0) {
+    // The extras, best first; each kernel refusal (older kernels have
+    // neither) drops some of them.
+    const unsigned extras[] = {IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE, IORING_SETUP_CQSIZE, 0};
+    int r = -EINVAL;
+    for (unsigned extra : extras) {
+        struct io_uring_params p;
         memset(&p, 0, sizeof(p));
-        p.flags = flags;
+        p.flags = flags | extra;
+        if (extra & IORING_SETUP_CQSIZE) p.cq_entries = entries * 2;
         r = io_uring_queue_init_params(entries, ring, &p);
+        if (r >= 0) break;
     }
     return r;
 }

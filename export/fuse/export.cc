@@ -91,8 +91,7 @@ Status FuseExport::start(BlockGraph &graph, const BlockExportOptions &opts, cons
         else attach(q.get());
     }
     log_info("export '%s': node '%s' mounted at %s (%s, %zu queue%s)", id_.c_str(), node_->node_name().c_str(),
-             mountpoint_.c_str(), writable_ ? "writable" : "read-only", queues_.size() - (burst_q_ ? 1 : 0),
-             queues_.size() - (burst_q_ ? 1 : 0) > 1 ? "s" : "");
+             mountpoint_.c_str(), writable_ ? "writable" : "read-only", serving_queues(), serving_queues() > 1 ? "s" : "");
     return {};
 }
 
@@ -136,8 +135,15 @@ static Result<int> clone_fuse_fd(int master)
         close(fd);
         return errno_error(e, "cloning the /dev/fuse descriptor");
     }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     return fd;
+}
+
+// The burst queue (see internal.h) exists when the machine has more than
+// one CPU, unless BLOCKGRAPH_FUSE_BURST=0.
+static bool want_burst_queue()
+{
+    const char *env = getenv("BLOCKGRAPH_FUSE_BURST");
+    return !(env && strcmp(env, "0") == 0) && get_nprocs() > 1;
 }
 
 // One queue on the session's descriptor in the main loop, or one per
@@ -167,37 +173,20 @@ Status FuseExport::make_queues(const std::vector<IoThread *> &iothreads)
         for (unsigned qid = 0; qid < uring_queues_; qid++)
             queues_[qid % queues_.size()]->ring_qids.push_back(static_cast<uint16_t>(qid));
     }
-    if (iothreads.empty() && !uring_why_.empty()) {
-        Status s = make_burst_queue(master);
-        if (!s.ok()) return s;
+    // The burst queue (see internal.h) is the last one: it serves no ring.
+    if (iothreads.empty() && !uring_why_.empty() && want_burst_queue()) {
+        auto t = IoThread::create("export-" + id_ + "-burst");
+        if (!t.ok()) return t.error();
+        auto fd = clone_fuse_fd(master);
+        if (!fd.ok()) return fd.error();
+        burst_thread_ = std::move(t.value());
+        add(fd.value(), true, burst_thread_->ctx(), burst_thread_.get());
+        burst_q_ = queues_.back().get();
     }
     for (auto &q : queues_) {
         q->dev = fuse_dev_transport(q.get());
         if (!q->ring_qids.empty()) q->ring = fuse_ring_transport(q.get());
     }
-    return {};
-}
-
-// The burst queue (see internal.h): one more thread and a clone of the
-// descriptor, when the machine has more than one CPU, unless
-// BLOCKGRAPH_FUSE_BURST=0.
-Status FuseExport::make_burst_queue(int master)
-{
-    const char *env = getenv("BLOCKGRAPH_FUSE_BURST");
-    if ((env && strcmp(env, "0") == 0) || get_nprocs() < 2) return {};
-    auto t = IoThread::create("export-" + id_ + "-burst");
-    if (!t.ok()) return t.error();
-    auto fd = clone_fuse_fd(master);
-    if (!fd.ok()) return fd.error();
-    burst_thread_ = std::move(t.value());
-    auto q = std::make_unique<FuseQueue>();
-    q->exp = this;
-    q->fd = fd.value();
-    q->owns_fd = true;
-    q->ctx = burst_thread_->ctx();
-    q->thread = burst_thread_.get();
-    burst_q_ = q.get();
-    queues_.push_back(std::move(q));
     return {};
 }
 
@@ -429,7 +418,7 @@ std::string FuseExport::stats_text() const
     for (int k = 0; k < 8; k++) total += s.requests[k];
     uint64_t rw = s.requests[ExportStats::kRead] + s.requests[ExportStats::kWrite];
     std::ostringstream o;
-    size_t nq = queues_.size() - (burst_q_ ? 1 : 0);   // the burst queue is shown on its own line
+    size_t nq = serving_queues();   // the burst queue is shown on its own line
     o << "export '" << id_ << "' (fuse, " << mountpoint_ << ", " << nq << " queue" << (nq > 1 ? "s" : "")
       << (burst_q_ ? " + burst" : "") << ", transport "
       << (s.ring_fetches ? "io_uring" : "/dev/fuse read/writev") << (passthrough_used_ ? ", passthrough" : "")

@@ -203,7 +203,8 @@ class FuseExport final : public BlockExport {
     void start_rings();
     Status choose_uring(OnOffAuto want);
     std::string transport_text() const;
-    Status make_burst_queue(int master);
+    // Queues that always read (the burst queue is not one of them).
+    size_t serving_queues() const { return queues_.size() - (burst_q_ ? 1 : 0); }
     void burst_wake();
     void burst_park_if_idle(FuseQueue *q);
     static void burst_start(void *opaque);
@@ -287,7 +288,7 @@ class FuseExport final : public BlockExport {
     std::atomic<bool> uring_on_{false};
     unsigned uring_queues_ = 0;     // kernel ring queues (possible CPUs)
 
-    // The burst queue (docs/fuse-export.md, "Serving threads"): without
+    // The burst queue (docs/fuse-export.md, "The burst queue"): without
     // iothreads, requests are served in the main loop, one thread, which
     // alone copies every byte the kernel hands over on /dev/fuse. While big
     // READs and WRITEs arrive (sequential copies), a second thread of the

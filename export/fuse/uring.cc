@@ -61,13 +61,7 @@ class RingTransport final : public FuseTransport {
 void RingTransport::start()
 {
     unsigned n = static_cast<unsigned>(q_->ring_qids.size()) * kFuseRingDepth;
-    // COOP_TASKRUN: the kernel hands us a request by task work in this
-    // thread; without it a thread busy in user space (the loop's polling
-    // phase) is interrupted by an IPI to run it, with it the work waits for
-    // the thread's next system call, which the polling loop makes every few
-    // microseconds, and a sleeping thread is still woken.
-    int r = uring_init(&ring_, n, IORING_SETUP_SQE128 | IORING_SETUP_COOP_TASKRUN);
-    if (r == -EINVAL) r = uring_init(&ring_, n, IORING_SETUP_SQE128);
+    int r = uring_init(&ring_, n, IORING_SETUP_SQE128);   // COOP_TASKRUN too (util/io-internal.h)
     if (r < 0) {
         log_warn("export '%s': FUSE-over-io_uring: cannot set up a ring: %s; requests are read from /dev/fuse",
                  q_->exp->id().c_str(), strerror(-r));
